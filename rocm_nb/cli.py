@@ -1,0 +1,118 @@
+"""The ``rocm-nb`` command: ``doctor``, ``server install``, ``pull``, ``models``.
+
+Example:
+    >>> main(["models"])  # doctest: +SKIP
+    smollm2-135m  ✓  SmolLM2 135M Instruct, Q4_1 (94 MiB): tiny, fast, for tests and demos
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from collections.abc import Sequence
+
+from rocm_nb import __version__
+from rocm_nb.binary import find_server, install_server
+from rocm_nb.catalog import CATALOGUE, DEFAULT_MODEL, models_dir, pull, read_info
+from rocm_nb.errors import RocmNbError
+from rocm_nb.hardware import describe, detect
+
+__all__ = ["main"]
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    problems = 0
+    print(f"rocm_nb {__version__} · Python {platform.python_version()} · {platform.platform()}")
+    print("\nHardware")
+    for line in describe(detect()):
+        print(f"  {line}")
+    print("\nllama-server")
+    try:
+        binary = find_server()
+        print(f"  {binary.path}  ({binary.source}, {binary.backend}, {binary.version})")
+        if binary.rpc_path is not None:
+            print(f"  RPC worker: {binary.rpc_path}")
+    except RocmNbError as exc:
+        problems += 1
+        print(f"  missing: {exc}")
+    print("\nDefault model")
+    entry = CATALOGUE[DEFAULT_MODEL]
+    path = models_dir() / entry.filename
+    if path.is_file():
+        print(f"  {read_info(path).summary()}\n  {path}")
+    else:
+        problems += 1
+        print(f"  {DEFAULT_MODEL} is not downloaded yet. Next step: rocm-nb pull {DEFAULT_MODEL}")
+    print("\nAll good." if not problems else f"\n{problems} thing(s) to fix, see above.")
+    return 0 if not problems else 1
+
+
+def _install(args: argparse.Namespace) -> int:
+    binary = install_server(args.backend, rpc=args.rpc, force=args.force, jobs=args.jobs)
+    print(f"llama-server ready: {binary.path} ({binary.backend}, {binary.version})")
+    return 0
+
+
+def _pull(args: argparse.Namespace) -> int:
+    print(pull(args.name))
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    directory = models_dir()
+    for name, entry in sorted(CATALOGUE.items()):
+        present = "✓" if (directory / entry.filename).is_file() else " "
+        print(f"{name:<16} {present}  {entry.description}")
+    print(f"\n✓ = downloaded into {directory}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rocm-nb", description="Local LLMs for Jupyter on your own GPU.")
+    parser.add_argument("--version", action="version", version=f"rocm_nb {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    commands.add_parser("doctor", help="check the backend, GPUs, llama-server and default model").set_defaults(
+        run=_doctor
+    )
+
+    server = commands.add_parser("server", help="manage the llama-server binary")
+    server_commands = server.add_subparsers(dest="server_command", required=True)
+    install = server_commands.add_parser("install", help="find or build llama-server for this machine")
+    install.add_argument("--backend", choices=["rocm", "cuda", "vulkan", "cpu"], default=None,
+                         help="override the backend detected from the hardware")
+    install.add_argument("--rpc", action="store_true", help="also build the RPC worker (ggml-rpc-server)")
+    install.add_argument("--force", action="store_true", help="rebuild even if an install exists")
+    install.add_argument("-j", "--jobs", type=int, default=None, help="parallel build jobs")
+    install.set_defaults(run=_install)
+
+    pull_cmd = commands.add_parser("pull", help="download a catalogue model into the cache")
+    pull_cmd.add_argument("name", nargs="?", default=DEFAULT_MODEL)
+    pull_cmd.set_defaults(run=_pull)
+
+    commands.add_parser("models", help="list catalogue models").set_defaults(run=_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``rocm-nb`` console script; returns the exit status.
+
+    Example:
+        >>> main(["--version"])  # doctest: +SKIP
+        rocm_nb 0.1.0
+    """
+    args = _parser().parse_args(argv)
+    try:
+        status: int = args.run(args)
+    except RocmNbError as exc:
+        print(f"rocm-nb: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("rocm-nb: interrupted", file=sys.stderr)
+        return 130
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

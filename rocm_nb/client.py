@@ -1,0 +1,802 @@
+"""Talk to a running llama-server (or any OpenAI-compatible server) over HTTP.
+
+httpx does the transport (a sync ``Client`` and, lazily, an ``AsyncClient``
+on the caller's event loop) and httpx-sse parses the event stream. Every
+generation is streamed from the server, even ``generate()``: one code path,
+and time to first token is always measured.
+
+Example:
+    >>> client = connect("http://127.0.0.1:8080", api_key="secret")  # doctest: +SKIP
+    >>> for piece in client.stream("Once upon a time", max_tokens=16):  # doctest: +SKIP
+    ...     print(piece, end="")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack
+
+import httpx
+from httpx_sse import EventSource, ServerSentEvent
+
+from rocm_nb.errors import GenerationError, ModelClosed, RocmNbError
+
+if TYPE_CHECKING:
+    from rocm_nb.widgets import ChatPanel
+
+__all__ = [
+    "AsyncTokenStream",
+    "Client",
+    "Completion",
+    "Message",
+    "Options",
+    "Timings",
+    "TokenStream",
+    "connect",
+]
+
+Message = Mapping[str, Any]
+"""One chat message: ``{"role": "user", "content": "Hi"}``."""
+
+Kind = Literal["completion", "chat"]
+FailureHook = Callable[[Exception, str], "RocmNbError | None"]
+"""Given a transport error and the partial text, return a better error (or None)."""
+
+DEFAULT_MAX_TOKENS = 512
+
+
+class Options(TypedDict, total=False):
+    """Sampling options accepted by every generation method.
+
+    Only the options you pass are sent; the server's defaults apply to the
+    rest (llama-server keeps ``cache_prompt`` on by default, so chat turn N
+    reuses the KV cache of turns 1..N-1). ``max_tokens`` is always sent
+    (default 512): an unbounded generation is never what a notebook wants.
+
+    Example:
+        >>> opts: Options = {"max_tokens": 32, "temperature": 0.0, "seed": 1}
+    """
+
+    max_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    min_p: float
+    repeat_penalty: float
+    seed: int
+    stop: str | Sequence[str]
+    grammar: str
+    json_schema: Mapping[str, Any]
+    cache_prompt: bool
+
+
+_OPTION_NAMES = frozenset(Options.__annotations__)
+
+
+def build_payload(kind: Kind, prompt: str | Sequence[Message], options: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the JSON body of a streaming request, after checking the options.
+
+    Example:
+        >>> build_payload("completion", "Hi", {"max_tokens": 4})
+        {'stream': True, 'max_tokens': 4, 'prompt': 'Hi'}
+        >>> build_payload("completion", "Hi", {"max_tokens": 0})
+        Traceback (most recent call last):
+        ...
+        ValueError: max_tokens must be a positive integer, got 0
+    """
+    unknown = set(options) - _OPTION_NAMES
+    if unknown:
+        raise TypeError(
+            f"unknown option(s) {', '.join(sorted(unknown))}; "
+            f"valid options are {', '.join(sorted(_OPTION_NAMES))}"
+        )
+    max_tokens = options.get("max_tokens", DEFAULT_MAX_TOKENS)
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens <= 0:
+        raise ValueError(f"max_tokens must be a positive integer, got {max_tokens!r}")
+    payload: dict[str, Any] = {"stream": True, **options, "max_tokens": max_tokens}
+    if isinstance(payload.get("stop"), str):
+        payload["stop"] = [payload["stop"]]
+    if kind == "chat":
+        if isinstance(prompt, str):
+            raise TypeError("chat() takes a list of messages; use generate() for a plain prompt")
+        payload["messages"] = [dict(m) for m in prompt]
+    else:
+        if not isinstance(prompt, str):
+            raise TypeError("generate() takes a prompt string; use chat() for messages")
+        payload["prompt"] = prompt
+    return payload
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Speed figures as the server reports them for one generation.
+
+    Example:
+        >>> t = Timings.from_server({"prompt_n": 5, "prompt_ms": 10.0, "predicted_n": 20,
+        ...                          "predicted_ms": 100.0, "predicted_per_second": 200.0})
+        >>> t.predicted_per_second
+        200.0
+    """
+
+    prompt_tokens: int
+    prompt_ms: float
+    predicted_tokens: int
+    predicted_ms: float
+    predicted_per_second: float
+    cached_tokens: int | None = None
+
+    @classmethod
+    def from_server(cls, data: Mapping[str, Any]) -> Timings:
+        """Build from llama-server's ``timings`` object."""
+        return cls(
+            prompt_tokens=int(data.get("prompt_n", 0)),
+            prompt_ms=float(data.get("prompt_ms", 0.0)),
+            predicted_tokens=int(data.get("predicted_n", 0)),
+            predicted_ms=float(data.get("predicted_ms", 0.0)),
+            predicted_per_second=float(data.get("predicted_per_second", 0.0)),
+            cached_tokens=int(data["cache_n"]) if "cache_n" in data else None,
+        )
+
+
+@dataclass(frozen=True)
+class Completion:
+    """The result of one generation.
+
+    ``ttft_s`` (time to first token) and ``elapsed_s`` are measured by the
+    client; ``timings`` come from the server (``None`` if it sends none).
+
+    Example:
+        >>> c = Completion(text="Hello", finish_reason="stop", timings=None)
+        >>> c._repr_markdown_()
+        'Hello'
+    """
+
+    text: str
+    finish_reason: str | None
+    timings: Timings | None
+    ttft_s: float | None = None
+    elapsed_s: float | None = None
+
+    def stats(self) -> str:
+        """One line of statistics, empty when nothing was measured.
+
+        Example:
+            >>> Completion("x", "stop", None, ttft_s=0.05, elapsed_s=0.2).stats()
+            'first token 50 ms · 0.20 s'
+        """
+        parts = []
+        if self.timings is not None:
+            t = self.timings
+            parts.append(f"{t.predicted_tokens} tokens · {t.predicted_per_second:.1f} tok/s")
+            parts.append(f"prompt {t.prompt_tokens} tok")
+        if self.ttft_s is not None:
+            parts.append(f"first token {self.ttft_s * 1000:.0f} ms")
+        if self.elapsed_s is not None:
+            parts.append(f"{self.elapsed_s:.2f} s")
+        return " · ".join(parts)
+
+    def _repr_markdown_(self) -> str:
+        stats = self.stats()
+        return f"{self.text}\n\n<sub>{stats}</sub>" if stats else self.text
+
+
+class _Accumulator:
+    """Pure state of one stream: turns SSE ``data`` fields into text pieces."""
+
+    def __init__(self, kind: Kind) -> None:
+        self.kind = kind
+        self.pieces: list[str] = []
+        self.finish_reason: str | None = None
+        self.timings: Timings | None = None
+        self.done = False
+        self.started = time.perf_counter()
+        self.first_token_at: float | None = None
+
+    @property
+    def partial(self) -> str:
+        return "".join(self.pieces)
+
+    def feed(self, data: str) -> str:
+        """Consume one event's data; return the text it carries ('' if none)."""
+        if data.strip() == "[DONE]":
+            self.done = True
+            return ""
+        try:
+            chunk = json.loads(data)
+        except json.JSONDecodeError as exc:
+            raise GenerationError(
+                f"the server sent a malformed event ({exc.msg}): {data[:200]!r}",
+                body=data,
+                partial=self.partial,
+            ) from None
+        if not isinstance(chunk, dict):
+            raise GenerationError(
+                f"the server sent an unexpected event: {data[:200]!r}", body=data, partial=self.partial
+            )
+        if "error" in chunk:
+            error = chunk["error"]
+            message = error.get("message", error) if isinstance(error, dict) else error
+            code = error.get("code") if isinstance(error, dict) else None
+            raise GenerationError(
+                f"the server reported an error mid-stream: {message}",
+                status_code=code if isinstance(code, int) else None,
+                body=data,
+                partial=self.partial,
+            )
+        if isinstance(chunk.get("timings"), dict):
+            self.timings = Timings.from_server(chunk["timings"])
+        piece = ""
+        for choice in chunk.get("choices") or ():
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+            text = (choice.get("delta") or {}).get("content") if self.kind == "chat" else choice.get("text")
+            if text:
+                piece += text
+        if piece:
+            if self.first_token_at is None:
+                self.first_token_at = time.perf_counter()
+            self.pieces.append(piece)
+        return piece
+
+    def finish(self) -> Completion:
+        """Check the stream ended properly and return its completion."""
+        if not self.done and self.finish_reason is None:
+            raise GenerationError(
+                "the stream ended before the server finished (no finish_reason, no [DONE]); "
+                "the text so far is in .partial",
+                partial=self.partial,
+            )
+        ended = time.perf_counter()
+        ttft = None if self.first_token_at is None else self.first_token_at - self.started
+        return Completion(self.partial, self.finish_reason, self.timings, ttft, ended - self.started)
+
+
+def _http_error(response: httpx.Response, body: str) -> GenerationError:
+    try:
+        detail = json.loads(body)["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        detail = body[:500]
+    return GenerationError(
+        f"the server answered {response.status_code} to {response.request.method} "
+        f"{response.request.url.path}: {detail}",
+        status_code=response.status_code,
+        body=body,
+    )
+
+
+def _check_event_stream(response: httpx.Response) -> None:
+    content_type = response.headers.get("content-type", "")
+    if "text/event-stream" not in content_type:
+        raise GenerationError(
+            f"expected an event stream from {response.request.url.path}, got {content_type!r}; "
+            "is this a llama-server or OpenAI-compatible endpoint?",
+            status_code=response.status_code,
+        )
+
+
+class _StreamBase:
+    """What the sync and async streams share: state, error translation."""
+
+    def __init__(self, acc: _Accumulator, on_failure: FailureHook, read_timeout: float | None) -> None:
+        self._acc = acc
+        self._on_failure = on_failure
+        self._read_timeout = read_timeout
+        self.completion: Completion | None = None
+        """The finished :class:`Completion`, set once the stream is exhausted."""
+
+    @property
+    def text(self) -> str:
+        """All text received so far."""
+        return self._acc.partial
+
+    def _translate(self, exc: Exception) -> Exception:
+        if isinstance(exc, RocmNbError):
+            return exc
+        partial = self._acc.partial
+        if isinstance(exc, httpx.TimeoutException):
+            return GenerationError(
+                f"the server sent nothing for {self._read_timeout} s and looks hung; "
+                "the text so far is in .partial. Restart the model, or pass a larger timeout=",
+                partial=partial,
+            )
+        better = self._on_failure(exc, partial)
+        if better is not None:
+            return better
+        return GenerationError(
+            f"lost the connection to the server mid-stream ({type(exc).__name__}: {exc}); "
+            "the text so far is in .partial",
+            partial=partial,
+        )
+
+    def _next_piece(self, event: ServerSentEvent) -> str:
+        return self._acc.feed(event.data)
+
+    def _finished(self) -> None:
+        self.completion = self._acc.finish()
+
+
+class TokenStream(_StreamBase):
+    """An iterator of text pieces from one streaming request.
+
+    Closing it early (``break``, an exception, ``close()``, leaving a ``with``
+    block) closes the HTTP stream, which cancels the generation on the
+    server. After the last piece, ``.completion`` holds the result.
+
+    Example:
+        >>> with model.stream("Once upon a time", max_tokens=8) as s:  # doctest: +SKIP
+        ...     text = "".join(s)
+        >>> s.completion.finish_reason  # doctest: +SKIP
+        'length'
+    """
+
+    def __init__(
+        self,
+        open_response: Callable[[], httpx.Response],
+        acc: _Accumulator,
+        on_failure: FailureHook,
+        read_timeout: float | None,
+    ) -> None:
+        super().__init__(acc, on_failure, read_timeout)
+        self._open_response = open_response
+        self._response: httpx.Response | None = None
+        self._events: Iterator[ServerSentEvent] | None = None
+        self._closed = False
+
+    def __iter__(self) -> TokenStream:
+        return self
+
+    def __next__(self) -> str:
+        if self._closed:
+            raise StopIteration
+        try:
+            if self._events is None:
+                self._response = self._open_response()
+                if self._response.is_error:
+                    raise _http_error(self._response, self._response.read().decode("utf-8", "replace"))
+                _check_event_stream(self._response)
+                self._events = EventSource(self._response).iter_sse()
+            for event in self._events:
+                piece = self._next_piece(event)
+                if piece:
+                    return piece
+                if self._acc.done:
+                    break
+            self._finished()
+        except BaseException as exc:
+            self.close()
+            if isinstance(exc, Exception):
+                raise self._translate(exc) from exc
+            raise
+        self.close()
+        raise StopIteration
+
+    def close(self) -> None:
+        """Close the HTTP stream (cancelling the generation if it still runs). Idempotent."""
+        self._closed = True
+        if self._response is not None:
+            self._response.close()
+
+    def __enter__(self) -> TokenStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class AsyncTokenStream(_StreamBase):
+    """The async twin of :class:`TokenStream`: ``async for piece in stream``.
+
+    Example:
+        >>> async with model.astream("Hi", max_tokens=8) as s:  # doctest: +SKIP
+        ...     async for piece in s:
+        ...         print(piece, end="")
+    """
+
+    def __init__(
+        self,
+        open_response: Callable[[], Any],
+        acc: _Accumulator,
+        on_failure: FailureHook,
+        read_timeout: float | None,
+    ) -> None:
+        super().__init__(acc, on_failure, read_timeout)
+        self._open_response = open_response
+        self._response: httpx.Response | None = None
+        self._events: AsyncIterator[ServerSentEvent] | None = None
+        self._closed = False
+
+    def __aiter__(self) -> AsyncTokenStream:
+        return self
+
+    async def __anext__(self) -> str:
+        if self._closed:
+            raise StopAsyncIteration
+        try:
+            if self._events is None:
+                self._response = await self._open_response()
+                if self._response.is_error:
+                    body = (await self._response.aread()).decode("utf-8", "replace")
+                    raise _http_error(self._response, body)
+                _check_event_stream(self._response)
+                self._events = EventSource(self._response).aiter_sse()
+            async for event in self._events:
+                piece = self._next_piece(event)
+                if piece:
+                    return piece
+                if self._acc.done:
+                    break
+            self._finished()
+        except BaseException as exc:
+            await self.aclose()
+            if isinstance(exc, Exception):
+                raise self._translate(exc) from exc
+            raise
+        await self.aclose()
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        """Close the HTTP stream (cancelling the generation if it still runs). Idempotent."""
+        self._closed = True
+        if self._response is not None:
+            await self._response.aclose()
+
+    async def __aenter__(self) -> AsyncTokenStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def _no_better_error(exc: Exception, partial: str) -> RocmNbError | None:
+    return None
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Parse Prometheus text (llama-server's ``/metrics``) into a flat dict.
+
+    Example:
+        >>> parse_metrics("# HELP x\\nllamacpp:n_decode_total 12\\n")
+        {'llamacpp:n_decode_total': 12.0}
+    """
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, _, value = line.rpartition(" ")
+        try:
+            values[name] = float(value)
+        except ValueError:
+            continue
+    return values
+
+
+class Client:
+    """The generation API over one server's HTTP endpoint.
+
+    ``generate``/``stream`` take a prompt string (``/v1/completions``);
+    ``chat``/``chat_stream`` take messages and let the server apply the
+    model's chat template (``/v1/chat/completions``). Each has an async twin
+    (``agenerate``, ``astream``, ``achat``, ``achat_stream``).
+
+    ``timeout`` is the longest silence tolerated while reading (seconds);
+    ``transport`` is an httpx transport seam for tests.
+
+    Example:
+        >>> with connect("http://127.0.0.1:8080") as client:  # doctest: +SKIP
+        ...     print(client.generate("2 + 2 =", max_tokens=4).text)
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        timeout: float = 600.0,
+        transport: httpx.BaseTransport | None = None,
+        async_transport: httpx.AsyncBaseTransport | None = None,
+        on_failure: FailureHook = _no_better_error,
+    ) -> None:
+        self._bind(base_url, api_key, timeout=timeout, transport=transport,
+                   async_transport=async_transport, on_failure=on_failure)
+
+    def _bind(
+        self,
+        base_url: str,
+        api_key: str | None,
+        *,
+        timeout: float = 600.0,
+        transport: httpx.BaseTransport | None = None,
+        async_transport: httpx.AsyncBaseTransport | None = None,
+        on_failure: FailureHook = _no_better_error,
+    ) -> None:
+        self._base_url = base_url.rstrip("/")
+        self._api_key = api_key
+        self._timeout = timeout
+        self._on_failure = on_failure
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http_timeout = httpx.Timeout(timeout, connect=10.0)
+        self._sync = httpx.Client(
+            base_url=self._base_url, headers=self._headers, timeout=self._http_timeout, transport=transport
+        )
+        self._async_transport = async_transport
+        self._async: httpx.AsyncClient | None = None
+        self._async_loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    @property
+    def base_url(self) -> str:
+        """The server's root URL, e.g. ``http://127.0.0.1:8080``."""
+        return self._base_url
+
+    @property
+    def api_key(self) -> str | None:
+        """The bearer token sent with every request (``None`` for none)."""
+        return self._api_key
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise ModelClosed(
+                f"this client for {self._base_url} was closed; create a new one "
+                "(LocalModel(...) or rocm_nb.connect(...))"
+            )
+
+    def _http(self) -> httpx.Client:
+        self._ensure_open()
+        return self._sync
+
+    def _ahttp(self) -> httpx.AsyncClient:
+        """The async client for the running loop (one per loop: loops cannot share one)."""
+        self._ensure_open()
+        loop = asyncio.get_running_loop()
+        if self._async is None or self._async_loop is not loop:
+            self._async = httpx.AsyncClient(
+                base_url=self._base_url,
+                headers=self._headers,
+                timeout=self._http_timeout,
+                transport=self._async_transport,
+            )
+            self._async_loop = loop
+        return self._async
+
+    @staticmethod
+    def _endpoint(kind: Kind) -> str:
+        return "/v1/chat/completions" if kind == "chat" else "/v1/completions"
+
+    def _open_stream(self, kind: Kind, prompt: str | Sequence[Message], options: Mapping[str, Any]) -> TokenStream:
+        payload = build_payload(kind, prompt, options)
+        http = self._http()
+        request = http.build_request("POST", self._endpoint(kind), json=payload)
+        return TokenStream(
+            lambda: http.send(request, stream=True), _Accumulator(kind), self._on_failure, self._timeout
+        )
+
+    def _open_astream(
+        self, kind: Kind, prompt: str | Sequence[Message], options: Mapping[str, Any]
+    ) -> AsyncTokenStream:
+        payload = build_payload(kind, prompt, options)
+        endpoint = self._endpoint(kind)
+
+        async def open_response() -> httpx.Response:
+            http = self._ahttp()
+            return await http.send(http.build_request("POST", endpoint, json=payload), stream=True)
+
+        return AsyncTokenStream(open_response, _Accumulator(kind), self._on_failure, self._timeout)
+
+    @staticmethod
+    def _drain(stream: TokenStream) -> Completion:
+        with stream:
+            for _ in stream:
+                pass
+        assert stream.completion is not None
+        return stream.completion
+
+    @staticmethod
+    async def _adrain(stream: AsyncTokenStream) -> Completion:
+        async with stream:
+            async for _ in stream:
+                pass
+        assert stream.completion is not None
+        return stream.completion
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http().request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            better = self._on_failure(exc, "")
+            if better is not None:
+                raise better from exc
+            raise GenerationError(
+                f"could not reach {self.base_url}{path} ({type(exc).__name__}: {exc}); "
+                "is the server running?"
+            ) from exc
+        if response.is_error:
+            raise _http_error(response, response.text)
+        return response
+
+    # -- generation -------------------------------------------------------------------------
+
+    def stream(self, prompt: str, **options: Unpack[Options]) -> TokenStream:
+        """Stream the continuation of ``prompt`` as text pieces.
+
+        Example:
+            >>> for piece in model.stream("The sky is", max_tokens=8):  # doctest: +SKIP
+            ...     print(piece, end="")
+        """
+        return self._open_stream("completion", prompt, options)
+
+    def generate(self, prompt: str, **options: Unpack[Options]) -> Completion:
+        """Continue ``prompt`` and return the whole :class:`Completion`.
+
+        Example:
+            >>> model.generate("2 + 2 =", max_tokens=4, temperature=0).text  # doctest: +SKIP
+            ' 4'
+        """
+        return self._drain(self.stream(prompt, **options))
+
+    def chat_stream(self, messages: Sequence[Message], **options: Unpack[Options]) -> TokenStream:
+        """Stream the assistant's reply to ``messages`` as text pieces.
+
+        Example:
+            >>> for piece in model.chat_stream([{"role": "user", "content": "Hi"}]):  # doctest: +SKIP
+            ...     print(piece, end="")
+        """
+        return self._open_stream("chat", messages, options)
+
+    def chat(self, messages: Sequence[Message], **options: Unpack[Options]) -> Completion:
+        """Return the assistant's reply to ``messages``.
+
+        Example:
+            >>> model.chat([{"role": "user", "content": "Hi!"}]).text  # doctest: +SKIP
+            'Hello! How can I help you today?'
+        """
+        return self._drain(self.chat_stream(messages, **options))
+
+    def astream(self, prompt: str, **options: Unpack[Options]) -> AsyncTokenStream:
+        """Async twin of :meth:`stream`.
+
+        Example:
+            >>> async for piece in model.astream("The sky is"):  # doctest: +SKIP
+            ...     print(piece, end="")
+        """
+        return self._open_astream("completion", prompt, options)
+
+    async def agenerate(self, prompt: str, **options: Unpack[Options]) -> Completion:
+        """Async twin of :meth:`generate`.
+
+        Example:
+            >>> (await model.agenerate("2 + 2 =", max_tokens=4)).text  # doctest: +SKIP
+        """
+        return await self._adrain(self.astream(prompt, **options))
+
+    def achat_stream(self, messages: Sequence[Message], **options: Unpack[Options]) -> AsyncTokenStream:
+        """Async twin of :meth:`chat_stream`.
+
+        Example:
+            >>> async for piece in model.achat_stream([{"role": "user", "content": "Hi"}]):  # doctest: +SKIP
+            ...     print(piece, end="")
+        """
+        return self._open_astream("chat", messages, options)
+
+    async def achat(self, messages: Sequence[Message], **options: Unpack[Options]) -> Completion:
+        """Async twin of :meth:`chat`.
+
+        Example:
+            >>> (await model.achat([{"role": "user", "content": "Hi"}])).text  # doctest: +SKIP
+        """
+        return await self._adrain(self.achat_stream(messages, **options))
+
+    # -- server utilities -------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
+        """Token ids of ``text`` (llama-server's ``/tokenize``).
+
+        Example:
+            >>> model.tokenize("Hello")  # doctest: +SKIP
+            [19556]
+        """
+        body = {"content": text, "add_special": add_special}
+        tokens: list[int] = self._request("POST", "/tokenize", json=body).json()["tokens"]
+        return tokens
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        """Text of token ids (llama-server's ``/detokenize``).
+
+        Example:
+            >>> model.detokenize([19556])  # doctest: +SKIP
+            'Hello'
+        """
+        content: str = self._request("POST", "/detokenize", json={"tokens": list(tokens)}).json()["content"]
+        return content
+
+    def props(self) -> dict[str, Any]:
+        """The server's properties (``/props``): chat template, default settings, slots.
+
+        Example:
+            >>> model.props()["total_slots"]  # doctest: +SKIP
+            1
+        """
+        props: dict[str, Any] = self._request("GET", "/props").json()
+        return props
+
+    def metrics(self) -> dict[str, float]:
+        """The server's Prometheus counters (``/metrics``, needs ``--metrics``).
+
+        Example:
+            >>> model.metrics()["llamacpp:tokens_predicted_total"]  # doctest: +SKIP
+            48.0
+        """
+        return parse_metrics(self._request("GET", "/metrics").text)
+
+    def health(self) -> bool:
+        """True when the server answers ``/health`` with 200 (ready).
+
+        Example:
+            >>> model.health()  # doctest: +SKIP
+            True
+        """
+        try:
+            return self._http().get("/health").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    # -- notebook ---------------------------------------------------------------------------
+
+    def panel(self, *, system: str = "", **options: Unpack[Options]) -> ChatPanel:
+        """A chat panel (ipywidgets) on this model: history, Send, Stop, Clear, stats.
+
+        ipywidgets is imported here, not with rocm_nb.
+
+        Example:
+            >>> model.panel(system="You are a helpful assistant.", temperature=0.3)  # doctest: +SKIP
+        """
+        from rocm_nb.widgets import ChatPanel
+
+        return ChatPanel(self, system=system, **options)
+
+    # -- lifetime ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the HTTP connections. Idempotent.
+
+        Example:
+            >>> Client("http://127.0.0.1:1").close()
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._close_http()
+
+    def _close_http(self) -> None:
+        self._sync.close()
+        if self._async is not None:
+            client, loop = self._async, self._async_loop
+            self._async = None
+            if loop is not None and loop.is_running() and not loop.is_closed():
+                loop.create_task(client.aclose())
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connect(base_url: str, api_key: str | None = None, *, timeout: float = 600.0) -> Client:
+    """A :class:`Client` for a server that is already running (never starts one).
+
+    Example:
+        >>> client = connect("http://127.0.0.1:8080", api_key="secret")
+        >>> client.base_url
+        'http://127.0.0.1:8080'
+        >>> client.close()
+    """
+    return Client(base_url, api_key, timeout=timeout)

@@ -1,0 +1,244 @@
+"""IPython magics: thin adapters over :class:`~rocm_nb.model.LocalModel`.
+
+``%load_ext rocm_nb`` registers:
+
+* ``%rocm_load MODEL [--ctx N] [--gpu-layers N|auto] [--name ALIAS] [--server PATH] [-- ARGS]``
+* ``%%rocm_generate [options]`` — the cell is the prompt; ``{name}`` is filled
+  from the user namespace (``{{`` and ``}}`` for literal braces)
+* ``%rocm_chat``, ``%rocm_status``, ``%rocm_stop [ALIAS|--all]``
+
+Each magic documents its options: ``%%rocm_generate?``.
+
+Example (in a notebook)::
+
+    %load_ext rocm_nb
+    %rocm_load smollm2-135m --ctx 4096
+    %%rocm_generate --max-tokens 64 --temperature 0
+    Explain {topic} to a ten year old.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.display import display
+
+from rocm_nb.catalog import DEFAULT_MODEL
+from rocm_nb.client import Completion, Options
+from rocm_nb.display import StreamDisplay, ipython_publisher, status_bundle
+from rocm_nb.hardware import describe, detect
+from rocm_nb.model import LocalModel
+
+__all__ = ["RocmMagics", "fill_placeholders", "register"]
+
+_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def fill_placeholders(template: str, namespace: Mapping[str, Any]) -> str:
+    """Replace ``{name}`` with ``str(namespace[name])``; ``{{``/``}}`` are literal braces.
+
+    Anything else in braces (JSON, code) is left alone.
+
+    Example:
+        >>> fill_placeholders('Explain {topic}. {"k": 1} {{x}}', {"topic": "GPUs"})
+        'Explain GPUs. {"k": 1} {x}'
+    """
+
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name is None:
+            return match.group(0)[0]
+        if name not in namespace:
+            raise UsageError(
+                f"{{{name}}} in the prompt, but no variable {name!r} is defined; "
+                f"define it, or write {{{{{name}}}}} for literal braces"
+            )
+        return str(namespace[name])
+
+    return _PLACEHOLDER.sub(substitute, template)
+
+
+def _gpu_layers(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"--gpu-layers takes a number or 'auto', not {value!r}") from None
+
+
+@magics_class
+class RocmMagics(Magics):
+    """The ``%rocm_*`` magics; one instance per IPython shell holds its models."""
+
+    def __init__(self, shell: Any) -> None:
+        super().__init__(shell)
+        self.models: dict[str, LocalModel] = {}
+        self.current: str | None = None
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _model(self, alias: str | None) -> LocalModel:
+        if alias is not None:
+            if alias not in self.models:
+                known = ", ".join(self.models) or "none yet"
+                raise UsageError(f"no model called {alias!r} is loaded (loaded: {known}); use %rocm_load")
+            return self.models[alias]
+        if self.current is None:
+            self._load(DEFAULT_MODEL, alias=DEFAULT_MODEL)
+        assert self.current is not None
+        return self.models[self.current]
+
+    def _load(self, spec: str, *, alias: str, **kwargs: Any) -> LocalModel:
+        old = self.models.get(alias)
+        model = LocalModel(spec, **kwargs)  # an equal config attaches to the running server
+        publish = ipython_publisher()
+        publish({"text/plain": f"⏳ loading {model.path.name} …"}, False)
+
+        def progress(elapsed: float, line: str) -> None:
+            publish({"text/plain": f"⏳ loading {model.path.name} … {elapsed:.1f} s  {line[:100]}"}, True)
+
+        began = time.perf_counter()
+        model.start(progress)
+        if old is not None:
+            old.close()
+        self.models[alias] = model
+        self.current = alias
+        layers = model.info.block_count
+        offload = (
+            f"{model.config.gpu_layers} of {layers + 1 if layers else '?'} layers on the GPU"
+            if model.backend != "cpu" else "CPU only"
+        )
+        publish({"text/plain": (
+            f"✓ {alias}: {model.info.summary()}\n"
+            f"  backend {model.backend} · {offload} · ctx {model.config.ctx_size} · "
+            f"ready in {time.perf_counter() - began:.2f} s · pid {model.pid}"
+        )}, True)
+        return model
+
+    # -- magics -----------------------------------------------------------------------------
+
+    @magic_arguments()
+    @argument("model", nargs="?", default=DEFAULT_MODEL, help="a .gguf path, catalogue name or hf:owner/repo/file.gguf")
+    @argument("--ctx", type=int, default=None, help="context size (default: min(trained, 8192))")
+    @argument("--gpu-layers", default=None, help="layers to offload to the GPU, or 'auto' (all on a GPU)")
+    @argument("--parallel", type=int, default=1, help="server slots (concurrent generations)")
+    @argument("--name", default=None, help="alias to refer to this model (default: the model argument)")
+    @argument("--server", default=None, help="path of the llama-server binary to use")
+    @line_magic
+    def rocm_load(self, line: str) -> None:
+        """Start (or reuse) a model and make it the current one.
+
+        Arguments after ``--`` go to llama-server as they are.
+        """
+        line, _, extra = line.partition(" -- ")
+        args = parse_argstring(self.rocm_load, line)
+        self._load(
+            args.model,
+            alias=args.name or args.model,
+            ctx_size=args.ctx,
+            gpu_layers=None if args.gpu_layers is None else _gpu_layers(args.gpu_layers),
+            parallel=args.parallel,
+            server=args.server,
+            extra_args=shlex.split(extra),
+        )
+
+    @magic_arguments()
+    @argument("-m", "--model", default=None, help="alias of a loaded model (default: the current one)")
+    @argument("--max-tokens", type=int, default=512, help="most tokens to generate")
+    @argument("--temperature", type=float, default=None, help="sampling temperature (0 = greedy)")
+    @argument("--seed", type=int, default=None, help="sampling seed, for repeatable output")
+    @argument("--stop", action="append", default=None, help="stop sequence (repeatable)")
+    @argument("--system", default=None, help="system prompt (chat mode)")
+    @argument("--chat", dest="raw", action="store_false", help="use the chat template (default)")
+    @argument("--raw", dest="raw", action="store_true", help="plain completion of the text, no template")
+    @argument("--out", default=None, help="store the Completion in this variable")
+    @argument("--no-stream", action="store_true", help="show the result only when complete")
+    @argument("--json-schema", default=None, help="name of a variable holding a JSON schema for the output")
+    @cell_magic
+    def rocm_generate(self, line: str, cell: str) -> None:
+        """Generate from the cell's text, streaming tokens into the output."""
+        args = parse_argstring(self.rocm_generate, line)
+        user_ns = self.shell.user_ns if self.shell is not None else {}
+        prompt = fill_placeholders(cell.strip(), user_ns)
+        options: Options = {"max_tokens": args.max_tokens}
+        if args.temperature is not None:
+            options["temperature"] = args.temperature
+        if args.seed is not None:
+            options["seed"] = args.seed
+        if args.stop:
+            options["stop"] = args.stop
+        if args.json_schema is not None:
+            schema = user_ns.get(args.json_schema)
+            if not isinstance(schema, Mapping):
+                raise UsageError(f"--json-schema {args.json_schema}: no dict variable of that name")
+            options["json_schema"] = schema
+        model = self._model(args.model)
+        if args.raw:
+            if args.system:
+                raise UsageError("--system needs chat mode; drop --raw")
+            stream = model.stream(prompt, **options)
+        else:
+            messages = [{"role": "user", "content": prompt}]
+            if args.system:
+                messages.insert(0, {"role": "system", "content": args.system})
+            stream = model.chat_stream(messages, **options)
+        shown = StreamDisplay(live=not args.no_stream)
+        try:
+            with stream:
+                for piece in stream:
+                    shown.append(piece)
+        except BaseException:
+            shown.finish(f"⏹ stopped after {len(shown.text)} characters")
+            raise
+        completion: Completion | None = stream.completion
+        assert completion is not None
+        shown.finish(completion.stats())
+        if args.json_schema is not None:
+            json.loads(completion.text)  # the grammar guarantees it; fail loudly if not
+        if args.out:
+            user_ns[args.out] = completion
+
+    @line_magic
+    def rocm_chat(self, line: str) -> Any:
+        """Show the chat panel of the current model (or of ``%rocm_chat ALIAS``)."""
+        return self._model(line.strip() or None).panel()
+
+    @line_magic
+    def rocm_status(self, line: str) -> None:
+        """Running models: backend, pid, port, uptime, memory, speed; and the GPUs."""
+        rows = [{"alias": alias, **model.status()} for alias, model in self.models.items()]
+        display(status_bundle(rows, current=self.current, notes=describe(detect())), raw=True)
+
+    @magic_arguments()
+    @argument("alias", nargs="?", default=None, help="model to stop (default: the current one)")
+    @argument("--all", action="store_true", help="stop every model this notebook started")
+    @line_magic
+    def rocm_stop(self, line: str) -> None:
+        """Stop a model (its server stops when no one else uses it)."""
+        args = parse_argstring(self.rocm_stop, line)
+        aliases = list(self.models) if args.all else [args.alias or self.current]
+        for alias in aliases:
+            if alias is None or alias not in self.models:
+                raise UsageError(f"no model called {alias!r} is loaded")
+            self.models.pop(alias).close()
+            print(f"stopped {alias}")
+            if self.current == alias:
+                self.current = next(iter(self.models), None)
+
+
+def register(ipython: Any) -> None:
+    """Register the magics on an IPython shell (what ``%load_ext rocm_nb`` calls).
+
+    Example:
+        >>> register(get_ipython())  # doctest: +SKIP
+    """
+    ipython.register_magics(RocmMagics(ipython))

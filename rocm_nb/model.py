@@ -1,0 +1,326 @@
+"""``LocalModel``: a llama-server of your own, with the generation API on top.
+
+``LocalModel`` composes a :class:`~rocm_nb.server.LlamaServer` (the process)
+with the :class:`~rocm_nb.client.Client` API (it *is* a client of the server
+it owns). Constructing one is cheap and checks everything that can be
+checked without starting a process: the model resolves and is a valid GGUF,
+a llama-server exists, the context size fits the model. The server starts on
+``with``, ``start()``, or the first request.
+
+A per-process registry shares one server between all ``LocalModel`` objects
+with an equal configuration: re-running a notebook cell attaches to the
+running server instead of loading the model twice. The server stops when the
+last ``LocalModel`` using it is closed, or at exit.
+
+Example:
+    >>> with LocalModel("smollm2-135m") as model:  # doctest: +SKIP
+    ...     print(model.generate("Once upon a time", max_tokens=24).text)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import psutil
+
+from rocm_nb.binary import ServerBinary, find_server
+from rocm_nb.catalog import DEFAULT_MODEL, ModelInfo, read_info, resolve_model
+from rocm_nb.client import Client
+from rocm_nb.errors import ModelClosed, RocmNbError, ServerCrashed
+from rocm_nb.hardware import Backend, Hardware, detect
+from rocm_nb.server import LlamaServer, Progress, ServerConfig
+
+__all__ = ["DEFAULT_CTX_CAP", "LocalModel", "running_servers"]
+
+DEFAULT_CTX_CAP = 8192
+"""Default context size cap: min(trained context, 8192) keeps the KV cache modest."""
+
+
+@dataclass
+class _Shared:
+    server: LlamaServer
+    users: int
+
+
+_registry: dict[ServerConfig, _Shared] = {}
+_registry_lock = threading.Lock()
+
+
+def running_servers() -> list[LlamaServer]:
+    """The llama-servers this process runs right now (for status displays).
+
+    Example:
+        >>> [s.pid for s in running_servers()]  # doctest: +SKIP
+        [12345]
+    """
+    with _registry_lock:
+        return [shared.server for shared in _registry.values() if shared.server.alive]
+
+
+def _acquire(config: ServerConfig, start_timeout: float, progress: Progress | None) -> LlamaServer:
+    with _registry_lock:
+        shared = _registry.get(config)
+        if shared is not None and shared.server.alive:
+            shared.users += 1
+            return shared.server
+        server = LlamaServer(config, start_timeout=start_timeout).start(progress)
+        _registry[config] = _Shared(server, 1)
+        return server
+
+
+def _release(config: ServerConfig, server: LlamaServer) -> None:
+    with _registry_lock:
+        shared = _registry.get(config)
+        if shared is None or shared.server is not server:
+            server.close()  # replaced after a crash: nobody else uses it
+            return
+        shared.users -= 1
+        if shared.users <= 0:
+            del _registry[config]
+            server.close()
+
+
+def _default_gpu_layers(backend: Backend, info: ModelInfo) -> int:
+    if backend == "cpu":
+        return 0
+    return (info.block_count or 998) + 1  # every repeating layer plus the output layer
+
+
+class LocalModel(Client):
+    """A local llama-server for one model, started for this Python session.
+
+    Args:
+        model: a ``.gguf`` path, a catalogue name (default ``smollm2-135m``)
+            or ``hf:owner/repo/file.gguf``.
+        ctx_size: context length; default min(trained context, 8192).
+        gpu_layers: layers to offload; ``None``/``"auto"`` means all of them
+            on a GPU backend and 0 on CPU.
+        parallel: server slots (concurrent generations).
+        server: path to a llama-server binary (else found or built).
+        extra_args: further llama-server arguments, passed as they are.
+        env: extra environment for the server only.
+        timeout: longest silence tolerated while reading a stream (s).
+        start_timeout: how long loading may take (s).
+
+    Example:
+        >>> model = LocalModel("smollm2-135m", ctx_size=2048)  # doctest: +SKIP
+        >>> model.generate("The capital of France is", max_tokens=8).text  # doctest: +SKIP
+        ' Paris.'
+        >>> model.close()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] = DEFAULT_MODEL,
+        *,
+        ctx_size: int | None = None,
+        gpu_layers: int | Literal["auto"] | None = None,
+        parallel: int = 1,
+        server: str | os.PathLike[str] | None = None,
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        timeout: float = 600.0,
+        start_timeout: float = 300.0,
+        hardware: Hardware | None = None,
+    ) -> None:
+        self.path = resolve_model(model)
+        self.info: ModelInfo = read_info(self.path)
+        """GGUF metadata: architecture, parameters, quantisation, context, chat template."""
+        self.binary: ServerBinary = find_server(server)
+        self.hardware: Hardware = hardware if hardware is not None else detect()
+        self.config = ServerConfig(
+            binary=self.binary.path,
+            model=self.path,
+            ctx_size=self._ctx_size(ctx_size),
+            gpu_layers=(
+                _default_gpu_layers(self.binary.backend, self.info)
+                if gpu_layers is None or gpu_layers == "auto"
+                else int(gpu_layers)
+            ),
+            parallel=self._positive("parallel", parallel),
+            extra_args=tuple(extra_args),
+            env=tuple(sorted({**self.hardware.server_env(), **(env or {})}.items())),
+        )
+        self._timeout = timeout
+        self._start_timeout = start_timeout
+        self._server: LlamaServer | None = None
+        self._closed = False
+
+    def _ctx_size(self, requested: int | None) -> int:
+        trained = self.info.context_length
+        if requested is None:
+            return min(trained or DEFAULT_CTX_CAP, DEFAULT_CTX_CAP)
+        self._positive("ctx_size", requested)
+        if trained is not None and requested > trained:
+            raise ValueError(
+                f"ctx_size={requested} is beyond what {self.info.name} was trained for ({trained}); "
+                f"use ctx_size={trained} or less (quality collapses past the trained length)"
+            )
+        return requested
+
+    @staticmethod
+    def _positive(name: str, value: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        return value
+
+    # -- lifetime ---------------------------------------------------------------------------
+
+    def start(self, progress: Progress | None = None) -> LocalModel:
+        """Start the server (or attach to a running one with the same config).
+
+        A server that crashed is replaced by a fresh one. Returns ``self``.
+        ``progress(elapsed_seconds, last_log_line)`` is called while loading.
+
+        Example:
+            >>> model = LocalModel().start()  # doctest: +SKIP
+        """
+        if self._closed:
+            raise self._closed_error()
+        if self._server is not None and self._server.alive:
+            return self
+        if self._server is not None:
+            _release(self.config, self._server)
+            self._close_http()
+        self._server = _acquire(self.config, self._start_timeout, progress)
+        self._bind(self._server.base_url, self._server.api_key, timeout=self._timeout,
+                   on_failure=self._diagnose)
+        return self
+
+    def close(self) -> None:
+        """Stop using the server; it stops when its last user closes. Idempotent.
+
+        Example:
+            >>> model.close()  # doctest: +SKIP
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self._server is not None:
+            self._close_http()
+            _release(self.config, self._server)
+
+    def __enter__(self) -> LocalModel:
+        return self.start()
+
+    def _closed_error(self) -> ModelClosed:
+        return ModelClosed(
+            f"this LocalModel ({self.path.name}) was closed; create a new one with "
+            f"LocalModel({str(self.path)!r})"
+        )
+
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise self._closed_error()
+        if self._server is None:
+            self.start()
+
+    def _diagnose(self, exc: Exception, partial: str) -> RocmNbError | None:
+        """Turn a lost connection into ServerCrashed when the process died."""
+        server = self._server
+        if server is None:
+            return None
+        deadline = time.monotonic() + 1.0
+        while server.returncode is None and time.monotonic() < deadline:
+            time.sleep(0.02)  # a dying process may still be closing its sockets
+        if server.returncode is None:
+            return None
+        return ServerCrashed(
+            f"llama-server (pid {server.pid}) died with status {server.returncode} "
+            f"while serving {self.path.name}; the text so far is in .partial. Last log lines:\n"
+            f"{server.log_tail(15)}\nNext step: call model.start() for a fresh server "
+            "(lower gpu_layers or ctx_size if it ran out of memory).",
+            returncode=server.returncode,
+            log_tail=server.log_tail(40),
+            partial=partial,
+        )
+
+    # -- what notebooks show ----------------------------------------------------------------
+
+    @property
+    def server(self) -> LlamaServer:
+        """The running :class:`LlamaServer` (starts it if needed)."""
+        self._ensure_open()
+        assert self._server is not None
+        return self._server
+
+    @property
+    def base_url(self) -> str:
+        """The server's root URL (starts the server if needed), for any OpenAI client."""
+        return self.server.base_url
+
+    @property
+    def api_key(self) -> str:
+        """The server's per-session API key (starts the server if needed)."""
+        return self.server.api_key
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id, or ``None`` when not running."""
+        return None if self._server is None else self._server.pid
+
+    @property
+    def backend(self) -> Backend:
+        """The backend the server runs on: ``rocm``, ``cuda``, ``vulkan`` or ``cpu``."""
+        return self.binary.backend
+
+    def status(self) -> dict[str, Any]:
+        """What ``%rocm_status`` shows: process, backend, memory, speed.
+
+        Keys: model, backend, state, pid, port, uptime_s, load_s, ctx_size,
+        gpu_layers, rss_bytes, decode_tps (average decode speed the server
+        reports, ``None`` before the first generation).
+
+        Example:
+            >>> model.status()["state"]  # doctest: +SKIP
+            'running'
+        """
+        server = self._server
+        running = server is not None and server.alive
+        rss = decode_tps = None
+        if running and server is not None and server.pid is not None:
+            with contextlib.suppress(psutil.Error):
+                rss = psutil.Process(server.pid).memory_info().rss
+            with contextlib.suppress(RocmNbError):
+                speed = self.metrics().get("llamacpp:predicted_tokens_seconds")
+                decode_tps = speed if speed else None
+        return {
+            "model": self.info.name,
+            "file": self.path.name,
+            "backend": self.backend,
+            "state": "closed" if self._closed else "running" if running else "stopped",
+            "pid": server.pid if running and server else None,
+            "port": server.port if running and server else None,
+            "uptime_s": time.time() - server.started_at if running and server and server.started_at else None,
+            "load_s": server.load_seconds if server else None,
+            "ctx_size": self.config.ctx_size,
+            "gpu_layers": self.config.gpu_layers,
+            "rss_bytes": rss,
+            "decode_tps": decode_tps,
+        }
+
+    def logs(self, n: int | None = None) -> list[str]:
+        """The server's last ``n`` log lines (all kept lines by default).
+
+        Example:
+            >>> print("\\n".join(model.logs(5)))  # doctest: +SKIP
+        """
+        return [] if self._server is None else self._server.logs(n)
+
+    def __repr__(self) -> str:
+        state = (
+            "closed" if self._closed
+            else f"running pid={self.pid} {self._server.base_url}"
+            if self._server is not None and self._server.alive
+            else "not started"
+        )
+        return (
+            f"<LocalModel {self.path.name} backend={self.backend} ctx={self.config.ctx_size} "
+            f"ngl={self.config.gpu_layers} {state}>"
+        )

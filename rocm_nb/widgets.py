@@ -1,0 +1,218 @@
+"""``ChatPanel``: a chat with the model in an ipywidgets panel.
+
+History as Markdown bubbles, a text box (Enter or Send), Stop, Clear, a
+system prompt, temperature and max-tokens controls, and per-reply statistics.
+
+Replies are generated in an asyncio task on the kernel's own event loop with
+the async client, so the kernel stays free to handle clicks: Stop cancels the
+task, which closes the HTTP stream, which cancels the generation on the
+server. Tokens are written to the bubble's ``value`` trait (never printed
+from the task), coalesced to about 20 updates per second.
+
+The whole conversation is sent each turn; llama-server's prompt cache keeps
+the KV cache of the shared prefix, so turn 10 does not pay the prefill of
+turns 1-9 again.
+
+Example:
+    >>> panel = model.panel(system="You are terse.", temperature=0.2)  # doctest: +SKIP
+    >>> panel  # shows the panel  # doctest: +SKIP
+    >>> panel.export()  # doctest: +SKIP
+    [{'role': 'system', 'content': 'You are terse.'}, ...]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+from typing import Any, Unpack
+
+import ipywidgets as widgets
+from markdown_it import MarkdownIt
+
+from rocm_nb.client import Client, Completion, Options
+from rocm_nb.display import Bundle, StreamDisplay
+from rocm_nb.errors import RocmNbError
+
+__all__ = ["ChatPanel", "render_markdown"]
+
+_markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
+
+_BUBBLE = {
+    "user": "background:#e8f0fe;margin:4px 0 4px 15%;",
+    "assistant": "background:#f1f3f4;margin:4px 15% 4px 0;",
+    "error": "background:#fdecea;color:#8a1c12;margin:4px 15% 4px 0;",
+}
+
+
+def render_markdown(text: str) -> str:
+    """Markdown to HTML, with any raw HTML from the model escaped.
+
+    Example:
+        >>> render_markdown("**hi** <script>")
+        '<p><strong>hi</strong> &lt;script&gt;</p>\\n'
+    """
+    return _markdown.render(text)
+
+
+def _bubble_html(role: str, body_html: str) -> str:
+    style = _BUBBLE.get(role, _BUBBLE["assistant"])
+    return f'<div class="rocm-nb-{role}" style="{style}padding:6px 10px;border-radius:8px;">{body_html}</div>'
+
+
+def _plain_html(text: str) -> str:
+    return f'<div style="white-space:pre-wrap">{html.escape(text)}</div>'
+
+
+class ChatPanel:
+    """An ipywidgets chat with a model; display it as the last line of a cell.
+
+    Args:
+        client: a :class:`~rocm_nb.model.LocalModel` or any
+            :class:`~rocm_nb.client.Client`.
+        system: the system prompt (editable in the panel).
+        **options: sampling options for every reply
+            (``temperature`` and ``max_tokens`` get controls in the panel).
+
+    Example:
+        >>> panel = ChatPanel(model, system="Answer in one sentence.")  # doctest: +SKIP
+        >>> await panel.send("What is a GPU?")  # doctest: +SKIP
+        >>> panel.history[-1]["role"]  # doctest: +SKIP
+        'assistant'
+    """
+
+    def __init__(self, client: Client, *, system: str = "", **options: Unpack[Options]) -> None:
+        self._client = client
+        self._options: Options = dict(options)  # type: ignore[assignment]
+        self._messages: list[dict[str, str]] = []
+        self._task: asyncio.Task[None] | None = None
+        self.last: Completion | None = None
+        """The :class:`Completion` of the last finished reply."""
+
+        self.transcript = widgets.VBox(layout=widgets.Layout(max_height="420px", overflow_y="auto"))
+        self.system = widgets.Textarea(value=system, placeholder="System prompt (optional)",
+                                       layout=widgets.Layout(width="100%", height="3em"))
+        self.temperature = widgets.FloatSlider(value=float(options.get("temperature", 0.7)), min=0.0,
+                                               max=2.0, step=0.05, description="temperature")
+        self.max_tokens = widgets.BoundedIntText(value=int(options.get("max_tokens", 512)), min=1,
+                                                 max=1_000_000, description="max tokens")
+        self.prompt = widgets.Text(placeholder="Message (Enter to send)", continuous_update=False,
+                                   layout=widgets.Layout(flex="1"))
+        self.send_button = widgets.Button(description="Send", button_style="primary", icon="paper-plane")
+        self.stop_button = widgets.Button(description="Stop", button_style="warning", icon="stop",
+                                          disabled=True)
+        self.clear_button = widgets.Button(description="Clear", icon="trash")
+        self.stats = widgets.HTML(value="")
+
+        self.prompt.observe(self._on_submit, names="value")
+        self.send_button.on_click(lambda _: self._on_submit())
+        self.stop_button.on_click(lambda _: self.stop())
+        self.clear_button.on_click(lambda _: self.clear())
+        self.widget = widgets.VBox([
+            self.system,
+            self.transcript,
+            widgets.HBox([self.prompt, self.send_button, self.stop_button, self.clear_button]),
+            widgets.HBox([self.temperature, self.max_tokens]),
+            self.stats,
+        ], layout=widgets.Layout(border="1px solid #ddd", padding="6px"))
+
+    # -- what the user has ------------------------------------------------------------------
+
+    @property
+    def history(self) -> list[dict[str, str]]:
+        """The conversation so far (user and assistant turns), as copies."""
+        return [dict(m) for m in self._messages]
+
+    def export(self) -> list[dict[str, str]]:
+        """The conversation as JSON-serialisable messages, system prompt first.
+
+        Example:
+            >>> json.dumps(panel.export())  # doctest: +SKIP
+        """
+        system = self.system.value.strip()
+        return ([{"role": "system", "content": system}] if system else []) + self.history
+
+    @property
+    def busy(self) -> bool:
+        """True while a reply is being generated."""
+        return self._task is not None and not self._task.done()
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    # -- actions ----------------------------------------------------------------------------
+
+    def _on_submit(self, change: Any = None) -> None:
+        text = self.prompt.value.strip()
+        if not text or self.busy:
+            return
+        self.prompt.value = ""
+        self.send(text)
+
+    def send(self, text: str) -> asyncio.Task[None]:
+        """Add a user message and start the reply as a task on the running loop.
+
+        Example:
+            >>> await panel.send("Hello")  # doctest: +SKIP
+        """
+        if self.busy:
+            raise RuntimeError("a reply is still being generated: wait for it or press Stop")
+        self._messages.append({"role": "user", "content": text})
+        self.transcript.children = (*self.transcript.children,
+                                    widgets.HTML(_bubble_html("user", render_markdown(text))))
+        self._task = asyncio.get_event_loop().create_task(self._reply())
+        return self._task
+
+    def stop(self) -> None:
+        """Stop the reply in progress (the server stops generating too)."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+    def clear(self) -> None:
+        """Stop any reply and forget the conversation (the system prompt stays)."""
+        self.stop()
+        self._messages.clear()
+        self.transcript.children = ()
+        self.stats.value = ""
+
+    async def _reply(self) -> None:
+        bubble = widgets.HTML(_bubble_html("assistant", _plain_html("▌")))
+        self.transcript.children = (*self.transcript.children, bubble)
+
+        def publish(bundle: Bundle, update: bool) -> None:
+            body = bundle.get("text/markdown")
+            rendered = render_markdown(body) if body is not None else _plain_html(bundle["text/plain"])
+            bubble.value = _bubble_html("assistant", rendered)
+
+        shown = StreamDisplay(publish)
+        options: Options = {**self._options, "temperature": self.temperature.value,
+                            "max_tokens": self.max_tokens.value}
+        self.send_button.disabled, self.stop_button.disabled = True, False
+        self.stats.value = "<i>generating…</i>"
+        try:
+            stream = self._client.achat_stream(self.export(), **options)
+            async with stream:
+                async for piece in stream:
+                    shown.append(piece)
+            assert stream.completion is not None
+            self.last = stream.completion
+            shown.finish()
+            self._messages.append({"role": "assistant", "content": shown.text})
+            self.stats.value = html.escape(self._stats(stream.completion))
+        except asyncio.CancelledError:
+            shown.finish()
+            if shown.text:
+                self._messages.append({"role": "assistant", "content": shown.text})
+            self.stats.value = f"⏹ stopped after {len(shown.text)} characters"
+        except RocmNbError as exc:
+            bubble.value = _bubble_html("error", _plain_html(f"{shown.text}\n\n⚠ {exc}"))
+            self.stats.value = f"<b>error:</b> {html.escape(type(exc).__name__)}"
+        finally:
+            self.send_button.disabled, self.stop_button.disabled = False, True
+
+    @staticmethod
+    def _stats(completion: Completion) -> str:
+        stats = completion.stats()
+        t = completion.timings
+        if t is not None and t.cached_tokens:
+            stats += f" · {t.cached_tokens} prompt tokens from cache"
+        return stats

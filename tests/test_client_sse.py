@@ -1,0 +1,181 @@
+"""Unit tests of the client's stream handling through httpx.MockTransport (no server)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+import httpx
+import pytest
+
+from rocm_nb.client import Client, build_payload, parse_metrics
+from rocm_nb.errors import GenerationError, ModelClosed
+
+
+def chunk(text: str, finish: str | None = None, timings: dict[str, float] | None = None) -> str:
+    body: dict[str, object] = {"choices": [{"text": text, "index": 0, "finish_reason": finish}]}
+    if timings:
+        body["timings"] = timings
+    return f"data: {json.dumps(body)}\n\n"
+
+
+def sse_client(
+    parts: Iterable[bytes], status: int = 200, content_type: str = "text/event-stream",
+    seen: list[httpx.Request] | None = None,
+) -> Client:
+    parts = list(parts)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if seen is not None:
+            seen.append(request)
+        return httpx.Response(status, headers={"content-type": content_type}, content=iter(parts))
+
+    return Client("http://test", "key", transport=httpx.MockTransport(handler))
+
+
+def stream_of(text: str) -> list[bytes]:
+    return [text.encode()]
+
+
+GOOD = chunk("Once") + chunk(" upon") + chunk(" a time", "length", {
+    "prompt_n": 3, "prompt_ms": 1.5, "predicted_n": 3, "predicted_ms": 3.0,
+    "predicted_per_second": 1000.0, "cache_n": 0,
+}) + "data: [DONE]\n\n"
+
+
+def test_pieces_timings_and_request() -> None:
+    seen: list[httpx.Request] = []
+    client = sse_client(stream_of(GOOD), seen=seen)
+    stream = client.stream("Hi", max_tokens=3, temperature=0.0, stop="\n")
+    assert list(stream) == ["Once", " upon", " a time"]
+    assert stream.completion is not None
+    assert stream.completion.text == "Once upon a time"
+    assert stream.completion.finish_reason == "length"
+    assert stream.completion.timings is not None
+    assert stream.completion.timings.predicted_per_second == 1000.0
+    assert stream.completion.timings.cached_tokens == 0
+    request = seen[0]
+    assert request.url.path == "/v1/completions"
+    assert request.headers["authorization"] == "Bearer key"
+    assert json.loads(request.content) == {
+        "stream": True, "prompt": "Hi", "max_tokens": 3, "temperature": 0.0, "stop": ["\n"],
+    }
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 64])
+def test_arbitrary_chunk_boundaries_and_split_utf8(size: int) -> None:
+    raw = (chunk("Grüße ") + chunk("🙂", "stop") + "data: [DONE]\n\n").encode()
+    client = sse_client([raw[i : i + size] for i in range(0, len(raw), size)])
+    assert client.generate("x").text == "Grüße 🙂"
+
+
+def test_crlf_comments_and_keepalives() -> None:
+    text = ": keep-alive\r\n\r\n" + GOOD.replace("\n", "\r\n") + ": bye\r\n\r\n"
+    assert sse_client(stream_of(text)).generate("x").text == "Once upon a time"
+
+
+def test_chat_deltas() -> None:
+    events = [
+        {"choices": [{"delta": {"role": "assistant", "content": None}, "finish_reason": None}]},
+        {"choices": [{"delta": {"content": "Hello"}, "finish_reason": None}]},
+        {"choices": [{"delta": {}, "finish_reason": "stop"}]},
+    ]
+    text = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+    seen: list[httpx.Request] = []
+    reply = sse_client(stream_of(text), seen=seen).chat([{"role": "user", "content": "Hi"}])
+    assert reply.text == "Hello"
+    assert reply.finish_reason == "stop"
+    assert seen[0].url.path == "/v1/chat/completions"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (chunk("a") + "data: {not json\n\n", "malformed event"),
+        (chunk("a") + 'data: {"error": {"code": 500, "message": "boom"}}\n\n', "boom"),
+        (chunk("a") + "data: [1, 2]\n\n", "unexpected event"),
+        (chunk("a"), "ended before the server finished"),
+    ],
+)
+def test_bad_streams_raise_with_partial(body: str, message: str) -> None:
+    with pytest.raises(GenerationError, match=message) as info:
+        sse_client(stream_of(body)).generate("x")
+    assert info.value.partial == "a"
+
+
+def test_http_error_status_and_body() -> None:
+    body = json.dumps({"error": {"code": 400, "message": "the request exceeds the context"}})
+    client = sse_client(stream_of(body), status=400, content_type="application/json")
+    with pytest.raises(GenerationError, match="exceeds the context") as info:
+        client.generate("x")
+    assert info.value.status_code == 400
+
+
+def test_not_an_event_stream() -> None:
+    client = sse_client(stream_of("<html></html>"), content_type="text/html")
+    with pytest.raises(GenerationError, match="expected an event stream"):
+        client.generate("x")
+
+
+def test_transport_error_is_translated() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    client = Client("http://test", transport=httpx.MockTransport(handler))
+    with pytest.raises(GenerationError, match="lost the connection"):
+        client.generate("x")
+
+
+def test_failure_hook_gives_a_better_error() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.RemoteProtocolError("peer closed", request=request)
+
+    def hook(exc: Exception, partial: str) -> GenerationError:
+        return GenerationError("the server died", partial=partial)
+
+    client = Client("http://test", transport=httpx.MockTransport(handler), on_failure=hook)
+    with pytest.raises(GenerationError, match="the server died"):
+        client.generate("x")
+
+
+def test_read_timeout_means_hung_server() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("slow", request=request)
+
+    client = Client("http://test", transport=httpx.MockTransport(handler), timeout=0.5)
+    with pytest.raises(GenerationError, match=r"sent nothing for 0\.5 s"):
+        client.generate("x")
+
+
+async def test_async_twin() -> None:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=GOOD.encode())
+
+    client = Client("http://test", async_transport=httpx.MockTransport(handler))
+    pieces = [piece async for piece in client.astream("x")]
+    assert pieces == ["Once", " upon", " a time"]
+    assert (await client.agenerate("x")).text == "Once upon a time"
+
+
+def test_option_checks() -> None:
+    with pytest.raises(TypeError, match=r"unknown option.*temprature"):
+        build_payload("completion", "x", {"temprature": 1})
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="max_tokens must be a positive integer"):
+            build_payload("completion", "x", {"max_tokens": bad})
+    with pytest.raises(TypeError, match="list of messages"):
+        build_payload("chat", "x", {})
+    assert build_payload("completion", "x", {})["max_tokens"] == 512
+
+
+def test_closed_client() -> None:
+    client = Client("http://test")
+    client.close()
+    client.close()
+    with pytest.raises(ModelClosed):
+        client.generate("x")
+
+
+def test_parse_metrics() -> None:
+    text = "# HELP a b\n# TYPE a counter\nllamacpp:n_decode_total 10\nllamacpp:requests_processing 0\n"
+    assert parse_metrics(text) == {"llamacpp:n_decode_total": 10.0, "llamacpp:requests_processing": 0.0}

@@ -1,0 +1,57 @@
+"""The streaming renderer: coalescing, ordering, the final Markdown."""
+
+from __future__ import annotations
+
+import itertools
+
+from rocm_nb.display import Bundle, StreamDisplay, status_bundle
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_updates_are_coalesced_and_nothing_is_lost() -> None:
+    sent: list[tuple[Bundle, bool]] = []
+    clock = FakeClock()
+    shown = StreamDisplay(lambda bundle, update: sent.append((bundle, update)), rate=20, clock=clock)
+    pieces = [f"t{i} " for i in range(1000)]
+    for piece in pieces:  # 1,000 tokens over one second: 1,000 tokens/s
+        shown.append(piece)
+        clock.now += 0.001
+    shown.finish("1000 tokens")
+    streaming = [b for b, _ in sent[1:-1]]
+    assert 19 <= len(streaming) <= 21  # ~20 updates for one second of tokens
+    texts = [b["text/plain"].rstrip("▌") for b in streaming]
+    assert all(later.startswith(earlier) for earlier, later in itertools.pairwise(texts))
+    final = sent[-1][0]
+    assert final["text/markdown"] == "".join(pieces) + "\n\n<sub>1000 tokens</sub>"
+    assert [update for _, update in sent] == [False] + [True] * (len(sent) - 1)
+    assert shown.updates == len(sent)
+
+
+def test_not_live_shows_once_at_the_end() -> None:
+    sent: list[Bundle] = []
+    shown = StreamDisplay(lambda bundle, update: sent.append(bundle), live=False)
+    for piece in ["a", "b", "c"]:
+        shown.append(piece)
+    assert sent == []
+    shown.finish("", markdown=False)
+    assert sent == [{"text/plain": "abc"}]
+
+
+def test_status_table() -> None:
+    rows = [
+        {"alias": "small", "file": "m.gguf", "backend": "cpu", "state": "running", "pid": 42, "port": 8080,
+         "uptime_s": 3725, "rss_bytes": 300 * 2**20, "gpu_layers": 0, "ctx_size": 4096, "decode_tps": 151.23},
+    ]
+    bundle = status_bundle(rows, current="small", notes=["backend: cpu"])
+    text = bundle["text/plain"]
+    assert "1h02m" in text and "300 MiB" in text and "151.2" in text and "backend: cpu" in text
+    assert "<td>small</td>" in bundle["text/html"]
+    empty = status_bundle([], current=None, notes=[])
+    assert "no model loaded" in empty["text/plain"]

@@ -51,7 +51,8 @@ def render_markdown(text: str) -> str:
         >>> render_markdown("**hi** <script>")
         '<p><strong>hi</strong> &lt;script&gt;</p>\\n'
     """
-    return _markdown.render(text)
+    rendered: str = _markdown.render(text)
+    return rendered
 
 
 def _bubble_html(role: str, body_html: str) -> str:
@@ -88,7 +89,7 @@ class ChatPanel:
         self.last: Completion | None = None
         """The :class:`Completion` of the last finished reply."""
 
-        self.transcript = widgets.VBox(layout=widgets.Layout(max_height="420px", overflow_y="auto"))
+        self.transcript = widgets.VBox(layout=widgets.Layout(max_height="420px", overflow="auto"))
         self.system = widgets.Textarea(value=system, placeholder="System prompt (optional)",
                                        layout=widgets.Layout(width="100%", height="3em"))
         self.temperature = widgets.FloatSlider(value=float(options.get("temperature", 0.7)), min=0.0,
@@ -159,6 +160,8 @@ class ChatPanel:
         self._messages.append({"role": "user", "content": text})
         self.transcript.children = (*self.transcript.children,
                                     widgets.HTML(_bubble_html("user", render_markdown(text))))
+        self.send_button.disabled, self.stop_button.disabled = True, False
+        self.stats.value = "<i>generating…</i>"
         self._task = asyncio.get_event_loop().create_task(self._reply())
         return self._task
 
@@ -186,8 +189,6 @@ class ChatPanel:
         shown = StreamDisplay(publish)
         options: Options = {**self._options, "temperature": self.temperature.value,
                             "max_tokens": self.max_tokens.value}
-        self.send_button.disabled, self.stop_button.disabled = True, False
-        self.stats.value = "<i>generating…</i>"
         try:
             stream = self._client.achat_stream(self.export(), **options)
             async with stream:

@@ -1,0 +1,249 @@
+"""Finding and building llama-server.
+
+The suite runs after ``rocm-nb server install``, so the default cache holds a
+real build; everything else works in a temporary cache through ``environ=``,
+and builds use a tiny CMake stand-in for llama.cpp (``source_dir=``) that
+succeeds, fails to compile, or hangs until interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import psutil
+import pytest
+
+from rocm_nb import BinaryNotFound, BuildError
+from rocm_nb.binary import ServerBinary, find_server, install_server
+from tests.conftest import wait_until
+
+ENV_VAR = "ROCM_NB_LLAMA_SERVER"
+
+
+@pytest.fixture(scope="module")
+def real() -> ServerBinary:
+    """The llama-server that ``rocm-nb server install`` put in the default cache."""
+    environ = {key: value for key, value in os.environ.items() if key != ENV_VAR}
+    return find_server(environ=environ)
+
+
+@pytest.fixture
+def empty_env(tmp_path: Path) -> dict[str, str]:
+    """An empty cache and a PATH without llama-server (nor cmake)."""
+    (tmp_path / "bin").mkdir()
+    return {"ROCM_NB_CACHE": str(tmp_path / "cache"), "PATH": str(tmp_path / "bin")}
+
+
+def script(path: Path, body: str) -> Path:
+    """An executable shell script: a program that is not llama-server, or a fake one."""
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+    return path
+
+
+def fake_install(servers: Path, name: str, real: ServerBinary, *, manifest: bool = True) -> Path:
+    """An install directory whose llama-server is a symlink to the real one."""
+    directory = servers / name
+    directory.mkdir(parents=True)
+    (directory / "llama-server").symlink_to(real.path)
+    if manifest:
+        data = {"version": real.version, "backend": "cpu", "flags": [], "rpc": False,
+                "built_at": "2025-01-01T00:00:00+00:00", "llama_cpp_python": "0.3.36"}
+        (directory / "manifest.json").write_text(json.dumps(data))
+    return directory
+
+
+def test_the_cache_install_is_found_by_default(real: ServerBinary) -> None:
+    assert real.source == "cache"
+    assert real.backend == "cpu"
+    assert real.version
+    assert real.path.is_file() and os.access(real.path, os.X_OK)
+    if real.rpc:
+        assert real.rpc_path is not None and real.rpc_path.is_file()
+
+
+def test_an_explicit_path_is_used_and_its_backend_read_from_list_devices(real: ServerBinary) -> None:
+    binary = find_server(real.path)
+    assert binary.source == "argument"
+    assert binary.path == real.path
+    assert binary.version == real.version
+    assert binary.backend == "cpu"
+    assert binary.rpc == real.rpc
+
+
+def broken(tmp: Path, kind: str) -> Path:
+    """A candidate that is not a working llama-server."""
+    if kind == "missing":
+        return tmp / "missing" / "llama-server"
+    if kind == "directory":
+        return tmp
+    if kind == "not-executable":
+        (tmp / "llama-server").write_text("#!/bin/sh\n")
+        return tmp / "llama-server"
+    return script(tmp / "llama-server", {"prints-hello": "echo hello", "prints-nothing": "exit 0"}[kind])
+
+
+BROKEN = {
+    "missing": "does not exist",
+    "directory": "is a directory",
+    "not-executable": "is not executable",
+    "prints-hello": "does not look like llama-server: `--version` printed 'hello'",
+    "prints-nothing": "does not look like llama-server: `--version` printed nothing",
+}
+
+
+@pytest.mark.parametrize("kind", BROKEN)
+def test_a_broken_env_var_is_reported_not_skipped(tmp_path: Path, kind: str) -> None:
+    path = broken(tmp_path, kind)
+    environ = {**os.environ, ENV_VAR: str(path)}  # the default cache has a working install to fall back to
+    with pytest.raises(BinaryNotFound) as caught:
+        find_server(environ=environ)
+    message = str(caught.value)
+    assert str(path) in message
+    assert ENV_VAR in message
+    assert BROKEN[kind] in message
+    assert "Next step" in message
+
+
+def test_a_wrong_program_as_argument_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(BinaryNotFound, match=r"server= argument .*'hello'"):
+        find_server(script(tmp_path / "llama-server", "echo hello"))
+
+
+def test_nothing_found_says_what_was_tried_and_how_to_install(empty_env: dict[str, str]) -> None:
+    with pytest.raises(BinaryNotFound) as caught:
+        find_server(environ=empty_env)
+    message = str(caught.value)
+    assert "rocm-nb server install" in message
+    assert f"{ENV_VAR}=/path" in message
+    assert empty_env["ROCM_NB_CACHE"] in message
+    assert "$PATH" in message
+
+
+def test_half_built_installs_are_ignored(real: ServerBinary, empty_env: dict[str, str]) -> None:
+    servers = Path(empty_env["ROCM_NB_CACHE"]) / "servers"
+    fake_install(servers, "cpu", real, manifest=False)  # binaries copied, manifest not yet written
+    fake_install(servers, ".install-cpu-x1y2", real)  # staging directory, never looked at
+    with pytest.raises(BinaryNotFound):
+        find_server(environ=empty_env)
+
+
+def test_a_binary_on_path_is_found_last(real: ServerBinary, empty_env: dict[str, str]) -> None:
+    (Path(empty_env["PATH"]) / "llama-server").symlink_to(real.path)
+    binary = find_server(environ=empty_env)
+    assert (binary.source, binary.backend) == ("PATH", "cpu")
+
+
+def test_version_is_asked_once_per_binary_and_mtime(tmp_path: Path) -> None:
+    calls = tmp_path / "calls"
+    fake = script(tmp_path / "llama-server", f'echo "$1" >> {calls}; echo "version: 1.2.3 (fake)"')
+    assert find_server(fake).version == "1.2.3 (fake)"
+    assert find_server(fake).version == "1.2.3 (fake)"
+    assert calls.read_text().split() == ["--version", "--list-devices"]
+    os.utime(fake, ns=(0, 0))
+    find_server(fake)
+    assert calls.read_text().split().count("--version") == 2
+
+
+def test_install_returns_an_existing_install_without_building(real: ServerBinary, empty_env: dict[str, str]) -> None:
+    servers = Path(empty_env["ROCM_NB_CACHE"]) / "servers"
+    directory = fake_install(servers, "cpu", real)
+    # No cmake on this PATH: any attempt to build would raise BuildError.
+    binary = install_server("cpu", environ=empty_env, progress=False)
+    assert binary == ServerBinary(directory / "llama-server", real.version, "cpu", "cache", rpc=False)
+    assert find_server(environ=empty_env) == binary
+    assert install_server(rpc=False, environ={**empty_env, "ROCM_NB_BACKEND": "cpu"}, progress=False) == binary
+    assert not list(servers.glob("build-*.log"))
+
+
+def test_missing_build_tools_are_named(empty_env: dict[str, str]) -> None:
+    with pytest.raises(BuildError) as caught:
+        install_server("cpu", force=True, environ=empty_env, progress=False)
+    assert "cmake and a C++ compiler (tried c++, g++, clang++) not found" in str(caught.value)
+    assert "apt-get install cmake g++ ninja-build" in str(caught.value)
+
+
+def tiny_llama_cpp(directory: Path, server_main: str) -> Path:
+    """A stand-in for the llama.cpp sources: two small targets with the real names, built into bin/."""
+    directory.mkdir()
+    (directory / "CMakeLists.txt").write_text(
+        "cmake_minimum_required(VERSION 3.14)\nproject(fake CXX)\n"
+        "set(CMAKE_RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/bin)\n"
+        "add_executable(llama-server server.cpp)\nadd_executable(ggml-rpc-server rpc.cpp)\n"
+    )
+    (directory / "server.cpp").write_text(f"#include <cstdio>\nint main() {{ {server_main} }}\n")
+    (directory / "rpc.cpp").write_text("int main() { return 0; }\n")
+    return directory
+
+
+def test_a_build_is_installed_atomically_and_replaced_by_force(tmp_path: Path) -> None:
+    source = tiny_llama_cpp(tmp_path / "llama.cpp", 'std::puts("version: 0.0.1 (tiny)"); return 0;')
+    servers = tmp_path / "cache" / "servers"
+    environ = {**os.environ, "ROCM_NB_CACHE": str(servers.parent)}
+
+    first = install_server("cpu", rpc=True, environ=environ, source_dir=source, progress=False)
+    assert first == ServerBinary(servers / "cpu-rpc" / "llama-server", "0.0.1 (tiny)", "cpu", "cache", rpc=True)
+    assert first.rpc_path is not None and first.rpc_path.is_file()
+    manifest = json.loads((servers / "cpu-rpc" / "manifest.json").read_text())
+    assert manifest["backend"] == "cpu" and manifest["rpc"] is True and "-DGGML_RPC=ON" in manifest["flags"]
+
+    again = install_server("cpu", rpc=True, force=True, environ=environ, source_dir=source, progress=False)
+    assert again == first
+    assert json.loads((servers / "cpu-rpc" / "manifest.json").read_text())["built_at"] >= manifest["built_at"]
+    assert sorted(path.name for path in servers.iterdir()) == ["build-cpu-rpc.log", "cpu-rpc"]
+    assert find_server(environ={**environ, "PATH": ""}) == first
+
+
+def test_a_failing_build_raises_build_error_and_installs_nothing(tmp_path: Path) -> None:
+    source = tiny_llama_cpp(tmp_path / "llama.cpp", "return this_symbol_is_not_declared;")
+    cache = tmp_path / "cache"
+    environ = {**os.environ, "ROCM_NB_CACHE": str(cache)}
+
+    with pytest.raises(BuildError) as caught:
+        install_server("cpu", rpc=True, environ=environ, source_dir=source, jobs=1)
+    error = caught.value
+    assert "-DBUILD_SHARED_LIBS=OFF" in error.flags and "-DGGML_RPC=ON" in error.flags
+    assert "this_symbol_is_not_declared" in error.log_tail
+    log = cache / "servers" / "build-cpu-rpc.log"
+    assert "while compiling" in str(error) and str(log) in str(error)
+    assert "-DGGML_RPC=ON" in str(error)
+    assert [path.name for path in (cache / "servers").iterdir()] == [log.name]
+    with pytest.raises(BinaryNotFound):
+        find_server(environ={"ROCM_NB_CACHE": str(cache), "PATH": ""})
+
+
+def test_an_interrupt_stops_the_whole_build(tmp_path: Path) -> None:
+    source = tmp_path / "llama.cpp"
+    source.mkdir()
+    (source / "CMakeLists.txt").write_text(
+        "cmake_minimum_required(VERSION 3.14)\nproject(fake NONE)\nadd_custom_target(llama-server COMMAND sleep 300)\n"
+    )
+    cache = tmp_path / "cache"
+    program = textwrap.dedent(f"""
+        import os, signal
+        from pathlib import Path
+        from rocm_nb.binary import install_server
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a kernel, even if started ignoring it
+        install_server("cpu", environ={{**os.environ, "ROCM_NB_CACHE": {str(cache)!r}}},
+                       source_dir=Path({str(source)!r}), progress=False)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", program], stderr=subprocess.PIPE, text=True)
+    try:
+        # ninja logs a step when it ends, so look for the compiler stand-in among the processes.
+        wait_until(lambda: "sleep" in [child.name() for child in psutil.Process(proc.pid).children(recursive=True)],
+                   timeout=60)
+        build = psutil.Process(proc.pid).children(recursive=True)
+        proc.send_signal(signal.SIGINT)
+        _, errors = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert "KeyboardInterrupt" in errors
+    _, alive = psutil.wait_procs(build, timeout=10)
+    assert alive == []
+    assert [path.name for path in (cache / "servers").iterdir()] == ["build-cpu.log"]

@@ -150,7 +150,9 @@ def _human_count(n: int) -> str:
 class _Header:
     """A cursor over a memory-mapped GGUF header."""
 
-    _SCALARS: ClassVar[dict[int, str]] = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+    _SCALARS: ClassVar[dict[int, str]] = {
+        0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d",
+    }
     _STRING, _ARRAY = 8, 9
 
     def __init__(self, data: mmap.mmap) -> None:

@@ -39,9 +39,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NamedTuple, cast, get_args
+from typing import TYPE_CHECKING, Any, NamedTuple, cast, get_args
 
-from tqdm.auto import tqdm
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 from rocm_nb._paths import cache_root
 from rocm_nb.errors import BinaryNotFound, BuildError
@@ -214,6 +215,8 @@ def install_server(
     log = servers / f"build-{name}.log"
     log.write_text("")
     targets = [_SERVER, _RPC_SERVER] if rpc else [_SERVER]
+    from tqdm.auto import tqdm  # imported here: `import rocm_nb` stays cheap
+
     try:
         with tempfile.TemporaryDirectory(prefix=f".build-{name}-", dir=servers) as work, tqdm(
             desc="llama.cpp sources", disable=not progress, leave=False

@@ -52,5 +52,9 @@ lint: $(STAMP)
 test: setup lint
 	$(VENV)/bin/pytest -q
 
+## rocm_nb against raw llama-server, same run; writes benchmarks/README.md.
+bench: setup
+	$(PY) benchmarks/bench.py
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache test-artifacts demo-output

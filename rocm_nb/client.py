@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import io
 import json
 import ssl
 import time
@@ -191,7 +192,7 @@ class _Accumulator:
 
     def __init__(self, kind: Kind) -> None:
         self.kind = kind
-        self.pieces: list[str] = []
+        self._text = io.StringIO()  # grows by the text's own size per token, not an object per piece
         self.finish_reason: str | None = None
         self.timings: Timings | None = None
         self.done = False
@@ -200,7 +201,7 @@ class _Accumulator:
 
     @property
     def partial(self) -> str:
-        return "".join(self.pieces)
+        return self._text.getvalue()
 
     def feed(self, data: str) -> str:
         """Consume one event's data; return the text it carries ('' if none)."""
@@ -241,7 +242,7 @@ class _Accumulator:
         if piece:
             if self.first_token_at is None:
                 self.first_token_at = time.perf_counter()
-            self.pieces.append(piece)
+            self._text.write(piece)
         return piece
 
     def finish(self) -> Completion:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import http.client
 import json
 import os
 import queue
@@ -45,7 +46,6 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import psutil
 
 from rocm_nb._paths import cache_root
@@ -390,39 +390,44 @@ class LlamaServer:
         self._running = _Running(proc, record, _LogBuffer(proc.stdout, self._log_lines))
         self._finalizer = weakref.finalize(self, self._running.stop)
 
+    def _healthy(self) -> bool:
+        """One ``/health`` probe over plain HTTP (stdlib: no TLS set-up on the start path)."""
+        connection = http.client.HTTPConnection(self.config.host, self.port, timeout=2.0)
+        try:
+            connection.request("GET", "/health")
+            return connection.getresponse().status == 200
+        except OSError:
+            return False
+        finally:
+            connection.close()
+
     def _wait_ready(self, began: float, progress: Progress | None) -> None:
         assert self._running is not None
         proc = self._running.proc
         interval = 0.002
         reported = began
-        with httpx.Client(timeout=2.0) as http:
-            while True:
-                if proc.poll() is not None:
-                    self._running.logs.join(1.0)
-                    self._stop_quietly()
-                    raise self._start_error(proc.returncode)
-                try:
-                    if http.get(f"{self.base_url}/health").status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
-                if time.perf_counter() - began > self._start_timeout:
-                    tail = self.log_tail()
-                    self._stop_quietly()
-                    raise ServerStartTimeout(
-                        f"llama-server did not become ready within {self._start_timeout:.0f} s "
-                        f"loading {self.config.model.name}. Last log lines:\n{tail}\n"
-                        "Next step: a large model may need more time (start_timeout=), "
-                        "or fewer GPU layers if the GPU is swapping.",
-                        log_tail=tail,
-                    )
-                now = time.perf_counter()
-                if progress is not None and now - reported >= 0.25:
-                    reported = now
-                    lines = self._running.logs.lines
-                    progress(now - began, lines[-1] if lines else "")
-                time.sleep(interval)
-                interval = min(interval * 1.5, 0.05)
+        while not self._healthy():
+            if proc.poll() is not None:
+                self._running.logs.join(1.0)
+                self._stop_quietly()
+                raise self._start_error(proc.returncode)
+            now = time.perf_counter()
+            if now - began > self._start_timeout:
+                tail = self.log_tail()
+                self._stop_quietly()
+                raise ServerStartTimeout(
+                    f"llama-server did not become ready within {self._start_timeout:.0f} s "
+                    f"loading {self.config.model.name}. Last log lines:\n{tail}\n"
+                    "Next step: a large model may need more time (start_timeout=), "
+                    "or fewer GPU layers if the GPU is swapping.",
+                    log_tail=tail,
+                )
+            if progress is not None and now - reported >= 0.25:
+                reported = now
+                lines = self._running.logs.lines
+                progress(now - began, lines[-1] if lines else "")
+            time.sleep(interval)
+            interval = min(interval * 1.5, 0.05)
 
     def _start_error(self, returncode: int | None) -> ServerStartError:
         tail = self.log_tail(40)

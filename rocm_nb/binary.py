@@ -37,7 +37,7 @@ import tarfile
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, cast, get_args
 
@@ -443,7 +443,7 @@ def _install(built: Sequence[Path], final: Path, backend: Backend, flags: Sequen
             shutil.copy2(binary, staging / binary.name)
         version = _version(staging / _SERVER, env)
         manifest = {"version": version, "backend": backend, "flags": list(flags), "rpc": rpc,
-                    "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
                     "llama_cpp_python": LLAMA_CPP_PYTHON_VERSION}
         (staging / _MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         if final.exists():

@@ -129,6 +129,7 @@ class LocalModel(Client):
         start_timeout: float = 300.0,
         hardware: Hardware | None = None,
     ) -> None:
+        self._spec = os.fspath(model)
         self.path = resolve_model(model)
         self.info: ModelInfo = read_info(self.path)
         """GGUF metadata: architecture, parameters, quantisation, context, chat template."""
@@ -212,7 +213,7 @@ class LocalModel(Client):
     def _closed_error(self) -> ModelClosed:
         return ModelClosed(
             f"this LocalModel ({self.path.name}) was closed; create a new one with "
-            f"LocalModel({str(self.path)!r})"
+            f"LocalModel({self._spec!r})"
         )
 
     def _ensure_open(self) -> None:

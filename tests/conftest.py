@@ -11,9 +11,9 @@ from collections.abc import Callable, Iterator
 
 import psutil
 import pytest
-from rocm_nb.catalog import DEFAULT_MODEL, resolve_model
 
 from rocm_nb import LocalModel
+from rocm_nb.catalog import DEFAULT_MODEL, resolve_model
 
 
 @pytest.fixture(scope="session")

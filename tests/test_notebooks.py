@@ -1,0 +1,256 @@
+"""The notebooks in ``notebooks/``, executed top to bottom with nbclient in a real kernel.
+
+Each notebook runs once per session in a fresh kernel that uses this very
+interpreter (``notebooks/run_demo.py`` provides the runner ``make demo``
+uses too); the tests then check what its cells produced. Executed copies
+are written to ``test-artifacts/notebooks/`` for reading after a failure,
+and the run times are printed (``pytest -s``): timings are reported, never
+asserted.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import nbformat
+import psutil
+import pytest
+from nbformat import NotebookNode
+
+from tests.conftest import llama_servers, wait_until
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+ARTIFACTS = ROOT / "test-artifacts" / "notebooks"
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+MARK = "ROCM_NB_NOTEBOOK_TEST"
+"""Set in each notebook kernel's environment, which its llama-servers inherit."""
+
+
+def _load_runner() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("rocm_nb_run_demo", NOTEBOOKS / "run_demo.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+run_demo = _load_runner()
+
+
+# -- reading executed cells -------------------------------------------------------------------
+
+
+def cell(nb: NotebookNode, tag: str) -> NotebookNode:
+    """The one cell tagged ``tag``."""
+    found = [c for c in nb.cells if tag in c.get("metadata", {}).get("tags", [])]
+    assert len(found) == 1, f"expected one cell tagged {tag!r}, found {len(found)}"
+    only: NotebookNode = found[0]
+    return only
+
+
+def stdout(c: NotebookNode) -> str:
+    """What the cell printed."""
+    return "".join(o["text"] for o in c.outputs if o["output_type"] == "stream" and o["name"] == "stdout")
+
+
+def data(c: NotebookNode, mime: str) -> list[str]:
+    """Every ``mime`` representation among the cell's display outputs and result."""
+    found = []
+    for output in c.outputs:
+        if output["output_type"] in ("display_data", "execute_result") and mime in output["data"]:
+            value = output["data"][mime]
+            if isinstance(value, list):
+                value = "".join(value)
+            found.append(value if isinstance(value, str) else json.dumps(value))
+    return found
+
+
+def number(text: str, label: str) -> int:
+    """The integer printed after ``label`` in ``text``."""
+    match = re.search(re.escape(label) + r"\s*(\d+)", text)
+    assert match is not None, f"{label!r} not in {text!r}"
+    return int(match.group(1))
+
+
+# -- running notebooks ------------------------------------------------------------------------
+
+
+def servers_marked(value: str) -> list[int]:
+    """Live llama-servers started from a kernel whose environment had ``MARK=value``."""
+    found = []
+    for proc in llama_servers():
+        try:
+            if proc.environ().get(MARK) == value:
+                found.append(proc.pid)
+        except psutil.Error:
+            continue
+    return found
+
+
+@pytest.fixture(scope="session")
+def executed() -> Callable[[str], NotebookNode]:
+    """Execute a notebook (once per session) and return it with its outputs.
+
+    Also checks that no llama-server the notebook started outlives its kernel
+    (each kernel's environment carries a mark its servers inherit).
+    """
+    cache: dict[str, NotebookNode] = {}
+
+    def run(name: str) -> NotebookNode:
+        if name not in cache:
+            mark = {MARK: f"{name}-{uuid.uuid4().hex}"}
+            began = time.perf_counter()
+            nb = run_demo.execute(NOTEBOOKS / name, timeout=120, env=mark)
+            elapsed = time.perf_counter() - began
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            nbformat.write(nb, ARTIFACTS / name)
+            print(f"\n{name}: executed in {elapsed:.1f} s")
+            wait_until(lambda: not servers_marked(mark[MARK]), timeout=5.0)
+            cache[name] = nb
+        return cache[name]
+
+    return run
+
+
+def test_the_kernel_runs_this_python_with_the_mark(tmp_path: Path) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.cells.append(nbformat.v4.new_code_cell(f"import os, sys\nprint(sys.executable)\nprint(os.environ[{MARK!r}])"))
+    run_demo.run(nb, tmp_path, timeout=60, env={MARK: "here"})
+    assert stdout(nb.cells[0]).splitlines() == [sys.executable, "here"]
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.name)
+def test_committed_notebooks_are_clean(path: Path) -> None:
+    nb = nbformat.read(path, as_version=nbformat.NO_CONVERT)
+    nbformat.validate(nb)
+    assert nb.nbformat == 4
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.outputs == [] and c.execution_count is None for c in code), "clear the outputs before committing"
+    assert re.search(r"\.close\(\)|%rocm_stop", code[-1].source), "the last cell must close the notebook's models"
+
+
+def test_all_notebooks_are_tested() -> None:
+    assert {p.name for p in NOTEBOOKS.glob("*.ipynb")} == {
+        "01-quickstart.ipynb", "02-chat-panel.ipynb", "03-sampling.ipynb", "04-tokens-and-templates.ipynb",
+    }
+
+
+# -- 01: quick start --------------------------------------------------------------------------
+
+
+def test_quickstart(executed: Callable[[str], NotebookNode]) -> None:
+    nb = executed("01-quickstart.ipynb")
+    assert "ready in" in "".join(data(cell(nb, "load"), "text/plain"))
+
+    generated = data(cell(nb, "generate"), "text/markdown")
+    assert len(generated) == 1, "the streamed display should end as one Markdown output"
+    answer, footer = generated[0].rsplit("\n\n", 1)
+    assert answer.strip() and "tok/s" in footer and "first token" in footer
+    assert "finish reason:" in stdout(cell(nb, "answer"))
+
+    assert "llama-server processes in this kernel: 1" in stdout(cell(nb, "python-model"))
+    assert stdout(cell(nb, "stream")).strip()
+    assert "'" in stdout(cell(nb, "break"))
+
+    [chat] = data(cell(nb, "chat"), "text/markdown")
+    assert "tok/s" in chat
+    assert number(stdout(cell(nb, "chat-follow-up")), "taken from the cache:") > 0
+
+    status = "".join(data(cell(nb, "status"), "text/plain"))
+    assert "smollm2-135m" in status and "running" in status
+    stopped = stdout(cell(nb, "stop"))
+    assert "stopped smollm2-135m" in stopped
+    assert "llama-server processes left in this kernel: 0" in stopped
+
+
+# -- 02: chat panel ---------------------------------------------------------------------------
+
+
+def test_chat_panel(executed: Callable[[str], NotebookNode]) -> None:
+    nb = executed("02-chat-panel.ipynb")
+    assert data(cell(nb, "panel"), WIDGET_VIEW), "the panel should display as a widget"
+
+    [history] = data(cell(nb, "first-turn"), "text/plain")
+    assert "'role': 'user'" in history and "'role': 'assistant'" in history
+    assert "prompt tokens from cache" in stdout(cell(nb, "second-turn"))
+    exported = stdout(cell(nb, "export"))
+    assert exported.index('"system"') < exported.index('"user"')
+
+    stopped = stdout(cell(nb, "stop"))
+    assert "stopped after" in stopped
+    kept = re.search(r"(\d+) characters kept in the history", stopped)
+    assert kept is not None and int(kept.group(1)) > 0, "the partial reply stays in the history"
+    assert number(stdout(cell(nb, "metrics")), "requests in progress on the server:") == 0
+    assert stdout(cell(nb, "clear")).splitlines()[0] == "[]"
+
+
+# -- 03: sampling -----------------------------------------------------------------------------
+
+
+def counts(nb: NotebookNode, tag: str) -> tuple[list[int], list[int]]:
+    """The 'distinct first words' and 'distinct texts' rows of a sampling table."""
+    [table] = data(cell(nb, tag), "text/markdown")
+    *_, first_words, texts = table.strip().splitlines()
+    assert "first words" in first_words and "texts" in texts
+    return (
+        [int(n) for n in re.findall(r"\*\*(\d+)\*\*", first_words)],
+        [int(n) for n in re.findall(r"\*\*(\d+)\*\*", texts)],
+    )
+
+
+def test_sampling(executed: Callable[[str], NotebookNode]) -> None:
+    nb = executed("03-sampling.ipynb")
+    assert "of the probability is on these ten tokens" in stdout(cell(nb, "candidates"))
+    assert data(cell(nb, "temperature-chart"), "image/png")
+    assert "samplers" in stdout(cell(nb, "defaults"))
+
+    greedy = stdout(cell(nb, "greedy"))
+    assert "identical: True" in greedy
+    outputs = greedy.splitlines()[:3]
+    assert len(outputs) == 3 and len(set(outputs)) == 1
+    assert "same seed, same text: True" in stdout(cell(nb, "seeds"))
+
+    first_words, texts = counts(nb, "temperature-table")
+    assert len(first_words) == len(texts) == 5
+    assert first_words[0] == texts[0] == 1, "temperature 0 is greedy: the same text for every seed"
+    assert max(first_words) > 1 and max(texts) > 1, "sampling above temperature 0 varies with the seed"
+    first_words, texts = counts(nb, "top-p-table")
+    assert len(first_words) == len(texts) == 4
+    assert max(texts) > 1
+
+
+# -- 04: tokens and templates -----------------------------------------------------------------
+
+
+def test_tokens_and_templates(executed: Callable[[str], NotebookNode]) -> None:
+    nb = executed("04-tokens-and-templates.ipynb")
+    tokenized = cell(nb, "tokenize")
+    assert "characters →" in stdout(tokenized) and data(tokenized, "text/html")
+    assert "round trip exact: True" in stdout(cell(nb, "round-trip"))
+    assert "{%" in stdout(cell(nb, "template"))
+    assert "identical to the file's: True" in stdout(cell(nb, "props"))
+    assert "Hi!" in stdout(cell(nb, "apply-template"))
+
+    cost = stdout(cell(nb, "cost"))
+    message = number(cost, "tokens in the message:")
+    rendered = number(cost, "tokens in the rendered prompt:")
+    assert message < rendered == number(cost, "prompt tokens the server reports:")
+
+    [turns] = data(cell(nb, "cache"), "text/markdown")
+    rows = [[int(x) for x in re.findall(r"\d+", line)] for line in turns.splitlines()[2:]]
+    assert [r[0] for r in rows] == [1, 2, 3]
+    assert all(r[3] > 0 for r in rows[1:]), "later turns reuse the prompt cache"
+
+    throughput = cell(nb, "throughput")
+    assert data(throughput, "image/png"), "the throughput plot should be a PNG"
+    assert len(stdout(throughput).splitlines()) == 5
+

@@ -1,0 +1,107 @@
+"""Faults and bad input against the real server: a clear error, nothing lost, no mess."""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import threading
+
+import psutil
+import pytest
+
+from rocm_nb import GenerationError, LocalModel
+from tests.conftest import gone, wait_until
+
+GREEDY = {"temperature": 0.0, "seed": 3}
+
+
+def test_a_stopped_server_is_a_timeout_not_a_hang(model_path: str) -> None:
+    m = LocalModel(model_path, ctx_size=1152, timeout=1.0).start()
+    pid = m.pid
+    assert pid is not None
+    try:
+        stream = m.stream("Once upon a time, in a faraway kingdom, there lived", max_tokens=3000, **GREEDY)
+        first = next(stream)
+        os.kill(pid, signal.SIGSTOP)
+        with pytest.raises(GenerationError, match=r"sent nothing for 1\.0 s") as info:
+            for _ in stream:
+                pass
+        assert info.value.partial.startswith(first)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        m.close()
+    wait_until(gone(pid), timeout=2)
+
+
+def test_a_prompt_longer_than_the_context_is_refused_clearly(model_path: str) -> None:
+    with LocalModel(model_path, ctx_size=256) as m:
+        with pytest.raises(GenerationError) as info:
+            m.generate("word " * 600, max_tokens=8)
+        assert info.value.status_code == 400
+        assert "context" in str(info.value).lower()
+        assert m.generate("Still fine?", max_tokens=4).text is not None  # the server survived
+
+
+def test_a_bad_json_schema_is_refused_clearly(model: LocalModel) -> None:
+    with pytest.raises(GenerationError) as info:
+        model.generate("x", max_tokens=4, json_schema={"type": "object", "properties": {"a": {"$ref": "#/nowhere"}}})
+    assert info.value.status_code == 400
+    assert model.health()
+
+
+def test_unknown_options_and_bad_max_tokens_fail_before_any_request(model: LocalModel) -> None:
+    before = model.metrics()["llamacpp:prompt_tokens_total"]
+    with pytest.raises(TypeError, match="unknown option"):
+        model.generate("x", temprature=0.5)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="max_tokens"):
+        model.generate("x", max_tokens=0)
+    with pytest.raises(ValueError, match="max_tokens"):
+        model.generate("x", max_tokens=-5)
+    assert model.metrics()["llamacpp:prompt_tokens_total"] == before
+
+
+def test_eight_streams_on_four_slots_are_complete_and_unmixed(model_path: str) -> None:
+    prompts = [f"Write the number {n} in words, then count down from it:" for n in range(10, 18)]
+    with LocalModel(model_path, ctx_size=4096, parallel=4) as m:
+        alone = [m.generate(p, max_tokens=20, **GREEDY) for p in prompts]
+        results: dict[int, str] = {}
+        errors: list[BaseException] = []
+
+        def run(i: int) -> None:
+            try:
+                with m.stream(prompts[i], max_tokens=20, **GREEDY) as stream:
+                    results[i] = "".join(stream)
+                    assert stream.completion is not None and stream.completion.finish_reason is not None
+            except BaseException as exc:  # reported below, not lost in the thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert [results[i] for i in range(8)] == [c.text for c in alone]
+
+
+def test_soak_500_generations_leak_nothing(model_path: str) -> None:
+    me = psutil.Process()
+    with LocalModel(model_path, ctx_size=512) as m:
+        pid = m.pid
+        for _ in range(20):  # warm up: connection pool, caches
+            m.generate("Hi", max_tokens=2)
+        gc.collect()
+        fds, threads, rss = me.num_fds(), me.num_threads(), me.memory_info().rss
+        for i in range(500):
+            if i % 2:
+                assert m.generate("Hi", max_tokens=2).text is not None
+            else:
+                assert "".join(m.stream("Hello", max_tokens=2)) is not None
+        gc.collect()
+        assert m.pid == pid  # one server throughout
+        assert me.num_fds() <= fds
+        assert me.num_threads() <= threads
+        growth = me.memory_info().rss - rss
+        print(f"soak: fds {fds}→{me.num_fds()}, threads {threads}→{me.num_threads()}, rss +{growth / 2**20:.1f} MiB")
+        assert growth < 8 * 2**20

@@ -12,10 +12,11 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup system-deps server model demo test lint bench clean
 
-## Debian packages: build tools for llama-server, Chromium for the browser test.
+## Debian packages: build tools for llama-server, Chromium for the browser test, and
+## rocminfo/rocm-smi (the tests check they are handled cleanly on a machine without a GPU).
 system-deps:
 	@missing=""; \
-	for tool in cmake:cmake g++:g++ ninja:ninja-build chromium:chromium git:git; do \
+	for tool in cmake:cmake g++:g++ ninja:ninja-build chromium:chromium git:git rocminfo:rocminfo rocm-smi:rocm-smi; do \
 	  command -v $${tool%%:*} >/dev/null 2>&1 || missing="$$missing $${tool##*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \

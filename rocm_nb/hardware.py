@@ -8,9 +8,9 @@ forces a backend.
 
 An APU's integrated GPU crashes llama-server's ROCm backend when a discrete
 GPU is present, so only the discrete GPUs are exposed through
-``HIP_VISIBLE_DEVICES``. The rule for "integrated": rocminfo marks it as an
-APU (``APU`` in the agent's features, or a known APU gfx target such as
-gfx1035/gfx1036/gfx1103/gfx1150/gfx1151/gfx90c). An APU alone stays visible:
+``HIP_VISIBLE_DEVICES``. The rule for "integrated": rocminfo reports
+``Memory Properties: APU`` for the agent (ROCm 6 and later), or its gfx
+target only ships in APUs (gfx1035/gfx1036/gfx1103/gfx1150/gfx1151/gfx90c…). An APU alone stays visible:
 it is all the machine has. A ``HIP_VISIBLE_DEVICES`` or
 ``ROCR_VISIBLE_DEVICES`` set by the user always wins.
 
@@ -167,12 +167,11 @@ def parse_rocminfo(text: str) -> list[_Agent]:
         if fields.get("Device Type") != "GPU":
             continue
         arch = fields.get("Name", "")
-        features = " ".join(v for k, v in fields.items() if "Feature" in k or "Profile" in k)
         agents.append(_Agent(
             name=arch,
             marketing_name=fields.get("Marketing Name", arch),
             arch=arch if arch.startswith("gfx") else "",
-            is_apu="APU" in features or arch.split(":")[0] in APU_TARGETS,
+            is_apu="APU" in fields.get("Memory Properties", "") or arch.split(":")[0] in APU_TARGETS,
         ))
     return agents
 

@@ -1,0 +1,46 @@
+"""The rocm-nb command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from rocm_nb.cli import main
+
+
+def test_doctor_reports_backend_binary_and_model(capsys: pytest.CaptureFixture[str], model_path: str) -> None:
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert "backend: cpu" in out
+    assert "llama-server" in out and "cache" in out
+    assert "Q4_1" in out and model_path in out
+    assert "All good." in out
+
+
+def test_doctor_says_what_is_missing(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+                                     tmp_path: object) -> None:
+    monkeypatch.setenv("ROCM_NB_CACHE", str(tmp_path))
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert main(["doctor"]) == 1
+    out = capsys.readouterr().out
+    assert "rocm-nb server install" in out
+    assert "rocm-nb pull smollm2-135m" in out
+
+
+def test_server_install_is_cached_and_models_lists_the_catalogue(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["server", "install"]) == 0
+    assert "llama-server ready" in capsys.readouterr().out
+    assert main(["models"]) == 0
+    assert "smollm2-135m     ✓" in capsys.readouterr().out
+
+
+def test_errors_are_one_line_and_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["pull", "no-such-model"]) == 1
+    assert "not in the catalogue" in capsys.readouterr().err
+
+
+def test_console_script_is_installed() -> None:
+    done = subprocess.run([sys.executable, "-m", "rocm_nb.cli", "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("rocm_nb ")

@@ -263,6 +263,25 @@ def bench_kernel(path: Path) -> list[Row]:
                 statistics.median(ratios) >= 0.95 and max(rates) <= 30)]
 
 
+def bench_rpc(path: Path) -> list[Row]:
+    """Decode speed with the layers split over two local RPC workers, against one process."""
+    from rocm_nb import rpc_worker
+
+    ratios, single_tps = [], []
+    with rpc_worker() as a, rpc_worker() as b, LocalModel(path, ctx_size=2048) as single, LocalModel(
+        path, ctx_size=2048, rpc=[a.address, b.address]
+    ) as split:
+        ours_stream(split, 16)
+        for _ in range(max(3, REPS // 2)):
+            one = ours_stream(single, 128)
+            two = ours_stream(split, 128)
+            assert one[2] == two[2]
+            ratios.append(two[1] / one[1])
+            single_tps.append(one[1])
+    return [Row("decode tokens/s through 2 local RPC workers / one process (same run)", "reported, no target",
+                spread(ratios), True, f"one process {statistics.median(single_tps):.1f} tok/s")]
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     return (f"{platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} cores, "
@@ -305,6 +324,7 @@ def run(extra: list[Callable[[LocalModel], list[Row]]] | None = None) -> None:
             rows += figure(model)
         rows += bench_start(path)
         rows += bench_kernel(path)
+        rows += bench_rpc(path)
         rows += bench_import()
         table = render(rows, model, time.perf_counter() - began)
     print(table)

@@ -29,7 +29,7 @@ from rocm_nb.errors import (
     ServerStartError,
     ServerStartTimeout,
 )
-from rocm_nb.model import LocalModel
+from rocm_nb.model import LocalModel, rpc_worker
 
 __version__ = "0.1.0"
 
@@ -52,6 +52,7 @@ __all__ = [
     "TokenStream",
     "connect",
     "load_ipython_extension",
+    "rpc_worker",
 ]
 
 

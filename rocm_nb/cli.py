@@ -17,6 +17,7 @@ from rocm_nb.binary import find_server, install_server
 from rocm_nb.catalog import CATALOGUE, DEFAULT_MODEL, models_dir, pull, read_info
 from rocm_nb.errors import RocmNbError
 from rocm_nb.hardware import describe, detect
+from rocm_nb.server import running_records
 
 __all__ = ["main"]
 
@@ -36,6 +37,17 @@ def _doctor(args: argparse.Namespace) -> int:
     except RocmNbError as exc:
         problems += 1
         print(f"  missing: {exc}")
+    print("\nRunning on this machine")
+    records = running_records()
+    for record in records:
+        if "rpc" in record and "model" not in record:
+            print(f"  RPC worker pid {record['server_pid']} on {record['rpc']} (owner pid {record['owner_pid']})")
+        else:
+            workers = f", layers split over RPC workers {', '.join(record['rpc'])}" if record.get("rpc") else ""
+            print(f"  llama-server pid {record['server_pid']} on port {record.get('port')}: "
+                  f"{record.get('model')} (owner pid {record['owner_pid']}){workers}")
+    if not records:
+        print("  nothing")
     print("\nDefault model")
     entry = CATALOGUE[DEFAULT_MODEL]
     path = models_dir() / entry.filename

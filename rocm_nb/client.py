@@ -747,6 +747,36 @@ class Client:
         """
         return parse_metrics(self._request("GET", "/metrics").text)
 
+    def models(self) -> list[str]:
+        """Model ids the server offers (``/v1/models``); ``[]`` from a server without that endpoint.
+
+        Raises GenerationError when the server cannot be reached.
+
+        Example:
+            >>> connect("http://127.0.0.1:8080").models()  # doctest: +SKIP
+            ['SmolLM2-135M-Instruct.Q4_1.gguf']
+        """
+        try:
+            data = self._request("GET", "/v1/models").json().get("data") or []
+        except GenerationError as exc:
+            if exc.status_code == 404:
+                return []
+            raise
+        return [str(entry.get("id")) for entry in data if isinstance(entry, dict)]
+
+    def status(self) -> dict[str, Any]:
+        """What ``%rocm_status`` shows for a server this client does not own.
+
+        Example:
+            >>> connect("http://127.0.0.1:8080").status()["backend"]  # doctest: +SKIP
+            'remote'
+        """
+        try:
+            names, state = self.models(), "running"
+        except RocmNbError:
+            names, state = [], "unreachable"
+        return {"model": ", ".join(names) or "?", "file": self._base_url, "backend": "remote", "state": state}
+
     def health(self) -> bool:
         """True when the server answers ``/health`` with 200 (ready).
 

@@ -120,7 +120,7 @@ class StreamDisplay:
 _STATUS_COLUMNS = (
     ("alias", "model"), ("file", "file"), ("backend", "backend"), ("state", "state"), ("pid", "pid"),
     ("port", "port"), ("uptime_s", "uptime"), ("rss_bytes", "memory"), ("gpu_layers", "GPU layers"),
-    ("ctx_size", "ctx"), ("decode_tps", "tok/s"),
+    ("ctx_size", "ctx"), ("decode_tps", "tok/s"), ("rpc", "RPC workers"),
 )
 
 
@@ -134,6 +134,8 @@ def _cell(key: str, value: Any) -> str:
         return f"{value / 2**20:.0f} MiB"
     if key == "decode_tps":
         return f"{value:.1f}"
+    if key == "rpc":
+        return ", ".join(value) or "–"
     return str(value)
 
 

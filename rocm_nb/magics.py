@@ -32,7 +32,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.display import display
 
 from rocm_nb.catalog import DEFAULT_MODEL
-from rocm_nb.client import Completion, Options
+from rocm_nb.client import Client, Completion, Options, connect
 from rocm_nb.display import StreamDisplay, ipython_publisher, status_bundle
 from rocm_nb.hardware import describe, detect
 from rocm_nb.model import LocalModel
@@ -81,12 +81,12 @@ class RocmMagics(Magics):
 
     def __init__(self, shell: Any) -> None:
         super().__init__(shell)
-        self.models: dict[str, LocalModel] = {}
+        self.models: dict[str, Client] = {}
         self.current: str | None = None
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _model(self, alias: str | None) -> LocalModel:
+    def _model(self, alias: str | None) -> Client:
         if alias is not None:
             if alias not in self.models:
                 known = ", ".join(self.models) or "none yet"
@@ -133,14 +133,26 @@ class RocmMagics(Magics):
     @argument("--parallel", type=int, default=1, help="server slots (concurrent generations)")
     @argument("--name", default=None, help="alias to refer to this model (default: the model argument)")
     @argument("--server", default=None, help="path of the llama-server binary to use")
+    @argument("--rpc", action="append", default=None, help="host:port of an RPC worker (repeatable)")
+    @argument("--url", default=None, help="use a running llama-server or OpenAI-compatible server instead")
+    @argument("--api-key", default=None, help="API key for --url")
     @line_magic
     def rocm_load(self, line: str) -> None:
         """Start (or reuse) a model and make it the current one.
 
-        Arguments after ``--`` go to llama-server as they are.
+        Arguments after ``--`` go to llama-server as they are. With ``--url``
+        nothing is started: the magics talk to that server.
         """
         line, _, extra = line.partition(" -- ")
         args = parse_argstring(self.rocm_load, line)
+        if args.url:
+            client = connect(args.url, api_key=args.api_key)
+            offered = client.models()  # fails loudly here if the server is unreachable
+            alias = args.name or args.url
+            self.models[alias] = client
+            self.current = alias
+            print(f"✓ {alias}: {args.url} (remote, offers {', '.join(offered) or 'no model list'})")
+            return
         self._load(
             args.model,
             alias=args.name or args.model,
@@ -149,6 +161,7 @@ class RocmMagics(Magics):
             parallel=args.parallel,
             server=args.server,
             extra_args=shlex.split(extra),
+            rpc=args.rpc or (),
         )
 
     @magic_arguments()

@@ -32,11 +32,11 @@ import psutil
 from rocm_nb.binary import ServerBinary, find_server
 from rocm_nb.catalog import DEFAULT_MODEL, ModelInfo, read_info, resolve_model
 from rocm_nb.client import Client
-from rocm_nb.errors import ModelClosed, RocmNbError, ServerCrashed
+from rocm_nb.errors import BinaryNotFound, ModelClosed, RocmNbError, ServerCrashed
 from rocm_nb.hardware import Backend, Hardware, detect
-from rocm_nb.server import LlamaServer, Progress, ServerConfig
+from rocm_nb.server import LlamaServer, Progress, RpcWorker, ServerConfig
 
-__all__ = ["DEFAULT_CTX_CAP", "LocalModel", "running_servers"]
+__all__ = ["DEFAULT_CTX_CAP", "LocalModel", "rpc_worker", "running_servers"]
 
 DEFAULT_CTX_CAP = 8192
 """Default context size cap: min(trained context, 8192) keeps the KV cache modest."""
@@ -86,7 +86,7 @@ def _release(config: ServerConfig, server: LlamaServer) -> None:
             server.close()
 
 
-def _default_gpu_layers(backend: Backend, info: ModelInfo) -> int:
+def _default_gpu_layers(backend: Backend | Literal["rpc"], info: ModelInfo) -> int:
     if backend == "cpu":
         return 0
     return (info.block_count or 998) + 1  # every repeating layer plus the output layer
@@ -105,6 +105,8 @@ class LocalModel(Client):
         server: path to a llama-server binary (else found or built).
         extra_args: further llama-server arguments, passed as they are.
         env: extra environment for the server only.
+        rpc: ``host:port`` of llama.cpp RPC workers (see :func:`rpc_worker`) to
+            split the model's layers over; all layers are offloaded by default.
         timeout: longest silence tolerated while reading a stream (s).
         start_timeout: how long loading may take (s).
 
@@ -128,6 +130,7 @@ class LocalModel(Client):
         timeout: float = 600.0,
         start_timeout: float = 300.0,
         hardware: Hardware | None = None,
+        rpc: Sequence[str] = (),
     ) -> None:
         self._spec = os.fspath(model)
         self.path = resolve_model(model)
@@ -140,13 +143,14 @@ class LocalModel(Client):
             model=self.path,
             ctx_size=self._ctx_size(ctx_size),
             gpu_layers=(
-                _default_gpu_layers(self.binary.backend, self.info)
+                _default_gpu_layers("rpc" if rpc else self.binary.backend, self.info)
                 if gpu_layers is None or gpu_layers == "auto"
                 else int(gpu_layers)
             ),
             parallel=self._positive("parallel", parallel),
             extra_args=tuple(extra_args),
             env=tuple(sorted({**self.hardware.server_env(), **(env or {})}.items())),
+            rpc=tuple(rpc),
         )
         self._timeout = timeout
         self._start_timeout = start_timeout
@@ -304,6 +308,7 @@ class LocalModel(Client):
             "gpu_layers": self.config.gpu_layers,
             "rss_bytes": rss,
             "decode_tps": decode_tps,
+            "rpc": list(self.config.rpc),
         }
 
     def logs(self, n: int | None = None) -> list[str]:
@@ -325,3 +330,29 @@ class LocalModel(Client):
             f"<LocalModel {self.path.name} backend={self.backend} ctx={self.config.ctx_size} "
             f"ngl={self.config.gpu_layers} {state}>"
         )
+
+
+def rpc_worker(
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    *,
+    threads: int | None = None,
+    server: str | os.PathLike[str] | None = None,
+) -> RpcWorker:
+    """Start a local llama.cpp RPC worker and return its running handle.
+
+    The worker binary is built by ``rocm-nb server install --rpc``. Pass
+    ``worker.address`` to ``LocalModel(..., rpc=[...])``. Workers have no
+    authentication: keep ``host`` on 127.0.0.1 or a trusted network.
+
+    Example:
+        >>> with rpc_worker() as a, rpc_worker() as b:  # doctest: +SKIP
+        ...     model = LocalModel("smollm2-135m", rpc=[a.address, b.address]).start()
+    """
+    binary = find_server(server)
+    if binary.rpc_path is None:
+        raise BinaryNotFound(
+            f"the llama-server at {binary.path} was built without the RPC worker; "
+            "next step: rocm-nb server install --rpc"
+        )
+    return RpcWorker(binary.rpc_path, host=host, port=port, threads=threads).start()

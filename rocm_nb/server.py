@@ -45,13 +45,14 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
 from rocm_nb._paths import cache_root
 from rocm_nb.errors import ServerStartError, ServerStartTimeout
 
-__all__ = ["LlamaServer", "ServerConfig", "free_port", "reap_stale_servers"]
+__all__ = ["LlamaServer", "RpcWorker", "ServerConfig", "free_port", "reap_stale_servers", "running_records"]
 
 _Popen = subprocess.Popen[bytes]
 Progress = Callable[[float, str], None]
@@ -87,6 +88,7 @@ class ServerConfig:
     extra_args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     host: str = "127.0.0.1"
+    rpc: tuple[str, ...] = ()
 
     def argv(self, port: int, api_key: str) -> list[str]:
         """The command line for a server on ``port`` guarded by ``api_key``."""
@@ -101,6 +103,7 @@ class ServerConfig:
             "--parallel", str(self.parallel),
             "--jinja",
             "--metrics",
+            *(["--rpc", ",".join(self.rpc)] if self.rpc else []),
             *self.extra_args,
         ]
 
@@ -191,6 +194,23 @@ def _create_time(pid: int) -> float | None:
         return None
 
 
+def running_records(environ: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """Records of the llama-servers and RPC workers rocm_nb runs on this machine (any process).
+
+    Example:
+        >>> running_records({"ROCM_NB_CACHE": "/nonexistent"})
+        []
+    """
+    run_dir = _run_dir(environ)
+    records = []
+    for path in sorted(run_dir.glob("*.json")) if run_dir.is_dir() else ():
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            data = json.loads(path.read_text())
+            if _create_time(int(data["server_pid"])) == data["server_created"]:
+                records.append(data)
+    return records
+
+
 def reap_stale_servers(environ: Mapping[str, str] | None = None) -> list[int]:
     """Kill servers whose owning process is gone; return their pids.
 
@@ -237,9 +257,6 @@ class _LogBuffer:
         for raw in iter(pipe.readline, b""):  # type: ignore[attr-defined]
             self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
 
-    def tail(self, n: int = 30) -> str:
-        return "\n".join(list(self.lines)[-n:])
-
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
 
@@ -271,6 +288,24 @@ class _Running:
         if proc.stdout is not None:
             proc.stdout.close()
         self.record.unlink(missing_ok=True)
+
+
+def _launch(argv: Sequence[str], env: Mapping[str, str], environ: Mapping[str, str], log_lines: int,
+            **record: object) -> _Running:
+    """Start a child the rocm_nb way: own session, parent-death signal, drained output, a run record."""
+    proc = _launcher.popen(argv, env)
+    assert proc.stdout is not None
+    run_dir = _run_dir(environ)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / f"{proc.pid}.json"
+    path.write_text(json.dumps({
+        "owner_pid": os.getpid(),
+        "owner_created": _create_time(os.getpid()),
+        "server_pid": proc.pid,
+        "server_created": _create_time(proc.pid),
+        **record,
+    }))
+    return _Running(proc, path, _LogBuffer(proc.stdout, log_lines))
 
 
 class LlamaServer:
@@ -370,25 +405,15 @@ class LlamaServer:
 
     def _spawn(self, port: int) -> None:
         env = {**self._environ, **dict(self.config.env)}
-        proc = _launcher.popen(self.config.argv(port, self.api_key), env)
-        assert proc.stdout is not None
-        run_dir = _run_dir(self._environ)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        record = run_dir / f"{proc.pid}.json"
-        record.write_text(json.dumps({
-            "owner_pid": os.getpid(),
-            "owner_created": _create_time(os.getpid()),
-            "server_pid": proc.pid,
-            "server_created": _create_time(proc.pid),
-            "model": str(self.config.model),
-            "port": port,
-        }))
+        argv = self.config.argv(port, self.api_key)
+        running = _launch(argv, env, self._environ, self._log_lines, model=str(self.config.model), port=port,
+                          rpc=list(self.config.rpc))
         self.port = port
         self.started_at = time.time()
         if self._finalizer is not None:
             self._finalizer.detach()
-        self._running = _Running(proc, record, _LogBuffer(proc.stdout, self._log_lines))
-        self._finalizer = weakref.finalize(self, self._running.stop)
+        self._running = running
+        self._finalizer = weakref.finalize(self, running.stop)
 
     def _healthy(self) -> bool:
         """One ``/health`` probe over plain HTTP (stdlib: no TLS set-up on the start path)."""
@@ -470,6 +495,106 @@ class LlamaServer:
             self._finalizer.detach()
 
     def __enter__(self) -> LlamaServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class RpcWorker:
+    """A local llama.cpp RPC worker (``ggml-rpc-server``): lends this machine's
+    devices to a llama-server elsewhere that names it in ``--rpc``.
+
+    Same guarantees as :class:`LlamaServer`: own session, parent-death signal,
+    run record, SIGTERM then SIGKILL on ``close()``. RPC workers have **no
+    authentication**: bind them to 127.0.0.1 or a trusted network only.
+
+    Example:
+        >>> with RpcWorker(Path("ggml-rpc-server")) as worker:  # doctest: +SKIP
+        ...     worker.address
+        '127.0.0.1:50052'
+    """
+
+    def __init__(
+        self,
+        binary: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        threads: int | None = None,
+        start_timeout: float = 30.0,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.binary = binary
+        self.host = host
+        self.port = port if port is not None else free_port(host)
+        self._threads = threads
+        self._start_timeout = start_timeout
+        self._environ = os.environ if environ is None else environ
+        self._running: _Running | None = None
+        self._finalizer: weakref.finalize[..., RpcWorker] | None = None
+
+    @property
+    def address(self) -> str:
+        """``host:port``, the form ``--rpc`` and ``LocalModel(rpc=[...])`` take."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        """The worker's process id (``None`` before start)."""
+        return None if self._running is None else self._running.proc.pid
+
+    def logs(self, n: int | None = None) -> list[str]:
+        """The worker's last ``n`` output lines."""
+        lines = [] if self._running is None else list(self._running.logs.lines)
+        return lines if n is None else lines[-n:]
+
+    def start(self) -> RpcWorker:
+        """Launch the worker and wait until it accepts connections."""
+        if self._running is not None and not self._running.stopped and self._running.proc.poll() is None:
+            return self
+        reap_stale_servers(self._environ)
+        argv = [str(self.binary), "-H", self.host, "-p", str(self.port)]
+        if self._threads:
+            argv += ["-t", str(self._threads)]
+        self._running = running = _launch(argv, self._environ, self._environ, 500, rpc=self.address)
+        self._finalizer = weakref.finalize(self, running.stop)
+        deadline = time.monotonic() + self._start_timeout
+        while True:
+            if running.proc.poll() is not None:
+                running.logs.join(1.0)
+                running.stop()
+                tail = "\n".join(self.logs(20))
+                raise ServerStartError(
+                    f"the RPC worker exited (status {running.proc.returncode}) before listening on "
+                    f"{self.address}. Last lines:\n{tail}",
+                    returncode=running.proc.returncode, log_tail=tail,
+                    hint="is the port taken? pick another with port=",
+                )
+            if self._listening(running.proc.pid):
+                return self
+            if time.monotonic() > deadline:
+                running.stop()
+                raise ServerStartTimeout(f"the RPC worker did not listen on {self.address} "
+                                         f"within {self._start_timeout:.0f} s")
+            time.sleep(0.01)
+
+    def _listening(self, pid: int) -> bool:
+        """True once *this* process listens on the port (a connect could reach another one)."""
+        try:
+            sockets = psutil.Process(pid).net_connections("tcp")
+        except psutil.Error:
+            return False
+        return any(c.status == psutil.CONN_LISTEN and c.laddr.port == self.port for c in sockets)
+
+    def close(self) -> None:
+        """Stop the worker. Idempotent."""
+        if self._running is not None:
+            self._running.stop()
+        if self._finalizer is not None:
+            self._finalizer.detach()
+
+    def __enter__(self) -> RpcWorker:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -101,10 +101,10 @@ class RocmMagics(Magics):
         old = self.models.get(alias)
         model = LocalModel(spec, **kwargs)  # an equal config attaches to the running server
         publish = ipython_publisher()
-        publish({"text/plain": f"⏳ loading {model.path.name} …"}, False)
+        publish({"text/plain": f"… loading {model.path.name} …"}, False)
 
         def progress(elapsed: float, line: str) -> None:
-            publish({"text/plain": f"⏳ loading {model.path.name} … {elapsed:.1f} s  {line[:100]}"}, True)
+            publish({"text/plain": f"… loading {model.path.name} … {elapsed:.1f} s  {line[:100]}"}, True)
 
         began = time.perf_counter()
         model.start(progress)
@@ -210,7 +210,7 @@ class RocmMagics(Magics):
                 for piece in stream:
                     shown.append(piece)
         except BaseException:
-            shown.finish(f"⏹ stopped after {len(shown.text)} characters")
+            shown.finish(f"■ stopped after {len(shown.text)} characters")
             raise
         completion: Completion | None = stream.completion
         assert completion is not None

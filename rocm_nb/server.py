@@ -308,7 +308,64 @@ def _launch(argv: Sequence[str], env: Mapping[str, str], environ: Mapping[str, s
     return _Running(proc, path, _LogBuffer(proc.stdout, log_lines))
 
 
-class LlamaServer:
+class _ChildProcess:
+    """What LlamaServer and RpcWorker share: the running child, its logs, its teardown."""
+
+    _running: _Running | None = None
+    _finalizer: weakref.finalize[..., _ChildProcess] | None = None
+
+    def _adopt(self, running: _Running) -> None:
+        """Own a freshly launched child; the finaliser stops it if nobody closes it."""
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        self._running = running
+        self._finalizer = weakref.finalize(self, running.stop)
+
+    @property
+    def pid(self) -> int | None:
+        """The process id (``None`` before start)."""
+        return None if self._running is None else self._running.proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once the process has ended, else ``None``."""
+        return None if self._running is None else self._running.proc.poll()
+
+    @property
+    def alive(self) -> bool:
+        """True while the process runs and has not been closed."""
+        return self._running is not None and not self._running.stopped and self.returncode is None
+
+    def logs(self, n: int | None = None) -> list[str]:
+        """The last ``n`` lines of the process's output (all kept lines by default).
+
+        Example:
+            >>> server.logs(2)  # doctest: +SKIP
+            ['main: server is listening on http://127.0.0.1:40123', '...']
+        """
+        lines = [] if self._running is None else list(self._running.logs.lines)
+        return lines if n is None else lines[-n:]
+
+    def log_tail(self, n: int = 30) -> str:
+        """The last ``n`` log lines as one string."""
+        return "\n".join(self.logs(n))
+
+    def close(self, grace: float = 3.0) -> None:
+        """SIGTERM, wait up to ``grace`` seconds, SIGKILL, reap. Idempotent.
+
+        Example:
+            >>> server.close(); server.close()  # doctest: +SKIP
+        """
+        if self._running is not None:
+            self._running.stop(grace)
+        if self._finalizer is not None:
+            self._finalizer.detach()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LlamaServer(_ChildProcess):
     """A running llama-server for one :class:`ServerConfig`.
 
     ``start()`` returns once ``/health`` answers 200. Use it as a context
@@ -339,8 +396,6 @@ class LlamaServer:
         self._environ = os.environ if environ is None else environ
         self._bind_attempts = bind_attempts
         self._port_picker = port_picker
-        self._running: _Running | None = None
-        self._finalizer: weakref.finalize[..., LlamaServer] | None = None
 
     # -- state ------------------------------------------------------------------------------
 
@@ -348,35 +403,6 @@ class LlamaServer:
     def base_url(self) -> str:
         """``http://127.0.0.1:PORT`` once started."""
         return f"http://{self.config.host}:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        """The server's process id (``None`` before start)."""
-        return None if self._running is None else self._running.proc.pid
-
-    @property
-    def returncode(self) -> int | None:
-        """The exit status once the process has ended, else ``None``."""
-        return None if self._running is None else self._running.proc.poll()
-
-    @property
-    def alive(self) -> bool:
-        """True while the process runs and has not been closed."""
-        return self._running is not None and not self._running.stopped and self.returncode is None
-
-    def logs(self, n: int | None = None) -> list[str]:
-        """The last ``n`` lines of the server's output (all kept lines by default).
-
-        Example:
-            >>> server.logs(2)  # doctest: +SKIP
-            ['main: server is listening on http://127.0.0.1:40123', '...']
-        """
-        lines = [] if self._running is None else list(self._running.logs.lines)
-        return lines if n is None else lines[-n:]
-
-    def log_tail(self, n: int = 30) -> str:
-        """The last ``n`` log lines as one string."""
-        return "\n".join(self.logs(n))
 
     # -- start ------------------------------------------------------------------------------
 
@@ -410,10 +436,7 @@ class LlamaServer:
                           rpc=list(self.config.rpc))
         self.port = port
         self.started_at = time.time()
-        if self._finalizer is not None:
-            self._finalizer.detach()
-        self._running = running
-        self._finalizer = weakref.finalize(self, running.stop)
+        self._adopt(running)
 
     def _healthy(self) -> bool:
         """One ``/health`` probe over plain HTTP (stdlib: no TLS set-up on the start path)."""
@@ -481,27 +504,11 @@ class LlamaServer:
         if self._running is not None:
             self._running.stop()
 
-    # -- stop -------------------------------------------------------------------------------
-
-    def close(self, grace: float = 3.0) -> None:
-        """SIGTERM, wait up to ``grace`` seconds, SIGKILL, reap. Idempotent.
-
-        Example:
-            >>> server.close(); server.close()  # doctest: +SKIP
-        """
-        if self._running is not None:
-            self._running.stop(grace)
-        if self._finalizer is not None:
-            self._finalizer.detach()
-
     def __enter__(self) -> LlamaServer:
         return self.start()
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
-
-class RpcWorker:
+class RpcWorker(_ChildProcess):
     """A local llama.cpp RPC worker (``ggml-rpc-server``): lends this machine's
     devices to a llama-server elsewhere that names it in ``--rpc``.
 
@@ -531,40 +538,28 @@ class RpcWorker:
         self._threads = threads
         self._start_timeout = start_timeout
         self._environ = os.environ if environ is None else environ
-        self._running: _Running | None = None
-        self._finalizer: weakref.finalize[..., RpcWorker] | None = None
 
     @property
     def address(self) -> str:
         """``host:port``, the form ``--rpc`` and ``LocalModel(rpc=[...])`` take."""
         return f"{self.host}:{self.port}"
 
-    @property
-    def pid(self) -> int | None:
-        """The worker's process id (``None`` before start)."""
-        return None if self._running is None else self._running.proc.pid
-
-    def logs(self, n: int | None = None) -> list[str]:
-        """The worker's last ``n`` output lines."""
-        lines = [] if self._running is None else list(self._running.logs.lines)
-        return lines if n is None else lines[-n:]
-
     def start(self) -> RpcWorker:
         """Launch the worker and wait until it accepts connections."""
-        if self._running is not None and not self._running.stopped and self._running.proc.poll() is None:
+        if self.alive:
             return self
         reap_stale_servers(self._environ)
         argv = [str(self.binary), "-H", self.host, "-p", str(self.port)]
         if self._threads:
             argv += ["-t", str(self._threads)]
-        self._running = running = _launch(argv, self._environ, self._environ, 500, rpc=self.address)
-        self._finalizer = weakref.finalize(self, running.stop)
+        running = _launch(argv, self._environ, self._environ, 500, rpc=self.address)
+        self._adopt(running)
         deadline = time.monotonic() + self._start_timeout
         while True:
             if running.proc.poll() is not None:
                 running.logs.join(1.0)
                 running.stop()
-                tail = "\n".join(self.logs(20))
+                tail = self.log_tail(20)
                 raise ServerStartError(
                     f"the RPC worker exited (status {running.proc.returncode}) before listening on "
                     f"{self.address}. Last lines:\n{tail}",
@@ -587,15 +582,5 @@ class RpcWorker:
             return False
         return any(c.status == psutil.CONN_LISTEN and c.laddr.port == self.port for c in sockets)
 
-    def close(self) -> None:
-        """Stop the worker. Idempotent."""
-        if self._running is not None:
-            self._running.stop()
-        if self._finalizer is not None:
-            self._finalizer.detach()
-
     def __enter__(self) -> RpcWorker:
         return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -93,9 +93,11 @@ class ChatPanel:
         self.system = widgets.Textarea(value=system, placeholder="System prompt (optional)",
                                        layout=widgets.Layout(width="100%", height="3em"))
         self.temperature = widgets.FloatSlider(value=float(options.get("temperature", 0.7)), min=0.0,
-                                               max=2.0, step=0.05, description="temperature")
+                                               max=2.0, step=0.05, description="temperature",
+                                               style={"description_width": "initial"})
         self.max_tokens = widgets.BoundedIntText(value=int(options.get("max_tokens", 512)), min=1,
-                                                 max=1_000_000, description="max tokens")
+                                                 max=1_000_000, description="max tokens",
+                                                 style={"description_width": "initial"})
         self.prompt = widgets.Text(placeholder="Message (Enter to send)", continuous_update=False,
                                    layout=widgets.Layout(flex="1"))
         self.send_button = widgets.Button(description="Send", button_style="primary", icon="paper-plane")
@@ -103,6 +105,7 @@ class ChatPanel:
                                           disabled=True)
         self.clear_button = widgets.Button(description="Clear", icon="trash")
         self.stats = widgets.HTML(value="")
+        self.stats.add_class("rocm-nb-stats")
 
         self.prompt.observe(self._on_submit, names="value")
         self.send_button.on_click(lambda _: self._on_submit())
@@ -115,6 +118,7 @@ class ChatPanel:
             widgets.HBox([self.temperature, self.max_tokens]),
             self.stats,
         ], layout=widgets.Layout(border="1px solid #ddd", padding="6px"))
+        self.widget.add_class("rocm-nb-chat")
 
     # -- what the user has ------------------------------------------------------------------
 
@@ -203,7 +207,7 @@ class ChatPanel:
             shown.finish()
             if shown.text:
                 self._messages.append({"role": "assistant", "content": shown.text})
-            self.stats.value = f"⏹ stopped after {len(shown.text)} characters"
+            self.stats.value = f"■ stopped after {len(shown.text)} characters"
         except RocmNbError as exc:
             bubble.value = _bubble_html("error", _plain_html(f"{shown.text}\n\n⚠ {exc}"))
             self.stats.value = f"<b>error:</b> {html.escape(type(exc).__name__)}"

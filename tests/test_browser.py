@@ -1,0 +1,382 @@
+"""What a user sees: JupyterLab in headless Chromium, driven by Playwright.
+
+The test starts a JupyterLab of its own (temporary config, data, runtime,
+settings and workspace directories; no news, update checks or extension
+manager, so nothing reaches the network) on a free port with a random token,
+writes a three-cell notebook into a temporary root and checks, in the page:
+
+* ``%%rocm_generate`` streams: the output grows, with its "▌" cursor, before
+  the generation ends, then turns into Markdown with a "tok/s" footer;
+* ``%rocm_chat``: Enter and the Send button post messages, and the replies
+  and their statistics appear;
+* Stop ends a long reply: the statistics say "stopped" and Send is enabled
+  again.
+
+Chromium is Debian's (``/usr/bin/chromium``), never a downloaded one.
+Screenshots go to ``test-artifacts/browser/``. JupyterLab, its kernels and
+their llama-servers are stopped as one process tree at the end, whatever
+happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+from playwright.sync_api import Locator, Page, expect, sync_playwright
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts" / "browser"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+NOTEBOOK = "test.ipynb"
+WAIT_MS = 60_000
+"""Generous: the machine may be busy with other work (two cores)."""
+
+LOAD, GENERATE, CHAT = range(3)
+CELLS = [
+    "%load_ext rocm_nb\n%rocm_load smollm2-135m --ctx 4096",
+    "%%rocm_generate --max-tokens 300 --temperature 0.8 --seed 7\n"
+    "Write a long story, at least 600 words, about a lighthouse keeper who finds a map "
+    "in a bottle. Describe every place she visits in detail.",
+    "%rocm_chat",
+]
+
+pytestmark = pytest.mark.timeout(240)
+
+
+# -- JupyterLab ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Lab:
+    url: str
+    token: str
+    log: Path
+
+    def log_tail(self, n: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _write_notebook(path: Path) -> None:
+    cells: list[dict[str, object]] = [
+        {"cell_type": "code", "execution_count": None, "id": f"cell-{i}", "metadata": {}, "outputs": [],
+         "source": source}
+        for i, source in enumerate(CELLS)
+    ]
+    kernelspec = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+    notebook = {"cells": cells, "metadata": {"kernelspec": kernelspec, "language_info": {"name": "python"}},
+                "nbformat": 4, "nbformat_minor": 5}
+    path.write_text(json.dumps(notebook, indent=1))
+
+
+def _isolated_env(base: Path) -> dict[str, str]:
+    """This process's environment with every Jupyter/IPython directory moved under ``base``."""
+    dirs = {
+        "JUPYTER_CONFIG_DIR": base / "config",
+        "JUPYTER_DATA_DIR": base / "data",
+        "JUPYTER_RUNTIME_DIR": base / "runtime",
+        "JUPYTERLAB_SETTINGS_DIR": base / "lab-settings",
+        "JUPYTERLAB_WORKSPACES_DIR": base / "lab-workspaces",
+        "IPYTHONDIR": base / "ipython",
+    }
+    for d in dirs.values():
+        d.mkdir(parents=True)
+    # Never ask about, nor fetch, news and updates.
+    notification = dirs["JUPYTERLAB_SETTINGS_DIR"] / "@jupyterlab" / "apputils-extension"
+    notification.mkdir(parents=True)
+    (notification / "notification.jupyterlab-settings").write_text(
+        json.dumps({"fetchNews": "false", "checkForUpdates": False})
+    )
+    env = {k: v for k, v in os.environ.items() if k != "JUPYTER_PATH"}
+    env.update({k: str(v) for k, v in dirs.items()})
+    env["JUPYTER_PLATFORM_DIRS"] = "1"
+    return env
+
+
+def _get(url: str, token: str) -> int:
+    request = urllib.request.Request(url, headers={"Authorization": f"token {token}"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        status: int = response.status
+        return status
+
+
+def _stop_tree(proc: subprocess.Popen[bytes], url: str, token: str) -> None:
+    """Shut JupyterLab down politely, then kill whatever is left of its process tree."""
+    try:
+        tree = [psutil.Process(proc.pid)]
+        tree += tree[0].children(recursive=True)  # kernels and their llama-servers
+    except psutil.NoSuchProcess:
+        tree = []
+    if proc.poll() is None:
+        request = urllib.request.Request(
+            f"{url}/api/shutdown", method="POST", headers={"Authorization": f"token {token}"}
+        )
+        with contextlib.suppress(OSError):
+            urllib.request.urlopen(request, timeout=5).close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+    for p in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(tree, timeout=10)
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """A JupyterLab of the test's own, serving a temporary root that holds ``test.ipynb``."""
+    base = tmp_path_factory.mktemp("lab")
+    root = base / "root"
+    root.mkdir()
+    _write_notebook(root / NOTEBOOK)
+    port, token = _free_port(), secrets.token_hex(16)
+    url = f"http://127.0.0.1:{port}"
+    log_path = base / "jupyterlab.log"
+    argv = [
+        sys.executable, "-m", "jupyterlab",
+        "--no-browser",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={root}",
+        "--ServerApp.allow_root=True",
+        "--ServerApp.terminals_enabled=False",
+        "--LabApp.news_url=None",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        "--LabApp.extension_manager=readonly",
+    ]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(argv, env=_isolated_env(base), cwd=root, stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT)
+    lab = Lab(url, token, log_path)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"JupyterLab exited with {proc.returncode}:\n{lab.log_tail()}")
+            with contextlib.suppress(OSError):
+                if _get(f"{url}/api/status", token) == 200:
+                    break
+            if time.monotonic() > deadline:
+                pytest.fail(f"JupyterLab did not answer within 60 s:\n{lab.log_tail()}")
+            time.sleep(0.2)
+        yield lab
+    finally:
+        _stop_tree(proc, url, token)
+
+
+# -- the browser --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def page(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
+    """The test notebook open in JupyterLab, its kernel idle and its model loaded."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for stale in ARTIFACTS.glob("failure-*.png"):
+        stale.unlink()
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 1000},
+        )
+        try:
+            page = context.pages[0] if context.pages else context.new_page()
+            page.set_default_timeout(WAIT_MS)
+            expect.set_options(timeout=WAIT_MS)  # expect's own default is 5 s
+            page.goto(f"{lab.url}/lab/tree/{NOTEBOOK}?token={lab.token}")
+            expect(cell(page, CHAT)).to_be_visible()
+            expect(page.locator(".jp-Notebook-ExecutionIndicator")).to_have_attribute("data-status", "idle")
+            page.keyboard.press("Control+b")  # hide the file browser: more room for the notebook
+            run(page, LOAD)
+            expect(cell(page, LOAD).locator(".jp-OutputArea")).to_contain_text("✓ smollm2-135m")
+            yield page
+        except BaseException:
+            with contextlib.suppress(Exception):
+                shoot(context.pages[0], "failure-setup.png")
+            print(f"JupyterLab log:\n{lab.log_tail()}")
+            raise
+        finally:
+            context.close()
+
+
+@pytest.fixture(autouse=True)
+def screenshot_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a failed test, keep what the page showed: ``failure-<test>.png``."""
+    failed = request.session.testsfailed
+    yield
+    if request.session.testsfailed > failed and "page" in request.fixturenames:
+        with contextlib.suppress(Exception):
+            shoot(request.getfixturevalue("page"), f"failure-{request.node.name}.png")
+        print(f"JupyterLab log:\n{request.getfixturevalue('lab').log_tail()}")
+
+
+def cell(page: Page, index: int) -> Locator:
+    return page.locator(".jp-Notebook .jp-Cell").nth(index)
+
+
+def run(page: Page, index: int) -> Locator:
+    """Click into cell ``index``'s editor and press Shift+Enter; wait until the kernel has it."""
+    target = cell(page, index)
+    target.locator(".jp-InputArea-editor").click()
+    page.keyboard.press("Shift+Enter")
+    expect(target.locator(".jp-InputPrompt")).not_to_have_text("[ ]:")
+    return target
+
+
+def output_text(page: Page, index: int) -> str:
+    text: str = page.evaluate(
+        "i => document.querySelectorAll('.jp-Notebook .jp-Cell')[i]"
+        ".querySelector('.jp-OutputArea').innerText",
+        index,
+    )
+    return text
+
+
+def shoot(page: Page, name: str) -> None:
+    page.screenshot(path=ARTIFACTS / name)
+
+
+# -- the tests ----------------------------------------------------------------------------------
+
+
+def test_generate_streams_into_the_page_then_renders_markdown(page: Page) -> None:
+    target = run(page, GENERATE)
+    # Sample the output while it streams: each sample must be longer than the last, still
+    # carry the cursor, and come before the final Markdown (whose footer has "tok/s").
+    growing = """([i, previous]) => {
+        const out = document.querySelectorAll('.jp-Notebook .jp-Cell')[i].querySelector('.jp-OutputArea');
+        const text = out.innerText;
+        if (out.querySelector('.jp-RenderedMarkdown')) return {done: true, length: text.length};
+        return text.includes('▌') && text.length > previous ? {done: false, length: text.length} : null;
+    }"""
+    lengths = [0]
+    while len(lengths) <= 4 or lengths[-1] < 400:  # several samples, and enough text to see
+        seen = page.wait_for_function(growing, arg=[GENERATE, lengths[-1]], polling=25).json_value()
+        assert not seen["done"], f"generation finished after only {len(lengths) - 1} samples: {lengths}"
+        lengths.append(seen["length"])
+    shoot(page, "01-streaming.png")
+    assert lengths == sorted(set(lengths)), lengths
+
+    footer = target.locator(".jp-RenderedMarkdown sub")
+    expect(footer).to_contain_text("tok/s")
+    final = output_text(page, GENERATE)
+    assert "▌" not in final
+    assert len(final) > lengths[-1], "the final text should hold everything streamed"
+    shoot(page, "02-generated.png")
+
+
+@pytest.fixture(scope="module")
+def panel(page: Page) -> Locator:
+    """The chat panel (``%rocm_chat``), shown."""
+    target = run(page, CHAT)
+    widget = target.locator(".jp-OutputArea-output .widget-vbox").first
+    expect(widget.get_by_placeholder("Message (Enter to send)")).to_be_visible()
+    return widget
+
+
+def stats(panel: Locator) -> Locator:
+    """The statistics line: the panel's own HTML child (the bubbles sit deeper)."""
+    return panel.locator(":scope > .widget-html")
+
+
+def set_max_tokens(panel: Locator, n: int) -> None:
+    box = panel.locator(".widget-inline-hbox", has_text="max tokens").locator("input")
+    box.fill(str(n))
+    box.press("Enter")
+
+
+def wait_for_reply(panel: Locator, n: int) -> None:
+    """Wait until the ``n``-th reply is complete: Send is enabled again, stats has tok/s."""
+    reply = panel.locator(".rocm-nb-assistant").nth(n - 1)
+    expect(reply).to_be_visible()
+    expect(panel.get_by_role("button", name="Send")).to_be_enabled()
+    expect(stats(panel)).to_contain_text("tok/s")
+    expect(reply).not_to_contain_text("▌")
+    assert reply.inner_text().strip(), "the reply should not be empty"
+
+
+def test_chat_panel_sends_with_enter_and_button(page: Page, panel: Locator) -> None:
+    prompt = panel.get_by_placeholder("Message (Enter to send)")
+    set_max_tokens(panel, 48)
+
+    prompt.fill("Say hello in five words.")
+    prompt.press("Enter")
+    expect(panel.locator(".rocm-nb-user")).to_have_count(1)
+    expect(panel.locator(".rocm-nb-user").first).to_contain_text("Say hello in five words.")
+    expect(prompt).to_have_value("")
+    wait_for_reply(panel, 1)
+
+    prompt.fill("Name three colours.")
+    panel.get_by_role("button", name="Send").click()
+    expect(panel.locator(".rocm-nb-user")).to_have_count(2)
+    expect(panel.locator(".rocm-nb-user").nth(1)).to_contain_text("Name three colours.")
+    expect(panel.locator(".rocm-nb-assistant")).to_have_count(2)
+    wait_for_reply(panel, 2)
+    expect(panel.locator(".rocm-nb-error")).to_have_count(0)
+    panel.scroll_into_view_if_needed()
+    shoot(page, "03-chat.png")
+
+
+def test_stop_ends_a_long_reply(page: Page, panel: Locator) -> None:
+    set_max_tokens(panel, 2000)
+    before = panel.locator(".rocm-nb-assistant").count()
+    prompt = panel.get_by_placeholder("Message (Enter to send)")
+    prompt.fill("Write a very long essay, at least 1500 words, on the history of computers.")
+    prompt.press("Enter")
+
+    reply = panel.locator(".rocm-nb-assistant").nth(before)
+    send, stop = panel.get_by_role("button", name="Send"), panel.get_by_role("button", name="Stop")
+    expect(stop).to_be_enabled()
+    expect(send).to_be_disabled()
+    # Stop mid-reply: some text has arrived, the cursor says more is coming.
+    expect(reply).to_contain_text("▌")
+    page.wait_for_function(
+        "n => (document.querySelectorAll('.rocm-nb-assistant')[n]?.innerText.length ?? 0) > 80",
+        arg=before, polling=25,
+    )
+    stop.click()
+
+    expect(stats(panel)).to_contain_text("stopped")
+    expect(send).to_be_enabled()
+    expect(stop).to_be_disabled()
+    expect(reply).not_to_contain_text("▌")
+    stopped_at = len(reply.inner_text())
+    assert stopped_at < 4000, f"the reply went on to {stopped_at} characters"
+    # The transcript scrolls on its own (max-height 420px) and does not follow new bubbles:
+    # scroll it down so that the screenshot shows the stopped reply.
+    panel.locator(":scope > .widget-vbox").evaluate("el => { el.scrollTop = el.scrollHeight; }")
+    panel.scroll_into_view_if_needed()
+    shoot(page, "04-stopped.png")

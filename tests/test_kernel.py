@@ -1,0 +1,303 @@
+"""rocm_nb in real Jupyter kernels (jupyter_client driving ipykernel).
+
+What a notebook user relies on: shutting down, restarting or killing a kernel
+leaves no llama-server behind, and "Interrupt" stops a streaming
+``%%rocm_generate`` at once, on the server too, with the model still loaded.
+The measured times and rates are printed: read them with ``pytest -s``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from jupyter_client import BlockingKernelClient, KernelManager
+from jupyter_client.kernelspec import KernelSpecManager
+
+from rocm_nb import Client, connect
+from tests.conftest import gone, wait_until
+
+Message = dict[str, Any]
+
+TEARDOWN_LIMIT_S = 2.0
+DISPLAY_TYPES = ("display_data", "update_display_data")
+LONG_STORY = (
+    "Write a very long story about a lighthouse keeper, a storm and a lost ship, "
+    "in many chapters, with a lot of detail."
+)
+SERVER_INFO = (
+    "import json\n"
+    "from rocm_nb.model import running_servers\n"
+    "[_s] = running_servers()\n"
+    "print(json.dumps({'pid': _s.pid, 'url': _s.base_url, 'key': _s.api_key}))"
+)
+
+
+@dataclass(frozen=True)
+class Server:
+    """The llama-server a kernel started, as the kernel reports it."""
+
+    pid: int
+    url: str
+    key: str
+
+    def client(self) -> Client:
+        return connect(self.url, api_key=self.key)
+
+
+def displays(messages: list[Message]) -> list[Message]:
+    """The display and update-display messages among ``messages``."""
+    return [m for m in messages if m["msg_type"] in DISPLAY_TYPES]
+
+
+def idle(messages: list[Message]) -> bool:
+    """True once the kernel has reported that the cell finished."""
+    last = messages[-1] if messages else None
+    return last is not None and last["msg_type"] == "status" and (
+        last["content"]["execution_state"] == "idle"
+    )
+
+
+def stdout(messages: list[Message]) -> str:
+    return "".join(
+        m["content"]["text"] for m in messages
+        if m["msg_type"] == "stream" and m["content"]["name"] == "stdout"
+    )
+
+
+class Kernel:
+    """A running kernel and a blocking client on its channels."""
+
+    def __init__(self, km: KernelManager, kc: BlockingKernelClient) -> None:
+        self.km = km
+        self.kc = kc
+        self.server_pids: list[int] = []
+        self._iopub: dict[str, list[Message]] = {}
+
+    @property
+    def pid(self) -> int:
+        process = self.km.provisioner.process  # type: ignore[union-attr]
+        assert process is not None
+        return int(process.pid)
+
+    def execute(self, code: str) -> str:
+        msg_id: str = self.kc.execute(code)
+        self._iopub[msg_id] = []
+        return msg_id
+
+    def iopub(self, msg_id: str, until: Callable[[list[Message]], bool],
+              timeout: float = 60.0) -> list[Message]:
+        """Collect the iopub messages of cell ``msg_id`` until ``until(collected)``."""
+        collected = self._iopub[msg_id]
+        deadline = time.monotonic() + timeout
+        while not until(collected):
+            try:
+                msg = self.kc.get_iopub_msg(timeout=max(deadline - time.monotonic(), 0.01))
+            except queue.Empty:
+                raise AssertionError(
+                    f"iopub: condition not met within {timeout} s; got {collected!r}"
+                ) from None
+            if msg["parent_header"].get("msg_id") == msg_id:
+                collected.append(msg)
+        return collected
+
+    def reply(self, msg_id: str, timeout: float = 60.0) -> Message:
+        """The execute_reply content of cell ``msg_id``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = self.kc.get_shell_msg(timeout=max(deadline - time.monotonic(), 0.01))
+            if msg["parent_header"].get("msg_id") == msg_id:
+                content: Message = msg["content"]
+                return content
+
+    def run(self, code: str, timeout: float = 60.0) -> list[Message]:
+        """Run a cell to the end; fail with the kernel's traceback if it raised."""
+        msg_id = self.execute(code)
+        reply = self.reply(msg_id, timeout)
+        messages = self.iopub(msg_id, idle, timeout)
+        assert reply["status"] == "ok", "\n".join(reply.get("traceback", [])) or reply
+        return messages
+
+    def server(self, code: str) -> Server:
+        """Run ``code`` (which must print the SERVER_INFO line last) and note the server."""
+        lines = stdout(self.run(code)).strip().splitlines()
+        info = json.loads(lines[-1])
+        server = Server(int(info["pid"]), info["url"], info["key"])
+        self.server_pids.append(server.pid)
+        return server
+
+
+def _kill_leftover(pid: int) -> None:
+    """Safety net for a failing test: kill a server the kernel left behind."""
+    if not gone(pid)():
+        try:
+            proc = psutil.Process(pid)
+            if proc.name() == "llama-server":
+                proc.kill()
+        except psutil.Error:
+            pass
+
+
+@pytest.fixture
+def kernel(tmp_path: Path) -> Iterator[Kernel]:
+    """A fresh kernel running this interpreter (``sys.executable -m ipykernel_launcher``)."""
+    spec = tmp_path / "kernels" / "rocm-nb-test"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "rocm_nb test",
+        "language": "python",
+    }))
+    km = KernelManager(
+        kernel_name="rocm-nb-test",
+        kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(tmp_path / "kernels")]),
+    )
+    km.start_kernel()
+    kc = km.blocking_client()
+    kc.start_channels()
+    started = Kernel(km, kc)
+    try:
+        kc.wait_for_ready(timeout=60)
+        yield started
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+        for pid in started.server_pids:
+            _kill_leftover(pid)
+
+
+def start_local_model(kernel: Kernel) -> Server:
+    """``LocalModel(...).start()`` in the kernel: the plain-Python way."""
+    return kernel.server(
+        "from rocm_nb import LocalModel\n"
+        "m = LocalModel('smollm2-135m', ctx_size=512).start()\n" + SERVER_INFO
+    )
+
+
+def load_with_magic(kernel: Kernel) -> Server:
+    """``%rocm_load`` in the kernel: the notebook way."""
+    kernel.run("%load_ext rocm_nb\n%rocm_load smollm2-135m --ctx 2048")
+    return kernel.server(SERVER_INFO)
+
+
+# -- teardown -------------------------------------------------------------------------------
+
+
+def _shutdown(kernel: Kernel) -> None:
+    kernel.km.shutdown_kernel(now=False)
+
+
+def _restart(kernel: Kernel) -> None:
+    kernel.km.restart_kernel(now=False)
+
+
+def _restart_now(kernel: Kernel) -> None:
+    kernel.km.restart_kernel(now=True)
+
+
+def _sigkill(kernel: Kernel) -> None:
+    os.kill(kernel.pid, signal.SIGKILL)
+
+
+TEARDOWNS: dict[str, Callable[[Kernel], None]] = {
+    "shutdown": _shutdown,
+    "restart": _restart,
+    "restart-now": _restart_now,
+    "sigkill": _sigkill,
+}
+
+
+@pytest.mark.parametrize("how", list(TEARDOWNS))
+def test_kernel_teardown_leaves_no_llama_server(kernel: Kernel, how: str) -> None:
+    server = start_local_model(kernel)
+    process = psutil.Process(server.pid)
+    assert process.name() == "llama-server" and not gone(server.pid)()
+    assert server.client().health()
+    kernel_pid = kernel.pid
+
+    began = time.monotonic()
+    TEARDOWNS[how](kernel)
+    returned = time.monotonic() - began
+    wait_until(gone(server.pid), timeout=TEARDOWN_LIMIT_S)
+    total = time.monotonic() - began
+    print(f"\nteardown {how}: llama-server gone {total:.2f} s after the request "
+          f"(the call itself took {returned:.2f} s)")
+    assert total <= TEARDOWN_LIMIT_S
+    wait_until(gone(kernel_pid), timeout=TEARDOWN_LIMIT_S)
+
+    if how.startswith("restart"):  # the fresh kernel works and can load a model again
+        kernel.kc.wait_for_ready(timeout=60)
+        assert kernel.pid != kernel_pid
+        fresh = start_local_model(kernel)
+        assert fresh.pid != server.pid and not gone(fresh.pid)()
+
+
+# -- streaming cells ------------------------------------------------------------------------
+
+
+def test_interrupt_stops_the_generation_fast_and_keeps_the_model(kernel: Kernel) -> None:
+    server = load_with_magic(kernel)
+    created = psutil.Process(server.pid).create_time()
+    client = server.client()
+    before = client.metrics()["llamacpp:tokens_predicted_total"]
+
+    msg_id = kernel.execute(f"%%rocm_generate --max-tokens 3000 --temperature 0\n{LONG_STORY}")
+    kernel.iopub(msg_id, lambda msgs: len(displays(msgs)) >= 5)  # tokens are streaming
+    began = time.monotonic()
+    kernel.km.interrupt_kernel()
+    reply = kernel.reply(msg_id, timeout=10)
+    latency = time.monotonic() - began
+    shown = displays(kernel.iopub(msg_id, idle))
+    print(f"\ninterrupt: execute_reply {latency * 1000:.0f} ms after interrupt_kernel()")
+
+    assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt"
+    assert latency < 1.0
+    streamed = shown[-2]["content"]["data"]["text/plain"].rstrip("▌")
+    final = shown[-1]
+    assert final["msg_type"] == "update_display_data"
+    assert final["content"]["transient"] == shown[0]["content"]["transient"]  # same display id
+    text = final["content"]["data"]["text/plain"]
+    assert streamed.strip() and text.startswith(streamed)
+    assert "stopped after" in text and "stopped after" in final["content"]["data"]["text/markdown"]
+
+    # SIGINT went to the kernel's process group only: the server lives on, cancelled
+    assert psutil.Process(server.pid).create_time() == created and not gone(server.pid)()
+    wait_until(lambda: client.metrics()["llamacpp:requests_processing"] == 0, timeout=2)
+    predicted = client.metrics()["llamacpp:tokens_predicted_total"]
+    time.sleep(0.5)
+    assert client.metrics()["llamacpp:tokens_predicted_total"] == predicted  # decoding stopped
+    assert predicted - before < 3000
+    client.close()
+
+    after = displays(kernel.run("%%rocm_generate --max-tokens 8 --temperature 0\nSay hello."))
+    assert "8 tokens" in after[-1]["content"]["data"]["text/markdown"]
+    assert kernel.server(SERVER_INFO).pid == server.pid  # the same model served it
+
+
+def test_stream_updates_are_coalesced(kernel: Kernel) -> None:
+    load_with_magic(kernel)
+    shown = displays(kernel.run(f"%%rocm_generate --max-tokens 400 --temperature 0\n{LONG_STORY}"))
+    first, *updates = shown
+    assert first["msg_type"] == "display_data"
+    assert all(u["msg_type"] == "update_display_data" for u in updates)
+    span = (shown[-1]["header"]["date"] - first["header"]["date"]).total_seconds()
+    rate = len(shown) / span
+    footer = shown[-1]["content"]["data"]["text/markdown"]
+    match = re.search(r"(\d+) tokens · ([\d.]+) tok/s", footer)
+    assert match, footer
+    tokens, tps = int(match[1]), float(match[2])
+    print(f"\nupdates/s: {rate:.1f} ({len(shown)} display messages in {span:.2f} s); "
+          f"tokens/s: {tps:.1f} ({tokens} tokens)")
+    assert span >= 0.5 and tokens >= 50  # a stream long enough to measure
+    assert rate <= 30

@@ -219,7 +219,8 @@ def install_server(
 
     try:
         with tempfile.TemporaryDirectory(prefix=f".build-{name}-", dir=servers) as work, tqdm(
-            desc="llama.cpp sources", disable=not progress, leave=False
+            desc="llama.cpp sources", disable=not progress, leave=False,
+            mininterval=0.5 if sys.stderr.isatty() else 30.0,  # a log file gets a line every 30 s, not 200
         ) as bar:
             src = source_dir or _sources(servers, Path(work), log, env)
             bar.set_description(f"configuring llama-server ({name})")

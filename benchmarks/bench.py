@@ -21,7 +21,6 @@ import subprocess
 import sys
 import time
 import tracemalloc
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -282,6 +281,43 @@ def bench_rpc(path: Path) -> list[Row]:
                 spread(ratios), True, f"one process {statistics.median(single_tps):.1f} tok/s")]
 
 
+_IN_PROCESS = """
+import json, sys, time
+from llama_cpp import Llama
+path, prompt, max_tokens, reps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+llm = Llama(model_path=path, n_ctx=2048, n_threads=2, verbose=False, seed=42)
+out = []
+for _ in range(reps + 1):
+    began = time.perf_counter(); first = last = 0.0; pieces = 0
+    for chunk in llm.create_completion(prompt, max_tokens=max_tokens, temperature=0.0, stream=True):
+        if chunk["choices"][0]["text"]:
+            last = time.perf_counter(); first = first or last; pieces += 1
+    out.append([first - began, (pieces - 1) / (last - first), pieces])
+print(json.dumps(out[1:]))
+"""
+
+
+def bench_in_process(model: LocalModel) -> list[Row]:
+    """llama-cpp-python's in-process ``Llama`` against raw llama-server, same run.
+
+    It needs a Python with llama-cpp-python built for this machine, named by
+    ``BENCH_LLAMA_CPP_PYTHON`` (building it compiles all of llama.cpp: see README).
+    """
+    python = os.environ.get("BENCH_LLAMA_CPP_PYTHON")
+    figure = "decode throughput, llama-cpp-python `Llama` (in-process) / raw llama-server"
+    if not python:
+        return [Row(figure, "reported, no target", "not measured: BENCH_LLAMA_CPP_PYTHON unset", True)]
+    reps = max(3, REPS // 2)
+    raw = [raw_stream(model.base_url, model.api_key, 256) for _ in range(reps)]
+    done = subprocess.run([python, "-c", _IN_PROCESS, str(model.path), PROMPT, "256", str(reps)],
+                          capture_output=True, text=True, check=True)
+    theirs = json.loads(done.stdout)
+    ratios = [t[1] / r[1] for t, r in zip(theirs, raw, strict=True)]
+    ttft = [(t[0] - r[0]) * 1000 for t, r in zip(theirs, raw, strict=True)]
+    return [Row(figure, "reported, no target", f"{spread(ratios)}; first token {spread(ttft, ' ms')} vs raw",
+                True, f"raw {statistics.median(r[1] for r in raw):.1f} tok/s")]
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     return (f"{platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} cores, "
@@ -311,7 +347,7 @@ def write_readme(table: str) -> None:
     README.write_text(f"{head}{start}\n{table}\n{end}{tail}")
 
 
-def run(extra: list[Callable[[LocalModel], list[Row]]] | None = None) -> None:
+def run() -> None:
     began = time.perf_counter()
     path = resolve_model(DEFAULT_MODEL)
     rows: list[Row] = []
@@ -320,8 +356,7 @@ def run(extra: list[Callable[[LocalModel], list[Row]]] | None = None) -> None:
         rows += bench_streaming(model)
         rows += bench_prompt_cache(model)
         rows += bench_memory(model)
-        for figure in extra or []:
-            rows += figure(model)
+        rows += bench_in_process(model)
         rows += bench_start(path)
         rows += bench_kernel(path)
         rows += bench_rpc(path)

@@ -1,16 +1,30 @@
 """Which backend this machine has, its GPUs, and which of them llama-server may see.
 
-ROCm: ``/dev/kfd`` exists and ``rocminfo`` lists a GPU agent; names and gfx
-targets come from ``rocminfo``, VRAM from ``rocm-smi --showmeminfo vram
---json`` or, failing that, ``amd-smi metric --mem-usage --json``. CUDA:
+ROCm: ``/dev/kfd`` exists and ``rocminfo`` lists a GPU agent (or, without
+``rocminfo``, the KFD topology in ``/sys/class/kfd/kfd/topology/nodes`` lists a
+GPU node); names and gfx targets come from ``rocminfo``, VRAM from ``rocm-smi
+--showmeminfo vram --json``, failing that ``amd-smi metric --mem-usage
+--json``, failing that amdgpu's sysfs files (``mem_info_vram_total`` and
+``mem_info_vram_used`` of ``/sys/class/drm/card*/device``). CUDA:
 ``nvidia-smi --query-gpu`` answers. Otherwise the CPU. ``ROCM_NB_BACKEND``
 forces a backend.
+
+HIP numbers the GPU nodes of the KFD topology in node order (CPU nodes have
+``simd_count 0`` and are skipped), which is also the order of rocminfo's GPU
+agents; rocminfo's ``Internal Node ID`` names the KFD node of an agent. A KFD
+node's PCI address (``domain`` and ``location_id``, the bus/device/function
+packed as ``bus << 8 | device << 3 | function``) finds its DRM card through
+the card's ``device/uevent`` (``PCI_SLOT_NAME``), so each sysfs card is tied
+to the right HIP device index before ``HIP_VISIBLE_DEVICES`` is built.
 
 An APU's integrated GPU crashes llama-server's ROCm backend when a discrete
 GPU is present, so only the discrete GPUs are exposed through
 ``HIP_VISIBLE_DEVICES``. The rule for "integrated": rocminfo reports
 ``Memory Properties: APU`` for the agent (ROCm 6 and later), or its gfx
-target only ships in APUs (gfx1035/gfx1036/gfx1103/gfx1150/gfx1151/gfx90c…). An APU alone stays visible:
+target only ships in APUs (gfx1035/gfx1036/gfx1103/gfx1150/gfx1151/gfx90c…; from
+rocminfo, or the KFD node's ``gfx_target_version``), or its KFD node also counts
+CPU cores (the combined CPU+GPU node of older APUs). An iGPU's sysfs "VRAM" is
+only the carve-out the firmware reserves from system RAM. An APU alone stays visible:
 it is all the machine has. A ``HIP_VISIBLE_DEVICES`` or
 ``ROCR_VISIBLE_DEVICES`` set by the user always wins.
 
@@ -36,10 +50,12 @@ from typing import Any, Literal, get_args
 __all__ = [
     "GPU",
     "Backend",
+    "GpuUsage",
     "Hardware",
     "Runner",
     "describe",
     "detect",
+    "gpu_usage",
     "parse_amd_smi",
     "parse_nvidia_smi",
     "parse_rocm_smi_json",
@@ -74,6 +90,8 @@ class GPU:
     vram_total: int | None
     vram_used: int | None
     is_apu: bool
+    pci_slot: str | None = None
+    """PCI address such as ``0000:03:00.0`` (AMD: from the KFD topology or rocminfo's BDFID)."""
 
     @property
     def vram_free(self) -> int | None:
@@ -122,6 +140,22 @@ class Hardware:
         return {"HIP_VISIBLE_DEVICES": self.visible_devices}
 
 
+@dataclass(frozen=True)
+class GpuUsage:
+    """One GPU's memory and load right now, from :func:`gpu_usage` (``None``: not known).
+
+    Example:
+        >>> GpuUsage(0, "AMD Radeon RX 7900 GRE", 2**30, 16 * 2**30, 42).busy_percent
+        42
+    """
+
+    index: int
+    name: str
+    vram_used: int | None
+    vram_total: int | None
+    busy_percent: int | None
+
+
 def run_tool(argv: Sequence[str]) -> str | None:
     """Run a hardware tool for at most 10 s; ``None`` if missing, failing or hanging.
 
@@ -147,6 +181,10 @@ class _Agent:
     marketing_name: str
     arch: str
     is_apu: bool
+    kfd_node: int | None = None
+    """rocminfo's ``Internal Node ID``: the KFD topology node of this agent."""
+    bdf: int | None = None
+    """rocminfo's ``BDFID``: the PCI bus/device/function, packed like KFD's ``location_id``."""
 
 
 def parse_rocminfo(text: str) -> list[_Agent]:
@@ -172,6 +210,8 @@ def parse_rocminfo(text: str) -> list[_Agent]:
             marketing_name=fields.get("Marketing Name", arch),
             arch=arch if arch.startswith("gfx") else "",
             is_apu="APU" in fields.get("Memory Properties", "") or arch.split(":")[0] in APU_TARGETS,
+            kfd_node=_int(fields.get("Internal Node ID")),
+            bdf=_int(fields.get("BDFID")),
         ))
     return agents
 
@@ -260,23 +300,154 @@ def parse_nvidia_smi(text: str) -> list[GPU]:
     return gpus
 
 
+def parse_nvidia_usage(text: str) -> list[GpuUsage]:
+    """Usage from ``nvidia-smi --query-gpu=index,name,memory.used,memory.total,utilization.gpu
+    --format=csv,noheader,nounits`` (memory in MiB; ``[N/A]`` becomes ``None``).
+
+    Example:
+        >>> parse_nvidia_usage("0, NVIDIA H100 80GB HBM3, 4, 81559, 0\\n")[0].vram_total
+        85520809984
+    """
+    usage = []
+    for row in csv.reader(io.StringIO(text)):
+        cells = [c.strip() for c in row]
+        index = _int(cells[0]) if cells else None
+        if len(cells) < 5 or index is None:
+            continue
+        used, total = _int(cells[2]), _int(cells[3])
+        usage.append(GpuUsage(index, cells[1], None if used is None else used * 2**20,
+                              None if total is None else total * 2**20, _int(cells[4])))
+    return usage
+
+
+# -- sysfs: amdgpu cards and the KFD topology ------------------------------------------------
+
+_AMD_VENDOR = 0x1002
+_KFD_NODES = Path("sys/class/kfd/kfd/topology/nodes")
+_DRM = Path("sys/class/drm")
+_NVIDIA_USAGE = ("nvidia-smi", "--query-gpu=index,name,memory.used,memory.total,utilization.gpu",
+                 "--format=csv,noheader,nounits")
+
+
+def _read(path: Path) -> str | None:
+    """A sysfs file's text, or ``None``: files vanish when a device unbinds, and some are root-only."""
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _read_int(path: Path) -> int | None:
+    """A sysfs number, decimal (``17163091968``) or hexadecimal (``0x1002``)."""
+    try:
+        return int((_read(path) or "").strip(), 0)
+    except ValueError:
+        return None
+
+
+def _properties(text: str) -> dict[str, int]:
+    """A KFD ``properties`` file: one ``name value`` pair a line."""
+    pairs = (line.split(maxsplit=1) for line in text.splitlines())
+    return {pair[0]: value for pair in pairs if len(pair) == 2 and (value := _int(pair[1])) is not None}
+
+
+def _gfx_name(version: int) -> str:
+    """KFD's ``gfx_target_version`` as a target name: 110000 → gfx1100, 90010 → gfx90a; 0 → ``""``."""
+    major, minor, stepping = version // 10000, version // 100 % 100, version % 100
+    return f"gfx{major}{minor:x}{stepping:x}" if major else ""
+
+
+def _bdf(location: int) -> str:
+    """A packed ``bus << 8 | device << 3 | function`` as ``03:00.0``."""
+    return f"{location >> 8 & 0xFF:02x}:{location >> 3 & 0x1F:02x}.{location & 0x7}"
+
+
+@dataclass(frozen=True)
+class _KfdNode:
+    node: int
+    arch: str
+    pci_slot: str | None
+    is_apu: bool
+
+
+def _kfd_gpu_nodes(root: Path) -> dict[int, _KfdNode]:
+    """The GPU nodes of the KFD topology by node number, in HIP device order."""
+    try:
+        numbers = sorted(int(entry.name) for entry in (root / _KFD_NODES).iterdir() if entry.name.isdigit())
+    except OSError:
+        return {}
+    nodes = {}
+    for number in numbers:
+        props = _properties(_read(root / _KFD_NODES / str(number) / "properties") or "")
+        if props.get("simd_count", 0) <= 0:
+            continue  # a CPU node
+        arch, location = _gfx_name(props.get("gfx_target_version", 0)), props.get("location_id", 0)
+        nodes[number] = _KfdNode(
+            node=number,
+            arch=arch,
+            # location_id 0 would be the host bridge, 0000:00:00.0: no address rather than a wrong one
+            pci_slot=f"{props.get('domain', 0):04x}:{_bdf(location)}" if location else None,
+            is_apu=arch in APU_TARGETS or props.get("cpu_cores_count", 0) > 0,
+        )
+    return nodes
+
+
+def _amdgpu_cards(root: Path) -> dict[str, Path]:
+    """PCI address → ``device`` directory of each AMD DRM card (connectors such as ``card0-DP-1`` skipped)."""
+    cards = {}
+    for card in sorted((root / _DRM).glob("card*")):
+        device = card / "device"
+        if not card.name.removeprefix("card").isdigit() or _read_int(device / "vendor") != _AMD_VENDOR:
+            continue
+        uevent = dict(line.partition("=")[::2] for line in (_read(device / "uevent") or "").splitlines())
+        if uevent.get("PCI_SLOT_NAME"):
+            cards[uevent["PCI_SLOT_NAME"].lower()] = device
+    return cards
+
+
+def _card_vram(device: Path) -> tuple[int | None, int | None]:
+    """(total, used) VRAM in bytes from amdgpu's ``mem_info_vram_*`` (read one after the other, not atomically)."""
+    return _read_int(device / "mem_info_vram_total"), _read_int(device / "mem_info_vram_used")
+
+
+def _agent_slot(agent: _Agent, nodes: Mapping[int, _KfdNode], cards: Mapping[str, Path]) -> str | None:
+    """The PCI address of a rocminfo agent: its KFD node's, or else the one card at its BDFID."""
+    node = nodes.get(agent.kfd_node) if agent.kfd_node is not None else None
+    if node is not None:
+        return node.pci_slot
+    if not agent.bdf:
+        return None
+    matches = [slot for slot in cards if slot.endswith(f":{_bdf(agent.bdf)}")]
+    return matches[0] if len(matches) == 1 else None
+
+
 # -- detection -------------------------------------------------------------------------------
 
 
-def _detect_rocm(runner: Runner, notes: list[str]) -> tuple[GPU, ...]:
+def _detect_rocm(runner: Runner, notes: list[str], root: Path) -> tuple[GPU, ...]:
     agents = parse_rocminfo(runner(["rocminfo"]) or "")
+    nodes = _kfd_gpu_nodes(root)
+    if not agents and nodes and os.access(root / "dev" / "kfd", os.R_OK | os.W_OK):
+        notes.append("rocminfo did not answer: the GPUs were read from the KFD topology")
+        agents = [_Agent(n.arch, f"AMD {n.arch} GPU", n.arch, n.is_apu, n.node) for n in nodes.values()]
     if not agents:
         notes.append("/dev/kfd exists but rocminfo lists no GPU agent (is your user in the render group?)")
         return ()
+    cards = _amdgpu_cards(root)
+    slots = [_agent_slot(agent, nodes, cards) for agent in agents]
     vram = parse_rocm_smi_json(runner(["rocm-smi", "--showmeminfo", "vram", "--json"]) or "")
     if not vram:
         vram = parse_amd_smi(runner(["amd-smi", "metric", "--mem-usage", "--json"]) or "")
     if not vram:
-        notes.append("VRAM unknown: neither rocm-smi nor amd-smi answered")
-    return tuple(
-        GPU(i, a.marketing_name, a.arch, "amd", *vram.get(i, (None, None)), a.is_apu)
-        for i, a in enumerate(agents)
-    )
+        vram = {i: _card_vram(cards[slot]) for i, slot in enumerate(slots) if slot in cards}
+    if not vram:
+        notes.append("VRAM unknown: neither rocm-smi, amd-smi nor amdgpu's sysfs files answered")
+    gpus = []
+    for i, (agent, slot) in enumerate(zip(agents, slots, strict=True)):
+        node = nodes.get(agent.kfd_node) if agent.kfd_node is not None else None
+        gpus.append(GPU(i, agent.marketing_name, agent.arch or (node.arch if node else ""), "amd",
+                        *vram.get(i, (None, None)), agent.is_apu or (node is not None and node.is_apu), slot))
+    return tuple(gpus)
 
 
 def _visible(gpus: tuple[GPU, ...], notes: list[str]) -> str | None:
@@ -301,7 +472,7 @@ def detect(
     """Find the backend and GPUs of this machine.
 
     ``runner``, ``environ`` and ``root`` are seams: tests replay recorded
-    tool outputs and fake ``/dev/kfd``.
+    tool outputs and fake ``/dev/kfd`` and the sysfs tree (``root/sys``).
 
     Example:
         >>> detect(environ={"ROCM_NB_BACKEND": "cpu"}).backend
@@ -316,7 +487,7 @@ def detect(
     if forced == "cpu":
         return Hardware("cpu", (), None, ("backend forced by ROCM_NB_BACKEND=cpu",))
     if forced in (None, "rocm") and (root / "dev" / "kfd").exists():
-        gpus = _detect_rocm(runner, notes)
+        gpus = _detect_rocm(runner, notes, root)
         if gpus:
             return Hardware("rocm", gpus, _visible(gpus, notes), tuple(notes))
     if forced in (None, "cuda", "vulkan"):
@@ -328,6 +499,41 @@ def detect(
         notes.append(f"ROCM_NB_BACKEND={forced} asked for, but no such GPU was found")
     notes.append("no GPU found: llama-server runs on the CPU")
     return Hardware("cpu", (), None, tuple(notes))
+
+
+def gpu_usage(
+    hw_or_gpus: Hardware | Sequence[GPU], *, root: Path = Path("/"), runner: Runner = run_tool
+) -> list[GpuUsage]:
+    """VRAM used and total and GPU busy % of each GPU now, for live monitors.
+
+    AMD: amdgpu's sysfs files (``gpu_busy_percent``, ``mem_info_vram_used``,
+    ``mem_info_vram_total``) of the card at the GPU's PCI address: cheap enough
+    to read a few times a second. NVIDIA: one ``nvidia-smi --query-gpu`` call.
+    No GPU (the CPU backend): an empty list. ``root`` and ``runner`` are the
+    seams of :func:`detect`.
+
+    Example:
+        >>> gpu_usage(Hardware("cpu", (), None, ()))
+        []
+        >>> [u.busy_percent for u in gpu_usage(detect())]  # doctest: +SKIP
+        [37]
+    """
+    gpus = hw_or_gpus.gpus if isinstance(hw_or_gpus, Hardware) else tuple(hw_or_gpus)
+    nvidia: dict[int, GpuUsage] = {}
+    if any(gpu.vendor == "nvidia" for gpu in gpus):
+        nvidia = {usage.index: usage for usage in parse_nvidia_usage(runner(_NVIDIA_USAGE) or "")}
+    cards = _amdgpu_cards(root) if any(gpu.vendor == "amd" for gpu in gpus) else {}
+    usage = []
+    for gpu in gpus:
+        device = cards.get(gpu.pci_slot or "")
+        if gpu.vendor == "nvidia":
+            usage.append(nvidia.get(gpu.index, GpuUsage(gpu.index, gpu.name, None, gpu.vram_total, None)))
+        elif device is None:
+            usage.append(GpuUsage(gpu.index, gpu.name, None, gpu.vram_total, None))
+        else:
+            total, used = _card_vram(device)
+            usage.append(GpuUsage(gpu.index, gpu.name, used, total, _read_int(device / "gpu_busy_percent")))
+    return usage
 
 
 def describe(hw: Hardware) -> list[str]:

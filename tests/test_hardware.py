@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -9,11 +10,14 @@ import pytest
 
 from rocm_nb.hardware import (
     GPU,
+    GpuUsage,
     Hardware,
     describe,
     detect,
+    gpu_usage,
     parse_amd_smi,
     parse_nvidia_smi,
+    parse_nvidia_usage,
     parse_rocm_smi_json,
     parse_rocminfo,
     run_tool,
@@ -42,6 +46,15 @@ def kfd_root(tmp_path: Path) -> Path:
     (tmp_path / "dev").mkdir()
     (tmp_path / "dev" / "kfd").touch()
     return tmp_path
+
+
+def sysfs_root(tmp_path: Path, name: str) -> Path:
+    """A copy of a recorded sysfs tree (tests/fixtures/hardware/sysfs-*) with a /dev/kfd beside it."""
+    root = tmp_path / name
+    shutil.copytree(FIXTURES / name, root)
+    (root / "dev").mkdir()
+    (root / "dev" / "kfd").touch()
+    return root
 
 
 def test_rocminfo_apu_and_discrete() -> None:
@@ -74,6 +87,7 @@ def test_parsers_never_raise_on_garbage(garbage: str) -> None:
     assert parse_rocm_smi_json(garbage) == {}
     assert parse_amd_smi(garbage) == {}
     assert parse_nvidia_smi(garbage) == []
+    assert parse_nvidia_usage(garbage) == []
     assert isinstance(parse_rocminfo(garbage), list)
 
 
@@ -148,3 +162,69 @@ def test_this_machine_is_cpu_and_debian_rocm_tools_are_handled(kfd_root: Path) -
     assert run_tool(["rocm-smi", "--showmeminfo", "vram", "--json"]) in ("", None)
     # pretend /dev/kfd exists: the real tools still lead cleanly to the CPU
     assert detect(root=kfd_root, environ={}).backend == "cpu"
+
+
+RX7900GRE, RAPHAEL = "AMD Radeon RX 7900 GRE", "AMD Radeon Graphics"
+
+
+def test_sysfs_gives_vram_when_rocm_smi_and_amd_smi_are_absent(tmp_path: Path) -> None:
+    root = sysfs_root(tmp_path, "sysfs-ryzen7600-rx7900gre")
+    calls, run = runner_for({"rocminfo": fixture("rocminfo-ryzen7600-rx7900gre.txt")})
+    hw = detect(runner=run, environ={}, root=root)  # type: ignore[arg-type]
+    assert [c[0] for c in calls] == ["rocminfo", "rocm-smi", "amd-smi"]
+    assert [(g.index, g.arch, g.pci_slot, g.is_apu) for g in hw.gpus] == [
+        (0, "gfx1100", "0000:03:00.0", False),
+        (1, "gfx1036", "0000:14:00.0", True),
+    ]
+    assert (hw.gpus[0].vram_total, hw.gpus[0].vram_used) == (17163091968, GIB)
+    assert (hw.gpus[1].vram_total, hw.gpus[1].vram_used) == (512 * 2**20, 32 * 2**20)
+    assert hw.visible_devices == "0"
+    assert not any("VRAM unknown" in note for note in hw.notes)
+
+
+def test_the_kfd_topology_stands_in_for_a_missing_rocminfo(tmp_path: Path) -> None:
+    root = sysfs_root(tmp_path, "sysfs-ryzen7600-rx7900gre")
+    hw = detect(runner=lambda argv: None, environ={}, root=root)
+    assert hw.backend == "rocm"
+    assert [(g.index, g.arch, g.pci_slot, g.is_apu) for g in hw.gpus] == [
+        (0, "gfx1100", "0000:03:00.0", False),
+        (1, "gfx1036", "0000:14:00.0", True),  # gfx1036 only ships in APUs
+    ]
+    assert hw.visible_devices == "0" and hw.gfx_targets == ("gfx1100",)
+    assert any("rocminfo did not answer" in note for note in hw.notes)
+
+
+def test_gpu_usage_reads_busy_percent_and_vram_from_sysfs(tmp_path: Path) -> None:
+    root = sysfs_root(tmp_path, "sysfs-ryzen7600-rx7900gre")
+    _, run = runner_for({"rocminfo": fixture("rocminfo-ryzen7600-rx7900gre.txt")})
+    hw = detect(runner=run, environ={}, root=root)  # type: ignore[arg-type]
+    assert gpu_usage(hw, root=root) == [
+        GpuUsage(0, RX7900GRE, GIB, 17163091968, 37),
+        GpuUsage(1, RAPHAEL, 32 * 2**20, 512 * 2**20, 0),
+    ]
+    card = root / "sys/class/drm/card1/device"
+    (card / "gpu_busy_percent").write_text("99\n")
+    (card / "mem_info_vram_used").write_text(f"{17163091968 + 4096}\n")  # read between two updates
+    [now] = gpu_usage(hw.gpus[:1], root=root)
+    assert now.busy_percent == 99 and now.vram_used == 17163091968 + 4096
+    assert detect(runner=run, environ={}, root=root).gpus[0].vram_free == 0  # type: ignore[arg-type]
+    # a GPU without a PCI address (or whose card went away) keeps what detection knew
+    assert gpu_usage([GPU(0, "x", "gfx1100", "amd", 100, 1, False)], root=root) == [GpuUsage(0, "x", None, 100, None)]
+
+
+def test_gpu_usage_on_nvidia_and_on_the_cpu(tmp_path: Path) -> None:
+    calls, run = runner_for({"nvidia-smi": fixture("nvidia-smi-usage-h100.csv")})
+    [h100] = parse_nvidia_smi(fixture("nvidia-smi-h100.csv"))
+    [usage] = gpu_usage([h100], runner=run, root=tmp_path)  # type: ignore[arg-type]
+    assert usage == GpuUsage(0, "NVIDIA H100 80GB HBM3", 4 * 2**20, 81559 * 2**20, 0)
+    assert calls == [["nvidia-smi", "--query-gpu=index,name,memory.used,memory.total,utilization.gpu",
+                      "--format=csv,noheader,nounits"]]
+    assert gpu_usage(Hardware("cpu", (), None, ()), runner=run, root=tmp_path) == []  # type: ignore[arg-type]
+    assert len(calls) == 1  # nothing asked on the CPU
+    _, silent = runner_for({})
+    assert gpu_usage([h100], runner=silent, root=tmp_path) == [  # type: ignore[arg-type]
+        GpuUsage(0, "NVIDIA H100 80GB HBM3", None, 81559 * 2**20, None)
+    ]
+    assert parse_nvidia_usage("0, NVIDIA H100 80GB HBM3, [N/A], 81559, [N/A]\n") == [
+        GpuUsage(0, "NVIDIA H100 80GB HBM3", None, 81559 * 2**20, None)
+    ]

@@ -29,6 +29,7 @@ from rocm_nb.errors import (
     ServerStartError,
     ServerStartTimeout,
 )
+from rocm_nb.hardware import GpuUsage, gpu_usage
 from rocm_nb.model import LocalModel, rpc_worker
 
 __version__ = "0.1.0"
@@ -40,6 +41,7 @@ __all__ = [
     "Client",
     "Completion",
     "GenerationError",
+    "GpuUsage",
     "InvalidModel",
     "LocalModel",
     "ModelClosed",
@@ -51,6 +53,7 @@ __all__ = [
     "Timings",
     "TokenStream",
     "connect",
+    "gpu_usage",
     "load_ipython_extension",
     "rpc_worker",
 ]

@@ -22,9 +22,9 @@ GPU is present, so only the discrete GPUs are exposed through
 ``HIP_VISIBLE_DEVICES``. The rule for "integrated": rocminfo reports
 ``Memory Properties: APU`` for the agent (ROCm 6 and later), or its gfx
 target only ships in APUs (gfx1035/gfx1036/gfx1103/gfx1150/gfx1151/gfx90c…; from
-rocminfo, or the KFD node's ``gfx_target_version``), or its KFD node also counts
-CPU cores (the combined CPU+GPU node of older APUs). An iGPU's sysfs "VRAM" is
-only the carve-out the firmware reserves from system RAM. An APU alone stays visible:
+rocminfo, or the KFD node's ``gfx_target_version``). An iGPU's sysfs "VRAM" is
+only the carve-out the firmware reserves from system RAM; it allocates from
+system RAM beyond it. An APU alone stays visible:
 it is all the machine has. A ``HIP_VISIBLE_DEVICES`` or
 ``ROCR_VISIBLE_DEVICES`` set by the user always wins.
 
@@ -387,7 +387,7 @@ def _kfd_gpu_nodes(root: Path) -> dict[int, _KfdNode]:
             arch=arch,
             # location_id 0 would be the host bridge, 0000:00:00.0: no address rather than a wrong one
             pci_slot=f"{props.get('domain', 0):04x}:{_bdf(location)}" if location else None,
-            is_apu=arch in APU_TARGETS or props.get("cpu_cores_count", 0) > 0,
+            is_apu=arch in APU_TARGETS,
         )
     return nodes
 
@@ -549,6 +549,8 @@ def describe(hw: Hardware) -> list[str]:
         if gpu.vram_total is not None:
             used = "?" if gpu.vram_used is None else f"{gpu.vram_used / 2**30:.1f}"
             memory = f"VRAM {used} / {gpu.vram_total / 2**30:.1f} GiB used"
+            if gpu.is_apu:
+                memory += " (a carve-out of system RAM; it shares the rest of system RAM too)"
         kind = "integrated" if gpu.is_apu else gpu.vendor
         lines.append(f"GPU {gpu.index}: {gpu.name} ({gpu.arch or '?'}, {kind}) · {memory}")
     if hw.visible_devices is not None:

@@ -228,3 +228,50 @@ def test_gpu_usage_on_nvidia_and_on_the_cpu(tmp_path: Path) -> None:
     assert parse_nvidia_usage("0, NVIDIA H100 80GB HBM3, [N/A], 81559, [N/A]\n") == [
         GpuUsage(0, "NVIDIA H100 80GB HBM3", None, 81559 * 2**20, None)
     ]
+
+
+def test_discrete_and_apu_without_any_tool_match_what_rocm_smi_reported(tmp_path: Path) -> None:
+    root = sysfs_root(tmp_path, "sysfs-r9700-780m")
+    hw = detect(runner=lambda argv: None, environ={}, root=root)
+    assert [(g.index, g.arch, g.pci_slot, g.is_apu) for g in hw.gpus] == [
+        (0, "gfx1201", "0000:05:00.0", False),
+        (1, "gfx1103", "0000:c6:00.0", True),
+    ]
+    # the same host's rocm-smi read the same sysfs files
+    assert {g.index: (g.vram_total, g.vram_used) for g in hw.gpus} == parse_rocm_smi_json(
+        fixture("rocm-smi-r9700-780m.json"))
+    assert hw.visible_devices == "0" and hw.server_env({}) == {"HIP_VISIBLE_DEVICES": "0"}
+    assert [(u.index, u.busy_percent) for u in gpu_usage(hw, root=root)] == [(0, 3), (1, 0)]  # rocm-smi's "GPU use (%)"
+
+
+def test_cards_are_matched_by_pci_address_not_by_card_number(tmp_path: Path) -> None:
+    """Card numbers change between boots (and start at 1 beside simpledrm); HIP follows the KFD nodes."""
+    root = sysfs_root(tmp_path, "sysfs-r9700-780m")
+    drm = root / "sys/class/drm"
+    (drm / "card1").rename(drm / "card9")
+    (drm / "card2").rename(drm / "card0")
+    hw = detect(runner=lambda argv: None, environ={}, root=root)
+    assert [(g.arch, g.vram_total) for g in hw.gpus] == [("gfx1201", 34208743424), ("gfx1103", 4 * GIB)]
+    assert hw.visible_devices == "0"
+
+
+def test_rocminfo_bdfid_finds_the_card_when_the_kfd_topology_is_unreadable(tmp_path: Path) -> None:
+    root = sysfs_root(tmp_path, "sysfs-ryzen7600-rx7900gre")
+    shutil.rmtree(root / "sys/class/kfd")
+    _, run = runner_for({"rocminfo": fixture("rocminfo-ryzen7600-rx7900gre.txt")})
+    hw = detect(runner=run, environ={}, root=root)  # type: ignore[arg-type]
+    assert [(g.pci_slot, g.vram_total) for g in hw.gpus] == [("0000:03:00.0", 17163091968),
+                                                             ("0000:14:00.0", 512 * 2**20)]
+
+
+def test_an_apu_alone_is_used_and_its_carve_out_is_called_so(tmp_path: Path) -> None:
+    root = sysfs_root(tmp_path, "sysfs-8845hs-780m")
+    hw = detect(runner=lambda argv: None, environ={}, root=root)
+    [gpu] = hw.gpus
+    assert (gpu.arch, gpu.is_apu, gpu.pci_slot, gpu.vram_total, gpu.vram_free) == (
+        "gfx1103", True, "0000:c6:00.0", 4 * GIB, 4 * GIB - 72495104)
+    assert hw.visible_devices is None and hw.server_env({}) == {}
+    lines = describe(hw)
+    assert any("integrated" in line and "carve-out of system RAM" in line for line in lines)
+    assert any("only an integrated GPU (gfx1103)" in line for line in lines)
+

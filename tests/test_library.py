@@ -1,0 +1,279 @@
+"""The model library: real GGUF files in temporary caches and directories, and the real default model."""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import mmap
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+from rocm_nb import models
+from rocm_nb.catalog import CATALOGUE, DEFAULT_MODEL, read_info, resolve_model
+from rocm_nb.library import LibraryEntry, ModelLibrary, hf_hub_cache, model_names
+
+TEMPLATE = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}"
+
+
+def write_gguf(path: Path, name: str, *, arch: str = "llama", ctx: int = 2048, template: str | None = None,
+               tensors: int = 3, split_max_tensors: int = 0) -> list[Path]:
+    """Write a small real GGUF (``tensors`` F16 tensors of 4×8) with the gguf package; return its files."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(path, arch, split_max_tensors=split_max_tensors)
+    writer.add_name(name)
+    writer.add_context_length(ctx)
+    writer.add_block_count(tensors)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    if template is not None:
+        writer.add_chat_template(template)
+    for i in range(tensors):
+        writer.add_tensor(f"blk.{i}.ffn_up.weight", np.full((4, 8), i, dtype=np.float16))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return writer.format_shard_names(path) if split_max_tensors else [path]
+
+
+def hf_snapshot(hub: Path, repo_id: str, commit: str, files: dict[str, Path], refs: Sequence[str] = ("main",)) -> Path:
+    """Put files into a Hugging Face cache as huggingface_hub does: content-named blobs, snapshot symlinks, refs."""
+    repo = hub / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / commit
+    for relative, source in files.items():
+        data = source.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        if not blob.exists():
+            blob.write_bytes(data)
+        link = snapshot / relative
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / "refs").mkdir(exist_ok=True)
+    for ref in refs:
+        (repo / "refs" / ref).write_text(commit)
+    return snapshot
+
+
+@dataclass
+class Machine:
+    env: dict[str, str]
+    hub: Path
+    mine: Path
+    more: Path
+
+
+@pytest.fixture
+def machine(tmp_path: Path, model_path: str) -> Machine:
+    """A machine's worth of model files: the rocm_nb cache, a Hugging Face cache, two model directories."""
+    cache, hub, mine, more, src = (tmp_path / n for n in ("cache", "hub", "mine", "more", "src"))
+    (cache / "models").mkdir(parents=True)
+    (cache / "models" / CATALOGUE[DEFAULT_MODEL].filename).symlink_to(model_path)
+
+    tiny = write_gguf(src / "tiny.Q8_0.gguf", "Tiny", template=TEMPLATE)[0]
+    shards = write_gguf(src / "split" / "big.gguf", "Big", arch="qwen2", ctx=32768, tensors=5, split_max_tensors=2)
+    files = {"tiny.Q8_0.gguf": tiny, "README.md": tiny.with_name("README.md")}
+    files["README.md"].write_text("# a model card, not a model\n")
+    files |= {f"F16/{p.name}": p for p in shards}
+    snapshot = hf_snapshot(hub, "acme/tiny-GGUF", "a" * 40, files)
+    hf_snapshot(hub, "acme/tiny-GGUF", "b" * 40, {"tiny.Q8_0.gguf": tiny}, refs=())  # an older revision, same blob
+
+    write_gguf(mine / "nested" / "deeper" / "mamba.gguf", "Deep Mamba", arch="mamba", ctx=1024)
+    for shard in write_gguf(mine / "gap.gguf", "Gap", tensors=3, split_max_tensors=1):
+        if "-00002-" in shard.name:
+            shard.unlink()
+    (mine / "notes.gguf").write_text("# not a model\n")
+    (mine / "<b>odd&name.gguf").write_bytes(b"GGUF\x03\x00\x00\x00" + b"\xff" * 8 + b"\x00" * 8)  # 2**64 tensors
+    (mine / "again.gguf").symlink_to(snapshot / "tiny.Q8_0.gguf")  # the HF file once more, through a link
+    write_gguf(more / "other.gguf", "Other", ctx=4096, template=TEMPLATE)
+
+    env = {"ROCM_NB_CACHE": str(cache), "HF_HUB_CACHE": str(hub),
+           "ROCM_NB_MODEL_DIR": os.pathsep.join([str(mine), str(more), str(tmp_path / "absent")])}
+    return Machine(env, hub, mine, more)
+
+
+def by_name(library: ModelLibrary) -> dict[str, LibraryEntry]:
+    return {entry.name: entry for entry in library}
+
+
+def test_finds_every_model_once_in_the_three_places(machine: Machine, model_path: str) -> None:
+    library = models(environ=machine.env)
+    mine = str(machine.mine)
+    assert [e.name for e in library] == [
+        DEFAULT_MODEL,
+        "hf:acme/tiny-GGUF/F16/big-00001-of-00003.gguf",
+        "hf:acme/tiny-GGUF/tiny.Q8_0.gguf",
+        f"{mine}/<b>odd&name.gguf",
+        f"{mine}/gap-00001-of-00003.gguf",
+        f"{mine}/nested/deeper/mamba.gguf",
+        f"{mine}/notes.gguf",
+        f"{machine.more}/other.gguf",
+    ]
+    entries = by_name(library)
+    default = entries[DEFAULT_MODEL]
+    assert default.source == "rocm_nb" and default.path.resolve() == Path(model_path).resolve()
+    assert default.info is not None and default.info.quantization == "Q4_1" and default.info.chat_template
+    assert default.size == CATALOGUE[DEFAULT_MODEL].size
+
+    tiny = entries["hf:acme/tiny-GGUF/tiny.Q8_0.gguf"]
+    assert tiny.source == "huggingface" and tiny.path.is_symlink() and tiny.shards == 1
+    assert tiny.info is not None and (tiny.info.name, tiny.info.chat_template) == ("Tiny", TEMPLATE)
+    # the blob is reached through two revisions and a user's symlink: one entry
+    assert [e.name for e in library if e.path.resolve() == tiny.path.resolve()] == [tiny.name]
+
+    deep = entries[f"{mine}/nested/deeper/mamba.gguf"]
+    assert deep.source == "directory"
+    assert deep.info is not None and (deep.info.architecture, deep.info.context_length) == ("mamba", 1024)
+    assert any(note.startswith(f"{machine.mine.parent / 'absent'} is not a directory") for note in library.notes)
+
+
+def test_shards_are_one_entry_with_summed_size_and_parameters(machine: Machine) -> None:
+    big = by_name(models(environ=machine.env))["hf:acme/tiny-GGUF/F16/big-00001-of-00003.gguf"]
+    files = sorted(big.path.parent.glob("big-*.gguf"))
+    assert big.shards == 3 and len(files) == 3
+    assert big.size == sum(p.stat().st_size for p in files)
+    assert big.info is not None and big.info.parameters == 5 * 4 * 8  # all five tensors, not the first shard's two
+    assert (big.info.name, big.info.architecture, big.info.context_length) == ("Big", "qwen2", 32768)
+    assert len(big.info.tensors) == 5
+    assert read_info(big.path).parameters == 2 * 4 * 8
+
+
+def test_unreadable_files_are_entries_with_the_error(machine: Machine) -> None:
+    entries = by_name(models(environ=machine.env))
+    mine = str(machine.mine)
+    gap = entries[f"{mine}/gap-00001-of-00003.gguf"]
+    assert gap.info is None and gap.shards == 2
+    assert gap.error is not None and gap.error.startswith("shard 2 of 3 missing") and "download" in gap.error
+    notes = entries[f"{mine}/notes.gguf"]
+    assert notes.info is None and notes.error is not None and "is not a GGUF file" in notes.error
+    odd = entries[f"{mine}/<b>odd&name.gguf"]
+    assert odd.info is None and odd.error is not None and "cannot be read" in odd.error
+
+
+def test_every_name_loads_the_file_it_lists(machine: Machine, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants as constants
+
+    # hf: names go through huggingface_hub's own resolver, offline, against the test's cache
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(machine.hub))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    readable = [e for e in models(environ=machine.env) if e.info is not None]
+    assert len(readable) == 5
+    for entry in readable:
+        assert resolve_model(entry.name, download=False, environ=machine.env).resolve() == entry.path.resolve()
+
+
+def test_text_and_html_tables(machine: Machine) -> None:
+    library = models(environ=machine.env)
+    text = str(library)
+    header, *lines = text.splitlines()
+    assert header.split("  ")[0] == "name" and "quantisation" in header and "chat template" in header
+    row = next(line for line in lines if line.startswith(DEFAULT_MODEL))
+    assert row.split() == [DEFAULT_MODEL, "llama", "135M", "Q4_1", "94", "MiB", "8192", "yes"]
+    big = next(line for line in lines if line.startswith("hf:acme/tiny-GGUF/F16/big"))
+    assert "(3 shards)" in big and "qwen2" in big and "32768" in big
+    notes = next(line for line in lines if line.startswith(f"{machine.mine}/notes.gguf"))
+    assert "✗" in notes and "is not a GGUF file" in notes
+    assert repr(library) == text
+    assert lines[-len(library.notes):] == list(library.notes)
+    assert library.notes[0].startswith("8 model(s) found in ")
+
+    page = library._repr_html_()
+    assert page.count("<tr>") == 1 + len(library)
+    assert "&lt;b&gt;odd&amp;name.gguf" in page and "<b>odd" not in page
+    assert f'<td colspan="{len(ModelLibrary._HEADERS) - 1}">' in page
+    assert f'title="{machine.more}/other.gguf"' in page
+
+
+def test_hf_home_and_an_empty_machine(tmp_path: Path, machine: Machine) -> None:
+    import huggingface_hub.constants as constants
+
+    assert hf_hub_cache(os.environ) == Path(constants.HF_HUB_CACHE)  # where huggingface_hub downloads to
+    home = tmp_path / "hf-home"
+    home.mkdir()
+    machine.hub.rename(home / "hub")
+    found = models(dirs=[], environ={"ROCM_NB_CACHE": str(tmp_path / "none"), "HF_HOME": str(home)})
+    assert [e.name for e in found] == ["hf:acme/tiny-GGUF/F16/big-00001-of-00003.gguf",
+                                       "hf:acme/tiny-GGUF/tiny.Q8_0.gguf"]
+    empty = models(dirs=[], environ={"ROCM_NB_CACHE": str(tmp_path / "none"), "HF_HUB_CACHE": str(tmp_path / "x")})
+    assert len(empty) == 0 and "rocm-nb pull" in str(empty) and "ROCM_NB_MODEL_DIR" in empty._repr_html_()
+
+
+def test_dirs_replace_the_environment_variable(machine: Machine) -> None:
+    only_more = models(str(machine.more), environ=machine.env)
+    assert [e.source for e in only_more].count("directory") == 1
+    assert f"{machine.more}/other.gguf" in by_name(only_more)
+
+
+def test_names_for_completion_read_no_header(machine: Machine) -> None:
+    names = model_names(environ=machine.env)
+    assert names[0] == DEFAULT_MODEL and names.count(DEFAULT_MODEL) == 1
+    assert set(names[1:]) == {e.name for e in models(environ=machine.env)} - {DEFAULT_MODEL}
+
+
+def test_metadata_is_cached_by_path_size_and_mtime(machine: Machine) -> None:
+    other = machine.more / "other.gguf"
+    first = by_name(models(environ=machine.env))[str(other)].info
+    assert by_name(models(environ=machine.env))[str(other)].info is first  # not read again
+    write_gguf(other, "Other, retrained", ctx=16384)
+    changed = by_name(models(environ=machine.env))[str(other)].info
+    assert changed is not None and (changed.name, changed.context_length) == ("Other, retrained", 16384)
+
+
+def test_a_40_gb_model_is_described_from_its_header_alone(tmp_path: Path) -> None:
+    """A file as big as a 70B Q4 model, sparse: its tensor data does not exist on disk."""
+    path = tmp_path / "huge" / "huge-70b.Q4_0.gguf"
+    path.parent.mkdir()
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_name("Huge")
+    writer.add_context_length(131072)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_0)
+    writer.add_array("tokenizer.ggml.tokens", [f"token{i}" for i in range(128_256)])  # a real-sized vocabulary
+    q4 = gguf.GGMLQuantizationType.Q4_0
+    block, type_size = gguf.GGML_QUANT_SIZES[q4]
+    shape = (8192, 28672)  # one FFN matrix of a 70B model
+    nbytes = shape[0] * shape[1] // block * type_size
+    count = 80 * 4  # four such matrices in each of 80 layers
+    for i in range(count):
+        writer.add_tensor_info(f"blk.{i // 4}.ffn_{i % 4}.weight", shape, np.dtype(np.float32), nbytes, raw_dtype=q4)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    writer.close()
+    data_start = -(-path.stat().st_size // 32) * 32
+    os.truncate(path, data_start + count * nbytes)
+    size = path.stat().st_size
+    assert size > 40 * 10**9 and path.stat().st_blocks * 512 < 64 * 2**20  # sparse: no tensor data on disk
+
+    began = time.perf_counter()
+    entry = models(path.parent, environ={"ROCM_NB_CACHE": str(tmp_path), "HF_HUB_CACHE": str(tmp_path)})[0]
+    elapsed = time.perf_counter() - began
+    assert entry.info is not None and entry.size == size
+    assert entry.info.parameters == count * shape[0] * shape[1] and entry.info.context_length == 131072
+    # nothing past the header was read: the tensor data is not in the page cache (reading 1 GiB of it puts 1 GiB there)
+    assert resident_bytes(path, data_start) <= 2**20
+    assert elapsed < 1.0, f"{elapsed:.2f} s"
+
+
+def resident_bytes(path: Path, start: int) -> int:
+    """Bytes of ``path`` from ``start`` on that are in the page cache (mincore(2) on a fresh mapping)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    size, page = path.stat().st_size, mmap.PAGESIZE
+    with path.open("rb") as handle:
+        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, handle.fileno(), 0)
+    assert address not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+    try:
+        pages = np.zeros(-(-size // page), dtype=np.uint8)
+        assert libc.mincore(address, size, pages.ctypes.data) == 0, os.strerror(ctypes.get_errno())
+    finally:
+        libc.munmap(address, size)
+    return int((pages[start // page + 1:] & 1).sum()) * page

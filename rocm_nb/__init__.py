@@ -10,6 +10,9 @@ Example:
     ...         print(piece, end="")
 
 In a notebook, ``%load_ext rocm_nb`` adds the ``%rocm_*`` magics.
+``rocm_nb.models()`` lists the GGUF files on this machine (the model
+library); ``Client.models()`` is another thing: the models a running server
+offers.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from rocm_nb.errors import (
     ServerStartTimeout,
 )
 from rocm_nb.hardware import GpuUsage, gpu_usage
+from rocm_nb.library import models
 from rocm_nb.model import LocalModel, rpc_worker
 
 __version__ = "0.1.0"
@@ -55,6 +59,7 @@ __all__ = [
     "connect",
     "gpu_usage",
     "load_ipython_extension",
+    "models",
     "rpc_worker",
 ]
 

@@ -2,7 +2,8 @@
 
 Example:
     >>> main(["models"])  # doctest: +SKIP
-    smollm2-135m  ✓  SmolLM2 135M Instruct, Q4_1 (94 MiB): tiny, fast, for tests and demos
+    name          architecture  parameters  quantisation  size    trained ctx  chat template
+    smollm2-135m  llama         135M        Q4_1          94 MiB  8192         yes
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from rocm_nb.binary import find_server, install_server
 from rocm_nb.catalog import CATALOGUE, DEFAULT_MODEL, models_dir, pull, read_info
 from rocm_nb.errors import RocmNbError
 from rocm_nb.hardware import describe, detect
+from rocm_nb.library import models
 from rocm_nb.server import running_records
 
 __all__ = ["main"]
@@ -72,11 +74,11 @@ def _pull(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
+    print(models(args.dirs or None))
     directory = models_dir()
     for name, entry in sorted(CATALOGUE.items()):
-        present = "✓" if (directory / entry.filename).is_file() else " "
-        print(f"{name:<16} {present}  {entry.description}")
-    print(f"\n✓ = downloaded into {directory}")
+        if not (directory / entry.filename).is_file():
+            print(f"\nnot downloaded yet: {name}  {entry.description}\n  next step: rocm-nb pull {name}")
     return 0
 
 
@@ -103,7 +105,10 @@ def _parser() -> argparse.ArgumentParser:
     pull_cmd.add_argument("name", nargs="?", default=DEFAULT_MODEL)
     pull_cmd.set_defaults(run=_pull)
 
-    commands.add_parser("models", help="list catalogue models").set_defaults(run=_models)
+    models_cmd = commands.add_parser("models", help="list the GGUF models on this machine (the model library)")
+    models_cmd.add_argument("dirs", nargs="*", metavar="DIR",
+                            help="folders to scan instead of ROCM_NB_MODEL_DIR (the caches are always scanned)")
+    models_cmd.set_defaults(run=_models)
     return parser
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from rocm_nb.cli import main
+from tests.test_library import write_gguf
 
 
 def test_doctor_reports_backend_binary_and_model(capsys: pytest.CaptureFixture[str], model_path: str) -> None:
@@ -29,11 +31,27 @@ def test_doctor_says_what_is_missing(capsys: pytest.CaptureFixture[str], monkeyp
     assert "rocm-nb pull smollm2-135m" in out
 
 
-def test_server_install_is_cached_and_models_lists_the_catalogue(capsys: pytest.CaptureFixture[str]) -> None:
+def test_server_install_is_cached_and_models_lists_the_library(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["server", "install"]) == 0
     assert "llama-server ready" in capsys.readouterr().out
     assert main(["models"]) == 0
-    assert "smollm2-135m     ✓" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    header, *rows = out.splitlines()
+    assert header.split()[:3] == ["name", "architecture", "parameters"]
+    assert next(r for r in rows if r.startswith("smollm2-135m ")).split()[1:4] == ["llama", "135M", "Q4_1"]
+    assert "not downloaded" not in out
+
+
+def test_models_scans_folders_and_names_what_to_pull(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    write_gguf(tmp_path / "mine" / "tiny.gguf", "Tiny", ctx=512)
+    (tmp_path / "mine" / "broken.gguf").write_bytes(b"GGUF")
+    monkeypatch.setenv("ROCM_NB_CACHE", str(tmp_path / "empty-cache"))
+    assert main(["models", str(tmp_path / "mine")]) == 0
+    out = capsys.readouterr().out
+    assert f"{tmp_path}/mine/tiny.gguf" in out and "512" in out
+    assert f"{tmp_path}/mine/broken.gguf  ✗ " in out and "truncated" in out
+    assert "not downloaded yet: smollm2-135m" in out and "rocm-nb pull smollm2-135m" in out
 
 
 def test_errors_are_one_line_and_exit_1(capsys: pytest.CaptureFixture[str]) -> None:

@@ -42,13 +42,15 @@ import json
 import os
 import re
 import subprocess
-from collections.abc import Callable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 __all__ = [
     "GPU",
+    "HSA_OVERRIDES",
     "Backend",
     "GpuUsage",
     "Hardware",
@@ -56,6 +58,7 @@ __all__ = [
     "describe",
     "detect",
     "gpu_usage",
+    "hsa_override_for",
     "parse_amd_smi",
     "parse_nvidia_smi",
     "parse_rocm_smi_json",
@@ -72,6 +75,57 @@ APU_TARGETS = frozenset({
     "gfx1103", "gfx1150", "gfx1151", "gfx1152", "gfx1153",
 })
 """gfx targets that only ship as integrated GPUs (APUs)."""
+
+HSA_OVERRIDES: Mapping[str, str] = {
+    **dict.fromkeys(("gfx1031", "gfx1032", "gfx1033", "gfx1034", "gfx1035", "gfx1036"), "10.3.0"),
+    "gfx1103": "11.0.0",
+}
+"""gfx targets ROCm ships no kernels for that run as a sibling target: ``HSA_OVERRIDE_GFX_VERSION``.
+
+Every RDNA2 chip shares gfx1030's instruction set and every RDNA3 chip
+gfx1100's, so ``HSA_OVERRIDE_GFX_VERSION=10.3.0`` (or ``11.0.0``) makes ROCm
+load the gfx1030 (gfx1100) kernels on them, as llama.cpp's docs/build.md (HIP
+section, pinned sources) advises. The keys are the RDNA2/RDNA3 targets missing
+from rocBLAS's supported-target lists (ROCm 6.0 to 7.0: gfx1010, gfx1012,
+gfx1030, gfx1100, gfx1101, gfx1102, then gfx1150/gfx1151/gfx1200/gfx1201;
+ROCm 7.1 adds gfx1103, for which the override is then merely harmless).
+
+Example:
+    >>> HSA_OVERRIDES["gfx1032"], HSA_OVERRIDES.get("gfx1100")
+    ('10.3.0', None)
+"""
+
+
+def _target_version(arch: str) -> str:
+    """The ``HSA_OVERRIDE_GFX_VERSION`` form of a target: gfx1030 → 10.3.0, gfx90a → 9.0.10."""
+    digits = arch.removeprefix("gfx").split(":")[0]
+    return f"{digits[:-2]}.{int(digits[-2], 16)}.{int(digits[-1], 16)}"
+
+
+def _version_target(version: str) -> str:
+    """The target an ``HSA_OVERRIDE_GFX_VERSION`` stands for: 10.3.0 → gfx1030."""
+    major, minor, stepping = (int(part) for part in version.split("."))
+    return _gfx_name(major * 10000 + minor * 100 + stepping)
+
+
+def hsa_override_for(gfx_targets: Iterable[str]) -> str | None:
+    """The ``HSA_OVERRIDE_GFX_VERSION`` that lets ROCm run all of these targets, if one is needed and one fits.
+
+    ``None`` when no target needs an override, or when one override cannot
+    serve them all (it applies to every GPU of the process).
+
+    Example:
+        >>> hsa_override_for(["gfx1032"]), hsa_override_for(["gfx1030", "gfx1035"]), hsa_override_for(["gfx1100"])
+        ('10.3.0', '10.3.0', None)
+        >>> hsa_override_for(["gfx1032", "gfx1100"]) is None  # 10.3.0 would break the gfx1100
+        True
+    """
+    targets = [t.split(":")[0] for t in gfx_targets]
+    needed = {HSA_OVERRIDES[t] for t in targets if t in HSA_OVERRIDES}
+    if len(needed) != 1:
+        return None
+    [version] = needed
+    return version if all(t in HSA_OVERRIDES or _target_version(t) == version for t in targets) else None
 
 
 @dataclass(frozen=True)
@@ -124,8 +178,29 @@ class Hardware:
             if g.vendor == "amd" and g.arch and (visible is None or str(g.index) in visible)
         }))
 
-    def server_env(self, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    @property
+    def build_targets(self) -> tuple[str, ...]:
+        """:attr:`gfx_targets` plus the targets an ``HSA_OVERRIDE_GFX_VERSION`` runs them as (for ``GPU_TARGETS``).
+
+        Example:
+            >>> hw = Hardware("rocm", (GPU(0, "RX 6600", "gfx1032", "amd", None, None, False),), None, ())
+            >>> hw.build_targets
+            ('gfx1030', 'gfx1032')
+        """
+        override = hsa_override_for(self.gfx_targets)
+        extra = {_version_target(override)} if override else set()
+        return tuple(sorted(set(self.gfx_targets) | extra))
+
+    def server_env(
+        self, environ: Mapping[str, str] | None = None, *, hsa_override: str | None = None
+    ) -> dict[str, str]:
         """Environment to add for a llama-server child (the user's own settings win).
+
+        ``hsa_override`` is ``None`` (no override), ``"auto"`` (the one
+        :func:`hsa_override_for` finds for the GPUs in use, if any) or a version
+        such as ``"10.3.0"``; when it sets ``HSA_OVERRIDE_GFX_VERSION`` it says
+        so with a :class:`UserWarning`, and a ``HSA_OVERRIDE_GFX_VERSION``
+        already in ``environ`` is kept.
 
         Example:
             >>> hw = Hardware("rocm", (), "0", ())
@@ -133,11 +208,28 @@ class Hardware:
             ({'HIP_VISIBLE_DEVICES': '0'}, {})
         """
         env = os.environ if environ is None else environ
-        if self.backend != "rocm" or self.visible_devices is None:
-            return {}
-        if "HIP_VISIBLE_DEVICES" in env or "ROCR_VISIBLE_DEVICES" in env:
-            return {}
-        return {"HIP_VISIBLE_DEVICES": self.visible_devices}
+        result = {}
+        if self.backend == "rocm" and self.visible_devices is not None and not (
+            "HIP_VISIBLE_DEVICES" in env or "ROCR_VISIBLE_DEVICES" in env
+        ):
+            result["HIP_VISIBLE_DEVICES"] = self.visible_devices
+        if hsa_override is None:
+            return result
+        version = hsa_override_for(self.gfx_targets) if hsa_override == "auto" else hsa_override
+        if hsa_override != "auto" and not re.fullmatch(r"\d+\.\d+\.\d+", hsa_override):
+            raise ValueError(f"hsa_override={hsa_override!r} is not a gfx version such as '10.3.0'; "
+                             "use 'auto', a version like '10.3.0' or '11.0.0', or None")
+        if version is None or self.backend != "rocm":
+            return result
+        if "HSA_OVERRIDE_GFX_VERSION" in env:
+            warnings.warn(f"HSA_OVERRIDE_GFX_VERSION={env['HSA_OVERRIDE_GFX_VERSION']} from your environment is "
+                          f"kept for llama-server; hsa_override={hsa_override!r} is ignored", stacklevel=3)
+        else:
+            result["HSA_OVERRIDE_GFX_VERSION"] = version
+            warnings.warn(f"HSA_OVERRIDE_GFX_VERSION={version} set for llama-server only: ROCm runs "
+                          f"{', '.join(self.gfx_targets) or 'the GPU'} as {_version_target(version)} "
+                          "(pass hsa_override=None to turn this off)", stacklevel=3)
+        return result
 
 
 @dataclass(frozen=True)
@@ -555,4 +647,16 @@ def describe(hw: Hardware) -> list[str]:
         lines.append(f"GPU {gpu.index}: {gpu.name} ({gpu.arch or '?'}, {kind}) · {memory}")
     if hw.visible_devices is not None:
         lines.append(f"HIP_VISIBLE_DEVICES={hw.visible_devices} for llama-server")
+    unsupported = [t for t in hw.gfx_targets if t in HSA_OVERRIDES]
+    override = hsa_override_for(hw.gfx_targets)
+    if override:
+        lines.append(
+            f"ROCm ships no kernels for {', '.join(unsupported)}, but it runs them as {_version_target(override)}: "
+            f'LocalModel(..., hsa_override="auto") sets HSA_OVERRIDE_GFX_VERSION={override} for llama-server only'
+        )
+    elif unsupported:
+        lines.append(
+            f"ROCm ships no kernels for {', '.join(unsupported)}, and no one HSA_OVERRIDE_GFX_VERSION suits all of "
+            f"{', '.join(hw.gfx_targets)}: set HIP_VISIBLE_DEVICES to the GPUs of one kind"
+        )
     return lines + list(hw.notes)

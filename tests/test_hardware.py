@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from rocm_nb.hardware import (
     describe,
     detect,
     gpu_usage,
+    hsa_override_for,
     parse_amd_smi,
     parse_nvidia_smi,
     parse_nvidia_usage,
@@ -275,3 +277,73 @@ def test_an_apu_alone_is_used_and_its_carve_out_is_called_so(tmp_path: Path) -> 
     assert any("integrated" in line and "carve-out of system RAM" in line for line in lines)
     assert any("only an integrated GPU (gfx1103)" in line for line in lines)
 
+
+
+def test_an_rdna2_card_rocm_has_no_kernels_for_gets_the_override_only_when_asked(tmp_path: Path) -> None:
+    """RX 6600 (gfx1032) beside a Raphael iGPU whose DRM card comes first: HIP device 0 is the RX 6600."""
+    root = sysfs_root(tmp_path, "sysfs-rx6600-raphael")
+    hw = detect(runner=lambda argv: None, environ={}, root=root)
+    assert [(g.arch, g.pci_slot, g.is_apu, g.vram_total) for g in hw.gpus] == [
+        ("gfx1032", "0000:03:00.0", False, 8573157376),
+        ("gfx1036", "0000:14:00.0", True, 512 * 2**20),
+    ]
+    assert hw.visible_devices == "0" and hw.gfx_targets == ("gfx1032",)
+    assert hw.build_targets == ("gfx1030", "gfx1032")  # kernels for both: with and without the override
+    assert any('ROCm ships no kernels for gfx1032, but it runs them as gfx1030: LocalModel(..., hsa_override="auto")'
+               " sets HSA_OVERRIDE_GFX_VERSION=10.3.0" in line for line in describe(hw))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no override asked for: nothing set, nothing said
+        assert hw.server_env({}) == {"HIP_VISIBLE_DEVICES": "0"}
+    with pytest.warns(UserWarning, match=r"HSA_OVERRIDE_GFX_VERSION=10\.3\.0 set for llama-server only: ROCm runs "
+                                         r"gfx1032 as gfx1030"):
+        assert hw.server_env({}, hsa_override="auto") == {"HIP_VISIBLE_DEVICES": "0",
+                                                          "HSA_OVERRIDE_GFX_VERSION": "10.3.0"}
+    with pytest.warns(UserWarning, match="HSA_OVERRIDE_GFX_VERSION=10.3.1 from your environment is kept"):
+        assert hw.server_env({"HSA_OVERRIDE_GFX_VERSION": "10.3.1"}, hsa_override="auto") == {
+            "HIP_VISIBLE_DEVICES": "0"}
+    with pytest.warns(UserWarning, match="HSA_OVERRIDE_GFX_VERSION=11.0.0 set"):
+        assert hw.server_env({}, hsa_override="11.0.0")["HSA_OVERRIDE_GFX_VERSION"] == "11.0.0"
+    with pytest.raises(ValueError, match=r"'gfx1030' is not a gfx version such as '10\.3\.0'"):
+        hw.server_env({}, hsa_override="gfx1030")
+
+
+def test_auto_sets_nothing_where_rocm_ships_the_kernels(tmp_path: Path) -> None:
+    root = sysfs_root(tmp_path, "sysfs-r9700-780m")  # gfx1201 is shipped; the masked 780M does not count
+    hw = detect(runner=lambda argv: None, environ={}, root=root)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert hw.server_env({}, hsa_override="auto") == {"HIP_VISIBLE_DEVICES": "0"}
+    assert hw.build_targets == ("gfx1201",) and not any("no kernels" in line for line in describe(hw))
+    apu = detect(runner=lambda argv: None, environ={}, root=sysfs_root(tmp_path, "sysfs-8845hs-780m"))
+    assert hsa_override_for(apu.gfx_targets) == "11.0.0" and apu.build_targets == ("gfx1100", "gfx1103")
+
+
+def test_one_override_cannot_serve_two_generations(tmp_path: Path) -> None:
+    root = sysfs_root(tmp_path, "sysfs-rx6600-raphael")
+    hw = detect(runner=lambda argv: None, environ={}, root=root)
+    mixed = Hardware("rocm", (hw.gpus[0], GPU(1, "RX 7900 GRE", "gfx1100", "amd", None, None, False)), None, ())
+    assert hsa_override_for(mixed.gfx_targets) is None and mixed.build_targets == ("gfx1032", "gfx1100")
+    assert any("no one HSA_OVERRIDE_GFX_VERSION suits all of gfx1032, gfx1100" in line for line in describe(mixed))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert mixed.server_env({}, hsa_override="auto") == {}
+
+
+def test_local_model_sets_the_override_for_its_server_only(tmp_path: Path) -> None:
+    """The real LocalModel (default model, real llama-server binary; nothing is started)."""
+    from rocm_nb import LocalModel
+
+    hw = detect(runner=lambda argv: None, environ={}, root=sysfs_root(tmp_path, "sysfs-rx6600-raphael"))
+    with pytest.warns(UserWarning, match="HSA_OVERRIDE_GFX_VERSION=10.3.0 set for llama-server only") as caught:
+        model = LocalModel(hardware=hw, hsa_override="auto")
+    assert caught[0].filename == __file__  # the warning points at the caller's line
+    assert dict(model.config.env) == {"HIP_VISIBLE_DEVICES": "0", "HSA_OVERRIDE_GFX_VERSION": "10.3.0"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert "HSA_OVERRIDE_GFX_VERSION" not in dict(LocalModel(hardware=hw).config.env)
+    with pytest.warns(UserWarning, match="from your environment is kept"):
+        mine = LocalModel(hardware=hw, hsa_override="auto", env={"HSA_OVERRIDE_GFX_VERSION": "10.3.1"})
+    assert dict(mine.config.env)["HSA_OVERRIDE_GFX_VERSION"] == "10.3.1"
+    model.close()
+    mine.close()

@@ -1,0 +1,478 @@
+"""``GpuMonitor``: a live widget with VRAM, GPU busy % and the llama-server process.
+
+``model.monitor()`` (and ``%rocm_status``) shows, per GPU, a VRAM used/total
+bar and a busy % bar (from :func:`rocm_nb.hardware.gpu_usage`: sysfs on AMD,
+``nvidia-smi`` on NVIDIA), and a line for the llama-server process: its
+resident memory and CPU %. Without a GPU the GPU section says so and the
+process line, labelled "CPU stand-in", is what there is to watch.
+
+It refreshes every ``interval`` seconds while the server is decoding
+(``llamacpp:requests_processing`` in ``/metrics``, so generations from the
+chat panel, another notebook or any client count) and every
+``idle_interval`` seconds otherwise. Sampling stops, leaving no thread
+behind, when:
+
+* every view of it is hidden: scrolled out of view, its output cleared, its
+  tab in the background or closed;
+* ``monitor.close()`` or ``monitor.stop()`` is called;
+* its model is closed.
+
+Two decisions:
+
+**A sampler thread, not an asyncio task.** The chat panel generates in an
+asyncio task on the kernel's loop; a monitor cannot sample there, because a
+cell that runs synchronously (``%%rocm_generate``, ``model.generate(...)``)
+holds that loop for the whole generation, the very time the monitor should
+be refreshing. Checked with a real ipykernel 7: a task updating a widget
+every 0.3 s sent nothing during a 3 s ``time.sleep`` cell, while a thread
+sent all its updates on time. So sampling runs in a daemon thread named
+``rocm_nb-monitor`` that writes the widget's traits (which ipykernel sends
+from any thread); stopping sets an event and joins it.
+
+**Visibility reported by the view itself (anywidget).** The kernel cannot
+tell whether an output is on screen, so the view (a small ES module through
+`anywidget <https://anywidget.dev>`_, which works in JupyterLab, Notebook 7,
+VS Code and Colab) reports it: an ``IntersectionObserver`` plus
+``document.visibilitychange`` decide "visible"; the view sends
+``{"event": "visible" | "hidden", "view": id}`` on every change and
+"hidden" when it is removed. The thread runs only while at least one view
+is visible. A view that vanishes without a word (the browser tab closed,
+the page reloaded) is covered by a lease: visible views repeat "visible"
+every ``lease / 3`` seconds and a view not heard from for ``lease`` seconds
+is dropped, except while the server is decoding, since a synchronous cell
+delays those messages (the kernel reads them after the cell) and pausing
+mid-generation would defeat the point. A late message simply resumes
+sampling.
+
+A monitor takes one sample when it is made (so that its text form, in a
+terminal, says something); outside a front end nothing is displayed, so
+nothing samples on its own after that: ``monitor.refresh()`` takes one more.
+
+Example:
+    >>> monitor = model.monitor(interval=0.5)  # doctest: +SKIP
+    >>> monitor  # shows the widget; it refreshes while a generation runs  # doctest: +SKIP
+    >>> monitor.refresh().process.rss  # doctest: +SKIP
+    187416576
+    >>> monitor.close()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anywidget
+import psutil
+import traitlets
+
+from rocm_nb.errors import RocmNbError
+from rocm_nb.hardware import GpuUsage, gpu_usage
+
+if TYPE_CHECKING:
+    from rocm_nb.model import LocalModel
+
+__all__ = ["GpuMonitor", "MonitorSample", "ProcessUsage"]
+
+THREAD_NAME = "rocm_nb-monitor"
+"""Name of the sampling thread (one per monitor while it samples)."""
+
+
+@dataclass(frozen=True)
+class ProcessUsage:
+    """Memory and CPU use of the llama-server process.
+
+    ``cpu_percent`` is since the previous sample, summed over cores (up to
+    ``100 * cpu_count``).
+
+    Example:
+        >>> ProcessUsage(pid=1, rss=2**30, cpu_percent=150.0, cpu_count=2, memory_total=8 * 2**30).rss
+        1073741824
+    """
+
+    pid: int
+    rss: int
+    cpu_percent: float
+    cpu_count: int
+    memory_total: int
+
+
+@dataclass(frozen=True)
+class MonitorSample:
+    """One reading: the GPUs, the server process (``None`` when not running), decoding or not.
+
+    Example:
+        >>> MonitorSample(gpus=(), process=None, decoding=False, taken_at=0.0).gpus
+        ()
+    """
+
+    gpus: tuple[GpuUsage, ...]
+    process: ProcessUsage | None
+    decoding: bool
+    taken_at: float
+
+
+class _ProcessProbe:
+    """Samples one process; keeps its ``psutil.Process`` so CPU % is measured between samples."""
+
+    def __init__(self) -> None:
+        self._process: psutil.Process | None = None
+
+    def __call__(self, pid: int | None) -> ProcessUsage | None:
+        if pid is None:
+            self._process = None
+            return None
+        try:
+            if self._process is None or self._process.pid != pid:
+                self._process = psutil.Process(pid)
+                self._process.cpu_percent(None)  # the baseline: the first reading is 0
+            with self._process.oneshot():
+                rss = self._process.memory_info().rss
+                cpu = self._process.cpu_percent(None)
+        except psutil.Error:
+            self._process = None
+            return None
+        return ProcessUsage(pid, rss, cpu, psutil.cpu_count() or 1, psutil.virtual_memory().total)
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def _bar(label: str, text: str, fraction: float | None) -> dict[str, Any]:
+    return {"label": label, "text": text,
+            "fraction": None if fraction is None else min(1.0, max(0.0, fraction))}
+
+
+def _sections(sample: MonitorSample, *, running: bool) -> list[dict[str, Any]]:
+    """What the view draws: titled groups of labelled bars (or a note), GPUs first."""
+    sections: list[dict[str, Any]] = []
+    for gpu in sample.gpus:
+        if gpu.vram_total and gpu.vram_used is not None:
+            vram = _bar("VRAM", f"{_size(gpu.vram_used)} / {_size(gpu.vram_total)}", gpu.vram_used / gpu.vram_total)
+        else:
+            vram = _bar("VRAM", "unknown", None)
+        busy = (_bar("busy", "unknown", None) if gpu.busy_percent is None
+                else _bar("busy", f"{gpu.busy_percent:.0f} %", gpu.busy_percent / 100))
+        sections.append({"kind": "gpu", "title": f"GPU {gpu.index} · {gpu.name}", "bars": [vram, busy], "note": ""})
+    if not sample.gpus:
+        sections.append({"kind": "gpu", "title": "GPU", "bars": [],
+                         "note": "no GPU found: llama-server runs on the CPU (process below)"})
+    title = "llama-server" + ("" if sample.gpus else " · CPU stand-in")
+    process = sample.process
+    if process is None:
+        sections.append({"kind": "process", "title": title, "bars": [],
+                         "note": "running, but its process could not be read" if running else "not running"})
+    else:
+        cpu_max = 100 * process.cpu_count
+        sections.append({"kind": "process", "title": f"{title} · pid {process.pid}", "note": "", "bars": [
+            _bar("RSS", f"{_size(process.rss)} of {_size(process.memory_total)} RAM",
+                 process.rss / process.memory_total),
+            _bar("CPU", f"{process.cpu_percent:.0f} % of {cpu_max} % ({process.cpu_count} cores)",
+                 process.cpu_percent / cpu_max),
+        ]})
+    return sections
+
+
+_ESM = """
+function render({ model, el }) {
+  const view = Math.random().toString(36).slice(2) + Date.now().toString(36);
+  const root = document.createElement("div");
+  root.className = "rocm-nb-monitor";
+  el.appendChild(root);
+
+  const add = (parent, tag, cls, text) => {
+    const node = document.createElement(tag);
+    if (cls) node.className = cls;
+    if (text !== undefined) node.textContent = text;
+    parent.appendChild(node);
+    return node;
+  };
+  const draw = () => {
+    root.replaceChildren();
+    add(root, "div", "rocm-nb-monitor-title", model.get("title"));
+    for (const section of model.get("sections")) {
+      const box = add(root, "div", "rocm-nb-monitor-section rocm-nb-monitor-" + section.kind);
+      add(box, "div", "rocm-nb-monitor-heading", section.title);
+      if (section.note) add(box, "div", "rocm-nb-monitor-note", section.note);
+      for (const bar of section.bars) {
+        const row = add(box, "div", "rocm-nb-monitor-row");
+        add(row, "span", "rocm-nb-monitor-label", bar.label);
+        const track = add(row, "span", "rocm-nb-monitor-track");
+        const fill = add(track, "span", "rocm-nb-monitor-fill");
+        fill.style.width = bar.fraction === null ? "0" : (100 * bar.fraction).toFixed(1) + "%";
+        add(row, "span", "rocm-nb-monitor-value", bar.text);
+      }
+    }
+    add(root, "div", "rocm-nb-monitor-footer", model.get("status"));
+    root.dataset.samples = String(model.get("samples"));
+    root.dataset.state = model.get("state");
+  };
+  for (const name of ["title", "sections", "status", "samples", "state"]) model.on("change:" + name, draw);
+  draw();
+
+  let inView = false;
+  let reported = null;
+  const send = (event) => { try { model.send({ event, view }); } catch (e) { /* the model is closed */ } };
+  const report = () => {
+    const visible = inView && !document.hidden;
+    if (visible !== reported) {
+      reported = visible;
+      send(visible ? "visible" : "hidden");
+    }
+  };
+  const observer = new IntersectionObserver((entries) => {
+    inView = entries[entries.length - 1].isIntersecting;
+    report();
+  });
+  observer.observe(root);
+  document.addEventListener("visibilitychange", report);
+  const beat = setInterval(() => { if (reported) send("visible"); },
+                           Math.max(1000, 1000 * model.get("heartbeat_s")));
+  return () => {
+    observer.disconnect();
+    document.removeEventListener("visibilitychange", report);
+    clearInterval(beat);
+    if (reported) send("hidden");
+  };
+}
+export default { render };
+"""
+
+_CSS = """
+.rocm-nb-monitor { font: 12px/1.45 var(--jp-ui-font-family, sans-serif); border: 1px solid #ddd;
+  border-radius: 6px; padding: 6px 10px; max-width: 560px; }
+.rocm-nb-monitor-title { font-weight: 600; }
+.rocm-nb-monitor-section { margin-top: 4px; }
+.rocm-nb-monitor-heading { color: #444; }
+.rocm-nb-monitor-note { color: #777; font-style: italic; }
+.rocm-nb-monitor-row { display: flex; align-items: center; gap: 8px; }
+.rocm-nb-monitor-label { width: 3.5em; color: #555; }
+.rocm-nb-monitor-track { flex: 0 0 180px; height: 9px; background: #eee; border-radius: 4px; overflow: hidden; }
+.rocm-nb-monitor-fill { display: block; height: 100%; background: #d9381e; transition: width 0.3s; }
+.rocm-nb-monitor-process .rocm-nb-monitor-fill { background: #1a73e8; }
+.rocm-nb-monitor-value { white-space: nowrap; }
+.rocm-nb-monitor-footer { color: #888; margin-top: 4px; }
+"""
+
+
+class GpuMonitor(anywidget.AnyWidget):
+    """A live view of a model's GPUs and server process; display it as the last line of a cell.
+
+    Made by :meth:`LocalModel.monitor() <rocm_nb.model.LocalModel.monitor>`.
+
+    Args:
+        model: the :class:`~rocm_nb.model.LocalModel` to watch.
+        interval: seconds between samples while the server is decoding.
+        idle_interval: seconds between samples otherwise.
+        gpus: the GPU sampler (default: :func:`~rocm_nb.hardware.gpu_usage`
+            on the model's hardware); a seam for tests and other sources.
+        lease: seconds a view counts as visible without hearing from it.
+
+    Example:
+        >>> monitor = GpuMonitor(model, interval=0.5)  # doctest: +SKIP
+        >>> monitor.refresh().decoding  # doctest: +SKIP
+        False
+    """
+
+    _esm = _ESM
+    _css = _CSS
+
+    title = traitlets.Unicode("").tag(sync=True)
+    sections = traitlets.List(traitlets.Dict()).tag(sync=True)
+    """What the view draws: per GPU a VRAM and a busy bar, then the server process."""
+    status = traitlets.Unicode("").tag(sync=True)
+    state = traitlets.Unicode("waiting").tag(sync=True)
+    """``waiting`` (not shown yet), ``live``, ``paused`` (no view visible) or ``stopped``."""
+    samples = traitlets.Int(0).tag(sync=True)
+    """How many samples were taken."""
+    heartbeat_s = traitlets.Float(10.0).tag(sync=True)
+
+    def __init__(
+        self,
+        model: LocalModel,
+        *,
+        interval: float = 1.0,
+        idle_interval: float = 5.0,
+        gpus: Callable[[], Sequence[GpuUsage]] | None = None,
+        lease: float = 30.0,
+    ) -> None:
+        self._lock = threading.Lock()  # first: close() (also from __del__) needs it
+        self._views: dict[str, float] = {}
+        self._sampler: tuple[threading.Thread, threading.Event] | None = None
+        self._stopped: str | None = None
+        for name, value in (("interval", interval), ("idle_interval", idle_interval), ("lease", lease)):
+            if not value > 0:
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        super().__init__(title=f"{model.path.name} · backend {model.backend}", heartbeat_s=lease / 3)
+        self.interval = float(interval)
+        self.idle_interval = max(float(idle_interval), self.interval)
+        self.lease = float(lease)
+        self._model = model
+        self._gpus = gpus if gpus is not None else lambda: gpu_usage(model.hardware)
+        self._process = _ProcessProbe()
+        self.last: MonitorSample | None = None
+        """The latest :class:`MonitorSample` (``None`` before the first)."""
+        self.on_msg(self._on_view_message)
+        try:
+            self.refresh()  # something to show at once, in a terminal too
+        except Exception as exc:  # shown in the widget, like a failure in the thread
+            self._fail(exc, None)
+
+    # -- what the user has ------------------------------------------------------------------
+
+    @property
+    def sampling(self) -> bool:
+        """True while the sampling thread runs.
+
+        Example:
+            >>> monitor.sampling  # doctest: +SKIP
+            True
+        """
+        sampler = self._sampler
+        return sampler is not None and sampler[0].is_alive()
+
+    def refresh(self) -> MonitorSample:
+        """Take one sample now and show it (whether or not a view is visible).
+
+        Example:
+            >>> monitor.refresh().gpus  # doctest: +SKIP
+            ()
+        """
+        sample = self._take()
+        with self._lock:
+            self._show(sample)
+        return sample
+
+    def stop(self, reason: str = "stopped") -> None:
+        """Stop sampling for good; the view keeps the last values and says why. Idempotent.
+
+        Example:
+            >>> monitor.stop()  # doctest: +SKIP
+        """
+        with self._lock:
+            if self._stopped is None:
+                self._stopped = reason
+                self.state, self.status = "stopped", f"stopped: {reason}"
+        self._halt()
+
+    def close(self) -> None:
+        """Stop sampling and close the widget (its views disappear). Idempotent.
+
+        Example:
+            >>> monitor.close()  # doctest: +SKIP
+        """
+        self.stop("closed")
+        super().close()
+
+    def __repr__(self) -> str:
+        lines = [f"GpuMonitor: {self.title} ({self.state})"]
+        for section in self.sections:
+            lines.append(f"  {section['title']}" + (f": {section['note']}" if section["note"] else ""))
+            lines += [f"    {bar['label']:<5} {bar['text']}" for bar in section["bars"]]
+        return "\n".join(lines)
+
+    # -- views ------------------------------------------------------------------------------
+
+    def _on_view_message(self, _widget: Any, content: Any, _buffers: Any) -> None:
+        if not isinstance(content, dict) or not isinstance(content.get("view"), str):
+            return
+        view, event = content["view"], content.get("event")
+        with self._lock:
+            if event == "visible":
+                self._views[view] = time.monotonic()
+            elif event == "hidden":
+                self._views.pop(view, None)
+            else:
+                return
+            nothing_visible = not self._views
+            if not nothing_visible and self._stopped is None and not self.sampling:
+                halt = threading.Event()
+                thread = threading.Thread(target=self._run, args=(halt,), name=THREAD_NAME, daemon=True)
+                self._sampler = (thread, halt)
+                self.state, self.status = "live", "starting"
+                thread.start()
+        if nothing_visible:
+            self._halt()
+
+    def _halt(self) -> None:
+        """Stop the sampling thread, if any, and wait for it."""
+        with self._lock:
+            sampler, self._sampler = self._sampler, None
+            if sampler is not None:
+                sampler[1].set()
+                if self._stopped is None:
+                    self.state, self.status = "paused", "paused: not visible"
+        if sampler is not None and sampler[0] is not threading.current_thread():
+            sampler[0].join(timeout=10)
+
+    # -- sampling ---------------------------------------------------------------------------
+
+    def _decoding(self) -> bool:
+        if self._model.pid is None:  # not started: asking /metrics would start it
+            return False
+        try:
+            return self._model.metrics().get("llamacpp:requests_processing", 0.0) > 0
+        except RocmNbError:
+            return False
+
+    def _take(self, decoding: bool | None = None) -> MonitorSample:
+        gpus = tuple(self._gpus())
+        process = self._process(self._model.pid)
+        return MonitorSample(gpus, process, self._decoding() if decoding is None else decoding, time.time())
+
+    def _show(self, sample: MonitorSample) -> None:
+        """Write a sample into the traits (the caller holds the lock)."""
+        self.last = sample
+        with self.hold_sync():
+            self.sections = _sections(sample, running=self._model.pid is not None)
+            self.samples += 1
+            if self._stopped is None:
+                pace = (
+                    "refreshes while shown" if self._sampler is None
+                    else f"decoding: every {self.interval:g} s" if sample.decoding
+                    else f"idle: every {self.idle_interval:g} s"
+                )
+                self.status = f"updated {time.strftime('%H:%M:%S', time.localtime(sample.taken_at))} · {pace}"
+
+    def _run(self, halt: threading.Event) -> None:
+        try:
+            self._loop(halt)
+        except Exception as exc:  # a background thread has no caller to raise to: show it
+            self._fail(exc, halt)
+
+    def _fail(self, exc: Exception, halt: threading.Event | None) -> None:
+        """Stop for good after the sampler failed (in the thread ``halt`` belongs to, or at creation)."""
+        with self._lock:
+            if halt is None or (self._sampler is not None and self._sampler[1] is halt):
+                self._sampler = None
+                self._stopped = f"sampling failed ({type(exc).__name__}: {exc})"
+                self.state, self.status = "stopped", f"stopped: {self._stopped}; make a new monitor"
+
+    def _loop(self, halt: threading.Event) -> None:
+        last = -math.inf
+        while not halt.is_set():
+            decoding = self._decoding()
+            now = time.monotonic()
+            with self._lock:
+                if halt.is_set():
+                    return
+                if not decoding:  # see the module docstring: leases do not expire mid-generation
+                    for view, heard in list(self._views.items()):
+                        if now - heard > self.lease:
+                            del self._views[view]
+                if not self._views:
+                    self._sampler = None
+                    self.state, self.status = "paused", "paused: not visible"
+                    return
+            if decoding or now - last >= self.idle_interval:
+                sample = self._take(decoding)
+                with self._lock:
+                    if halt.is_set():
+                        return
+                    self._show(sample)
+                last = now
+            halt.wait(self.interval)

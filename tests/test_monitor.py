@@ -1,0 +1,299 @@
+"""The live GPU monitor: real samples of the real server, and a timer that really stops.
+
+The front end's part (an IntersectionObserver reporting "visible"/"hidden")
+is played here by sending the view's messages through the widget's own
+message dispatch; tests/test_browser.py checks the real view in JupyterLab.
+GPU readings come from the recorded sysfs trees in tests/fixtures/hardware.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import ipywidgets
+import psutil
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
+
+from rocm_nb import GpuUsage, LocalModel, ModelClosed, gpu_usage
+from rocm_nb.catalog import DEFAULT_MODEL
+from rocm_nb.hardware import detect
+from rocm_nb.monitor import THREAD_NAME, GpuMonitor
+from tests.conftest import wait_until
+from tests.test_hardware import sysfs_root
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+class CountingGpus:
+    """A GPU sampler that counts its calls (each sample calls it once)."""
+
+    def __init__(self, source: Callable[[], Sequence[GpuUsage]] = list) -> None:
+        self.source = source
+        self.calls = 0
+
+    def __call__(self) -> Sequence[GpuUsage]:
+        self.calls += 1
+        return self.source()
+
+
+def show(monitor: GpuMonitor, view: str = "view-1") -> None:
+    """What a view sends when it scrolls into sight (or repeats while it stays there)."""
+    monitor._handle_custom_msg({"event": "visible", "view": view}, [])
+
+
+def hide(monitor: GpuMonitor, view: str = "view-1") -> None:
+    """What a view sends when it leaves the screen or is removed."""
+    monitor._handle_custom_msg({"event": "hidden", "view": view}, [])
+
+
+def sampler_threads() -> int:
+    return sum(t.name == THREAD_NAME for t in threading.enumerate())
+
+
+def assert_no_more_samples(monitor: GpuMonitor, gpus: CountingGpus, wait: float = 0.4) -> None:
+    """No thread left, and neither the sampler nor the widget moves any more."""
+    assert not monitor.sampling
+    assert sampler_threads() == 0
+    calls, samples = gpus.calls, monitor.samples
+    time.sleep(wait)
+    assert (gpus.calls, monitor.samples) == (calls, samples)
+
+
+@pytest.fixture
+def monitors() -> Iterator[list[GpuMonitor]]:
+    """Monitors made by a test, closed afterwards whatever happened."""
+    made: list[GpuMonitor] = []
+    yield made
+    for monitor in made:
+        monitor.close()
+    assert sampler_threads() == 0
+
+
+def test_the_process_line_shows_the_real_servers_memory(model: LocalModel, monitors: list[GpuMonitor]) -> None:
+    monitor = model.monitor()
+    monitors.append(monitor)
+    assert monitor.samples == 1 and monitor.last is not None, "one sample on creation, for the text form"
+    sample = monitor.refresh()
+    assert sample is monitor.last and sample.process is not None and model.pid is not None
+    real = psutil.Process(model.pid).memory_info().rss
+    assert sample.process.pid == model.pid
+    assert sample.process.rss > 20 * 2**20, "the 98 MB model is loaded into the server"
+    assert abs(sample.process.rss - real) < 0.1 * real
+    assert sample.process.memory_total == psutil.virtual_memory().total
+    assert sample.decoding is False and monitor.samples == 2
+
+    gpu, process = monitor.sections
+    assert not model.hardware.gpus, "this machine has no GPU: the CPU stand-in is what shows"
+    assert gpu["bars"] == [] and "no GPU found" in gpu["note"]
+    assert process["title"] == f"llama-server · CPU stand-in · pid {model.pid}"
+    rss, cpu = process["bars"]
+    assert rss["label"] == "RSS" and f"{sample.process.rss / 2**20:.0f} MiB" in rss["text"]
+    assert rss["fraction"] == pytest.approx(sample.process.rss / sample.process.memory_total)
+    assert cpu["label"] == "CPU" and f"of {100 * psutil.cpu_count()} %" in cpu["text"]
+    assert "CPU stand-in" in repr(monitor) and "RSS" in repr(monitor)
+    assert "refreshes while shown" in monitor.status and monitor.state == "waiting"
+
+
+def test_samples_from_a_recorded_sysfs_tree_flow_into_the_widget(
+    model: LocalModel, monitors: list[GpuMonitor], tmp_path: Path
+) -> None:
+    root = sysfs_root(tmp_path, "sysfs-r9700-780m")
+    hw = detect(runner=lambda argv: None, environ={}, root=root)
+    monitor = model.monitor(interval=0.05, idle_interval=0.05, gpus=functools.partial(gpu_usage, hw, root=root))
+    monitors.append(monitor)
+    sample = monitor.refresh()
+    assert [(u.index, u.vram_used, u.vram_total, u.busy_percent) for u in sample.gpus] == [
+        (0, 29225381888, 34208743424, 3), (1, 72495104, 4294967296, 0),  # as rocm-smi reported them
+    ]
+    r9700, apu, process = monitor.sections
+    assert r9700["title"] == f"GPU 0 · {hw.gpus[0].name}" and apu["title"] == f"GPU 1 · {hw.gpus[1].name}"
+    assert r9700["bars"] == [
+        {"label": "VRAM", "text": "27.2 GiB / 31.9 GiB", "fraction": pytest.approx(29225381888 / 34208743424)},
+        {"label": "busy", "text": "3 %", "fraction": pytest.approx(0.03)},
+    ]
+    assert apu["bars"][0]["text"] == "69 MiB / 4.0 GiB"
+    assert "CPU stand-in" not in process["title"]
+
+    # the live timer reads the files again: new values reach the widget
+    [device] = [d for d in (root / "sys/class/drm").glob("card*/device")
+                if f"PCI_SLOT_NAME={hw.gpus[0].pci_slot}" in (d / "uevent").read_text()]
+    (device / "gpu_busy_percent").write_text("87\n")
+    (device / "mem_info_vram_used").write_text(f"{16 * 2**30}\n")
+    show(monitor)
+    wait_until(lambda: monitor.sections[0]["bars"][1]["text"] == "87 %")
+    assert monitor.sections[0]["bars"][0]["text"] == "16.0 GiB / 31.9 GiB"
+    assert monitor.last is not None and monitor.last.gpus[0].busy_percent == 87
+
+
+def test_samples_only_while_a_view_is_visible(model: LocalModel, monitors: list[GpuMonitor]) -> None:
+    gpus = CountingGpus()
+    monitor = model.monitor(interval=0.05, idle_interval=0.05, gpus=gpus)
+    monitors.append(monitor)
+    time.sleep(0.3)
+    assert gpus.calls == 1 and monitor.state == "waiting", "one sample on creation, then none until shown"
+
+    show(monitor, "a")
+    wait_until(lambda: gpus.calls >= 3)
+    assert monitor.sampling and monitor.state == "live" and sampler_threads() == 1
+    show(monitor, "b")  # a second view of the same widget (the output shown twice)
+    hide(monitor, "a")
+    calls = gpus.calls
+    wait_until(lambda: gpus.calls >= calls + 3)
+    assert sampler_threads() == 1, "one thread whatever the number of views"
+
+    hide(monitor, "b")  # the last visible view goes: scrolled away, output cleared, tab hidden
+    assert monitor.state == "paused" and monitor.status == "paused: not visible"
+    assert_no_more_samples(monitor, gpus)
+
+    show(monitor, "b")  # scrolled back into view
+    calls = gpus.calls
+    wait_until(lambda: gpus.calls >= calls + 3)
+    assert monitor.state == "live" and "idle: every 0.05 s" in monitor.status
+    hide(monitor, "b")
+    assert_no_more_samples(monitor, gpus)
+
+
+def test_close_stops_the_timer_for_good(model: LocalModel, monitors: list[GpuMonitor]) -> None:
+    gpus = CountingGpus()
+    monitor = model.monitor(interval=0.05, idle_interval=0.05, gpus=gpus)
+    monitors.append(monitor)
+    show(monitor)
+    wait_until(lambda: gpus.calls >= 2)
+    monitor.close()
+    assert monitor.state == "stopped" and monitor.status == "stopped: closed"
+    assert_no_more_samples(monitor, gpus)
+    show(monitor)  # a late message from a view does not bring it back
+    assert_no_more_samples(monitor, gpus, wait=0.2)
+    monitor.close()  # idempotent
+
+
+def test_closing_the_model_stops_its_monitors(model: LocalModel, monitors: list[GpuMonitor]) -> None:
+    # an equal configuration attaches to the session's server: closing it leaves that server running
+    other = LocalModel(DEFAULT_MODEL, ctx_size=model.config.ctx_size, parallel=model.config.parallel).start()
+    assert other.pid == model.pid
+    gpus = CountingGpus()
+    monitor = other.monitor(interval=0.05, idle_interval=0.05, gpus=gpus)
+    monitors.append(monitor)
+    show(monitor)
+    wait_until(lambda: gpus.calls >= 2)
+    other.close()
+    assert monitor.state == "stopped" and monitor.status == "stopped: model closed"
+    assert_no_more_samples(monitor, gpus)
+    show(monitor)
+    assert_no_more_samples(monitor, gpus, wait=0.2)
+    with pytest.raises(ModelClosed, match="was closed"):
+        other.monitor()
+    assert model.health(), "the shared server still runs for its other user"
+
+
+def test_a_view_that_goes_silent_is_dropped_after_its_lease(model: LocalModel, monitors: list[GpuMonitor]) -> None:
+    """A closed browser tab sends nothing: its view's lease runs out and sampling stops."""
+    gpus = CountingGpus()
+    monitor = GpuMonitor(model, interval=0.05, idle_interval=0.05, gpus=gpus, lease=0.5)
+    monitors.append(monitor)
+    assert monitor.heartbeat_s == pytest.approx(0.5 / 3), "the view repeats 'visible' three times a lease"
+    show(monitor)
+    began = time.monotonic()
+    for _ in range(4):  # a live view repeats itself: sampling goes on past the lease
+        time.sleep(0.2)
+        show(monitor)
+    assert monitor.sampling and time.monotonic() - began > 0.5
+    wait_until(lambda: not monitor.sampling, timeout=5)
+    assert monitor.state == "paused"
+    assert_no_more_samples(monitor, gpus)
+    show(monitor)  # a late message (the kernel was busy) resumes it
+    wait_until(lambda: monitor.sampling)
+
+
+async def test_fast_while_decoding_slow_when_idle(model: LocalModel, monitors: list[GpuMonitor]) -> None:
+    gpus = CountingGpus()
+    monitor = model.monitor(interval=0.1, idle_interval=60, gpus=gpus)
+    monitors.append(monitor)
+    show(monitor)
+    await asyncio.sleep(0.6)
+    assert monitor.samples == 2, "idle: the creation's sample and the first shown one, the next a minute later"
+    assert monitor.last is not None and not monitor.last.decoding
+
+    generation = asyncio.create_task(
+        model.agenerate("Once upon a time, in a city of lighthouses,", max_tokens=400, temperature=0.9, seed=1)
+    )
+    paces = set()
+    while not generation.done() and monitor.samples < 6:
+        paces.add(monitor.status.rpartition(" · ")[2])
+        await asyncio.sleep(0.05)
+    assert not generation.done(), f"the generation ended after only {monitor.samples} samples"
+    generation.cancel()  # enough seen: stopping the task cancels the generation on the server
+    with contextlib.suppress(asyncio.CancelledError):
+        await generation
+    assert "decoding: every 0.1 s" in paces
+    hide(monitor)
+    assert_no_more_samples(monitor, gpus)
+
+
+def test_a_failing_sampler_stops_and_says_why(model: LocalModel, monitors: list[GpuMonitor]) -> None:
+    def broken() -> list[GpuUsage]:
+        raise OSError("sysfs went away")
+
+    at_once = model.monitor(gpus=broken)
+    monitors.append(at_once)
+    assert at_once.state == "stopped" and "sampling failed (OSError: sysfs went away)" in at_once.status
+    show(at_once)
+    assert not at_once.sampling
+
+    calls: list[float] = []
+
+    def works_once() -> list[GpuUsage]:
+        calls.append(time.monotonic())
+        return [] if len(calls) == 1 else broken()
+
+    monitor = model.monitor(interval=0.05, gpus=works_once)
+    monitors.append(monitor)
+    assert monitor.state == "waiting" and len(calls) == 1
+    show(monitor)
+    wait_until(lambda: monitor.state == "stopped")
+    assert "sampling failed (OSError: sysfs went away)" in monitor.status and len(calls) == 2
+    assert not monitor.sampling and sampler_threads() == 0
+
+
+def test_rocm_status_shows_the_monitor_and_rocm_stop_stops_it(model: LocalModel) -> None:
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "rocm_nb")
+    with capture_output():  # the same config as the session fixture: attaches to its server
+        shell.run_line_magic("rocm_load", f"{model.path} --ctx 4096 --parallel 2 --name watched")
+    with capture_output() as out:
+        shell.run_line_magic("rocm_status", "")
+    table, widget = out.outputs
+    assert "watched" in table.data["text/plain"]
+    [monitor] = [w for w in ipywidgets.widgets.widget._instances.values()
+                 if w.model_id == widget.data[WIDGET_VIEW]["model_id"]]
+    assert isinstance(monitor, GpuMonitor)
+    assert f"pid {model.pid}" in widget.data["text/plain"] and "RSS" in widget.data["text/plain"]
+    show(monitor)
+    wait_until(lambda: monitor.sampling)
+    with capture_output():
+        shell.run_line_magic("rocm_stop", "watched")
+    assert monitor.status == "stopped: model closed" and not monitor.sampling and sampler_threads() == 0
+    monitor.close()
+
+
+def test_bad_intervals_are_refused(model: LocalModel) -> None:
+    with pytest.raises(ValueError, match="interval must be a positive number of seconds"):
+        model.monitor(interval=0)
+    with pytest.raises(ValueError, match="lease"):
+        GpuMonitor(model, lease=-1)
+
+
+def test_importing_rocm_nb_does_not_import_the_widget_libraries() -> None:
+    code = "import sys, rocm_nb; print(sorted({'anywidget', 'ipywidgets'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -7,7 +7,7 @@
 
     <cache_root()>/servers/
         sdist/llama_cpp_python-0.3.36.tar.gz   the pinned sources, fetched with pip once
-        cpu-rpc/                               one install: <backend>[-rpc]
+        cpu-rpc/                               one install: <backend>[-rpc][-rocwmma]
             llama-server
             ggml-rpc-server                    only in -rpc installs
             manifest.json                      written last: a directory without it is ignored
@@ -19,13 +19,14 @@ half-built binary is never picked up.
 
 Example:
     >>> binary = find_server()  # doctest: +SKIP
-    >>> binary.source, binary.backend
+    >>> binary.source, binary.backend  # doctest: +SKIP
     ('cache', 'cpu')
 """
 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import os
 import re
@@ -46,9 +47,17 @@ if TYPE_CHECKING:
 
 from rocm_nb._paths import cache_root
 from rocm_nb.errors import BinaryNotFound, BuildError
-from rocm_nb.hardware import Backend, detect
+from rocm_nb.hardware import Backend, Hardware, detect
 
-__all__ = ["LLAMA_CPP_PYTHON_VERSION", "ServerBinary", "find_server", "install_server"]
+__all__ = [
+    "LLAMA_CPP_PYTHON_VERSION",
+    "ROCWMMA_FATTN_TARGETS",
+    "ServerBinary",
+    "build_options",
+    "find_server",
+    "install_server",
+    "rocwmma_fattn_supported",
+]
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 """The pinned ``llama-cpp-python`` sdist whose ``vendor/llama.cpp`` is built.
@@ -78,6 +87,15 @@ _BACKEND_HINTS: dict[Backend, str] = {
     "vulkan": "check that the Vulkan SDK is installed (libvulkan-dev, glslc)",
     "cpu": f"check that cmake and a C++17 compiler are installed ({_INSTALL_HINT})",
 }
+_ROCWMMA_OPTION = "GGML_HIP_ROCWMMA_FATTN"
+_ROCWMMA_FLAG = f"-D{_ROCWMMA_OPTION}=ON"
+ROCWMMA_FATTN_TARGETS = ("gfx11*", "gfx12*", "gfx908", "gfx90a", "gfx942", "gfx950")
+"""GPUs with the matrix cores rocWMMA drives: RDNA3 and later (gfx11xx, gfx12xx) and CDNA 1 to 4.
+
+Example:
+    >>> rocwmma_fattn_supported(["gfx1100"]), rocwmma_fattn_supported(["gfx1030"])
+    (True, False)
+"""
 _PROGRESS = re.compile(r"^\[\s*(\d+)(?:/(\d+)|%)\]")  # ninja "[12/218]" or make "[ 45%]"
 
 # (path, mtime_ns, flag) -> what the binary printed; a binary is asked once per process.
@@ -123,6 +141,7 @@ class _Install(NamedTuple):
     backend: Backend
     rpc: bool
     built_at: str
+    flags: tuple[str, ...]
 
 
 def find_server(
@@ -179,11 +198,19 @@ def install_server(
     progress: bool = True,
     environ: Mapping[str, str] | None = None,
     source_dir: Path | None = None,
+    rocwmma_fattn: bool = False,
+    hardware: Hardware | None = None,
 ) -> ServerBinary:
     """Build ``llama-server`` for ``backend`` (default: this machine's) into the cache and return it.
 
     Nothing is built when the cache already has a working install for that
-    backend (with the RPC worker if ``rpc``), unless ``force``. The sources are
+    backend (with the RPC worker if ``rpc``, with rocWMMA if ``rocwmma_fattn``),
+    unless ``force``. ROCm builds compile for the GPUs of ``hardware`` (default:
+    :func:`~rocm_nb.hardware.detect`), and for the target an
+    ``HSA_OVERRIDE_GFX_VERSION`` would run them as. ``rocwmma_fattn`` adds
+    ``-DGGML_HIP_ROCWMMA_FATTN=ON`` (rocWMMA flash attention; ROCm on
+    :data:`ROCWMMA_FATTN_TARGETS` only, and only with llama.cpp sources that
+    still have that option). The sources are
     the ``llama-cpp-python`` sdist pinned by :data:`LLAMA_CPP_PYTHON_VERSION`,
     fetched with pip; ``source_dir`` builds another llama.cpp checkout instead.
     The build log stays in the cache; failures raise :class:`BuildError`.
@@ -195,20 +222,22 @@ def install_server(
     env = os.environ if environ is None else environ
     gfx_targets: tuple[str, ...] = ()
     if backend is None or backend == "rocm":
-        hardware = detect(environ=env)
+        hardware = hardware or detect(environ=env)
         backend = backend or hardware.backend
-        gfx_targets = hardware.gfx_targets
+        gfx_targets = hardware.build_targets
+    flags = _cmake_flags(backend, rpc, gfx_targets, env, rocwmma_fattn=rocwmma_fattn)
     servers = cache_root(env) / "servers"
     if not force:
         for install in _installs(servers):
-            if install.backend == backend and (install.rpc or not rpc):
+            if install.backend == backend and (install.rpc or not rpc) and (
+                not rocwmma_fattn or _ROCWMMA_FLAG in install.flags
+            ):
                 try:
                     return _from_install(install, env)
                 except _Unusable:
                     continue
 
-    name = f"{backend}-rpc" if rpc else backend
-    flags = _cmake_flags(backend, rpc, gfx_targets, env)
+    name = backend + ("-rpc" if rpc else "") + ("-rocwmma" if rocwmma_fattn else "")
     build_env = {**env, **_hip_env(env)} if backend == "rocm" else dict(env)
     cmake = _require_tools(flags, build_env)
     servers.mkdir(parents=True, exist_ok=True)
@@ -223,6 +252,8 @@ def install_server(
             mininterval=0.5 if sys.stderr.isatty() else 30.0,  # a log file gets a line every 30 s, not 200
         ) as bar:
             src = source_dir or _sources(servers, Path(work), log, env)
+            if rocwmma_fattn:
+                _require_option(src, _ROCWMMA_OPTION, flags)
             bar.set_description(f"configuring llama-server ({name})")
             _stream("configuring with cmake", [cmake, "-S", str(src), "-B", f"{work}/build", *flags], log, build_env)
             bar.set_description(f"building llama-server ({name})")
@@ -270,7 +301,7 @@ def _installs(servers: Path) -> list[_Install]:
             data = json.loads(manifest.read_text())
             if data["backend"] in get_args(Backend):
                 found.append(_Install(manifest.parent, cast(Backend, data["backend"]), bool(data["rpc"]),
-                                      str(data["built_at"])))
+                                      str(data["built_at"]), tuple(map(str, data.get("flags", ())))))
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return sorted(found, key=lambda install: install.built_at, reverse=True)
@@ -320,17 +351,72 @@ def _ask(path: Path, flag: str, env: Mapping[str, str]) -> str:
     return _probed[key]
 
 
-def _cmake_flags(backend: Backend, rpc: bool, gfx_targets: Sequence[str], env: Mapping[str, str]) -> list[str]:
+def rocwmma_fattn_supported(gfx_targets: Sequence[str]) -> bool:
+    """Whether every one of these (at least one) gfx targets can use rocWMMA flash attention.
+
+    Example:
+        >>> rocwmma_fattn_supported(["gfx942"]), rocwmma_fattn_supported(["gfx1201", "gfx1032"])
+        (True, False)
+    """
+    return bool(gfx_targets) and all(
+        any(fnmatch.fnmatchcase(t.split(":")[0], pattern) for pattern in ROCWMMA_FATTN_TARGETS) for t in gfx_targets
+    )
+
+
+def build_options(hardware: Hardware) -> list[str]:
+    """Optional build flags that suit this machine's GPUs, as advice lines for ``rocm-nb doctor``.
+
+    Example:
+        >>> build_options(Hardware("cpu", (), None, ()))
+        []
+    """
+    if hardware.backend != "rocm" or not rocwmma_fattn_supported(hardware.gfx_targets):
+        return []
+    return [
+        f"{', '.join(hardware.gfx_targets)} can use rocWMMA flash attention: rocm-nb server install --rocwmma-fattn "
+        f"(needs rocWMMA, e.g. the rocwmma-dev package, and llama.cpp sources with {_ROCWMMA_OPTION}; "
+        "the build checks them first)"
+    ]
+
+
+def _cmake_flags(
+    backend: Backend, rpc: bool, gfx_targets: Sequence[str], env: Mapping[str, str], *, rocwmma_fattn: bool = False
+) -> list[str]:
     """The configure flags: a static, native, server-only build without HTTPS, plus the backend's."""
     flags = ["-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DGGML_NATIVE=ON", "-DLLAMA_OPENSSL=OFF",
              "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", *_BACKEND_FLAGS[backend]]
     if backend == "rocm" and gfx_targets:
         flags.append(f"-DGPU_TARGETS={';'.join(gfx_targets)}")
+    if rocwmma_fattn:
+        if backend != "rocm" or not rocwmma_fattn_supported(gfx_targets):
+            what = f"GPU targets {', '.join(gfx_targets) or '(none found)'}" if backend == "rocm" else f"{backend}"
+            raise BuildError(
+                f"rocWMMA flash attention (-D{_ROCWMMA_OPTION}=ON) is for the ROCm backend on RDNA3 or later "
+                f"(gfx11xx, gfx12xx) and CDNA (gfx908, gfx90a, gfx942, gfx950) GPUs; this build is for {what}.\n"
+                "Next step: leave out --rocwmma-fattn (flash attention works without it).",
+                flags=flags,
+            )
+        flags.append(_ROCWMMA_FLAG)
     if rpc:
         flags.append("-DGGML_RPC=ON")
     if shutil.which("ninja", path=env.get("PATH", "")):
         flags += ["-G", "Ninja"]
     return flags
+
+
+def _require_option(src: Path, option: str, flags: Sequence[str]) -> None:
+    """Raise :class:`BuildError` unless the llama.cpp sources in ``src`` declare the CMake ``option``."""
+    declared = src / "ggml" / "CMakeLists.txt"
+    text = declared.read_text(errors="replace") if declared.is_file() else ""
+    if not re.search(rf"option\(\s*{option}\b", text):
+        raise BuildError(
+            f"The llama.cpp sources in {src} have no {option} option (none in {declared}): "
+            f"-D{option}=ON would be ignored (llama.cpp has since removed its rocWMMA flash-attention kernel; "
+            "its flash attention runs on these GPUs without it).\n"
+            "Next step: leave out --rocwmma-fattn, or build a llama.cpp checkout that has the "
+            "option with install_server(..., rocwmma_fattn=True, source_dir=Path('/path/to/llama.cpp')).",
+            flags=flags,
+        )
 
 
 def _hip_env(env: Mapping[str, str]) -> dict[str, str]:

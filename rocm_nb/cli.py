@@ -9,12 +9,13 @@ Example:
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 from collections.abc import Sequence
 
 from rocm_nb import __version__
-from rocm_nb.binary import find_server, install_server
+from rocm_nb.binary import build_options, find_server, install_server
 from rocm_nb.catalog import CATALOGUE, DEFAULT_MODEL, models_dir, pull, read_info
 from rocm_nb.errors import RocmNbError
 from rocm_nb.hardware import describe, detect
@@ -28,8 +29,11 @@ def _doctor(args: argparse.Namespace) -> int:
     problems = 0
     print(f"rocm_nb {__version__} · Python {platform.python_version()} · {platform.platform()}")
     print("\nHardware")
-    for line in describe(detect()):
+    hardware = detect()
+    for line in describe(hardware):
         print(f"  {line}")
+    if os.environ.get("HSA_OVERRIDE_GFX_VERSION"):
+        print(f"  HSA_OVERRIDE_GFX_VERSION={os.environ['HSA_OVERRIDE_GFX_VERSION']} is set: llama-server inherits it")
     print("\nllama-server")
     try:
         binary = find_server()
@@ -39,6 +43,8 @@ def _doctor(args: argparse.Namespace) -> int:
     except RocmNbError as exc:
         problems += 1
         print(f"  missing: {exc}")
+    for line in build_options(hardware):
+        print(f"  {line}")
     print("\nRunning on this machine")
     records = running_records()
     for record in records:
@@ -63,7 +69,8 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _install(args: argparse.Namespace) -> int:
-    binary = install_server(args.backend, rpc=args.rpc, force=args.force, jobs=args.jobs)
+    binary = install_server(args.backend, rpc=args.rpc, force=args.force, jobs=args.jobs,
+                            rocwmma_fattn=args.rocwmma_fattn)
     print(f"llama-server ready: {binary.path} ({binary.backend}, {binary.version})")
     return 0
 
@@ -98,6 +105,8 @@ def _parser() -> argparse.ArgumentParser:
                          help="override the backend detected from the hardware")
     install.add_argument("--rpc", action="store_true", help="also build the RPC worker (ggml-rpc-server)")
     install.add_argument("--force", action="store_true", help="rebuild even if an install exists")
+    install.add_argument("--rocwmma-fattn", action="store_true",
+                         help="ROCm on RDNA3+ or CDNA: flash attention with rocWMMA (-DGGML_HIP_ROCWMMA_FATTN=ON)")
     install.add_argument("-j", "--jobs", type=int, default=None, help="parallel build jobs")
     install.set_defaults(run=_install)
 

@@ -20,8 +20,18 @@ import psutil
 import pytest
 
 from rocm_nb import BinaryNotFound, BuildError
-from rocm_nb.binary import ServerBinary, find_server, install_server
+from rocm_nb._paths import cache_root
+from rocm_nb.binary import (
+    LLAMA_CPP_PYTHON_VERSION,
+    ServerBinary,
+    _cmake_flags,
+    build_options,
+    find_server,
+    install_server,
+)
+from rocm_nb.hardware import Hardware, detect
 from tests.conftest import wait_until
+from tests.test_hardware import sysfs_root
 
 ENV_VAR = "ROCM_NB_LLAMA_SERVER"
 
@@ -247,3 +257,86 @@ def test_an_interrupt_stops_the_whole_build(tmp_path: Path) -> None:
     _, alive = psutil.wait_procs(build, timeout=10)
     assert alive == []
     assert [path.name for path in (cache / "servers").iterdir()] == ["build-cpu.log"]
+
+
+def hardware_of(tmp_path: Path, tree: str) -> Hardware:
+    """What detect() sees on a recorded sysfs tree with no ROCm tool answering."""
+    return detect(runner=lambda argv: None, environ={}, root=sysfs_root(tmp_path, tree))
+
+
+ROCWMMA = "-DGGML_HIP_ROCWMMA_FATTN=ON"
+
+
+@pytest.mark.parametrize(("tree", "targets"), [
+    ("sysfs-r9700-780m", "gfx1201"),  # RDNA4 (the 780M iGPU is masked)
+    ("sysfs-ryzen7600-rx7900gre", "gfx1100"),  # RDNA3
+    ("sysfs-8845hs-780m", "gfx1100;gfx1103"),  # RDNA3 iGPU, plus its HSA_OVERRIDE_GFX_VERSION stand-in
+])
+def test_rocwmma_flash_attention_is_added_on_rdna3_and_later(tmp_path: Path, tree: str, targets: str) -> None:
+    hw = hardware_of(tmp_path, tree)
+    flags = _cmake_flags("rocm", False, hw.build_targets, {}, rocwmma_fattn=True)
+    assert flags[-3:] == ["-DGGML_HIP=ON", f"-DGPU_TARGETS={targets}", ROCWMMA]
+    assert ROCWMMA not in _cmake_flags("rocm", False, hw.build_targets, {})
+    assert build_options(hw) == [
+        f"{', '.join(hw.gfx_targets)} can use rocWMMA flash attention: rocm-nb server install --rocwmma-fattn "
+        "(needs rocWMMA, e.g. the rocwmma-dev package, and llama.cpp sources with GGML_HIP_ROCWMMA_FATTN; "
+        "the build checks them first)"
+    ]
+
+
+@pytest.mark.parametrize("targets", [("gfx942",), ("gfx90a",), ("gfx908",), ("gfx950",), ("gfx90a", "gfx942")])
+def test_rocwmma_flash_attention_on_cdna(targets: tuple[str, ...]) -> None:
+    assert _cmake_flags("rocm", True, targets, {}, rocwmma_fattn=True)[-4:] == [
+        "-DGGML_HIP=ON", f"-DGPU_TARGETS={';'.join(targets)}", ROCWMMA, "-DGGML_RPC=ON"]
+
+
+def test_rocwmma_flash_attention_is_refused_elsewhere(tmp_path: Path) -> None:
+    rdna2 = hardware_of(tmp_path, "sysfs-rx6600-raphael")
+    assert build_options(rdna2) == []
+    with pytest.raises(BuildError, match=r"RDNA3 or later .* this build is for GPU targets gfx1030, gfx1032\.\n"
+                                         r"Next step: leave out --rocwmma-fattn"):
+        _cmake_flags("rocm", False, rdna2.build_targets, {}, rocwmma_fattn=True)
+    with pytest.raises(BuildError, match="this build is for GPU targets gfx1100, gfx906"):
+        _cmake_flags("rocm", False, ("gfx1100", "gfx906"), {}, rocwmma_fattn=True)  # every GPU must qualify
+    with pytest.raises(BuildError, match=r"this build is for GPU targets \(none found\)"):
+        _cmake_flags("rocm", False, (), {}, rocwmma_fattn=True)
+    with pytest.raises(BuildError, match="this build is for cuda"):
+        _cmake_flags("cuda", False, (), {}, rocwmma_fattn=True)
+    assert build_options(detect()) == []  # this machine: the CPU
+
+
+def test_the_pinned_llama_cpp_has_no_rocwmma_option_and_says_so(tmp_path: Path) -> None:
+    """The real pinned sources (the sdist that `rocm-nb server install` fetched) are checked before configuring."""
+    sdist = next((cache_root(os.environ) / "servers" / "sdist").glob("llama_cpp_python-*.tar.gz"))
+    assert LLAMA_CPP_PYTHON_VERSION in sdist.name
+    cache = tmp_path / "cache"
+    (cache / "servers" / "sdist").mkdir(parents=True)
+    (cache / "servers" / "sdist" / sdist.name).symlink_to(sdist)
+    with pytest.raises(BuildError) as caught:
+        install_server(rocwmma_fattn=True, hardware=hardware_of(tmp_path, "sysfs-r9700-780m"),
+                       environ={**os.environ, "ROCM_NB_CACHE": str(cache)}, progress=False)
+    message = str(caught.value)
+    assert "vendor/llama.cpp have no GGML_HIP_ROCWMMA_FATTN option" in message
+    assert "Next step: leave out --rocwmma-fattn" in message and ROCWMMA in caught.value.flags
+    assert sorted(p.name for p in (cache / "servers").iterdir()) == ["build-rocm-rocwmma.log", "sdist"]
+
+
+def test_a_rocwmma_build_is_installed_apart_and_reused(tmp_path: Path) -> None:
+    source = tiny_llama_cpp(tmp_path / "llama.cpp", 'std::puts("version: 0.0.2 (tiny rocwmma)"); return 0;')
+    (source / "ggml").mkdir()
+    (source / "ggml" / "CMakeLists.txt").write_text(
+        'option(GGML_HIP_ROCWMMA_FATTN               "ggml: enable rocWMMA for FlashAttention" OFF)\n')
+    servers = tmp_path / "cache" / "servers"
+    environ = {**os.environ, "ROCM_NB_CACHE": str(servers.parent)}
+    hw = hardware_of(tmp_path, "sysfs-r9700-780m")
+
+    built = install_server(rocwmma_fattn=True, hardware=hw, environ=environ, source_dir=source, progress=False)
+    assert built == ServerBinary(servers / "rocm-rocwmma" / "llama-server", "0.0.2 (tiny rocwmma)", "rocm", "cache",
+                                 rpc=False)
+    manifest = json.loads((servers / "rocm-rocwmma" / "manifest.json").read_text())
+    assert manifest["backend"] == "rocm"
+    assert {"-DGGML_HIP=ON", "-DGPU_TARGETS=gfx1201", ROCWMMA} <= set(manifest["flags"])
+    log = servers / "build-rocm-rocwmma.log"
+    log.write_text("kept")  # a rebuild would truncate it
+    assert install_server(rocwmma_fattn=True, hardware=hw, environ=environ, progress=False) == built
+    assert log.read_text() == "kept"

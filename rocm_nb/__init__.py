@@ -17,7 +17,7 @@ offers.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rocm_nb.client import AsyncTokenStream, Client, Completion, Timings, TokenStream, connect
 from rocm_nb.errors import (
@@ -36,6 +36,9 @@ from rocm_nb.hardware import GpuUsage, gpu_usage
 from rocm_nb.library import models
 from rocm_nb.model import LocalModel, rpc_worker
 
+if TYPE_CHECKING:
+    from rocm_nb.monitor import GpuMonitor, MonitorSample, ProcessUsage
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -45,11 +48,14 @@ __all__ = [
     "Client",
     "Completion",
     "GenerationError",
+    "GpuMonitor",
     "GpuUsage",
     "InvalidModel",
     "LocalModel",
     "ModelClosed",
     "ModelNotFound",
+    "MonitorSample",
+    "ProcessUsage",
     "RocmNbError",
     "ServerCrashed",
     "ServerStartError",
@@ -69,3 +75,15 @@ def load_ipython_extension(ipython: Any) -> None:
     from rocm_nb.magics import register
 
     register(ipython)
+
+
+_WIDGET_NAMES = frozenset({"GpuMonitor", "MonitorSample", "ProcessUsage"})
+"""Names from rocm_nb.monitor, which imports anywidget: loaded on first use (PEP 562)."""
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WIDGET_NAMES:
+        from rocm_nb import monitor
+
+        return getattr(monitor, name)
+    raise AttributeError(f"module 'rocm_nb' has no attribute {name!r}")

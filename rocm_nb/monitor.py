@@ -6,7 +6,7 @@ bar and a busy % bar (from :func:`rocm_nb.hardware.gpu_usage`: sysfs on AMD,
 resident memory and CPU %. Without a GPU the GPU section says so and the
 process line, labelled "CPU stand-in", is what there is to watch.
 
-It refreshes every ``interval`` seconds while the server is decoding
+It refreshes every ``interval`` seconds while the server is generating
 (``llamacpp:requests_processing`` in ``/metrics``, so generations from the
 chat panel, another notebook or any client count) and every
 ``idle_interval`` seconds otherwise. Sampling stops, leaving no thread
@@ -39,7 +39,7 @@ VS Code and Colab) reports it: an ``IntersectionObserver`` plus
 is visible. A view that vanishes without a word (the browser tab closed,
 the page reloaded) is covered by a lease: visible views repeat "visible"
 every ``lease / 3`` seconds and a view not heard from for ``lease`` seconds
-is dropped, except while the server is decoding, since a synchronous cell
+is dropped, except while the server is generating, since a synchronous cell
 delays those messages (the kernel reads them after the cell) and pausing
 mid-generation would defeat the point. A late message simply resumes
 sampling.
@@ -102,16 +102,16 @@ class ProcessUsage:
 
 @dataclass(frozen=True)
 class MonitorSample:
-    """One reading: the GPUs, the server process (``None`` when not running), decoding or not.
+    """One reading: the GPUs, the server process (``None`` when not running), generating or not.
 
     Example:
-        >>> MonitorSample(gpus=(), process=None, decoding=False, taken_at=0.0).gpus
+        >>> MonitorSample(gpus=(), process=None, generating=False, taken_at=0.0).gpus
         ()
     """
 
     gpus: tuple[GpuUsage, ...]
     process: ProcessUsage | None
-    decoding: bool
+    generating: bool
     taken_at: float
 
 
@@ -266,7 +266,7 @@ class GpuMonitor(anywidget.AnyWidget):
 
     Args:
         model: the :class:`~rocm_nb.model.LocalModel` to watch.
-        interval: seconds between samples while the server is decoding.
+        interval: seconds between samples while the server is generating.
         idle_interval: seconds between samples otherwise.
         gpus: the GPU sampler (default: :func:`~rocm_nb.hardware.gpu_usage`
             on the model's hardware); a seam for tests and other sources.
@@ -274,7 +274,7 @@ class GpuMonitor(anywidget.AnyWidget):
 
     Example:
         >>> monitor = GpuMonitor(model, interval=0.5)  # doctest: +SKIP
-        >>> monitor.refresh().decoding  # doctest: +SKIP
+        >>> monitor.refresh().generating  # doctest: +SKIP
         False
     """
 
@@ -411,7 +411,7 @@ class GpuMonitor(anywidget.AnyWidget):
 
     # -- sampling ---------------------------------------------------------------------------
 
-    def _decoding(self) -> bool:
+    def _generating(self) -> bool:
         if self._model.pid is None:  # not started: asking /metrics would start it
             return False
         try:
@@ -419,10 +419,10 @@ class GpuMonitor(anywidget.AnyWidget):
         except RocmNbError:
             return False
 
-    def _take(self, decoding: bool | None = None) -> MonitorSample:
+    def _take(self, generating: bool | None = None) -> MonitorSample:
         gpus = tuple(self._gpus())
         process = self._process(self._model.pid)
-        return MonitorSample(gpus, process, self._decoding() if decoding is None else decoding, time.time())
+        return MonitorSample(gpus, process, self._generating() if generating is None else generating, time.time())
 
     def _show(self, sample: MonitorSample) -> None:
         """Write a sample into the traits (the caller holds the lock)."""
@@ -433,7 +433,7 @@ class GpuMonitor(anywidget.AnyWidget):
             if self._stopped is None:
                 pace = (
                     "refreshes while shown" if self._sampler is None
-                    else f"decoding: every {self.interval:g} s" if sample.decoding
+                    else f"generating: every {self.interval:g} s" if sample.generating
                     else f"idle: every {self.idle_interval:g} s"
                 )
                 self.status = f"updated {time.strftime('%H:%M:%S', time.localtime(sample.taken_at))} · {pace}"
@@ -455,12 +455,12 @@ class GpuMonitor(anywidget.AnyWidget):
     def _loop(self, halt: threading.Event) -> None:
         last = -math.inf
         while not halt.is_set():
-            decoding = self._decoding()
+            generating = self._generating()
             now = time.monotonic()
             with self._lock:
                 if halt.is_set():
                     return
-                if not decoding:  # see the module docstring: leases do not expire mid-generation
+                if not generating:  # see the module docstring: leases do not expire mid-generation
                     for view, heard in list(self._views.items()):
                         if now - heard > self.lease:
                             del self._views[view]
@@ -468,8 +468,8 @@ class GpuMonitor(anywidget.AnyWidget):
                     self._sampler = None
                     self.state, self.status = "paused", "paused: not visible"
                     return
-            if decoding or now - last >= self.idle_interval:
-                sample = self._take(decoding)
+            if generating or now - last >= self.idle_interval:
+                sample = self._take(generating)
                 with self._lock:
                     if halt.is_set():
                         return

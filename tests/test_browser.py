@@ -10,7 +10,10 @@ writes a three-cell notebook into a temporary root and checks, in the page:
 * ``%rocm_chat``: Enter and the Send button post messages, and the replies
   and their statistics appear;
 * Stop ends a long reply: the statistics say "stopped" and Send is enabled
-  again.
+  again;
+* ``%rocm_status`` shows the live monitor: it refreshes while a synchronous
+  ``%%rocm_generate`` holds the kernel, pauses when scrolled out of sight,
+  resumes when back, and its thread ends when its output is cleared.
 
 Chromium is Debian's (``/usr/bin/chromium``), never a downloaded one.
 Screenshots go to ``test-artifacts/browser/``. JupyterLab, its kernels and
@@ -380,3 +383,83 @@ def test_stop_ends_a_long_reply(page: Page, panel: Locator) -> None:
     panel.locator(":scope > .widget-vbox").evaluate("el => { el.scrollTop = el.scrollHeight; }")
     panel.scroll_into_view_if_needed()
     shoot(page, "04-stopped.png")
+
+
+def add_cell(page: Page, source: str) -> int:
+    """Append a code cell holding ``source`` to the notebook; return its index."""
+    count = page.locator(".jp-Notebook .jp-Cell").count()
+    cell(page, count - 1).locator(".jp-InputArea-editor").click()
+    page.keyboard.press("Escape")  # command mode
+    page.keyboard.press("b")  # a new cell below
+    expect(page.locator(".jp-Notebook .jp-Cell")).to_have_count(count + 1)
+    page.keyboard.press("Enter")  # edit mode
+    page.keyboard.insert_text(source)  # as a paste: no bracket auto-closing
+    expect(cell(page, count).locator(".jp-InputArea-editor")).to_contain_text(source.splitlines()[0])
+    return count
+
+
+def samples(monitor: Locator) -> int:
+    return int(monitor.get_attribute("data-samples") or 0)
+
+
+def test_gpu_monitor_updates_while_generating_and_stops_when_out_of_sight(page: Page) -> None:
+    """``%rocm_status`` shows the live monitor; it samples only while the page shows it."""
+    status = add_cell(page, "%rocm_status")
+    probe = add_cell(page, 'import threading; print("monitor threads:", '
+                           'sum(t.name == "rocm_nb-monitor" for t in threading.enumerate()))')
+    generate = add_cell(page, "%%rocm_generate --max-tokens 600 --temperature 0.8 --seed 11\n"
+                              "Write a long story, at least 800 words, about a robot who learns to paint. "
+                              "Describe every painting in detail.")
+    run(page, status)
+    monitor = cell(page, status).locator(".rocm-nb-monitor")
+    expect(monitor).to_be_visible()
+    expect(monitor).to_contain_text("no GPU found: llama-server runs on the CPU")
+    expect(monitor).to_contain_text("llama-server · CPU stand-in · pid")
+    expect(monitor).to_contain_text("MiB of")  # RSS of the machine's RAM
+    expect(monitor).to_have_attribute("data-state", "live")  # the view said it is visible
+
+    run(page, probe)  # right below the monitor, which stays in sight
+    expect(cell(page, probe).locator(".jp-OutputArea")).to_contain_text("monitor threads: 1")
+
+    # A synchronous cell holds the kernel's event loop; the sampler thread goes on, fast while generating.
+    before = samples(monitor)
+    run(page, generate)
+    expect(monitor).to_be_in_viewport()
+    seen = page.wait_for_function(
+        """([status, generate, before]) => {
+            const cells = document.querySelectorAll('.jp-Notebook .jp-Cell');
+            const monitor = cells[status].querySelector('.rocm-nb-monitor');
+            const out = cells[generate].querySelector('.jp-OutputArea');
+            if (out.querySelector('.jp-RenderedMarkdown')) return {done: true, samples: +monitor.dataset.samples};
+            const generating = monitor.innerText.includes('generating: every 1 s');
+            return generating && +monitor.dataset.samples >= before + 3 ? {done: false} : null;
+        }""",
+        arg=[status, generate, before], polling=100,
+    ).json_value()
+    assert not seen["done"], f"the generation ended before the monitor refreshed 3 times: {seen}"
+    shoot(page, "05-monitor.png")
+    page.keyboard.press("Escape")  # command mode; then Kernel → Interrupt ends the generation
+    page.keyboard.press("i")
+    page.keyboard.press("i")
+    expect(cell(page, generate).locator(".jp-OutputArea")).to_contain_text("stopped after")
+
+    # Out of sight: the view reports it, the kernel stops the thread, the counter stands still.
+    page.locator(".jp-WindowedPanel-outer").first.evaluate("el => { el.scrollTop = el.scrollHeight; }")
+    expect(monitor).not_to_be_in_viewport()
+    expect(monitor).to_have_attribute("data-state", "paused")
+    paused_at = samples(monitor)
+    page.wait_for_timeout(6_000)  # longer than the 5 s idle interval
+    assert samples(monitor) == paused_at, "the monitor sampled while out of sight"
+    # Back in sight: sampling resumes at once.
+    monitor.scroll_into_view_if_needed()
+    expect(monitor).to_have_attribute("data-state", "live")
+    page.wait_for_function("([el, n]) => +el.dataset.samples > n", arg=[monitor.element_handle(), paused_at])
+
+    # Clearing the output removes the view: the last visible one, so the thread stops.
+    editor = cell(page, status).locator(".jp-InputArea-editor")
+    editor.click()  # the active cell is the one the command clears
+    editor.click(button="right")
+    page.get_by_role("menuitem", name="Clear Cell Output").click()
+    expect(cell(page, status).locator(".rocm-nb-monitor")).to_have_count(0)
+    run(page, probe)
+    expect(cell(page, probe).locator(".jp-OutputArea")).to_contain_text("monitor threads: 0")

@@ -90,7 +90,7 @@ def test_the_process_line_shows_the_real_servers_memory(model: LocalModel, monit
     assert sample.process.rss > 20 * 2**20, "the 98 MB model is loaded into the server"
     assert abs(sample.process.rss - real) < 0.1 * real
     assert sample.process.memory_total == psutil.virtual_memory().total
-    assert sample.decoding is False and monitor.samples == 2
+    assert sample.generating is False and monitor.samples == 2
 
     gpu, process = monitor.sections
     assert not model.hardware.gpus, "this machine has no GPU: the CPU stand-in is what shows"
@@ -215,14 +215,14 @@ def test_a_view_that_goes_silent_is_dropped_after_its_lease(model: LocalModel, m
     wait_until(lambda: monitor.sampling)
 
 
-async def test_fast_while_decoding_slow_when_idle(model: LocalModel, monitors: list[GpuMonitor]) -> None:
+async def test_fast_while_generating_slow_when_idle(model: LocalModel, monitors: list[GpuMonitor]) -> None:
     gpus = CountingGpus()
     monitor = model.monitor(interval=0.1, idle_interval=60, gpus=gpus)
     monitors.append(monitor)
     show(monitor)
     await asyncio.sleep(0.6)
     assert monitor.samples == 2, "idle: the creation's sample and the first shown one, the next a minute later"
-    assert monitor.last is not None and not monitor.last.decoding
+    assert monitor.last is not None and not monitor.last.generating
 
     generation = asyncio.create_task(
         model.agenerate("Once upon a time, in a city of lighthouses,", max_tokens=400, temperature=0.9, seed=1)
@@ -235,7 +235,7 @@ async def test_fast_while_decoding_slow_when_idle(model: LocalModel, monitors: l
     generation.cancel()  # enough seen: stopping the task cancels the generation on the server
     with contextlib.suppress(asyncio.CancelledError):
         await generation
-    assert "decoding: every 0.1 s" in paces
+    assert "generating: every 0.1 s" in paces
     hide(monitor)
     assert_no_more_samples(monitor, gpus)
 
@@ -294,6 +294,7 @@ def test_bad_intervals_are_refused(model: LocalModel) -> None:
 
 
 def test_importing_rocm_nb_does_not_import_the_widget_libraries() -> None:
-    code = "import sys, rocm_nb; print(sorted({'anywidget', 'ipywidgets'} & set(sys.modules)))"
+    code = ("import sys, rocm_nb; print(sorted({'anywidget', 'ipywidgets'} & set(sys.modules)));"
+            "import rocm_nb.monitor; print(rocm_nb.GpuMonitor is rocm_nb.monitor.GpuMonitor)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+    assert out.split() == ["[]", "True"], "the widget names load on first use"

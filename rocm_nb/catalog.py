@@ -10,7 +10,9 @@ descriptors) through a memory map, with the ``gguf`` package's enums and
 block sizes: about 10 ms for the default model, where ``gguf.GGUFReader``
 needs seconds because it decodes every tokenizer array. It checks that every
 tensor's data lies inside the file, so a truncated download is caught before
-any server starts.
+any server starts. Each tensor's name, shape, ggml type and size in bytes is
+kept (``ModelInfo.tensors``): the memory estimator (``rocm_nb.fit``) splits
+the weights between GPU and host from them.
 
 Example:
     >>> info = read_info(resolve_model("smollm2-135m"))  # doctest: +SKIP
@@ -30,7 +32,7 @@ import sys
 import tempfile
 import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -42,6 +44,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "CatalogueEntry",
     "ModelInfo",
+    "TensorInfo",
     "models_dir",
     "pull",
     "read_info",
@@ -95,6 +98,41 @@ def models_dir(environ: Mapping[str, str] | None = None) -> Path:
 
 
 @dataclass(frozen=True)
+class TensorInfo:
+    """One tensor as the GGUF header describes it.
+
+    ``shape`` is in GGUF order (the fastest-varying dimension first, as
+    ggml's ``ne``); ``nbytes`` is what its data takes in the file and in
+    memory once loaded.
+
+    Example:
+        >>> t = TensorInfo("blk.3.attn_q.weight", (576, 576), "Q4_1", 207_360)
+        >>> t.layer, t.elements
+        (3, 331776)
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    ggml_type: str
+    nbytes: int
+
+    @property
+    def elements(self) -> int:
+        """How many numbers the tensor holds."""
+        count = 1
+        for dim in self.shape:
+            count *= dim
+        return count
+
+    @property
+    def layer(self) -> int | None:
+        """The repeating layer (``blk.N.``) the tensor belongs to, else ``None``."""
+        prefix, _, rest = self.name.partition(".")
+        number = rest.partition(".")[0]
+        return int(number) if prefix == "blk" and number.isdigit() else None
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """GGUF metadata of a model file.
 
@@ -116,6 +154,9 @@ class ModelInfo:
     head_count_kv: int | None
     chat_template: str | None
     file_size: int
+    key_length: int | None = None
+    value_length: int | None = None
+    tensors: tuple[TensorInfo, ...] = field(default=(), repr=False)
 
     def summary(self) -> str:
         """One line: name, architecture, parameters, quantisation, context, size."""
@@ -199,8 +240,8 @@ class _Header:
             raise struct.error("array runs past the end of the file")
 
 
-def _parse(path: Path) -> tuple[dict[str, Any], int, int]:
-    """Return (metadata without arrays, parameter count, bytes the tensors need)."""
+def _parse(path: Path) -> tuple[dict[str, Any], tuple[TensorInfo, ...], int]:
+    """Return (metadata without arrays, tensor descriptors, bytes the file needs)."""
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
     size = path.stat().st_size
@@ -215,18 +256,20 @@ def _parse(path: Path) -> tuple[dict[str, Any], int, int]:
         for _ in range(n_kv):
             key = header.string()
             meta[key] = header.value(header.unpack("<I"))
-        parameters = 0
+        tensors = []
         data_end = 0
         for _ in range(n_tensors):
-            header.string()
-            dims = [header.unpack("<Q") for _ in range(header.unpack("<I"))]
-            kind, offset = header.unpack("<I"), header.unpack("<Q")
+            name = header.string()
+            dims = tuple(header.unpack("<Q") for _ in range(header.unpack("<I")))
+            kind = GGMLQuantizationType(header.unpack("<I"))
+            offset = header.unpack("<Q")
             elements = 1
             for dim in dims:
                 elements *= dim
-            block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(kind)]
-            parameters += elements
-            data_end = max(data_end, offset + elements // block * type_size)
+            block, type_size = GGML_QUANT_SIZES[kind]
+            tensor = TensorInfo(name, dims, kind.name, elements // block * type_size)
+            tensors.append(tensor)
+            data_end = max(data_end, offset + tensor.nbytes)
         alignment = int(meta.get("general.alignment") or 32)
         data_start = -(-header.pos // alignment) * alignment
     needed = data_start + data_end
@@ -236,13 +279,13 @@ def _parse(path: Path) -> tuple[dict[str, Any], int, int]:
             "The download or copy was probably cut short: fetch the file again "
             "(for catalogue models: rocm-nb pull NAME)."
         )
-    return meta, parameters, needed
+    return meta, tuple(tensors), needed
 
 
 @functools.lru_cache(maxsize=64)
 def _read_info_cached(path: Path, size: int, mtime_ns: int) -> ModelInfo:
     try:
-        meta, parameters, _ = _parse(path)
+        meta, tensors, _ = _parse(path)
     except InvalidModel:
         raise
     except (struct.error, ValueError, KeyError, IndexError, OverflowError, MemoryError) as exc:
@@ -264,6 +307,7 @@ def _read_info_cached(path: Path, size: int, mtime_ns: int) -> ModelInfo:
     except ValueError:
         quantization = f"type {file_type}"
     template = meta.get("tokenizer.chat_template")
+    parameters = sum(t.elements for t in tensors)
     return ModelInfo(
         path=path,
         name=str(meta.get("general.name") or path.stem),
@@ -277,6 +321,9 @@ def _read_info_cached(path: Path, size: int, mtime_ns: int) -> ModelInfo:
         head_count_kv=number("attention.head_count_kv"),
         chat_template=template if isinstance(template, str) else None,
         file_size=size,
+        key_length=number("attention.key_length"),
+        value_length=number("attention.value_length"),
+        tensors=tensors,
     )
 
 
@@ -414,7 +461,7 @@ def resolve_model(spec: str | os.PathLike[str], *, download: bool = True,
     """Turn a path, catalogue name or ``hf:owner/repo/file.gguf`` into a local file.
 
     Example:
-        >>> resolve_model("no-such-model")
+        >>> resolve_model("no-such-model")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
         rocm_nb.errors.ModelNotFound: 'no-such-model' is neither a file nor a catalogue name ...

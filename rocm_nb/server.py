@@ -70,7 +70,11 @@ class ServerConfig:
 
     ``env`` holds extra environment variables for the server only (for
     example ``HIP_VISIBLE_DEVICES``) as sorted pairs, so the config stays
-    hashable.
+    hashable. ``flash_attn`` (``"on"``, ``"off"``, ``"auto"``) and the KV
+    cache types ``cache_type_k``/``cache_type_v`` (``"f16"``, ``"q8_0"``…)
+    become ``--flash-attn``, ``--cache-type-k`` and ``--cache-type-v``; left
+    at ``None`` the flag is omitted and the server's default applies (flash
+    attention ``auto``, ``f16`` caches).
 
     Example:
         >>> argv = ServerConfig(Path("s"), Path("m.gguf"), ctx_size=512).argv(1, "k")
@@ -78,6 +82,8 @@ class ServerConfig:
         ['s', '-m', 'm.gguf', '--host', '127.0.0.1', '--port', '1', '--api-key', 'k']
         >>> argv[9:]
         ['-c', '512', '-ngl', '0', '--parallel', '1', '--jinja', '--metrics']
+        >>> ServerConfig(Path("s"), Path("m.gguf"), 512, flash_attn="on", cache_type_v="q8_0").argv(1, "k")[-4:]
+        ['--flash-attn', 'on', '--cache-type-v', 'q8_0']
     """
 
     binary: Path
@@ -89,6 +95,9 @@ class ServerConfig:
     env: tuple[tuple[str, str], ...] = ()
     host: str = "127.0.0.1"
     rpc: tuple[str, ...] = ()
+    flash_attn: str | None = None
+    cache_type_k: str | None = None
+    cache_type_v: str | None = None
 
     def argv(self, port: int, api_key: str) -> list[str]:
         """The command line for a server on ``port`` guarded by ``api_key``."""
@@ -104,6 +113,9 @@ class ServerConfig:
             "--jinja",
             "--metrics",
             *(["--rpc", ",".join(self.rpc)] if self.rpc else []),
+            *(["--flash-attn", self.flash_attn] if self.flash_attn else []),
+            *(["--cache-type-k", self.cache_type_k] if self.cache_type_k else []),
+            *(["--cache-type-v", self.cache_type_v] if self.cache_type_v else []),
             *self.extra_args,
         ]
 

@@ -16,6 +16,7 @@ from rocm_nb.catalog import (
     CATALOGUE,
     DEFAULT_MODEL,
     CatalogueEntry,
+    TensorInfo,
     _extract,
     models_dir,
     pull,
@@ -37,6 +38,30 @@ def test_default_model_metadata(model_path: str) -> None:
     assert info.file_size == CATALOGUE[DEFAULT_MODEL].size
     assert "Q4_1" in info.summary() and "135M params" in info.summary()
     assert "| quantisation | Q4_1 |" in info._repr_markdown_()
+
+
+def test_tensor_descriptors_agree_with_the_gguf_package(model_path: str) -> None:
+    """Names, shapes, ggml types and byte sizes as gguf.GGUFReader (which reads every array) sees them."""
+    info = read_info(model_path)
+    reference = gguf.GGUFReader(model_path).tensors
+    assert [(t.name, t.shape, t.ggml_type, t.nbytes) for t in info.tensors] == [
+        (t.name, tuple(int(d) for d in t.shape), t.tensor_type.name, int(t.n_bytes)) for t in reference
+    ]
+    assert info.parameters == sum(t.elements for t in info.tensors)
+    layers = {t.layer for t in info.tensors}
+    assert layers == {None, *range(30)}  # blk.0 … blk.29, plus token_embd and output_norm
+    assert {t.name for t in info.tensors if t.layer is None} == {"token_embd.weight", "output_norm.weight"}
+    embeddings = next(t for t in info.tensors if t.name == "token_embd.weight")
+    assert (embeddings.shape, embeddings.ggml_type) == ((576, 49152), "Q8_0")
+    assert embeddings.nbytes == 576 * 49152 // 32 * 34  # Q8_0: blocks of 32 values in 34 bytes
+    assert (info.key_length, info.value_length) == (None, None)  # SmolLM2 leaves them to n_embd / n_head
+
+
+def test_tensor_layer_numbers() -> None:
+    assert TensorInfo("blk.12.ffn_up.weight", (8, 4), "F16", 64).layer == 12
+    assert TensorInfo("output.weight", (8, 4), "F16", 64).layer is None
+    assert TensorInfo("blk.x.weight", (8,), "F32", 32).layer is None
+    assert TensorInfo("blk.3.attn_q.weight", (2, 3, 4), "F32", 96).elements == 24
 
 
 def test_header_read_is_fast(model_path: str, tmp_path: Path) -> None:
@@ -135,15 +160,20 @@ def test_a_gguf_written_by_the_gguf_package(tmp_path: Path) -> None:
     writer.add_context_length(512)
     writer.add_block_count(2)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_key_length(16)
+    writer.add_value_length(8)
     writer.add_array("tokenizer.ggml.tokens", ["a", "bb", "ccc"])
     writer.add_tensor("w", np.ones((4, 8), dtype=np.float32))
+    writer.add_tensor("blk.1.h", np.ones((3, 64), dtype=np.float16))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
     info = read_info(path)
     assert (info.name, info.architecture, info.context_length, info.block_count) == ("Tiny Test", "mamba", 512, 2)
-    assert info.parameters == 32
+    assert info.parameters == 32 + 192
+    assert info.tensors == (TensorInfo("w", (8, 4), "F32", 128), TensorInfo("blk.1.h", (64, 3), "F16", 384))
+    assert (info.key_length, info.value_length) == (16, 8)
     assert info.quantization == "ALL_F32"
     assert info.chat_template is None
 

@@ -14,12 +14,15 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import io
 import json
+import queue
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack
 
@@ -29,6 +32,8 @@ from httpx_sse import EventSource, ServerSentEvent
 from rocm_nb.errors import GenerationError, ModelClosed, RocmNbError
 
 if TYPE_CHECKING:
+    from tqdm import tqdm
+
     from rocm_nb.widgets import ChatPanel
 
 __all__ = [
@@ -37,6 +42,7 @@ __all__ = [
     "Completion",
     "Message",
     "Options",
+    "Prompt",
     "Timings",
     "TokenStream",
     "connect",
@@ -45,7 +51,11 @@ __all__ = [
 Message = Mapping[str, Any]
 """One chat message: ``{"role": "user", "content": "Hi"}``."""
 
+Prompt = str | Sequence[Message]
+"""One item of :meth:`Client.map`: a prompt string or a list of chat messages."""
+
 Kind = Literal["completion", "chat"]
+_Job = tuple[Kind, Any]
 FailureHook = Callable[[Exception, str], "RocmNbError | None"]
 """Given a transport error and the partial text, return a better error (or None)."""
 
@@ -185,6 +195,75 @@ class Completion:
     def _repr_markdown_(self) -> str:
         stats = self.stats()
         return f"{self.text}\n\n<sub>{stats}</sub>" if stats else self.text
+
+    def code(self) -> str:
+        """The code in the reply: the first fenced block's content, else the whole text.
+
+        Markdown is parsed with markdown-it-py, so ```` ``` ```` and ``~~~``
+        fences both count, and a block cut off by ``max_tokens`` still yields
+        the code written so far.
+
+        Example:
+            >>> Completion("Here it is:\\n```python\\nprint(1)\\n```\\nEnjoy.", "stop", None).code()
+            'print(1)'
+            >>> Completion("print(2)\\n", "stop", None).code()
+            'print(2)'
+        """
+        from markdown_it import MarkdownIt  # imported here: `import rocm_nb` stays cheap
+
+        for token in MarkdownIt("commonmark").parse(self.text):
+            if token.type == "fence":
+                return token.content.rstrip("\n")
+        return self.text.strip()
+
+    def json(self, schema: Mapping[str, Any] | None = None) -> Any:
+        """The reply parsed as JSON and, given a JSON ``schema``, validated against it.
+
+        Raises :class:`~rocm_nb.errors.GenerationError` naming the problem
+        (where the JSON breaks, or which value breaks which rule of the
+        schema); the raw reply is kept in its ``.body``. An invalid schema is
+        a ``ValueError``.
+
+        Example:
+            >>> Completion('{"colour": "red"}', "stop", None).json({"type": "object", "required": ["colour"]})
+            {'colour': 'red'}
+            >>> schema = {"properties": {"colour": {"type": "string"}}}
+            >>> Completion('{"colour": 1}', "stop", None).json(schema)  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            rocm_nb.errors.GenerationError: the reply does not match the JSON schema at $.colour: 1 is not ...
+        """
+        try:
+            data = json.loads(self.text)
+        except json.JSONDecodeError as exc:
+            cut = (
+                "; it was cut off at max_tokens, so allow more tokens" if self.finish_reason == "length" else ""
+            )
+            raise GenerationError(
+                f"the reply is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}){cut}; "
+                "the raw reply is in the error's .body",
+                body=self.text,
+                partial=self.text,
+            ) from None
+        if schema is not None:
+            from jsonschema import SchemaError, validators  # imported here: `import rocm_nb` stays cheap
+            from jsonschema.exceptions import best_match
+
+            rules = dict(schema)
+            validator_class = validators.validator_for(rules)
+            try:
+                validator_class.check_schema(rules)
+            except SchemaError as exc:
+                raise ValueError(f"the JSON schema itself is invalid: {exc.message}; fix the schema") from None
+            error = best_match(validator_class(rules).iter_errors(data))
+            if error is not None:
+                raise GenerationError(
+                    f"the reply does not match the JSON schema at {error.json_path}: {error.message}; "
+                    "the raw reply is in the error's .body",
+                    body=self.text,
+                    partial=self.text,
+                )
+        return data
 
 
 class _Accumulator:
@@ -467,6 +546,19 @@ def _no_better_error(exc: Exception, partial: str) -> RocmNbError | None:
     return None
 
 
+def _job(prompt: Prompt, chat: bool) -> _Job:
+    """How one item of a batch is sent: a string as a user message (chat) or a plain prompt."""
+    if isinstance(prompt, str):
+        return ("chat", [{"role": "user", "content": prompt}]) if chat else ("completion", prompt)
+    return "chat", prompt
+
+
+def _progress(total: int, show: bool) -> tqdm[Any]:
+    from tqdm.auto import tqdm  # imported here: `import rocm_nb` stays cheap
+
+    return tqdm(total=total, disable=not show, desc="map", unit="prompt")
+
+
 def parse_metrics(text: str) -> dict[str, float]:
     """Parse Prometheus text (llama-server's ``/metrics``) into a flat dict.
 
@@ -563,18 +655,23 @@ class Client:
         self._ensure_open()
         return self._sync
 
+    def _new_ahttp(self) -> httpx.AsyncClient:
+        """A fresh async client on this server; its owner closes it."""
+        self._ensure_open()
+        return httpx.AsyncClient(
+            base_url=self._base_url,
+            headers=self._headers,
+            timeout=self._http_timeout,
+            transport=self._async_transport,
+            verify=_ssl_context(),
+        )
+
     def _ahttp(self) -> httpx.AsyncClient:
         """The async client for the running loop (one per loop: loops cannot share one)."""
         self._ensure_open()
         loop = asyncio.get_running_loop()
         if self._async is None or self._async_loop is not loop:
-            self._async = httpx.AsyncClient(
-                base_url=self._base_url,
-                headers=self._headers,
-                timeout=self._http_timeout,
-                transport=self._async_transport,
-                verify=_ssl_context(),
-            )
+            self._async = self._new_ahttp()
             self._async_loop = loop
         return self._async
 
@@ -591,13 +688,17 @@ class Client:
         )
 
     def _open_astream(
-        self, kind: Kind, prompt: str | Sequence[Message], options: Mapping[str, Any]
+        self,
+        kind: Kind,
+        prompt: str | Sequence[Message],
+        options: Mapping[str, Any],
+        client: httpx.AsyncClient | None = None,
     ) -> AsyncTokenStream:
         payload = build_payload(kind, prompt, options)
         endpoint = self._endpoint(kind)
 
         async def open_response() -> httpx.Response:
-            http = self._ahttp()
+            http = client or self._ahttp()
             return await http.send(http.build_request("POST", endpoint, json=payload), stream=True)
 
         return AsyncTokenStream(open_response, _Accumulator(kind), self._on_failure, self._timeout)
@@ -704,6 +805,129 @@ class Client:
             >>> (await model.achat([{"role": "user", "content": "Hi"}])).text  # doctest: +SKIP
         """
         return await self._adrain(self.achat_stream(messages, **options))
+
+    # -- batches ----------------------------------------------------------------------------
+
+    def _map_plan(self, prompts: Iterable[Prompt], chat: bool, options: Mapping[str, Any]) -> list[_Job]:
+        self._ensure_open()
+        build_payload("completion", "", options)  # bad options would fail every item: fail once, now
+        return [_job(prompt, chat) for prompt in prompts]
+
+    def _map_workers(self, concurrency: int | None) -> int:
+        """How many requests a batch keeps in flight: ``concurrency``, else the server's slots."""
+        if concurrency is None:
+            try:
+                slots = self.props().get("total_slots")
+            except RocmNbError:  # not a llama-server (no /props): one at a time is always safe
+                return 1
+            return slots if isinstance(slots, int) and slots > 0 else 1
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency <= 0:
+            raise ValueError(f"concurrency must be a positive integer, got {concurrency!r}")
+        return concurrency
+
+    async def _map_run(
+        self,
+        jobs: Sequence[_Job],
+        options: Mapping[str, Any],
+        workers: int,
+        done: Callable[[], object],
+        client: httpx.AsyncClient | None,
+    ) -> list[Completion | Exception]:
+        """Run ``jobs`` with ``workers`` requests in flight; an item's error becomes its result."""
+        results: dict[int, Completion | Exception] = {}
+        pending = iter(enumerate(jobs))
+
+        async def worker() -> None:
+            for index, (kind, prompt) in pending:
+                try:
+                    results[index] = await self._adrain(self._open_astream(kind, prompt, options, client))
+                except Exception as exc:  # recorded for its item: the batch goes on
+                    results[index] = exc
+                done()
+
+        async with asyncio.TaskGroup() as group:  # cancelling the batch cancels every request in flight
+            for _ in range(min(workers, len(jobs))):
+                group.create_task(worker())
+        return [results[index] for index in range(len(jobs))]
+
+    def map(
+        self,
+        prompts: Iterable[Prompt],
+        *,
+        chat: bool = True,
+        concurrency: int | None = None,
+        progress: bool = True,
+        **options: Unpack[Options],
+    ) -> list[Completion | Exception]:
+        """Generate for many prompts at once, over the server's parallel slots.
+
+        Each prompt is a string (sent as a user message, or as a plain
+        completion with ``chat=False``) or a list of chat messages. Up to
+        ``concurrency`` requests are in flight (default: the server's slots,
+        ``total_slots`` in ``/props``; 1 for a server that does not say), with
+        a progress bar (``tqdm.auto``: a widget in a notebook) unless
+        ``progress=False``.
+
+        Returns one result per prompt, in input order. As with
+        ``asyncio.gather(..., return_exceptions=True)``, an item that failed
+        holds its exception (for example a :class:`GenerationError` with
+        ``.status_code`` 400 for a prompt longer than a slot's context) and the
+        others still run. Invalid ``options`` fail every item alike, so they
+        raise at once. Ctrl-C (Kernel → Interrupt) cancels the requests in
+        flight, on the server too, and raises ``KeyboardInterrupt``.
+
+        Example:
+            >>> results = model.map(["Name a colour.", "Name a fruit."], max_tokens=16, temperature=0)  # doctest: +SKIP
+            >>> [r.text if isinstance(r, Completion) else f"failed: {r}" for r in results]  # doctest: +SKIP
+            ['Blue.', 'Apple.']
+        """
+        jobs = self._map_plan(prompts, chat, options)
+        workers = self._map_workers(concurrency)
+        ticks: queue.SimpleQueue[bool] = queue.SimpleQueue()  # True per finished item, False at the end
+        started: Future[asyncio.Task[list[Completion | Exception]]] = Future()
+        http = self._new_ahttp()  # the batch's own: the loop below lives and dies in a worker thread
+
+        async def batch() -> list[Completion | Exception]:
+            task = asyncio.current_task()
+            assert task is not None
+            started.set_result(task)
+            try:
+                async with http:
+                    return await self._map_run(jobs, options, workers, lambda: ticks.put(True), http)
+            finally:
+                ticks.put(False)
+
+        # a thread of its own: a notebook's main thread already runs an event loop
+        with _progress(len(jobs), progress) as bar, ThreadPoolExecutor(1, thread_name_prefix="rocm_nb-map") as pool:
+            outcome = pool.submit(asyncio.run, batch())
+            try:
+                while ticks.get():
+                    bar.update()
+            except BaseException:  # Ctrl-C: cancel the requests in flight, then wait for them to close
+                task = started.result()
+                with contextlib.suppress(RuntimeError):  # the batch had already ended
+                    task.get_loop().call_soon_threadsafe(task.cancel)
+                raise
+            return outcome.result()
+
+    async def amap(
+        self,
+        prompts: Iterable[Prompt],
+        *,
+        chat: bool = True,
+        concurrency: int | None = None,
+        progress: bool = True,
+        **options: Unpack[Options],
+    ) -> list[Completion | Exception]:
+        """Async twin of :meth:`map`; cancelling it cancels the requests in flight.
+
+        Example:
+            >>> results = await model.amap(["Hi", "Bye"], max_tokens=8)  # doctest: +SKIP
+        """
+        jobs = self._map_plan(prompts, chat, options)
+        workers = await asyncio.to_thread(self._map_workers, concurrency)
+        with _progress(len(jobs), progress) as bar:
+            return await self._map_run(jobs, options, workers, bar.update, None)
 
     # -- server utilities -------------------------------------------------------------------
 

@@ -1,0 +1,148 @@
+"""``model.map()`` and ``model.amap()``: many prompts over the server's parallel slots, real server."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from rocm_nb import Client, Completion, GenerationError, LocalModel, connect
+from rocm_nb.catalog import DEFAULT_MODEL
+from tests.conftest import wait_until
+
+GREEDY: dict[str, Any] = {"temperature": 0.0, "seed": 7, "max_tokens": 16}
+PLACES = ["sea", "desert", "forest", "arctic", "jungle", "river"]
+PROMPTS = [f"Name one animal that lives in the {place}." for place in PLACES]
+LONG = {"temperature": 0.0, "seed": 7, "max_tokens": 2000}
+STORY = "Write a very long story about a lighthouse keeper, in many chapters."
+STOP_WITHIN_S = 10  # generous: the server notices a closed stream between decodes, slow on 2 busy cores
+
+
+@pytest.fixture(scope="module")
+def wide() -> Iterator[LocalModel]:
+    """The default model on 4 slots of 1024 tokens each."""
+    with LocalModel(DEFAULT_MODEL, ctx_size=4096, parallel=4) as m:
+        yield m
+
+
+def busy_slots(client: Client, before: dict[str, float]) -> float:
+    """Average busy slots per decode since ``before`` (a metrics snapshot)."""
+    after = client.metrics()
+    decodes = after["llamacpp:n_decode_total"] - before["llamacpp:n_decode_total"]
+    busy = (after["llamacpp:n_busy_slots_per_decode"] * after["llamacpp:n_decode_total"]
+            - before["llamacpp:n_busy_slots_per_decode"] * before["llamacpp:n_decode_total"])
+    return busy / decodes
+
+
+def texts(results: list[Completion | Exception]) -> list[str]:
+    assert all(isinstance(r, Completion) for r in results), results
+    return [r.text for r in results if isinstance(r, Completion)]
+
+
+def test_results_in_input_order_equal_a_sequential_greedy_loop(wide: LocalModel) -> None:
+    sequential = [wide.chat([{"role": "user", "content": p}], **GREEDY).text for p in PROMPTS]
+    assert len(set(sequential)) == len(PROMPTS)  # distinct answers: an order mix-up would show
+    before = wide.metrics()
+    batched = wide.map(PROMPTS, progress=False, **GREEDY)
+    in_flight = busy_slots(wide, before)
+    print(f"\nmap over {len(PROMPTS)} prompts: {in_flight:.2f} busy slots per decode on average")
+    assert texts(batched) == sequential
+    assert in_flight > 1.5  # the default concurrency is the server's 4 slots, not 1
+
+
+def test_concurrency_one_runs_one_at_a_time(wide: LocalModel) -> None:
+    before = wide.metrics()
+    results = wide.map(PROMPTS[:3], concurrency=1, progress=False, **GREEDY)
+    assert len(texts(results)) == 3
+    assert busy_slots(wide, before) == pytest.approx(1.0, abs=0.01)  # /metrics rounds the average
+
+
+def test_plain_completions_and_message_lists(wide: LocalModel) -> None:
+    story = "Once upon a time"
+    messages = [{"role": "system", "content": "You answer in French."}, {"role": "user", "content": "Hello!"}]
+    raw, chat = wide.map([story, messages], chat=False, progress=False, **GREEDY)
+    assert isinstance(raw, Completion) and raw.text == wide.generate(story, **GREEDY).text
+    assert isinstance(chat, Completion) and chat.text == wide.chat(messages, **GREEDY).text
+
+
+def test_an_item_that_fails_holds_its_error_and_the_others_run(model: LocalModel) -> None:
+    too_long = "word " * 3000  # the session model has 2 slots of 2048 tokens
+    results = model.map(["Say hi.", too_long, 42, [{"role": "user", "content": "Say bye."}]],  # type: ignore[list-item]
+                        progress=False, **GREEDY)
+    first, refused, not_a_prompt, last = results
+    assert isinstance(first, Completion) and first.text
+    assert isinstance(refused, GenerationError) and refused.status_code == 400
+    assert "exceeds the available context size" in str(refused)
+    assert isinstance(not_a_prompt, TypeError)
+    assert isinstance(last, Completion) and last.text
+
+
+def test_bad_options_raise_at_once(model: LocalModel) -> None:
+    with pytest.raises(ValueError, match="max_tokens must be a positive integer"):
+        model.map(["Hi"], max_tokens=0)
+    with pytest.raises(TypeError, match="unknown option"):
+        model.map(["Hi"], temprature=0.5)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="concurrency must be a positive integer"):
+        model.map(["Hi"], concurrency=0)
+
+
+def test_progress_bar(model: LocalModel, capsys: pytest.CaptureFixture[str]) -> None:
+    model.map(PROMPTS[:2], **GREEDY)
+    shown = capsys.readouterr().err
+    assert "map: 100%" in shown and "2/2" in shown
+    model.map(PROMPTS[:2], progress=False, **GREEDY)
+    assert capsys.readouterr().err == ""
+
+
+def test_connect_gets_map_too(model: LocalModel) -> None:
+    with connect(model.base_url, api_key=model.api_key) as remote:
+        assert texts(remote.map(PROMPTS[:2], progress=False, **GREEDY)) == texts(
+            model.map(PROMPTS[:2], progress=False, **GREEDY))
+
+
+def stopped_decoding(client: Client) -> bool:
+    """True when no request is in flight and no decode happens for 0.3 s."""
+    first = client.metrics()
+    if first["llamacpp:requests_processing"] != 0:
+        return False
+    threading.Event().wait(0.3)
+    return client.metrics()["llamacpp:n_decode_total"] == first["llamacpp:n_decode_total"]
+
+
+def test_ctrl_c_cancels_the_requests_in_flight(wide: LocalModel) -> None:
+    watcher = connect(wide.base_url, api_key=wide.api_key)
+    before = watcher.metrics()["llamacpp:tokens_predicted_total"]
+    main = threading.main_thread().ident
+    assert main is not None
+
+    def interrupt_when_busy() -> None:
+        wait_until(lambda: watcher.metrics()["llamacpp:requests_processing"] >= 2, timeout=60, interval=0.05)
+        signal.pthread_kill(main, signal.SIGINT)  # what Ctrl-C or Kernel → Interrupt does
+
+    threading.Thread(target=interrupt_when_busy, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        wide.map([STORY] * 6, progress=False, **LONG)
+    took = wait_until(lambda: stopped_decoding(watcher), timeout=STOP_WITHIN_S)
+    decoded = watcher.metrics()["llamacpp:tokens_predicted_total"] - before
+    print(f"\nCtrl-C: the server decoded {decoded:.0f} of {6 * 2000} tokens, idle {took:.2f} s later")
+    assert decoded < 2 * 2000
+    assert texts(wide.map(PROMPTS[:1], progress=False, **GREEDY))  # the model still serves
+    watcher.close()
+
+
+async def test_amap_matches_map_and_cancels(wide: LocalModel) -> None:
+    assert texts(await wide.amap(PROMPTS[:2], progress=False, **GREEDY)) == texts(
+        wide.map(PROMPTS[:2], progress=False, **GREEDY))
+
+    batch = asyncio.create_task(wide.amap([STORY] * 4, progress=False, **LONG))
+    while (await asyncio.to_thread(wide.metrics))["llamacpp:requests_processing"] < 2:
+        await asyncio.sleep(0.05)
+    batch.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await batch
+    took = await asyncio.to_thread(wait_until, lambda: stopped_decoding(wide), STOP_WITHIN_S)
+    print(f"\namap cancelled: the server idle {took:.2f} s later")

@@ -22,6 +22,17 @@ walks the header through a memory map and never touches tensor data), cached
 per path, size and modification time. A file that cannot be read is an entry
 with its ``error``, never an exception for the whole scan.
 
+The "fits" column asks :func:`rocm_nb.fit.estimate` what a load with every
+layer on the GPU and a context of min(trained, 8192) tokens on one slot needs
+(what ``LocalModel(name)`` asks for by default). On a GPU machine that is
+compared with the free VRAM of the GPU llama-server may use that has the
+most, less the 1 GiB margin rocm_nb keeps free when it plans a load
+(:data:`rocm_nb.fit.GPU_MARGIN`): "yes" means the whole model goes to the
+GPU. On a machine without a GPU, llama-server runs on the CPU, the column is
+titled "fits in RAM? (CPU)", and the whole estimate is compared with the RAM
+available now (``psutil.virtual_memory().available``). When the free VRAM is
+unknown the column shows "?".
+
 Example:
     >>> lib = models(environ={"ROCM_NB_CACHE": "/nonexistent", "HF_HUB_CACHE": "/nonexistent"})
     >>> len(lib)
@@ -40,12 +51,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, overload
 
+import psutil
+
 from rocm_nb.catalog import CATALOGUE, DEFAULT_MODEL, ModelInfo, _human_count, models_dir, read_info
 from rocm_nb.errors import RocmNbError
+from rocm_nb.fit import GPU_MARGIN, estimate
+from rocm_nb.hardware import Hardware, detect
 
 __all__ = ["LibraryEntry", "ModelLibrary", "hf_hub_cache", "model_names", "models"]
 
 Source = Literal["rocm_nb", "huggingface", "directory"]
+FIT_CTX = 8192
+"""The context the "fits" column assumes (or the trained context, when smaller): ``LocalModel``'s default."""
 _SHARD = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
 
 
@@ -55,7 +72,9 @@ class LibraryEntry:
 
     ``name`` is what loads it (a catalogue name, ``hf:owner/repo/file.gguf``
     or a path); ``info`` is its GGUF metadata, ``None`` when ``error`` says
-    why it could not be read.
+    why it could not be read. ``memory`` is the estimated bytes a default
+    load needs where the library compares it (VRAM on a GPU machine, all of
+    it on the CPU), and ``fits`` the answer (``None``: unknown).
 
     Example:
         >>> entry = models()[0]  # doctest: +SKIP
@@ -70,6 +89,18 @@ class LibraryEntry:
     shards: int
     info: ModelInfo | None
     error: str | None
+    memory: int | None = None
+    fits: bool | None = None
+
+
+@dataclass(frozen=True)
+class _Budget:
+    """What the "fits" column compares with: its title, the bytes free (``None``: unknown) and how it was chosen."""
+
+    title: str
+    free: int | None
+    note: str
+    gpu: bool
 
 
 @dataclass(frozen=True)
@@ -88,7 +119,7 @@ class ModelLibrary(Sequence[LibraryEntry]):
 
     ``str()`` (and the REPL) give a text table, a notebook shows an HTML
     table; ``notes`` say what was scanned and what the "fits" column
-    compares against.
+    (titled ``fits_title``) compares against.
 
     Example:
         >>> lib = ModelLibrary([], notes=["nothing here"])
@@ -96,11 +127,12 @@ class ModelLibrary(Sequence[LibraryEntry]):
         (0, 'nothing here')
     """
 
-    _HEADERS = ("name", "architecture", "parameters", "quantisation", "size", "trained ctx", "chat template")
-
-    def __init__(self, entries: Iterable[LibraryEntry], *, notes: Iterable[str] = ()) -> None:
+    def __init__(self, entries: Iterable[LibraryEntry], *, notes: Iterable[str] = (),
+                 fits_title: str = "fits in VRAM?") -> None:
         self.entries = tuple(entries)
         self.notes = tuple(notes)
+        self.headers = ("name", "architecture", "parameters", "quantisation", "size", "trained ctx",
+                        "chat template", fits_title)
 
     @overload
     def __getitem__(self, index: int) -> LibraryEntry: ...
@@ -132,14 +164,16 @@ class ModelLibrary(Sequence[LibraryEntry]):
                 _human_bytes(entry.size) + (f" ({entry.shards} shards)" if entry.shards > 1 else ""),
                 str(info.context_length or "?"),
                 "yes" if info.chat_template else "no",
+                "?" if entry.fits is None or entry.memory is None
+                else f"{'yes' if entry.fits else 'no'} ({_human_bytes(entry.memory)})",
             ]))
         return rows
 
     def __str__(self) -> str:
         rows = self._rows()
         cells = [[name, *body] for name, body in rows if isinstance(body, list)]
-        widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(self._HEADERS)]
-        lines = ["  ".join(h.ljust(w) for h, w in zip(self._HEADERS, widths, strict=True)).rstrip()]
+        widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(self.headers)]
+        lines = ["  ".join(h.ljust(w) for h, w in zip(self.headers, widths, strict=True)).rstrip()]
         for name, body in rows:
             if isinstance(body, list):
                 lines.append("  ".join(c.ljust(w) for c, w in zip([name, *body], widths, strict=True)).rstrip())
@@ -152,14 +186,14 @@ class ModelLibrary(Sequence[LibraryEntry]):
     __repr__ = __str__
 
     def _repr_html_(self) -> str:
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in self._HEADERS)
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in self.headers)
         body = ""
         for entry, (name, cells) in zip(self.entries, self._rows(), strict=True):
             first = f'<td title="{html.escape(str(entry.path))}"><code>{html.escape(name)}</code></td>'
             if isinstance(cells, list):
                 rest = "".join(f"<td>{html.escape(c)}</td>" for c in cells)
             else:
-                rest = f'<td colspan="{len(self._HEADERS) - 1}">{html.escape(cells)}</td>'
+                rest = f'<td colspan="{len(self.headers) - 1}">{html.escape(cells)}</td>'
             body += f"<tr>{first}{rest}</tr>"
         table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>" if self.entries else ""
         notes = "".join(f"<li>{html.escape(n)}</li>" for n in self.notes)
@@ -285,7 +319,37 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _describe(found: _Found) -> LibraryEntry:
+def _budget(hardware: Hardware) -> _Budget:
+    """The free memory the "fits" column compares with, and a note saying which and why."""
+    if hardware.backend == "cpu" or not hardware.gpus:
+        available = psutil.virtual_memory().available
+        return _Budget("fits in RAM? (CPU)", available, (
+            f"no GPU: llama-server runs on the CPU, so \"fits\" compares each model's estimated memory "
+            f"(ctx min(trained, {FIT_CTX})) with the {_human_bytes(available)} of RAM available now"
+        ), gpu=False)
+    visible = None if hardware.visible_devices is None else set(hardware.visible_devices.split(","))
+    known = [g for g in hardware.gpus if g.vram_free is not None and (visible is None or str(g.index) in visible)]
+    if not known:
+        return _Budget("fits in VRAM?", None, "free VRAM unknown (no tool or sysfs file reported it): "
+                       "\"fits\" shows ?; rocm-nb doctor says what is missing", gpu=True)
+    gpu = max(known, key=lambda g: g.vram_free or 0)
+    free = gpu.vram_free or 0
+    return _Budget("fits in VRAM?", max(0, free - GPU_MARGIN), (
+        f"\"fits\": every layer and the KV cache of min(trained, {FIT_CTX}) tokens on GPU {gpu.index} "
+        f"({gpu.name}), whose {_human_bytes(free)} of free VRAM is the most, less the "
+        f"{_human_bytes(GPU_MARGIN)} rocm_nb keeps free"
+    ), gpu=True)
+
+
+def _memory(info: ModelInfo, budget: _Budget) -> tuple[int, bool | None]:
+    """Estimated bytes of a default load, where ``budget`` counts them, and whether they fit."""
+    ctx = min(info.context_length or FIT_CTX, FIT_CTX)
+    needed = estimate(info, ctx_size=ctx, gpu_layers=(info.block_count or 0) + 1 if budget.gpu else 0)
+    memory = needed.vram if budget.gpu else needed.total
+    return memory, None if budget.free is None else memory <= budget.free
+
+
+def _describe(found: _Found, budget: _Budget) -> LibraryEntry:
     size = sum(_size(p) for p in found.files)
     error = None
     info = None
@@ -306,7 +370,8 @@ def _describe(found: _Found) -> LibraryEntry:
                     parameters=sum(p.parameters or 0 for p in parts) or None,
                     tensors=tuple(t for p in parts for t in p.tensors),
                 )
-    return LibraryEntry(found.name, found.files[0], found.source, size, len(found.files), info, error)
+    memory, fits = _memory(info, budget) if info is not None else (None, None)
+    return LibraryEntry(found.name, found.files[0], found.source, size, len(found.files), info, error, memory, fits)
 
 
 def model_names(dirs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None = None, *,
@@ -325,11 +390,12 @@ def model_names(dirs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] 
 
 
 def models(dirs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None = None, *,
-           environ: Mapping[str, str] | None = None) -> ModelLibrary:
+           environ: Mapping[str, str] | None = None, hardware: Hardware | None = None) -> ModelLibrary:
     """Every GGUF model on this machine, as a table (HTML in a notebook, text in a terminal).
 
     ``dirs`` replaces ``ROCM_NB_MODEL_DIR`` (one directory or several); the
-    rocm_nb and Hugging Face caches are always scanned. Not to be confused
+    rocm_nb and Hugging Face caches are always scanned. ``hardware`` (default:
+    :func:`~rocm_nb.hardware.detect`) decides what "fits" compares with. Not to be confused
     with :meth:`rocm_nb.Client.models`, which asks a running server which
     models *it* offers.
 
@@ -342,12 +408,15 @@ def models(dirs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | Non
         32768
     """
     env = os.environ if environ is None else environ
+    budget = _budget(detect(environ=env) if hardware is None else hardware)
     notes: list[str] = []
-    entries = [_describe(found) for found in _discover(dirs, env, notes)]
+    entries = [_describe(found, budget) for found in _discover(dirs, env, notes)]
     places = [str(models_dir(env)), str(hf_hub_cache(env)), *(str(d) for d in _user_dirs(dirs, env))]
     if entries:
         notes.insert(0, f"{len(entries)} model(s) found in {', '.join(places)}")
     else:
         notes.insert(0, f"no .gguf files in {', '.join(places)}. rocm-nb pull {DEFAULT_MODEL} fetches the "
                         "default model; list your own model folders in ROCM_NB_MODEL_DIR (separated by ':')")
-    return ModelLibrary(entries, notes=notes)
+    if entries:
+        notes.append(budget.note)
+    return ModelLibrary(entries, notes=notes, fits_title=budget.title)

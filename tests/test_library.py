@@ -17,9 +17,13 @@ import pytest
 
 from rocm_nb import models
 from rocm_nb.catalog import CATALOGUE, DEFAULT_MODEL, read_info, resolve_model
+from rocm_nb.fit import GPU_MARGIN, estimate
+from rocm_nb.hardware import GPU, Hardware
 from rocm_nb.library import LibraryEntry, ModelLibrary, hf_hub_cache, model_names
 
 TEMPLATE = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}"
+CPU_ONLY = Hardware("cpu", (), None, ())
+GiB = 2**30
 
 
 def write_gguf(path: Path, name: str, *, arch: str = "llama", ctx: int = 2048, template: str | None = None,
@@ -169,12 +173,15 @@ def test_every_name_loads_the_file_it_lists(machine: Machine, monkeypatch: pytes
 
 
 def test_text_and_html_tables(machine: Machine) -> None:
-    library = models(environ=machine.env)
+    library = models(environ=machine.env, hardware=CPU_ONLY)
     text = str(library)
     header, *lines = text.splitlines()
     assert header.split("  ")[0] == "name" and "quantisation" in header and "chat template" in header
     row = next(line for line in lines if line.startswith(DEFAULT_MODEL))
-    assert row.split() == [DEFAULT_MODEL, "llama", "135M", "Q4_1", "94", "MiB", "8192", "yes"]
+    memory = by_name(library)[DEFAULT_MODEL].memory
+    assert memory is not None
+    assert row.split() == [DEFAULT_MODEL, "llama", "135M", "Q4_1", "94", "MiB", "8192", "yes", "yes",
+                           f"({memory / 2**20:.0f}", "MiB)"]
     big = next(line for line in lines if line.startswith("hf:acme/tiny-GGUF/F16/big"))
     assert "(3 shards)" in big and "qwen2" in big and "32768" in big
     notes = next(line for line in lines if line.startswith(f"{machine.mine}/notes.gguf"))
@@ -186,7 +193,7 @@ def test_text_and_html_tables(machine: Machine) -> None:
     page = library._repr_html_()
     assert page.count("<tr>") == 1 + len(library)
     assert "&lt;b&gt;odd&amp;name.gguf" in page and "<b>odd" not in page
-    assert f'<td colspan="{len(ModelLibrary._HEADERS) - 1}">' in page
+    assert f'<td colspan="{len(library.headers) - 1}">' in page and "<th>fits in RAM? (CPU)</th>" in page
     assert f'title="{machine.more}/other.gguf"' in page
 
 
@@ -251,7 +258,8 @@ def test_a_40_gb_model_is_described_from_its_header_alone(tmp_path: Path) -> Non
     assert size > 40 * 10**9 and path.stat().st_blocks * 512 < 64 * 2**20  # sparse: no tensor data on disk
 
     began = time.perf_counter()
-    entry = models(path.parent, environ={"ROCM_NB_CACHE": str(tmp_path), "HF_HUB_CACHE": str(tmp_path)})[0]
+    entry = models(path.parent, environ={"ROCM_NB_CACHE": str(tmp_path), "HF_HUB_CACHE": str(tmp_path)},
+                   hardware=CPU_ONLY)[0]
     elapsed = time.perf_counter() - began
     assert entry.info is not None and entry.size == size
     assert entry.info.parameters == count * shape[0] * shape[1] and entry.info.context_length == 131072
@@ -277,3 +285,52 @@ def resident_bytes(path: Path, start: int) -> int:
     finally:
         libc.munmap(address, size)
     return int((pages[start // page + 1:] & 1).sum()) * page
+
+
+def test_fits_on_the_cpu_compares_everything_with_available_ram(machine: Machine) -> None:
+    import psutil
+
+    library = models(environ=machine.env, hardware=CPU_ONLY)
+    assert library.headers[-1] == "fits in RAM? (CPU)"
+    default = by_name(library)[DEFAULT_MODEL]
+    assert default.info is not None and default.info.context_length == 8192
+    load = estimate(default.info, ctx_size=8192, gpu_layers=0)  # what LocalModel(name) asks for on the CPU
+    assert default.memory == load.total and load.vram == 0 and default.fits is True
+    assert default.memory < psutil.virtual_memory().available
+    deep = by_name(library)[f"{machine.mine}/nested/deeper/mamba.gguf"]
+    assert deep.info is not None and deep.memory == estimate(deep.info, ctx_size=1024).total  # trained ctx < 8192
+    assert "RAM available now" in library.notes[-1]
+    assert all(e.memory is None and e.fits is None for e in library if e.info is None)
+
+
+def rocm(*gpus: GPU, visible: str | None = None) -> Hardware:
+    return Hardware("rocm", gpus, visible, ())
+
+
+def test_fits_on_a_gpu_uses_the_visible_gpu_with_the_most_free_vram(machine: Machine) -> None:
+    apu = GPU(0, "AMD Radeon 780M", "gfx1103", "amd", 32 * GiB, 0, True)  # the most "VRAM", but masked
+    small = GPU(1, "AMD Radeon RX 7600", "gfx1102", "amd", 8 * GiB, 7 * GiB, False)
+    big = GPU(2, "AMD Radeon RX 7900 XTX", "gfx1100", "amd", 24 * GiB, 2 * GiB, False)
+    library = models(environ=machine.env, hardware=rocm(apu, small, big, visible="1,2"))
+    default = by_name(library)[DEFAULT_MODEL]
+    assert default.info is not None and default.info.block_count is not None
+    every_layer = estimate(default.info, ctx_size=8192, gpu_layers=default.info.block_count + 1)
+    assert default.memory == every_layer.vram and default.fits is True
+    assert library.headers[-1] == "fits in VRAM?"
+    assert "GPU 2 (AMD Radeon RX 7900 XTX), whose 22.0 GiB of free VRAM is the most" in library.notes[-1]
+    assert f"yes ({default.memory / 2**20:.0f} MiB)" in str(library)
+
+
+def test_fits_answers_no_when_the_free_vram_is_too_small(machine: Machine) -> None:
+    default_vram = by_name(models(environ=machine.env, hardware=rocm(
+        GPU(0, "AMD Radeon RX 6600", "gfx1032", "amd", 8 * GiB, 0, False))))[DEFAULT_MODEL].memory
+    assert default_vram is not None
+    tight = GPU(0, "AMD Radeon RX 6600", "gfx1032", "amd", 8 * GiB, 8 * GiB - GPU_MARGIN - default_vram + 1, False)
+    entries = by_name(models(environ=machine.env, hardware=rocm(tight)))
+    assert entries[DEFAULT_MODEL].fits is False  # one byte short, once the margin is kept free
+    tiny = entries["hf:acme/tiny-GGUF/tiny.Q8_0.gguf"]
+    assert tiny.fits is True and tiny.memory is not None and tiny.memory < default_vram
+    unknown = models(environ=machine.env, hardware=rocm(GPU(0, "AMD Radeon RX 6600", "gfx1032", "amd", None, None,
+                                                            False)))
+    assert all(e.fits is None for e in unknown) and "free VRAM unknown" in unknown.notes[-1]
+    assert f"{DEFAULT_MODEL} " in str(unknown) and str(unknown).splitlines()[1].endswith(" ?")

@@ -290,7 +290,10 @@ def _discover(dirs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | 
     singles: list[_Found] = []
     shards: dict[tuple[Path, str, int], list[tuple[int, str, Path, Source]]] = {}
     for name, path, source in named:
-        real = path.resolve()
+        try:
+            real = path.resolve()
+        except (OSError, RuntimeError):  # a symlink loop: read_info will say what is wrong with it
+            real = path
         if real in seen:
             continue
         seen.add(real)

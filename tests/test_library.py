@@ -95,6 +95,7 @@ def machine(tmp_path: Path, model_path: str) -> Machine:
     (mine / "notes.gguf").write_text("# not a model\n")
     (mine / "<b>odd&name.gguf").write_bytes(b"GGUF\x03\x00\x00\x00" + b"\xff" * 8 + b"\x00" * 8)  # 2**64 tensors
     (mine / "again.gguf").symlink_to(snapshot / "tiny.Q8_0.gguf")  # the HF file once more, through a link
+    (mine / "loop.gguf").symlink_to(mine / "loop.gguf")
     write_gguf(more / "other.gguf", "Other", ctx=4096, template=TEMPLATE)
 
     env = {"ROCM_NB_CACHE": str(cache), "HF_HUB_CACHE": str(hub),
@@ -115,6 +116,7 @@ def test_finds_every_model_once_in_the_three_places(machine: Machine, model_path
         "hf:acme/tiny-GGUF/tiny.Q8_0.gguf",
         f"{mine}/<b>odd&name.gguf",
         f"{mine}/gap-00001-of-00003.gguf",
+        f"{mine}/loop.gguf",
         f"{mine}/nested/deeper/mamba.gguf",
         f"{mine}/notes.gguf",
         f"{machine.more}/other.gguf",
@@ -129,7 +131,7 @@ def test_finds_every_model_once_in_the_three_places(machine: Machine, model_path
     assert tiny.source == "huggingface" and tiny.path.is_symlink() and tiny.shards == 1
     assert tiny.info is not None and (tiny.info.name, tiny.info.chat_template) == ("Tiny", TEMPLATE)
     # the blob is reached through two revisions and a user's symlink: one entry
-    assert [e.name for e in library if e.path.resolve() == tiny.path.resolve()] == [tiny.name]
+    assert [e.name for e in library if os.path.realpath(e.path) == os.path.realpath(tiny.path)] == [tiny.name]
 
     deep = entries[f"{mine}/nested/deeper/mamba.gguf"]
     assert deep.source == "directory"
@@ -156,6 +158,8 @@ def test_unreadable_files_are_entries_with_the_error(machine: Machine) -> None:
     assert gap.error is not None and gap.error.startswith("shard 2 of 3 missing") and "download" in gap.error
     notes = entries[f"{mine}/notes.gguf"]
     assert notes.info is None and notes.error is not None and "is not a GGUF file" in notes.error
+    loop = entries[f"{mine}/loop.gguf"]
+    assert loop.info is None and loop.error is not None and loop.error.startswith("no such model file")
     odd = entries[f"{mine}/<b>odd&name.gguf"]
     assert odd.info is None and odd.error is not None and "cannot be read" in odd.error
 
@@ -188,7 +192,7 @@ def test_text_and_html_tables(machine: Machine) -> None:
     assert "✗" in notes and "is not a GGUF file" in notes
     assert repr(library) == text
     assert lines[-len(library.notes):] == list(library.notes)
-    assert library.notes[0].startswith("8 model(s) found in ")
+    assert library.notes[0].startswith("9 model(s) found in ")
 
     page = library._repr_html_()
     assert page.count("<tr>") == 1 + len(library)

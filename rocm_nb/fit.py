@@ -216,9 +216,9 @@ class MemoryEstimate:
     cells llama.cpp allocates (rounded up per slot).
 
     Example:
-        >>> e = MemoryEstimate(0, 31, 4096, 1, 0, 96 << 20, 0, 90 << 20, 0, 18 << 20, 15 << 20)
+        >>> e = MemoryEstimate(0, 31, 4096, 1, 0, 92 << 20, 0, 90 << 20, 0, 18 << 20, 32 << 20)
         >>> e.total // 2**20, e.vram
-        (219, 0)
+        (232, 0)
     """
 
     gpu_layers: int
@@ -305,6 +305,14 @@ def _estimate(shape: _Shape, *, ctx_size: int, parallel: int, gpu_layers: int, c
     )
 
 
+def _checked_shape(info: ModelInfo, ctx_size: int, parallel: int, flash_attn: str | None, cache_type_k: str,
+                   cache_type_v: str) -> _Shape:
+    check_cache_options(info, flash_attn=flash_attn, cache_type_k=cache_type_k, cache_type_v=cache_type_v)
+    if ctx_size <= 0 or parallel <= 0:
+        raise ValueError(f"ctx_size and parallel must be positive, got {ctx_size} and {parallel}")
+    return _Shape.of(info)
+
+
 def estimate(
     info: ModelInfo,
     *,
@@ -327,10 +335,8 @@ def estimate(
         >>> e.vram // 2**20, e.ram // 2**20  # doctest: +SKIP
         (186, 28)
     """
-    check_cache_options(info, flash_attn=flash_attn, cache_type_k=cache_type_k, cache_type_v=cache_type_v)
-    if ctx_size <= 0 or parallel <= 0:
-        raise ValueError(f"ctx_size and parallel must be positive, got {ctx_size} and {parallel}")
-    return _estimate(_Shape.of(info), ctx_size=ctx_size, parallel=parallel, gpu_layers=gpu_layers,
+    shape = _checked_shape(info, ctx_size, parallel, flash_attn, cache_type_k, cache_type_v)
+    return _estimate(shape, ctx_size=ctx_size, parallel=parallel, gpu_layers=gpu_layers,
                      cache_type_k=cache_type_k, cache_type_v=cache_type_v,
                      flash=flash_attn != "off", ubatch=ubatch)
 
@@ -343,7 +349,7 @@ class FitPlan:
     ``note`` is the one-line explanation ``%rocm_load`` prints.
 
     Example:
-        >>> e = MemoryEstimate(0, 31, 4096, 1, 0, 92 << 20, 0, 90 << 20, 0, 18 << 20, 15 << 20)
+        >>> e = MemoryEstimate(0, 31, 4096, 1, 0, 92 << 20, 0, 90 << 20, 0, 18 << 20, 32 << 20)
         >>> str(FitPlan(0, 4096, e, True, "runs on the CPU"))
         'runs on the CPU'
     """
@@ -388,8 +394,7 @@ def plan(
         >>> p.gpu_layers, p.note  # doctest: +SKIP
         (23, 'only 23 of 33 layers of … fit in the 6.0 GiB of free VRAM …')
     """
-    check_cache_options(info, flash_attn=flash_attn, cache_type_k=cache_type_k, cache_type_v=cache_type_v)
-    shape = _Shape.of(info)
+    shape = _checked_shape(info, ctx_size, parallel, flash_attn, cache_type_k, cache_type_v)
     layers = len(shape.layer_bytes) + 1
 
     def fitting(ngl: int, ctx: int) -> MemoryEstimate:

@@ -10,6 +10,7 @@ import pytest
 
 from rocm_nb import LocalModel
 from rocm_nb.catalog import ModelInfo, read_info
+from rocm_nb.display import status_bundle
 from rocm_nb.fit import (
     GPU_MARGIN,
     MemoryEstimate,
@@ -69,6 +70,16 @@ def test_total_is_within_ten_percent_of_the_measured_rss(loaded: tuple[LocalMode
         assert model.fit.estimate.total > rss
     else:
         assert model.fit.estimate.total == pytest.approx(rss, rel=0.10)
+
+
+def test_status_shows_the_estimate_beside_the_measured_memory(loaded: tuple[LocalModel, int]) -> None:
+    model, _ = loaded
+    row = {"alias": "m", **model.status()}
+    text = status_bundle([row], current="m", notes=[])["text/plain"]
+    assert f"estimated {row['estimate_bytes'] / MiB:.0f} MiB, measured {row['rss_bytes'] / MiB:.0f} MiB" in text
+    assert "VRAM estimated" not in text  # nothing on a GPU here
+    gpu_row = {**row, "estimate_vram_bytes": 3 * 2**30}
+    assert "VRAM estimated 3072 MiB" in status_bundle([gpu_row], current=None, notes=[])["text/html"]
 
 
 def test_estimate_splits_weights_and_kv_by_layer(info: ModelInfo) -> None:

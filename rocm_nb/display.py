@@ -124,14 +124,28 @@ _STATUS_COLUMNS = (
 )
 
 
-def _cell(key: str, value: Any) -> str:
+def _mib(value: int) -> str:
+    return f"{value / 2**20:.0f} MiB"
+
+
+def _memory(row: dict[str, Any]) -> str:
+    """Measured RSS beside the load's estimate ("estimated X, measured Y"), plus the estimated VRAM."""
+    measured, estimated, vram = row.get("rss_bytes"), row.get("estimate_bytes"), row.get("estimate_vram_bytes")
+    if estimated is None:
+        return "–" if measured is None else _mib(measured)
+    text = f"estimated {_mib(estimated)}, measured {'–' if measured is None else _mib(measured)}"
+    return f"{text}; VRAM estimated {_mib(vram)}" if vram else text
+
+
+def _cell(key: str, row: dict[str, Any]) -> str:
+    value = row.get(key)
+    if key == "rss_bytes":
+        return _memory(row)
     if value is None:
         return "–"
     if key == "uptime_s":
         minutes, seconds = divmod(int(value), 60)
         return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{seconds:02d}s"
-    if key == "rss_bytes":
-        return f"{value / 2**20:.0f} MiB"
     if key == "decode_tps":
         return f"{value:.1f}"
     if key == "rpc":
@@ -142,12 +156,15 @@ def _cell(key: str, value: Any) -> str:
 def status_bundle(rows: list[dict[str, Any]], *, current: str | None, notes: list[str]) -> Bundle:
     """A text and HTML table of running models, followed by hardware notes.
 
+    The memory column holds the measured RSS of each server beside the
+    memory estimate of its load (``estimated X, measured Y``).
+
     Example:
         >>> b = status_bundle([{"alias": "m", "state": "running"}], current="m", notes=["backend cpu"])
         >>> b["text/plain"].splitlines()[1].split()[:2]
         ['*', 'm']
     """
-    cells = [[_cell(key, row.get(key)) for key, _ in _STATUS_COLUMNS] for row in rows]
+    cells = [[_cell(key, row) for key, _ in _STATUS_COLUMNS] for row in rows]
     marks = ["*" if row.get("alias") == current else " " for row in rows]
     headers = [title for _, title in _STATUS_COLUMNS]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]

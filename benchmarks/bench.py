@@ -7,7 +7,9 @@ and spread. Decoding is greedy with a fixed seed so both sides decode the
 same tokens.
 
 Run with ``make bench``; the table is printed and written into
-``benchmarks/README.md`` between the RESULTS markers.
+``benchmarks/README.md`` between the RESULTS markers. ``BENCH_ONLY=map,kernel``
+runs only the named figures (names in ``run()``) and prints their rows
+without touching the README.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ import subprocess
 import sys
 import time
 import tracemalloc
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import psutil
 
-from rocm_nb import LocalModel
+from rocm_nb import Completion, LocalModel
 from rocm_nb.catalog import DEFAULT_MODEL, resolve_model
 from rocm_nb.server import free_port
 
@@ -281,6 +284,37 @@ def bench_rpc(path: Path) -> list[Row]:
                 spread(ratios), True, f"one process {statistics.median(single_tps):.1f} tok/s")]
 
 
+def bench_map(path: Path, prompts: int = 16, slots: int = 4) -> list[Row]:
+    """``model.map()`` over the server's slots against a loop of ``chat()``, same server, alternating order."""
+    questions = [f"Write two sentences about the number {i}." for i in range(prompts)]
+    options = {"max_tokens": 64, **GREEDY}
+    speedups, loop_times, map_times, step_ratios = [], [], [], []
+    with LocalModel(path, ctx_size=1024 * slots, parallel=slots) as model:
+        model.map(questions[:slots], progress=False, **options)  # warm up
+        for rep in range(max(3, REPS // 2)):
+            timed: dict[str, tuple[float, list[str]]] = {}
+            steps: dict[str, float] = {}
+            for side in ("loop", "map") if rep % 2 == 0 else ("map", "loop"):
+                decodes = model.metrics()["llamacpp:n_decode_total"]
+                began = time.perf_counter()
+                if side == "loop":
+                    texts = [model.chat([{"role": "user", "content": q}], **options).text for q in questions]
+                else:
+                    texts = [r.text if isinstance(r, Completion) else repr(r)
+                             for r in model.map(questions, progress=False, **options)]
+                timed[side] = (time.perf_counter() - began, texts)
+                steps[side] = model.metrics()["llamacpp:n_decode_total"] - decodes
+            assert timed["loop"][1] == timed["map"][1], "both sides must decode the same tokens, in order"
+            speedups.append(timed["loop"][0] / timed["map"][0])
+            loop_times.append(timed["loop"][0])
+            map_times.append(timed["map"][0])
+            step_ratios.append(steps["loop"] / steps["map"])
+    return [Row(f"`model.map()` over {prompts} prompts, parallel {slots} / sequential `chat()` loop (speed-up)",
+                "reported, no target", spread(speedups, "×"), True,
+                f"loop {spread(loop_times, ' s')}, map {spread(map_times, ' s')}; the server ran "
+                f"{statistics.median(step_ratios):.1f}× fewer decode steps; 64 tokens each at most")]
+
+
 _IN_PROCESS = """
 import json, sys, time
 from llama_cpp import Llama
@@ -352,18 +386,30 @@ def run() -> None:
     path = resolve_model(DEFAULT_MODEL)
     rows: list[Row] = []
     with LocalModel(path, ctx_size=4096) as model:
+        figures: dict[str, Callable[[], list[Row]]] = {
+            "streaming": lambda: bench_streaming(model),
+            "prompt_cache": lambda: bench_prompt_cache(model),
+            "memory": lambda: bench_memory(model),
+            "in_process": lambda: bench_in_process(model),
+            "start": lambda: bench_start(path),
+            "kernel": lambda: bench_kernel(path),
+            "rpc": lambda: bench_rpc(path),
+            "map": lambda: bench_map(path),
+            "import": bench_import,
+        }
+        only = [name for name in os.environ.get("BENCH_ONLY", "").split(",") if name]
+        unknown = set(only) - set(figures)
+        if unknown:
+            raise SystemExit(f"BENCH_ONLY: no figure called {', '.join(sorted(unknown))}; "
+                             f"choose from {', '.join(figures)}")
         ours_stream(model, 16)  # warm up
-        rows += bench_streaming(model)
-        rows += bench_prompt_cache(model)
-        rows += bench_memory(model)
-        rows += bench_in_process(model)
-        rows += bench_start(path)
-        rows += bench_kernel(path)
-        rows += bench_rpc(path)
-        rows += bench_import()
+        for name, figure in figures.items():
+            if not only or name in only:
+                rows += figure()
         table = render(rows, model, time.perf_counter() - began)
     print(table)
-    write_readme(table)
+    if not only:  # a partial run must not replace the full table
+        write_readme(table)
 
 
 if __name__ == "__main__":

@@ -262,6 +262,8 @@ def test_interrupt_stops_the_generation_fast_and_keeps_the_model(kernel: Kernel)
     print(f"\ninterrupt: execute_reply {latency * 1000:.0f} ms after interrupt_kernel()")
 
     assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt"
+    traceback = "\n".join(reply["traceback"])
+    assert "httpx" not in traceback and "another exception" not in traceback  # one short KeyboardInterrupt
     assert latency < 1.0
     streamed = shown[-2]["content"]["data"]["text/plain"].rstrip("▌")
     final = shown[-1]
@@ -302,3 +304,17 @@ def test_stream_updates_are_coalesced(kernel: Kernel) -> None:
           f"tokens/s: {tps:.1f} ({tokens} tokens)")
     assert span >= 0.5 and tokens >= 50  # a stream long enough to measure
     assert rate <= 30
+
+
+def test_format_code_sends_a_set_next_input_payload(kernel: Kernel) -> None:
+    load_with_magic(kernel)
+    msg_id = kernel.execute("%%rocm_generate --format code --max-tokens 96 --temperature 0 --seed 1 --out r\n"
+                            "Write a Python function that adds two numbers.")
+    reply = kernel.reply(msg_id)
+    kernel.iopub(msg_id, idle)
+    assert reply["status"] == "ok", reply
+    text = json.loads(stdout(kernel.run("import json; print(json.dumps(r.text))")))
+    fenced = text.split("```", 2)[1].split("\n", 1)[1].rstrip("\n")  # the first fenced block's code
+    assert "def " in fenced
+    # the front-end opens a new cell below holding the code; nothing runs it
+    assert reply["payload"] == [{"source": "set_next_input", "text": fenced, "replace": False}]

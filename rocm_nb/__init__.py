@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from rocm_nb.client import AsyncTokenStream, Client, Completion, Timings, TokenStream, connect
+from rocm_nb.client import AsyncTokenStream, Client, Completion, Prompt, Timings, TokenStream, connect
 from rocm_nb.errors import (
     BinaryNotFound,
     BuildError,
@@ -32,6 +32,7 @@ from rocm_nb.errors import (
     ServerStartError,
     ServerStartTimeout,
 )
+from rocm_nb.fit import FitPlan, MemoryEstimate
 from rocm_nb.hardware import GpuUsage, gpu_usage
 from rocm_nb.library import models
 from rocm_nb.model import LocalModel, rpc_worker
@@ -47,15 +48,18 @@ __all__ = [
     "BuildError",
     "Client",
     "Completion",
+    "FitPlan",
     "GenerationError",
     "GpuMonitor",
     "GpuUsage",
     "InvalidModel",
     "LocalModel",
+    "MemoryEstimate",
     "ModelClosed",
     "ModelNotFound",
     "MonitorSample",
     "ProcessUsage",
+    "Prompt",
     "RocmNbError",
     "ServerCrashed",
     "ServerStartError",

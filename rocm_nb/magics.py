@@ -6,6 +6,8 @@
 * ``%%rocm_generate [options]`` — the cell is the prompt; ``{name}`` is filled
   from the user namespace (``{{`` and ``}}`` for literal braces)
 * ``%rocm_chat``, ``%rocm_status``, ``%rocm_stop [ALIAS|--all]``
+* ``%rocm_models [DIR ...]`` — the GGUF models on this machine; ``%rocm_load``
+  tab-completes their names
 
 Each magic documents its options: ``%%rocm_generate?``.
 
@@ -19,14 +21,13 @@ Example (in a notebook)::
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
 import time
 from collections.abc import Mapping
 from typing import Any
 
-from IPython.core.error import UsageError
+from IPython.core.error import TryNext, UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
@@ -35,9 +36,10 @@ from rocm_nb.catalog import DEFAULT_MODEL
 from rocm_nb.client import Client, Completion, Options, connect
 from rocm_nb.display import StreamDisplay, ipython_publisher, status_bundle
 from rocm_nb.hardware import describe, detect
+from rocm_nb.library import ModelLibrary, model_names, models
 from rocm_nb.model import LocalModel
 
-__all__ = ["RocmMagics", "fill_placeholders", "register"]
+__all__ = ["RocmMagics", "complete_model", "fill_placeholders", "register"]
 
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -120,7 +122,8 @@ class RocmMagics(Magics):
         publish({"text/plain": (
             f"✓ {alias}: {model.info.summary()}\n"
             f"  backend {model.backend} · {offload} · ctx {model.config.ctx_size} · "
-            f"ready in {time.perf_counter() - began:.2f} s · pid {model.pid}"
+            f"ready in {time.perf_counter() - began:.2f} s · pid {model.pid}\n"
+            f"  memory: {model.fit.note}"
         )}, True)
         return model
 
@@ -173,12 +176,24 @@ class RocmMagics(Magics):
     @argument("--system", default=None, help="system prompt (chat mode)")
     @argument("--chat", dest="raw", action="store_false", default=False, help="use the chat template (default)")
     @argument("--raw", dest="raw", action="store_true", default=False, help="plain completion of the text, no template")
-    @argument("--out", default=None, help="store the Completion in this variable")
+    @argument("--out", default=None, help="store the Completion (with --format json: the data) in this variable")
     @argument("--no-stream", action="store_true", help="show the result only when complete")
-    @argument("--json-schema", default=None, help="name of a variable holding a JSON schema for the output")
+    @argument("--json-schema", default=None, help="name of a variable holding a JSON schema the output must match")
+    @argument("--format", choices=["markdown", "text", "code", "json"], default="markdown",
+              help="markdown (default) or text: how the reply is shown; code: its code goes into a new cell "
+                   "below, not run; json: parsed (and checked against --json-schema) and returned")
     @cell_magic
-    def rocm_generate(self, line: str, cell: str) -> None:
-        """Generate from the cell's text, streaming tokens into the output."""
+    def rocm_generate(self, line: str, cell: str) -> Any:
+        """Generate from the cell's text, streaming tokens into the output.
+
+        ``--format code`` puts the reply's code (its first fenced block, else
+        all of it) into a new cell below, without running it. ``--format json``
+        constrains the reply to ``--json-schema`` (to any JSON object without
+        one), parses and validates it, and returns the data (or stores it in
+        ``--out``); a reply that is not valid JSON or breaks the schema raises
+        ``GenerationError`` naming the problem, with the raw reply in ``.body``.
+        Otherwise ``--out`` stores the ``Completion``.
+        """
         args = parse_argstring(self.rocm_generate, line)
         user_ns = self.shell.user_ns if self.shell is not None else {}
         prompt = fill_placeholders(cell.strip(), user_ns)
@@ -189,11 +204,14 @@ class RocmMagics(Magics):
             options["seed"] = args.seed
         if args.stop:
             options["stop"] = args.stop
+        schema = None
         if args.json_schema is not None:
             schema = user_ns.get(args.json_schema)
             if not isinstance(schema, Mapping):
                 raise UsageError(f"--json-schema {args.json_schema}: no dict variable of that name")
             options["json_schema"] = schema
+        elif args.format == "json":
+            options["json_schema"] = {"type": "object"}  # what OpenAI's response_format json_object asks for
         model = self._model(args.model)
         if args.raw:
             if args.system:
@@ -209,16 +227,25 @@ class RocmMagics(Magics):
             with stream:
                 for piece in stream:
                     shown.append(piece)
-        except BaseException:
+        except BaseException as exc:
             shown.finish(f"■ stopped after {len(shown.text)} characters")
+            if isinstance(exc, KeyboardInterrupt):
+                raise KeyboardInterrupt() from None  # a short traceback, without the HTTP library's frames
             raise
         completion: Completion | None = stream.completion
         assert completion is not None
-        shown.finish(completion.stats())
-        if args.json_schema is not None:
-            json.loads(completion.text)  # the grammar guarantees it; fail loudly if not
+        shown.finish(completion.stats(), markdown=args.format in ("markdown", "code"))
+        result: Any = completion
+        if "json_schema" in options:
+            data = completion.json(schema)  # names the problem if the reply is not valid JSON or breaks the schema
+            if args.format == "json":
+                result = data
+        if args.format == "code" and self.shell is not None:
+            self.shell.set_next_input(completion.code(), replace=False)  # a new cell below, not run
         if args.out:
-            user_ns[args.out] = completion
+            user_ns[args.out] = result
+            return None
+        return result if args.format == "json" else None
 
     @line_magic
     def rocm_chat(self, line: str) -> Any:
@@ -227,9 +254,21 @@ class RocmMagics(Magics):
 
     @line_magic
     def rocm_status(self, line: str) -> None:
-        """Running models: backend, pid, port, uptime, memory, speed; and the GPUs."""
+        """Running models: backend, pid, port, uptime, memory, speed; the GPUs; a live monitor."""
         rows = [{"alias": alias, **model.status()} for alias, model in self.models.items()]
         display(status_bundle(rows, current=self.current, notes=describe(detect())), raw=True)
+        current = self.models.get(self.current) if self.current is not None else None
+        if isinstance(current, LocalModel) and current.pid is not None:
+            display(current.monitor())  # VRAM and GPU busy %, or the server's memory and CPU
+
+    @magic_arguments()
+    @argument("dirs", nargs="*", metavar="DIR",
+              help="folders to scan instead of ROCM_NB_MODEL_DIR (the caches are always scanned)")
+    @line_magic
+    def rocm_models(self, line: str) -> ModelLibrary:
+        """The GGUF models on this machine as a table (what ``rocm_nb.models()`` returns)."""
+        args = parse_argstring(self.rocm_models, line)
+        return models(args.dirs or None)
 
     @magic_arguments()
     @argument("alias", nargs="?", default=None, help="model to stop (default: the current one)")
@@ -248,10 +287,34 @@ class RocmMagics(Magics):
                 self.current = next(iter(self.models), None)
 
 
+def complete_model(shell: Any, event: Any) -> list[str]:
+    """Tab completion of ``%rocm_load``'s model: catalogue names and the model library's names.
+
+    Options and their values are left to IPython. IPython completes the word
+    after its last delimiter (``hf:acme/ti`` → ``acme/ti``), so each match is
+    cut to match.
+
+    Example (in a notebook)::
+
+        %rocm_load hf:acme/ti<TAB>   →   %rocm_load hf:acme/tiny-GGUF/tiny.Q8_0.gguf
+    """
+    before = event.text_until_cursor
+    words = before.split()
+    if not words:
+        raise TryNext
+    typed = "" if before[-1:].isspace() else words[-1]
+    previous = words[-1] if not typed else words[-2] if len(words) > 1 else ""
+    if typed.startswith("-") or previous.startswith("-"):
+        raise TryNext
+    cut = len(typed) - len(event.symbol)
+    return [name[cut:] for name in model_names() if name.startswith(typed)]
+
+
 def register(ipython: Any) -> None:
-    """Register the magics on an IPython shell (what ``%load_ext rocm_nb`` calls).
+    """Register the magics and ``%rocm_load``'s tab completion on an IPython shell (``%load_ext rocm_nb``).
 
     Example:
         >>> register(get_ipython())  # doctest: +SKIP
     """
     ipython.register_magics(RocmMagics(ipython))
+    ipython.set_hook("complete_command", complete_model, str_key="%rocm_load")

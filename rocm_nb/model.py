@@ -23,9 +23,11 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+import warnings
+import weakref
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import psutil
 
@@ -33,8 +35,13 @@ from rocm_nb.binary import ServerBinary, find_server
 from rocm_nb.catalog import DEFAULT_MODEL, ModelInfo, read_info, resolve_model
 from rocm_nb.client import Client
 from rocm_nb.errors import BinaryNotFound, ModelClosed, RocmNbError, ServerCrashed
+from rocm_nb.fit import FitPlan, plan_load
 from rocm_nb.hardware import Backend, Hardware, detect
 from rocm_nb.server import LlamaServer, Progress, RpcWorker, ServerConfig
+
+if TYPE_CHECKING:
+    from rocm_nb.hardware import GpuUsage
+    from rocm_nb.monitor import GpuMonitor
 
 __all__ = ["DEFAULT_CTX_CAP", "LocalModel", "rpc_worker", "running_servers"]
 
@@ -86,12 +93,6 @@ def _release(config: ServerConfig, server: LlamaServer) -> None:
             server.close()
 
 
-def _default_gpu_layers(backend: Backend | Literal["rpc"], info: ModelInfo) -> int:
-    if backend == "cpu":
-        return 0
-    return (info.block_count or 998) + 1  # every repeating layer plus the output layer
-
-
 class LocalModel(Client):
     """A local llama-server for one model, started for this Python session.
 
@@ -99,16 +100,32 @@ class LocalModel(Client):
         model: a ``.gguf`` path, a catalogue name (default ``smollm2-135m``)
             or ``hf:owner/repo/file.gguf``.
         ctx_size: context length; default min(trained context, 8192).
-        gpu_layers: layers to offload; ``None``/``"auto"`` means all of them
-            on a GPU backend and 0 on CPU.
+        gpu_layers: layers to offload; ``None``/``"auto"`` means as many as
+            fit in the free VRAM on a GPU backend (lowering the default
+            context first, down to 4096, if that lets all of them fit) and 0
+            on CPU. :attr:`fit` says what was chosen and why.
         parallel: server slots (concurrent generations).
         server: path to a llama-server binary (else found or built).
         extra_args: further llama-server arguments, passed as they are.
         env: extra environment for the server only.
         rpc: ``host:port`` of llama.cpp RPC workers (see :func:`rpc_worker`) to
             split the model's layers over; all layers are offloaded by default.
+        hsa_override: ``HSA_OVERRIDE_GFX_VERSION`` for the server only: ``None``
+            (default: none), ``"auto"`` (the version ROCm needs to run a GPU it
+            ships no kernels for, such as 10.3.0 for an RX 6600's gfx1032; see
+            ``rocm-nb doctor``) or a version such as ``"11.0.0"``. Applying it
+            warns (:class:`UserWarning`); one set in your environment or ``env`` wins.
+        flash_attn: ``"on"``, ``"off"`` or ``"auto"`` (``True``/``False`` also
+            work); ``None`` leaves the server's default, ``auto``.
+        cache_type: KV cache type for both K and V, such as ``"q8_0"`` (half
+            the memory of the default ``"f16"``); ``cache_type_k`` and
+            ``cache_type_v`` set them one by one. A quantised V cache needs
+            flash attention.
         timeout: longest silence tolerated while reading a stream (s).
         start_timeout: how long loading may take (s).
+
+    A load that the memory estimate says will not fit warns
+    (:class:`RuntimeWarning`) before any server starts.
 
     Example:
         >>> model = LocalModel("smollm2-135m", ctx_size=2048)  # doctest: +SKIP
@@ -131,6 +148,11 @@ class LocalModel(Client):
         start_timeout: float = 300.0,
         hardware: Hardware | None = None,
         rpc: Sequence[str] = (),
+        hsa_override: str | None = None,
+        flash_attn: str | bool | None = None,
+        cache_type: str | None = None,
+        cache_type_k: str | None = None,
+        cache_type_v: str | None = None,
     ) -> None:
         self._spec = os.fspath(model)
         self.path = resolve_model(model)
@@ -138,24 +160,41 @@ class LocalModel(Client):
         """GGUF metadata: architecture, parameters, quantisation, context, chat template."""
         self.binary: ServerBinary = find_server(server)
         self.hardware: Hardware = hardware if hardware is not None else detect()
+        flash = ("on" if flash_attn else "off") if isinstance(flash_attn, bool) else flash_attn
+        if cache_type is not None and (cache_type_k is not None or cache_type_v is not None):
+            raise ValueError("give cache_type (both K and V) or cache_type_k/cache_type_v, not both")
+        cache_k, cache_v = (cache_type, cache_type) if cache_type is not None else (cache_type_k, cache_type_v)
+        chosen_layers = None if gpu_layers is None or gpu_layers == "auto" else int(gpu_layers)
+        self.fit: FitPlan = plan_load(
+            self.info, self.hardware, "rpc" if rpc else self.binary.backend,
+            ctx_size=self._ctx_size(ctx_size), parallel=self._positive("parallel", parallel),
+            gpu_layers=chosen_layers,
+            shrink_ctx=ctx_size is None, flash_attn=flash, cache_type_k=cache_k, cache_type_v=cache_v,
+        )
+        """The memory estimate and the offload decision (``model.fit.note`` says it in one sentence)."""
+        if not self.fit.fits:
+            warnings.warn(self.fit.note, RuntimeWarning, stacklevel=2)
         self.config = ServerConfig(
             binary=self.binary.path,
             model=self.path,
-            ctx_size=self._ctx_size(ctx_size),
-            gpu_layers=(
-                _default_gpu_layers("rpc" if rpc else self.binary.backend, self.info)
-                if gpu_layers is None or gpu_layers == "auto"
-                else int(gpu_layers)
-            ),
-            parallel=self._positive("parallel", parallel),
+            ctx_size=self.fit.ctx_size,
+            gpu_layers=self.fit.gpu_layers if chosen_layers is None else chosen_layers,
+            parallel=parallel,
             extra_args=tuple(extra_args),
-            env=tuple(sorted({**self.hardware.server_env(), **(env or {})}.items())),
+            env=tuple(sorted({
+                **self.hardware.server_env({**os.environ, **(env or {})}, hsa_override=hsa_override),
+                **(env or {}),
+            }.items())),
             rpc=tuple(rpc),
+            flash_attn=flash,
+            cache_type_k=cache_k,
+            cache_type_v=cache_v,
         )
         self._timeout = timeout
         self._start_timeout = start_timeout
         self._server: LlamaServer | None = None
         self._closed = False
+        self._monitors: weakref.WeakSet[GpuMonitor] = weakref.WeakSet()
 
     def _ctx_size(self, requested: int | None) -> int:
         trained = self.info.context_length
@@ -207,6 +246,8 @@ class LocalModel(Client):
         if self._closed:
             return
         self._closed = True
+        for monitor in list(self._monitors):
+            monitor.stop("model closed")
         if self._server is not None:
             self._close_http()
             _release(self.config, self._server)
@@ -279,7 +320,9 @@ class LocalModel(Client):
         """What ``%rocm_status`` shows: process, backend, memory, speed.
 
         Keys: model, backend, state, pid, port, uptime_s, load_s, ctx_size,
-        gpu_layers, rss_bytes, decode_tps (average decode speed the server
+        gpu_layers, rss_bytes, estimate_bytes (what :attr:`fit` estimated in
+        host memory: the figure to hold against rss_bytes), estimate_vram_bytes
+        (its estimate on the GPU), decode_tps (average decode speed the server
         reports, ``None`` before the first generation).
 
         Example:
@@ -307,9 +350,37 @@ class LocalModel(Client):
             "ctx_size": self.config.ctx_size,
             "gpu_layers": self.config.gpu_layers,
             "rss_bytes": rss,
+            "estimate_bytes": self.fit.estimate.ram,
+            "estimate_vram_bytes": self.fit.estimate.vram,
             "decode_tps": decode_tps,
             "rpc": list(self.config.rpc),
         }
+
+    def monitor(
+        self,
+        interval: float = 1.0,
+        *,
+        idle_interval: float = 5.0,
+        gpus: Callable[[], Sequence[GpuUsage]] | None = None,
+    ) -> GpuMonitor:
+        """A live widget: per GPU VRAM used/total and busy %, and the server process's memory and CPU.
+
+        It samples every ``interval`` seconds while the server is decoding and
+        every ``idle_interval`` seconds otherwise, only while it is visible,
+        and stops when closed or when this model is closed (see
+        :mod:`rocm_nb.monitor`). ``gpus`` replaces the GPU sampler (tests).
+        anywidget and ipywidgets are imported here, not with rocm_nb.
+
+        Example:
+            >>> model.monitor(interval=0.5)  # doctest: +SKIP
+        """
+        from rocm_nb.monitor import GpuMonitor
+
+        if self._closed:
+            raise self._closed_error()
+        monitor = GpuMonitor(self, interval=interval, idle_interval=idle_interval, gpus=gpus)
+        self._monitors.add(monitor)
+        return monitor
 
     def logs(self, n: int | None = None) -> list[str]:
         """The server's last ``n`` log lines (all kept lines by default).

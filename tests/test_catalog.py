@@ -186,10 +186,10 @@ def test_hf_reference_from_a_local_cache(tmp_path: Path, monkeypatch: pytest.Mon
     (snapshot / "q4" / "tiny.Q4_0.gguf").write_bytes(b"GGUF-test")
     (hub / "models--acme--tiny-GGUF" / "refs").mkdir()
     (hub / "models--acme--tiny-GGUF" / "refs" / "main").write_text(snapshot.name)
+    import huggingface_hub.constants as constants  # imported first: its defaults must not see the test's env
+
     monkeypatch.setenv("HF_HUB_CACHE", str(hub))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    import huggingface_hub.constants as constants
-
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     found = resolve_model("hf:acme/tiny-GGUF/q4/tiny.Q4_0.gguf")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
@@ -21,6 +22,7 @@ from rocm_nb.fit import (
     plan_load,
 )
 from rocm_nb.hardware import GPU, Hardware
+from tests.test_library import write_huge_gguf
 
 MiB = 2**20
 LAYERS = 31  # SmolLM2-135M: 30 repeating layers and the output layer
@@ -197,6 +199,17 @@ def test_local_model_options_and_fit(model_path: str) -> None:
         LocalModel(model_path, flash_attn=False, cache_type_v="q4_0")
     with pytest.raises(ValueError, match="not both"):
         LocalModel(model_path, cache_type="q8_0", cache_type_k="f16")
+
+
+def test_a_load_that_cannot_fit_warns_before_any_server_starts(tmp_path: Path) -> None:
+    """A 40 GB model on this 24 GiB CPU machine: LocalModel says so at construction, nothing is started."""
+    path = tmp_path / "huge-70b.Q4_0.gguf"
+    write_huge_gguf(path)
+    with pytest.warns(RuntimeWarning, match="will probably fail") as caught:
+        model = LocalModel(path)
+    assert caught[0].filename == __file__  # the warning points at the user's line
+    assert not model.fit.fits and model.fit.estimate.ram > psutil.virtual_memory().available
+    assert model.pid is None  # no server was started
 
 
 def test_a_quantised_kv_cache_runs_on_the_real_server(model_path: str) -> None:

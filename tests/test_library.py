@@ -6,6 +6,8 @@ import ctypes
 import hashlib
 import mmap
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -201,10 +203,18 @@ def test_text_and_html_tables(machine: Machine) -> None:
     assert f'title="{machine.more}/other.gguf"' in page
 
 
-def test_hf_home_and_an_empty_machine(tmp_path: Path, machine: Machine) -> None:
-    import huggingface_hub.constants as constants
+@pytest.mark.parametrize("variables", [{}, {"HF_HOME": "/data/hf"}, {"XDG_CACHE_HOME": "/xdg"},
+                                       {"HF_HUB_CACHE": "/hub", "HF_HOME": "/data/hf"}], ids=str)
+def test_the_hub_cache_is_where_huggingface_hub_downloads_to(variables: dict[str, str]) -> None:
+    """Asked of huggingface_hub itself in a fresh process: its constants are fixed at its first import."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "XDG_"))}
+    environ.update(variables)
+    theirs = subprocess.run([sys.executable, "-c", "import huggingface_hub.constants as c; print(c.HF_HUB_CACHE)"],
+                            env=environ, capture_output=True, text=True, check=True).stdout.strip()
+    assert hf_hub_cache(environ) == Path(theirs)
 
-    assert hf_hub_cache(os.environ) == Path(constants.HF_HUB_CACHE)  # where huggingface_hub downloads to
+
+def test_hf_home_and_an_empty_machine(tmp_path: Path, machine: Machine) -> None:
     home = tmp_path / "hf-home"
     home.mkdir()
     machine.hub.rename(home / "hub")
@@ -236,10 +246,13 @@ def test_metadata_is_cached_by_path_size_and_mtime(machine: Machine) -> None:
     assert changed is not None and (changed.name, changed.context_length) == ("Other, retrained", 16384)
 
 
-def test_a_40_gb_model_is_described_from_its_header_alone(tmp_path: Path) -> None:
-    """A file as big as a 70B Q4 model, sparse: its tensor data does not exist on disk."""
-    path = tmp_path / "huge" / "huge-70b.Q4_0.gguf"
-    path.parent.mkdir()
+HUGE_SHAPE = (8192, 28672)  # one FFN matrix of a 70B model
+HUGE_COUNT = 80 * 4  # four such matrices in each of 80 layers
+
+
+def write_huge_gguf(path: Path) -> int:
+    """Write a GGUF as big as a 70B Q4 model, sparse (its tensor data is a hole); return where the data starts."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(path, "llama")
     writer.add_name("Huge")
     writer.add_context_length(131072)
@@ -247,17 +260,23 @@ def test_a_40_gb_model_is_described_from_its_header_alone(tmp_path: Path) -> Non
     writer.add_array("tokenizer.ggml.tokens", [f"token{i}" for i in range(128_256)])  # a real-sized vocabulary
     q4 = gguf.GGMLQuantizationType.Q4_0
     block, type_size = gguf.GGML_QUANT_SIZES[q4]
-    shape = (8192, 28672)  # one FFN matrix of a 70B model
-    nbytes = shape[0] * shape[1] // block * type_size
-    count = 80 * 4  # four such matrices in each of 80 layers
-    for i in range(count):
-        writer.add_tensor_info(f"blk.{i // 4}.ffn_{i % 4}.weight", shape, np.dtype(np.float32), nbytes, raw_dtype=q4)
+    nbytes = HUGE_SHAPE[0] * HUGE_SHAPE[1] // block * type_size
+    for i in range(HUGE_COUNT):
+        writer.add_tensor_info(f"blk.{i // 4}.ffn_{i % 4}.weight", HUGE_SHAPE, np.dtype(np.float32), nbytes,
+                               raw_dtype=q4)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
     writer.close()
     data_start = -(-path.stat().st_size // 32) * 32
-    os.truncate(path, data_start + count * nbytes)
+    os.truncate(path, data_start + HUGE_COUNT * nbytes)
+    return data_start
+
+
+def test_a_40_gb_model_is_described_from_its_header_alone(tmp_path: Path) -> None:
+    """A file as big as a 70B Q4 model, sparse: its tensor data does not exist on disk."""
+    path = tmp_path / "huge" / "huge-70b.Q4_0.gguf"
+    data_start = write_huge_gguf(path)
     size = path.stat().st_size
     assert size > 40 * 10**9 and path.stat().st_blocks * 512 < 64 * 2**20  # sparse: no tensor data on disk
 
@@ -266,7 +285,7 @@ def test_a_40_gb_model_is_described_from_its_header_alone(tmp_path: Path) -> Non
                    hardware=CPU_ONLY)[0]
     elapsed = time.perf_counter() - began
     assert entry.info is not None and entry.size == size
-    assert entry.info.parameters == count * shape[0] * shape[1] and entry.info.context_length == 131072
+    assert entry.info.parameters == HUGE_COUNT * HUGE_SHAPE[0] * HUGE_SHAPE[1] and entry.info.context_length == 131072
     # nothing past the header was read: the tensor data is not in the page cache (reading 1 GiB of it puts 1 GiB there)
     assert resident_bytes(path, data_start) <= 2**20
     assert elapsed < 1.0, f"{elapsed:.2f} s"

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
-from rocm_nb import Completion, LocalModel
+from rocm_nb import Completion, GenerationError, LocalModel
+from rocm_nb.library import ModelLibrary
 from rocm_nb.magics import RocmMagics, fill_placeholders
+from tests.test_library import hf_snapshot, write_gguf
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +24,9 @@ def shell(model: LocalModel) -> Iterator[InteractiveShell]:
     with capture_output() as loaded:
         # the same config as the session fixture: attaches to its server
         ip.run_line_magic("rocm_load", f"{model.path} --ctx 4096 --parallel 2 --name small")
-    assert "ready in" in str(loaded.outputs[-1].data["text/plain"])
+    summary = str(loaded.outputs[-1].data["text/plain"])
+    assert "ready in" in summary
+    assert f"memory: {model.fit.note.split(';')[0]}" in summary  # the fit decision, said (RAM free varies)
     yield ip
     ip.run_line_magic("rocm_stop", "--all")
 
@@ -67,9 +73,56 @@ def test_json_schema_option(shell: InteractiveShell) -> None:
     with capture_output():
         shell.run_cell_magic("rocm_generate", "--json-schema schema --max-tokens 48 --temperature 0 --out j",
                              "Name a colour as JSON.")
-    import json
-
     assert isinstance(json.loads(shell.user_ns["j"].text)["colour"], str)
+
+
+def test_format_code_fills_a_new_cell_below(shell: InteractiveShell) -> None:
+    shell.rl_next_input = None  # where a terminal shell keeps set_next_input's text (a kernel sends a payload)
+    with capture_output() as out:
+        shell.run_cell_magic("rocm_generate", "--format code --max-tokens 96 --temperature 0 --seed 1 --out r",
+                             "Write a Python function that adds two numbers.")
+    reply = shell.user_ns["r"].text
+    assert "```" in reply and "text/markdown" in out.outputs[-1].data  # shown like any reply
+    fenced = reply.split("```", 2)[1].split("\n", 1)[1]  # the first fenced block, without its info line
+    assert shell.rl_next_input == fenced.rstrip("\n") and "def " in fenced
+
+
+def test_format_text_has_no_markdown(shell: InteractiveShell) -> None:
+    with capture_output() as out:
+        shell.run_cell_magic("rocm_generate", "--format text --max-tokens 8 --temperature 0 --out r", "Say hi.")
+    final = out.outputs[-1].data
+    assert "text/markdown" not in final and final["text/plain"].startswith(shell.user_ns["r"].text)
+
+
+def test_format_json_validates_and_returns_the_data(shell: InteractiveShell) -> None:
+    shell.user_ns["pet"] = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+                            "required": ["name", "age"]}
+    with capture_output():
+        data = shell.run_cell_magic("rocm_generate", "--format json --json-schema pet --max-tokens 48 --temperature 0",
+                                    "Describe a pet as JSON.")
+        shell.run_cell_magic("rocm_generate", "--format json --json-schema pet --max-tokens 48 --temperature 0 "
+                             "--out stored", "Describe a pet as JSON.")
+        anything = shell.run_cell_magic("rocm_generate", "--format json --max-tokens 96 --temperature 0",
+                                        "Describe a cat in JSON with a name and an age.")
+    assert isinstance(data["name"], str) and isinstance(data["age"], int)
+    assert shell.user_ns["stored"] == data
+    assert isinstance(anything, dict)  # no schema: the server is asked for a JSON object
+
+
+def test_format_json_names_what_is_wrong_and_keeps_the_raw_reply(shell: InteractiveShell) -> None:
+    shell.user_ns["pet"] = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+    cut_off = r"not valid JSON: .*cut off at max_tokens"
+    with capture_output() as out, pytest.raises(GenerationError, match=cut_off) as cut:
+        shell.run_cell_magic("rocm_generate", "--format json --json-schema pet --max-tokens 8 --temperature 0",
+                             "Describe a pet as JSON.")
+    assert cut.value.body and out.outputs[-1].data["text/plain"].startswith(cut.value.body)
+    # the server's grammar cannot express multipleOf; the validation after it can
+    shell.user_ns["odd"] = {"type": "object", "properties": {"n": {"type": "integer", "multipleOf": 7}},
+                            "required": ["n"]}
+    with capture_output(), pytest.raises(GenerationError, match=r"at \$\.n: \d+ is not a multiple of 7") as broken:
+        shell.run_cell_magic("rocm_generate", "--format json --json-schema odd --max-tokens 32 --temperature 0 "
+                             "--seed 7", "Give a number as JSON.")
+    assert isinstance(json.loads(broken.value.body)["n"], int)
 
 
 def test_bad_input_is_a_one_line_usage_error(shell: InteractiveShell) -> None:
@@ -86,7 +139,7 @@ def test_bad_input_is_a_one_line_usage_error(shell: InteractiveShell) -> None:
 def test_help_documents_every_option() -> None:
     doc = RocmMagics.rocm_generate.__doc__ or ""
     for option in ["--max-tokens", "--temperature", "--system", "--chat", "--raw", "--seed", "--stop",
-                   "--out", "--no-stream", "--json-schema", "-m"]:
+                   "--out", "--no-stream", "--json-schema", "--format", "-m"]:
         assert option in doc
 
 
@@ -99,3 +152,41 @@ def test_status_lists_the_server(shell: InteractiveShell, model: LocalModel) -> 
 
 def test_placeholders() -> None:
     assert fill_placeholders("{a} {{b}} {'k': 1}", {"a": 1}) == "1 {b} {'k': 1}"
+
+
+def test_rocm_models_shows_the_library(shell: InteractiveShell, tmp_path: Path, model_path: str) -> None:
+    tiny = tmp_path / "mine" / "tiny.gguf"
+    write_gguf(tiny, "Tiny <one>")
+    library = shell.run_line_magic("rocm_models", str(tiny.parent))
+    assert isinstance(library, ModelLibrary)
+    found = {e.name: e.path.resolve() for e in library}
+    assert found["smollm2-135m"] == Path(model_path).resolve() and found[str(tiny)] == tiny
+    shown, _ = shell.display_formatter.format(library)  # what a notebook receives for Out[n]
+    assert shown["text/plain"] == str(library) and "smollm2-135m" in shown["text/plain"]
+    assert shown["text/html"].startswith("<table>") and "<td>Q4_1</td>" in shown["text/html"]
+
+
+def completed(shell: InteractiveShell, line: str) -> set[str]:
+    """The lines that accepting each completion would give, through the API Jupyter uses."""
+    from IPython.core.completer import provisionalcompleter
+
+    with provisionalcompleter():
+        return {line[:c.start] + c.text + line[c.end:] for c in shell.Completer.completions(line, len(line))}
+
+
+def test_load_tab_completes_library_names(shell: InteractiveShell, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    tiny = write_gguf(tmp_path / "src" / "tiny.Q8_0.gguf", "Tiny")[0]
+    hf_snapshot(tmp_path / "hub", "acme/tiny-GGUF", "c" * 40, {"tiny.Q8_0.gguf": tiny})
+    write_gguf(tmp_path / "mine" / "local-model.gguf", "Local")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("ROCM_NB_MODEL_DIR", str(tmp_path / "mine"))
+
+    assert completed(shell, "%rocm_load smol") == {"%rocm_load smollm2-135m"}
+    mine = f"{tmp_path}/mine/"
+    assert f"%rocm_load --ctx 4096 {mine}local-model.gguf" in completed(shell, f"%rocm_load --ctx 4096 {mine}lo")
+    # IPython splits words at ':'; the completion still gives the whole hf: name
+    assert "%rocm_load hf:acme/tiny-GGUF/tiny.Q8_0.gguf" in completed(shell, "%rocm_load hf:acme/ti")
+    assert {"%rocm_load smollm2-135m", f"%rocm_load {mine}local-model.gguf",
+            "%rocm_load hf:acme/tiny-GGUF/tiny.Q8_0.gguf"} <= completed(shell, "%rocm_load ")
+    assert "%rocm_load --name smollm2-135m" not in completed(shell, "%rocm_load --name smol")  # an alias, not a model

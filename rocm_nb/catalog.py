@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from rocm_nb._paths import cache_root
+from rocm_nb._units import human_count
 from rocm_nb.errors import InvalidModel, ModelNotFound
 
 __all__ = [
@@ -162,7 +163,7 @@ class ModelInfo:
         """One line: name, architecture, parameters, quantisation, context, size."""
         parts = [self.name, self.architecture]
         if self.parameters:
-            parts.append(f"{_human_count(self.parameters)} params")
+            parts.append(f"{human_count(self.parameters)} params")
         parts.append(self.quantization)
         if self.context_length:
             parts.append(f"ctx {self.context_length}")
@@ -172,20 +173,13 @@ class ModelInfo:
     def _repr_markdown_(self) -> str:
         rows = [
             ("file", f"`{self.path.name}`"), ("architecture", self.architecture),
-            ("parameters", _human_count(self.parameters) if self.parameters else "?"),
+            ("parameters", human_count(self.parameters) if self.parameters else "?"),
             ("quantisation", self.quantization), ("trained context", str(self.context_length or "?")),
             ("layers", str(self.block_count or "?")), ("size", f"{self.file_size / 2**20:.0f} MiB"),
             ("chat template", "yes" if self.chat_template else "no"),
         ]
         body = "\n".join(f"| {k} | {v} |" for k, v in rows)
         return f"**{self.name}**\n\n| | |\n| --- | --- |\n{body}"
-
-
-def _human_count(n: int) -> str:
-    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= size:
-            return f"{n / size:.0f}{unit}" if n / size >= 10 else f"{n / size:.1f}{unit}"
-    return str(n)
 
 
 class _Header:

@@ -1,6 +1,9 @@
 """The ``rocm-nb`` command: ``doctor``, ``server install``, ``pull``, ``models``.
 
 Example:
+    >>> main(["pull", "smollm2-135m"])  # already in the cache: checked, not fetched again
+    /.../SmolLM2-135M-Instruct.Q4_1.gguf
+    0
     >>> main(["models"])  # doctest: +SKIP
     name          architecture  parameters  quantisation  size    trained ctx  chat template
     smollm2-135m  llama         135M        Q4_1          94 MiB  8192         yes

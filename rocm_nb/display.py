@@ -26,6 +26,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from rocm_nb._units import human_bytes
+
 __all__ = ["StreamDisplay", "ipython_publisher"]
 
 Bundle = dict[str, str]
@@ -124,17 +126,13 @@ _STATUS_COLUMNS = (
 )
 
 
-def _mib(value: int) -> str:
-    return f"{value / 2**20:.0f} MiB"
-
-
 def _memory(row: dict[str, Any]) -> str:
     """Measured RSS beside the load's estimate ("estimated X, measured Y"), plus the estimated VRAM."""
     measured, estimated, vram = row.get("rss_bytes"), row.get("estimate_bytes"), row.get("estimate_vram_bytes")
     if estimated is None:
-        return "–" if measured is None else _mib(measured)
-    text = f"estimated {_mib(estimated)}, measured {'–' if measured is None else _mib(measured)}"
-    return f"{text}; VRAM estimated {_mib(vram)}" if vram else text
+        return "–" if measured is None else human_bytes(measured)
+    text = f"estimated {human_bytes(estimated)}, measured {'–' if measured is None else human_bytes(measured)}"
+    return f"{text}; VRAM estimated {human_bytes(vram)}" if vram else text
 
 
 def _cell(key: str, row: dict[str, Any]) -> str:

@@ -71,6 +71,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from rocm_nb._units import human_bytes
 from rocm_nb.catalog import ModelInfo
 from rocm_nb.hardware import Backend, Hardware
 
@@ -107,10 +108,6 @@ RUNTIME_BYTES = 32 * 2**20
 """Host memory of the server program itself (measured RSS less weights, KV cache and buffers)."""
 
 _KV_PAD = 256  # llama.cpp pads the context, and each slot's share of it, to 256 cells
-
-
-def _size(n: int) -> str:
-    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
 def _row_bytes(cache_type: str, width: int) -> int:
@@ -255,11 +252,13 @@ class MemoryEstimate:
             >>> MemoryEstimate(0, 31, 4096, 1, 0, 92 << 20, 0, 90 << 20, 0, 18 << 20, 32 << 20).summary()
             'about 232 MiB: weights 92 MiB, KV cache 90 MiB, compute 18 MiB, runtime 32 MiB (all in RAM)'
         """
-        parts = (f"weights {_size(self.weights_vram + self.weights_ram)}, "
-                 f"KV cache {_size(self.kv_vram + self.kv_ram)}, "
-                 f"compute {_size(self.compute_vram + self.compute_ram)}, runtime {_size(self.runtime_ram)}")
-        where = "all in RAM" if not self.vram else f"{_size(self.vram)} on the GPU, {_size(self.ram)} in RAM"
-        return f"about {_size(self.total)}: {parts} ({where})"
+        parts = (f"weights {human_bytes(self.weights_vram + self.weights_ram)}, "
+                 f"KV cache {human_bytes(self.kv_vram + self.kv_ram)}, "
+                 f"compute {human_bytes(self.compute_vram + self.compute_ram)}, "
+                 f"runtime {human_bytes(self.runtime_ram)}")
+        where = ("all in RAM" if not self.vram
+                 else f"{human_bytes(self.vram)} on the GPU, {human_bytes(self.ram)} in RAM")
+        return f"about {human_bytes(self.total)}: {parts} ({where})"
 
 
 def _estimate(shape: _Shape, *, ctx_size: int, parallel: int, gpu_layers: int, cache_type_k: str,
@@ -402,7 +401,7 @@ def plan(
                          cache_type_v=cache_type_v, flash=flash_attn != "off", ubatch=UBATCH)
 
     budget = None if free_vram_bytes is None else free_vram_bytes - margin
-    free = "" if free_vram_bytes is None else _size(free_vram_bytes)
+    free = "" if free_vram_bytes is None else human_bytes(free_vram_bytes)
     ctx = ctx_size
     if gpu_layers is not None:
         chosen = fitting(gpu_layers, ctx)
@@ -410,12 +409,12 @@ def plan(
         if chosen.gpu_layers == 0:
             note = f"{info.name} runs on the CPU: {chosen.summary()}"
             if free_ram_bytes is not None and chosen.ram <= free_ram_bytes:
-                note += f"; {_size(free_ram_bytes)} of RAM is available"
+                note += f"; {human_bytes(free_ram_bytes)} of RAM is available"
         elif fits:
             note = f"gpu_layers={gpu_layers}: {chosen.summary()}" + (f"; {free} of VRAM is free" if free else "")
         else:
             best = _largest_fit(fitting, layers, ctx, budget or 0)
-            note = (f"gpu_layers={gpu_layers} needs about {_size(chosen.vram)} of VRAM but only {free} is free: "
+            note = (f"gpu_layers={gpu_layers} needs about {human_bytes(chosen.vram)} of VRAM but only {free} is free: "
                     f"llama-server will probably run out of memory; gpu_layers={best} would fit")
     elif budget is None:
         chosen = fitting(layers, ctx)
@@ -428,10 +427,11 @@ def plan(
             chosen = fitting(layers, ctx)
         fits = True
         if chosen.vram <= budget:
-            note = f"all {layers} layers of {info.name} on the GPU: {_size(chosen.vram)} of the {free} of free VRAM"
+            note = (f"all {layers} layers of {info.name} on the GPU: "
+                    f"{human_bytes(chosen.vram)} of the {free} of free VRAM")
             if ctx != ctx_size:
                 note = (f"ctx_size lowered from {ctx_size} to {ctx} so that all {layers} layers of {info.name} "
-                        f"fit on the GPU ({_size(chosen.vram)} of the {free} of free VRAM); pass ctx_size= "
+                        f"fit on the GPU ({human_bytes(chosen.vram)} of the {free} of free VRAM); pass ctx_size= "
                         "to choose another")
         else:
             whole = chosen.vram
@@ -439,15 +439,16 @@ def plan(
             lowered = f" at ctx_size {ctx} (lowered from {ctx_size})" if ctx != ctx_size else ""
             if chosen.gpu_layers == 0:
                 note = (f"none of {info.name}'s layers fit in the {free} of free VRAM (all {layers} need "
-                        f"{_size(whole)}, and {_size(margin)} is kept free){lowered}: it runs on the CPU, slowly")
+                        f"{human_bytes(whole)}, and {human_bytes(margin)} is kept free){lowered}: "
+                        "it runs on the CPU, slowly")
             else:
                 note = (f"only {chosen.gpu_layers} of {layers} layers of {info.name} fit in the {free} of free VRAM "
-                        f"(all need {_size(whole)}, and {_size(margin)} is kept free){lowered}: "
+                        f"(all need {human_bytes(whole)}, and {human_bytes(margin)} is kept free){lowered}: "
                         f"gpu_layers={chosen.gpu_layers}, the rest run on the CPU, more slowly; a smaller "
                         "ctx_size or quantisation lets more layers fit")
     if free_ram_bytes is not None and chosen.ram > free_ram_bytes:
         fits = False
-        note += (f"; and the {_size(chosen.ram)} it needs in RAM is more than the {_size(free_ram_bytes)} "
+        note += (f"; and the {human_bytes(chosen.ram)} it needs in RAM is more than the {human_bytes(free_ram_bytes)} "
                  "available: the load will probably fail; use a smaller quantisation or ctx_size")
     return FitPlan(gpu_layers=chosen.gpu_layers, ctx_size=ctx, estimate=chosen, fits=fits, note=note)
 

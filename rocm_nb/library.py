@@ -53,7 +53,8 @@ from typing import Literal, overload
 
 import psutil
 
-from rocm_nb.catalog import CATALOGUE, DEFAULT_MODEL, ModelInfo, _human_count, models_dir, read_info
+from rocm_nb._units import human_bytes, human_count
+from rocm_nb.catalog import CATALOGUE, DEFAULT_MODEL, ModelInfo, models_dir, read_info
 from rocm_nb.errors import RocmNbError
 from rocm_nb.fit import GPU_MARGIN, estimate
 from rocm_nb.hardware import Hardware, detect
@@ -159,13 +160,13 @@ class ModelLibrary(Sequence[LibraryEntry]):
                 continue
             rows.append((entry.name, [
                 info.architecture,
-                _human_count(info.parameters) if info.parameters else "?",
+                human_count(info.parameters) if info.parameters else "?",
                 info.quantization,
-                _human_bytes(entry.size) + (f" ({entry.shards} shards)" if entry.shards > 1 else ""),
+                human_bytes(entry.size) + (f" ({entry.shards} shards)" if entry.shards > 1 else ""),
                 str(info.context_length or "?"),
                 "yes" if info.chat_template else "no",
                 "?" if entry.fits is None or entry.memory is None
-                else f"{'yes' if entry.fits else 'no'} ({_human_bytes(entry.memory)})",
+                else f"{'yes' if entry.fits else 'no'} ({human_bytes(entry.memory)})",
             ]))
         return rows
 
@@ -198,10 +199,6 @@ class ModelLibrary(Sequence[LibraryEntry]):
         table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>" if self.entries else ""
         notes = "".join(f"<li>{html.escape(n)}</li>" for n in self.notes)
         return f"{table}<ul>{notes}</ul>"
-
-
-def _human_bytes(n: int) -> str:
-    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
 def hf_hub_cache(environ: Mapping[str, str] | None = None) -> Path:
@@ -328,7 +325,7 @@ def _budget(hardware: Hardware) -> _Budget:
         available = psutil.virtual_memory().available
         return _Budget("fits in RAM? (CPU)", available, (
             f"no GPU: llama-server runs on the CPU, so \"fits\" compares each model's estimated memory "
-            f"(ctx min(trained, {FIT_CTX})) with the {_human_bytes(available)} of RAM available now"
+            f"(ctx min(trained, {FIT_CTX})) with the {human_bytes(available)} of RAM available now"
         ), gpu=False)
     visible = None if hardware.visible_devices is None else set(hardware.visible_devices.split(","))
     known = [g for g in hardware.gpus if g.vram_free is not None and (visible is None or str(g.index) in visible)]
@@ -339,8 +336,8 @@ def _budget(hardware: Hardware) -> _Budget:
     free = gpu.vram_free or 0
     return _Budget("fits in VRAM?", max(0, free - GPU_MARGIN), (
         f"\"fits\": every layer and the KV cache of min(trained, {FIT_CTX}) tokens on GPU {gpu.index} "
-        f"({gpu.name}), whose {_human_bytes(free)} of free VRAM is the most, less the "
-        f"{_human_bytes(GPU_MARGIN)} rocm_nb keeps free"
+        f"({gpu.name}), whose {human_bytes(free)} of free VRAM is the most, less the "
+        f"{human_bytes(GPU_MARGIN)} rocm_nb keeps free"
     ), gpu=True)
 
 

@@ -13,6 +13,9 @@ running server instead of loading the model twice. The server stops when the
 last ``LocalModel`` using it is closed, or at exit.
 
 Example:
+    >>> model = LocalModel("smollm2-135m", ctx_size=2048)  # checked, planned, not started yet
+    >>> model.config.argv(1, "key")[9:11], model.pid
+    (['-c', '2048'], None)
     >>> with LocalModel("smollm2-135m") as model:  # doctest: +SKIP
     ...     print(model.generate("Once upon a time", max_tokens=24).text)
 """

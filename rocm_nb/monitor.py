@@ -69,6 +69,7 @@ import anywidget
 import psutil
 import traitlets
 
+from rocm_nb._units import human_bytes
 from rocm_nb.errors import RocmNbError
 from rocm_nb.hardware import GpuUsage, gpu_usage
 
@@ -138,10 +139,6 @@ class _ProcessProbe:
         return ProcessUsage(pid, rss, cpu, psutil.cpu_count() or 1, psutil.virtual_memory().total)
 
 
-def _size(n: int) -> str:
-    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
-
-
 def _bar(label: str, text: str, fraction: float | None) -> dict[str, Any]:
     return {"label": label, "text": text,
             "fraction": None if fraction is None else min(1.0, max(0.0, fraction))}
@@ -152,7 +149,8 @@ def _sections(sample: MonitorSample, *, running: bool) -> list[dict[str, Any]]:
     sections: list[dict[str, Any]] = []
     for gpu in sample.gpus:
         if gpu.vram_total and gpu.vram_used is not None:
-            vram = _bar("VRAM", f"{_size(gpu.vram_used)} / {_size(gpu.vram_total)}", gpu.vram_used / gpu.vram_total)
+            vram = _bar("VRAM", f"{human_bytes(gpu.vram_used)} / {human_bytes(gpu.vram_total)}",
+                        gpu.vram_used / gpu.vram_total)
         else:
             vram = _bar("VRAM", "unknown", None)
         busy = (_bar("busy", "unknown", None) if gpu.busy_percent is None
@@ -169,7 +167,7 @@ def _sections(sample: MonitorSample, *, running: bool) -> list[dict[str, Any]]:
     else:
         cpu_max = 100 * process.cpu_count
         sections.append({"kind": "process", "title": f"{title} · pid {process.pid}", "note": "", "bars": [
-            _bar("RSS", f"{_size(process.rss)} of {_size(process.memory_total)} RAM",
+            _bar("RSS", f"{human_bytes(process.rss)} of {human_bytes(process.memory_total)} RAM",
                  process.rss / process.memory_total),
             _bar("CPU", f"{process.cpu_percent:.0f} % of {cpu_max} % ({process.cpu_count} cores)",
                  process.cpu_percent / cpu_max),

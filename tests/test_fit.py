@@ -81,7 +81,7 @@ def test_status_shows_the_estimate_beside_the_measured_memory(loaded: tuple[Loca
     assert f"estimated {row['estimate_bytes'] / MiB:.0f} MiB, measured {row['rss_bytes'] / MiB:.0f} MiB" in text
     assert "VRAM estimated" not in text  # nothing on a GPU here
     gpu_row = {**row, "estimate_vram_bytes": 3 * 2**30}
-    assert "VRAM estimated 3072 MiB" in status_bundle([gpu_row], current=None, notes=[])["text/html"]
+    assert "VRAM estimated 3.0 GiB" in status_bundle([gpu_row], current=None, notes=[])["text/html"]
 
 
 def test_estimate_splits_weights_and_kv_by_layer(info: ModelInfo) -> None:

@@ -1,0 +1,33 @@
+"""Numbers for people: byte sizes and counts, written the same way everywhere.
+
+Example:
+    >>> human_bytes(98_400_000), human_bytes(24 * 2**30), human_count(134_515_008)
+    ('94 MiB', '24.0 GiB', '135M')
+"""
+
+from __future__ import annotations
+
+__all__ = ["human_bytes", "human_count"]
+
+
+def human_bytes(n: int) -> str:
+    """``n`` bytes in GiB (one decimal) from 1 GiB up, else in whole MiB.
+
+    Example:
+        >>> human_bytes(512 * 2**20)
+        '512 MiB'
+    """
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def human_count(n: int) -> str:
+    """A count such as a model's parameters: ``1.7B``, ``135M``, ``12K``.
+
+    Example:
+        >>> human_count(1_710_000_000)
+        '1.7B'
+    """
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.0f}{unit}" if n / size >= 10 else f"{n / size:.1f}{unit}"
+    return str(n)

@@ -13,25 +13,26 @@ Example:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import io
 import json
-import queue
-import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack
 
-import httpx
-from httpx_sse import EventSource, ServerSentEvent
-
 from rocm_nb.errors import GenerationError, ModelClosed, RocmNbError
 
+# httpx, httpx-sse and asyncio are imported where they are first needed, so
+# that `import rocm_nb` and constructing a LocalModel stay cheap (together
+# about 70 ms); Python caches a module, so the later imports cost nothing.
 if TYPE_CHECKING:
+    import asyncio
+    import ssl
+
+    import httpx
+    from httpx_sse import ServerSentEvent
     from tqdm import tqdm
 
     from rocm_nb.widgets import ChatPanel
@@ -378,6 +379,8 @@ class _StreamBase:
     def _translate(self, exc: Exception) -> Exception:
         if isinstance(exc, RocmNbError):
             return exc
+        import httpx
+
         partial = self._acc.partial
         if isinstance(exc, httpx.TimeoutException):
             return GenerationError(
@@ -440,6 +443,8 @@ class TokenStream(_StreamBase):
                 if self._response.is_error:
                     raise _http_error(self._response, self._response.read().decode("utf-8", "replace"))
                 _check_event_stream(self._response)
+                from httpx_sse import EventSource
+
                 self._events = EventSource(self._response).iter_sse()
             for event in self._events:
                 piece = self._next_piece(event)
@@ -507,6 +512,8 @@ class AsyncTokenStream(_StreamBase):
                     body = (await self._response.aread()).decode("utf-8", "replace")
                     raise _http_error(self._response, body)
                 _check_event_stream(self._response)
+                from httpx_sse import EventSource
+
                 self._events = EventSource(self._response).aiter_sse()
             async for event in self._events:
                 piece = self._next_piece(event)
@@ -539,6 +546,8 @@ class AsyncTokenStream(_StreamBase):
 @functools.cache
 def _ssl_context() -> ssl.SSLContext:
     """One TLS context for all clients: building one costs ~20 ms, which attaching must not pay."""
+    import httpx
+
     return httpx.create_ssl_context()
 
 
@@ -617,6 +626,8 @@ class Client:
         async_transport: httpx.AsyncBaseTransport | None = None,
         on_failure: FailureHook = _no_better_error,
     ) -> None:
+        import httpx
+
         self._base_url = base_url.rstrip("/")
         self._api_key = api_key
         self._timeout = timeout
@@ -657,6 +668,8 @@ class Client:
 
     def _new_ahttp(self) -> httpx.AsyncClient:
         """A fresh async client on this server; its owner closes it."""
+        import httpx
+
         self._ensure_open()
         return httpx.AsyncClient(
             base_url=self._base_url,
@@ -668,6 +681,8 @@ class Client:
 
     def _ahttp(self) -> httpx.AsyncClient:
         """The async client for the running loop (one per loop: loops cannot share one)."""
+        import asyncio
+
         self._ensure_open()
         loop = asyncio.get_running_loop()
         if self._async is None or self._async_loop is not loop:
@@ -720,6 +735,8 @@ class Client:
         return stream.completion
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        import httpx
+
         try:
             response = self._http().request(method, path, **kwargs)
         except httpx.HTTPError as exc:
@@ -834,6 +851,8 @@ class Client:
         client: httpx.AsyncClient | None,
     ) -> list[Completion | Exception]:
         """Run ``jobs`` with ``workers`` requests in flight; an item's error becomes its result."""
+        import asyncio
+
         results: dict[int, Completion | Exception] = {}
         pending = iter(enumerate(jobs))
 
@@ -881,6 +900,10 @@ class Client:
             >>> [r.text if isinstance(r, Completion) else f"failed: {r}" for r in results]  # doctest: +SKIP
             ['Blue.', 'Apple.']
         """
+        import asyncio
+        import queue
+        from concurrent.futures import Future, ThreadPoolExecutor
+
         jobs = self._map_plan(prompts, chat, options)
         workers = self._map_workers(concurrency)
         ticks: queue.SimpleQueue[bool] = queue.SimpleQueue()  # True per finished item, False at the end
@@ -924,6 +947,8 @@ class Client:
         Example:
             >>> results = await model.amap(["Hi", "Bye"], max_tokens=8)  # doctest: +SKIP
         """
+        import asyncio
+
         jobs = self._map_plan(prompts, chat, options)
         workers = await asyncio.to_thread(self._map_workers, concurrency)
         with _progress(len(jobs), progress) as bar:
@@ -1008,6 +1033,8 @@ class Client:
             >>> model.health()  # doctest: +SKIP
             True
         """
+        import httpx
+
         try:
             return self._http().get("/health").status_code == 200
         except httpx.HTTPError:

@@ -40,6 +40,9 @@ PROMPT = "Once upon a time, in a faraway kingdom, there lived"
 README = Path(__file__).with_name("README.md")
 
 
+NO_TARGET = "reported, no target"
+
+
 @dataclass
 class Row:
     figure: str
@@ -280,7 +283,7 @@ def bench_rpc(path: Path) -> list[Row]:
             assert one[2] == two[2]
             ratios.append(two[1] / one[1])
             single_tps.append(one[1])
-    return [Row("decode tokens/s through 2 local RPC workers / one process (same run)", "reported, no target",
+    return [Row("decode tokens/s through 2 local RPC workers / one process (same run)", NO_TARGET,
                 spread(ratios), True, f"one process {statistics.median(single_tps):.1f} tok/s")]
 
 
@@ -310,7 +313,7 @@ def bench_map(path: Path, prompts: int = 16, slots: int = 4) -> list[Row]:
             map_times.append(timed["map"][0])
             step_ratios.append(steps["loop"] / steps["map"])
     return [Row(f"`model.map()` over {prompts} prompts, parallel {slots} / sequential `chat()` loop (speed-up)",
-                "reported, no target", spread(speedups, "×"), True,
+                NO_TARGET, spread(speedups, "×"), True,
                 f"loop {spread(loop_times, ' s')}, map {spread(map_times, ' s')}; the server ran "
                 f"{statistics.median(step_ratios):.1f}× fewer decode steps; 64 tokens each at most")]
 
@@ -340,7 +343,7 @@ def bench_in_process(model: LocalModel) -> list[Row]:
     python = os.environ.get("BENCH_LLAMA_CPP_PYTHON")
     figure = "decode throughput, llama-cpp-python `Llama` (in-process) / raw llama-server"
     if not python:
-        return [Row(figure, "reported, no target", "not measured: BENCH_LLAMA_CPP_PYTHON unset", True)]
+        return [Row(figure, NO_TARGET, "not measured: BENCH_LLAMA_CPP_PYTHON unset", True)]
     reps = max(3, REPS // 2)
     raw = [raw_stream(model.base_url, model.api_key, 256) for _ in range(reps)]
     done = subprocess.run([python, "-c", _IN_PROCESS, str(model.path), PROMPT, "256", str(reps)],
@@ -348,7 +351,7 @@ def bench_in_process(model: LocalModel) -> list[Row]:
     theirs = json.loads(done.stdout)
     ratios = [t[1] / r[1] for t, r in zip(theirs, raw, strict=True)]
     ttft = [(t[0] - r[0]) * 1000 for t, r in zip(theirs, raw, strict=True)]
-    return [Row(figure, "reported, no target", f"{spread(ratios)}; first token {spread(ttft, ' ms')} vs raw",
+    return [Row(figure, NO_TARGET, f"{spread(ratios)}; first token {spread(ttft, ' ms')} vs raw",
                 True, f"raw {statistics.median(r[1] for r in raw):.1f} tok/s")]
 
 
@@ -369,7 +372,8 @@ def render(rows: list[Row], model: LocalModel, seconds: float) -> str:
     ]
     for row in rows:
         detail = f" — {row.detail}" if row.detail else ""
-        lines.append(f"| {row.figure} | {row.target} | {row.measured}{detail} | {'yes' if row.ok else '**no**'} |")
+        met = "–" if row.target == NO_TARGET else "yes" if row.ok else "**no**"
+        lines.append(f"| {row.figure} | {row.target} | {row.measured}{detail} | {met} |")
     return "\n".join(lines)
 
 

@@ -141,6 +141,7 @@ def test_committed_notebooks_are_clean(path: Path) -> None:
 def test_all_notebooks_are_tested() -> None:
     assert {p.name for p in NOTEBOOKS.glob("*.ipynb")} == {
         "01-quickstart.ipynb", "02-chat-panel.ipynb", "03-sampling.ipynb", "04-tokens-and-templates.ipynb",
+        "05-gpu-memory.ipynb",
     }
 
 
@@ -254,3 +255,50 @@ def test_tokens_and_templates(executed: Callable[[str], NotebookNode]) -> None:
     assert data(throughput, "image/png"), "the throughput plot should be a PNG"
     assert len(stdout(throughput).splitlines()) == 5
 
+
+# -- 05: GPU memory ---------------------------------------------------------------------------
+
+
+def markdown_rows(c: NotebookNode) -> list[list[str]]:
+    """The body cells of the one Markdown table the cell displayed."""
+    [table] = data(c, "text/markdown")
+    return [[x.strip() for x in line.strip("|").split("|")] for line in table.strip().splitlines()[2:]]
+
+
+def test_gpu_memory(executed: Callable[[str], NotebookNode]) -> None:
+    nb = executed("05-gpu-memory.ipynb")
+    assert stdout(cell(nb, "hardware")).startswith("backend: ")
+    kv = re.search(r"= ([\d.]+) MiB \(the estimate's KV cache: ([\d.]+) MiB\)", stdout(cell(nb, "parts")))
+    assert kv is not None and kv.group(1) == kv.group(2), "the KV cache worked out by hand is the estimator's"
+    assert len(markdown_rows(cell(nb, "estimates"))) == 4
+
+    measured = {(int(r[0]), r[1], int(r[2])): r for r in markdown_rows(cell(nb, "measured"))}
+    assert len(measured) == 5
+    for setting, row in measured.items():
+        assert abs(float(row[-1].rstrip("%"))) < 10, f"estimate against measured RSS for {setting}: {row}"
+    rss = {setting: float(row[5].removesuffix(" MiB")) for setting, row in measured.items()}
+    assert int(measured[8192, "f16", 4][3]) == 2048, "four slots split the context"
+    assert rss[8192, "f16", 4] == pytest.approx(rss[8192, "f16", 1], rel=0.05), "slots do not multiply the memory"
+    assert rss[1024, "f16", 1] < rss[4096, "f16", 1] < rss[8192, "f16", 1]
+    assert rss[8192, "q8_0", 1] < rss[8192, "f16", 1]
+    assert data(cell(nb, "memory-plot"), "image/png")
+
+    speeds = [float(s) for s in re.findall(r"([\d.]+) tokens/s", stdout(cell(nb, "speed")))]
+    assert len(speeds) == 6 and all(s > 0 for s in speeds)
+
+    small = stdout(cell(nb, "plan-small"))
+    assert "runs on the CPU" in small.splitlines()[0]
+    assert "RX 6600, 8 GiB: gpu_layers=31 of 31" in small and "RX 7900 XTX, 24 GiB: gpu_layers=31 of 31" in small
+    assert "8.0B params · Q4_K_M" in stdout(cell(nb, "big-model"))
+    layers = {(int(r[0]), r[1]): [int(c.split(" of ")[0]) for c in r[2:]] for r in markdown_rows(cell(nb, "plan-big"))}
+    assert layers[8192, "f16"] == [33, 33], "the 8B model fits either card at 8192 tokens"
+    assert 0 < layers[32768, "f16"][0] < layers[32768, "q8_0"][0] and layers[32768, "f16"][1] == 33
+    assert data(cell(nb, "offload-plot"), "image/png")
+    ceilings = [int(n) for n in re.findall(r"at most (\d+) tokens/s", stdout(cell(nb, "ceiling")))]
+    assert len(ceilings) == 3 and ceilings[0] < ceilings[1] <= ceilings[2], "layers in RAM cost speed"
+
+    assert data(cell(nb, "monitor"), WIDGET_VIEW), "the monitor should display as a widget"
+    during = stdout(cell(nb, "monitor-during"))
+    assert "before: generating: False" in during and "during: generating: True" in during
+    assert number(during.split("during:")[1], "CPU") > 0 and "CPU stand-in" in during
+    assert "llama-server processes left in this kernel: 0" in stdout(cell(nb, "close"))

@@ -60,7 +60,10 @@ def spread(values: list[float], unit: str = "", scale: float = 1.0) -> str:
 # -- the raw baseline ---------------------------------------------------------------------------
 
 
-_RAW = httpx.Client(timeout=60)  # made once, outside every timing, as a careful user would
+# Made once, outside every timing, as a careful user would. No keep-alive: llama-server closes
+# the connection after each streamed response, and reusing one before its FIN arrives fails with
+# "Server disconnected without sending a response" (rocm_nb redials such a request: rocm_nb/_redial.py).
+_RAW = httpx.Client(timeout=60, limits=httpx.Limits(max_keepalive_connections=0))
 
 
 def raw_stream(base_url: str, api_key: str, max_tokens: int) -> tuple[float, float, int]:

@@ -628,6 +628,8 @@ class Client:
     ) -> None:
         import httpx
 
+        from rocm_nb._redial import Redial
+
         self._base_url = base_url.rstrip("/")
         self._api_key = api_key
         self._timeout = timeout
@@ -635,8 +637,8 @@ class Client:
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http_timeout = httpx.Timeout(timeout, connect=10.0)
         self._sync = httpx.Client(
-            base_url=self._base_url, headers=self._headers, timeout=self._http_timeout, transport=transport,
-            verify=_ssl_context(),
+            base_url=self._base_url, headers=self._headers, timeout=self._http_timeout,
+            transport=transport or Redial(httpx.HTTPTransport(verify=_ssl_context())),
         )
         self._async_transport = async_transport
         self._async: httpx.AsyncClient | None = None
@@ -670,13 +672,14 @@ class Client:
         """A fresh async client on this server; its owner closes it."""
         import httpx
 
+        from rocm_nb._redial import AsyncRedial
+
         self._ensure_open()
         return httpx.AsyncClient(
             base_url=self._base_url,
             headers=self._headers,
             timeout=self._http_timeout,
-            transport=self._async_transport,
-            verify=_ssl_context(),
+            transport=self._async_transport or AsyncRedial(httpx.AsyncHTTPTransport(verify=_ssl_context())),
         )
 
     def _ahttp(self) -> httpx.AsyncClient:

@@ -163,17 +163,27 @@ def test_samples_only_while_a_view_is_visible(model: LocalModel, monitors: list[
     assert_no_more_samples(monitor, gpus)
 
 
-def test_close_stops_the_timer_for_good(model: LocalModel, monitors: list[GpuMonitor]) -> None:
+def sampling(owner: LocalModel, monitors: list[GpuMonitor]) -> tuple[GpuMonitor, CountingGpus]:
+    """A fast monitor on ``owner``, shown and seen sampling."""
     gpus = CountingGpus()
-    monitor = model.monitor(interval=0.05, idle_interval=0.05, gpus=gpus)
+    monitor = owner.monitor(interval=0.05, idle_interval=0.05, gpus=gpus)
     monitors.append(monitor)
     show(monitor)
     wait_until(lambda: gpus.calls >= 2)
-    monitor.close()
-    assert monitor.state == "stopped" and monitor.status == "stopped: closed"
+    return monitor, gpus
+
+
+def assert_stopped_for_good(monitor: GpuMonitor, gpus: CountingGpus, why: str) -> None:
+    assert monitor.state == "stopped" and monitor.status == f"stopped: {why}"
     assert_no_more_samples(monitor, gpus)
     show(monitor)  # a late message from a view does not bring it back
     assert_no_more_samples(monitor, gpus, wait=0.2)
+
+
+def test_close_stops_the_timer_for_good(model: LocalModel, monitors: list[GpuMonitor]) -> None:
+    monitor, gpus = sampling(model, monitors)
+    monitor.close()
+    assert_stopped_for_good(monitor, gpus, "closed")
     monitor.close()  # idempotent
 
 
@@ -181,16 +191,9 @@ def test_closing_the_model_stops_its_monitors(model: LocalModel, monitors: list[
     # an equal configuration attaches to the session's server: closing it leaves that server running
     other = LocalModel(DEFAULT_MODEL, ctx_size=model.config.ctx_size, parallel=model.config.parallel).start()
     assert other.pid == model.pid
-    gpus = CountingGpus()
-    monitor = other.monitor(interval=0.05, idle_interval=0.05, gpus=gpus)
-    monitors.append(monitor)
-    show(monitor)
-    wait_until(lambda: gpus.calls >= 2)
+    monitor, gpus = sampling(other, monitors)
     other.close()
-    assert monitor.state == "stopped" and monitor.status == "stopped: model closed"
-    assert_no_more_samples(monitor, gpus)
-    show(monitor)
-    assert_no_more_samples(monitor, gpus, wait=0.2)
+    assert_stopped_for_good(monitor, gpus, "model closed")
     with pytest.raises(ModelClosed, match="was closed"):
         other.monitor()
     assert model.health(), "the shared server still runs for its other user"

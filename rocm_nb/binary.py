@@ -498,8 +498,7 @@ def _stream(step: str, cmd: Sequence[str], log: Path, env: Mapping[str, str], ba
                 match = _PROGRESS.match(line)
                 if bar is not None and match:
                     bar.total = int(match[2] or 100)
-                    bar.n = int(match[1])
-                    bar.refresh()
+                    bar.update(int(match[1]) - bar.n)  # drawn at most every mininterval, unlike refresh()
         except BaseException:  # an interrupt: stop the build rather than leave it running
             _stop(proc)
             raise

@@ -340,3 +340,21 @@ def test_a_rocwmma_build_is_installed_apart_and_reused(tmp_path: Path) -> None:
     log.write_text("kept")  # a rebuild would truncate it
     assert install_server(rocwmma_fattn=True, hardware=hw, environ=environ, progress=False) == built
     assert log.read_text() == "kept"
+
+
+def test_build_progress_follows_ninja_but_draws_at_most_every_mininterval(tmp_path: Path) -> None:
+    """200 ninja steps into a log file (not a terminal): the bar ends at 200/200 after a couple of lines."""
+    import io
+
+    from tqdm import tqdm
+
+    from rocm_nb.binary import _stream
+
+    script = "for i in range(1, 201): print(f'[{i}/200] Building CXX object x{i}.o')"
+    drawn = io.StringIO()
+    with tqdm(file=drawn, mininterval=30.0) as bar:
+        _stream("compiling", [sys.executable, "-c", script], tmp_path / "build.log", dict(os.environ), bar)
+        assert (bar.n, bar.total) == (200, 200)
+    assert drawn.getvalue().count("\r") <= 3  # opening, maybe one 30 s tick, closing: not 200 redraws
+    logged = (tmp_path / "build.log").read_text().splitlines()
+    assert sum(line.startswith("[") for line in logged) == 200  # the log keeps every line

@@ -5,6 +5,11 @@ on the caller's event loop) and httpx-sse parses the event stream. Every
 generation is streamed from the server, even ``generate()``: one code path,
 and time to first token is always measured.
 
+The client layer is three modules: this one (the ``Client`` and its
+requests), :mod:`rocm_nb.completion` (options, payloads, ``Completion``) and
+:mod:`rocm_nb.stream` (reading one event stream); this module re-exports the
+public names of the other two.
+
 Example:
     >>> client = connect("http://127.0.0.1:8080", api_key="secret")  # doctest: +SKIP
     >>> for piece in client.stream("Once upon a time", max_tokens=16):  # doctest: +SKIP
@@ -15,14 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import io
-import json
-import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Unpack
 
+from rocm_nb.completion import Completion, Kind, Message, Options, Timings, build_payload
 from rocm_nb.errors import GenerationError, ModelClosed, RocmNbError
+from rocm_nb.stream import Accumulator, AsyncTokenStream, FailureHook, TokenStream, http_error
 
 # httpx, httpx-sse and asyncio are imported where they are first needed, so
 # that `import rocm_nb` and constructing a LocalModel stay cheap (together
@@ -32,7 +35,6 @@ if TYPE_CHECKING:
     import ssl
 
     import httpx
-    from httpx_sse import ServerSentEvent
     from tqdm import tqdm
 
     from rocm_nb.widgets import ChatPanel
@@ -49,498 +51,10 @@ __all__ = [
     "connect",
 ]
 
-Message = Mapping[str, Any]
-"""One chat message: ``{"role": "user", "content": "Hi"}``."""
-
 Prompt = str | Sequence[Message]
 """One item of :meth:`Client.map`: a prompt string or a list of chat messages."""
 
-Kind = Literal["completion", "chat"]
 _Job = tuple[Kind, Any]
-FailureHook = Callable[[Exception, str], "RocmNbError | None"]
-"""Given a transport error and the partial text, return a better error (or None)."""
-
-DEFAULT_MAX_TOKENS = 512
-
-
-class Options(TypedDict, total=False):
-    """Sampling options accepted by every generation method.
-
-    Only the options you pass are sent; the server's defaults apply to the
-    rest (llama-server keeps ``cache_prompt`` on by default, so chat turn N
-    reuses the KV cache of turns 1..N-1). ``max_tokens`` is always sent
-    (default 512): an unbounded generation is never what a notebook wants.
-
-    Example:
-        >>> opts: Options = {"max_tokens": 32, "temperature": 0.0, "seed": 1}
-    """
-
-    max_tokens: int
-    temperature: float
-    top_p: float
-    top_k: int
-    min_p: float
-    repeat_penalty: float
-    seed: int
-    stop: str | Sequence[str]
-    grammar: str
-    json_schema: Mapping[str, Any]
-    cache_prompt: bool
-
-
-_OPTION_NAMES = frozenset(Options.__annotations__)
-
-
-def build_payload(kind: Kind, prompt: str | Sequence[Message], options: Mapping[str, Any]) -> dict[str, Any]:
-    """Return the JSON body of a streaming request, after checking the options.
-
-    Example:
-        >>> build_payload("completion", "Hi", {"max_tokens": 4})
-        {'stream': True, 'max_tokens': 4, 'prompt': 'Hi'}
-        >>> build_payload("completion", "Hi", {"max_tokens": 0})
-        Traceback (most recent call last):
-        ...
-        ValueError: max_tokens must be a positive integer, got 0
-    """
-    unknown = set(options) - _OPTION_NAMES
-    if unknown:
-        raise TypeError(
-            f"unknown option(s) {', '.join(sorted(unknown))}; "
-            f"valid options are {', '.join(sorted(_OPTION_NAMES))}"
-        )
-    max_tokens = options.get("max_tokens", DEFAULT_MAX_TOKENS)
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens <= 0:
-        raise ValueError(f"max_tokens must be a positive integer, got {max_tokens!r}")
-    payload: dict[str, Any] = {"stream": True, **options, "max_tokens": max_tokens}
-    if isinstance(payload.get("stop"), str):
-        payload["stop"] = [payload["stop"]]
-    if kind == "chat":
-        if isinstance(prompt, str):
-            raise TypeError("chat() takes a list of messages; use generate() for a plain prompt")
-        payload["messages"] = [dict(m) for m in prompt]
-    else:
-        if not isinstance(prompt, str):
-            raise TypeError("generate() takes a prompt string; use chat() for messages")
-        payload["prompt"] = prompt
-    return payload
-
-
-@dataclass(frozen=True)
-class Timings:
-    """Speed figures as the server reports them for one generation.
-
-    Example:
-        >>> t = Timings.from_server({"prompt_n": 5, "prompt_ms": 10.0, "predicted_n": 20,
-        ...                          "predicted_ms": 100.0, "predicted_per_second": 200.0})
-        >>> t.predicted_per_second
-        200.0
-    """
-
-    prompt_tokens: int
-    prompt_ms: float
-    predicted_tokens: int
-    predicted_ms: float
-    predicted_per_second: float
-    cached_tokens: int | None = None
-
-    @classmethod
-    def from_server(cls, data: Mapping[str, Any]) -> Timings:
-        """Build from llama-server's ``timings`` object."""
-        return cls(
-            prompt_tokens=int(data.get("prompt_n", 0)),
-            prompt_ms=float(data.get("prompt_ms", 0.0)),
-            predicted_tokens=int(data.get("predicted_n", 0)),
-            predicted_ms=float(data.get("predicted_ms", 0.0)),
-            predicted_per_second=float(data.get("predicted_per_second", 0.0)),
-            cached_tokens=int(data["cache_n"]) if "cache_n" in data else None,
-        )
-
-
-@dataclass(frozen=True)
-class Completion:
-    """The result of one generation.
-
-    ``ttft_s`` (time to first token) and ``elapsed_s`` are measured by the
-    client; ``timings`` come from the server (``None`` if it sends none).
-
-    Example:
-        >>> c = Completion(text="Hello", finish_reason="stop", timings=None)
-        >>> c._repr_markdown_()
-        'Hello'
-    """
-
-    text: str
-    finish_reason: str | None
-    timings: Timings | None
-    ttft_s: float | None = None
-    elapsed_s: float | None = None
-
-    def stats(self) -> str:
-        """One line of statistics, empty when nothing was measured.
-
-        Example:
-            >>> Completion("x", "stop", None, ttft_s=0.05, elapsed_s=0.2).stats()
-            'first token 50 ms · 0.20 s'
-        """
-        parts = []
-        if self.timings is not None:
-            t = self.timings
-            parts.append(f"{t.predicted_tokens} tokens · {t.predicted_per_second:.1f} tok/s")
-            parts.append(f"prompt {t.prompt_tokens} tok")
-        if self.ttft_s is not None:
-            parts.append(f"first token {self.ttft_s * 1000:.0f} ms")
-        if self.elapsed_s is not None:
-            parts.append(f"{self.elapsed_s:.2f} s")
-        return " · ".join(parts)
-
-    def _repr_markdown_(self) -> str:
-        stats = self.stats()
-        return f"{self.text}\n\n<sub>{stats}</sub>" if stats else self.text
-
-    def code(self) -> str:
-        """The code in the reply: the first fenced block's content, else the whole text.
-
-        Markdown is parsed with markdown-it-py, so ```` ``` ```` and ``~~~``
-        fences both count, and a block cut off by ``max_tokens`` still yields
-        the code written so far.
-
-        Example:
-            >>> Completion("Here it is:\\n```python\\nprint(1)\\n```\\nEnjoy.", "stop", None).code()
-            'print(1)'
-            >>> Completion("print(2)\\n", "stop", None).code()
-            'print(2)'
-        """
-        from markdown_it import MarkdownIt  # imported here: `import rocm_nb` stays cheap
-
-        for token in MarkdownIt("commonmark").parse(self.text):
-            if token.type == "fence":
-                return token.content.rstrip("\n")
-        return self.text.strip()
-
-    def json(self, schema: Mapping[str, Any] | None = None) -> Any:
-        """The reply parsed as JSON and, given a JSON ``schema``, validated against it.
-
-        Raises :class:`~rocm_nb.errors.GenerationError` naming the problem
-        (where the JSON breaks, or which value breaks which rule of the
-        schema); the raw reply is kept in its ``.body``. An invalid schema is
-        a ``ValueError``.
-
-        Example:
-            >>> Completion('{"colour": "red"}', "stop", None).json({"type": "object", "required": ["colour"]})
-            {'colour': 'red'}
-            >>> schema = {"properties": {"colour": {"type": "string"}}}
-            >>> Completion('{"colour": 1}', "stop", None).json(schema)  # doctest: +ELLIPSIS
-            Traceback (most recent call last):
-            ...
-            rocm_nb.errors.GenerationError: the reply does not match the JSON schema at $.colour: 1 is not ...
-        """
-        try:
-            data = json.loads(self.text)
-        except json.JSONDecodeError as exc:
-            cut = (
-                "; it was cut off at max_tokens, so allow more tokens" if self.finish_reason == "length" else ""
-            )
-            raise GenerationError(
-                f"the reply is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}){cut}; "
-                "the raw reply is in the error's .body",
-                body=self.text,
-                partial=self.text,
-            ) from None
-        if schema is not None:
-            from jsonschema import SchemaError, validators  # imported here: `import rocm_nb` stays cheap
-            from jsonschema.exceptions import best_match
-
-            rules = dict(schema)
-            validator_class = validators.validator_for(rules)
-            try:
-                validator_class.check_schema(rules)
-            except SchemaError as exc:
-                raise ValueError(f"the JSON schema itself is invalid: {exc.message}; fix the schema") from None
-            error = best_match(validator_class(rules).iter_errors(data))
-            if error is not None:
-                raise GenerationError(
-                    f"the reply does not match the JSON schema at {error.json_path}: {error.message}; "
-                    "the raw reply is in the error's .body",
-                    body=self.text,
-                    partial=self.text,
-                )
-        return data
-
-
-class _Accumulator:
-    """Pure state of one stream: turns SSE ``data`` fields into text pieces."""
-
-    def __init__(self, kind: Kind) -> None:
-        self.kind = kind
-        self._text = io.StringIO()  # grows by the text's own size per token, not an object per piece
-        self.finish_reason: str | None = None
-        self.timings: Timings | None = None
-        self.done = False
-        self.started = time.perf_counter()
-        self.first_token_at: float | None = None
-
-    @property
-    def partial(self) -> str:
-        return self._text.getvalue()
-
-    def feed(self, data: str) -> str:
-        """Consume one event's data; return the text it carries ('' if none)."""
-        if data.strip() == "[DONE]":
-            self.done = True
-            return ""
-        try:
-            chunk = json.loads(data)
-        except json.JSONDecodeError as exc:
-            raise GenerationError(
-                f"the server sent a malformed event ({exc.msg}): {data[:200]!r}",
-                body=data,
-                partial=self.partial,
-            ) from None
-        if not isinstance(chunk, dict):
-            raise GenerationError(
-                f"the server sent an unexpected event: {data[:200]!r}", body=data, partial=self.partial
-            )
-        if "error" in chunk:
-            error = chunk["error"]
-            message = error.get("message", error) if isinstance(error, dict) else error
-            code = error.get("code") if isinstance(error, dict) else None
-            raise GenerationError(
-                f"the server reported an error mid-stream: {message}",
-                status_code=code if isinstance(code, int) else None,
-                body=data,
-                partial=self.partial,
-            )
-        if isinstance(chunk.get("timings"), dict):
-            self.timings = Timings.from_server(chunk["timings"])
-        piece = ""
-        for choice in chunk.get("choices") or ():
-            if choice.get("finish_reason"):
-                self.finish_reason = choice["finish_reason"]
-            text = (choice.get("delta") or {}).get("content") if self.kind == "chat" else choice.get("text")
-            if text:
-                piece += text
-        if piece:
-            if self.first_token_at is None:
-                self.first_token_at = time.perf_counter()
-            self._text.write(piece)
-        return piece
-
-    def finish(self) -> Completion:
-        """Check the stream ended properly and return its completion."""
-        if not self.done and self.finish_reason is None:
-            raise GenerationError(
-                "the stream ended before the server finished (no finish_reason, no [DONE]); "
-                "the text so far is in .partial",
-                partial=self.partial,
-            )
-        ended = time.perf_counter()
-        ttft = None if self.first_token_at is None else self.first_token_at - self.started
-        return Completion(self.partial, self.finish_reason, self.timings, ttft, ended - self.started)
-
-
-def _http_error(response: httpx.Response, body: str) -> GenerationError:
-    try:
-        detail = json.loads(body)["error"]["message"]
-    except (ValueError, KeyError, TypeError):
-        detail = body[:500]
-    return GenerationError(
-        f"the server answered {response.status_code} to {response.request.method} "
-        f"{response.request.url.path}: {detail}",
-        status_code=response.status_code,
-        body=body,
-    )
-
-
-def _check_event_stream(response: httpx.Response) -> None:
-    content_type = response.headers.get("content-type", "")
-    if "text/event-stream" not in content_type:
-        raise GenerationError(
-            f"expected an event stream from {response.request.url.path}, got {content_type!r}; "
-            "is this a llama-server or OpenAI-compatible endpoint?",
-            status_code=response.status_code,
-        )
-
-
-class _StreamBase:
-    """What the sync and async streams share: state, error translation."""
-
-    def __init__(self, acc: _Accumulator, on_failure: FailureHook, read_timeout: float | None) -> None:
-        self._acc = acc
-        self._on_failure = on_failure
-        self._read_timeout = read_timeout
-        self.completion: Completion | None = None
-        """The finished :class:`Completion`, set once the stream is exhausted."""
-
-    @property
-    def text(self) -> str:
-        """All text received so far."""
-        return self._acc.partial
-
-    def _translate(self, exc: Exception) -> Exception:
-        if isinstance(exc, RocmNbError):
-            return exc
-        import httpx
-
-        partial = self._acc.partial
-        if isinstance(exc, httpx.TimeoutException):
-            return GenerationError(
-                f"the server sent nothing for {self._read_timeout} s and looks hung; "
-                "the text so far is in .partial. Restart the model, or pass a larger timeout=",
-                partial=partial,
-            )
-        better = self._on_failure(exc, partial)
-        if better is not None:
-            return better
-        return GenerationError(
-            f"lost the connection to the server mid-stream ({type(exc).__name__}: {exc}); "
-            "the text so far is in .partial",
-            partial=partial,
-        )
-
-    def _next_piece(self, event: ServerSentEvent) -> str:
-        return self._acc.feed(event.data)
-
-    def _finished(self) -> None:
-        self.completion = self._acc.finish()
-
-
-class TokenStream(_StreamBase):
-    """An iterator of text pieces from one streaming request.
-
-    Closing it early (``break``, an exception, ``close()``, leaving a ``with``
-    block) closes the HTTP stream, which cancels the generation on the
-    server. After the last piece, ``.completion`` holds the result.
-
-    Example:
-        >>> with model.stream("Once upon a time", max_tokens=8) as s:  # doctest: +SKIP
-        ...     text = "".join(s)
-        >>> s.completion.finish_reason  # doctest: +SKIP
-        'length'
-    """
-
-    def __init__(
-        self,
-        open_response: Callable[[], httpx.Response],
-        acc: _Accumulator,
-        on_failure: FailureHook,
-        read_timeout: float | None,
-    ) -> None:
-        super().__init__(acc, on_failure, read_timeout)
-        self._open_response = open_response
-        self._response: httpx.Response | None = None
-        self._events: Iterator[ServerSentEvent] | None = None
-        self._closed = False
-
-    def __iter__(self) -> TokenStream:
-        return self
-
-    def __next__(self) -> str:
-        if self._closed:
-            raise StopIteration
-        try:
-            if self._events is None:
-                self._response = self._open_response()
-                if self._response.is_error:
-                    raise _http_error(self._response, self._response.read().decode("utf-8", "replace"))
-                _check_event_stream(self._response)
-                from httpx_sse import EventSource
-
-                self._events = EventSource(self._response).iter_sse()
-            for event in self._events:
-                piece = self._next_piece(event)
-                if piece:
-                    return piece
-                if self._acc.done:
-                    break
-            self._finished()
-        except BaseException as exc:
-            self.close()
-            if isinstance(exc, Exception):
-                raise self._translate(exc) from exc
-            raise
-        self.close()
-        raise StopIteration
-
-    def close(self) -> None:
-        """Close the HTTP stream (cancelling the generation if it still runs). Idempotent."""
-        self._closed = True
-        if self._response is not None:
-            self._response.close()
-
-    def __enter__(self) -> TokenStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        self.close()
-
-
-class AsyncTokenStream(_StreamBase):
-    """The async twin of :class:`TokenStream`: ``async for piece in stream``.
-
-    Example:
-        >>> async with model.astream("Hi", max_tokens=8) as s:  # doctest: +SKIP
-        ...     async for piece in s:
-        ...         print(piece, end="")
-    """
-
-    def __init__(
-        self,
-        open_response: Callable[[], Any],
-        acc: _Accumulator,
-        on_failure: FailureHook,
-        read_timeout: float | None,
-    ) -> None:
-        super().__init__(acc, on_failure, read_timeout)
-        self._open_response = open_response
-        self._response: httpx.Response | None = None
-        self._events: AsyncIterator[ServerSentEvent] | None = None
-        self._closed = False
-
-    def __aiter__(self) -> AsyncTokenStream:
-        return self
-
-    async def __anext__(self) -> str:
-        if self._closed:
-            raise StopAsyncIteration
-        try:
-            if self._events is None:
-                self._response = await self._open_response()
-                if self._response.is_error:
-                    body = (await self._response.aread()).decode("utf-8", "replace")
-                    raise _http_error(self._response, body)
-                _check_event_stream(self._response)
-                from httpx_sse import EventSource
-
-                self._events = EventSource(self._response).aiter_sse()
-            async for event in self._events:
-                piece = self._next_piece(event)
-                if piece:
-                    return piece
-                if self._acc.done:
-                    break
-            self._finished()
-        except BaseException as exc:
-            await self.aclose()
-            if isinstance(exc, Exception):
-                raise self._translate(exc) from exc
-            raise
-        await self.aclose()
-        raise StopAsyncIteration
-
-    async def aclose(self) -> None:
-        """Close the HTTP stream (cancelling the generation if it still runs). Idempotent."""
-        self._closed = True
-        if self._response is not None:
-            await self._response.aclose()
-
-    async def __aenter__(self) -> AsyncTokenStream:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
 
 @functools.cache
@@ -702,7 +216,7 @@ class Client:
         http = self._http()
         request = http.build_request("POST", self._endpoint(kind), json=payload)
         return TokenStream(
-            lambda: http.send(request, stream=True), _Accumulator(kind), self._on_failure, self._timeout
+            lambda: http.send(request, stream=True), Accumulator(kind), self._on_failure, self._timeout
         )
 
     def _open_astream(
@@ -719,7 +233,7 @@ class Client:
             http = client or self._ahttp()
             return await http.send(http.build_request("POST", endpoint, json=payload), stream=True)
 
-        return AsyncTokenStream(open_response, _Accumulator(kind), self._on_failure, self._timeout)
+        return AsyncTokenStream(open_response, Accumulator(kind), self._on_failure, self._timeout)
 
     @staticmethod
     def _drain(stream: TokenStream) -> Completion:
@@ -751,7 +265,7 @@ class Client:
                 "is the server running?"
             ) from exc
         if response.is_error:
-            raise _http_error(response, response.text)
+            raise http_error(response, response.text)
         return response
 
     # -- generation -------------------------------------------------------------------------

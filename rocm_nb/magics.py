@@ -5,11 +5,14 @@
 * ``%rocm_load MODEL [--ctx N] [--gpu-layers N|auto] [--name ALIAS] [--server PATH] [-- ARGS]``
 * ``%%rocm_generate [options]`` — the cell is the prompt; ``{name}`` is filled
   from the user namespace (``{{`` and ``}}`` for literal braces)
-* ``%rocm_chat``, ``%rocm_status``, ``%rocm_stop [ALIAS|--all]``
+* ``%rocm_chat [ALIAS] [--system TEXT] [--temperature T] [--max-tokens N] [--seed N]``
+  — a chat panel starting with those settings
+* ``%rocm_status``, ``%rocm_stop [ALIAS|--all]``
 * ``%rocm_models [DIR ...]`` — the GGUF models on this machine; ``%rocm_load``
   tab-completes their names
 
-Each magic documents its options: ``%%rocm_generate?``.
+Each magic documents its options: ``%%rocm_generate?``. Option values are
+quoted as in a shell (``--system "Be brief."``).
 
 Example (in a notebook)::
 
@@ -29,7 +32,7 @@ from typing import Any
 
 from IPython.core.error import TryNext, UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 
 from rocm_nb.catalog import DEFAULT_MODEL
@@ -66,6 +69,23 @@ def fill_placeholders(template: str, namespace: Mapping[str, Any]) -> str:
         return str(namespace[name])
 
     return _PLACEHOLDER.sub(substitute, template)
+
+
+def _parse(magic: Any, line: str) -> Any:
+    """Parse a magic's line the way a shell would: ``--system "Be brief."`` loses its quotes.
+
+    (IPython's ``parse_argstring`` keeps them.) A bad option is a one-line
+    ``UsageError``, as from ``parse_argstring``.
+
+    Example:
+        >>> _parse(RocmMagics.rocm_chat, '--system "Be brief." --temperature 0').system
+        'Be brief.'
+    """
+    try:
+        words = shlex.split(line)
+    except ValueError as exc:
+        raise UsageError(f"{line!r}: {exc}") from None
+    return magic.parser.parse_args(words)
 
 
 def _gpu_layers(value: str) -> int | str:
@@ -147,7 +167,7 @@ class RocmMagics(Magics):
         nothing is started: the magics talk to that server.
         """
         line, _, extra = line.partition(" -- ")
-        args = parse_argstring(self.rocm_load, line)
+        args = _parse(self.rocm_load, line)
         if args.url:
             client = connect(args.url, api_key=args.api_key)
             offered = client.models()  # fails loudly here if the server is unreachable
@@ -194,7 +214,7 @@ class RocmMagics(Magics):
         ``GenerationError`` naming the problem, with the raw reply in ``.body``.
         Otherwise ``--out`` stores the ``Completion``.
         """
-        args = parse_argstring(self.rocm_generate, line)
+        args = _parse(self.rocm_generate, line)
         user_ns = self.shell.user_ns if self.shell is not None else {}
         prompt = fill_placeholders(cell.strip(), user_ns)
         options: Options = {"max_tokens": args.max_tokens}
@@ -247,10 +267,24 @@ class RocmMagics(Magics):
             return None
         return result if args.format == "json" else None
 
+    @magic_arguments()
+    @argument("alias", nargs="?", default=None, help="model to chat with (default: the current one)")
+    @argument("--system", default="", help="system prompt (the panel has a field for it too)")
+    @argument("--temperature", type=float, default=None, help="starting temperature (0 = greedy)")
+    @argument("--max-tokens", type=int, default=None, help="starting most tokens per reply")
+    @argument("--seed", type=int, default=None, help="sampling seed, for repeatable replies")
     @line_magic
     def rocm_chat(self, line: str) -> Any:
-        """Show the chat panel of the current model (or of ``%rocm_chat ALIAS``)."""
-        return self._model(line.strip() or None).panel()
+        """Show a chat panel on the current model (or on ``ALIAS``)."""
+        args = _parse(self.rocm_chat, line)
+        options: Options = {}
+        if args.temperature is not None:
+            options["temperature"] = args.temperature
+        if args.max_tokens is not None:
+            options["max_tokens"] = args.max_tokens
+        if args.seed is not None:
+            options["seed"] = args.seed
+        return self._model(args.alias).panel(system=args.system, **options)
 
     @line_magic
     def rocm_status(self, line: str) -> None:
@@ -267,7 +301,7 @@ class RocmMagics(Magics):
     @line_magic
     def rocm_models(self, line: str) -> ModelLibrary:
         """The GGUF models on this machine as a table (what ``rocm_nb.models()`` returns)."""
-        args = parse_argstring(self.rocm_models, line)
+        args = _parse(self.rocm_models, line)
         return models(args.dirs or None)
 
     @magic_arguments()
@@ -276,7 +310,7 @@ class RocmMagics(Magics):
     @line_magic
     def rocm_stop(self, line: str) -> None:
         """Stop a model (its server stops when no one else uses it)."""
-        args = parse_argstring(self.rocm_stop, line)
+        args = _parse(self.rocm_stop, line)
         aliases = list(self.models) if args.all else [args.alias or self.current]
         for alias in aliases:
             if alias is None or alias not in self.models:

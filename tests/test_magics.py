@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -190,3 +191,20 @@ def test_load_tab_completes_library_names(shell: InteractiveShell, tmp_path: Pat
     assert {"%rocm_load smollm2-135m", f"%rocm_load {mine}local-model.gguf",
             "%rocm_load hf:acme/tiny-GGUF/tiny.Q8_0.gguf"} <= completed(shell, "%rocm_load ")
     assert "%rocm_load --name smollm2-135m" not in completed(shell, "%rocm_load --name smol")  # an alias, not a model
+
+
+def test_chat_panel_magic_takes_its_starting_options(shell: InteractiveShell) -> None:
+    from rocm_nb.widgets import ChatPanel
+
+    panel = shell.run_line_magic("rocm_chat", 'small --temperature 0 --max-tokens 32 --seed 3 --system "Be brief."')
+    assert isinstance(panel, ChatPanel)
+    assert (panel.temperature.value, panel.max_tokens.value, panel.system.value) == (0.0, 32, "Be brief.")
+
+    async def talk() -> None:
+        await asyncio.wait_for(panel.send("Name one colour."), 60)
+
+    asyncio.run(talk())
+    assert panel.last is not None and panel.last.text.strip()
+    assert panel.history[-1] == {"role": "assistant", "content": panel.last.text}
+    with pytest.raises(UsageError):
+        shell.run_line_magic("rocm_chat", "--temperature hot")

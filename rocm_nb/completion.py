@@ -1,0 +1,233 @@
+"""What a generation is asked with and what comes back: options, payloads, ``Completion``.
+
+``build_payload`` turns a prompt and :class:`Options` into the JSON body of
+llama-server's OpenAI-compatible endpoints (``max_tokens`` is always sent);
+a :class:`Completion` is the finished result with the server's
+:class:`Timings`.
+
+Example:
+    >>> build_payload("completion", "Hi", {"max_tokens": 4})["max_tokens"]
+    4
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TypedDict
+
+from rocm_nb.errors import GenerationError
+
+__all__ = ["DEFAULT_MAX_TOKENS", "Completion", "Kind", "Message", "Options", "Timings", "build_payload"]
+
+Message = Mapping[str, Any]
+"""One chat message: ``{"role": "user", "content": "Hi"}``."""
+
+Kind = Literal["completion", "chat"]
+
+DEFAULT_MAX_TOKENS = 512
+
+
+class Options(TypedDict, total=False):
+    """Sampling options accepted by every generation method.
+
+    Only the options you pass are sent; the server's defaults apply to the
+    rest (llama-server keeps ``cache_prompt`` on by default, so chat turn N
+    reuses the KV cache of turns 1..N-1). ``max_tokens`` is always sent
+    (default 512): an unbounded generation is never what a notebook wants.
+
+    Example:
+        >>> opts: Options = {"max_tokens": 32, "temperature": 0.0, "seed": 1}
+    """
+
+    max_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    min_p: float
+    repeat_penalty: float
+    seed: int
+    stop: str | Sequence[str]
+    grammar: str
+    json_schema: Mapping[str, Any]
+    cache_prompt: bool
+
+
+_OPTION_NAMES = frozenset(Options.__annotations__)
+
+
+def build_payload(kind: Kind, prompt: str | Sequence[Message], options: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the JSON body of a streaming request, after checking the options.
+
+    Example:
+        >>> build_payload("completion", "Hi", {"max_tokens": 4})
+        {'stream': True, 'max_tokens': 4, 'prompt': 'Hi'}
+        >>> build_payload("completion", "Hi", {"max_tokens": 0})
+        Traceback (most recent call last):
+        ...
+        ValueError: max_tokens must be a positive integer, got 0
+    """
+    unknown = set(options) - _OPTION_NAMES
+    if unknown:
+        raise TypeError(
+            f"unknown option(s) {', '.join(sorted(unknown))}; "
+            f"valid options are {', '.join(sorted(_OPTION_NAMES))}"
+        )
+    max_tokens = options.get("max_tokens", DEFAULT_MAX_TOKENS)
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens <= 0:
+        raise ValueError(f"max_tokens must be a positive integer, got {max_tokens!r}")
+    payload: dict[str, Any] = {"stream": True, **options, "max_tokens": max_tokens}
+    if isinstance(payload.get("stop"), str):
+        payload["stop"] = [payload["stop"]]
+    if kind == "chat":
+        if isinstance(prompt, str):
+            raise TypeError("chat() takes a list of messages; use generate() for a plain prompt")
+        payload["messages"] = [dict(m) for m in prompt]
+    else:
+        if not isinstance(prompt, str):
+            raise TypeError("generate() takes a prompt string; use chat() for messages")
+        payload["prompt"] = prompt
+    return payload
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Speed figures as the server reports them for one generation.
+
+    Example:
+        >>> t = Timings.from_server({"prompt_n": 5, "prompt_ms": 10.0, "predicted_n": 20,
+        ...                          "predicted_ms": 100.0, "predicted_per_second": 200.0})
+        >>> t.predicted_per_second
+        200.0
+    """
+
+    prompt_tokens: int
+    prompt_ms: float
+    predicted_tokens: int
+    predicted_ms: float
+    predicted_per_second: float
+    cached_tokens: int | None = None
+
+    @classmethod
+    def from_server(cls, data: Mapping[str, Any]) -> Timings:
+        """Build from llama-server's ``timings`` object."""
+        return cls(
+            prompt_tokens=int(data.get("prompt_n", 0)),
+            prompt_ms=float(data.get("prompt_ms", 0.0)),
+            predicted_tokens=int(data.get("predicted_n", 0)),
+            predicted_ms=float(data.get("predicted_ms", 0.0)),
+            predicted_per_second=float(data.get("predicted_per_second", 0.0)),
+            cached_tokens=int(data["cache_n"]) if "cache_n" in data else None,
+        )
+
+
+@dataclass(frozen=True)
+class Completion:
+    """The result of one generation.
+
+    ``ttft_s`` (time to first token) and ``elapsed_s`` are measured by the
+    client; ``timings`` come from the server (``None`` if it sends none).
+
+    Example:
+        >>> c = Completion(text="Hello", finish_reason="stop", timings=None)
+        >>> c._repr_markdown_()
+        'Hello'
+    """
+
+    text: str
+    finish_reason: str | None
+    timings: Timings | None
+    ttft_s: float | None = None
+    elapsed_s: float | None = None
+
+    def stats(self) -> str:
+        """One line of statistics, empty when nothing was measured.
+
+        Example:
+            >>> Completion("x", "stop", None, ttft_s=0.05, elapsed_s=0.2).stats()
+            'first token 50 ms · 0.20 s'
+        """
+        parts = []
+        if self.timings is not None:
+            t = self.timings
+            parts.append(f"{t.predicted_tokens} tokens · {t.predicted_per_second:.1f} tok/s")
+            parts.append(f"prompt {t.prompt_tokens} tok")
+        if self.ttft_s is not None:
+            parts.append(f"first token {self.ttft_s * 1000:.0f} ms")
+        if self.elapsed_s is not None:
+            parts.append(f"{self.elapsed_s:.2f} s")
+        return " · ".join(parts)
+
+    def _repr_markdown_(self) -> str:
+        stats = self.stats()
+        return f"{self.text}\n\n<sub>{stats}</sub>" if stats else self.text
+
+    def code(self) -> str:
+        """The code in the reply: the first fenced block's content, else the whole text.
+
+        Markdown is parsed with markdown-it-py, so ```` ``` ```` and ``~~~``
+        fences both count, and a block cut off by ``max_tokens`` still yields
+        the code written so far.
+
+        Example:
+            >>> Completion("Here it is:\\n```python\\nprint(1)\\n```\\nEnjoy.", "stop", None).code()
+            'print(1)'
+            >>> Completion("print(2)\\n", "stop", None).code()
+            'print(2)'
+        """
+        from markdown_it import MarkdownIt  # imported here: `import rocm_nb` stays cheap
+
+        for token in MarkdownIt("commonmark").parse(self.text):
+            if token.type == "fence":
+                return token.content.rstrip("\n")
+        return self.text.strip()
+
+    def json(self, schema: Mapping[str, Any] | None = None) -> Any:
+        """The reply parsed as JSON and, given a JSON ``schema``, validated against it.
+
+        Raises :class:`~rocm_nb.errors.GenerationError` naming the problem
+        (where the JSON breaks, or which value breaks which rule of the
+        schema); the raw reply is kept in its ``.body``. An invalid schema is
+        a ``ValueError``.
+
+        Example:
+            >>> Completion('{"colour": "red"}', "stop", None).json({"type": "object", "required": ["colour"]})
+            {'colour': 'red'}
+            >>> schema = {"properties": {"colour": {"type": "string"}}}
+            >>> Completion('{"colour": 1}', "stop", None).json(schema)  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            rocm_nb.errors.GenerationError: the reply does not match the JSON schema at $.colour: 1 is not ...
+        """
+        try:
+            data = json.loads(self.text)
+        except json.JSONDecodeError as exc:
+            cut = (
+                "; it was cut off at max_tokens, so allow more tokens" if self.finish_reason == "length" else ""
+            )
+            raise GenerationError(
+                f"the reply is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}){cut}; "
+                "the raw reply is in the error's .body",
+                body=self.text,
+                partial=self.text,
+            ) from None
+        if schema is not None:
+            from jsonschema import SchemaError, validators  # imported here: `import rocm_nb` stays cheap
+            from jsonschema.exceptions import best_match
+
+            rules = dict(schema)
+            validator_class = validators.validator_for(rules)
+            try:
+                validator_class.check_schema(rules)
+            except SchemaError as exc:
+                raise ValueError(f"the JSON schema itself is invalid: {exc.message}; fix the schema") from None
+            error = best_match(validator_class(rules).iter_errors(data))
+            if error is not None:
+                raise GenerationError(
+                    f"the reply does not match the JSON schema at {error.json_path}: {error.message}; "
+                    "the raw reply is in the error's .body",
+                    body=self.text,
+                    partial=self.text,
+                )
+        return data

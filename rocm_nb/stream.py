@@ -1,0 +1,319 @@
+"""One streamed generation: an SSE response read into text pieces and a ``Completion``.
+
+:class:`TokenStream` (sync) and :class:`AsyncTokenStream` read the server's
+event stream with httpx-sse, yield the text pieces, keep the text so far for
+errors (``.partial``) and, once exhausted, hold the :class:`Completion`.
+Closing one early closes the HTTP response, which cancels the generation on
+the server. :class:`~rocm_nb.client.Client` opens them.
+
+Example:
+    >>> with model.stream("Once upon a time", max_tokens=16) as stream:  # doctest: +SKIP
+    ...     text = "".join(stream)
+    >>> stream.completion.timings.predicted_per_second  # doctest: +SKIP
+    118.2
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from rocm_nb.completion import Completion, Kind, Timings
+from rocm_nb.errors import GenerationError, RocmNbError
+
+if TYPE_CHECKING:
+    import httpx
+    from httpx_sse import ServerSentEvent
+
+__all__ = ["Accumulator", "AsyncTokenStream", "FailureHook", "TokenStream", "http_error"]
+
+FailureHook = Callable[[Exception, str], "RocmNbError | None"]
+"""Given a transport error and the partial text, return a better error (or None)."""
+
+
+class Accumulator:
+    """Pure state of one stream: turns SSE ``data`` fields into text pieces.
+
+    Example:
+        >>> acc = Accumulator("completion")
+        >>> acc.feed('{"choices": [{"text": "Hel"}]}') + acc.feed('{"choices": [{"text": "lo"}]}')
+        'Hello'
+        >>> acc.feed("[DONE]"), acc.done, acc.partial
+        ('', True, 'Hello')
+    """
+
+    def __init__(self, kind: Kind) -> None:
+        self.kind = kind
+        self._text = io.StringIO()  # grows by the text's own size per token, not an object per piece
+        self.finish_reason: str | None = None
+        self.timings: Timings | None = None
+        self.done = False
+        self.started = time.perf_counter()
+        self.first_token_at: float | None = None
+
+    @property
+    def partial(self) -> str:
+        return self._text.getvalue()
+
+    def feed(self, data: str) -> str:
+        """Consume one event's data; return the text it carries ('' if none)."""
+        if data.strip() == "[DONE]":
+            self.done = True
+            return ""
+        try:
+            chunk = json.loads(data)
+        except json.JSONDecodeError as exc:
+            raise GenerationError(
+                f"the server sent a malformed event ({exc.msg}): {data[:200]!r}",
+                body=data,
+                partial=self.partial,
+            ) from None
+        if not isinstance(chunk, dict):
+            raise GenerationError(
+                f"the server sent an unexpected event: {data[:200]!r}", body=data, partial=self.partial
+            )
+        if "error" in chunk:
+            error = chunk["error"]
+            message = error.get("message", error) if isinstance(error, dict) else error
+            code = error.get("code") if isinstance(error, dict) else None
+            raise GenerationError(
+                f"the server reported an error mid-stream: {message}",
+                status_code=code if isinstance(code, int) else None,
+                body=data,
+                partial=self.partial,
+            )
+        if isinstance(chunk.get("timings"), dict):
+            self.timings = Timings.from_server(chunk["timings"])
+        piece = ""
+        for choice in chunk.get("choices") or ():
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+            text = (choice.get("delta") or {}).get("content") if self.kind == "chat" else choice.get("text")
+            if text:
+                piece += text
+        if piece:
+            if self.first_token_at is None:
+                self.first_token_at = time.perf_counter()
+            self._text.write(piece)
+        return piece
+
+    def finish(self) -> Completion:
+        """Check the stream ended properly and return its completion."""
+        if not self.done and self.finish_reason is None:
+            raise GenerationError(
+                "the stream ended before the server finished (no finish_reason, no [DONE]); "
+                "the text so far is in .partial",
+                partial=self.partial,
+            )
+        ended = time.perf_counter()
+        ttft = None if self.first_token_at is None else self.first_token_at - self.started
+        return Completion(self.partial, self.finish_reason, self.timings, ttft, ended - self.started)
+
+
+def http_error(response: httpx.Response, body: str) -> GenerationError:
+    try:
+        detail = json.loads(body)["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        detail = body[:500]
+    return GenerationError(
+        f"the server answered {response.status_code} to {response.request.method} "
+        f"{response.request.url.path}: {detail}",
+        status_code=response.status_code,
+        body=body,
+    )
+
+
+def _check_event_stream(response: httpx.Response) -> None:
+    content_type = response.headers.get("content-type", "")
+    if "text/event-stream" not in content_type:
+        raise GenerationError(
+            f"expected an event stream from {response.request.url.path}, got {content_type!r}; "
+            "is this a llama-server or OpenAI-compatible endpoint?",
+            status_code=response.status_code,
+        )
+
+
+class _StreamBase:
+    """What the sync and async streams share: state, error translation."""
+
+    def __init__(self, acc: Accumulator, on_failure: FailureHook, read_timeout: float | None) -> None:
+        self._acc = acc
+        self._on_failure = on_failure
+        self._read_timeout = read_timeout
+        self.completion: Completion | None = None
+        """The finished :class:`Completion`, set once the stream is exhausted."""
+
+    @property
+    def text(self) -> str:
+        """All text received so far."""
+        return self._acc.partial
+
+    def _translate(self, exc: Exception) -> Exception:
+        if isinstance(exc, RocmNbError):
+            return exc
+        import httpx
+
+        partial = self._acc.partial
+        if isinstance(exc, httpx.TimeoutException):
+            return GenerationError(
+                f"the server sent nothing for {self._read_timeout} s and looks hung; "
+                "the text so far is in .partial. Restart the model, or pass a larger timeout=",
+                partial=partial,
+            )
+        better = self._on_failure(exc, partial)
+        if better is not None:
+            return better
+        return GenerationError(
+            f"lost the connection to the server mid-stream ({type(exc).__name__}: {exc}); "
+            "the text so far is in .partial",
+            partial=partial,
+        )
+
+    def _next_piece(self, event: ServerSentEvent) -> str:
+        return self._acc.feed(event.data)
+
+    def _finished(self) -> None:
+        self.completion = self._acc.finish()
+
+
+class TokenStream(_StreamBase):
+    """An iterator of text pieces from one streaming request.
+
+    Closing it early (``break``, an exception, ``close()``, leaving a ``with``
+    block) closes the HTTP stream, which cancels the generation on the
+    server. After the last piece, ``.completion`` holds the result.
+
+    Example:
+        >>> with model.stream("Once upon a time", max_tokens=8) as s:  # doctest: +SKIP
+        ...     text = "".join(s)
+        >>> s.completion.finish_reason  # doctest: +SKIP
+        'length'
+    """
+
+    def __init__(
+        self,
+        open_response: Callable[[], httpx.Response],
+        acc: Accumulator,
+        on_failure: FailureHook,
+        read_timeout: float | None,
+    ) -> None:
+        super().__init__(acc, on_failure, read_timeout)
+        self._open_response = open_response
+        self._response: httpx.Response | None = None
+        self._events: Iterator[ServerSentEvent] | None = None
+        self._closed = False
+
+    def __iter__(self) -> TokenStream:
+        return self
+
+    def __next__(self) -> str:
+        if self._closed:
+            raise StopIteration
+        try:
+            if self._events is None:
+                self._response = self._open_response()
+                if self._response.is_error:
+                    raise http_error(self._response, self._response.read().decode("utf-8", "replace"))
+                _check_event_stream(self._response)
+                from httpx_sse import EventSource
+
+                self._events = EventSource(self._response).iter_sse()
+            for event in self._events:
+                piece = self._next_piece(event)
+                if piece:
+                    return piece
+                if self._acc.done:
+                    break
+            self._finished()
+        except BaseException as exc:
+            self.close()
+            if isinstance(exc, Exception):
+                raise self._translate(exc) from exc
+            raise
+        self.close()
+        raise StopIteration
+
+    def close(self) -> None:
+        """Close the HTTP stream (cancelling the generation if it still runs). Idempotent."""
+        self._closed = True
+        if self._response is not None:
+            self._response.close()
+
+    def __enter__(self) -> TokenStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class AsyncTokenStream(_StreamBase):
+    """The async twin of :class:`TokenStream`: ``async for piece in stream``.
+
+    Example:
+        >>> async with model.astream("Hi", max_tokens=8) as s:  # doctest: +SKIP
+        ...     async for piece in s:
+        ...         print(piece, end="")
+    """
+
+    def __init__(
+        self,
+        open_response: Callable[[], Any],
+        acc: Accumulator,
+        on_failure: FailureHook,
+        read_timeout: float | None,
+    ) -> None:
+        super().__init__(acc, on_failure, read_timeout)
+        self._open_response = open_response
+        self._response: httpx.Response | None = None
+        self._events: AsyncIterator[ServerSentEvent] | None = None
+        self._closed = False
+
+    def __aiter__(self) -> AsyncTokenStream:
+        return self
+
+    async def __anext__(self) -> str:
+        if self._closed:
+            raise StopAsyncIteration
+        try:
+            if self._events is None:
+                self._response = await self._open_response()
+                if self._response.is_error:
+                    body = (await self._response.aread()).decode("utf-8", "replace")
+                    raise http_error(self._response, body)
+                _check_event_stream(self._response)
+                from httpx_sse import EventSource
+
+                self._events = EventSource(self._response).aiter_sse()
+            async for event in self._events:
+                piece = self._next_piece(event)
+                if piece:
+                    return piece
+                if self._acc.done:
+                    break
+            self._finished()
+        except BaseException as exc:
+            await self.aclose()
+            if isinstance(exc, Exception):
+                raise self._translate(exc) from exc
+            raise
+        await self.aclose()
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        """Close the HTTP stream (cancelling the generation if it still runs). Idempotent."""
+        self._closed = True
+        if self._response is not None:
+            await self._response.aclose()
+
+    async def __aenter__(self) -> AsyncTokenStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+

@@ -476,8 +476,7 @@ def free_vram(hardware: Hardware) -> int | None:
         >>> free_vram(Hardware("rocm", gpus, "0", ())) // 2**30
         20
     """
-    visible = None if hardware.visible_devices is None else set(hardware.visible_devices.split(","))
-    frees = [g.vram_free for g in hardware.gpus if visible is None or str(g.index) in visible]
+    frees = [g.vram_free for g in hardware.visible_gpus]
     if not frees or None in frees:
         return None
     return sum(f for f in frees if f is not None)

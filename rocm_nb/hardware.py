@@ -170,13 +170,24 @@ class Hardware:
     notes: tuple[str, ...]
 
     @property
+    def visible_gpus(self) -> tuple[GPU, ...]:
+        """The GPUs llama-server will see: those in :attr:`visible_devices` (all when it is ``None``).
+
+        Example:
+            >>> gpus = (GPU(0, "RX 7900 XTX", "gfx1100", "amd", None, None, False),
+            ...         GPU(1, "Radeon 780M", "gfx1103", "amd", None, None, True))
+            >>> [g.name for g in Hardware("rocm", gpus, "0", ()).visible_gpus]
+            ['RX 7900 XTX']
+        """
+        if self.visible_devices is None:
+            return self.gpus
+        visible = set(self.visible_devices.split(","))
+        return tuple(g for g in self.gpus if str(g.index) in visible)
+
+    @property
     def gfx_targets(self) -> tuple[str, ...]:
         """Sorted gfx targets of the AMD GPUs llama-server will use (for ``AMDGPU_TARGETS``)."""
-        visible = None if self.visible_devices is None else set(self.visible_devices.split(","))
-        return tuple(sorted({
-            g.arch for g in self.gpus
-            if g.vendor == "amd" and g.arch and (visible is None or str(g.index) in visible)
-        }))
+        return tuple(sorted({g.arch for g in self.visible_gpus if g.vendor == "amd" and g.arch}))
 
     @property
     def build_targets(self) -> tuple[str, ...]:

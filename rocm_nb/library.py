@@ -327,8 +327,7 @@ def _budget(hardware: Hardware) -> _Budget:
             f"no GPU: llama-server runs on the CPU, so \"fits\" compares each model's estimated memory "
             f"(ctx min(trained, {FIT_CTX})) with the {human_bytes(available)} of RAM available now"
         ), gpu=False)
-    visible = None if hardware.visible_devices is None else set(hardware.visible_devices.split(","))
-    known = [g for g in hardware.gpus if g.vram_free is not None and (visible is None or str(g.index) in visible)]
+    known = [g for g in hardware.visible_gpus if g.vram_free is not None]
     if not known:
         return _Budget("fits in VRAM?", None, "free VRAM unknown (no tool or sysfs file reported it): "
                        "\"fits\" shows ?; rocm-nb doctor says what is missing", gpu=True)

@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Sequence
 
 __all__ = [
@@ -38,7 +39,62 @@ __all__ = [
     "ServerCrashed",
     "ServerStartError",
     "ServerStartTimeout",
+    "describe_exit",
 ]
+
+_SIGNAL_NAMES: dict[int, str] = {
+    signal.SIGSEGV: "segmentation fault",
+    signal.SIGILL: "illegal instruction",
+    signal.SIGKILL: "killed",
+    signal.SIGBUS: "bus error",
+    signal.SIGABRT: "aborted",
+    signal.SIGFPE: "floating-point exception",
+    signal.SIGTERM: "terminated",
+}
+_SIGNAL_STEPS: dict[int, tuple[str, str]] = {  # signal -> (next step while loading, next step mid-stream)
+    signal.SIGILL: ("this llama-server was built for another CPU (a cache shared between machines?): "
+                    "run `rocm-nb server install --rebuild`",) * 2,
+    signal.SIGSEGV: ("run `rocm-nb doctor`, which smoke-tests the binary, and see whether a portable build helps "
+                     "(`rocm-nb server install --rebuild --portable`)",
+                     "run `rocm-nb doctor`, which smoke-tests the binary; if it passes, report the prompt that "
+                     "crashed it"),
+    signal.SIGKILL: ("this is often the out-of-memory killer: use fewer GPU layers (gpu_layers=) or a smaller "
+                     "context (ctx_size=)",) * 2,
+    signal.SIGBUS: ("the model file changed while it was mapped, or sits on a failing disk: check the file "
+                    "(`rocm-nb doctor`) and fetch it again if it changed",) * 2,
+    signal.SIGABRT: ("llama-server stopped on an internal check: read the log lines, and `rocm-nb doctor` "
+                     "checks the setup",) * 2,
+}
+
+
+def describe_exit(returncode: int | None, *, loading: bool = True) -> tuple[str, str]:
+    """How a process ended, in words, and the next step for it: ``(what, next_step)``.
+
+    A negative return code is death by a signal, named as such ("crashed with
+    SIGSEGV (segmentation fault)"); ``next_step`` is empty when there is no
+    advice specific to the way it ended. ``loading`` picks the advice for a
+    process that died while loading rather than mid-stream.
+
+    Example:
+        >>> describe_exit(-11)[0]
+        'crashed with SIGSEGV (segmentation fault)'
+        >>> describe_exit(-4)[1].endswith("rocm-nb server install --rebuild`")
+        True
+        >>> describe_exit(1)
+        ('exited with status 1', '')
+    """
+    if returncode is None:
+        return "ended (exit status unknown)", ""
+    if returncode >= 0:
+        return f"exited with status {returncode}", ""
+    try:
+        number = signal.Signals(-returncode)
+    except ValueError:
+        return f"crashed with signal {-returncode}", ""
+    name = _SIGNAL_NAMES.get(number)
+    what = f"crashed with {number.name}" + (f" ({name})" if name else "")
+    steps = _SIGNAL_STEPS.get(number)
+    return what, (steps[0] if loading else steps[1]) if steps else ""
 
 
 class RocmNbError(Exception):

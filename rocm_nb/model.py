@@ -37,7 +37,7 @@ import psutil
 from rocm_nb.binary import ServerBinary, find_server
 from rocm_nb.catalog import DEFAULT_MODEL, ModelInfo, read_info, resolve_model
 from rocm_nb.client import Client
-from rocm_nb.errors import BinaryNotFound, ModelClosed, RocmNbError, ServerCrashed
+from rocm_nb.errors import BinaryNotFound, ModelClosed, RocmNbError, ServerCrashed, describe_exit
 from rocm_nb.fit import FitPlan, plan_load
 from rocm_nb.hardware import Backend, Hardware, detect
 from rocm_nb.server import LlamaServer, Progress, RpcWorker, ServerConfig
@@ -280,11 +280,11 @@ class LocalModel(Client):
             time.sleep(0.02)  # a dying process may still be closing its sockets
         if server.returncode is None:
             return None
+        what, step = describe_exit(server.returncode, loading=False)
         return ServerCrashed(
-            f"llama-server (pid {server.pid}) died with status {server.returncode} "
-            f"while serving {self.path.name}; the text so far is in .partial. Last log lines:\n"
-            f"{server.log_tail(15)}\nNext step: call model.start() for a fresh server "
-            "(lower gpu_layers or ctx_size if it ran out of memory).",
+            f"llama-server (pid {server.pid}) {what} while serving {self.path.name}; the text so far is in "
+            f".partial. Last log lines:\n{server.log_tail(15)}\nNext step: "
+            + (f"{step}; then " if step else "") + "call model.start() for a fresh server.",
             returncode=server.returncode,
             log_tail=server.log_tail(40),
             partial=partial,

@@ -50,7 +50,7 @@ from typing import Any
 import psutil
 
 from rocm_nb._paths import cache_root
-from rocm_nb.errors import ServerStartError, ServerStartTimeout
+from rocm_nb.errors import ServerStartError, ServerStartTimeout, describe_exit
 
 __all__ = ["LlamaServer", "RpcWorker", "ServerConfig", "free_port", "reap_stale_servers", "running_records"]
 
@@ -502,9 +502,9 @@ class LlamaServer(_ChildProcess):
         elif "unknown model architecture" in lowered or "unsupported" in lowered:
             hint = "this llama-server does not support the model: update it with `rocm-nb server install --force`"
         else:
-            hint = "read the log lines above; `rocm-nb doctor` checks the setup"
+            hint = describe_exit(returncode)[1] or "read the log lines above; `rocm-nb doctor` checks the setup"
         return ServerStartError(
-            f"llama-server exited with status {returncode} while loading {self.config.model.name}.\n"
+            f"llama-server {describe_exit(returncode)[0]} while loading {self.config.model.name}.\n"
             f"Command: {' '.join(self.config.argv(self.port or 0, '***'))}\n"
             f"Last log lines:\n{tail}\nHint: {hint}",
             returncode=returncode,

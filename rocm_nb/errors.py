@@ -10,12 +10,20 @@
     ├── ServerStartError                     exited while loading: .returncode, .log_tail, hint
     ├── ServerStartTimeout (TimeoutError)    still not ready after the start timeout
     ├── ServerCrashed                        died after it was ready: .returncode, .log_tail
-    ├── GenerationError                      non-2xx, malformed stream or a stalled server
+    ├── GenerationError                      the server refused a request (non-2xx): .status_code, .body
+    │   ├── ServerUnavailable (ConnectionError)  nothing answers, or the connection was lost
+    │   ├── GenerationTimeout (TimeoutError)     a timeout ran out: .phase connect/read/write/pool, .timeout
+    │   ├── StreamProtocolError                  not an event stream, a malformed event, a truncated stream
+    │   └── SchemaMismatch (ValueError)          the reply is not the JSON asked for (or breaks its schema)
     └── ModelClosed (RuntimeError)           used after close()
 
-Every message says what happened, what was tried and what to do next. Errors
-raised while a stream was running keep the text already streamed in
-``.partial``, so nothing the user saw is lost.
+Every error says what happened, what was tried and what to do next. The
+generation and server-process errors keep ``str(exc)`` short: the next step
+and the server's last log lines are notes (PEP 678 ``add_note``, printed
+under the message in a traceback) and attributes. Errors raised while a
+stream was running keep the text already streamed in ``.partial``, so
+nothing the user saw is lost. ``except GenerationError`` catches every
+generation failure; its subclasses let a caller catch one cause.
 
 Example:
     >>> from rocm_nb.errors import RocmNbError, ModelNotFound
@@ -27,19 +35,26 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Sequence
+from typing import Literal, TypeVar
 
 __all__ = [
     "BinaryNotFound",
     "BuildError",
     "GenerationError",
+    "GenerationTimeout",
     "InvalidModel",
     "ModelClosed",
     "ModelNotFound",
     "RocmNbError",
+    "SchemaMismatch",
     "ServerCrashed",
     "ServerStartError",
     "ServerStartTimeout",
+    "ServerUnavailable",
+    "StreamProtocolError",
+    "TimeoutPhase",
     "describe_exit",
+    "with_notes",
 ]
 
 _SIGNAL_NAMES: dict[int, str] = {
@@ -65,6 +80,26 @@ _SIGNAL_STEPS: dict[int, tuple[str, str]] = {  # signal -> (next step while load
     signal.SIGABRT: ("llama-server stopped on an internal check: read the log lines, and `rocm-nb doctor` "
                      "checks the setup",) * 2,
 }
+
+
+_E = TypeVar("_E", bound=BaseException)
+
+TimeoutPhase = Literal["connect", "read", "write", "pool"]
+"""Which of httpx's timeouts ran out (:attr:`GenerationTimeout.phase`)."""
+
+
+def with_notes(exc: _E, *notes: str) -> _E:
+    """Add the non-empty ``notes`` to ``exc`` (PEP 678) and return it, for ``raise with_notes(...)``.
+
+    Example:
+        >>> exc = with_notes(ModelClosed("closed"), "", "create a new one")
+        >>> str(exc), exc.__notes__
+        ('closed', ['create a new one'])
+    """
+    for note in notes:
+        if note:
+            exc.add_note(note)
+    return exc
 
 
 def describe_exit(returncode: int | None, *, loading: bool = True) -> tuple[str, str]:
@@ -205,8 +240,10 @@ class ServerCrashed(_ProcessError):
 
 
 class GenerationError(RocmNbError):
-    """The server refused a request, sent a malformed stream, or stalled.
+    """A generation failed: the base of every failure to get a reply from a server.
 
+    Raised as itself when the server refused a request (a non-2xx answer,
+    or an error event mid-stream); the subclasses name the other causes.
     ``.status_code`` is the HTTP status (``None`` when the failure was not an
     HTTP error), ``.body`` the server's answer, ``.partial`` the text streamed
     before the failure.
@@ -228,6 +265,60 @@ class GenerationError(RocmNbError):
         self.status_code = status_code
         self.body = body
         self.partial = partial
+
+
+class ServerUnavailable(GenerationError, ConnectionError):
+    """Nothing answers at the server's address, or the connection was lost mid-request.
+
+    Example:
+        >>> issubclass(ServerUnavailable, (GenerationError, ConnectionError))
+        True
+    """
+
+
+class GenerationTimeout(GenerationError, TimeoutError):
+    """One of the HTTP timeouts ran out; ``.phase`` says which, ``.timeout`` its value (s).
+
+    ``connect``: no connection within the connect timeout; ``read``: the
+    server sent nothing for that long mid-reply (it looks hung); ``write``:
+    the request could not be sent; ``pool``: no free connection.
+
+    Example:
+        >>> e = GenerationTimeout("no connection within 10 s", phase="connect", timeout=10.0)
+        >>> e.phase, isinstance(e, TimeoutError)
+        ('connect', True)
+    """
+
+    def __init__(
+        self, message: str, *, phase: TimeoutPhase, timeout: float | None = None, partial: str = ""
+    ) -> None:
+        super().__init__(message, partial=partial)
+        self.phase: TimeoutPhase = phase
+        self.timeout = timeout
+
+
+class StreamProtocolError(GenerationError):
+    """The server's answer is not a well-formed event stream.
+
+    Not an event stream at all (another content type), an event that is not
+    the JSON expected (kept in ``.body``), or a stream that ended before the
+    server said it had finished.
+
+    Example:
+        >>> StreamProtocolError("malformed event", body="data: {").body
+        'data: {'
+    """
+
+
+class SchemaMismatch(GenerationError, ValueError):
+    """The reply is not the JSON that was asked for: not JSON at all, or breaking its schema.
+
+    The raw reply is in ``.body``.
+
+    Example:
+        >>> issubclass(SchemaMismatch, (GenerationError, ValueError))
+        True
+    """
 
 
 class ModelClosed(RocmNbError, RuntimeError):

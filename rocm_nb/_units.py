@@ -1,4 +1,4 @@
-"""Numbers for people: byte sizes and counts, written the same way everywhere.
+"""Numbers for people: byte sizes and counts, written the same way everywhere, and checked.
 
 Example:
     >>> human_bytes(98_400_000), human_bytes(24 * 2**30), human_count(134_515_008)
@@ -7,7 +7,7 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["human_bytes", "human_count"]
+__all__ = ["human_bytes", "human_count", "positive_int"]
 
 
 def human_bytes(n: int) -> str:
@@ -31,3 +31,19 @@ def human_count(n: int) -> str:
         if n >= size:
             return f"{n / size:.0f}{unit}" if n / size >= 10 else f"{n / size:.1f}{unit}"
     return str(n)
+
+
+def positive_int(name: str, value: object) -> int:
+    """``value`` if it is a positive ``int`` (not a ``bool``), else a ``ValueError`` naming ``name``.
+
+    Example:
+        >>> positive_int("parallel", 4)
+        4
+        >>> positive_int("max_tokens", 0)
+        Traceback (most recent call last):
+        ...
+        ValueError: max_tokens must be a positive integer, got 0
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Unpack
 
 from rocm_nb.completion import Completion, Kind, Message, Options, Timings, build_payload
 from rocm_nb.errors import GenerationError, ModelClosed, RocmNbError
-from rocm_nb.stream import Accumulator, AsyncTokenStream, FailureHook, TokenStream, http_error
+from rocm_nb.stream import Accumulator, AsyncTokenStream, FailureHook, TokenStream, http_error, transport_error
 
 # httpx, httpx-sse and asyncio are imported where they are first needed, so
 # that `import rocm_nb` and constructing a LocalModel stay cheap (together
@@ -216,7 +216,7 @@ class Client:
         http = self._http()
         request = http.build_request("POST", self._endpoint(kind), json=payload)
         return TokenStream(
-            lambda: http.send(request, stream=True), Accumulator(kind), self._on_failure, self._timeout
+            lambda: http.send(request, stream=True), Accumulator(kind), self._on_failure
         )
 
     def _open_astream(
@@ -233,7 +233,7 @@ class Client:
             http = client or self._ahttp()
             return await http.send(http.build_request("POST", endpoint, json=payload), stream=True)
 
-        return AsyncTokenStream(open_response, Accumulator(kind), self._on_failure, self._timeout)
+        return AsyncTokenStream(open_response, Accumulator(kind), self._on_failure)
 
     @staticmethod
     def _drain(stream: TokenStream) -> Completion:
@@ -257,13 +257,8 @@ class Client:
         try:
             response = self._http().request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            better = self._on_failure(exc, "")
-            if better is not None:
-                raise better from exc
-            raise GenerationError(
-                f"could not reach {self.base_url}{path} ({type(exc).__name__}: {exc}); "
-                "is the server running?"
-            ) from exc
+            better = None if isinstance(exc, httpx.TimeoutException) else self._on_failure(exc, "")
+            raise (better or transport_error(exc)) from exc
         if response.is_error:
             raise http_error(response, response.text)
         return response

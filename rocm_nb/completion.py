@@ -17,7 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
-from rocm_nb.errors import GenerationError
+from rocm_nb._units import positive_int
+from rocm_nb.errors import SchemaMismatch, with_notes
 
 __all__ = ["DEFAULT_MAX_TOKENS", "Completion", "Kind", "Message", "Options", "Timings", "build_payload"]
 
@@ -27,6 +28,8 @@ Message = Mapping[str, Any]
 Kind = Literal["completion", "chat"]
 
 DEFAULT_MAX_TOKENS = 512
+
+_RAW = "The raw reply is in the error's .body."
 
 
 class Options(TypedDict, total=False):
@@ -74,9 +77,7 @@ def build_payload(kind: Kind, prompt: str | Sequence[Message], options: Mapping[
             f"unknown option(s) {', '.join(sorted(unknown))}; "
             f"valid options are {', '.join(sorted(_OPTION_NAMES))}"
         )
-    max_tokens = options.get("max_tokens", DEFAULT_MAX_TOKENS)
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens <= 0:
-        raise ValueError(f"max_tokens must be a positive integer, got {max_tokens!r}")
+    max_tokens = positive_int("max_tokens", options.get("max_tokens", DEFAULT_MAX_TOKENS))
     payload: dict[str, Any] = {"stream": True, **options, "max_tokens": max_tokens}
     if isinstance(payload.get("stop"), str):
         payload["stop"] = [payload["stop"]]
@@ -186,10 +187,11 @@ class Completion:
     def json(self, schema: Mapping[str, Any] | None = None) -> Any:
         """The reply parsed as JSON and, given a JSON ``schema``, validated against it.
 
-        Raises :class:`~rocm_nb.errors.GenerationError` naming the problem
-        (where the JSON breaks, or which value breaks which rule of the
-        schema); the raw reply is kept in its ``.body``. An invalid schema is
-        a ``ValueError``.
+        Raises :class:`~rocm_nb.errors.SchemaMismatch` (a
+        ``GenerationError`` and a ``ValueError``) naming the problem (where
+        the JSON breaks, or which value breaks which rule of the schema); the
+        raw reply is kept in its ``.body``. An invalid schema is a plain
+        ``ValueError``.
 
         Example:
             >>> Completion('{"colour": "red"}', "stop", None).json({"type": "object", "required": ["colour"]})
@@ -198,20 +200,18 @@ class Completion:
             >>> Completion('{"colour": 1}', "stop", None).json(schema)  # doctest: +ELLIPSIS
             Traceback (most recent call last):
             ...
-            rocm_nb.errors.GenerationError: the reply does not match the JSON schema at $.colour: 1 is not ...
+            rocm_nb.errors.SchemaMismatch: the reply does not match the JSON schema at $.colour: 1 is not ...
         """
         try:
             data = json.loads(self.text)
         except json.JSONDecodeError as exc:
-            cut = (
-                "; it was cut off at max_tokens, so allow more tokens" if self.finish_reason == "length" else ""
-            )
-            raise GenerationError(
-                f"the reply is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}){cut}; "
-                "the raw reply is in the error's .body",
+            cut = self.finish_reason == "length"
+            raise with_notes(SchemaMismatch(
+                f"the reply is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+                + ("; it was cut off at max_tokens" if cut else ""),
                 body=self.text,
                 partial=self.text,
-            ) from None
+            ), "Allow more tokens (max_tokens=)." if cut else "", _RAW) from None
         if schema is not None:
             from jsonschema import SchemaError, validators  # imported here: `import rocm_nb` stays cheap
             from jsonschema.exceptions import best_match
@@ -224,10 +224,9 @@ class Completion:
                 raise ValueError(f"the JSON schema itself is invalid: {exc.message}; fix the schema") from None
             error = best_match(validator_class(rules).iter_errors(data))
             if error is not None:
-                raise GenerationError(
-                    f"the reply does not match the JSON schema at {error.json_path}: {error.message}; "
-                    "the raw reply is in the error's .body",
+                raise with_notes(SchemaMismatch(
+                    f"the reply does not match the JSON schema at {error.json_path}: {error.message}",
                     body=self.text,
                     partial=self.text,
-                )
+                ), _RAW)
         return data

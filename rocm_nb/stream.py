@@ -18,17 +18,33 @@ from __future__ import annotations
 import io
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Unpack, runtime_checkable
 
-from rocm_nb.completion import Completion, Kind, Timings
-from rocm_nb.errors import GenerationError, RocmNbError
+from rocm_nb.completion import Completion, Kind, Message, Options, Timings
+from rocm_nb.errors import (
+    GenerationError,
+    GenerationTimeout,
+    RocmNbError,
+    ServerUnavailable,
+    StreamProtocolError,
+    TimeoutPhase,
+    with_notes,
+)
 
 if TYPE_CHECKING:
     import httpx
     from httpx_sse import ServerSentEvent
 
-__all__ = ["Accumulator", "AsyncTokenStream", "FailureHook", "TokenStream", "http_error"]
+__all__ = [
+    "Accumulator",
+    "AsyncTokenStream",
+    "ChatSource",
+    "FailureHook",
+    "TokenStream",
+    "http_error",
+    "transport_error",
+]
 
 FailureHook = Callable[[Exception, str], "RocmNbError | None"]
 """Given a transport error and the partial text, return a better error (or None)."""
@@ -66,13 +82,13 @@ class Accumulator:
         try:
             chunk = json.loads(data)
         except json.JSONDecodeError as exc:
-            raise GenerationError(
+            raise StreamProtocolError(
                 f"the server sent a malformed event ({exc.msg}): {data[:200]!r}",
                 body=data,
                 partial=self.partial,
             ) from None
         if not isinstance(chunk, dict):
-            raise GenerationError(
+            raise StreamProtocolError(
                 f"the server sent an unexpected event: {data[:200]!r}", body=data, partial=self.partial
             )
         if "error" in chunk:
@@ -103,14 +119,73 @@ class Accumulator:
     def finish(self) -> Completion:
         """Check the stream ended properly and return its completion."""
         if not self.done and self.finish_reason is None:
-            raise GenerationError(
-                "the stream ended before the server finished (no finish_reason, no [DONE]); "
-                "the text so far is in .partial",
+            raise with_notes(StreamProtocolError(
+                "the stream ended before the server finished (no finish_reason, no [DONE])",
                 partial=self.partial,
-            )
+            ), _SO_FAR if self.partial else "")
         ended = time.perf_counter()
         ttft = None if self.first_token_at is None else self.first_token_at - self.started
         return Completion(self.partial, self.finish_reason, self.timings, ttft, ended - self.started)
+
+
+_SO_FAR = "The text received so far is in the error's .partial."
+
+_PHASES: dict[str, TimeoutPhase] = {
+    "ConnectTimeout": "connect", "ReadTimeout": "read", "WriteTimeout": "write", "PoolTimeout": "pool",
+}
+
+
+def transport_error(exc: Exception, partial: str = "") -> GenerationError:
+    """The :class:`GenerationError` subclass for a failure below HTTP, naming its cause.
+
+    A timeout is a :class:`GenerationTimeout` with the phase that ran out
+    and that phase's own limit (a 10 s connect timeout is not a 600 s read
+    stall); a refused or lost connection is :class:`ServerUnavailable`; an
+    answer that cannot be decoded is a :class:`StreamProtocolError`.
+
+    Example:
+        >>> import httpx
+        >>> request = httpx.Request("GET", "http://127.0.0.1:9/props", extensions={"timeout": {"connect": 10.0}})
+        >>> error = transport_error(httpx.ConnectTimeout("timed out", request=request))
+        >>> type(error).__name__, error.phase, str(error)
+        ('GenerationTimeout', 'connect', 'no connection to http://127.0.0.1:9/props within the 10.0 s connect timeout')
+    """
+    import httpx
+
+    try:
+        request: httpx.Request | None = exc.request if isinstance(exc, httpx.RequestError) else None
+    except RuntimeError:  # an httpx error raised without its request
+        request = None
+    url = str(request.url) if request is not None else "the server"
+    so_far = _SO_FAR if partial else ""
+    if isinstance(exc, httpx.TimeoutException):
+        phase = _PHASES.get(type(exc).__name__, "read")
+        limits = request.extensions.get("timeout", {}) if request is not None else {}
+        limit = limits.get(phase)
+        within = f"the {limit} s {phase} timeout" if limit is not None else f"the {phase} timeout"
+        message, step = {
+            "connect": (f"no connection to {url} within {within}",
+                        "Is the server running, and is the address right?"),
+            "read": (f"the server sent nothing for {limit} s and looks hung" if limit is not None
+                     else "the server sent nothing before the read timeout and looks hung",
+                     "Restart the model, or pass a larger timeout= if it is only slow."),
+            "write": (f"could not send the request to {url} within {within}",
+                      "The server is not reading requests: it may be overloaded or hung."),
+            "pool": (f"no free connection to {url} within {within}",
+                     "Too many requests at once on one client: wait for some to finish."),
+        }[phase]
+        return with_notes(GenerationTimeout(message, phase=phase, timeout=limit, partial=partial), so_far, step)
+    if isinstance(exc, httpx.ConnectError):
+        return with_notes(ServerUnavailable(f"could not reach {url} ({exc})", partial=partial),
+                          "Is the server running, and is the address right?")
+    if isinstance(exc, httpx.DecodingError):
+        return with_notes(StreamProtocolError(f"could not decode the answer from {url} ({exc})", partial=partial),
+                          so_far)
+    if isinstance(exc, httpx.TransportError):
+        return with_notes(ServerUnavailable(
+            f"lost the connection to {url} ({type(exc).__name__}: {exc})", partial=partial), so_far)
+    return with_notes(GenerationError(f"the request to {url} failed ({type(exc).__name__}: {exc})",
+                                      partial=partial), so_far)
 
 
 def http_error(response: httpx.Response, body: str) -> GenerationError:
@@ -129,20 +204,18 @@ def http_error(response: httpx.Response, body: str) -> GenerationError:
 def _check_event_stream(response: httpx.Response) -> None:
     content_type = response.headers.get("content-type", "")
     if "text/event-stream" not in content_type:
-        raise GenerationError(
-            f"expected an event stream from {response.request.url.path}, got {content_type!r}; "
-            "is this a llama-server or OpenAI-compatible endpoint?",
+        raise with_notes(StreamProtocolError(
+            f"expected an event stream from {response.request.url.path}, got {content_type!r}",
             status_code=response.status_code,
-        )
+        ), "Is this a llama-server or OpenAI-compatible endpoint?")
 
 
 class _StreamBase:
     """What the sync and async streams share: state, error translation."""
 
-    def __init__(self, acc: Accumulator, on_failure: FailureHook, read_timeout: float | None) -> None:
+    def __init__(self, acc: Accumulator, on_failure: FailureHook) -> None:
         self._acc = acc
         self._on_failure = on_failure
-        self._read_timeout = read_timeout
         self.completion: Completion | None = None
         """The finished :class:`Completion`, set once the stream is exhausted."""
 
@@ -157,20 +230,11 @@ class _StreamBase:
         import httpx
 
         partial = self._acc.partial
-        if isinstance(exc, httpx.TimeoutException):
-            return GenerationError(
-                f"the server sent nothing for {self._read_timeout} s and looks hung; "
-                "the text so far is in .partial. Restart the model, or pass a larger timeout=",
-                partial=partial,
-            )
-        better = self._on_failure(exc, partial)
-        if better is not None:
-            return better
-        return GenerationError(
-            f"lost the connection to the server mid-stream ({type(exc).__name__}: {exc}); "
-            "the text so far is in .partial",
-            partial=partial,
-        )
+        if not isinstance(exc, httpx.TimeoutException):  # a hung server is not a dead one: no diagnosis
+            better = self._on_failure(exc, partial)
+            if better is not None:
+                return better
+        return transport_error(exc, partial)
 
     def _next_piece(self, event: ServerSentEvent) -> str:
         return self._acc.feed(event.data)
@@ -198,9 +262,8 @@ class TokenStream(_StreamBase):
         open_response: Callable[[], httpx.Response],
         acc: Accumulator,
         on_failure: FailureHook,
-        read_timeout: float | None,
     ) -> None:
-        super().__init__(acc, on_failure, read_timeout)
+        super().__init__(acc, on_failure)
         self._open_response = open_response
         self._response: httpx.Response | None = None
         self._events: Iterator[ServerSentEvent] | None = None
@@ -266,9 +329,8 @@ class AsyncTokenStream(_StreamBase):
         open_response: Callable[[], Any],
         acc: Accumulator,
         on_failure: FailureHook,
-        read_timeout: float | None,
     ) -> None:
-        super().__init__(acc, on_failure, read_timeout)
+        super().__init__(acc, on_failure)
         self._open_response = open_response
         self._response: httpx.Response | None = None
         self._events: AsyncIterator[ServerSentEvent] | None = None
@@ -317,3 +379,24 @@ class AsyncTokenStream(_StreamBase):
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
+
+
+@runtime_checkable
+class ChatSource(Protocol):
+    """Whatever can stream a chat reply asynchronously: what the chat panel needs of a model.
+
+    :class:`~rocm_nb.client.Client` and :class:`~rocm_nb.model.LocalModel`
+    are chat sources; so is any object with this one method (a fake in a
+    test, a wrapper that logs).
+
+    Example:
+        >>> from rocm_nb.client import Client
+        >>> def first_words(source: ChatSource) -> AsyncTokenStream:
+        ...     return source.achat_stream([{"role": "user", "content": "Hi"}], max_tokens=4)
+        >>> isinstance(Client("http://127.0.0.1:9"), ChatSource)
+        True
+    """
+
+    def achat_stream(self, messages: Sequence[Message], **options: Unpack[Options]) -> AsyncTokenStream:
+        """Stream the assistant's reply to ``messages`` (the async twin of ``chat_stream``)."""
+        ...

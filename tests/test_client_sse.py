@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import socket
+import threading
+from collections.abc import Iterable, Iterator
 
 import httpx
 import pytest
 
-from rocm_nb.client import Client, build_payload, parse_metrics
-from rocm_nb.errors import GenerationError, ModelClosed
+from rocm_nb.client import Client, Completion, build_payload, parse_metrics
+from rocm_nb.errors import (
+    GenerationError,
+    GenerationTimeout,
+    ModelClosed,
+    SchemaMismatch,
+    ServerUnavailable,
+    StreamProtocolError,
+)
 
 
 def chunk(text: str, finish: str | None = None, timings: dict[str, float] | None = None) -> str:
@@ -89,18 +98,28 @@ def test_chat_deltas() -> None:
 
 
 @pytest.mark.parametrize(
-    ("body", "message"),
+    ("body", "message", "cause"),
     [
-        (chunk("a") + "data: {not json\n\n", "malformed event"),
-        (chunk("a") + 'data: {"error": {"code": 500, "message": "boom"}}\n\n', "boom"),
-        (chunk("a") + "data: [1, 2]\n\n", "unexpected event"),
-        (chunk("a"), "ended before the server finished"),
+        (chunk("a") + "data: {not json\n\n", r"malformed event .*'\{not json'", StreamProtocolError),
+        (chunk("a") + 'data: {"error": {"code": 500, "message": "boom"}}\n\n', "boom", GenerationError),
+        (chunk("a") + "data: [1, 2]\n\n", r"unexpected event: '\[1, 2\]'", StreamProtocolError),
+        (chunk("a"), "ended before the server finished", StreamProtocolError),
     ],
 )
-def test_bad_streams_raise_with_partial(body: str, message: str) -> None:
+def test_bad_streams_raise_with_partial(body: str, message: str, cause: type[GenerationError]) -> None:
     with pytest.raises(GenerationError, match=message) as info:
         sse_client(stream_of(body)).generate("x")
+    assert type(info.value) is cause
     assert info.value.partial == "a"
+
+
+def test_a_malformed_event_keeps_the_event_and_a_truncated_stream_says_where_the_text_is() -> None:
+    with pytest.raises(StreamProtocolError) as malformed:
+        sse_client(stream_of(chunk("a") + "data: {not json\n\n")).generate("x")
+    assert malformed.value.body == "{not json"
+    with pytest.raises(StreamProtocolError) as cut:
+        sse_client(stream_of(chunk("a"))).generate("x")
+    assert ".partial" not in str(cut.value) and any(".partial" in note for note in cut.value.__notes__)
 
 
 def test_http_error_status_and_body() -> None:
@@ -113,17 +132,102 @@ def test_http_error_status_and_body() -> None:
 
 def test_not_an_event_stream() -> None:
     client = sse_client(stream_of("<html></html>"), content_type="text/html")
-    with pytest.raises(GenerationError, match="expected an event stream"):
+    with pytest.raises(StreamProtocolError, match="expected an event stream from /v1/completions, got 'text/html'"):
         client.generate("x")
 
 
-def test_transport_error_is_translated() -> None:
+@pytest.fixture
+def refusing() -> Iterator[str]:
+    """The URL of a real port where nothing listens: connecting is refused at once."""
+    with socket.socket() as bound:  # bound, never listening: the kernel refuses connections
+        bound.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{bound.getsockname()[1]}"
+
+
+def test_a_refused_connection_is_server_unavailable(refusing: str) -> None:
+    with Client(refusing) as client:
+        for call in (lambda: client.generate("x"), client.props):
+            with pytest.raises(ServerUnavailable, match=f"could not reach {refusing}/") as info:
+                call()
+            assert isinstance(info.value, GenerationError) and isinstance(info.value, ConnectionError)
+            assert "\n" not in str(info.value) and "Is the server running" in info.value.__notes__[-1]
+
+
+async def test_a_refused_connection_is_server_unavailable_async_too(refusing: str) -> None:
+    with pytest.raises(ServerUnavailable):
+        await Client(refusing).agenerate("x")
+
+
+@pytest.fixture
+def silent() -> Iterator[str]:
+    """The URL of a real server that accepts connections, reads the request and never answers."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:  # closed by the fixture
+                return
+            held.append(conn)
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+    for conn in held:
+        conn.close()
+
+
+def test_a_server_that_never_answers_is_a_read_timeout_with_its_own_limit(silent: str) -> None:
+    with Client(silent, timeout=0.3) as client, pytest.raises(GenerationTimeout) as info:
+        client.generate("x")
+    error = info.value
+    assert isinstance(error, GenerationError) and isinstance(error, TimeoutError)
+    assert (error.phase, error.timeout) == ("read", 0.3)
+    assert str(error) == "the server sent nothing for 0.3 s and looks hung"
+    assert any("larger timeout=" in note for note in error.__notes__)
+
+
+@pytest.mark.parametrize(
+    ("timeout", "phase", "message"),
+    [
+        (httpx.ConnectTimeout, "connect", r"no connection to http://test/v1/completions within the 10\.0 s connect"),
+        (httpx.ReadTimeout, "read", r"sent nothing for 600\.0 s"),
+        (httpx.WriteTimeout, "write", r"could not send the request .* within the 600\.0 s write timeout"),
+        (httpx.PoolTimeout, "pool", r"no free connection .* within the 600\.0 s pool timeout"),
+    ],
+)
+def test_each_timeout_is_reported_as_its_own_phase(timeout: type[httpx.TimeoutException], phase: str,
+                                                   message: str) -> None:
+    """A 10 s connect timeout is never reported as a 600 s read stall."""
     def handler(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("refused", request=request)
+        raise timeout("timed out", request=request)
 
     client = Client("http://test", transport=httpx.MockTransport(handler))
-    with pytest.raises(GenerationError, match="lost the connection"):
+    with pytest.raises(GenerationTimeout, match=message) as info:
         client.generate("x")
+    assert info.value.phase == phase
+    with pytest.raises(GenerationTimeout, match=message.replace("v1/completions", "props")):
+        client.props()
+
+
+def test_a_lost_connection_is_server_unavailable() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.RemoteProtocolError("peer closed connection", request=request)
+
+    client = Client("http://test", transport=httpx.MockTransport(handler))
+    with pytest.raises(ServerUnavailable, match="lost the connection to http://test/v1/completions"):
+        client.generate("x")
+
+
+def test_a_reply_that_breaks_its_schema_is_a_schema_mismatch() -> None:
+    with pytest.raises(SchemaMismatch, match=r"at \$\.n: 'x' is not of type 'integer'") as info:
+        Completion('{"n": "x"}', "stop", None).json({"properties": {"n": {"type": "integer"}}})
+    assert isinstance(info.value, ValueError) and info.value.body == '{"n": "x"}'
+    with pytest.raises(SchemaMismatch, match="not valid JSON.*cut off at max_tokens") as cut:
+        Completion('{"n": ', "length", None).json()
+    assert "\n" not in str(cut.value) and cut.value.__notes__[0] == "Allow more tokens (max_tokens=)."
 
 
 def test_failure_hook_gives_a_better_error() -> None:
@@ -144,6 +248,19 @@ def test_read_timeout_means_hung_server() -> None:
 
     client = Client("http://test", transport=httpx.MockTransport(handler), timeout=0.5)
     with pytest.raises(GenerationError, match=r"sent nothing for 0\.5 s"):
+        client.generate("x")
+
+
+def test_a_failure_hook_is_not_asked_about_a_timeout() -> None:
+    """A hung server is not a dead one: the read timeout is reported, not a diagnosis."""
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("slow", request=request)
+
+    def hook(exc: Exception, partial: str) -> GenerationError:
+        raise AssertionError("asked")
+
+    client = Client("http://test", transport=httpx.MockTransport(handler), on_failure=hook)
+    with pytest.raises(GenerationTimeout):
         client.generate("x")
 
 

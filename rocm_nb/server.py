@@ -1,23 +1,21 @@
-"""One llama-server process: launch, readiness, logs, teardown, orphan protection.
+"""llama-server and RPC-worker policy: command line, readiness, bind retry, error hints.
 
-The server runs in its own session (so a kernel's SIGINT never reaches it),
-listens on 127.0.0.1 on a free port and requires a random per-server API key.
-Its output is drained from the start into a ring buffer (a full pipe would
-block it).
+The process mechanism (own session, parent-death signal, output ring, run
+records, bounded terminate) is :mod:`rocm_nb._process`; this module decides
+what to run and when it is ready. The server listens on 127.0.0.1 on a free
+port and requires a random per-server API key.
 
 Nothing is left behind:
 
-* ``close()`` sends SIGTERM, waits, then SIGKILL, and reaps; it is idempotent
-  and also registered through ``weakref.finalize`` (which runs at interpreter
-  exit, like ``atexit``) for servers nobody closed.
-* If the owning Python process is killed outright (``kill -9``, a kernel
-  restart that times out), the kernel delivers SIGKILL to the server: the
-  parent-death signal is armed in the child, and the child is forked from a
-  launcher thread that lives as long as the process (the signal fires when
-  the forking *thread* exits, so a short-lived thread would kill it early).
+* ``close()`` terminates the process group (SIGTERM, :data:`STOP_GRACE`
+  seconds, SIGKILL, at most :data:`KILL_WAIT` seconds more) and is
+  idempotent; a ``weakref.finalize`` (which also runs at interpreter exit)
+  does the same for servers nobody closed. Every wait is bounded, so exit
+  never hangs on a server stuck in a GPU driver.
+* If the owning Python process is killed outright, the parent-death signal
+  kills the server (see :mod:`rocm_nb._process`).
 * Every server is recorded under ``<cache>/run/``; the next start reaps the
-  servers of owners that are gone (belt and braces for platforms or
-  sandboxes where the parent-death signal does not apply).
+  servers of owners that are gone.
 
 Example:
     >>> config = ServerConfig(binary=Path("llama-server"), model=Path("m.gguf"), ctx_size=2048)
@@ -27,38 +25,50 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import http.client
-import json
 import os
-import queue
 import secrets
-import signal
 import socket
 import subprocess
-import threading
 import time
 import weakref
-from collections import deque
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
 import psutil
 
-from rocm_nb._paths import cache_root
+from rocm_nb._process import Child, Escalation, launch, reap_stale_servers, running_records
 from rocm_nb.errors import ServerStartError, ServerStartTimeout, describe_exit
 
-__all__ = ["LlamaServer", "RpcWorker", "ServerConfig", "free_port", "reap_stale_servers", "running_records"]
+__all__ = [
+    "KILL_WAIT",
+    "STOP_GRACE",
+    "LlamaServer",
+    "RpcWorker",
+    "ServerConfig",
+    "free_port",
+    "reap_stale_servers",
+    "running_records",
+]
 
-_Popen = subprocess.Popen[bytes]
 Progress = Callable[[float, str], None]
 """``progress(elapsed_seconds, last_log_line)`` while a server loads."""
 
-_PR_SET_PDEATHSIG = 1
+STOP_GRACE = 0.5
+"""Seconds a server gets after SIGTERM before SIGKILL.
+
+Short on purpose: llama-server keeps nothing on disk that a kill could
+corrupt, and it may ignore a first SIGTERM for tens of seconds while a
+stream is open, so ``close()`` promises the process gone within about a
+second. :class:`~rocm_nb.LocalModel` closes its HTTP streams first, which
+lets the server cancel and usually exit on the SIGTERM.
+"""
+
+KILL_WAIT = 5.0
+"""Seconds to wait for the process to be reaped after SIGKILL before giving up (logged)."""
+
 _BIND_FAILURES = ("couldn't bind", "address already in use", "failed to bind")
 _OOM_SIGNS = ("out of memory", "failed to allocate", "cudamalloc failed", "hipmalloc failed",
               "unable to allocate", "bad_alloc", "failed to load model")
@@ -136,197 +146,46 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-# -- launching from a thread that never exits ------------------------------------------------
+def _await_ready(
+    ready: Callable[[], bool],
+    proc: subprocess.Popen[bytes],
+    *,
+    began: float,
+    timeout: float,
+    tick: Callable[[float], None] | None = None,
+) -> Literal["ready", "exited", "timeout"]:
+    """Poll ``ready()`` with a growing interval (2 ms to 50 ms) until it holds, ``proc`` exits or time runs out.
 
-
-def _arm_parent_death_signal(parent_pid: int) -> Callable[[], None]:
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    def preexec() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent_pid:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return preexec
-
-
-class _Launcher:
-    """A daemon thread that forks every server, so the parent-death signal
-    is tied to a thread that lives exactly as long as the process."""
-
-    def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], _Popen], Future[_Popen]]] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def _run(self) -> None:
-        while True:
-            job, future = self._jobs.get()
-            try:
-                future.set_result(job())
-            except BaseException as exc:
-                future.set_exception(exc)
-
-    def popen(self, argv: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="rocm_nb-launcher", daemon=True)
-                self._thread.start()
-        future: Future[subprocess.Popen[bytes]] = Future()
-        parent = os.getpid()
-        self._jobs.put((
-            lambda: subprocess.Popen(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                env=dict(env),
-                start_new_session=True,
-                preexec_fn=_arm_parent_death_signal(parent),
-            ),
-            future,
-        ))
-        return future.result()
-
-
-_launcher = _Launcher()
-
-
-# -- bookkeeping of running servers -----------------------------------------------------------
-
-
-def _run_dir(environ: Mapping[str, str] | None = None) -> Path:
-    return cache_root(environ) / "run"
-
-
-def _create_time(pid: int) -> float | None:
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
-
-
-def running_records(environ: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
-    """Records of the llama-servers and RPC workers rocm_nb runs on this machine (any process).
+    ``tick(elapsed)`` is called about four times a second while waiting.
 
     Example:
-        >>> running_records({"ROCM_NB_CACHE": "/nonexistent"})
-        []
+        >>> import subprocess, sys, time
+        >>> proc = subprocess.Popen([sys.executable, "-c", "pass"])
+        >>> _await_ready(lambda: False, proc, began=time.perf_counter(), timeout=30)
+        'exited'
     """
-    run_dir = _run_dir(environ)
-    records = []
-    for path in sorted(run_dir.glob("*.json")) if run_dir.is_dir() else ():
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            data = json.loads(path.read_text())
-            if _create_time(int(data["server_pid"])) == data["server_created"]:
-                records.append(data)
-    return records
-
-
-def reap_stale_servers(environ: Mapping[str, str] | None = None) -> list[int]:
-    """Kill servers whose owning process is gone; return their pids.
-
-    A record is only acted on when the server process still has the start
-    time recorded for it, so a recycled pid is never killed.
-
-    Example:
-        >>> reap_stale_servers({"ROCM_NB_CACHE": "/nonexistent"})
-        []
-    """
-    reaped: list[int] = []
-    run_dir = _run_dir(environ)
-    for record in run_dir.glob("*.json") if run_dir.is_dir() else ():
-        try:
-            data = json.loads(record.read_text())
-            owner_alive = _create_time(int(data["owner_pid"])) == data["owner_created"]
-            server_pid = int(data["server_pid"])
-            server_alive = _create_time(server_pid) == data["server_created"]
-        except (OSError, ValueError, KeyError, TypeError):
-            record.unlink(missing_ok=True)
-            continue
-        if owner_alive:
-            continue
-        if server_alive:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(server_pid, signal.SIGKILL)
-            reaped.append(server_pid)
-        record.unlink(missing_ok=True)
-    return reaped
-
-
-# -- the process ------------------------------------------------------------------------------
-
-
-class _LogBuffer:
-    """The server's output, drained by a thread into a bounded ring buffer."""
-
-    def __init__(self, pipe: object, max_lines: int) -> None:
-        self.lines: deque[str] = deque(maxlen=max_lines)
-        self._thread = threading.Thread(target=self._drain, args=(pipe,), name="rocm_nb-log", daemon=True)
-        self._thread.start()
-
-    def _drain(self, pipe: object) -> None:
-        for raw in iter(pipe.readline, b""):  # type: ignore[attr-defined]
-            self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
-
-    def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
-
-
-@dataclass
-class _Running:
-    """What the finaliser needs to stop a server: no reference to the owner."""
-
-    proc: subprocess.Popen[bytes]
-    record: Path
-    logs: _LogBuffer
-    stopped: bool = field(default=False)
-
-    def stop(self, grace: float = 3.0) -> None:
-        if self.stopped:
-            return
-        self.stopped = True
-        proc = self.proc
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        self.logs.join(1.0)
-        if proc.stdout is not None:
-            proc.stdout.close()
-        self.record.unlink(missing_ok=True)
-
-
-def _launch(argv: Sequence[str], env: Mapping[str, str], environ: Mapping[str, str], log_lines: int,
-            **record: object) -> _Running:
-    """Start a child the rocm_nb way: own session, parent-death signal, drained output, a run record."""
-    proc = _launcher.popen(argv, env)
-    assert proc.stdout is not None
-    run_dir = _run_dir(environ)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / f"{proc.pid}.json"
-    path.write_text(json.dumps({
-        "owner_pid": os.getpid(),
-        "owner_created": _create_time(os.getpid()),
-        "server_pid": proc.pid,
-        "server_created": _create_time(proc.pid),
-        **record,
-    }))
-    return _Running(proc, path, _LogBuffer(proc.stdout, log_lines))
+    interval, ticked = 0.002, began
+    while not ready():
+        if proc.poll() is not None:
+            return "exited"
+        now = time.perf_counter()
+        if now - began > timeout:
+            return "timeout"
+        if tick is not None and now - ticked >= 0.25:
+            ticked = now
+            tick(now - began)
+        time.sleep(interval)
+        interval = min(interval * 1.5, 0.05)
+    return "ready"
 
 
 class _ChildProcess:
     """What LlamaServer and RpcWorker share: the running child, its logs, its teardown."""
 
-    _running: _Running | None = None
+    _running: Child | None = None
     _finalizer: weakref.finalize[..., _ChildProcess] | None = None
 
-    def _adopt(self, running: _Running) -> None:
+    def _adopt(self, running: Child) -> None:
         """Own a freshly launched child; the finaliser stops it if nobody closes it."""
         if self._finalizer is not None:
             self._finalizer.detach()
@@ -346,7 +205,21 @@ class _ChildProcess:
     @property
     def alive(self) -> bool:
         """True while the process runs and has not been closed."""
-        return self._running is not None and not self._running.stopped and self.returncode is None
+        return self._running is not None and self._running.stopped is None and self.returncode is None
+
+    def wait(self, timeout: float) -> int | None:
+        """Wait up to ``timeout`` seconds for the process to end; its exit status, or ``None`` if it still runs.
+
+        Example:
+            >>> server.wait(1.0)  # doctest: +SKIP
+            -9
+        """
+        if self._running is None:
+            return None
+        try:
+            return self._running.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
 
     def logs(self, n: int | None = None) -> list[str]:
         """The last ``n`` lines of the process's output (all kept lines by default).
@@ -362,16 +235,19 @@ class _ChildProcess:
         """The last ``n`` log lines as one string."""
         return "\n".join(self.logs(n))
 
-    def close(self, grace: float = 3.0) -> None:
-        """SIGTERM, wait up to ``grace`` seconds, SIGKILL, reap. Idempotent.
+    def close(self, grace: float = STOP_GRACE, kill_wait: float = KILL_WAIT) -> Escalation | None:
+        """SIGTERM, wait up to ``grace`` s, SIGKILL, wait up to ``kill_wait`` s. Idempotent.
+
+        Returns which step ended the process (``None`` if it never started);
+        see :func:`rocm_nb._process.terminate`.
 
         Example:
             >>> server.close(); server.close()  # doctest: +SKIP
+            <Escalation.SIGTERM: 'sigterm'>
         """
-        if self._running is not None:
-            self._running.stop(grace)
         if self._finalizer is not None:
             self._finalizer.detach()
+        return None if self._running is None else self._running.stop(grace, kill_wait)
 
     def __exit__(self, *exc: object) -> None:
         self.close()
@@ -429,26 +305,49 @@ class LlamaServer(_ChildProcess):
         reap_stale_servers(self._environ)
         began = time.perf_counter()
         for attempt in range(1, self._bind_attempts + 1):
-            port = self._port_picker(self.config.host)
-            self._spawn(port)
+            child = self._spawn(self._port_picker(self.config.host))
             try:
-                self._wait_ready(began, progress)
-            except ServerStartError as exc:
-                if attempt < self._bind_attempts and any(s in exc.log_tail.lower() for s in _BIND_FAILURES):
-                    continue  # another process took the port between probe and bind
+                outcome = _await_ready(
+                    self._healthy, child.proc, began=began, timeout=self._start_timeout,
+                    tick=None if progress is None else lambda elapsed: progress(elapsed, self._last_line()),
+                )
+            except BaseException:  # Ctrl-C while loading: no half-started server is left behind
+                child.stop()
                 raise
-            self.load_seconds = time.perf_counter() - began
-            return self
+            if outcome == "ready":
+                self.load_seconds = time.perf_counter() - began
+                return self
+            if outcome == "timeout":
+                tail = self.log_tail()
+                child.stop()
+                raise ServerStartTimeout(
+                    f"llama-server did not become ready within {self._start_timeout:.0f} s "
+                    f"loading {self.config.model.name}. Last log lines:\n{tail}\n"
+                    "Next step: a large model may need more time (start_timeout=), "
+                    "or fewer GPU layers if the GPU is swapping.",
+                    log_tail=tail,
+                )
+            child.logs.join(1.0)  # exited: let its last words reach the log first
+            child.stop()
+            error = self._start_error(child.proc.returncode)
+            if attempt < self._bind_attempts and any(s in error.log_tail.lower() for s in _BIND_FAILURES):
+                continue  # another process took the port between probe and bind
+            raise error
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _spawn(self, port: int) -> None:
+    def _spawn(self, port: int) -> Child:
         env = {**self._environ, **dict(self.config.env)}
         argv = self.config.argv(port, self.api_key)
-        running = _launch(argv, env, self._environ, self._log_lines, model=str(self.config.model), port=port,
-                          rpc=list(self.config.rpc))
+        child = launch(argv, env, self._environ, self._log_lines, model=str(self.config.model), port=port,
+                       rpc=list(self.config.rpc))
         self.port = port
         self.started_at = time.time()
-        self._adopt(running)
+        self._adopt(child)
+        return child
+
+    def _last_line(self) -> str:
+        lines = self.logs(1)
+        return lines[0] if lines else ""
 
     def _healthy(self) -> bool:
         """One ``/health`` probe over plain HTTP (stdlib: no TLS set-up on the start path)."""
@@ -460,34 +359,6 @@ class LlamaServer(_ChildProcess):
             return False
         finally:
             connection.close()
-
-    def _wait_ready(self, began: float, progress: Progress | None) -> None:
-        assert self._running is not None
-        proc = self._running.proc
-        interval = 0.002
-        reported = began
-        while not self._healthy():
-            if proc.poll() is not None:
-                self._running.logs.join(1.0)
-                self._stop_quietly()
-                raise self._start_error(proc.returncode)
-            now = time.perf_counter()
-            if now - began > self._start_timeout:
-                tail = self.log_tail()
-                self._stop_quietly()
-                raise ServerStartTimeout(
-                    f"llama-server did not become ready within {self._start_timeout:.0f} s "
-                    f"loading {self.config.model.name}. Last log lines:\n{tail}\n"
-                    "Next step: a large model may need more time (start_timeout=), "
-                    "or fewer GPU layers if the GPU is swapping.",
-                    log_tail=tail,
-                )
-            if progress is not None and now - reported >= 0.25:
-                reported = now
-                lines = self._running.logs.lines
-                progress(now - began, lines[-1] if lines else "")
-            time.sleep(interval)
-            interval = min(interval * 1.5, 0.05)
 
     def _start_error(self, returncode: int | None) -> ServerStartError:
         tail = self.log_tail(40)
@@ -511,10 +382,6 @@ class LlamaServer(_ChildProcess):
             log_tail=tail,
             hint=hint,
         )
-
-    def _stop_quietly(self) -> None:
-        if self._running is not None:
-            self._running.stop()
 
     def __enter__(self) -> LlamaServer:
         return self.start()
@@ -564,27 +431,29 @@ class RpcWorker(_ChildProcess):
         argv = [str(self.binary), "-H", self.host, "-p", str(self.port)]
         if self._threads:
             argv += ["-t", str(self._threads)]
-        running = _launch(argv, self._environ, self._environ, 500, rpc=self.address)
-        self._adopt(running)
-        deadline = time.monotonic() + self._start_timeout
-        while True:
-            if running.proc.poll() is not None:
-                running.logs.join(1.0)
-                running.stop()
-                tail = self.log_tail(20)
-                raise ServerStartError(
-                    f"the RPC worker exited (status {running.proc.returncode}) before listening on "
-                    f"{self.address}. Last lines:\n{tail}",
-                    returncode=running.proc.returncode, log_tail=tail,
-                    hint="is the port taken? pick another with port=",
-                )
-            if self._listening(running.proc.pid):
-                return self
-            if time.monotonic() > deadline:
-                running.stop()
-                raise ServerStartTimeout(f"the RPC worker did not listen on {self.address} "
-                                         f"within {self._start_timeout:.0f} s")
-            time.sleep(0.01)
+        child = launch(argv, self._environ, self._environ, 500, rpc=self.address)
+        self._adopt(child)
+        try:
+            outcome = _await_ready(lambda: self._listening(child.proc.pid), child.proc,
+                                   began=time.perf_counter(), timeout=self._start_timeout)
+        except BaseException:
+            child.stop()
+            raise
+        if outcome == "ready":
+            return self
+        if outcome == "timeout":
+            child.stop()
+            raise ServerStartTimeout(f"the RPC worker did not listen on {self.address} "
+                                     f"within {self._start_timeout:.0f} s")
+        child.logs.join(1.0)
+        child.stop()
+        tail = self.log_tail(20)
+        raise ServerStartError(
+            f"the RPC worker exited (status {child.proc.returncode}) before listening on "
+            f"{self.address}. Last lines:\n{tail}",
+            returncode=child.proc.returncode, log_tail=tail,
+            hint="is the port taken? pick another with port=",
+        )
 
     def _listening(self, pid: int) -> bool:
         """True once *this* process listens on the port (a connect could reach another one)."""

@@ -1,0 +1,358 @@
+"""Child-process mechanism: launch, output ring, bounded terminate, run records.
+
+Everything here is about *a* child process, not about llama-server (that
+policy lives in :mod:`rocm_nb.server`):
+
+* :func:`launch` starts a child in its own session (so a kernel's SIGINT
+  never reaches it), with the parent-death signal armed: if the owning
+  Python process is killed outright (``kill -9``, a kernel restart that
+  times out), Linux delivers SIGKILL to the child. The child is forked from
+  a launcher thread that lives as long as the process, because the signal
+  fires when the forking *thread* exits. Its output is drained from the
+  start into a :class:`LogRing` (a full pipe would block it), and it is
+  recorded under ``<cache>/run/`` (see :func:`read_records`).
+* :func:`terminate` ends a process: SIGTERM, a bounded wait, SIGKILL, a
+  bounded wait, and says which step ended it (:class:`Escalation`). Every
+  wait is bounded, so a process stuck in an uninterruptible driver call
+  (a hung GPU) cannot hang the caller, or the interpreter's exit: it gives
+  up with a log message instead. Only "no such process" (ESRCH) is
+  tolerated while signalling; EPERM on our own child is a bug worth seeing.
+
+Decisions: ``preexec_fn`` is documented as unsafe with threads; it is used
+for exactly one ``prctl`` call, which is async-signal-safe on glibc, and the
+orphan tests cover it. Run records are keyed by pid *and* start time, so a
+recycled pid is never mistaken for our server.
+
+Example:
+    >>> import subprocess, sys
+    >>> proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    >>> terminate(proc, grace=5.0)
+    <Escalation.SIGTERM: 'sigterm'>
+    >>> terminate(proc)
+    <Escalation.EXITED: 'exited'>
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import enum
+import json
+import logging
+import os
+import queue
+import signal
+import subprocess
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import psutil
+
+from rocm_nb._paths import cache_root
+
+__all__ = [
+    "Child",
+    "Escalation",
+    "LogRing",
+    "Record",
+    "launch",
+    "read_records",
+    "reap_stale_servers",
+    "running_records",
+    "terminate",
+]
+
+_log = logging.getLogger("rocm_nb")
+_PR_SET_PDEATHSIG = 1
+_Popen = subprocess.Popen[bytes]
+
+
+class Escalation(enum.Enum):
+    """Which step of :func:`terminate` ended the process.
+
+    Example:
+        >>> Escalation.SIGKILL.value
+        'sigkill'
+    """
+
+    EXITED = "exited"
+    """It had already exited (and is now reaped)."""
+    SIGTERM = "sigterm"
+    """It exited after SIGTERM, within the grace period."""
+    SIGKILL = "sigkill"
+    """It ignored SIGTERM and was killed."""
+    GAVE_UP = "gave_up"
+    """It did not die even after SIGKILL within the bound (uninterruptible sleep): left behind, logged."""
+
+
+def terminate(proc: subprocess.Popen[Any], *, grace: float = 0.5, kill_wait: float = 5.0,
+              group: bool = False) -> Escalation:
+    """End ``proc``: SIGTERM, wait up to ``grace`` s, SIGKILL, wait up to ``kill_wait`` s.
+
+    ``group=True`` signals the whole process group (``killpg``): for a child
+    started in its own session, such as a build whose compilers must go
+    with it. Returns the step that ended it; :attr:`Escalation.GAVE_UP`
+    (logged as a warning) when even SIGKILL did not reap it in time. Safe to
+    call again, and on a process that has already exited.
+
+    Example:
+        >>> import subprocess, sys
+        >>> ignore_term = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN)"
+        >>> stubborn = subprocess.Popen([sys.executable, "-c", ignore_term + "; print(flush=True); time.sleep(30)"],
+        ...                             stdout=subprocess.PIPE)
+        >>> _ = stubborn.stdout.readline()  # its handler is in place
+        >>> terminate(stubborn, grace=0.2)
+        <Escalation.SIGKILL: 'sigkill'>
+        >>> stubborn.stdout.close()
+    """
+    if proc.poll() is not None:
+        return Escalation.EXITED
+    send = os.killpg if group else os.kill
+    for sig, wait, step in ((signal.SIGTERM, grace, Escalation.SIGTERM),
+                            (signal.SIGKILL, kill_wait, Escalation.SIGKILL)):
+        with contextlib.suppress(ProcessLookupError):  # ESRCH: it ended on its own meanwhile
+            send(proc.pid, sig)
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            continue
+        return step
+    _log.warning("process %d did not end within %.1f s of SIGKILL (stuck in the kernel, such as a hung GPU "
+                 "driver?); leaving it", proc.pid, kill_wait)
+    return Escalation.GAVE_UP
+
+
+# -- launching from a thread that never exits ------------------------------------------------
+
+
+def _arm_parent_death_signal(parent_pid: int) -> Callable[[], None]:
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def preexec() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+class _Launcher:
+    """A daemon thread that forks every child, so the parent-death signal
+    is tied to a thread that lives exactly as long as the process."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], _Popen], Future[_Popen]]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def _run(self) -> None:
+        while True:
+            job, future = self._jobs.get()
+            try:
+                future.set_result(job())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    def popen(self, argv: Sequence[str], env: Mapping[str, str]) -> _Popen:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="rocm_nb-launcher", daemon=True)
+                self._thread.start()
+        future: Future[_Popen] = Future()
+        parent = os.getpid()
+        self._jobs.put((
+            lambda: subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=dict(env),
+                start_new_session=True,
+                preexec_fn=_arm_parent_death_signal(parent),
+            ),
+            future,
+        ))
+        return future.result()
+
+
+_launcher = _Launcher()
+
+
+class LogRing:
+    """A child's output, drained by a thread into a bounded ring of lines.
+
+    Example:
+        >>> import io
+        >>> ring = LogRing(io.BytesIO(b"one\\ntwo\\nthree\\n"), max_lines=2)
+        >>> ring.join(1.0); list(ring.lines)
+        ['two', 'three']
+    """
+
+    def __init__(self, pipe: IO[bytes], max_lines: int) -> None:
+        self.lines: deque[str] = deque(maxlen=max_lines)
+        self._thread = threading.Thread(target=self._drain, args=(pipe,), name="rocm_nb-log", daemon=True)
+        self._thread.start()
+
+    def _drain(self, pipe: IO[bytes]) -> None:
+        for raw in iter(pipe.readline, b""):
+            self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
+
+    def join(self, timeout: float) -> None:
+        """Wait up to ``timeout`` s for the output to end (the child closed it)."""
+        self._thread.join(timeout)
+
+
+# -- run records ------------------------------------------------------------------------------
+
+
+def _run_dir(environ: Mapping[str, str] | None = None) -> Path:
+    return cache_root(environ) / "run"
+
+
+def _create_time(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+@dataclass(frozen=True)
+class Record:
+    """One run record, checked against the live processes.
+
+    ``data`` is what was written at launch (``server_pid``, ``owner_pid``,
+    their start times, and whatever the launcher added such as ``model`` and
+    ``port``); ``server_alive``/``owner_alive`` say whether the process with
+    that pid *and* that start time still runs.
+
+    Example:
+        >>> Record(Path("1.json"), {}, server_alive=False, owner_alive=True).server_alive
+        False
+    """
+
+    path: Path
+    data: dict[str, Any]
+    server_alive: bool
+    owner_alive: bool
+
+
+def read_records(environ: Mapping[str, str] | None = None) -> Iterator[Record]:
+    """Every readable run record, oldest name first; unreadable ones are deleted.
+
+    Example:
+        >>> list(read_records({"ROCM_NB_CACHE": "/nonexistent"}))
+        []
+    """
+    run_dir = _run_dir(environ)
+    for path in sorted(run_dir.glob("*.json")) if run_dir.is_dir() else ():
+        try:
+            data = json.loads(path.read_text())
+            server = _create_time(int(data["server_pid"])) == data["server_created"]
+            owner = _create_time(int(data["owner_pid"])) == data["owner_created"]
+        except FileNotFoundError:
+            continue  # its process ended and removed it meanwhile
+        except (OSError, ValueError, KeyError, TypeError):
+            path.unlink(missing_ok=True)  # not ours to keep: a torn or foreign file
+            continue
+        yield Record(path, data, server_alive=server, owner_alive=owner)
+
+
+def running_records(environ: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """Records of the llama-servers and RPC workers rocm_nb runs on this machine (any process).
+
+    Example:
+        >>> running_records({"ROCM_NB_CACHE": "/nonexistent"})
+        []
+    """
+    return [record.data for record in read_records(environ) if record.server_alive]
+
+
+def reap_stale_servers(environ: Mapping[str, str] | None = None) -> list[int]:
+    """Kill servers whose owning process is gone; return their pids.
+
+    Belt and braces for platforms or sandboxes where the parent-death signal
+    does not apply. A record is only acted on when the server process still
+    has the start time recorded for it, so a recycled pid is never killed.
+
+    Example:
+        >>> reap_stale_servers({"ROCM_NB_CACHE": "/nonexistent"})
+        []
+    """
+    reaped: list[int] = []
+    for record in read_records(environ):
+        if record.owner_alive:
+            continue
+        if record.server_alive:
+            pid = int(record.data["server_pid"])
+            with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+                os.killpg(pid, signal.SIGKILL)
+            reaped.append(pid)
+        record.path.unlink(missing_ok=True)
+    return reaped
+
+
+# -- one launched child -----------------------------------------------------------------------
+
+
+@dataclass
+class Child:
+    """A launched child: its process, run record and output. What a finaliser needs, no owner.
+
+    Example:
+        >>> child = launch(["true"], {}, {"ROCM_NB_CACHE": "/tmp/rocm_nb-doctest"}, 10)  # doctest: +SKIP
+        >>> child.stop()  # doctest: +SKIP
+        <Escalation.EXITED: 'exited'>
+    """
+
+    proc: _Popen
+    record: Path
+    logs: LogRing
+    stopped: Escalation | None = field(default=None)
+
+    def stop(self, grace: float = 0.5, kill_wait: float = 5.0) -> Escalation:
+        """Terminate the process group, close the output, remove the record. Idempotent."""
+        if self.stopped is not None:
+            return self.stopped
+        self.stopped = terminate(self.proc, grace=grace, kill_wait=kill_wait, group=True)
+        self.logs.join(1.0)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        if self.stopped is not Escalation.GAVE_UP:
+            self.record.unlink(missing_ok=True)  # else: the next start's reaper tries again
+        return self.stopped
+
+
+def launch(argv: Sequence[str], env: Mapping[str, str], environ: Mapping[str, str], log_lines: int,
+           **record: object) -> Child:
+    """Start a child the rocm_nb way: own session, parent-death signal, drained output, a run record.
+
+    ``env`` is the child's whole environment, ``environ`` where the cache
+    (and so the run records) lives; ``record`` adds fields to the record.
+
+    Example:
+        >>> import os, sys, tempfile
+        >>> child = launch([sys.executable, "-c", "print('hi')"], os.environ,
+        ...                {"ROCM_NB_CACHE": tempfile.mkdtemp()}, 10)
+        >>> child.proc.wait(10), child.stop(), child.logs.lines[-1], child.record.exists()
+        (0, <Escalation.EXITED: 'exited'>, 'hi', False)
+    """
+    proc = _launcher.popen(argv, env)
+    assert proc.stdout is not None
+    run_dir = _run_dir(environ)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / f"{proc.pid}.json"
+    partial = run_dir / f".{proc.pid}.json.tmp"  # whole or absent: a reader never sees half a record
+    partial.write_text(json.dumps({
+        "owner_pid": os.getpid(),
+        "owner_created": _create_time(os.getpid()),
+        "server_pid": proc.pid,
+        "server_created": _create_time(proc.pid),
+        **record,
+    }))
+    partial.replace(path)
+    return Child(proc, path, LogRing(proc.stdout, log_lines))

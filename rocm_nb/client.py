@@ -37,8 +37,6 @@ if TYPE_CHECKING:
     import httpx
     from tqdm import tqdm
 
-    from rocm_nb.widgets import ChatPanel
-
 __all__ = [
     "AsyncTokenStream",
     "Client",
@@ -551,20 +549,6 @@ class Client:
             return self._http().get("/health").status_code == 200
         except httpx.HTTPError:
             return False
-
-    # -- notebook ---------------------------------------------------------------------------
-
-    def panel(self, *, system: str = "", **options: Unpack[Options]) -> ChatPanel:
-        """A chat panel (ipywidgets) on this model: history, Send, Stop, Clear, stats.
-
-        ipywidgets is imported here, not with rocm_nb.
-
-        Example:
-            >>> model.panel(system="You are a helpful assistant.", temperature=0.3)  # doctest: +SKIP
-        """
-        from rocm_nb.widgets import ChatPanel
-
-        return ChatPanel(self, system=system, **options)
 
     # -- lifetime ---------------------------------------------------------------------------
 

@@ -27,16 +27,16 @@ import os
 import threading
 import time
 import warnings
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Unpack
 
 import psutil
 
+from rocm_nb._units import positive_int
 from rocm_nb.binary import ServerBinary, find_server
 from rocm_nb.catalog import DEFAULT_MODEL, ModelInfo, read_info, resolve_model
-from rocm_nb.client import Client
+from rocm_nb.client import Client, Options
 from rocm_nb.errors import BinaryNotFound, ModelClosed, RocmNbError, ServerCrashed, describe_exit
 from rocm_nb.fit import FitPlan, plan_load
 from rocm_nb.hardware import Backend, Hardware, detect
@@ -45,6 +45,7 @@ from rocm_nb.server import LlamaServer, Progress, RpcWorker, ServerConfig
 if TYPE_CHECKING:
     from rocm_nb.hardware import GpuUsage
     from rocm_nb.monitor import GpuMonitor
+    from rocm_nb.widgets import ChatPanel
 
 __all__ = ["DEFAULT_CTX_CAP", "LocalModel", "rpc_worker", "running_servers"]
 
@@ -170,7 +171,7 @@ class LocalModel(Client):
         chosen_layers = None if gpu_layers is None or gpu_layers == "auto" else int(gpu_layers)
         self.fit: FitPlan = plan_load(
             self.info, self.hardware, "rpc" if rpc else self.binary.backend,
-            ctx_size=self._ctx_size(ctx_size), parallel=self._positive("parallel", parallel),
+            ctx_size=self._ctx_size(ctx_size), parallel=positive_int("parallel", parallel),
             gpu_layers=chosen_layers,
             shrink_ctx=ctx_size is None, flash_attn=flash, cache_type_k=cache_k, cache_type_v=cache_v,
         )
@@ -197,25 +198,19 @@ class LocalModel(Client):
         self._start_timeout = start_timeout
         self._server: LlamaServer | None = None
         self._closed = False
-        self._monitors: weakref.WeakSet[GpuMonitor] = weakref.WeakSet()
+        self._close_callbacks: list[Callable[[], object]] = []
 
     def _ctx_size(self, requested: int | None) -> int:
         trained = self.info.context_length
         if requested is None:
             return min(trained or DEFAULT_CTX_CAP, DEFAULT_CTX_CAP)
-        self._positive("ctx_size", requested)
+        positive_int("ctx_size", requested)
         if trained is not None and requested > trained:
             raise ValueError(
                 f"ctx_size={requested} is beyond what {self.info.name} was trained for ({trained}); "
                 f"use ctx_size={trained} or less (quality collapses past the trained length)"
             )
         return requested
-
-    @staticmethod
-    def _positive(name: str, value: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        return value
 
     # -- lifetime ---------------------------------------------------------------------------
 
@@ -249,11 +244,33 @@ class LocalModel(Client):
         if self._closed:
             return
         self._closed = True
-        for monitor in list(self._monitors):
-            monitor.stop("model closed")
+        callbacks, self._close_callbacks = self._close_callbacks, []
+        for callback in callbacks:  # before the server goes: a monitor stops sampling first
+            try:
+                callback()
+            except Exception as exc:  # as Future.add_done_callback: one failing callback stops nothing
+                warnings.warn(f"a close callback of {self.path.name} failed: {exc!r}", RuntimeWarning, stacklevel=2)
         if self._server is not None:
             self._close_http()
             _release(self.config, self._server)
+
+    def add_close_callback(self, fn: Callable[[], object]) -> None:
+        """Call ``fn()`` once when this model is closed; at once if it already is.
+
+        As with ``Future.add_done_callback``: what watches the model (a GPU
+        monitor) registers here, so the model needs to know nothing of it. A
+        callback that raises is reported as a ``RuntimeWarning``; the others
+        still run, and the model still closes.
+
+        Example:
+            >>> model.add_close_callback(lambda: print("closed"))  # doctest: +SKIP
+            >>> model.close()  # doctest: +SKIP
+            closed
+        """
+        if self._closed:
+            fn()
+        else:
+            self._close_callbacks.append(fn)
 
     def __enter__(self) -> LocalModel:
         return self.start()
@@ -381,9 +398,33 @@ class LocalModel(Client):
 
         if self._closed:
             raise self._closed_error()
-        monitor = GpuMonitor(self, interval=interval, idle_interval=idle_interval, gpus=gpus)
-        self._monitors.add(monitor)
-        return monitor
+        return GpuMonitor(self, interval=interval, idle_interval=idle_interval, gpus=gpus)
+
+    def panel(self, *, system: str = "", **options: Unpack[Options]) -> ChatPanel:
+        """A chat panel (ipywidgets) on this model: history, Send, Stop, Clear, stats.
+
+        ``model.panel(...)`` is ``ChatPanel(model, ...)``: a lazy factory in
+        the manner of pandas' ``DataFrame.plot``, as :meth:`monitor` is for
+        the GPU monitor (ipywidgets is imported here, not with rocm_nb). For
+        a server you :func:`~rocm_nb.client.connect` to, use
+        ``ChatPanel(client)`` from :mod:`rocm_nb.widgets`.
+
+        Example:
+            >>> model.panel(system="You are a helpful assistant.", temperature=0.3)  # doctest: +SKIP
+        """
+        from rocm_nb.widgets import ChatPanel
+
+        return ChatPanel(self, system=system, **options)
+
+    @property
+    def label(self) -> str:
+        """What a display calls this model: its file and backend.
+
+        Example:
+            >>> LocalModel("smollm2-135m").label  # doctest: +ELLIPSIS
+            '... · backend ...'
+        """
+        return f"{self.path.name} · backend {self.backend}"
 
     def logs(self, n: int | None = None) -> list[str]:
         """The server's last ``n`` log lines (all kept lines by default).

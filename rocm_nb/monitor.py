@@ -15,7 +15,8 @@ behind, when:
 * every view of it is hidden: scrolled out of view, its output cleared, its
   tab in the background or closed;
 * ``monitor.close()`` or ``monitor.stop()`` is called;
-* its model is closed.
+* its model is closed (the monitor registers ``stop`` as one of the model's
+  close callbacks: the model knows nothing of its monitors).
 
 Two decisions:
 
@@ -58,12 +59,14 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import anywidget
 import psutil
@@ -71,15 +74,46 @@ import traitlets
 
 from rocm_nb._units import human_bytes
 from rocm_nb.errors import RocmNbError
-from rocm_nb.hardware import GpuUsage, gpu_usage
+from rocm_nb.hardware import GpuUsage, Hardware, gpu_usage
 
-if TYPE_CHECKING:
-    from rocm_nb.model import LocalModel
-
-__all__ = ["GpuMonitor", "MonitorSample", "ProcessUsage"]
+__all__ = ["GpuMonitor", "MonitorSample", "ProcessUsage", "Watched"]
 
 THREAD_NAME = "rocm_nb-monitor"
 """Name of the sampling thread (one per monitor while it samples)."""
+
+
+class Watched(Protocol):
+    """What a :class:`GpuMonitor` watches: a llama-server's process, counters, hardware and lifetime.
+
+    A :class:`~rocm_nb.model.LocalModel` is one.
+
+    Example:
+        >>> def watch(source: Watched) -> str:
+        ...     return f"{source.label}: pid {source.pid}"
+    """
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id; ``None`` while no server runs."""
+        ...
+
+    @property
+    def label(self) -> str:
+        """The monitor's title: which model, on which backend."""
+        ...
+
+    @property
+    def hardware(self) -> Hardware:
+        """The machine's GPUs (what the GPU sampler reads)."""
+        ...
+
+    def metrics(self) -> dict[str, float]:
+        """The server's Prometheus counters (``/metrics``)."""
+        ...
+
+    def add_close_callback(self, fn: Callable[[], object]) -> None:
+        """Call ``fn()`` once when the source closes (at once if it has)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -257,13 +291,22 @@ _CSS = """
 """
 
 
+def _stop_on_close(monitor: weakref.ref[GpuMonitor]) -> None:
+    """A source's close callback: weak, so that the source does not keep a closed monitor alive."""
+    alive = monitor()
+    if alive is not None:
+        alive.stop("model closed")
+
+
 class GpuMonitor(anywidget.AnyWidget):
     """A live view of a model's GPUs and server process; display it as the last line of a cell.
 
-    Made by :meth:`LocalModel.monitor() <rocm_nb.model.LocalModel.monitor>`.
+    Made by :meth:`LocalModel.monitor() <rocm_nb.model.LocalModel.monitor>`,
+    or directly on anything :class:`Watched`.
 
     Args:
-        model: the :class:`~rocm_nb.model.LocalModel` to watch.
+        source: what to watch: a :class:`~rocm_nb.model.LocalModel`; sampling
+            stops for good when it closes.
         interval: seconds between samples while the server is generating.
         idle_interval: seconds between samples otherwise.
         gpus: the GPU sampler (default: :func:`~rocm_nb.hardware.gpu_usage`
@@ -291,7 +334,7 @@ class GpuMonitor(anywidget.AnyWidget):
 
     def __init__(
         self,
-        model: LocalModel,
+        source: Watched,
         *,
         interval: float = 1.0,
         idle_interval: float = 5.0,
@@ -305,12 +348,12 @@ class GpuMonitor(anywidget.AnyWidget):
         for name, value in (("interval", interval), ("idle_interval", idle_interval), ("lease", lease)):
             if not value > 0:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
-        super().__init__(title=f"{model.path.name} · backend {model.backend}", heartbeat_s=lease / 3)
+        super().__init__(title=source.label, heartbeat_s=lease / 3)
         self.interval = float(interval)
         self.idle_interval = max(float(idle_interval), self.interval)
         self.lease = float(lease)
-        self._model = model
-        self._gpus = gpus if gpus is not None else lambda: gpu_usage(model.hardware)
+        self._source = source
+        self._gpus = gpus if gpus is not None else lambda: gpu_usage(source.hardware)
         self._process = _ProcessProbe()
         self.last: MonitorSample | None = None
         """The latest :class:`MonitorSample` (``None`` before the first)."""
@@ -319,6 +362,7 @@ class GpuMonitor(anywidget.AnyWidget):
             self.refresh()  # something to show at once, in a terminal too
         except Exception as exc:  # shown in the widget, like a failure in the thread
             self._fail(exc, None)
+        source.add_close_callback(functools.partial(_stop_on_close, weakref.ref(self)))
 
     # -- what the user has ------------------------------------------------------------------
 
@@ -410,23 +454,23 @@ class GpuMonitor(anywidget.AnyWidget):
     # -- sampling ---------------------------------------------------------------------------
 
     def _generating(self) -> bool:
-        if self._model.pid is None:  # not started: asking /metrics would start it
+        if self._source.pid is None:  # no server: nothing is generating, and nothing to ask
             return False
         try:
-            return self._model.metrics().get("llamacpp:requests_processing", 0.0) > 0
+            return self._source.metrics().get("llamacpp:requests_processing", 0.0) > 0
         except RocmNbError:
             return False
 
     def _take(self, generating: bool | None = None) -> MonitorSample:
         gpus = tuple(self._gpus())
-        process = self._process(self._model.pid)
+        process = self._process(self._source.pid)
         return MonitorSample(gpus, process, self._generating() if generating is None else generating, time.time())
 
     def _show(self, sample: MonitorSample) -> None:
         """Write a sample into the traits (the caller holds the lock)."""
         self.last = sample
         with self.hold_sync():
-            self.sections = _sections(sample, running=self._model.pid is not None)
+            self.sections = _sections(sample, running=self._source.pid is not None)
             self.samples += 1
             if self._stopped is None:
                 pace = (

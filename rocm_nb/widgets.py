@@ -13,6 +13,10 @@ The whole conversation is sent each turn; llama-server's prompt cache keeps
 the KV cache of the shared prefix, so turn 10 does not pay the prefill of
 turns 1-9 again.
 
+The panel takes any :class:`~rocm_nb.stream.ChatSource` (whatever has
+``achat_stream``): a :class:`~rocm_nb.model.LocalModel`, a
+:class:`~rocm_nb.client.Client` from ``connect()``, or a fake in a test.
+
 Example:
     >>> panel = model.panel(system="You are terse.", temperature=0.2)  # doctest: +SKIP
     >>> panel  # shows the panel  # doctest: +SKIP
@@ -29,9 +33,9 @@ from typing import Any, Unpack
 import ipywidgets as widgets
 from markdown_it import MarkdownIt
 
-from rocm_nb.client import Client, Completion, Options
+from rocm_nb.completion import Completion, Options
 from rocm_nb.display import Bundle, StreamDisplay
-from rocm_nb.errors import RocmNbError
+from rocm_nb.stream import ChatSource
 
 __all__ = ["ChatPanel", "render_markdown"]
 
@@ -68,8 +72,9 @@ class ChatPanel:
     """An ipywidgets chat with a model; display it as the last line of a cell.
 
     Args:
-        client: a :class:`~rocm_nb.model.LocalModel` or any
-            :class:`~rocm_nb.client.Client`.
+        source: what generates the replies: a
+            :class:`~rocm_nb.model.LocalModel`, a :class:`~rocm_nb.client.Client`
+            or anything else with ``achat_stream`` (a :class:`~rocm_nb.stream.ChatSource`).
         system: the system prompt (editable in the panel).
         **options: sampling options for every reply
             (``temperature`` and ``max_tokens`` get controls in the panel).
@@ -81,8 +86,8 @@ class ChatPanel:
         'assistant'
     """
 
-    def __init__(self, client: Client, *, system: str = "", **options: Unpack[Options]) -> None:
-        self._client = client
+    def __init__(self, source: ChatSource, *, system: str = "", **options: Unpack[Options]) -> None:
+        self._source = source
         self._options: Options = dict(options)  # type: ignore[assignment]
         self._messages: list[dict[str, str]] = []
         self._task: asyncio.Task[None] | None = None
@@ -166,7 +171,7 @@ class ChatPanel:
                                     widgets.HTML(_bubble_html("user", render_markdown(text))))
         self.send_button.disabled, self.stop_button.disabled = True, False
         self.stats.value = "<i>generating…</i>"
-        self._task = asyncio.get_event_loop().create_task(self._reply())
+        self._task = asyncio.get_running_loop().create_task(self._reply())
         return self._task
 
     def stop(self) -> None:
@@ -194,7 +199,7 @@ class ChatPanel:
         options: Options = {**self._options, "temperature": self.temperature.value,
                             "max_tokens": self.max_tokens.value}
         try:
-            stream = self._client.achat_stream(self.export(), **options)
+            stream = self._source.achat_stream(self.export(), **options)
             async with stream:
                 async for piece in stream:
                     shown.append(piece)
@@ -208,8 +213,9 @@ class ChatPanel:
             if shown.text:
                 self._messages.append({"role": "assistant", "content": shown.text})
             self.stats.value = f"■ stopped after {len(shown.text)} characters"
-        except RocmNbError as exc:
-            bubble.value = _bubble_html("error", _plain_html(f"{shown.text}\n\n⚠ {exc}"))
+        except Exception as exc:  # a task has no caller to raise to: the error shows in the panel
+            said = "\n".join([f"{type(exc).__name__}: {exc}", *getattr(exc, "__notes__", ())])
+            bubble.value = _bubble_html("error", _plain_html(f"{shown.text}\n\n⚠ {said}"))
             self.stats.value = f"<b>error:</b> {html.escape(type(exc).__name__)}"
         finally:
             self.send_button.disabled, self.stop_button.disabled = False, True

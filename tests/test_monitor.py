@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -301,3 +303,56 @@ def test_importing_rocm_nb_does_not_import_the_widget_libraries() -> None:
             "import rocm_nb.monitor; print(rocm_nb.GpuMonitor is rocm_nb.monitor.GpuMonitor)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["[]", "True"], "the widget names load on first use"
+
+
+class FakeSource:
+    """Something watched that is not a LocalModel and has no server: the monitor needs only the protocol."""
+
+    pid = None
+    label = "fake.gguf · backend cpu"
+    hardware = detect(runner=lambda argv: None, environ={}, root=Path("/nonexistent"))
+
+    def __init__(self) -> None:
+        self.callbacks: list[Callable[[], object]] = []
+
+    def metrics(self) -> dict[str, float]:
+        raise AssertionError("no server runs: the monitor must not ask for its metrics")
+
+    def add_close_callback(self, fn: Callable[[], object]) -> None:
+        self.callbacks.append(fn)
+
+    def close(self) -> None:
+        for fn in self.callbacks:
+            fn()
+
+
+def test_a_monitor_stops_through_the_close_callback_it_registered(monitors: list[GpuMonitor]) -> None:
+    source = FakeSource()
+    gpus = CountingGpus()
+    monitor = GpuMonitor(source, interval=0.05, idle_interval=0.05, gpus=gpus)
+    monitors.append(monitor)
+    assert monitor.title == "fake.gguf · backend cpu" and len(source.callbacks) == 1
+    assert monitor.sections[-1]["note"] == "not running"
+    show(monitor)
+    wait_until(lambda: gpus.calls >= 3)
+    source.close()
+    assert monitor.state == "stopped" and monitor.status == "stopped: model closed"
+    assert not monitor.sampling and sampler_threads() == 0
+
+
+def test_a_closed_source_stops_a_new_monitor_at_once_and_keeps_no_closed_one_alive() -> None:
+    source = FakeSource()
+    source.close()
+    source.add_close_callback = lambda fn: fn()  # type: ignore[method-assign]  # closed: runs at once
+    late = GpuMonitor(source, gpus=list)
+    assert late.state == "stopped" and late.status == "stopped: model closed"
+    late.close()
+
+    watching = FakeSource()
+    monitor = GpuMonitor(watching, gpus=list)
+    gone_when_closed = weakref.ref(monitor)
+    monitor.close()
+    del monitor
+    gc.collect()
+    assert gone_when_closed() is None, "the source's callback holds its monitor weakly"
+    watching.close()  # the callback of a monitor that is gone does nothing

@@ -18,6 +18,7 @@ from IPython.utils.capture import capture_output
 
 from rocm_nb import GenerationError, LocalModel, connect, rpc_worker
 from rocm_nb.server import LlamaServer, free_port
+from rocm_nb.widgets import ChatPanel
 from tests.conftest import gone, wait_until
 
 GREEDY = {"temperature": 0.0, "seed": 11}
@@ -48,7 +49,7 @@ async def test_connect_async_and_panel(second_server: LlamaServer) -> None:
     remote = connect(second_server.base_url, api_key=second_server.api_key)
     reply = await remote.achat([{"role": "user", "content": "Say yes."}], max_tokens=6, **GREEDY)
     assert reply.text
-    panel = remote.panel(temperature=0.0, max_tokens=8)
+    panel = ChatPanel(remote, temperature=0.0, max_tokens=8)
     await panel.send("Hello")
     assert panel.history[-1]["role"] == "assistant" and "tok/s" in panel.stats.value
     remote.close()
@@ -100,7 +101,7 @@ async def test_connect_to_an_openai_compatible_server_that_is_not_llama_cpp(fake
     pieces = list(client.chat_stream(question, max_tokens=32))
     assert len(pieces) > 1 and "".join(pieces) == expected
     assert (await client.achat(question)).text == expected
-    panel = client.panel()
+    panel = ChatPanel(client)
     await panel.send("What is the capital of France?")
     assert panel.history[-1] == {"role": "assistant", "content": expected}
     with pytest.raises(GenerationError) as info:  # no /v1/completions there: a clear error, not a hang

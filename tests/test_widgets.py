@@ -1,12 +1,61 @@
-"""The chat panel, in process, against the real server."""
+"""The chat panel, in process: against the real server, and against a fake chat source."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
 
 from rocm_nb import Client, LocalModel
+from rocm_nb.client import Message
+from rocm_nb.completion import build_payload
+from rocm_nb.stream import Accumulator, AsyncTokenStream, ChatSource
 from rocm_nb.widgets import ChatPanel, _bubble_html, _plain_html, render_markdown
+
+
+class ScriptedSource:
+    """A chat source that is not a Client: it answers every turn with the same events."""
+
+    def __init__(self, *pieces: str) -> None:
+        self.pieces = pieces
+        self.asked: list[list[dict[str, Any]]] = []
+
+    def achat_stream(self, messages: Sequence[Message], **options: Any) -> AsyncTokenStream:
+        payload = build_payload("chat", messages, options)  # checks the options, as a Client does
+        self.asked.append(payload["messages"])
+        events = "".join(f"data: {json.dumps({'choices': [{'delta': {'content': p}}]})}\n\n" for p in self.pieces)
+        body = (events + 'data: {"choices": [{"delta": {}, "finish_reason": "stop"}]}\n\ndata: [DONE]\n\n').encode()
+
+        async def respond() -> httpx.Response:
+            request = httpx.Request("POST", "http://fake/v1/chat/completions")
+            return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body, request=request)
+
+        return AsyncTokenStream(respond, Accumulator("chat"), lambda exc, partial: None)
+
+
+async def test_the_panel_takes_any_chat_source() -> None:
+    source = ScriptedSource("Hello", ", Ada")
+    assert isinstance(source, ChatSource)
+    panel = ChatPanel(source, system="Be kind.")
+    await panel.send("Hi, I am Ada.")
+    assert panel.history[-1] == {"role": "assistant", "content": "Hello, Ada"}
+    assert source.asked[0] == [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi, I am Ada."}]
+    await panel.send("Again?")
+    assert [m["role"] for m in source.asked[1]] == ["system", "user", "assistant", "user"]
+
+
+async def test_bad_options_show_as_an_error_bubble_not_a_stuck_reply() -> None:
+    panel = ChatPanel(ScriptedSource("never"), temprature=0.5)  # type: ignore[call-arg]
+    task = panel.send("Hello?")
+    await task  # the task ends normally: nothing is left as "Task exception was never retrieved"
+    assert task.exception() is None
+    bubble = panel.transcript.children[-1].value
+    assert "rocm-nb-error" in bubble and "TypeError: unknown option(s) temprature" in bubble and "▌" not in bubble
+    assert "TypeError" in panel.stats.value
+    assert panel.send_button.disabled is False and panel.stop_button.disabled is True
 
 
 async def test_a_conversation_with_history_stats_and_prompt_cache(model: LocalModel) -> None:
@@ -61,8 +110,10 @@ async def test_send_by_enter_and_errors_show_in_the_panel() -> None:
     assert panel.prompt.value == ""
     assert panel._task is not None
     await panel._task
-    assert "error" in panel.stats.value
-    assert "rocm-nb-error" in panel.transcript.children[-1].value
+    assert "ServerUnavailable" in panel.stats.value
+    bubble = panel.transcript.children[-1].value
+    assert "rocm-nb-error" in bubble and "could not reach" in bubble
+    assert "Is the server running" in bubble, "the error's notes show in the bubble too"
 
 
 def test_markdown_is_rendered_and_html_escaped() -> None:

@@ -49,9 +49,9 @@ def ipython_publisher() -> Publisher:
     def publish(bundle: Bundle, update: bool) -> None:
         nonlocal display_id
         if display_id is None:
-            display_id = display(bundle, raw=True, display_id=True).display_id
+            display_id = display(bundle, raw=True, display_id=True).display_id  # type: ignore[no-untyped-call]
         else:
-            update_display(bundle, raw=True, display_id=display_id)
+            update_display(bundle, raw=True, display_id=display_id)  # type: ignore[no-untyped-call]
 
     return publish
 

@@ -27,22 +27,63 @@ from __future__ import annotations
 import re
 import shlex
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from IPython.core.error import TryNext, UsageError
-from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments
-from IPython.display import display
-
+from rocm_nb._extras import needs_extra
+from rocm_nb._format import FORMATS, formatted, json_schema, show
+from rocm_nb._magic_args import (
+    ChatArgs,
+    GenerateArgs,
+    LoadArgs,
+    ModelsArgs,
+    StopArgs,
+    options_from,
+)
 from rocm_nb.catalog import DEFAULT_MODEL
-from rocm_nb.client import Client, Completion, Options, connect
-from rocm_nb.display import StreamDisplay, ipython_publisher, status_bundle
+from rocm_nb.client import Client, connect
+from rocm_nb.completion import DEFAULT_MAX_TOKENS
+from rocm_nb.display import ipython_publisher, status_bundle
 from rocm_nb.hardware import describe, detect
 from rocm_nb.library import ModelLibrary, model_names, models
 from rocm_nb.model import LocalModel
 
-__all__ = ["RocmMagics", "complete_model", "fill_placeholders", "register"]
+with needs_extra("notebook"):
+    from IPython.core import magic_arguments as _arguments
+    from IPython.core.error import TryNext, UsageError
+    from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+    from IPython.display import display as _display
+
+if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from rocm_nb.widgets import ChatPanel
+
+__all__ = ["RocmMagics", "complete_model", "fill_placeholders", "parse_args", "register"]
+
+A = TypeVar("A")
+F = TypeVar("F", bound=Callable[..., Any])
+
+# IPython's argument decorators and display() are untyped: these typed fronts (not exported) keep
+# mypy strict on this module.
+
+
+def magic_arguments() -> Callable[[F], F]:
+    """IPython's ``@magic_arguments()``, typed: the function's ``parser`` parses its line."""
+    decorate: Callable[[F], F] = _arguments.magic_arguments()  # type: ignore[no-untyped-call]
+    return decorate
+
+
+def argument(*names: str, **options: Any) -> Callable[[F], F]:
+    """IPython's ``@argument(...)``, typed: ``argparse``'s ``add_argument`` for a magic."""
+    decorate: Callable[[F], F] = _arguments.argument(*names, **options)  # type: ignore[no-untyped-call]
+    return decorate
+
+
+def display(obj: object, *, raw: bool = False) -> None:
+    """IPython's ``display()``, typed."""
+    _display(obj, raw=raw)  # type: ignore[no-untyped-call]
+
 
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -71,23 +112,6 @@ def fill_placeholders(template: str, namespace: Mapping[str, Any]) -> str:
     return _PLACEHOLDER.sub(substitute, template)
 
 
-def _parse(magic: Any, line: str) -> Any:
-    """Parse a magic's line the way a shell would: ``--system "Be brief."`` loses its quotes.
-
-    (IPython's ``parse_argstring`` keeps them.) A bad option is a one-line
-    ``UsageError``, as from ``parse_argstring``.
-
-    Example:
-        >>> _parse(RocmMagics.rocm_chat, '--system "Be brief." --temperature 0').system
-        'Be brief.'
-    """
-    try:
-        words = shlex.split(line)
-    except ValueError as exc:
-        raise UsageError(f"{line!r}: {exc}") from None
-    return magic.parser.parse_args(words)
-
-
 def _gpu_layers(value: str) -> int | str:
     if value == "auto":
         return value
@@ -97,18 +121,46 @@ def _gpu_layers(value: str) -> int | str:
         raise UsageError(f"--gpu-layers takes a number or 'auto', not {value!r}") from None
 
 
+def _say(text: str) -> None:
+    """Show a line of text in the cell's output, the way the other magics show theirs."""
+    display({"text/plain": text}, raw=True)
+
+
+def parse_args(magic: str, line: str, into: Callable[..., A]) -> A:
+    """Parse the line of the magic called ``magic`` the way a shell would, into a typed arguments object.
+
+    ``--system "Be brief."`` loses its quotes (IPython's ``parse_argstring``
+    keeps them). A bad option is a one-line ``UsageError``, as from
+    ``parse_argstring``.
+
+    Example:
+        >>> parse_args("rocm_chat", '--system "Be brief." --temperature 0', ChatArgs).system
+        'Be brief.'
+        >>> parse_args("rocm_load", "smollm2-135m --ctx 4096 --gpu-layers auto", LoadArgs).gpu_layers
+        'auto'
+        >>> parse_args("rocm_stop", "--all", StopArgs)
+        StopArgs(alias=None, all=True)
+    """
+    try:
+        words = shlex.split(line)
+    except ValueError as exc:
+        raise UsageError(f"{line!r}: {exc}") from None
+    parser = getattr(RocmMagics, magic).parser  # set by @magic_arguments
+    return into(**vars(parser.parse_args(words)))
+
+
 @magics_class
 class RocmMagics(Magics):
     """The ``%rocm_*`` magics; one instance per IPython shell holds its models."""
 
-    def __init__(self, shell: Any) -> None:
+    def __init__(self, shell: InteractiveShell) -> None:
         super().__init__(shell)
-        self.models: dict[str, Client] = {}
+        self.models: dict[str, Client | LocalModel] = {}
         self.current: str | None = None
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _model(self, alias: str | None) -> Client:
+    def _model(self, alias: str | None) -> Client | LocalModel:
         if alias is not None:
             if alias not in self.models:
                 known = ", ".join(self.models) or "none yet"
@@ -152,7 +204,8 @@ class RocmMagics(Magics):
     @magic_arguments()
     @argument("model", nargs="?", default=DEFAULT_MODEL, help="a .gguf path, catalogue name or hf:owner/repo/file.gguf")
     @argument("--ctx", type=int, default=None, help="context size (default: min(trained, 8192))")
-    @argument("--gpu-layers", default=None, help="layers to offload to the GPU, or 'auto' (all on a GPU)")
+    @argument("--gpu-layers", type=_gpu_layers, default=None,
+              help="layers to offload to the GPU, or 'auto' (all on a GPU)")
     @argument("--parallel", type=int, default=1, help="server slots (concurrent generations)")
     @argument("--name", default=None, help="alias to refer to this model (default: the model argument)")
     @argument("--server", default=None, help="path of the llama-server binary to use")
@@ -167,20 +220,20 @@ class RocmMagics(Magics):
         nothing is started: the magics talk to that server.
         """
         line, _, extra = line.partition(" -- ")
-        args = _parse(self.rocm_load, line)
+        args = parse_args("rocm_load", line, LoadArgs)
         if args.url:
             client = connect(args.url, api_key=args.api_key)
             offered = client.models()  # fails loudly here if the server is unreachable
             alias = args.name or args.url
             self.models[alias] = client
             self.current = alias
-            print(f"✓ {alias}: {args.url} (remote, offers {', '.join(offered) or 'no model list'})")
+            _say(f"✓ {alias}: {args.url} (remote, offers {', '.join(offered) or 'no model list'})")
             return
         self._load(
             args.model,
             alias=args.name or args.model,
             ctx_size=args.ctx,
-            gpu_layers=None if args.gpu_layers is None else _gpu_layers(args.gpu_layers),
+            gpu_layers=args.gpu_layers,
             parallel=args.parallel,
             server=args.server,
             extra_args=shlex.split(extra),
@@ -189,7 +242,7 @@ class RocmMagics(Magics):
 
     @magic_arguments()
     @argument("-m", "--model", default=None, help="alias of a loaded model (default: the current one)")
-    @argument("--max-tokens", type=int, default=512, help="most tokens to generate")
+    @argument("--max-tokens", type=int, default=None, help=f"most tokens to generate (default {DEFAULT_MAX_TOKENS})")
     @argument("--temperature", type=float, default=None, help="sampling temperature (0 = greedy)")
     @argument("--seed", type=int, default=None, help="sampling seed, for repeatable output")
     @argument("--stop", action="append", default=None, help="stop sequence (repeatable)")
@@ -199,7 +252,7 @@ class RocmMagics(Magics):
     @argument("--out", default=None, help="store the Completion (with --format json: the data) in this variable")
     @argument("--no-stream", action="store_true", help="show the result only when complete")
     @argument("--json-schema", default=None, help="name of a variable holding a JSON schema the output must match")
-    @argument("--format", choices=["markdown", "text", "code", "json"], default="markdown",
+    @argument("--format", choices=FORMATS, default=FORMATS[0],
               help="markdown (default) or text: how the reply is shown; code: its code goes into a new cell "
                    "below, not run; json: parsed (and checked against --json-schema) and returned")
     @cell_magic
@@ -214,58 +267,17 @@ class RocmMagics(Magics):
         ``GenerationError`` naming the problem, with the raw reply in ``.body``.
         Otherwise ``--out`` stores the ``Completion``.
         """
-        args = _parse(self.rocm_generate, line)
+        args = parse_args("rocm_generate", line, GenerateArgs)
         user_ns = self.shell.user_ns if self.shell is not None else {}
         prompt = fill_placeholders(cell.strip(), user_ns)
-        options: Options = {"max_tokens": args.max_tokens}
-        if args.temperature is not None:
-            options["temperature"] = args.temperature
-        if args.seed is not None:
-            options["seed"] = args.seed
-        if args.stop:
-            options["stop"] = args.stop
-        schema = None
-        if args.json_schema is not None:
-            schema = user_ns.get(args.json_schema)
-            if not isinstance(schema, Mapping):
-                raise UsageError(f"--json-schema {args.json_schema}: no dict variable of that name")
-            options["json_schema"] = schema
-        elif args.format == "json":
-            options["json_schema"] = {"type": "object"}  # what OpenAI's response_format json_object asks for
+        schema = json_schema(args.format, args.json_schema, user_ns)
+        options = options_from(args) | ({"json_schema": schema} if schema is not None else {})
         model = self._model(args.model)
-        if args.raw:
-            if args.system:
-                raise UsageError("--system needs chat mode; drop --raw")
-            stream = model.stream(prompt, **options)
-        else:
-            messages = [{"role": "user", "content": prompt}]
-            if args.system:
-                messages.insert(0, {"role": "system", "content": args.system})
-            stream = model.chat_stream(messages, **options)
-        shown = StreamDisplay(live=not args.no_stream)
-        try:
-            with stream:
-                for piece in stream:
-                    shown.append(piece)
-        except BaseException as exc:
-            shown.finish(f"■ stopped after {len(shown.text)} characters")
-            if isinstance(exc, KeyboardInterrupt):
-                raise KeyboardInterrupt() from None  # a short traceback, without the HTTP library's frames
-            raise
-        completion: Completion | None = stream.completion
-        assert completion is not None
-        shown.finish(completion.stats(), markdown=args.format in ("markdown", "code"))
-        result: Any = completion
-        if "json_schema" in options:
-            data = completion.json(schema)  # names the problem if the reply is not valid JSON or breaks the schema
-            if args.format == "json":
-                result = data
-        if args.format == "code" and self.shell is not None:
-            self.shell.set_next_input(completion.code(), replace=False)  # a new cell below, not run
-        if args.out:
-            user_ns[args.out] = result
-            return None
-        return result if args.format == "json" else None
+        stream = model.stream(prompt, **options) if args.raw else model.chat_stream(args.messages(prompt), **options)
+        reply = formatted(show(stream, args.format, live=not args.no_stream), args.format, schema)
+        if reply.new_cell is not None and self.shell is not None:
+            self.shell.set_next_input(reply.new_cell, replace=False)  # a new cell below, not run
+        return reply.result(out=args.out, namespace=user_ns)
 
     @magic_arguments()
     @argument("alias", nargs="?", default=None, help="model to chat with (default: the current one)")
@@ -274,17 +286,12 @@ class RocmMagics(Magics):
     @argument("--max-tokens", type=int, default=None, help="starting most tokens per reply")
     @argument("--seed", type=int, default=None, help="sampling seed, for repeatable replies")
     @line_magic
-    def rocm_chat(self, line: str) -> Any:
+    def rocm_chat(self, line: str) -> ChatPanel:
         """Show a chat panel on the current model (or on ``ALIAS``)."""
-        args = _parse(self.rocm_chat, line)
-        options: Options = {}
-        if args.temperature is not None:
-            options["temperature"] = args.temperature
-        if args.max_tokens is not None:
-            options["max_tokens"] = args.max_tokens
-        if args.seed is not None:
-            options["seed"] = args.seed
-        return self._model(args.alias).panel(system=args.system, **options)
+        from rocm_nb.widgets import ChatPanel  # ipywidgets loads with the first panel, not with the magics
+
+        args = parse_args("rocm_chat", line, ChatArgs)
+        return ChatPanel(self._model(args.alias), system=args.system, **options_from(args))
 
     @line_magic
     def rocm_status(self, line: str) -> None:
@@ -301,7 +308,7 @@ class RocmMagics(Magics):
     @line_magic
     def rocm_models(self, line: str) -> ModelLibrary:
         """The GGUF models on this machine as a table (what ``rocm_nb.models()`` returns)."""
-        args = _parse(self.rocm_models, line)
+        args = parse_args("rocm_models", line, ModelsArgs)
         return models(args.dirs or None)
 
     @magic_arguments()
@@ -310,18 +317,18 @@ class RocmMagics(Magics):
     @line_magic
     def rocm_stop(self, line: str) -> None:
         """Stop a model (its server stops when no one else uses it)."""
-        args = _parse(self.rocm_stop, line)
+        args = parse_args("rocm_stop", line, StopArgs)
         aliases = list(self.models) if args.all else [args.alias or self.current]
         for alias in aliases:
             if alias is None or alias not in self.models:
                 raise UsageError(f"no model called {alias!r} is loaded")
             self.models.pop(alias).close()
-            print(f"stopped {alias}")
+            _say(f"stopped {alias}")
             if self.current == alias:
                 self.current = next(iter(self.models), None)
 
 
-def complete_model(shell: Any, event: Any) -> list[str]:
+def complete_model(shell: InteractiveShell, event: Any) -> list[str]:
     """Tab completion of ``%rocm_load``'s model: catalogue names and the model library's names.
 
     Options and their values are left to IPython. IPython completes the word
@@ -344,11 +351,11 @@ def complete_model(shell: Any, event: Any) -> list[str]:
     return [name[cut:] for name in model_names() if name.startswith(typed)]
 
 
-def register(ipython: Any) -> None:
+def register(ipython: InteractiveShell) -> None:
     """Register the magics and ``%rocm_load``'s tab completion on an IPython shell (``%load_ext rocm_nb``).
 
     Example:
         >>> register(get_ipython())  # doctest: +SKIP
     """
     ipython.register_magics(RocmMagics(ipython))
-    ipython.set_hook("complete_command", complete_model, str_key="%rocm_load")
+    ipython.set_hook("complete_command", complete_model, str_key="%rocm_load")  # type: ignore[no-untyped-call]

@@ -68,13 +68,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import anywidget
 import psutil
-import traitlets
 
+from rocm_nb._extras import needs_extra
 from rocm_nb._units import human_bytes
 from rocm_nb.errors import RocmNbError
 from rocm_nb.hardware import GpuUsage, Hardware, gpu_usage
+
+with needs_extra("notebook"):
+    import anywidget
+    import traitlets
 
 __all__ = ["GpuMonitor", "MonitorSample", "ProcessUsage", "Watched"]
 

@@ -30,12 +30,15 @@ import asyncio
 import html
 from typing import Any, Unpack
 
-import ipywidgets as widgets
 from markdown_it import MarkdownIt
 
-from rocm_nb.completion import Completion, Options
+from rocm_nb._extras import needs_extra
+from rocm_nb.completion import DEFAULT_MAX_TOKENS, Completion, Options
 from rocm_nb.display import Bundle, StreamDisplay
 from rocm_nb.stream import ChatSource
+
+with needs_extra("notebook"):
+    import ipywidgets as widgets
 
 __all__ = ["ChatPanel", "render_markdown"]
 
@@ -100,7 +103,7 @@ class ChatPanel:
         self.temperature = widgets.FloatSlider(value=float(options.get("temperature", 0.7)), min=0.0,
                                                max=2.0, step=0.05, description="temperature",
                                                style={"description_width": "initial"})
-        self.max_tokens = widgets.BoundedIntText(value=int(options.get("max_tokens", 512)), min=1,
+        self.max_tokens = widgets.BoundedIntText(value=int(options.get("max_tokens", DEFAULT_MAX_TOKENS)), min=1,
                                                  max=1_000_000, description="max tokens",
                                                  style={"description_width": "initial"})
         self.prompt = widgets.Text(placeholder="Message (Enter to send)", continuous_update=False,

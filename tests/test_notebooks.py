@@ -168,9 +168,8 @@ def test_quickstart(executed: Callable[[str], NotebookNode]) -> None:
 
     status = "".join(data(cell(nb, "status"), "text/plain"))
     assert "smollm2-135m" in status and "running" in status
-    stopped = stdout(cell(nb, "stop"))
-    assert "stopped smollm2-135m" in stopped
-    assert "llama-server processes left in this kernel: 0" in stopped
+    assert "stopped smollm2-135m" in "".join(data(cell(nb, "stop"), "text/plain"))
+    assert "llama-server processes left in this kernel: 0" in stdout(cell(nb, "stop"))
 
 
 # -- 02: chat panel ---------------------------------------------------------------------------

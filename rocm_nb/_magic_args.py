@@ -1,0 +1,157 @@
+"""The typed arguments of the ``%rocm_*`` magics, and the generation options they set.
+
+:func:`rocm_nb.magics.parse_args` parses a magic's line into one of these
+(``%rocm_load`` → :class:`LoadArgs`, ``%%rocm_generate`` → :class:`GenerateArgs`, …);
+:func:`options_from` turns the sampling arguments into ``Options`` for a
+model or a chat panel.
+
+Example:
+    >>> args = GenerateArgs(max_tokens=64, temperature=0.0, system="Be brief.")
+    >>> options_from(args)
+    {'max_tokens': 64, 'temperature': 0.0}
+    >>> args.messages("Hi")[0]
+    {'role': 'system', 'content': 'Be brief.'}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rocm_nb._extras import needs_extra
+from rocm_nb._format import FORMATS, Format
+from rocm_nb.catalog import DEFAULT_MODEL
+from rocm_nb.completion import Message, Options
+
+with needs_extra("notebook"):
+    from IPython.core.error import UsageError
+
+__all__ = ["ChatArgs", "GenerateArgs", "LoadArgs", "ModelsArgs", "SamplingArgs", "StopArgs", "options_from"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplingArgs:
+    """The sampling options a magic takes; ``None`` leaves the default (the panel's, or the server's).
+
+    Example:
+        >>> options_from(SamplingArgs(temperature=0.0, stop=["\\n"]))
+        {'temperature': 0.0, 'stop': ['\\n']}
+    """
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    seed: int | None = None
+    stop: list[str] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerateArgs(SamplingArgs):
+    """``%%rocm_generate``'s options, typed (see ``%%rocm_generate?``).
+
+    Example:
+        >>> args = GenerateArgs(raw=True, max_tokens=8)
+        >>> args.raw, args.max_tokens, args.format, args.model
+        (True, 8, 'markdown', None)
+        >>> GenerateArgs(raw=True, system="Be brief.")
+        Traceback (most recent call last):
+        ...
+        IPython.core.error.UsageError: --system needs chat mode; drop --raw
+    """
+
+    model: str | None = None
+    system: str | None = None
+    raw: bool = False
+    out: str | None = None
+    no_stream: bool = False
+    json_schema: str | None = None
+    format: Format = FORMATS[0]
+
+    def __post_init__(self) -> None:
+        if self.raw and self.system:
+            raise UsageError("--system needs chat mode; drop --raw")
+
+    def messages(self, prompt: str) -> list[Message]:
+        """The chat messages for ``prompt``: the system prompt (if any), then the user's.
+
+        Example:
+            >>> GenerateArgs(system="Be brief.").messages("Hi")
+            [{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': 'Hi'}]
+        """
+        system: list[Message] = [{"role": "system", "content": self.system}] if self.system else []
+        return [*system, {"role": "user", "content": prompt}]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChatArgs(SamplingArgs):
+    """``%rocm_chat``'s options, typed: the panel's starting settings.
+
+    Example:
+        >>> ChatArgs(alias="small", system="Be brief.", seed=3)
+        ChatArgs(max_tokens=None, temperature=None, seed=3, stop=None, alias='small', system='Be brief.')
+    """
+
+    alias: str | None = None
+    system: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadArgs:
+    """``%rocm_load``'s options, typed (see ``%rocm_load?``).
+
+    Example:
+        >>> LoadArgs(ctx=4096).model
+        'smollm2-135m'
+    """
+
+    model: str = DEFAULT_MODEL
+    ctx: int | None = None
+    gpu_layers: int | str | None = None
+    parallel: int = 1
+    name: str | None = None
+    server: str | None = None
+    rpc: list[str] | None = None
+    url: str | None = None
+    api_key: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelsArgs:
+    """``%rocm_models``'s folders to scan (none: ``ROCM_NB_MODEL_DIR``).
+
+    Example:
+        >>> ModelsArgs(dirs=["~/models"]).dirs
+        ['~/models']
+    """
+
+    dirs: list[str]
+
+
+@dataclass(frozen=True)
+class StopArgs:
+    """``%rocm_stop``'s model, or all of them.
+
+    Example:
+        >>> StopArgs(alias=None, all=True).all
+        True
+    """
+
+    alias: str | None
+    all: bool
+
+
+def options_from(args: SamplingArgs) -> Options:
+    """The generation options the arguments set (unset ones are left out).
+
+    Example:
+        >>> options_from(GenerateArgs(temperature=0.0, seed=1))
+        {'temperature': 0.0, 'seed': 1}
+    """
+    options: Options = {}
+    if args.max_tokens is not None:
+        options["max_tokens"] = args.max_tokens
+    if args.temperature is not None:
+        options["temperature"] = args.temperature
+    if args.seed is not None:
+        options["seed"] = args.seed
+    if args.stop:
+        options["stop"] = args.stop
+    return options

@@ -38,9 +38,12 @@ from rocm_nb.library import models
 from rocm_nb.model import LocalModel, rpc_worker
 
 if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
+
     from rocm_nb.monitor import GpuMonitor, MonitorSample, ProcessUsage
 
 __version__ = "0.1.0"
+"""The one source of the version: pyproject.toml reads it from here."""
 
 __all__ = [
     "AsyncTokenStream",
@@ -74,8 +77,11 @@ __all__ = [
 ]
 
 
-def load_ipython_extension(ipython: Any) -> None:
-    """``%load_ext rocm_nb``: register the ``%rocm_*`` magics (IPython imported lazily)."""
+def load_ipython_extension(ipython: InteractiveShell) -> None:
+    """``%load_ext rocm_nb``: register the ``%rocm_*`` magics (IPython imported lazily).
+
+    They need the notebook extra: ``pip install "rocm_nb[notebook]"``.
+    """
     from rocm_nb.magics import register
 
     register(ipython)

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from rocm_nb._extras import needs_extra
 from rocm_nb._paths import cache_root
 from rocm_nb._units import human_count
 from rocm_nb.errors import InvalidModel, ModelNotFound
@@ -436,8 +437,9 @@ def _from_hub(spec: str) -> Path:
     repo, _, filename = rest.partition("/")
     if not (owner and repo and filename.endswith(".gguf")):
         raise ModelNotFound(f"{spec!r} is not of the form hf:owner/repo/file.gguf")
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    with needs_extra("hub"):
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
         return Path(hf_hub_download(repo_id=f"{owner}/{repo}", filename=filename))

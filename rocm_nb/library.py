@@ -53,6 +53,7 @@ from typing import Literal, overload
 
 import psutil
 
+from rocm_nb._extras import needs_extra
 from rocm_nb._units import human_bytes, human_count
 from rocm_nb.catalog import CATALOGUE, DEFAULT_MODEL, ModelInfo, models_dir, read_info
 from rocm_nb.errors import RocmNbError
@@ -247,8 +248,12 @@ def _display_path(path: Path) -> str:
 
 
 def _hf_files(hub: Path, notes: list[str]) -> list[tuple[str, Path]]:
-    from huggingface_hub import scan_cache_dir
-
+    try:
+        with needs_extra("hub"):
+            from huggingface_hub import scan_cache_dir
+    except ModuleNotFoundError as exc:
+        notes.append(f"the Hugging Face cache {hub} was not scanned: {exc}")
+        return []
     try:
         cache = scan_cache_dir(hub)
     except (OSError, ValueError) as exc:

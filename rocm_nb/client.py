@@ -18,11 +18,11 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Unpack
 
+from rocm_nb._batch import Prompt
 from rocm_nb.completion import Completion, Kind, Message, Options, Timings, build_payload
 from rocm_nb.errors import GenerationError, ModelClosed, RocmNbError
 from rocm_nb.stream import Accumulator, AsyncTokenStream, FailureHook, TokenStream, http_error, transport_error
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     import ssl
 
     import httpx
-    from tqdm import tqdm
 
 __all__ = [
     "AsyncTokenStream",
@@ -49,11 +48,6 @@ __all__ = [
     "connect",
 ]
 
-Prompt = str | Sequence[Message]
-"""One item of :meth:`Client.map`: a prompt string or a list of chat messages."""
-
-_Job = tuple[Kind, Any]
-
 
 @functools.cache
 def _ssl_context() -> ssl.SSLContext:
@@ -65,19 +59,6 @@ def _ssl_context() -> ssl.SSLContext:
 
 def _no_better_error(exc: Exception, partial: str) -> RocmNbError | None:
     return None
-
-
-def _job(prompt: Prompt, chat: bool) -> _Job:
-    """How one item of a batch is sent: a string as a user message (chat) or a plain prompt."""
-    if isinstance(prompt, str):
-        return ("chat", [{"role": "user", "content": prompt}]) if chat else ("completion", prompt)
-    return "chat", prompt
-
-
-def _progress(total: int, show: bool) -> tqdm[Any]:
-    from tqdm.auto import tqdm  # imported here: `import rocm_nb` stays cheap
-
-    return tqdm(total=total, disable=not show, desc="map", unit="prompt")
 
 
 def parse_metrics(text: str) -> dict[str, float]:
@@ -333,51 +314,7 @@ class Client:
         """
         return await self._adrain(self.achat_stream(messages, **options))
 
-    # -- batches ----------------------------------------------------------------------------
-
-    def _map_plan(self, prompts: Iterable[Prompt], chat: bool, options: Mapping[str, Any]) -> list[_Job]:
-        self._ensure_open()
-        build_payload("completion", "", options)  # bad options would fail every item: fail once, now
-        return [_job(prompt, chat) for prompt in prompts]
-
-    def _map_workers(self, concurrency: int | None) -> int:
-        """How many requests a batch keeps in flight: ``concurrency``, else the server's slots."""
-        if concurrency is None:
-            try:
-                slots = self.props().get("total_slots")
-            except RocmNbError:  # not a llama-server (no /props): one at a time is always safe
-                return 1
-            return slots if isinstance(slots, int) and slots > 0 else 1
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency <= 0:
-            raise ValueError(f"concurrency must be a positive integer, got {concurrency!r}")
-        return concurrency
-
-    async def _map_run(
-        self,
-        jobs: Sequence[_Job],
-        options: Mapping[str, Any],
-        workers: int,
-        done: Callable[[], object],
-        client: httpx.AsyncClient | None,
-    ) -> list[Completion | Exception]:
-        """Run ``jobs`` with ``workers`` requests in flight; an item's error becomes its result."""
-        import asyncio
-
-        results: dict[int, Completion | Exception] = {}
-        pending = iter(enumerate(jobs))
-
-        async def worker() -> None:
-            for index, (kind, prompt) in pending:
-                try:
-                    results[index] = await self._adrain(self._open_astream(kind, prompt, options, client))
-                except Exception as exc:  # recorded for its item: the batch goes on
-                    results[index] = exc
-                done()
-
-        async with asyncio.TaskGroup() as group:  # cancelling the batch cancels every request in flight
-            for _ in range(min(workers, len(jobs))):
-                group.create_task(worker())
-        return [results[index] for index in range(len(jobs))]
+    # -- batches (the engine is rocm_nb._batch) --------------------------------------------
 
     def map(
         self,
@@ -410,38 +347,14 @@ class Client:
             >>> [r.text if isinstance(r, Completion) else f"failed: {r}" for r in results]  # doctest: +SKIP
             ['Blue.', 'Apple.']
         """
-        import asyncio
-        import queue
-        from concurrent.futures import Future, ThreadPoolExecutor
+        from rocm_nb import _batch
 
-        jobs = self._map_plan(prompts, chat, options)
-        workers = self._map_workers(concurrency)
-        ticks: queue.SimpleQueue[bool] = queue.SimpleQueue()  # True per finished item, False at the end
-        started: Future[asyncio.Task[list[Completion | Exception]]] = Future()
-        http = self._new_ahttp()  # the batch's own: the loop below lives and dies in a worker thread
-
-        async def batch() -> list[Completion | Exception]:
-            task = asyncio.current_task()
-            assert task is not None
-            started.set_result(task)
-            try:
-                async with http:
-                    return await self._map_run(jobs, options, workers, lambda: ticks.put(True), http)
-            finally:
-                ticks.put(False)
-
-        # a thread of its own: a notebook's main thread already runs an event loop
-        with _progress(len(jobs), progress) as bar, ThreadPoolExecutor(1, thread_name_prefix="rocm_nb-map") as pool:
-            outcome = pool.submit(asyncio.run, batch())
-            try:
-                while ticks.get():
-                    bar.update()
-            except BaseException:  # Ctrl-C: cancel the requests in flight, then wait for them to close
-                task = started.result()
-                with contextlib.suppress(RuntimeError):  # the batch had already ended
-                    task.get_loop().call_soon_threadsafe(task.cancel)
-                raise
-            return outcome.result()
+        self._ensure_open()
+        jobs = _batch.plan(prompts, chat=chat, options=options)
+        return _batch.run(
+            jobs, lambda job, http: self._open_astream(*job, options, http),
+            _batch.workers(concurrency, self.props), progress=progress, new_http=self._new_ahttp,
+        )
 
     async def amap(
         self,
@@ -459,10 +372,13 @@ class Client:
         """
         import asyncio
 
-        jobs = self._map_plan(prompts, chat, options)
-        workers = await asyncio.to_thread(self._map_workers, concurrency)
-        with _progress(len(jobs), progress) as bar:
-            return await self._map_run(jobs, options, workers, bar.update, None)
+        from rocm_nb import _batch
+
+        self._ensure_open()
+        jobs = _batch.plan(prompts, chat=chat, options=options)
+        slots = await asyncio.to_thread(_batch.workers, concurrency, self.props)
+        return await _batch.arun(jobs, lambda job, http: self._open_astream(*job, options, http), slots,
+                                 progress=progress)
 
     # -- server utilities -------------------------------------------------------------------
 

@@ -23,10 +23,12 @@ from rocm_nb.client import AsyncTokenStream, Client, Completion, Prompt, Timings
 from rocm_nb.errors import (
     BinaryNotFound,
     BuildError,
+    EventLoopMismatch,
     GenerationError,
     InvalidModel,
     ModelClosed,
     ModelNotFound,
+    ModelNotStarted,
     RocmNbError,
     ServerCrashed,
     ServerStartError,
@@ -35,7 +37,7 @@ from rocm_nb.errors import (
 from rocm_nb.fit import FitPlan, MemoryEstimate
 from rocm_nb.hardware import GpuUsage, gpu_usage
 from rocm_nb.library import models
-from rocm_nb.model import LocalModel, rpc_worker
+from rocm_nb.model import LocalModel, ModelState, rpc_worker
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
@@ -51,6 +53,7 @@ __all__ = [
     "BuildError",
     "Client",
     "Completion",
+    "EventLoopMismatch",
     "FitPlan",
     "GenerationError",
     "GpuMonitor",
@@ -60,6 +63,8 @@ __all__ = [
     "MemoryEstimate",
     "ModelClosed",
     "ModelNotFound",
+    "ModelNotStarted",
+    "ModelState",
     "MonitorSample",
     "ProcessUsage",
     "Prompt",

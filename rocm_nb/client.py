@@ -18,13 +18,14 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Unpack
 
 from rocm_nb._batch import Prompt
 from rocm_nb.completion import Completion, Kind, Message, Options, Timings, build_payload
-from rocm_nb.errors import GenerationError, ModelClosed, RocmNbError
+from rocm_nb.errors import EventLoopMismatch, GenerationError, ModelClosed, RocmNbError
 from rocm_nb.stream import Accumulator, AsyncTokenStream, FailureHook, TokenStream, http_error, transport_error
 
 # httpx, httpx-sse and asyncio are imported where they are first needed, so
@@ -61,6 +62,19 @@ def _no_better_error(exc: Exception, partial: str) -> RocmNbError | None:
     return None
 
 
+_closing: set[asyncio.Task[None]] = set()
+"""Async clients being closed on their loop: a task nobody references may be collected before it runs."""
+
+
+def _close_soon(http: httpx.AsyncClient) -> None:
+    """On ``http``'s own loop: close it in a task that is kept until it is done."""
+    import asyncio
+
+    task = asyncio.get_running_loop().create_task(http.aclose())
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
+
+
 def parse_metrics(text: str) -> dict[str, float]:
     """Parse Prometheus text (llama-server's ``/metrics``) into a flat dict.
 
@@ -80,139 +94,59 @@ def parse_metrics(text: str) -> dict[str, float]:
     return values
 
 
-class Client:
-    """The generation API over one server's HTTP endpoint.
+class _GenerationAPI:
+    """The generation API, shared by :class:`Client` and :class:`~rocm_nb.LocalModel`.
+
+    Every public method reaches the server through one of two hooks, so the
+    API is written once: ``_client()`` returns the :class:`Client` to use
+    (a ``LocalModel`` starts its server there, on the first request), and
+    ``await _aclient()`` is its async twin, which must not block the event
+    loop (a ``LocalModel`` starts its server in a worker thread).
+    ``_better_error`` turns a transport failure into a better error (a
+    ``LocalModel``: :class:`~rocm_nb.errors.ServerCrashed` when its server died).
 
     ``generate``/``stream`` take a prompt string (``/v1/completions``);
     ``chat``/``chat_stream`` take messages and let the server apply the
     model's chat template (``/v1/chat/completions``). Each has an async twin
-    (``agenerate``, ``astream``, ``achat``, ``achat_stream``).
-
-    ``timeout`` is the longest silence tolerated while reading (seconds);
-    ``transport`` is an httpx transport seam for tests.
+    (``agenerate``, ``astream``, ``achat``, ``achat_stream``); ``astream``
+    and ``achat_stream`` do nothing until iterated.
 
     Example:
-        >>> with connect("http://127.0.0.1:8080") as client:  # doctest: +SKIP
-        ...     print(client.generate("2 + 2 =", max_tokens=4).text)
+        >>> issubclass(Client, _GenerationAPI)
+        True
     """
 
-    def __init__(
-        self,
-        base_url: str,
-        api_key: str | None = None,
-        *,
-        timeout: float = 600.0,
-        transport: httpx.BaseTransport | None = None,
-        async_transport: httpx.AsyncBaseTransport | None = None,
-        on_failure: FailureHook = _no_better_error,
-    ) -> None:
-        self._bind(base_url, api_key, timeout=timeout, transport=transport,
-                   async_transport=async_transport, on_failure=on_failure)
+    def _client(self) -> Client:
+        raise NotImplementedError
 
-    def _bind(
-        self,
-        base_url: str,
-        api_key: str | None,
-        *,
-        timeout: float = 600.0,
-        transport: httpx.BaseTransport | None = None,
-        async_transport: httpx.AsyncBaseTransport | None = None,
-        on_failure: FailureHook = _no_better_error,
-    ) -> None:
-        import httpx
+    async def _aclient(self) -> Client:
+        return self._client()
 
-        from rocm_nb._redial import Redial
-
-        self._base_url = base_url.rstrip("/")
-        self._api_key = api_key
-        self._timeout = timeout
-        self._on_failure = on_failure
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http_timeout = httpx.Timeout(timeout, connect=10.0)
-        self._sync = httpx.Client(
-            base_url=self._base_url, headers=self._headers, timeout=self._http_timeout,
-            transport=transport or Redial(httpx.HTTPTransport(verify=_ssl_context())),
-        )
-        self._async_transport = async_transport
-        self._async: httpx.AsyncClient | None = None
-        self._async_loop: asyncio.AbstractEventLoop | None = None
-        self._closed = False
-
-    @property
-    def base_url(self) -> str:
-        """The server's root URL, e.g. ``http://127.0.0.1:8080``."""
-        return self._base_url
-
-    @property
-    def api_key(self) -> str | None:
-        """The bearer token sent with every request (``None`` for none)."""
-        return self._api_key
+    def _better_error(self, exc: Exception, partial: str) -> RocmNbError | None:
+        return None
 
     # -- plumbing ---------------------------------------------------------------------------
-
-    def _ensure_open(self) -> None:
-        if self._closed:
-            raise ModelClosed(
-                f"this client for {self._base_url} was closed; create a new one "
-                "(LocalModel(...) or rocm_nb.connect(...))"
-            )
-
-    def _http(self) -> httpx.Client:
-        self._ensure_open()
-        return self._sync
-
-    def _new_ahttp(self) -> httpx.AsyncClient:
-        """A fresh async client on this server; its owner closes it."""
-        import httpx
-
-        from rocm_nb._redial import AsyncRedial
-
-        self._ensure_open()
-        return httpx.AsyncClient(
-            base_url=self._base_url,
-            headers=self._headers,
-            timeout=self._http_timeout,
-            transport=self._async_transport or AsyncRedial(httpx.AsyncHTTPTransport(verify=_ssl_context())),
-        )
-
-    def _ahttp(self) -> httpx.AsyncClient:
-        """The async client for the running loop (one per loop: loops cannot share one)."""
-        import asyncio
-
-        self._ensure_open()
-        loop = asyncio.get_running_loop()
-        if self._async is None or self._async_loop is not loop:
-            self._async = self._new_ahttp()
-            self._async_loop = loop
-        return self._async
 
     @staticmethod
     def _endpoint(kind: Kind) -> str:
         return "/v1/chat/completions" if kind == "chat" else "/v1/completions"
-
-    def _open_stream(self, kind: Kind, prompt: str | Sequence[Message], options: Mapping[str, Any]) -> TokenStream:
-        payload = build_payload(kind, prompt, options)
-        http = self._http()
-        request = http.build_request("POST", self._endpoint(kind), json=payload)
-        return TokenStream(
-            lambda: http.send(request, stream=True), Accumulator(kind), self._on_failure
-        )
 
     def _open_astream(
         self,
         kind: Kind,
         prompt: str | Sequence[Message],
         options: Mapping[str, Any],
-        client: httpx.AsyncClient | None = None,
+        http: httpx.AsyncClient | None = None,
     ) -> AsyncTokenStream:
-        payload = build_payload(kind, prompt, options)
+        """A stream that starts nothing until it is iterated; ``http`` is a batch's own async client."""
+        payload = build_payload(kind, prompt, options)  # bad options fail here, before any I/O
         endpoint = self._endpoint(kind)
 
         async def open_response() -> httpx.Response:
-            http = client or self._ahttp()
-            return await http.send(http.build_request("POST", endpoint, json=payload), stream=True)
+            session = http or (await self._aclient())._ahttp()
+            return await session.send(session.build_request("POST", endpoint, json=payload), stream=True)
 
-        return AsyncTokenStream(open_response, Accumulator(kind), self._on_failure)
+        return AsyncTokenStream(open_response, Accumulator(kind), self._better_error)
 
     @staticmethod
     def _drain(stream: TokenStream) -> Completion:
@@ -230,18 +164,6 @@ class Client:
         assert stream.completion is not None
         return stream.completion
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        import httpx
-
-        try:
-            response = self._http().request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            better = None if isinstance(exc, httpx.TimeoutException) else self._on_failure(exc, "")
-            raise (better or transport_error(exc)) from exc
-        if response.is_error:
-            raise http_error(response, response.text)
-        return response
-
     # -- generation -------------------------------------------------------------------------
 
     def stream(self, prompt: str, **options: Unpack[Options]) -> TokenStream:
@@ -251,7 +173,7 @@ class Client:
             >>> for piece in model.stream("The sky is", max_tokens=8):  # doctest: +SKIP
             ...     print(piece, end="")
         """
-        return self._open_stream("completion", prompt, options)
+        return self._client()._open_stream("completion", prompt, options)
 
     def generate(self, prompt: str, **options: Unpack[Options]) -> Completion:
         """Continue ``prompt`` and return the whole :class:`Completion`.
@@ -269,7 +191,7 @@ class Client:
             >>> for piece in model.chat_stream([{"role": "user", "content": "Hi"}]):  # doctest: +SKIP
             ...     print(piece, end="")
         """
-        return self._open_stream("chat", messages, options)
+        return self._client()._open_stream("chat", messages, options)
 
     def chat(self, messages: Sequence[Message], **options: Unpack[Options]) -> Completion:
         """Return the assistant's reply to ``messages``.
@@ -349,11 +271,11 @@ class Client:
         """
         from rocm_nb import _batch
 
-        self._ensure_open()
+        client = self._client()
         jobs = _batch.plan(prompts, chat=chat, options=options)
         return _batch.run(
-            jobs, lambda job, http: self._open_astream(*job, options, http),
-            _batch.workers(concurrency, self.props), progress=progress, new_http=self._new_ahttp,
+            jobs, lambda job, http: client._open_astream(*job, options, http),
+            _batch.workers(concurrency, client.props), progress=progress, new_http=client._new_ahttp,
         )
 
     async def amap(
@@ -374,7 +296,7 @@ class Client:
 
         from rocm_nb import _batch
 
-        self._ensure_open()
+        await self._aclient()
         jobs = _batch.plan(prompts, chat=chat, options=options)
         slots = await asyncio.to_thread(_batch.workers, concurrency, self.props)
         return await _batch.arun(jobs, lambda job, http: self._open_astream(*job, options, http), slots,
@@ -390,7 +312,7 @@ class Client:
             [19556]
         """
         body = {"content": text, "add_special": add_special}
-        tokens: list[int] = self._request("POST", "/tokenize", json=body).json()["tokens"]
+        tokens: list[int] = self._client()._request("POST", "/tokenize", json=body).json()["tokens"]
         return tokens
 
     def detokenize(self, tokens: Sequence[int]) -> str:
@@ -400,7 +322,7 @@ class Client:
             >>> model.detokenize([19556])  # doctest: +SKIP
             'Hello'
         """
-        content: str = self._request("POST", "/detokenize", json={"tokens": list(tokens)}).json()["content"]
+        content: str = self._client()._request("POST", "/detokenize", json={"tokens": list(tokens)}).json()["content"]
         return content
 
     def props(self) -> dict[str, Any]:
@@ -410,7 +332,7 @@ class Client:
             >>> model.props()["total_slots"]  # doctest: +SKIP
             1
         """
-        props: dict[str, Any] = self._request("GET", "/props").json()
+        props: dict[str, Any] = self._client()._request("GET", "/props").json()
         return props
 
     def metrics(self) -> dict[str, float]:
@@ -420,7 +342,7 @@ class Client:
             >>> model.metrics()["llamacpp:tokens_predicted_total"]  # doctest: +SKIP
             48.0
         """
-        return parse_metrics(self._request("GET", "/metrics").text)
+        return parse_metrics(self._client()._request("GET", "/metrics").text)
 
     def models(self) -> list[str]:
         """Model ids the server offers (``/v1/models``); ``[]`` from a server without that endpoint.
@@ -432,12 +354,169 @@ class Client:
             ['SmolLM2-135M-Instruct.Q4_1.gguf']
         """
         try:
-            data = self._request("GET", "/v1/models").json().get("data") or []
+            data = self._client()._request("GET", "/v1/models").json().get("data") or []
         except GenerationError as exc:
             if exc.status_code == 404:
                 return []
             raise
         return [str(entry.get("id")) for entry in data if isinstance(entry, dict)]
+
+    def health(self) -> bool:
+        """True when the server answers ``/health`` with 200 (ready).
+
+        Example:
+            >>> model.health()  # doctest: +SKIP
+            True
+        """
+        import httpx
+
+        try:
+            return self._client()._http().get("/health").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+
+class Client(_GenerationAPI):
+    """The generation API over one server's HTTP endpoint.
+
+    ``generate``/``stream`` take a prompt string (``/v1/completions``);
+    ``chat``/``chat_stream`` take messages and let the server apply the
+    model's chat template (``/v1/chat/completions``). Each has an async twin
+    (``agenerate``, ``astream``, ``achat``, ``achat_stream``).
+
+    ``timeout`` is the longest silence tolerated while reading (seconds);
+    ``transport``/``async_transport`` are httpx transport seams for tests.
+
+    Its async requests share one ``httpx.AsyncClient``, made on first async
+    use and bound to that event loop (an asyncio connection cannot move
+    between loops). Using it from a *second* loop while the first is still
+    open raises :class:`~rocm_nb.errors.EventLoopMismatch`; once the first loop has closed (an
+    ``asyncio.run(...)`` returned) the next loop gets a fresh one. The async
+    client keeps no idle connections (llama-server closes each after its
+    stream anyway, and a loopback connect costs microseconds), so a loop
+    that ends leaves no socket behind. ``await client.aclose()`` or
+    ``async with client:`` closes it on its loop; ``close()`` schedules that.
+
+    Example:
+        >>> with connect("http://127.0.0.1:8080") as client:  # doctest: +SKIP
+        ...     print(client.generate("2 + 2 =", max_tokens=4).text)
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        timeout: float = 600.0,
+        transport: httpx.BaseTransport | None = None,
+        async_transport: httpx.AsyncBaseTransport | None = None,
+        on_failure: FailureHook = _no_better_error,
+    ) -> None:
+        import threading
+
+        import httpx
+
+        from rocm_nb._redial import Redial
+
+        self._base_url = base_url.rstrip("/")
+        self._api_key = api_key
+        self._timeout = timeout
+        self._on_failure = on_failure
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http_timeout = httpx.Timeout(timeout, connect=10.0)
+        self._sync = httpx.Client(
+            base_url=self._base_url, headers=self._headers, timeout=self._http_timeout,
+            transport=transport or Redial(httpx.HTTPTransport(verify=_ssl_context())),
+        )
+        self._async_transport = async_transport
+        self._async: httpx.AsyncClient | None = None
+        self._async_loop: asyncio.AbstractEventLoop | None = None
+        self._async_lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def base_url(self) -> str:
+        """The server's root URL, e.g. ``http://127.0.0.1:8080``."""
+        return self._base_url
+
+    @property
+    def api_key(self) -> str | None:
+        """The bearer token sent with every request (``None`` for none)."""
+        return self._api_key
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise ModelClosed(
+                f"this client for {self._base_url} was closed; create a new one "
+                "(LocalModel(...) or rocm_nb.connect(...))"
+            )
+
+    def _client(self) -> Client:
+        return self
+
+    def _better_error(self, exc: Exception, partial: str) -> RocmNbError | None:
+        return self._on_failure(exc, partial)
+
+    def _http(self) -> httpx.Client:
+        self._ensure_open()
+        return self._sync
+
+    def _new_ahttp(self) -> httpx.AsyncClient:
+        """A fresh async client on this server; its owner closes it."""
+        import httpx
+
+        from rocm_nb._redial import AsyncRedial
+
+        self._ensure_open()
+        return httpx.AsyncClient(
+            base_url=self._base_url,
+            headers=self._headers,
+            timeout=self._http_timeout,
+            limits=httpx.Limits(max_keepalive_connections=0),  # nothing idle to leak when its loop ends
+            transport=self._async_transport or AsyncRedial(httpx.AsyncHTTPTransport(verify=_ssl_context())),
+        )
+
+    def _ahttp(self) -> httpx.AsyncClient:
+        """This client's async client, bound to the running loop (see the class docstring)."""
+        import asyncio
+
+        self._ensure_open()
+        loop = asyncio.get_running_loop()
+        with self._async_lock:
+            if self._async is not None and self._async_loop is not loop:
+                assert self._async_loop is not None
+                if not self._async_loop.is_closed():
+                    raise EventLoopMismatch(
+                        f"this client for {self._base_url} is bound to another event loop that is still open; "
+                        "an async client serves one loop: make one client (or LocalModel) per loop, or "
+                        "`await client.aclose()` on the first loop before using another"
+                    )
+                self._async = None  # its loop has ended, and with it every connection (none is kept idle)
+            if self._async is None:
+                self._async, self._async_loop = self._new_ahttp(), loop
+            return self._async
+
+    def _open_stream(self, kind: Kind, prompt: str | Sequence[Message], options: Mapping[str, Any]) -> TokenStream:
+        payload = build_payload(kind, prompt, options)
+        http = self._http()
+        request = http.build_request("POST", self._endpoint(kind), json=payload)
+        return TokenStream(
+            lambda: http.send(request, stream=True), Accumulator(kind), self._on_failure
+        )
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        import httpx
+
+        try:
+            response = self._http().request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            better = None if isinstance(exc, httpx.TimeoutException) else self._on_failure(exc, "")
+            raise (better or transport_error(exc)) from exc
+        if response.is_error:
+            raise http_error(response, response.text)
+        return response
 
     def status(self) -> dict[str, Any]:
         """What ``%rocm_status`` shows for a server this client does not own.
@@ -452,20 +531,6 @@ class Client:
             names, state = [], "unreachable"
         return {"model": ", ".join(names) or "?", "file": self._base_url, "backend": "remote", "state": state}
 
-    def health(self) -> bool:
-        """True when the server answers ``/health`` with 200 (ready).
-
-        Example:
-            >>> model.health()  # doctest: +SKIP
-            True
-        """
-        import httpx
-
-        try:
-            return self._http().get("/health").status_code == 200
-        except httpx.HTTPError:
-            return False
-
     # -- lifetime ---------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -477,21 +542,50 @@ class Client:
         if self._closed:
             return
         self._closed = True
-        self._close_http()
+        self._sync.close()  # also ends streams other threads are reading: the server sees them go
+        http, loop = self._take_async()
+        if http is not None and loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nothing is left open
+                loop.call_soon_threadsafe(_close_soon, http)
 
-    def _close_http(self) -> None:
-        self._sync.close()
-        if self._async is not None:
-            client, loop = self._async, self._async_loop
-            self._async = None
-            if loop is not None and loop.is_running() and not loop.is_closed():
-                loop.create_task(client.aclose())
+    async def aclose(self) -> None:
+        """Close the HTTP connections, the async ones on this loop. Idempotent.
+
+        Example:
+            >>> import asyncio
+            >>> asyncio.run(Client("http://127.0.0.1:1").aclose())
+        """
+        import asyncio
+
+        http, loop = self._take_async()
+        self.close()
+        if http is not None:
+            if loop is asyncio.get_running_loop():
+                await http.aclose()
+            elif loop is not None and not loop.is_closed():
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_close_soon, http)
+
+    def _take_async(self) -> tuple[httpx.AsyncClient | None, asyncio.AbstractEventLoop | None]:
+        with self._async_lock:
+            taken = self._async, self._async_loop
+            self._async = self._async_loop = None
+        return taken
 
     def __enter__(self) -> Client:
+        self._ensure_open()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    async def __aenter__(self) -> Client:
+        self._ensure_open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
 
 
 def connect(base_url: str, api_key: str | None = None, *, timeout: float = 600.0) -> Client:

@@ -15,7 +15,9 @@
     │   ├── GenerationTimeout (TimeoutError)     a timeout ran out: .phase connect/read/write/pool, .timeout
     │   ├── StreamProtocolError                  not an event stream, a malformed event, a truncated stream
     │   └── SchemaMismatch (ValueError)          the reply is not the JSON asked for (or breaks its schema)
-    └── ModelClosed (RuntimeError)           used after close()
+    ├── ModelClosed (RuntimeError)           used after close()
+    ├── ModelNotStarted (RuntimeError)       asked for what only a started model has (base_url, api_key)
+    └── EventLoopMismatch (RuntimeError)     an async client used from a second event loop while its own is open
 
 Every error says what happened, what was tried and what to do next. The
 generation and server-process errors keep ``str(exc)`` short: the next step
@@ -40,11 +42,13 @@ from typing import Literal, TypeVar
 __all__ = [
     "BinaryNotFound",
     "BuildError",
+    "EventLoopMismatch",
     "GenerationError",
     "GenerationTimeout",
     "InvalidModel",
     "ModelClosed",
     "ModelNotFound",
+    "ModelNotStarted",
     "RocmNbError",
     "SchemaMismatch",
     "ServerCrashed",
@@ -326,5 +330,31 @@ class ModelClosed(RocmNbError, RuntimeError):
 
     Example:
         >>> issubclass(ModelClosed, RuntimeError)
+        True
+    """
+
+
+class ModelNotStarted(RocmNbError, RuntimeError):
+    """Something only a running server has (``base_url``, ``api_key``) was asked of a model not started.
+
+    Properties never start a server (that may take minutes): call
+    ``model.start()``, or use ``with LocalModel(...) as model``, first.
+
+    Example:
+        >>> issubclass(ModelNotStarted, RuntimeError)
+        True
+    """
+
+
+class EventLoopMismatch(RocmNbError, RuntimeError):
+    """A client's async connections were used from a second event loop while the first is still open.
+
+    An asyncio connection belongs to the loop that opened it. Use one client
+    (or ``LocalModel``) per loop, or ``await client.aclose()`` on the first
+    loop before using another; a loop that has closed (``asyncio.run``
+    returned) frees the client for the next one.
+
+    Example:
+        >>> issubclass(EventLoopMismatch, RuntimeError)
         True
     """

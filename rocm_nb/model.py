@@ -1,16 +1,35 @@
 """``LocalModel``: a llama-server of your own, with the generation API on top.
 
-``LocalModel`` composes a :class:`~rocm_nb.server.LlamaServer` (the process)
-with the :class:`~rocm_nb.client.Client` API (it *is* a client of the server
-it owns). Constructing one is cheap and checks everything that can be
-checked without starting a process: the model resolves and is a valid GGUF,
-a llama-server exists, the context size fits the model. The server starts on
-``with``, ``start()``, or the first request.
+``LocalModel`` *composes*: it holds a lease on a
+:class:`~rocm_nb.server.LlamaServer` (the process) from a
+:class:`~rocm_nb._registry.ServerRegistry`, and a
+:class:`~rocm_nb.client.Client` on that server; it offers the same
+generation API as ``Client`` (both build on one shared base). Constructing
+one checks everything that can be checked before any server starts: the
+model resolves (which may download it) and is a valid GGUF, a llama-server
+exists, the context size fits the model. The server starts on ``with``,
+``start()``, or the first request.
 
-A per-process registry shares one server between all ``LocalModel`` objects
-with an equal configuration: re-running a notebook cell attaches to the
-running server instead of loading the model twice. The server stops when the
-last ``LocalModel`` using it is closed, or at exit.
+Its life is an explicit :class:`ModelState`: ``NEW`` → ``RUNNING`` →
+``CLOSED``, or ``CRASHED`` when the server died (``start()`` replaces it).
+Decisions:
+
+* No property does I/O: ``base_url``/``api_key`` before ``start()`` raise
+  :class:`~rocm_nb.errors.ModelNotStarted`.
+* The async entry points (``astream``, ``achat``, ``amap``, the chat panel)
+  start a new model in a worker thread (``asyncio.to_thread``), so the event
+  loop keeps running while the model loads.
+* Starts are serialised per model: two threads making the first request at
+  once start one server. ``close()`` never waits for a start in progress;
+  such a start lets its server go when it finishes.
+* Closing closes this model's HTTP connections first (streams other threads
+  are reading end, so the server cancels them), then releases the lease;
+  the last user's release terminates the server within about a second.
+
+The default registry shares one server between all ``LocalModel`` objects
+in the process with an equal configuration: re-running a notebook cell
+attaches to the running server instead of loading the model twice. The
+server stops when the last ``LocalModel`` using it is closed, or at exit.
 
 Example:
     >>> model = LocalModel("smollm2-135m", ctx_size=2048)  # checked, planned, not started yet
@@ -23,21 +42,23 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import enum
 import os
+import sys
 import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Unpack
 
 import psutil
 
+from rocm_nb._registry import ServerRegistry, default_registry
 from rocm_nb._units import positive_int
 from rocm_nb.binary import ServerBinary, find_server
 from rocm_nb.catalog import DEFAULT_MODEL, ModelInfo, read_info, resolve_model
-from rocm_nb.client import Client, Options
-from rocm_nb.errors import BinaryNotFound, ModelClosed, RocmNbError, ServerCrashed, describe_exit
+from rocm_nb.client import Client, Options, _GenerationAPI
+from rocm_nb.errors import BinaryNotFound, ModelClosed, ModelNotStarted, RocmNbError, ServerCrashed, describe_exit
 from rocm_nb.fit import FitPlan, plan_load
 from rocm_nb.hardware import Backend, Hardware, detect
 from rocm_nb.server import LlamaServer, Progress, RpcWorker, ServerConfig
@@ -47,20 +68,10 @@ if TYPE_CHECKING:
     from rocm_nb.monitor import GpuMonitor
     from rocm_nb.widgets import ChatPanel
 
-__all__ = ["DEFAULT_CTX_CAP", "LocalModel", "rpc_worker", "running_servers"]
+__all__ = ["DEFAULT_CTX_CAP", "LocalModel", "ModelState", "rpc_worker", "running_servers"]
 
 DEFAULT_CTX_CAP = 8192
 """Default context size cap: min(trained context, 8192) keeps the KV cache modest."""
-
-
-@dataclass
-class _Shared:
-    server: LlamaServer
-    users: int
-
-
-_registry: dict[ServerConfig, _Shared] = {}
-_registry_lock = threading.Lock()
 
 
 def running_servers() -> list[LlamaServer]:
@@ -70,34 +81,41 @@ def running_servers() -> list[LlamaServer]:
         >>> [s.pid for s in running_servers()]  # doctest: +SKIP
         [12345]
     """
-    with _registry_lock:
-        return [shared.server for shared in _registry.values() if shared.server.alive]
+    return default_registry.running()
 
 
-def _acquire(config: ServerConfig, start_timeout: float, progress: Progress | None) -> LlamaServer:
-    with _registry_lock:
-        shared = _registry.get(config)
-        if shared is not None and shared.server.alive:
-            shared.users += 1
-            return shared.server
-        server = LlamaServer(config, start_timeout=start_timeout).start(progress)
-        _registry[config] = _Shared(server, 1)
-        return server
+def _on_event_loop() -> bool:
+    """True in a thread that runs an asyncio loop (without importing asyncio when nothing has)."""
+    if "asyncio" not in sys.modules:
+        return False
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
-def _release(config: ServerConfig, server: LlamaServer) -> None:
-    with _registry_lock:
-        shared = _registry.get(config)
-        if shared is None or shared.server is not server:
-            server.close()  # replaced after a crash: nobody else uses it
-            return
-        shared.users -= 1
-        if shared.users <= 0:
-            del _registry[config]
-            server.close()
+class ModelState(enum.Enum):
+    """Where a :class:`LocalModel` is in its life; ``repr(model)`` shows it.
+
+    ``NEW`` until ``start()`` (or ``with``, or the first request), then
+    ``RUNNING``; ``CRASHED`` when the server process died (``start()`` gives
+    a fresh one); ``CLOSED`` after ``close()``, for good.
+
+    Example:
+        >>> LocalModel("smollm2-135m").state
+        <ModelState.NEW: 'new'>
+    """
+
+    NEW = "new"
+    RUNNING = "running"
+    CRASHED = "crashed"
+    CLOSED = "closed"
 
 
-class LocalModel(Client):
+class LocalModel(_GenerationAPI):
     """A local llama-server for one model, started for this Python session.
 
     Args:
@@ -127,6 +145,9 @@ class LocalModel(Client):
             flash attention.
         timeout: longest silence tolerated while reading a stream (s).
         start_timeout: how long loading may take (s).
+        registry: the :class:`~rocm_nb._registry.ServerRegistry` to share
+            servers through (default: the process-wide one; tests pass a
+            fresh one).
 
     A load that the memory estimate says will not fit warns
     (:class:`RuntimeWarning`) before any server starts.
@@ -157,6 +178,7 @@ class LocalModel(Client):
         cache_type: str | None = None,
         cache_type_k: str | None = None,
         cache_type_v: str | None = None,
+        registry: ServerRegistry[ServerConfig, LlamaServer] | None = None,
     ) -> None:
         self._spec = os.fspath(model)
         self.path = resolve_model(model)
@@ -196,7 +218,11 @@ class LocalModel(Client):
         )
         self._timeout = timeout
         self._start_timeout = start_timeout
-        self._server: LlamaServer | None = None
+        self._registry = default_registry if registry is None else registry
+        self._lock = threading.Lock()  # guards the three fields below; never held across I/O
+        self._start_lock = threading.Lock()  # one start at a time for this model; close() never takes it
+        self._server: LlamaServer | None = None  # kept after close(), for logs()
+        self._api: Client | None = None
         self._closed = False
         self._close_callbacks: list[Callable[[], object]] = []
 
@@ -219,40 +245,84 @@ class LocalModel(Client):
 
         A server that crashed is replaced by a fresh one. Returns ``self``.
         ``progress(elapsed_seconds, last_log_line)`` is called while loading.
+        It blocks while the model loads: async code gets the same from its
+        first request (or ``async with``) without blocking its loop.
 
         Example:
             >>> model = LocalModel().start()  # doctest: +SKIP
         """
-        if self._closed:
-            raise self._closed_error()
-        if self._server is not None and self._server.alive:
-            return self
-        if self._server is not None:
-            _release(self.config, self._server)
-            self._close_http()
-        self._server = _acquire(self.config, self._start_timeout, progress)
-        self._bind(self._server.base_url, self._server.api_key, timeout=self._timeout,
-                   on_failure=self._diagnose)
+        with self._start_lock:
+            with self._lock:
+                if self._closed:
+                    raise self._closed_error()
+                if self._server is not None and self._server.alive:
+                    return self
+                crashed, self._server, self._api = (self._server, self._api), None, None
+            self._let_go(*crashed)
+            server = self._registry.acquire(
+                self.config, lambda: LlamaServer(self.config, start_timeout=self._start_timeout).start(progress)
+            )
+            api = Client(server.base_url, server.api_key, timeout=self._timeout, on_failure=self._better_error)
+            with self._lock:
+                closed = self._closed
+                if not closed:
+                    self._server, self._api = server, api
+            if closed:  # close() ran while the server loaded: this model may not keep it
+                self._let_go(server, api)
+                raise self._closed_error()
         return self
 
-    def close(self) -> None:
-        """Stop using the server; it stops when its last user closes. Idempotent.
+    def _let_go(self, server: LlamaServer | None, api: Client | None) -> None:
+        """Close the HTTP client (its streams end: the server cancels them), then release the server."""
+        if api is not None:
+            api.close()
+        if server is not None:
+            self._registry.release(self.config, server)
 
-        Example:
-            >>> model.close()  # doctest: +SKIP
-        """
-        if self._closed:
-            return
-        self._closed = True
-        callbacks, self._close_callbacks = self._close_callbacks, []
+    def _begin_close(self) -> tuple[LlamaServer | None, Client | None] | None:
+        """Mark closed and run the close callbacks; what is left to let go, or ``None`` if already closed."""
+        with self._lock:
+            if self._closed:
+                return None
+            self._closed = True
+            callbacks, self._close_callbacks = self._close_callbacks, []
+            api, self._api = self._api, None
+            server = self._server
         for callback in callbacks:  # before the server goes: a monitor stops sampling first
             try:
                 callback()
             except Exception as exc:  # as Future.add_done_callback: one failing callback stops nothing
-                warnings.warn(f"a close callback of {self.path.name} failed: {exc!r}", RuntimeWarning, stacklevel=2)
-        if self._server is not None:
-            self._close_http()
-            _release(self.config, self._server)
+                warnings.warn(f"a close callback of {self.path.name} failed: {exc!r}", RuntimeWarning, stacklevel=3)
+        return server, api
+
+    def close(self) -> None:
+        """Stop using the server; it stops when its last user closes. Idempotent.
+
+        Streams that other threads are reading from this model end (with
+        :class:`~rocm_nb.errors.ModelClosed`) before the server is signalled.
+
+        Example:
+            >>> model.close()  # doctest: +SKIP
+        """
+        taken = self._begin_close()
+        if taken is not None:
+            self._let_go(*taken)
+
+    async def aclose(self) -> None:
+        """:meth:`close` for async code: the async connections close on this loop, the server off it.
+
+        Example:
+            >>> await model.aclose()  # doctest: +SKIP
+        """
+        import asyncio
+
+        taken = self._begin_close()
+        if taken is None:
+            return
+        server, api = taken
+        if api is not None:
+            await api.aclose()
+        await asyncio.to_thread(self._let_go, server, None)
 
     def add_close_callback(self, fn: Callable[[], object]) -> None:
         """Call ``fn()`` once when this model is closed; at once if it already is.
@@ -275,29 +345,62 @@ class LocalModel(Client):
     def __enter__(self) -> LocalModel:
         return self.start()
 
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> LocalModel:
+        import asyncio
+
+        return await asyncio.to_thread(self.start)
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
     def _closed_error(self) -> ModelClosed:
         return ModelClosed(
             f"this LocalModel ({self.path.name}) was closed; create a new one with "
             f"LocalModel({self._spec!r})"
         )
 
-    def _ensure_open(self) -> None:
-        if self._closed:
-            raise self._closed_error()
-        if self._server is None:
+    def _client(self) -> Client:
+        """The client of the running server; a new model starts here (the first request)."""
+        if self.state is ModelState.NEW:
             self.start()
+        api = self._api
+        if api is None:  # closed meanwhile, or another thread is replacing a crashed server
+            if self._closed:
+                raise self._closed_error()
+            return self.start()._client()
+        return api
 
-    def _diagnose(self, exc: Exception, partial: str) -> RocmNbError | None:
-        """Turn a lost connection into ServerCrashed when the process died."""
+    async def _aclient(self) -> Client:
+        """:meth:`_client` for async code: a new model starts in a worker thread, not on the loop."""
+        if self.state is ModelState.NEW:
+            import asyncio
+
+            await asyncio.to_thread(self.start)
+        return self._client()
+
+    def _better_error(self, exc: Exception, partial: str) -> RocmNbError | None:
+        """A transport failure, explained: this model was closed, or its server died (ServerCrashed).
+
+        A dying server may still be closing its sockets when the client sees
+        them go: off the event loop this waits up to 1 s for its exit status
+        (a bounded ``wait``, not a poll loop); on the event loop it only
+        looks, so it never blocks the loop.
+        """
+        if self._closed:
+            return ModelClosed(
+                f"this LocalModel ({self.path.name}) was closed while a request was running; "
+                f"the request was cut off. Create a new one with LocalModel({self._spec!r})"
+            )
         server = self._server
         if server is None:
             return None
-        deadline = time.monotonic() + 1.0
-        while server.returncode is None and time.monotonic() < deadline:
-            time.sleep(0.02)  # a dying process may still be closing its sockets
-        if server.returncode is None:
+        returncode = server.returncode if _on_event_loop() else server.wait(1.0)
+        if returncode is None:
             return None
-        what, step = describe_exit(server.returncode, loading=False)
+        what, step = describe_exit(returncode, loading=False)
         return ServerCrashed(
             f"llama-server (pid {server.pid}) {what} while serving {self.path.name}; the text so far is in "
             f".partial. Last log lines:\n{server.log_tail(15)}\nNext step: "
@@ -310,26 +413,63 @@ class LocalModel(Client):
     # -- what notebooks show ----------------------------------------------------------------
 
     @property
+    def state(self) -> ModelState:
+        """Where this model is in its life (no I/O: a look at the process).
+
+        Example:
+            >>> LocalModel("smollm2-135m").state.value
+            'new'
+        """
+        if self._closed:
+            return ModelState.CLOSED
+        server = self._server
+        if server is None:
+            return ModelState.NEW
+        return ModelState.RUNNING if server.alive else ModelState.CRASHED
+
+    @property
     def server(self) -> LlamaServer:
-        """The running :class:`LlamaServer` (starts it if needed)."""
-        self._ensure_open()
-        assert self._server is not None
-        return self._server
+        """The :class:`LlamaServer` in use (never starts one).
+
+        Raises :class:`~rocm_nb.errors.ModelNotStarted` before ``start()`` and
+        :class:`~rocm_nb.errors.ModelClosed` after ``close()``; after a crash
+        it is the server that died.
+
+        Example:
+            >>> LocalModel("smollm2-135m").server  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            rocm_nb.errors.ModelNotStarted: SmolLM2-135M-Instruct.Q4_1.gguf has not started...
+        """
+        if self._closed:
+            raise self._closed_error()
+        server = self._server
+        if server is None:
+            raise ModelNotStarted(
+                f"{self.path.name} has not started; call model.start() (or use `with LocalModel(...)`) "
+                "first: properties never start a server"
+            )
+        return server
 
     @property
     def base_url(self) -> str:
-        """The server's root URL (starts the server if needed), for any OpenAI client."""
+        """The server's root URL, for any OpenAI client (after ``start()``; see :attr:`server`)."""
         return self.server.base_url
 
     @property
     def api_key(self) -> str:
-        """The server's per-session API key (starts the server if needed)."""
+        """The server's per-session API key (after ``start()``; see :attr:`server`)."""
         return self.server.api_key
 
     @property
     def pid(self) -> int | None:
-        """The server's process id, or ``None`` when not running."""
-        return None if self._server is None else self._server.pid
+        """The server's process id, or ``None`` when it is not running.
+
+        Example:
+            >>> LocalModel("smollm2-135m").pid is None
+            True
+        """
+        server = self._server
+        return server.pid if server is not None and server.alive else None
 
     @property
     def backend(self) -> Backend:
@@ -362,7 +502,7 @@ class LocalModel(Client):
             "model": self.info.name,
             "file": self.path.name,
             "backend": self.backend,
-            "state": "closed" if self._closed else "running" if running else "stopped",
+            "state": {ModelState.CLOSED: "closed", ModelState.RUNNING: "running"}.get(self.state, "stopped"),
             "pid": server.pid if running and server else None,
             "port": server.port if running and server else None,
             "uptime_s": time.time() - server.started_at if running and server and server.started_at else None,
@@ -435,15 +575,18 @@ class LocalModel(Client):
         return [] if self._server is None else self._server.logs(n)
 
     def __repr__(self) -> str:
-        state = (
-            "closed" if self._closed
-            else f"running pid={self.pid} {self._server.base_url}"
-            if self._server is not None and self._server.alive
-            else "not started"
-        )
+        """The model, its configuration and its :class:`ModelState`.
+
+        Example:
+            >>> LocalModel("smollm2-135m", ctx_size=2048)  # doctest: +ELLIPSIS
+            <LocalModel SmolLM2-135M-Instruct.Q4_1.gguf backend=... ctx=2048 ngl=... state=new>
+        """
+        state = self.state
+        server = self._server
+        where = f" pid={server.pid} {server.base_url}" if state is ModelState.RUNNING and server else ""
         return (
             f"<LocalModel {self.path.name} backend={self.backend} ctx={self.config.ctx_size} "
-            f"ngl={self.config.gpu_layers} {state}>"
+            f"ngl={self.config.gpu_layers} state={state.value}{where}>"
         )
 
 

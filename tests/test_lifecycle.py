@@ -1,0 +1,207 @@
+"""Lifecycles: LocalModel's states, starts and closes (real server); the async client's one loop (no server)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import httpx
+import psutil
+import pytest
+
+from rocm_nb import Client, LocalModel, ModelClosed
+from rocm_nb._registry import ServerRegistry
+from rocm_nb.errors import EventLoopMismatch, ModelNotStarted
+from rocm_nb.model import ModelState
+from rocm_nb.server import LlamaServer, ServerConfig
+from tests.support.processes import gone, wait_until
+
+GREEDY = {"temperature": 0.0, "seed": 7}
+LONG = "Once upon a time, in a faraway kingdom, there lived"
+
+
+class CountingRegistry(ServerRegistry[ServerConfig, LlamaServer]):
+    """A fresh registry that counts the servers it started."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.starts = 0
+
+    def acquire(self, key: ServerConfig, start: Callable[[], LlamaServer]) -> LlamaServer:
+        def counted() -> LlamaServer:
+            self.starts += 1
+            return start()
+
+        return super().acquire(key, counted)
+
+
+@pytest.fixture
+def registry() -> Iterator[CountingRegistry]:
+    registry = CountingRegistry()
+    yield registry
+    assert registry.running() == [], "a test left a server running"
+
+
+@pytest.mark.server
+def test_properties_never_start_a_server_and_repr_shows_the_state(model_path: str, registry: CountingRegistry) -> None:
+    m = LocalModel(model_path, registry=registry)
+    assert m.state is ModelState.NEW and "state=new" in repr(m)
+    with pytest.raises(ModelNotStarted, match=r"call model\.start\(\)"):
+        _ = m.base_url
+    with pytest.raises(ModelNotStarted):
+        _ = m.api_key
+    assert m.pid is None and registry.starts == 0
+    with m:
+        assert m.state is ModelState.RUNNING
+        assert f"state=running pid={m.pid} {m.base_url}" in repr(m)
+        pid = m.pid
+    assert m.state is ModelState.CLOSED and "state=closed" in repr(m)
+    with pytest.raises(ModelClosed):
+        _ = m.base_url
+    assert gone(pid)()
+
+
+@pytest.mark.server
+def test_a_dead_server_is_crashed_until_started_again(model_path: str, registry: CountingRegistry) -> None:
+    with LocalModel(model_path, registry=registry) as m:
+        m.server.close()  # as if it died
+        assert m.state is ModelState.CRASHED and "state=crashed" in repr(m) and m.pid is None
+        m.start()
+        assert m.state is ModelState.RUNNING and registry.starts == 2
+
+
+@pytest.mark.server
+def test_two_threads_first_requests_start_one_server(model_path: str, registry: CountingRegistry) -> None:
+    first, second = LocalModel(model_path, registry=registry), LocalModel(model_path, registry=registry)
+    users = [first, first, second]  # two threads on one model, and a third on an equal configuration
+    barrier = threading.Barrier(len(users))
+    texts: list[str] = []
+
+    def request(m: LocalModel) -> None:
+        barrier.wait()
+        texts.append(m.generate("Hi", max_tokens=2, **GREEDY).text)
+
+    threads = [threading.Thread(target=request, args=(m,)) for m in users]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert len(texts) == 3 and registry.starts == 1
+    [server] = registry.running()
+    assert first.pid == second.pid == server.pid
+    before = psutil.Process().num_fds()
+    first.close()
+    assert server.alive  # `second` still uses it
+    second.close()
+    assert not server.alive and gone(server.pid)()
+    assert psutil.Process().num_fds() < before  # the clients' sockets went with them
+
+
+@pytest.mark.server
+def test_close_while_another_thread_streams_ends_the_server_within_a_second(
+    model_path: str, registry: CountingRegistry,
+) -> None:
+    m = LocalModel(model_path, registry=registry).start()
+    pid = m.pid
+    streaming = threading.Event()
+    outcome: list[BaseException | str] = []
+
+    def reader() -> None:
+        try:
+            for i, _ in enumerate(m.stream(LONG, max_tokens=4000, **GREEDY)):
+                if i == 3:
+                    streaming.set()
+            outcome.append("finished")  # would mean close() did not cut it off
+        except Exception as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    assert streaming.wait(60)
+    began = time.monotonic()
+    m.close()
+    wait_until(gone(pid), timeout=1.0)  # the promise under test, not a measurement
+    print(f"close() mid-stream to server gone: {time.monotonic() - began:.3f} s")
+    thread.join(10)
+    assert len(outcome) == 1 and isinstance(outcome[0], ModelClosed)
+
+
+@pytest.mark.server
+async def test_an_async_first_request_starts_the_model_off_the_event_loop(
+    model_path: str, registry: CountingRegistry,
+) -> None:
+    m = LocalModel(model_path, registry=registry)
+    chat = asyncio.create_task(m.achat([{"role": "user", "content": "Hi"}], max_tokens=4, **GREEDY))
+    await asyncio.sleep(0)  # the chat runs up to its first wait: the start
+    states = []
+    while not chat.done():  # a ticker: it runs only if the start does not hold the loop
+        states.append(m.state)
+        await asyncio.sleep(0.005)
+    assert (await chat).text
+    assert states[0] is ModelState.NEW and states.count(ModelState.NEW) > 1
+    pid = m.pid
+    await m.aclose()
+    assert m.state is ModelState.CLOSED and gone(pid)()
+
+
+@pytest.mark.server
+async def test_async_with_starts_and_closes(model_path: str, registry: CountingRegistry) -> None:
+    async with LocalModel(model_path, registry=registry) as m:
+        assert m.state is ModelState.RUNNING
+        assert [p async for p in m.astream("Hi", max_tokens=3, **GREEDY)]
+        pid = m.pid
+    assert m.state is ModelState.CLOSED and gone(pid)()
+
+
+# -- the async client and its event loop (no server) ---------------------------------------
+
+
+def sse(request: httpx.Request) -> httpx.Response:
+    done = {"choices": [{"text": "ok", "index": 0, "finish_reason": "stop"}]}
+    return httpx.Response(200, headers={"content-type": "text/event-stream"},
+                          content=f"data: {json.dumps(done)}\n\ndata: [DONE]\n\n".encode())
+
+
+@pytest.mark.unit
+def test_the_async_client_serves_one_open_loop_at_a_time() -> None:
+    client = Client("http://test", async_transport=httpx.MockTransport(sse))
+    assert asyncio.run(client.agenerate("Hi")).text == "ok"
+    assert asyncio.run(client.agenerate("Hi")).text == "ok"  # the first loop has ended: a fresh async client
+    first = asyncio.new_event_loop()
+    try:
+        assert first.run_until_complete(client.agenerate("Hi")).text == "ok"
+        with pytest.raises(EventLoopMismatch, match="bound to another event loop that is still open"):
+            asyncio.run(client.agenerate("Hi"))
+        first.run_until_complete(client.aclose())
+    finally:
+        first.close()
+    with pytest.raises(ModelClosed):
+        client.generate("Hi")
+
+
+@pytest.mark.unit
+async def test_async_with_closes_the_async_client_on_its_loop() -> None:
+    async with Client("http://test", async_transport=httpx.MockTransport(sse)) as client:
+        assert (await client.agenerate("Hi")).text == "ok"
+        http = client._ahttp()
+    assert http.is_closed
+    with pytest.raises(ModelClosed):
+        await client.agenerate("Hi")
+    with pytest.raises(ModelClosed):
+        client.__enter__()  # a closed client does not reopen
+
+
+@pytest.mark.unit
+async def test_close_from_another_thread_closes_the_async_client_on_its_loop() -> None:
+    client = Client("http://test", async_transport=httpx.MockTransport(sse))
+    await client.agenerate("Hi")
+    http = client._ahttp()
+    await asyncio.to_thread(client.close)
+    for _ in range(100):  # the close was handed to this loop: let it run
+        if http.is_closed:
+            break
+        await asyncio.sleep(0.01)
+    assert http.is_closed

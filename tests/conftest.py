@@ -1,19 +1,42 @@
-"""Shared fixtures: the real llama-server and the real default model.
+"""Shared fixtures: the real llama-server and the real default model; and the test tiers.
 
 ``make test`` installs both before pytest runs (``rocm-nb server install``,
 ``rocm-nb pull smollm2-135m``); nothing here is skipped for want of them.
+Helpers that test modules share live in :mod:`tests.support`, not here.
+
+Every test belongs to exactly one tier (markers registered in pyproject.toml):
+``unit`` needs no llama-server, no model, no kernel and no browser (``make
+check`` runs it); ``server`` needs the real llama-server or the real model;
+``kernel`` starts a Jupyter kernel or runs notebooks with nbclient;
+``browser`` drives JupyterLab in Chromium. A test with no tier or with more
+than one stops the run before anything executes, so the tiers cannot rot.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
-import psutil
 import pytest
 
 from rocm_nb import LocalModel
 from rocm_nb.catalog import DEFAULT_MODEL, resolve_model
+
+TIERS = ("unit", "server", "kernel", "browser")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: an untiered test is an error whatever is selected
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    wrong = []
+    for item in items:
+        tiers = sorted({mark.name for mark in item.iter_markers() if mark.name in TIERS})
+        if len(tiers) != 1:
+            wrong.append(f"  {item.nodeid}: {', '.join(tiers) or 'no tier'}")
+    if wrong:
+        raise pytest.UsageError(
+            f"every test needs exactly one tier marker of {', '.join(TIERS)} (tests/conftest.py says which "
+            "is which); mark the module with `pytestmark = pytest.mark.<tier>` or the test itself:\n"
+            + "\n".join(wrong)
+        )
 
 
 @pytest.fixture(scope="session")
@@ -27,34 +50,3 @@ def model() -> Iterator[LocalModel]:
     """One running server for the session: the default model on 2 slots."""
     with LocalModel(DEFAULT_MODEL, ctx_size=4096, parallel=2) as m:
         yield m
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.02) -> float:
-    """Poll ``predicate`` until true; return the seconds it took, fail after ``timeout``."""
-    began = time.monotonic()
-    while not predicate():
-        if time.monotonic() - began > timeout:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(interval)
-    return time.monotonic() - began
-
-
-def gone(pid: int | None) -> Callable[[], bool]:
-    """A predicate: the process ``pid`` no longer runs (zombies count as gone)."""
-    def check() -> bool:
-        if pid is None:
-            return True
-        try:
-            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            return True
-    return check
-
-
-def llama_servers() -> list[psutil.Process]:
-    """Every llama-server process on the machine."""
-    found = []
-    for proc in psutil.process_iter(["name"]):
-        if proc.info["name"] == "llama-server" and proc.status() != psutil.STATUS_ZOMBIE:
-            found.append(proc)
-    return found

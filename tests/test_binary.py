@@ -30,8 +30,8 @@ from rocm_nb.binary import (
     install_server,
 )
 from rocm_nb.hardware import Hardware, detect
-from tests.conftest import wait_until
-from tests.test_hardware import sysfs_root
+from tests.support.processes import wait_until
+from tests.support.sysfs import sysfs_root
 
 ENV_VAR = "ROCM_NB_LLAMA_SERVER"
 
@@ -69,6 +69,7 @@ def fake_install(servers: Path, name: str, real: ServerBinary, *, manifest: bool
     return directory
 
 
+@pytest.mark.server
 def test_the_cache_install_is_found_by_default(real: ServerBinary) -> None:
     assert real.source == "cache"
     assert real.backend == "cpu"
@@ -78,6 +79,7 @@ def test_the_cache_install_is_found_by_default(real: ServerBinary) -> None:
         assert real.rpc_path is not None and real.rpc_path.is_file()
 
 
+@pytest.mark.server
 def test_an_explicit_path_is_used_and_its_backend_read_from_list_devices(real: ServerBinary) -> None:
     binary = find_server(real.path)
     assert binary.source == "argument"
@@ -108,6 +110,7 @@ BROKEN = {
 }
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("kind", BROKEN)
 def test_a_broken_env_var_is_reported_not_skipped(tmp_path: Path, kind: str) -> None:
     path = broken(tmp_path, kind)
@@ -121,11 +124,13 @@ def test_a_broken_env_var_is_reported_not_skipped(tmp_path: Path, kind: str) -> 
     assert "Next step" in message
 
 
+@pytest.mark.unit
 def test_a_wrong_program_as_argument_is_reported(tmp_path: Path) -> None:
     with pytest.raises(BinaryNotFound, match=r"server= argument .*'hello'"):
         find_server(script(tmp_path / "llama-server", "echo hello"))
 
 
+@pytest.mark.unit
 def test_nothing_found_says_what_was_tried_and_how_to_install(empty_env: dict[str, str]) -> None:
     with pytest.raises(BinaryNotFound) as caught:
         find_server(environ=empty_env)
@@ -136,6 +141,7 @@ def test_nothing_found_says_what_was_tried_and_how_to_install(empty_env: dict[st
     assert "$PATH" in message
 
 
+@pytest.mark.server
 def test_half_built_installs_are_ignored(real: ServerBinary, empty_env: dict[str, str]) -> None:
     servers = Path(empty_env["ROCM_NB_CACHE"]) / "servers"
     fake_install(servers, "cpu", real, manifest=False)  # binaries copied, manifest not yet written
@@ -144,12 +150,14 @@ def test_half_built_installs_are_ignored(real: ServerBinary, empty_env: dict[str
         find_server(environ=empty_env)
 
 
+@pytest.mark.server
 def test_a_binary_on_path_is_found_last(real: ServerBinary, empty_env: dict[str, str]) -> None:
     (Path(empty_env["PATH"]) / "llama-server").symlink_to(real.path)
     binary = find_server(environ=empty_env)
     assert (binary.source, binary.backend) == ("PATH", "cpu")
 
 
+@pytest.mark.unit
 def test_version_is_asked_once_per_binary_and_mtime(tmp_path: Path) -> None:
     calls = tmp_path / "calls"
     fake = script(tmp_path / "llama-server", f'echo "$1" >> {calls}; echo "version: 1.2.3 (fake)"')
@@ -161,6 +169,7 @@ def test_version_is_asked_once_per_binary_and_mtime(tmp_path: Path) -> None:
     assert calls.read_text().split().count("--version") == 2
 
 
+@pytest.mark.server
 def test_install_returns_an_existing_install_without_building(real: ServerBinary, empty_env: dict[str, str]) -> None:
     servers = Path(empty_env["ROCM_NB_CACHE"]) / "servers"
     directory = fake_install(servers, "cpu", real)
@@ -172,6 +181,7 @@ def test_install_returns_an_existing_install_without_building(real: ServerBinary
     assert not list(servers.glob("build-*.log"))
 
 
+@pytest.mark.unit
 def test_missing_build_tools_are_named(empty_env: dict[str, str]) -> None:
     with pytest.raises(BuildError) as caught:
         install_server("cpu", force=True, environ=empty_env, progress=False)
@@ -192,6 +202,7 @@ def tiny_llama_cpp(directory: Path, server_main: str) -> Path:
     return directory
 
 
+@pytest.mark.unit
 def test_a_build_is_installed_atomically_and_replaced_by_force(tmp_path: Path) -> None:
     source = tiny_llama_cpp(tmp_path / "llama.cpp", 'std::puts("version: 0.0.1 (tiny)"); return 0;')
     servers = tmp_path / "cache" / "servers"
@@ -210,6 +221,7 @@ def test_a_build_is_installed_atomically_and_replaced_by_force(tmp_path: Path) -
     assert find_server(environ={**environ, "PATH": ""}) == first
 
 
+@pytest.mark.unit
 def test_a_failing_build_raises_build_error_and_installs_nothing(tmp_path: Path) -> None:
     source = tiny_llama_cpp(tmp_path / "llama.cpp", "return this_symbol_is_not_declared;")
     cache = tmp_path / "cache"
@@ -228,6 +240,7 @@ def test_a_failing_build_raises_build_error_and_installs_nothing(tmp_path: Path)
         find_server(environ={"ROCM_NB_CACHE": str(cache), "PATH": ""})
 
 
+@pytest.mark.unit
 def test_an_interrupt_stops_the_whole_build(tmp_path: Path) -> None:
     source = tmp_path / "llama.cpp"
     source.mkdir()
@@ -267,6 +280,7 @@ def hardware_of(tmp_path: Path, tree: str) -> Hardware:
 ROCWMMA = "-DGGML_HIP_ROCWMMA_FATTN=ON"
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("tree", "targets"), [
     ("sysfs-r9700-780m", "gfx1201"),  # RDNA4 (the 780M iGPU is masked)
     ("sysfs-ryzen7600-rx7900gre", "gfx1100"),  # RDNA3
@@ -284,12 +298,14 @@ def test_rocwmma_flash_attention_is_added_on_rdna3_and_later(tmp_path: Path, tre
     ]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("targets", [("gfx942",), ("gfx90a",), ("gfx908",), ("gfx950",), ("gfx90a", "gfx942")])
 def test_rocwmma_flash_attention_on_cdna(targets: tuple[str, ...]) -> None:
     assert _cmake_flags("rocm", True, targets, {}, rocwmma_fattn=True)[-4:] == [
         "-DGGML_HIP=ON", f"-DGPU_TARGETS={';'.join(targets)}", ROCWMMA, "-DGGML_RPC=ON"]
 
 
+@pytest.mark.unit
 def test_rocwmma_flash_attention_is_refused_elsewhere(tmp_path: Path) -> None:
     rdna2 = hardware_of(tmp_path, "sysfs-rx6600-raphael")
     assert build_options(rdna2) == []
@@ -305,6 +321,7 @@ def test_rocwmma_flash_attention_is_refused_elsewhere(tmp_path: Path) -> None:
     assert build_options(detect()) == []  # this machine: the CPU
 
 
+@pytest.mark.server
 def test_the_pinned_llama_cpp_has_no_rocwmma_option_and_says_so(tmp_path: Path) -> None:
     """The real pinned sources (the sdist that `rocm-nb server install` fetched) are checked before configuring."""
     sdist = next((cache_root(os.environ) / "servers" / "sdist").glob("llama_cpp_python-*.tar.gz"))
@@ -321,6 +338,7 @@ def test_the_pinned_llama_cpp_has_no_rocwmma_option_and_says_so(tmp_path: Path) 
     assert sorted(p.name for p in (cache / "servers").iterdir()) == ["build-rocm-rocwmma.log", "sdist"]
 
 
+@pytest.mark.unit
 def test_a_rocwmma_build_is_installed_apart_and_reused(tmp_path: Path) -> None:
     source = tiny_llama_cpp(tmp_path / "llama.cpp", 'std::puts("version: 0.0.2 (tiny rocwmma)"); return 0;')
     (source / "ggml").mkdir()
@@ -342,6 +360,7 @@ def test_a_rocwmma_build_is_installed_apart_and_reused(tmp_path: Path) -> None:
     assert log.read_text() == "kept"
 
 
+@pytest.mark.unit
 def test_build_progress_follows_ninja_but_draws_at_most_every_mininterval(tmp_path: Path) -> None:
     """200 ninja steps into a log file (not a terminal): the bar ends at 200/200 after a couple of lines."""
     import io

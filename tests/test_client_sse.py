@@ -20,6 +20,8 @@ from rocm_nb.errors import (
     StreamProtocolError,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def chunk(text: str, finish: str | None = None, timings: dict[str, float] | None = None) -> str:
     body: dict[str, object] = {"choices": [{"text": text, "index": 0, "finish_reason": finish}]}

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
+
 from rocm_nb.display import Bundle, StreamDisplay, status_bundle
+
+pytestmark = pytest.mark.unit
 
 
 class FakeClock:

@@ -22,7 +22,7 @@ from rocm_nb.fit import (
     plan_load,
 )
 from rocm_nb.hardware import GPU, Hardware
-from tests.test_library import write_huge_gguf
+from tests.support.gguf_files import write_huge_gguf
 
 MiB = 2**20
 LAYERS = 31  # SmolLM2-135M: 30 repeating layers and the output layer
@@ -54,6 +54,7 @@ def loaded(request: pytest.FixtureRequest, model_path: str) -> Iterator[tuple[Lo
         yield model, psutil.Process(pid).memory_info().rss
 
 
+@pytest.mark.server
 def test_parts_match_the_buffers_llama_server_allocates(loaded: tuple[LocalModel, int]) -> None:
     model, _ = loaded
     logs, part = model.logs(), model.fit.estimate
@@ -63,6 +64,7 @@ def test_parts_match_the_buffers_llama_server_allocates(loaded: tuple[LocalModel
     assert (part.compute_ram / MiB - logits) == pytest.approx(logged_mib(logs, "CPU compute buffer"), rel=0.02)
 
 
+@pytest.mark.server
 def test_total_is_within_ten_percent_of_the_measured_rss(loaded: tuple[LocalModel, int]) -> None:
     model, rss = loaded
     status = model.status()
@@ -74,6 +76,7 @@ def test_total_is_within_ten_percent_of_the_measured_rss(loaded: tuple[LocalMode
         assert model.fit.estimate.total == pytest.approx(rss, rel=0.10)
 
 
+@pytest.mark.server
 def test_status_shows_the_estimate_beside_the_measured_memory(loaded: tuple[LocalModel, int]) -> None:
     model, _ = loaded
     row = {"alias": "m", **model.status()}
@@ -84,6 +87,7 @@ def test_status_shows_the_estimate_beside_the_measured_memory(loaded: tuple[Loca
     assert "VRAM estimated 3.0 GiB" in status_bundle([gpu_row], current=None, notes=[])["text/html"]
 
 
+@pytest.mark.server
 def test_estimate_splits_weights_and_kv_by_layer(info: ModelInfo) -> None:
     by_name = {t.name: t.nbytes for t in info.tensors}
     embeddings, output_norm = by_name["token_embd.weight"], by_name["output_norm.weight"]
@@ -101,6 +105,7 @@ def test_estimate_splits_weights_and_kv_by_layer(info: ModelInfo) -> None:
     assert vrams == sorted(vrams)
 
 
+@pytest.mark.server
 def test_kv_cache_size_rules(info: ModelInfo) -> None:
     one = estimate(info, ctx_size=4096)
     # 30 layers × (3 KV heads × 64) × (K and V) × 2 bytes of f16 per cell
@@ -113,6 +118,7 @@ def test_kv_cache_size_rules(info: ModelInfo) -> None:
     assert estimate(info, ctx_size=4096, flash_attn="off").compute_ram > one.compute_ram
 
 
+@pytest.mark.server
 def test_cache_options_are_checked(info: ModelInfo) -> None:
     check_cache_options(info, flash_attn="auto", cache_type_k="q4_0", cache_type_v="q8_0")
     with pytest.raises(ValueError, match="needs flash attention"):
@@ -125,12 +131,14 @@ def test_cache_options_are_checked(info: ModelInfo) -> None:
         estimate(info, ctx_size=0)
 
 
+@pytest.mark.server
 def test_plan_offloads_everything_when_it_fits(info: ModelInfo) -> None:
     chosen = plan(info, 8 * 2**30, ctx_size=8192)
     assert (chosen.gpu_layers, chosen.ctx_size, chosen.fits) == (LAYERS, 8192, True)
     assert f"all {LAYERS} layers" in chosen.note and "8.0 GiB of free VRAM" in str(chosen)
 
 
+@pytest.mark.server
 def test_plan_picks_the_largest_partial_offload_that_fits(info: ModelInfo) -> None:
     free = GPU_MARGIN + estimate(info, ctx_size=8192, gpu_layers=20).vram
     chosen = plan(info, free, ctx_size=8192)
@@ -139,6 +147,7 @@ def test_plan_picks_the_largest_partial_offload_that_fits(info: ModelInfo) -> No
     assert f"only 20 of {LAYERS} layers" in chosen.note and "gpu_layers=20" in chosen.note
 
 
+@pytest.mark.server
 def test_plan_lowers_an_unchosen_context_before_dropping_layers(info: ModelInfo) -> None:
     free = GPU_MARGIN + estimate(info, ctx_size=4096, gpu_layers=LAYERS).vram
     shrunk = plan(info, free, ctx_size=8192, shrink_ctx=True)
@@ -148,6 +157,7 @@ def test_plan_lowers_an_unchosen_context_before_dropping_layers(info: ModelInfo)
     assert kept.ctx_size == 8192 and 0 < kept.gpu_layers < LAYERS
 
 
+@pytest.mark.server
 def test_plan_when_nothing_fits(info: ModelInfo) -> None:
     chosen = plan(info, GPU_MARGIN, ctx_size=2048)
     assert chosen.gpu_layers == 0 and chosen.estimate.vram == 0
@@ -156,6 +166,7 @@ def test_plan_when_nothing_fits(info: ModelInfo) -> None:
     assert not starved.fits and "will probably fail" in starved.note
 
 
+@pytest.mark.server
 def test_a_chosen_gpu_layers_is_kept_and_checked(info: ModelInfo) -> None:
     free = GPU_MARGIN // 8
     too_many = plan(info, free, ctx_size=8192, gpu_layers=LAYERS)
@@ -167,6 +178,7 @@ def test_a_chosen_gpu_layers_is_kept_and_checked(info: ModelInfo) -> None:
     assert unknown.gpu_layers == LAYERS and unknown.fits and "free VRAM unknown" in unknown.note
 
 
+@pytest.mark.unit
 def test_free_vram_adds_up_the_visible_gpus() -> None:
     gpus = (GPU(0, "Radeon RX 7900 XTX", "gfx1100", "amd", 24 * 2**30, 2 * 2**30, False),
             GPU(1, "Radeon RX 7900 XTX", "gfx1100", "amd", 24 * 2**30, 4 * 2**30, False),
@@ -176,6 +188,7 @@ def test_free_vram_adds_up_the_visible_gpus() -> None:
     assert free_vram(Hardware("cpu", (), None, ())) is None
 
 
+@pytest.mark.server
 def test_plan_load_per_backend(info: ModelInfo) -> None:
     small = Hardware("rocm", (GPU(0, "Radeon RX 6600", "gfx1032", "amd", 8 * 2**30, 7 * 2**30 - 150 * MiB,
                                   False),), "0", ())
@@ -187,6 +200,7 @@ def test_plan_load_per_backend(info: ModelInfo) -> None:
     assert rpc.gpu_layers == LAYERS
 
 
+@pytest.mark.server
 def test_local_model_options_and_fit(model_path: str) -> None:
     model = LocalModel(model_path, ctx_size=2048, flash_attn=True, cache_type="q8_0")
     assert model.config.argv(1, "k")[-6:] == ["--flash-attn", "on", "--cache-type-k", "q8_0", "--cache-type-v",
@@ -201,6 +215,7 @@ def test_local_model_options_and_fit(model_path: str) -> None:
         LocalModel(model_path, cache_type="q8_0", cache_type_k="f16")
 
 
+@pytest.mark.server
 def test_a_load_that_cannot_fit_warns_before_any_server_starts(tmp_path: Path) -> None:
     """A 40 GB model on this 24 GiB CPU machine: LocalModel says so at construction, nothing is started."""
     path = tmp_path / "huge-70b.Q4_0.gguf"
@@ -212,6 +227,7 @@ def test_a_load_that_cannot_fit_warns_before_any_server_starts(tmp_path: Path) -
     assert model.pid is None  # no server was started
 
 
+@pytest.mark.server
 def test_a_quantised_kv_cache_runs_on_the_real_server(model_path: str) -> None:
     with LocalModel(model_path, ctx_size=2048, cache_type_k="q8_0", cache_type_v="q8_0",
                     extra_args=["-lv", "4"]) as model:

@@ -11,7 +11,9 @@ import psutil
 import pytest
 
 from rocm_nb import GenerationError, LocalModel
-from tests.conftest import gone, wait_until
+from tests.support.processes import gone, wait_until
+
+pytestmark = pytest.mark.server
 
 GREEDY = {"temperature": 0.0, "seed": 3}
 

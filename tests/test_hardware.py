@@ -24,8 +24,8 @@ from rocm_nb.hardware import (
     parse_rocminfo,
     run_tool,
 )
+from tests.support.sysfs import FIXTURES, sysfs_root
 
-FIXTURES = Path(__file__).parent / "fixtures" / "hardware"
 GIB = 2**30
 
 
@@ -50,15 +50,7 @@ def kfd_root(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def sysfs_root(tmp_path: Path, name: str) -> Path:
-    """A copy of a recorded sysfs tree (tests/fixtures/hardware/sysfs-*) with a /dev/kfd beside it."""
-    root = tmp_path / name
-    shutil.copytree(FIXTURES / name, root)
-    (root / "dev").mkdir()
-    (root / "dev" / "kfd").touch()
-    return root
-
-
+@pytest.mark.unit
 def test_rocminfo_apu_and_discrete() -> None:
     agents = parse_rocminfo(fixture("rocminfo-ryzen7600-rx7900gre.txt"))
     assert [(a.arch, a.marketing_name, a.is_apu) for a in agents] == [
@@ -67,23 +59,27 @@ def test_rocminfo_apu_and_discrete() -> None:
     ]
 
 
+@pytest.mark.unit
 def test_rocm_smi_json_vram() -> None:
     vram = parse_rocm_smi_json(fixture("rocm-smi-r9700-780m.json"))
     assert vram == {0: (34208743424, 29225381888), 1: (4294967296, 72495104)}
 
 
+@pytest.mark.unit
 def test_nvidia_smi_csv() -> None:
     [gpu] = parse_nvidia_smi(fixture("nvidia-smi-h100.csv"))
     assert (gpu.index, gpu.name, gpu.arch, gpu.vendor) == (0, "NVIDIA H100 80GB HBM3", "9.0", "nvidia")
     assert gpu.vram_total == 81559 * 2**20 and gpu.vram_used == 4 * 2**20
 
 
+@pytest.mark.unit
 def test_amd_smi_json() -> None:
     text = ('[{"gpu": 0, "mem_usage": {"total_vram": {"value": 16368, "unit": "MB"},'
             ' "used_vram": {"value": 1024, "unit": "MB"}}}]')
     assert parse_amd_smi(text) == {0: (16368 * 2**20, 1024 * 2**20)}
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("garbage", ["", "not json", "{", "[1, 2]", "null", "Agent 1\nDevice Type: GPU"])
 def test_parsers_never_raise_on_garbage(garbage: str) -> None:
     assert parse_rocm_smi_json(garbage) == {}
@@ -93,6 +89,7 @@ def test_parsers_never_raise_on_garbage(garbage: str) -> None:
     assert isinstance(parse_rocminfo(garbage), list)
 
 
+@pytest.mark.unit
 def test_rocm_machine_with_an_apu_masks_the_igpu(kfd_root: Path) -> None:
     smi = ('{"card0": {"VRAM Total Memory (B)": "17163091968", "VRAM Total Used Memory (B)": "1073741824"},'
            ' "card1": {"VRAM Total Memory (B)": "536870912", "VRAM Total Used Memory (B)": "100"}}')
@@ -112,6 +109,7 @@ def test_rocm_machine_with_an_apu_masks_the_igpu(kfd_root: Path) -> None:
     assert any("VRAM 1.0 / 16.0 GiB" in line for line in lines)
 
 
+@pytest.mark.unit
 def test_amd_smi_is_the_fallback_for_vram(kfd_root: Path) -> None:
     amd = '[{"gpu": 0, "mem_usage": {"total_vram": {"value": 16368, "unit": "MB"}, "used_vram": {"value": 0}}}]'
     calls, run = runner_for({"rocminfo": fixture("rocminfo-ryzen7600-rx7900gre.txt"), "rocm-smi": None,
@@ -121,6 +119,7 @@ def test_amd_smi_is_the_fallback_for_vram(kfd_root: Path) -> None:
     assert [c[0] for c in calls] == ["rocminfo", "rocm-smi", "amd-smi"]
 
 
+@pytest.mark.unit
 def test_apu_alone_stays_visible(kfd_root: Path) -> None:
     only_apu = fixture("rocminfo-ryzen7600-rx7900gre.txt").split("*******\nAgent 2")[0] + (
         "*******\nAgent 2\n*******\n  Name:                    gfx1103\n"
@@ -133,6 +132,7 @@ def test_apu_alone_stays_visible(kfd_root: Path) -> None:
     assert any("only an integrated GPU" in n for n in hw.notes)
 
 
+@pytest.mark.unit
 def test_kfd_without_gpu_agents_falls_back_to_cpu(kfd_root: Path) -> None:
     _, run = runner_for({"rocminfo": fixture("rocminfo-debian-no-gpu.txt")})
     hw = detect(runner=run, environ={}, root=kfd_root)  # type: ignore[arg-type]
@@ -140,6 +140,7 @@ def test_kfd_without_gpu_agents_falls_back_to_cpu(kfd_root: Path) -> None:
     assert any("rocminfo lists no GPU agent" in n for n in hw.notes)
 
 
+@pytest.mark.unit
 def test_nvidia_and_overrides(tmp_path: Path) -> None:
     _, run = runner_for({"nvidia-smi": fixture("nvidia-smi-h100.csv")})
     assert detect(runner=run, environ={}, root=tmp_path).backend == "cuda"  # type: ignore[arg-type]
@@ -150,12 +151,14 @@ def test_nvidia_and_overrides(tmp_path: Path) -> None:
     assert odd.backend == "cuda" and any("ignored ROCM_NB_BACKEND" in n for n in odd.notes)
 
 
+@pytest.mark.unit
 def test_vram_free_is_never_negative() -> None:
     gpu = GPU(0, "x", "gfx1100", "amd", vram_total=100, vram_used=120, is_apu=False)
     assert gpu.vram_free == 0
     assert Hardware("cpu", (), None, ()).gfx_targets == ()
 
 
+@pytest.mark.unit
 def test_this_machine_is_cpu_and_debian_rocm_tools_are_handled(kfd_root: Path) -> None:
     """CI and the dev machines have no GPU; Debian's rocminfo/rocm-smi are installed by the Makefile."""
     hw = detect()
@@ -169,6 +172,7 @@ def test_this_machine_is_cpu_and_debian_rocm_tools_are_handled(kfd_root: Path) -
 RX7900GRE, RAPHAEL = "AMD Radeon RX 7900 GRE", "AMD Radeon Graphics"
 
 
+@pytest.mark.unit
 def test_sysfs_gives_vram_when_rocm_smi_and_amd_smi_are_absent(tmp_path: Path) -> None:
     root = sysfs_root(tmp_path, "sysfs-ryzen7600-rx7900gre")
     calls, run = runner_for({"rocminfo": fixture("rocminfo-ryzen7600-rx7900gre.txt")})
@@ -184,6 +188,7 @@ def test_sysfs_gives_vram_when_rocm_smi_and_amd_smi_are_absent(tmp_path: Path) -
     assert not any("VRAM unknown" in note for note in hw.notes)
 
 
+@pytest.mark.unit
 def test_the_kfd_topology_stands_in_for_a_missing_rocminfo(tmp_path: Path) -> None:
     root = sysfs_root(tmp_path, "sysfs-ryzen7600-rx7900gre")
     hw = detect(runner=lambda argv: None, environ={}, root=root)
@@ -196,6 +201,7 @@ def test_the_kfd_topology_stands_in_for_a_missing_rocminfo(tmp_path: Path) -> No
     assert any("rocminfo did not answer" in note for note in hw.notes)
 
 
+@pytest.mark.unit
 def test_gpu_usage_reads_busy_percent_and_vram_from_sysfs(tmp_path: Path) -> None:
     root = sysfs_root(tmp_path, "sysfs-ryzen7600-rx7900gre")
     _, run = runner_for({"rocminfo": fixture("rocminfo-ryzen7600-rx7900gre.txt")})
@@ -214,6 +220,7 @@ def test_gpu_usage_reads_busy_percent_and_vram_from_sysfs(tmp_path: Path) -> Non
     assert gpu_usage([GPU(0, "x", "gfx1100", "amd", 100, 1, False)], root=root) == [GpuUsage(0, "x", None, 100, None)]
 
 
+@pytest.mark.unit
 def test_gpu_usage_on_nvidia_and_on_the_cpu(tmp_path: Path) -> None:
     calls, run = runner_for({"nvidia-smi": fixture("nvidia-smi-usage-h100.csv")})
     [h100] = parse_nvidia_smi(fixture("nvidia-smi-h100.csv"))
@@ -232,6 +239,7 @@ def test_gpu_usage_on_nvidia_and_on_the_cpu(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.unit
 def test_discrete_and_apu_without_any_tool_match_what_rocm_smi_reported(tmp_path: Path) -> None:
     root = sysfs_root(tmp_path, "sysfs-r9700-780m")
     hw = detect(runner=lambda argv: None, environ={}, root=root)
@@ -246,6 +254,7 @@ def test_discrete_and_apu_without_any_tool_match_what_rocm_smi_reported(tmp_path
     assert [(u.index, u.busy_percent) for u in gpu_usage(hw, root=root)] == [(0, 3), (1, 0)]  # rocm-smi's "GPU use (%)"
 
 
+@pytest.mark.unit
 def test_cards_are_matched_by_pci_address_not_by_card_number(tmp_path: Path) -> None:
     """Card numbers change between boots (and start at 1 beside simpledrm); HIP follows the KFD nodes."""
     root = sysfs_root(tmp_path, "sysfs-r9700-780m")
@@ -257,6 +266,7 @@ def test_cards_are_matched_by_pci_address_not_by_card_number(tmp_path: Path) -> 
     assert hw.visible_devices == "0"
 
 
+@pytest.mark.unit
 def test_rocminfo_bdfid_finds_the_card_when_the_kfd_topology_is_unreadable(tmp_path: Path) -> None:
     root = sysfs_root(tmp_path, "sysfs-ryzen7600-rx7900gre")
     shutil.rmtree(root / "sys/class/kfd")
@@ -266,6 +276,7 @@ def test_rocminfo_bdfid_finds_the_card_when_the_kfd_topology_is_unreadable(tmp_p
                                                              ("0000:14:00.0", 512 * 2**20)]
 
 
+@pytest.mark.unit
 def test_an_apu_alone_is_used_and_its_carve_out_is_called_so(tmp_path: Path) -> None:
     root = sysfs_root(tmp_path, "sysfs-8845hs-780m")
     hw = detect(runner=lambda argv: None, environ={}, root=root)
@@ -279,6 +290,7 @@ def test_an_apu_alone_is_used_and_its_carve_out_is_called_so(tmp_path: Path) -> 
 
 
 
+@pytest.mark.unit
 def test_an_rdna2_card_rocm_has_no_kernels_for_gets_the_override_only_when_asked(tmp_path: Path) -> None:
     """RX 6600 (gfx1032) beside a Raphael iGPU whose DRM card comes first: HIP device 0 is the RX 6600."""
     root = sysfs_root(tmp_path, "sysfs-rx6600-raphael")
@@ -308,6 +320,7 @@ def test_an_rdna2_card_rocm_has_no_kernels_for_gets_the_override_only_when_asked
         hw.server_env({}, hsa_override="gfx1030")
 
 
+@pytest.mark.unit
 def test_auto_sets_nothing_where_rocm_ships_the_kernels(tmp_path: Path) -> None:
     root = sysfs_root(tmp_path, "sysfs-r9700-780m")  # gfx1201 is shipped; the masked 780M does not count
     hw = detect(runner=lambda argv: None, environ={}, root=root)
@@ -319,6 +332,7 @@ def test_auto_sets_nothing_where_rocm_ships_the_kernels(tmp_path: Path) -> None:
     assert hsa_override_for(apu.gfx_targets) == "11.0.0" and apu.build_targets == ("gfx1100", "gfx1103")
 
 
+@pytest.mark.unit
 def test_one_override_cannot_serve_two_generations(tmp_path: Path) -> None:
     root = sysfs_root(tmp_path, "sysfs-rx6600-raphael")
     hw = detect(runner=lambda argv: None, environ={}, root=root)
@@ -330,6 +344,7 @@ def test_one_override_cannot_serve_two_generations(tmp_path: Path) -> None:
         assert mixed.server_env({}, hsa_override="auto") == {}
 
 
+@pytest.mark.server
 def test_local_model_sets_the_override_for_its_server_only(tmp_path: Path) -> None:
     """The real LocalModel (default model, real llama-server binary; nothing is started)."""
     from rocm_nb import LocalModel

@@ -10,6 +10,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 HEAVY = ("IPython", "anywidget", "asyncio", "httpx", "httpx_sse", "huggingface_hub", "ipywidgets", "jsonschema",
          "markdown_it", "tqdm")
 
@@ -21,10 +23,12 @@ def loaded_after(code: str) -> list[str]:
     return found
 
 
+@pytest.mark.unit
 def test_import_loads_no_heavy_library() -> None:
     assert loaded_after("import rocm_nb") == []
 
 
+@pytest.mark.server
 def test_a_local_model_is_checked_and_planned_without_the_http_stack() -> None:
     """Constructing a LocalModel resolves, reads and plans; only start() needs httpx."""
     assert loaded_after("import rocm_nb; rocm_nb.LocalModel('smollm2-135m')") == []

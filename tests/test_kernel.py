@@ -26,7 +26,9 @@ from jupyter_client import BlockingKernelClient, KernelManager
 from jupyter_client.kernelspec import KernelSpecManager
 
 from rocm_nb import Client, connect
-from tests.conftest import gone, wait_until
+from tests.support.processes import gone, wait_until
+
+pytestmark = pytest.mark.kernel
 
 Message = dict[str, Any]
 

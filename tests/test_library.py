@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import mmap
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import gguf
 import numpy as np
 import pytest
 
@@ -22,49 +19,11 @@ from rocm_nb.catalog import CATALOGUE, DEFAULT_MODEL, read_info, resolve_model
 from rocm_nb.fit import GPU_MARGIN, estimate
 from rocm_nb.hardware import GPU, Hardware
 from rocm_nb.library import LibraryEntry, ModelLibrary, hf_hub_cache, model_names
+from tests.support.gguf_files import HUGE_COUNT, HUGE_SHAPE, hf_snapshot, write_gguf, write_huge_gguf
 
 TEMPLATE = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}"
 CPU_ONLY = Hardware("cpu", (), None, ())
 GiB = 2**30
-
-
-def write_gguf(path: Path, name: str, *, arch: str = "llama", ctx: int = 2048, template: str | None = None,
-               tensors: int = 3, split_max_tensors: int = 0) -> list[Path]:
-    """Write a small real GGUF (``tensors`` F16 tensors of 4×8) with the gguf package; return its files."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(path, arch, split_max_tensors=split_max_tensors)
-    writer.add_name(name)
-    writer.add_context_length(ctx)
-    writer.add_block_count(tensors)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
-    if template is not None:
-        writer.add_chat_template(template)
-    for i in range(tensors):
-        writer.add_tensor(f"blk.{i}.ffn_up.weight", np.full((4, 8), i, dtype=np.float16))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return writer.format_shard_names(path) if split_max_tensors else [path]
-
-
-def hf_snapshot(hub: Path, repo_id: str, commit: str, files: dict[str, Path], refs: Sequence[str] = ("main",)) -> Path:
-    """Put files into a Hugging Face cache as huggingface_hub does: content-named blobs, snapshot symlinks, refs."""
-    repo = hub / f"models--{repo_id.replace('/', '--')}"
-    snapshot = repo / "snapshots" / commit
-    for relative, source in files.items():
-        data = source.read_bytes()
-        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        if not blob.exists():
-            blob.write_bytes(data)
-        link = snapshot / relative
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
-    (repo / "refs").mkdir(exist_ok=True)
-    for ref in refs:
-        (repo / "refs" / ref).write_text(commit)
-    return snapshot
 
 
 @dataclass
@@ -109,6 +68,7 @@ def by_name(library: ModelLibrary) -> dict[str, LibraryEntry]:
     return {entry.name: entry for entry in library}
 
 
+@pytest.mark.server
 def test_finds_every_model_once_in_the_three_places(machine: Machine, model_path: str) -> None:
     library = models(environ=machine.env)
     mine = str(machine.mine)
@@ -141,6 +101,7 @@ def test_finds_every_model_once_in_the_three_places(machine: Machine, model_path
     assert any(note.startswith(f"{machine.mine.parent / 'absent'} is not a directory") for note in library.notes)
 
 
+@pytest.mark.server
 def test_shards_are_one_entry_with_summed_size_and_parameters(machine: Machine) -> None:
     big = by_name(models(environ=machine.env))["hf:acme/tiny-GGUF/F16/big-00001-of-00003.gguf"]
     files = sorted(big.path.parent.glob("big-*.gguf"))
@@ -152,6 +113,7 @@ def test_shards_are_one_entry_with_summed_size_and_parameters(machine: Machine) 
     assert read_info(big.path).parameters == 2 * 4 * 8
 
 
+@pytest.mark.server
 def test_unreadable_files_are_entries_with_the_error(machine: Machine) -> None:
     entries = by_name(models(environ=machine.env))
     mine = str(machine.mine)
@@ -166,6 +128,7 @@ def test_unreadable_files_are_entries_with_the_error(machine: Machine) -> None:
     assert odd.info is None and odd.error is not None and "cannot be read" in odd.error
 
 
+@pytest.mark.server
 def test_every_name_loads_the_file_it_lists(machine: Machine, monkeypatch: pytest.MonkeyPatch) -> None:
     import huggingface_hub.constants as constants
 
@@ -178,6 +141,7 @@ def test_every_name_loads_the_file_it_lists(machine: Machine, monkeypatch: pytes
         assert resolve_model(entry.name, download=False, environ=machine.env).resolve() == entry.path.resolve()
 
 
+@pytest.mark.server
 def test_text_and_html_tables(machine: Machine) -> None:
     library = models(environ=machine.env, hardware=CPU_ONLY)
     text = str(library)
@@ -203,6 +167,7 @@ def test_text_and_html_tables(machine: Machine) -> None:
     assert f'title="{machine.more}/other.gguf"' in page
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("variables", [{}, {"HF_HOME": "/data/hf"}, {"XDG_CACHE_HOME": "/xdg"},
                                        {"HF_HUB_CACHE": "/hub", "HF_HOME": "/data/hf"}], ids=str)
 def test_the_hub_cache_is_where_huggingface_hub_downloads_to(variables: dict[str, str]) -> None:
@@ -214,6 +179,7 @@ def test_the_hub_cache_is_where_huggingface_hub_downloads_to(variables: dict[str
     assert hf_hub_cache(environ) == Path(theirs)
 
 
+@pytest.mark.server
 def test_hf_home_and_an_empty_machine(tmp_path: Path, machine: Machine) -> None:
     home = tmp_path / "hf-home"
     home.mkdir()
@@ -225,18 +191,21 @@ def test_hf_home_and_an_empty_machine(tmp_path: Path, machine: Machine) -> None:
     assert len(empty) == 0 and "rocm-nb pull" in str(empty) and "ROCM_NB_MODEL_DIR" in empty._repr_html_()
 
 
+@pytest.mark.server
 def test_dirs_replace_the_environment_variable(machine: Machine) -> None:
     only_more = models(str(machine.more), environ=machine.env)
     assert [e.source for e in only_more].count("directory") == 1
     assert f"{machine.more}/other.gguf" in by_name(only_more)
 
 
+@pytest.mark.server
 def test_names_for_completion_read_no_header(machine: Machine) -> None:
     names = model_names(environ=machine.env)
     assert names[0] == DEFAULT_MODEL and names.count(DEFAULT_MODEL) == 1
     assert set(names[1:]) == {e.name for e in models(environ=machine.env)} - {DEFAULT_MODEL}
 
 
+@pytest.mark.server
 def test_metadata_is_cached_by_path_size_and_mtime(machine: Machine) -> None:
     other = machine.more / "other.gguf"
     first = by_name(models(environ=machine.env))[str(other)].info
@@ -246,33 +215,7 @@ def test_metadata_is_cached_by_path_size_and_mtime(machine: Machine) -> None:
     assert changed is not None and (changed.name, changed.context_length) == ("Other, retrained", 16384)
 
 
-HUGE_SHAPE = (8192, 28672)  # one FFN matrix of a 70B model
-HUGE_COUNT = 80 * 4  # four such matrices in each of 80 layers
-
-
-def write_huge_gguf(path: Path) -> int:
-    """Write a GGUF as big as a 70B Q4 model, sparse (its tensor data is a hole); return where the data starts."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(path, "llama")
-    writer.add_name("Huge")
-    writer.add_context_length(131072)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_0)
-    writer.add_array("tokenizer.ggml.tokens", [f"token{i}" for i in range(128_256)])  # a real-sized vocabulary
-    q4 = gguf.GGMLQuantizationType.Q4_0
-    block, type_size = gguf.GGML_QUANT_SIZES[q4]
-    nbytes = HUGE_SHAPE[0] * HUGE_SHAPE[1] // block * type_size
-    for i in range(HUGE_COUNT):
-        writer.add_tensor_info(f"blk.{i // 4}.ffn_{i % 4}.weight", HUGE_SHAPE, np.dtype(np.float32), nbytes,
-                               raw_dtype=q4)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_ti_data_to_file()
-    writer.close()
-    data_start = -(-path.stat().st_size // 32) * 32
-    os.truncate(path, data_start + HUGE_COUNT * nbytes)
-    return data_start
-
-
+@pytest.mark.unit
 def test_a_40_gb_model_is_described_from_its_header_alone(tmp_path: Path) -> None:
     """A file as big as a 70B Q4 model, sparse: its tensor data does not exist on disk."""
     path = tmp_path / "huge" / "huge-70b.Q4_0.gguf"
@@ -310,6 +253,7 @@ def resident_bytes(path: Path, start: int) -> int:
     return int((pages[start // page + 1:] & 1).sum()) * page
 
 
+@pytest.mark.server
 def test_fits_on_the_cpu_compares_everything_with_available_ram(machine: Machine) -> None:
     import psutil
 
@@ -330,6 +274,7 @@ def rocm(*gpus: GPU, visible: str | None = None) -> Hardware:
     return Hardware("rocm", gpus, visible, ())
 
 
+@pytest.mark.server
 def test_fits_on_a_gpu_uses_the_visible_gpu_with_the_most_free_vram(machine: Machine) -> None:
     apu = GPU(0, "AMD Radeon 780M", "gfx1103", "amd", 32 * GiB, 0, True)  # the most "VRAM", but masked
     small = GPU(1, "AMD Radeon RX 7600", "gfx1102", "amd", 8 * GiB, 7 * GiB, False)
@@ -344,6 +289,7 @@ def test_fits_on_a_gpu_uses_the_visible_gpu_with_the_most_free_vram(machine: Mac
     assert f"yes ({default.memory / 2**20:.0f} MiB)" in str(library)
 
 
+@pytest.mark.server
 def test_fits_answers_no_when_the_free_vram_is_too_small(machine: Machine) -> None:
     default_vram = by_name(models(environ=machine.env, hardware=rocm(
         GPU(0, "AMD Radeon RX 6600", "gfx1032", "amd", 8 * GiB, 0, False))))[DEFAULT_MODEL].memory

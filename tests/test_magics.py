@@ -15,7 +15,7 @@ from IPython.utils.capture import capture_output
 from rocm_nb import Completion, GenerationError, LocalModel
 from rocm_nb.library import ModelLibrary
 from rocm_nb.magics import RocmMagics, fill_placeholders
-from tests.test_library import hf_snapshot, write_gguf
+from tests.support.gguf_files import hf_snapshot, write_gguf
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +38,13 @@ def magics(shell: InteractiveShell) -> RocmMagics:
     return found
 
 
+@pytest.mark.server
 def test_load_attaches_to_the_running_server(shell: InteractiveShell, model: LocalModel) -> None:
     assert magics(shell).current == "small"
     assert magics(shell).models["small"].pid == model.pid
 
 
+@pytest.mark.server
 def test_generate_streams_and_stores_the_completion(shell: InteractiveShell) -> None:
     shell.user_ns["topic"] = "the moon"
     with capture_output() as out:
@@ -58,6 +60,7 @@ def test_generate_streams_and_stores_the_completion(shell: InteractiveShell) -> 
     assert len(updates) <= 24 + 1
 
 
+@pytest.mark.server
 def test_raw_mode_no_stream_and_system(shell: InteractiveShell) -> None:
     with capture_output() as out:
         shell.run_cell_magic("rocm_generate", "--raw --max-tokens 8 --temperature 0 --no-stream --out r",
@@ -68,6 +71,7 @@ def test_raw_mode_no_stream_and_system(shell: InteractiveShell) -> None:
         shell.run_cell_magic("rocm_generate", "--raw --system x", "Hi")
 
 
+@pytest.mark.server
 def test_json_schema_option(shell: InteractiveShell) -> None:
     shell.user_ns["schema"] = {"type": "object", "properties": {"colour": {"type": "string"}},
                                "required": ["colour"]}
@@ -77,6 +81,7 @@ def test_json_schema_option(shell: InteractiveShell) -> None:
     assert isinstance(json.loads(shell.user_ns["j"].text)["colour"], str)
 
 
+@pytest.mark.server
 def test_format_code_fills_a_new_cell_below(shell: InteractiveShell) -> None:
     shell.rl_next_input = None  # where a terminal shell keeps set_next_input's text (a kernel sends a payload)
     with capture_output() as out:
@@ -88,6 +93,7 @@ def test_format_code_fills_a_new_cell_below(shell: InteractiveShell) -> None:
     assert shell.rl_next_input == fenced.rstrip("\n") and "def " in fenced
 
 
+@pytest.mark.server
 def test_format_text_has_no_markdown(shell: InteractiveShell) -> None:
     with capture_output() as out:
         shell.run_cell_magic("rocm_generate", "--format text --max-tokens 8 --temperature 0 --out r", "Say hi.")
@@ -95,6 +101,7 @@ def test_format_text_has_no_markdown(shell: InteractiveShell) -> None:
     assert "text/markdown" not in final and final["text/plain"].startswith(shell.user_ns["r"].text)
 
 
+@pytest.mark.server
 def test_format_json_validates_and_returns_the_data(shell: InteractiveShell) -> None:
     shell.user_ns["pet"] = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
                             "required": ["name", "age"]}
@@ -110,6 +117,7 @@ def test_format_json_validates_and_returns_the_data(shell: InteractiveShell) -> 
     assert isinstance(anything, dict)  # no schema: the server is asked for a JSON object
 
 
+@pytest.mark.server
 def test_format_json_names_what_is_wrong_and_keeps_the_raw_reply(shell: InteractiveShell) -> None:
     shell.user_ns["pet"] = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
     cut_off = r"not valid JSON: .*cut off at max_tokens"
@@ -126,6 +134,7 @@ def test_format_json_names_what_is_wrong_and_keeps_the_raw_reply(shell: Interact
     assert isinstance(json.loads(broken.value.body)["n"], int)
 
 
+@pytest.mark.server
 def test_bad_input_is_a_one_line_usage_error(shell: InteractiveShell) -> None:
     with pytest.raises(UsageError, match="unrecognized arguments"):
         shell.run_cell_magic("rocm_generate", "--max-tokenz 3", "Hi")
@@ -137,6 +146,7 @@ def test_bad_input_is_a_one_line_usage_error(shell: InteractiveShell) -> None:
         shell.run_line_magic("rocm_load", "smollm2-135m --gpu-layers many")
 
 
+@pytest.mark.unit
 def test_help_documents_every_option() -> None:
     doc = RocmMagics.rocm_generate.__doc__ or ""
     for option in ["--max-tokens", "--temperature", "--system", "--chat", "--raw", "--seed", "--stop",
@@ -144,6 +154,7 @@ def test_help_documents_every_option() -> None:
         assert option in doc
 
 
+@pytest.mark.server
 def test_status_lists_the_server(shell: InteractiveShell, model: LocalModel) -> None:
     with capture_output() as out:
         shell.run_line_magic("rocm_status", "")
@@ -151,10 +162,12 @@ def test_status_lists_the_server(shell: InteractiveShell, model: LocalModel) -> 
     assert str(model.pid) in text and "running" in text and "backend" in text
 
 
+@pytest.mark.unit
 def test_placeholders() -> None:
     assert fill_placeholders("{a} {{b}} {'k': 1}", {"a": 1}) == "1 {b} {'k': 1}"
 
 
+@pytest.mark.server
 def test_rocm_models_shows_the_library(shell: InteractiveShell, tmp_path: Path, model_path: str) -> None:
     tiny = tmp_path / "mine" / "tiny.gguf"
     write_gguf(tiny, "Tiny <one>")
@@ -175,6 +188,7 @@ def completed(shell: InteractiveShell, line: str) -> set[str]:
         return {line[:c.start] + c.text + line[c.end:] for c in shell.Completer.completions(line, len(line))}
 
 
+@pytest.mark.server
 def test_load_tab_completes_library_names(shell: InteractiveShell, tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     tiny = write_gguf(tmp_path / "src" / "tiny.Q8_0.gguf", "Tiny")[0]
@@ -193,6 +207,7 @@ def test_load_tab_completes_library_names(shell: InteractiveShell, tmp_path: Pat
     assert "%rocm_load --name smollm2-135m" not in completed(shell, "%rocm_load --name smol")  # an alias, not a model
 
 
+@pytest.mark.server
 def test_chat_panel_magic_takes_its_starting_options(shell: InteractiveShell) -> None:
     from rocm_nb.widgets import ChatPanel
 

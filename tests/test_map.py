@@ -12,7 +12,9 @@ import pytest
 
 from rocm_nb import Client, Completion, GenerationError, LocalModel, connect
 from rocm_nb.catalog import DEFAULT_MODEL
-from tests.conftest import wait_until
+from tests.support.processes import wait_until
+
+pytestmark = pytest.mark.server
 
 GREEDY: dict[str, Any] = {"temperature": 0.0, "seed": 7, "max_tokens": 16}
 PLACES = ["sea", "desert", "forest", "arctic", "jungle", "river"]

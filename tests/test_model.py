@@ -31,11 +31,12 @@ from rocm_nb import (
     connect,
 )
 from rocm_nb.server import LlamaServer, free_port
-from tests.conftest import gone, wait_until
+from tests.support.processes import gone, wait_until
 
 GREEDY = {"temperature": 0.0, "seed": 7}
 
 
+@pytest.mark.server
 def test_generate_returns_text_and_server_timings(model: LocalModel) -> None:
     result = model.generate("Once upon a time", max_tokens=16, **GREEDY)
     assert result.text.strip()
@@ -48,6 +49,7 @@ def test_generate_returns_text_and_server_timings(model: LocalModel) -> None:
     assert result.text in result._repr_markdown_()
 
 
+@pytest.mark.server
 def test_stream_yields_str_pieces_that_make_the_completion(model: LocalModel) -> None:
     expected = model.generate("The three primary colours are", max_tokens=20, **GREEDY).text
     stream = model.stream("The three primary colours are", max_tokens=20, **GREEDY)
@@ -58,6 +60,7 @@ def test_stream_yields_str_pieces_that_make_the_completion(model: LocalModel) ->
     assert stream.completion is not None and stream.completion.text == expected
 
 
+@pytest.mark.server
 def test_chat_uses_the_models_template(model: LocalModel) -> None:
     question = "What is the capital of France?"
     reply = model.chat([{"role": "user", "content": question}], max_tokens=24, **GREEDY)
@@ -69,6 +72,7 @@ def test_chat_uses_the_models_template(model: LocalModel) -> None:
     assert "<|im_start|>" in (model.info.chat_template or "")
 
 
+@pytest.mark.server
 async def test_async_stream_and_chat(model: LocalModel) -> None:
     expected = model.generate("Roses are red,", max_tokens=12, **GREEDY).text
     pieces = [p async for p in model.astream("Roses are red,", max_tokens=12, **GREEDY)]
@@ -90,6 +94,7 @@ def _decoding_stopped(model: LocalModel) -> tuple[float, float]:
 LONG = "Once upon a time, in a faraway kingdom, there lived"
 
 
+@pytest.mark.server
 @pytest.mark.parametrize("how", ["break", "exception", "close"])
 def test_closing_a_stream_early_cancels_on_the_server(model: LocalModel, how: str) -> None:
     before = model.metrics()["llamacpp:tokens_predicted_total"]
@@ -116,6 +121,7 @@ def test_closing_a_stream_early_cancels_on_the_server(model: LocalModel, how: st
     assert any("cancel task" in line for line in model.logs(200))
 
 
+@pytest.mark.server
 def test_concurrent_streams_on_two_slots_are_not_mixed(model: LocalModel) -> None:
     prompts = ["List three fruits:", "Count from one to five:"]
     alone = [model.generate(p, max_tokens=24, **GREEDY).text for p in prompts]
@@ -132,6 +138,7 @@ def test_concurrent_streams_on_two_slots_are_not_mixed(model: LocalModel) -> Non
     assert [results[0], results[1]] == alone
 
 
+@pytest.mark.server
 def test_utilities(model: LocalModel) -> None:
     tokens = model.tokenize("Hello world")
     assert tokens and all(isinstance(t, int) for t in tokens)
@@ -143,6 +150,7 @@ def test_utilities(model: LocalModel) -> None:
     assert model.health() is True
 
 
+@pytest.mark.server
 def test_json_schema_constrains_the_output(model: LocalModel) -> None:
     schema = {
         "type": "object",
@@ -154,6 +162,7 @@ def test_json_schema_constrains_the_output(model: LocalModel) -> None:
     assert isinstance(data["name"], str) and isinstance(data["age"], int)
 
 
+@pytest.mark.server
 def test_metadata_and_identity(model: LocalModel) -> None:
     assert model.info.architecture == "llama"
     assert model.backend == "cpu"
@@ -164,6 +173,7 @@ def test_metadata_and_identity(model: LocalModel) -> None:
     assert any("listening on" in line for line in model.logs())
 
 
+@pytest.mark.server
 def test_api_key_is_required_and_connect_works(model: LocalModel) -> None:
     anonymous = connect(model.base_url)
     with pytest.raises(GenerationError) as info:
@@ -175,6 +185,7 @@ def test_api_key_is_required_and_connect_works(model: LocalModel) -> None:
         ).text
 
 
+@pytest.mark.server
 def test_listens_on_loopback_only(model: LocalModel) -> None:
     import psutil
 
@@ -182,6 +193,7 @@ def test_listens_on_loopback_only(model: LocalModel) -> None:
     assert listening and all(addr.ip == "127.0.0.1" for addr in listening)
 
 
+@pytest.mark.server
 def test_registry_reuses_the_running_server(model_path: str) -> None:
     with LocalModel(model_path, ctx_size=1024) as first:
         began = time.perf_counter()
@@ -195,6 +207,7 @@ def test_registry_reuses_the_running_server(model_path: str) -> None:
     print(f"attach to a running server took {attach_s * 1000:.1f} ms")
 
 
+@pytest.mark.server
 def test_close_stops_the_process_and_is_idempotent(model_path: str) -> None:
     m = LocalModel(model_path, ctx_size=512).start()
     pid = m.pid
@@ -207,6 +220,7 @@ def test_close_stops_the_process_and_is_idempotent(model_path: str) -> None:
         m.generate("Hi", max_tokens=2)
 
 
+@pytest.mark.server
 def test_lazy_start_on_first_request(model_path: str) -> None:
     m = LocalModel(model_path, ctx_size=640)
     assert m.pid is None
@@ -217,6 +231,7 @@ def test_lazy_start_on_first_request(model_path: str) -> None:
         m.close()
 
 
+@pytest.mark.server
 def test_server_killed_mid_stream_raises_server_crashed(model_path: str) -> None:
     m = LocalModel(model_path, ctx_size=768).start()
     try:
@@ -236,6 +251,7 @@ def test_server_killed_mid_stream_raises_server_crashed(model_path: str) -> None
         m.close()
 
 
+@pytest.mark.server
 def test_sigkilled_owner_leaves_no_orphan(model_path: str) -> None:
     script = textwrap.dedent(f"""
         import sys, time
@@ -254,6 +270,7 @@ def test_sigkilled_owner_leaves_no_orphan(model_path: str) -> None:
     print(f"orphan gone {took:.3f} s after SIGKILL of its owner")
 
 
+@pytest.mark.unit
 def test_stale_server_of_a_dead_owner_is_reaped(tmp_path: Path) -> None:
     environ = {**os.environ, "ROCM_NB_CACHE": str(tmp_path)}
     stray = subprocess.Popen(["sleep", "60"], start_new_session=True)
@@ -274,6 +291,7 @@ def test_stale_server_of_a_dead_owner_is_reaped(tmp_path: Path) -> None:
     assert not record.exists()
 
 
+@pytest.mark.server
 def test_a_port_taken_between_probe_and_bind_is_survived(model: LocalModel) -> None:
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
@@ -287,6 +305,7 @@ def test_a_port_taken_between_probe_and_bind_is_survived(model: LocalModel) -> N
             assert httpx.get(f"{server.base_url}/health").status_code == 200
 
 
+@pytest.mark.server
 def test_start_timeout_kills_the_process(model: LocalModel) -> None:
     server = LlamaServer(replace(model.config, ctx_size=1408),
                          start_timeout=0.0)
@@ -296,6 +315,7 @@ def test_start_timeout_kills_the_process(model: LocalModel) -> None:
     assert gone(server.pid)()
 
 
+@pytest.mark.server
 def test_exit_during_load_raises_server_start_error(model: LocalModel, tmp_path: Path) -> None:
     import gguf
 
@@ -316,6 +336,7 @@ def test_exit_during_load_raises_server_start_error(model: LocalModel, tmp_path:
     assert "alien" in str(info.value)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("spec", "error"),
     [("/no/such/model.gguf", ModelNotFound), ("no-such-catalogue-name", ModelNotFound)],
@@ -325,6 +346,7 @@ def test_bad_model_names(spec: str, error: type[Exception]) -> None:
         LocalModel(spec)
 
 
+@pytest.mark.unit
 def test_not_a_gguf_fails_before_any_server(tmp_path: Path) -> None:
     fake = tmp_path / "notes.gguf"
     fake.write_text("just some text\n")
@@ -332,11 +354,13 @@ def test_not_a_gguf_fails_before_any_server(tmp_path: Path) -> None:
         LocalModel(str(fake))
 
 
+@pytest.mark.server
 def test_no_llama_server_says_how_to_get_one(model_path: str) -> None:
     with pytest.raises(BinaryNotFound, match="rocm-nb server install"):
         LocalModel(model_path, server="/nonexistent/llama-server")
 
 
+@pytest.mark.server
 def test_bad_config_values(model_path: str) -> None:
     with pytest.raises(ValueError, match="beyond what"):
         LocalModel(model_path, ctx_size=10**6)

@@ -30,8 +30,8 @@ from rocm_nb import GpuUsage, LocalModel, ModelClosed, gpu_usage
 from rocm_nb.catalog import DEFAULT_MODEL
 from rocm_nb.hardware import detect
 from rocm_nb.monitor import THREAD_NAME, GpuMonitor
-from tests.conftest import wait_until
-from tests.test_hardware import sysfs_root
+from tests.support.processes import wait_until
+from tests.support.sysfs import sysfs_root
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
@@ -81,6 +81,7 @@ def monitors() -> Iterator[list[GpuMonitor]]:
     assert sampler_threads() == 0
 
 
+@pytest.mark.server
 def test_the_process_line_shows_the_real_servers_memory(model: LocalModel, monitors: list[GpuMonitor]) -> None:
     monitor = model.monitor()
     monitors.append(monitor)
@@ -106,6 +107,7 @@ def test_the_process_line_shows_the_real_servers_memory(model: LocalModel, monit
     assert "refreshes while shown" in monitor.status and monitor.state == "waiting"
 
 
+@pytest.mark.server
 def test_samples_from_a_recorded_sysfs_tree_flow_into_the_widget(
     model: LocalModel, monitors: list[GpuMonitor], tmp_path: Path
 ) -> None:
@@ -137,6 +139,7 @@ def test_samples_from_a_recorded_sysfs_tree_flow_into_the_widget(
     assert monitor.last is not None and monitor.last.gpus[0].busy_percent == 87
 
 
+@pytest.mark.server
 def test_samples_only_while_a_view_is_visible(model: LocalModel, monitors: list[GpuMonitor]) -> None:
     gpus = CountingGpus()
     monitor = model.monitor(interval=0.05, idle_interval=0.05, gpus=gpus)
@@ -182,6 +185,7 @@ def assert_stopped_for_good(monitor: GpuMonitor, gpus: CountingGpus, why: str) -
     assert_no_more_samples(monitor, gpus, wait=0.2)
 
 
+@pytest.mark.server
 def test_close_stops_the_timer_for_good(model: LocalModel, monitors: list[GpuMonitor]) -> None:
     monitor, gpus = sampling(model, monitors)
     monitor.close()
@@ -189,6 +193,7 @@ def test_close_stops_the_timer_for_good(model: LocalModel, monitors: list[GpuMon
     monitor.close()  # idempotent
 
 
+@pytest.mark.server
 def test_closing_the_model_stops_its_monitors(model: LocalModel, monitors: list[GpuMonitor]) -> None:
     # an equal configuration attaches to the session's server: closing it leaves that server running
     other = LocalModel(DEFAULT_MODEL, ctx_size=model.config.ctx_size, parallel=model.config.parallel).start()
@@ -201,6 +206,7 @@ def test_closing_the_model_stops_its_monitors(model: LocalModel, monitors: list[
     assert model.health(), "the shared server still runs for its other user"
 
 
+@pytest.mark.server
 def test_a_view_that_goes_silent_is_dropped_after_its_lease(model: LocalModel, monitors: list[GpuMonitor]) -> None:
     """A closed browser tab sends nothing: its view's lease runs out and sampling stops."""
     gpus = CountingGpus()
@@ -220,6 +226,7 @@ def test_a_view_that_goes_silent_is_dropped_after_its_lease(model: LocalModel, m
     wait_until(lambda: monitor.sampling)
 
 
+@pytest.mark.server
 async def test_fast_while_generating_slow_when_idle(model: LocalModel, monitors: list[GpuMonitor]) -> None:
     gpus = CountingGpus()
     monitor = model.monitor(interval=0.1, idle_interval=60, gpus=gpus)
@@ -245,6 +252,7 @@ async def test_fast_while_generating_slow_when_idle(model: LocalModel, monitors:
     assert_no_more_samples(monitor, gpus)
 
 
+@pytest.mark.server
 def test_a_failing_sampler_stops_and_says_why(model: LocalModel, monitors: list[GpuMonitor]) -> None:
     def broken() -> list[GpuUsage]:
         raise OSError("sysfs went away")
@@ -270,6 +278,7 @@ def test_a_failing_sampler_stops_and_says_why(model: LocalModel, monitors: list[
     assert not monitor.sampling and sampler_threads() == 0
 
 
+@pytest.mark.server
 def test_rocm_status_shows_the_monitor_and_rocm_stop_stops_it(model: LocalModel) -> None:
     shell = InteractiveShell.instance()
     shell.run_line_magic("load_ext", "rocm_nb")
@@ -291,6 +300,7 @@ def test_rocm_status_shows_the_monitor_and_rocm_stop_stops_it(model: LocalModel)
     monitor.close()
 
 
+@pytest.mark.server
 def test_bad_intervals_are_refused(model: LocalModel) -> None:
     with pytest.raises(ValueError, match="interval must be a positive number of seconds"):
         model.monitor(interval=0)
@@ -298,6 +308,7 @@ def test_bad_intervals_are_refused(model: LocalModel) -> None:
         GpuMonitor(model, lease=-1)
 
 
+@pytest.mark.unit
 def test_importing_rocm_nb_does_not_import_the_widget_libraries() -> None:
     code = ("import sys, rocm_nb; print(sorted({'anywidget', 'ipywidgets'} & set(sys.modules)));"
             "import rocm_nb.monitor; print(rocm_nb.GpuMonitor is rocm_nb.monitor.GpuMonitor)")
@@ -326,6 +337,7 @@ class FakeSource:
             fn()
 
 
+@pytest.mark.unit
 def test_a_monitor_stops_through_the_close_callback_it_registered(monitors: list[GpuMonitor]) -> None:
     source = FakeSource()
     gpus = CountingGpus()
@@ -340,6 +352,7 @@ def test_a_monitor_stops_through_the_close_callback_it_registered(monitors: list
     assert not monitor.sampling and sampler_threads() == 0
 
 
+@pytest.mark.unit
 def test_a_closed_source_stops_a_new_monitor_at_once_and_keeps_no_closed_one_alive() -> None:
     source = FakeSource()
     source.close()

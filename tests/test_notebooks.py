@@ -25,7 +25,7 @@ import psutil
 import pytest
 from nbformat import NotebookNode
 
-from tests.conftest import llama_servers, wait_until
+from tests.support.processes import llama_servers, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -121,6 +121,7 @@ def executed() -> Callable[[str], NotebookNode]:
     return run
 
 
+@pytest.mark.kernel
 def test_the_kernel_runs_this_python_with_the_mark(tmp_path: Path) -> None:
     nb = nbformat.v4.new_notebook()
     nb.cells.append(nbformat.v4.new_code_cell(f"import os, sys\nprint(sys.executable)\nprint(os.environ[{MARK!r}])"))
@@ -128,6 +129,7 @@ def test_the_kernel_runs_this_python_with_the_mark(tmp_path: Path) -> None:
     assert stdout(nb.cells[0]).splitlines() == [sys.executable, "here"]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.name)
 def test_committed_notebooks_are_clean(path: Path) -> None:
     nb = nbformat.read(path, as_version=nbformat.NO_CONVERT)
@@ -138,6 +140,7 @@ def test_committed_notebooks_are_clean(path: Path) -> None:
     assert re.search(r"\.close\(\)|%rocm_stop", code[-1].source), "the last cell must close the notebook's models"
 
 
+@pytest.mark.unit
 def test_all_notebooks_are_tested() -> None:
     assert {p.name for p in NOTEBOOKS.glob("*.ipynb")} == {
         "01-quickstart.ipynb", "02-chat-panel.ipynb", "03-sampling.ipynb", "04-tokens-and-templates.ipynb",
@@ -148,6 +151,7 @@ def test_all_notebooks_are_tested() -> None:
 # -- 01: quick start --------------------------------------------------------------------------
 
 
+@pytest.mark.kernel
 def test_quickstart(executed: Callable[[str], NotebookNode]) -> None:
     nb = executed("01-quickstart.ipynb")
     assert "ready in" in "".join(data(cell(nb, "load"), "text/plain"))
@@ -175,6 +179,7 @@ def test_quickstart(executed: Callable[[str], NotebookNode]) -> None:
 # -- 02: chat panel ---------------------------------------------------------------------------
 
 
+@pytest.mark.kernel
 def test_chat_panel(executed: Callable[[str], NotebookNode]) -> None:
     nb = executed("02-chat-panel.ipynb")
     assert data(cell(nb, "panel"), WIDGET_VIEW), "the panel should display as a widget"
@@ -207,6 +212,7 @@ def counts(nb: NotebookNode, tag: str) -> tuple[list[int], list[int]]:
     )
 
 
+@pytest.mark.kernel
 def test_sampling(executed: Callable[[str], NotebookNode]) -> None:
     nb = executed("03-sampling.ipynb")
     assert "of the probability is on these ten tokens" in stdout(cell(nb, "candidates"))
@@ -231,6 +237,7 @@ def test_sampling(executed: Callable[[str], NotebookNode]) -> None:
 # -- 04: tokens and templates -----------------------------------------------------------------
 
 
+@pytest.mark.kernel
 def test_tokens_and_templates(executed: Callable[[str], NotebookNode]) -> None:
     nb = executed("04-tokens-and-templates.ipynb")
     tokenized = cell(nb, "tokenize")
@@ -264,6 +271,7 @@ def markdown_rows(c: NotebookNode) -> list[list[str]]:
     return [[x.strip() for x in line.strip("|").split("|")] for line in table.strip().splitlines()[2:]]
 
 
+@pytest.mark.kernel
 def test_gpu_memory(executed: Callable[[str], NotebookNode]) -> None:
     nb = executed("05-gpu-memory.ipynb")
     assert stdout(cell(nb, "hardware")).startswith("backend: ")

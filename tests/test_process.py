@@ -14,7 +14,9 @@ import pytest
 
 from rocm_nb._process import Escalation, launch, read_records, running_records, terminate
 from rocm_nb._registry import ServerRegistry
-from tests.conftest import gone, wait_until
+from tests.support.processes import gone, wait_until
+
+pytestmark = pytest.mark.unit
 
 # A misbehaving child, the way jupyter_client's `signalkernel` is one: it says when its handler is in place.
 CHILD = textwrap.dedent("""

@@ -21,6 +21,8 @@ import pytest
 from rocm_nb import GenerationError, connect
 from rocm_nb._redial import AsyncRedial
 
+pytestmark = pytest.mark.unit
+
 BODY = json.dumps({"total_slots": 3}).encode()
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(BODY), BODY)
 

@@ -19,7 +19,9 @@ from IPython.utils.capture import capture_output
 from rocm_nb import GenerationError, LocalModel, connect, rpc_worker
 from rocm_nb.server import LlamaServer, free_port
 from rocm_nb.widgets import ChatPanel
-from tests.conftest import gone, wait_until
+from tests.support.processes import gone, wait_until
+
+pytestmark = pytest.mark.server
 
 GREEDY = {"temperature": 0.0, "seed": 11}
 PROMPT = "Once upon a time, in a faraway kingdom, there lived"

@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 from rocm_nb.client import Client
 from rocm_nb.errors import GenerationError
 
+pytestmark = pytest.mark.unit
+
 pieces = st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=30)
 newline = st.sampled_from(["\n", "\r\n"])
 noise = st.lists(st.sampled_from([": keep-alive", ":", ": comment with data: inside"]), max_size=3)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import httpx
+import pytest
 
 from rocm_nb import Client, LocalModel
 from rocm_nb.client import Message
@@ -36,6 +37,7 @@ class ScriptedSource:
         return AsyncTokenStream(respond, Accumulator("chat"), lambda exc, partial: None)
 
 
+@pytest.mark.unit
 async def test_the_panel_takes_any_chat_source() -> None:
     source = ScriptedSource("Hello", ", Ada")
     assert isinstance(source, ChatSource)
@@ -47,6 +49,7 @@ async def test_the_panel_takes_any_chat_source() -> None:
     assert [m["role"] for m in source.asked[1]] == ["system", "user", "assistant", "user"]
 
 
+@pytest.mark.unit
 async def test_bad_options_show_as_an_error_bubble_not_a_stuck_reply() -> None:
     panel = ChatPanel(ScriptedSource("never"), temprature=0.5)  # type: ignore[call-arg]
     task = panel.send("Hello?")
@@ -58,6 +61,7 @@ async def test_bad_options_show_as_an_error_bubble_not_a_stuck_reply() -> None:
     assert panel.send_button.disabled is False and panel.stop_button.disabled is True
 
 
+@pytest.mark.server
 async def test_a_conversation_with_history_stats_and_prompt_cache(model: LocalModel) -> None:
     panel = model.panel(system="You are a helpful assistant.", temperature=0.0, max_tokens=24)
     await panel.send("Name a fruit.")
@@ -80,6 +84,7 @@ async def test_a_conversation_with_history_stats_and_prompt_cache(model: LocalMo
     assert panel.history == [] and panel.transcript.children == ()
 
 
+@pytest.mark.server
 async def test_stop_cancels_the_reply_on_the_server(model: LocalModel) -> None:
     panel = model.panel(temperature=0.0, max_tokens=3000)
     task = panel.send("Write a very long story about a lighthouse keeper.")
@@ -103,6 +108,7 @@ async def test_stop_cancels_the_reply_on_the_server(model: LocalModel) -> None:
     assert model.metrics()["llamacpp:requests_processing"] == 0
 
 
+@pytest.mark.unit
 async def test_send_by_enter_and_errors_show_in_the_panel() -> None:
     dead = Client("http://127.0.0.1:9")  # nothing listens on the discard port
     panel = ChatPanel(dead)
@@ -116,6 +122,7 @@ async def test_send_by_enter_and_errors_show_in_the_panel() -> None:
     assert "Is the server running" in bubble, "the error's notes show in the bubble too"
 
 
+@pytest.mark.unit
 def test_markdown_is_rendered_and_html_escaped() -> None:
     assert "<strong>" in render_markdown("**bold**")
     assert "<script>" not in render_markdown("<script>alert(1)</script>")

@@ -1,0 +1,10 @@
+"""Helpers shared by the test modules.
+
+``tests/conftest.py`` keeps fixtures only; what test modules share besides
+fixtures lives here, one small module per kind of thing:
+
+* :mod:`tests.support.processes`: polling and process checks;
+* :mod:`tests.support.gguf_files`: real GGUF files and Hugging Face caches written for a test;
+* :mod:`tests.support.sysfs`: the recorded hardware trees in ``tests/fixtures/hardware``;
+* :mod:`tests.support.decoding`: what greedy decoding and cancellation may be expected to do.
+"""

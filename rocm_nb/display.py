@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import html
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from rocm_nb._units import human_bytes
+from rocm_nb.status import ServerStatus
 
 __all__ = ["StreamDisplay", "ipython_publisher"]
 
@@ -119,52 +120,56 @@ class StreamDisplay:
         self._send(bundle)
 
 
-_STATUS_COLUMNS = (
-    ("alias", "model"), ("file", "file"), ("backend", "backend"), ("state", "state"), ("pid", "pid"),
-    ("port", "port"), ("uptime_s", "uptime"), ("rss_bytes", "memory"), ("gpu_layers", "GPU layers"),
-    ("ctx_size", "ctx"), ("decode_tps", "tok/s"), ("rpc", "RPC workers"),
-)
+def _uptime(seconds: float) -> str:
+    minutes, rest = divmod(int(seconds), 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{rest:02d}s"
 
 
-def _memory(row: dict[str, Any]) -> str:
+def _memory(status: ServerStatus) -> str:
     """Measured RSS beside the load's estimate ("estimated X, measured Y"), plus the estimated VRAM."""
-    measured, estimated, vram = row.get("rss_bytes"), row.get("estimate_bytes"), row.get("estimate_vram_bytes")
+    measured, estimated, vram = status.rss_bytes, status.estimate_bytes, status.estimate_vram_bytes
     if estimated is None:
         return "–" if measured is None else human_bytes(measured)
     text = f"estimated {human_bytes(estimated)}, measured {'–' if measured is None else human_bytes(measured)}"
     return f"{text}; VRAM estimated {human_bytes(vram)}" if vram else text
 
 
-def _cell(key: str, row: dict[str, Any]) -> str:
-    value = row.get(key)
-    if key == "rss_bytes":
-        return _memory(row)
-    if value is None:
-        return "–"
-    if key == "uptime_s":
-        minutes, seconds = divmod(int(value), 60)
-        return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{seconds:02d}s"
-    if key == "decode_tps":
-        return f"{value:.1f}"
-    if key == "rpc":
-        return ", ".join(value) or "–"
-    return str(value)
+def _known(value: object) -> str:
+    return "–" if value is None else str(value)
 
 
-def status_bundle(rows: list[dict[str, Any]], *, current: str | None, notes: list[str]) -> Bundle:
-    """A text and HTML table of running models, followed by hardware notes.
+_STATUS_COLUMNS: tuple[tuple[str, Callable[[ServerStatus], str]], ...] = (
+    ("file", lambda s: s.file),
+    ("backend", lambda s: s.backend),
+    ("state", lambda s: s.state),
+    ("pid", lambda s: _known(s.pid)),
+    ("port", lambda s: _known(s.port)),
+    ("uptime", lambda s: "–" if s.uptime_s is None else _uptime(s.uptime_s)),
+    ("memory", _memory),
+    ("GPU layers", lambda s: _known(s.gpu_layers)),
+    ("ctx", lambda s: _known(s.ctx_size)),
+    ("tok/s", lambda s: "–" if s.decode_tps is None else f"{s.decode_tps:.1f}"),
+    ("RPC workers", lambda s: ", ".join(s.rpc) or "–"),
+)
+"""The status table after its first column (the alias): each column's title and how a status fills it."""
+
+
+def status_bundle(statuses: Mapping[str, ServerStatus], *, current: str | None, notes: Sequence[str]) -> Bundle:
+    """A text and HTML table of servers by their alias (``*`` marks ``current``), then hardware notes.
 
     The memory column holds the measured RSS of each server beside the
     memory estimate of its load (``estimated X, measured Y``).
 
     Example:
-        >>> b = status_bundle([{"alias": "m", "state": "running"}], current="m", notes=["backend cpu"])
-        >>> b["text/plain"].splitlines()[1].split()[:2]
-        ['*', 'm']
+        >>> status = ServerStatus(model="SmolLM2", file="smol.gguf", backend="cpu", state="running")
+        >>> b = status_bundle({"m": status}, current="m", notes=["backend cpu"])
+        >>> b["text/plain"].splitlines()[1].split()[:4]
+        ['*', 'm', 'smol.gguf', 'cpu']
     """
-    cells = [[_cell(key, row) for key, _ in _STATUS_COLUMNS] for row in rows]
-    marks = ["*" if row.get("alias") == current else " " for row in rows]
-    headers = [title for _, title in _STATUS_COLUMNS]
+    rows = list(statuses.items())
+    cells = [[alias] + [fill(status) for _, fill in _STATUS_COLUMNS] for alias, status in rows]
+    marks = ["*" if alias == current else " " for alias, _ in rows]
+    headers = ["model"] + [title for title, _ in _STATUS_COLUMNS]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
     lines = ["  " + "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
     lines += [

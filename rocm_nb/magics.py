@@ -296,8 +296,8 @@ class RocmMagics(Magics):
     @line_magic
     def rocm_status(self, line: str) -> None:
         """Running models: backend, pid, port, uptime, memory, speed; the GPUs; a live monitor."""
-        rows = [{"alias": alias, **model.status()} for alias, model in self.models.items()]
-        display(status_bundle(rows, current=self.current, notes=describe(detect())), raw=True)
+        statuses = {alias: model.status() for alias, model in self.models.items()}
+        display(status_bundle(statuses, current=self.current, notes=describe(detect())), raw=True)
         current = self.models.get(self.current) if self.current is not None else None
         if isinstance(current, LocalModel) and current.pid is not None:
             display(current.monitor())  # VRAM and GPU busy %, or the server's memory and CPU

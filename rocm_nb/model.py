@@ -1,30 +1,16 @@
 """``LocalModel``: a llama-server of your own, with the generation API on top.
 
-``LocalModel`` *composes*: it holds a lease on a
-:class:`~rocm_nb.server.LlamaServer` (the process) from a
-:class:`~rocm_nb._registry.ServerRegistry`, and a
-:class:`~rocm_nb.client.Client` on that server; it offers the same
-generation API as ``Client`` (both build on one shared base). Constructing
+``LocalModel`` *composes*: it holds a :class:`~rocm_nb._lease.ServerLease`
+(a share of a llama-server from a :class:`~rocm_nb._registry.ServerRegistry`,
+and a :class:`~rocm_nb.client.Client` on it, with an explicit
+:class:`ModelState`), and offers the same generation API as ``Client``
+(both build on one shared base, :mod:`rocm_nb._generation`). Constructing
 one checks everything that can be checked before any server starts: the
 model resolves (which may download it) and is a valid GGUF, a llama-server
 exists, the context size fits the model. The server starts on ``with``,
-``start()``, or the first request.
-
-Its life is an explicit :class:`ModelState`: ``NEW`` → ``RUNNING`` →
-``CLOSED``, or ``CRASHED`` when the server died (``start()`` replaces it).
-Decisions:
-
-* No property does I/O: ``base_url``/``api_key`` before ``start()`` raise
-  :class:`~rocm_nb.errors.ModelNotStarted`.
-* The async entry points (``astream``, ``achat``, ``amap``, the chat panel)
-  start a new model in a worker thread (``asyncio.to_thread``), so the event
-  loop keeps running while the model loads.
-* Starts are serialised per model: two threads making the first request at
-  once start one server. ``close()`` never waits for a start in progress;
-  such a start lets its server go when it finishes.
-* Closing closes this model's HTTP connections first (streams other threads
-  are reading end, so the server cancels them), then releases the lease;
-  the last user's release terminates the server within about a second.
+``start()``, or the first request (off the event loop for async code); no
+property starts one (``base_url`` before ``start()`` raises
+:class:`~rocm_nb.errors.ModelNotStarted`).
 
 The default registry shares one server between all ``LocalModel`` objects
 in the process with an equal configuration: re-running a notebook cell
@@ -42,26 +28,27 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import enum
 import os
-import sys
 import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, Unpack
+from typing import TYPE_CHECKING, Literal, Unpack
 
 import psutil
 
+from rocm_nb._generation import _GenerationAPI
+from rocm_nb._lease import ModelState, ServerLease
 from rocm_nb._registry import ServerRegistry, default_registry
 from rocm_nb._units import positive_int
 from rocm_nb.binary import ServerBinary, find_server
 from rocm_nb.catalog import DEFAULT_MODEL, ModelInfo, read_info, resolve_model
-from rocm_nb.client import Client, Options, _GenerationAPI
+from rocm_nb.client import Client, Options
 from rocm_nb.errors import BinaryNotFound, ModelClosed, ModelNotStarted, RocmNbError, ServerCrashed, describe_exit
 from rocm_nb.fit import FitPlan, plan_load
 from rocm_nb.hardware import Backend, Hardware, detect
 from rocm_nb.server import LlamaServer, Progress, RpcWorker, ServerConfig
+from rocm_nb.status import ServerStatus
 
 if TYPE_CHECKING:
     from rocm_nb.hardware import GpuUsage
@@ -82,37 +69,6 @@ def running_servers() -> list[LlamaServer]:
         [12345]
     """
     return default_registry.running()
-
-
-def _on_event_loop() -> bool:
-    """True in a thread that runs an asyncio loop (without importing asyncio when nothing has)."""
-    if "asyncio" not in sys.modules:
-        return False
-    import asyncio
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
-
-
-class ModelState(enum.Enum):
-    """Where a :class:`LocalModel` is in its life; ``repr(model)`` shows it.
-
-    ``NEW`` until ``start()`` (or ``with``, or the first request), then
-    ``RUNNING``; ``CRASHED`` when the server process died (``start()`` gives
-    a fresh one); ``CLOSED`` after ``close()``, for good.
-
-    Example:
-        >>> LocalModel("smollm2-135m").state
-        <ModelState.NEW: 'new'>
-    """
-
-    NEW = "new"
-    RUNNING = "running"
-    CRASHED = "crashed"
-    CLOSED = "closed"
 
 
 class LocalModel(_GenerationAPI):
@@ -216,14 +172,11 @@ class LocalModel(_GenerationAPI):
             cache_type_k=cache_k,
             cache_type_v=cache_v,
         )
-        self._timeout = timeout
-        self._start_timeout = start_timeout
-        self._registry = default_registry if registry is None else registry
-        self._lock = threading.Lock()  # guards the three fields below; never held across I/O
-        self._start_lock = threading.Lock()  # one start at a time for this model; close() never takes it
-        self._server: LlamaServer | None = None  # kept after close(), for logs()
-        self._api: Client | None = None
-        self._closed = False
+        self._lease = ServerLease(
+            self.config, default_registry if registry is None else registry, start_timeout=start_timeout,
+            timeout=timeout, on_failure=self._better_error, closed_error=self._closed_error,
+        )
+        self._callbacks_lock = threading.Lock()
         self._close_callbacks: list[Callable[[], object]] = []
 
     def _ctx_size(self, requested: int | None) -> int:
@@ -251,49 +204,17 @@ class LocalModel(_GenerationAPI):
         Example:
             >>> model = LocalModel().start()  # doctest: +SKIP
         """
-        with self._start_lock:
-            with self._lock:
-                if self._closed:
-                    raise self._closed_error()
-                if self._server is not None and self._server.alive:
-                    return self
-                crashed, self._server, self._api = (self._server, self._api), None, None
-            self._let_go(*crashed)
-            server = self._registry.acquire(
-                self.config, lambda: LlamaServer(self.config, start_timeout=self._start_timeout).start(progress)
-            )
-            api = Client(server.base_url, server.api_key, timeout=self._timeout, on_failure=self._better_error)
-            with self._lock:
-                closed = self._closed
-                if not closed:
-                    self._server, self._api = server, api
-            if closed:  # close() ran while the server loaded: this model may not keep it
-                self._let_go(server, api)
-                raise self._closed_error()
+        self._lease.start(progress)
         return self
 
-    def _let_go(self, server: LlamaServer | None, api: Client | None) -> None:
-        """Close the HTTP client (its streams end: the server cancels them), then release the server."""
-        if api is not None:
-            api.close()
-        if server is not None:
-            self._registry.release(self.config, server)
-
-    def _begin_close(self) -> tuple[LlamaServer | None, Client | None] | None:
-        """Mark closed and run the close callbacks; what is left to let go, or ``None`` if already closed."""
-        with self._lock:
-            if self._closed:
-                return None
-            self._closed = True
+    def _run_close_callbacks(self) -> None:
+        with self._callbacks_lock:
             callbacks, self._close_callbacks = self._close_callbacks, []
-            api, self._api = self._api, None
-            server = self._server
         for callback in callbacks:  # before the server goes: a monitor stops sampling first
             try:
                 callback()
             except Exception as exc:  # as Future.add_done_callback: one failing callback stops nothing
-                warnings.warn(f"a close callback of {self.path.name} failed: {exc!r}", RuntimeWarning, stacklevel=3)
-        return server, api
+                warnings.warn(f"a close callback of {self.path.name} failed: {exc!r}", RuntimeWarning, stacklevel=4)
 
     def close(self) -> None:
         """Stop using the server; it stops when its last user closes. Idempotent.
@@ -304,9 +225,7 @@ class LocalModel(_GenerationAPI):
         Example:
             >>> model.close()  # doctest: +SKIP
         """
-        taken = self._begin_close()
-        if taken is not None:
-            self._let_go(*taken)
+        self._lease.close(before=self._run_close_callbacks)
 
     async def aclose(self) -> None:
         """:meth:`close` for async code: the async connections close on this loop, the server off it.
@@ -314,15 +233,7 @@ class LocalModel(_GenerationAPI):
         Example:
             >>> await model.aclose()  # doctest: +SKIP
         """
-        import asyncio
-
-        taken = self._begin_close()
-        if taken is None:
-            return
-        server, api = taken
-        if api is not None:
-            await api.aclose()
-        await asyncio.to_thread(self._let_go, server, None)
+        await self._lease.aclose(before=self._run_close_callbacks)
 
     def add_close_callback(self, fn: Callable[[], object]) -> None:
         """Call ``fn()`` once when this model is closed; at once if it already is.
@@ -337,10 +248,11 @@ class LocalModel(_GenerationAPI):
             >>> model.close()  # doctest: +SKIP
             closed
         """
-        if self._closed:
-            fn()
-        else:
-            self._close_callbacks.append(fn)
+        with self._callbacks_lock:
+            if self.state is not ModelState.CLOSED:  # closing marks the state before it runs the callbacks
+                self._close_callbacks.append(fn)
+                return
+        fn()
 
     def __enter__(self) -> LocalModel:
         return self.start()
@@ -363,42 +275,24 @@ class LocalModel(_GenerationAPI):
         )
 
     def _client(self) -> Client:
-        """The client of the running server; a new model starts here (the first request)."""
-        if self.state is ModelState.NEW:
-            self.start()
-        api = self._api
-        if api is None:  # closed meanwhile, or another thread is replacing a crashed server
-            if self._closed:
-                raise self._closed_error()
-            return self.start()._client()
-        return api
+        return self._lease.client()
 
     async def _aclient(self) -> Client:
-        """:meth:`_client` for async code: a new model starts in a worker thread, not on the loop."""
-        if self.state is ModelState.NEW:
-            import asyncio
+        return await self._lease.aclient()
 
-            await asyncio.to_thread(self.start)
-        return self._client()
+    @property
+    def _server(self) -> LlamaServer | None:
+        return self._lease.server
 
     def _better_error(self, exc: Exception, partial: str) -> RocmNbError | None:
-        """A transport failure, explained: this model was closed, or its server died (ServerCrashed).
-
-        A dying server may still be closing its sockets when the client sees
-        them go: off the event loop this waits up to 1 s for its exit status
-        (a bounded ``wait``, not a poll loop); on the event loop it only
-        looks, so it never blocks the loop.
-        """
-        if self._closed:
+        """A transport failure, explained: this model was closed, or its server died (ServerCrashed)."""
+        if self.state is ModelState.CLOSED:
             return ModelClosed(
                 f"this LocalModel ({self.path.name}) was closed while a request was running; "
                 f"the request was cut off. Create a new one with LocalModel({self._spec!r})"
             )
-        server = self._server
-        if server is None:
-            return None
-        returncode = server.returncode if _on_event_loop() else server.wait(1.0)
-        if returncode is None:
+        server, returncode = self._server, self._lease.exit_status()
+        if server is None or returncode is None:
             return None
         what, step = describe_exit(returncode, loading=False)
         return ServerCrashed(
@@ -420,12 +314,7 @@ class LocalModel(_GenerationAPI):
             >>> LocalModel("smollm2-135m").state.value
             'new'
         """
-        if self._closed:
-            return ModelState.CLOSED
-        server = self._server
-        if server is None:
-            return ModelState.NEW
-        return ModelState.RUNNING if server.alive else ModelState.CRASHED
+        return self._lease.state
 
     @property
     def server(self) -> LlamaServer:
@@ -440,7 +329,7 @@ class LocalModel(_GenerationAPI):
             Traceback (most recent call last):
             rocm_nb.errors.ModelNotStarted: SmolLM2-135M-Instruct.Q4_1.gguf has not started...
         """
-        if self._closed:
+        if self.state is ModelState.CLOSED:
             raise self._closed_error()
         server = self._server
         if server is None:
@@ -476,17 +365,11 @@ class LocalModel(_GenerationAPI):
         """The backend the server runs on: ``rocm``, ``cuda``, ``vulkan`` or ``cpu``."""
         return self.binary.backend
 
-    def status(self) -> dict[str, Any]:
-        """What ``%rocm_status`` shows: process, backend, memory, speed.
-
-        Keys: model, backend, state, pid, port, uptime_s, load_s, ctx_size,
-        gpu_layers, rss_bytes, estimate_bytes (what :attr:`fit` estimated in
-        host memory: the figure to hold against rss_bytes), estimate_vram_bytes
-        (its estimate on the GPU), decode_tps (average decode speed the server
-        reports, ``None`` before the first generation).
+    def status(self) -> ServerStatus:
+        """What ``%rocm_status`` shows: process, backend, memory (measured and estimated), speed.
 
         Example:
-            >>> model.status()["state"]  # doctest: +SKIP
+            >>> model.status().state  # doctest: +SKIP
             'running'
         """
         server = self._server
@@ -498,23 +381,23 @@ class LocalModel(_GenerationAPI):
             with contextlib.suppress(RocmNbError):
                 speed = self.metrics().get("llamacpp:predicted_tokens_seconds")
                 decode_tps = speed if speed else None
-        return {
-            "model": self.info.name,
-            "file": self.path.name,
-            "backend": self.backend,
-            "state": {ModelState.CLOSED: "closed", ModelState.RUNNING: "running"}.get(self.state, "stopped"),
-            "pid": server.pid if running and server else None,
-            "port": server.port if running and server else None,
-            "uptime_s": time.time() - server.started_at if running and server and server.started_at else None,
-            "load_s": server.load_seconds if server else None,
-            "ctx_size": self.config.ctx_size,
-            "gpu_layers": self.config.gpu_layers,
-            "rss_bytes": rss,
-            "estimate_bytes": self.fit.estimate.ram,
-            "estimate_vram_bytes": self.fit.estimate.vram,
-            "decode_tps": decode_tps,
-            "rpc": list(self.config.rpc),
-        }
+        return ServerStatus(
+            model=self.info.name,
+            file=self.path.name,
+            backend=self.backend,
+            state={ModelState.CLOSED: "closed", ModelState.RUNNING: "running"}.get(self.state, "stopped"),
+            pid=server.pid if running and server else None,
+            port=server.port if running and server else None,
+            uptime_s=time.time() - server.started_at if running and server and server.started_at else None,
+            load_s=server.load_seconds if server else None,
+            ctx_size=self.config.ctx_size,
+            gpu_layers=self.config.gpu_layers,
+            rss_bytes=rss,
+            estimate_bytes=self.fit.estimate.ram,
+            estimate_vram_bytes=self.fit.estimate.vram,
+            decode_tps=decode_tps,
+            rpc=self.config.rpc,
+        )
 
     def monitor(
         self,
@@ -536,7 +419,7 @@ class LocalModel(_GenerationAPI):
         """
         from rocm_nb.monitor import GpuMonitor
 
-        if self._closed:
+        if self.state is ModelState.CLOSED:
             raise self._closed_error()
         return GpuMonitor(self, interval=interval, idle_interval=idle_interval, gpus=gpus)
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import pytest
 
+from rocm_nb.client import Client
 from rocm_nb.display import Bundle, StreamDisplay, status_bundle
+from rocm_nb.status import ServerStatus
 
 pytestmark = pytest.mark.unit
 
@@ -49,13 +52,23 @@ def test_not_live_shows_once_at_the_end() -> None:
 
 
 def test_status_table() -> None:
-    rows = [
-        {"alias": "small", "file": "m.gguf", "backend": "cpu", "state": "running", "pid": 42, "port": 8080,
-         "uptime_s": 3725, "rss_bytes": 300 * 2**20, "gpu_layers": 0, "ctx_size": 4096, "decode_tps": 151.23},
-    ]
-    bundle = status_bundle(rows, current="small", notes=["backend: cpu"])
+    small = ServerStatus(model="SmolLM2", file="m.gguf", backend="cpu", state="running", pid=42, port=8080,
+                         uptime_s=3725, rss_bytes=300 * 2**20, gpu_layers=0, ctx_size=4096, decode_tps=151.23,
+                         rpc=("10.0.0.2:50052",))
+    remote = Client("http://127.0.0.1:9").status()  # nothing listens there
+    assert (remote.file, remote.backend, remote.state, remote.pid) == ("http://127.0.0.1:9", "remote", "unreachable",
+                                                                       None)
+    bundle = status_bundle({"small": small, "far": remote}, current="small", notes=["backend: cpu"])
     text = bundle["text/plain"]
-    assert "1h02m" in text and "300 MiB" in text and "151.2" in text and "backend: cpu" in text
-    assert "<td>small</td>" in bundle["text/html"]
-    empty = status_bundle([], current=None, notes=[])
+    header, row, far = text.splitlines()[:3]
+    assert header.split()[:4] == ["model", "file", "backend", "state"]
+    assert row.split()[:6] == ["*", "small", "m.gguf", "cpu", "running", "42"]
+    assert "1h02m" in row and "300 MiB" in row and "151.2" in row and "10.0.0.2:50052" in row
+    assert far.split()[:4] == ["far", "http://127.0.0.1:9", "remote", "unreachable"] and "–" in far
+    assert "backend: cpu" in text
+    assert "<td>small</td>" in bundle["text/html"] and "<td>unreachable</td>" in bundle["text/html"]
+    estimated = status_bundle({"m": replace(small, estimate_bytes=2**30, estimate_vram_bytes=3 * 2**30)},
+                              current=None, notes=[])["text/plain"]
+    assert "estimated 1.0 GiB, measured 300 MiB; VRAM estimated 3.0 GiB" in estimated
+    empty = status_bundle({}, current=None, notes=[])
     assert "no model loaded" in empty["text/plain"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -68,7 +69,7 @@ def test_parts_match_the_buffers_llama_server_allocates(loaded: tuple[LocalModel
 def test_total_is_within_ten_percent_of_the_measured_rss(loaded: tuple[LocalModel, int]) -> None:
     model, rss = loaded
     status = model.status()
-    assert status["estimate_bytes"] == model.fit.estimate.total and status["estimate_vram_bytes"] == 0
+    assert status.estimate_bytes == model.fit.estimate.total and status.estimate_vram_bytes == 0
     if model.config.flash_attn == "off":
         # VRAM is allocated whole, RSS only where touched: the attention scores of a full context never are
         assert model.fit.estimate.total > rss
@@ -79,12 +80,13 @@ def test_total_is_within_ten_percent_of_the_measured_rss(loaded: tuple[LocalMode
 @pytest.mark.server
 def test_status_shows_the_estimate_beside_the_measured_memory(loaded: tuple[LocalModel, int]) -> None:
     model, _ = loaded
-    row = {"alias": "m", **model.status()}
-    text = status_bundle([row], current="m", notes=[])["text/plain"]
-    assert f"estimated {row['estimate_bytes'] / MiB:.0f} MiB, measured {row['rss_bytes'] / MiB:.0f} MiB" in text
+    status = model.status()
+    assert status.estimate_bytes is not None and status.rss_bytes is not None
+    text = status_bundle({"m": status}, current="m", notes=[])["text/plain"]
+    assert f"estimated {status.estimate_bytes / MiB:.0f} MiB, measured {status.rss_bytes / MiB:.0f} MiB" in text
     assert "VRAM estimated" not in text  # nothing on a GPU here
-    gpu_row = {**row, "estimate_vram_bytes": 3 * 2**30}
-    assert "VRAM estimated 3.0 GiB" in status_bundle([gpu_row], current=None, notes=[])["text/html"]
+    on_a_gpu = replace(status, estimate_vram_bytes=3 * 2**30)
+    assert "VRAM estimated 3.0 GiB" in status_bundle({"m": on_a_gpu}, current=None, notes=[])["text/html"]
 
 
 @pytest.mark.server

@@ -43,7 +43,7 @@ def test_connect_gives_the_same_api_over_a_running_llama_server(
         ).text
         assert "".join(remote.chat_stream([{"role": "user", "content": "Hi"}], max_tokens=8, **GREEDY))
         assert remote.tokenize("Hello world") == model.tokenize("Hello world")
-        assert remote.models() and remote.status()["state"] == "running"
+        assert remote.models() and remote.status().state == "running"
     assert second_server.alive  # connect() never stops what it did not start
 
 
@@ -140,7 +140,7 @@ def test_two_rpc_workers_give_the_single_process_output(model_path: str, model: 
             assert split.generate(PROMPT, max_tokens=24, **GREEDY).text == single
             grown = [psutil.Process(w.pid).memory_info().rss - b0 for w, b0 in zip((a, b), before, strict=True)]
             assert all(g > 20 * 2**20 for g in grown)  # each worker holds part of the weights
-            assert split.status()["rpc"] == [a.address, b.address]
+            assert split.status().rpc == (a.address, b.address)
         pids = [a.pid, b.pid]
     for pid in pids:
         wait_until(gone(pid), timeout=2)

@@ -1,0 +1,58 @@
+"""``ServerStatus``: what is known about one server, for ``%rocm_status`` and anyone else.
+
+:meth:`LocalModel.status() <rocm_nb.model.LocalModel.status>` and
+:meth:`Client.status() <rocm_nb.client.Client.status>` return one;
+:func:`rocm_nb.display.status_bundle` renders a table of them. A typed record
+rather than a dict: a renamed field fails the type check instead of showing
+"–" in a column.
+
+Example:
+    >>> ServerStatus(model="SmolLM2", file="smol.gguf", backend="cpu", state="running", pid=42).pid
+    42
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["ServerStatus"]
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    """One server: which model, where it runs, what it costs, how fast it is.
+
+    ``None`` means unknown or not applicable (a server this process does not
+    own has no pid and no memory estimate here).
+
+    Example:
+        >>> s = ServerStatus(model="?", file="http://127.0.0.1:8080", backend="remote", state="unreachable")
+        >>> s.state, s.rss_bytes
+        ('unreachable', None)
+    """
+
+    model: str
+    """The model's name (``general.name`` in its GGUF), or what the server says it offers."""
+    file: str
+    """The model's file name, or the URL of a server this process does not own."""
+    backend: str
+    """``rocm``, ``cuda``, ``vulkan``, ``cpu``, or ``remote`` for a server elsewhere."""
+    state: str
+    """``running``, ``stopped``, ``closed`` or ``unreachable`` (more with the model's lifecycle)."""
+    pid: int | None = None
+    port: int | None = None
+    uptime_s: float | None = None
+    load_s: float | None = None
+    """How long loading the model took (s)."""
+    ctx_size: int | None = None
+    gpu_layers: int | None = None
+    rss_bytes: int | None = None
+    """The server process's measured resident memory."""
+    estimate_bytes: int | None = None
+    """What the load was estimated to need in host memory: the figure to hold against ``rss_bytes``."""
+    estimate_vram_bytes: int | None = None
+    """What the load was estimated to need on the GPU."""
+    decode_tps: float | None = None
+    """Average decode speed the server reports; ``None`` before the first generation."""
+    rpc: tuple[str, ...] = ()
+    """``host:port`` of the RPC workers the model is split over."""

@@ -17,6 +17,7 @@ offers.
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from rocm_nb.client import AsyncTokenStream, Client, Completion, Prompt, Timings, TokenStream, connect
@@ -25,23 +26,29 @@ from rocm_nb.errors import (
     BuildError,
     EventLoopMismatch,
     GenerationError,
+    GenerationTimeout,
     InvalidModel,
     ModelClosed,
     ModelNotFound,
     ModelNotStarted,
     RocmNbError,
+    SchemaMismatch,
     ServerCrashed,
     ServerStartError,
     ServerStartTimeout,
+    ServerUnavailable,
+    StreamProtocolError,
 )
 from rocm_nb.fit import FitPlan, MemoryEstimate
 from rocm_nb.hardware import GpuUsage, gpu_usage
 from rocm_nb.library import models
 from rocm_nb.model import LocalModel, ModelState, rpc_worker
+from rocm_nb.status import ServerStatus
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
 
+    from rocm_nb._build import install_server
     from rocm_nb.monitor import GpuMonitor, MonitorSample, ProcessUsage
 
 __version__ = "0.1.0"
@@ -56,6 +63,7 @@ __all__ = [
     "EventLoopMismatch",
     "FitPlan",
     "GenerationError",
+    "GenerationTimeout",
     "GpuMonitor",
     "GpuUsage",
     "InvalidModel",
@@ -69,13 +77,18 @@ __all__ = [
     "ProcessUsage",
     "Prompt",
     "RocmNbError",
+    "SchemaMismatch",
     "ServerCrashed",
     "ServerStartError",
     "ServerStartTimeout",
+    "ServerStatus",
+    "ServerUnavailable",
+    "StreamProtocolError",
     "Timings",
     "TokenStream",
     "connect",
     "gpu_usage",
+    "install_server",
     "load_ipython_extension",
     "models",
     "rpc_worker",
@@ -92,13 +105,20 @@ def load_ipython_extension(ipython: InteractiveShell) -> None:
     register(ipython)
 
 
-_WIDGET_NAMES = frozenset({"GpuMonitor", "MonitorSample", "ProcessUsage"})
-"""Names from rocm_nb.monitor, which imports anywidget: loaded on first use (PEP 562)."""
+_LAZY = {
+    "GpuMonitor": "rocm_nb.monitor",
+    "MonitorSample": "rocm_nb.monitor",
+    "ProcessUsage": "rocm_nb.monitor",
+    "install_server": "rocm_nb._build",
+}
+"""Names loaded on first use (PEP 562): the monitor imports anywidget; building is rarely needed."""
 
 
 def __getattr__(name: str) -> Any:
-    if name in _WIDGET_NAMES:
-        from rocm_nb import monitor
-
-        return getattr(monitor, name)
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'rocm_nb' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

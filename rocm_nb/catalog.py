@@ -183,6 +183,10 @@ class ModelInfo:
         return f"**{self.name}**\n\n| | |\n| --- | --- |\n{body}"
 
 
+_MAX_PLAUSIBLE_TYPE = 255
+"""GGML tensor type codes are small (under 50 in 2025); a larger one is a corrupt header, not a new type."""
+
+
 class _Header:
     """A cursor over a memory-mapped GGUF header."""
 
@@ -256,12 +260,22 @@ def _parse(path: Path) -> tuple[dict[str, Any], tuple[TensorInfo, ...], int]:
         for _ in range(n_tensors):
             name = header.string()
             dims = tuple(header.unpack("<Q") for _ in range(header.unpack("<I")))
-            kind = GGMLQuantizationType(header.unpack("<I"))
+            code = header.unpack("<I")
+            try:
+                kind = GGMLQuantizationType(code)
+                block, type_size = GGML_QUANT_SIZES[kind]
+            except (ValueError, KeyError):
+                if code > _MAX_PLAUSIBLE_TYPE:
+                    raise  # garbage, not a newer format: the caller says the file is corrupt
+                raise InvalidModel(
+                    f"{path}: tensor {name!r} has an unknown tensor type {code}, newer than the installed gguf "
+                    "package knows: upgrade the gguf package (pip install -U gguf) and llama-server "
+                    "(rocm-nb server install --rebuild)"
+                ) from None
             offset = header.unpack("<Q")
             elements = 1
             for dim in dims:
                 elements *= dim
-            block, type_size = GGML_QUANT_SIZES[kind]
             tensor = TensorInfo(name, dims, kind.name, elements // block * type_size)
             tensors.append(tensor)
             data_end = max(data_end, offset + tensor.nbytes)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 import time
 import zipfile
 from pathlib import Path
@@ -24,6 +25,7 @@ from rocm_nb.catalog import (
     resolve_model,
 )
 from rocm_nb.errors import InvalidModel, ModelNotFound
+from tests.support.gguf_files import write_gguf
 
 
 @pytest.mark.server
@@ -211,3 +213,26 @@ def test_hf_reference_from_a_local_cache(tmp_path: Path, monkeypatch: pytest.Mon
         resolve_model("hf:acme/tiny-GGUF/missing.gguf")
     with pytest.raises(ModelNotFound, match=r"hf:owner/repo/file\.gguf"):
         resolve_model("hf:just-a-name")
+
+
+def with_tensor_type(source: Path, target: Path, code: int) -> Path:
+    """A copy of ``source`` whose first tensor claims the GGML type ``code``."""
+    data = bytearray(source.read_bytes())
+    name = b"blk.0.ffn_up.weight"
+    at = data.index(struct.pack("<Q", len(name)) + name) + 8 + len(name)
+    n_dims = struct.unpack_from("<I", data, at)[0]
+    struct.pack_into("<I", data, at + 4 + 8 * n_dims, code)
+    target.write_bytes(bytes(data))
+    return target
+
+
+@pytest.mark.unit
+def test_an_unknown_tensor_type_asks_for_an_upgrade_not_a_new_download(tmp_path: Path) -> None:
+    [good] = write_gguf(tmp_path / "good.gguf", "Good")
+    newer = with_tensor_type(good, tmp_path / "newer.gguf", 200)  # a quantisation from after this gguf release
+    with pytest.raises(InvalidModel, match="unknown tensor type 200") as info:
+        read_info(newer)
+    assert "upgrade the gguf package" in str(info.value) and "fetch it again" not in str(info.value)
+    garbage = with_tensor_type(good, tmp_path / "garbage.gguf", 0x7FFF_FFFF)  # no format has that many types
+    with pytest.raises(InvalidModel, match="truncated or corrupt: fetch it again"):
+        read_info(garbage)

@@ -44,7 +44,15 @@ from rocm_nb._units import positive_int
 from rocm_nb.binary import ServerBinary, find_server
 from rocm_nb.catalog import DEFAULT_MODEL, ModelInfo, read_info, resolve_model
 from rocm_nb.client import Client, Options
-from rocm_nb.errors import BinaryNotFound, ModelClosed, ModelNotStarted, RocmNbError, ServerCrashed, describe_exit
+from rocm_nb.errors import (
+    BinaryNotFound,
+    ModelClosed,
+    ModelNotStarted,
+    RocmNbError,
+    ServerCrashed,
+    describe_exit,
+    with_notes,
+)
 from rocm_nb.fit import FitPlan, plan_load
 from rocm_nb.hardware import Backend, Hardware, detect
 from rocm_nb.server import LlamaServer, Progress, RpcWorker, ServerConfig
@@ -295,14 +303,13 @@ class LocalModel(_GenerationAPI):
         if server is None or returncode is None:
             return None
         what, step = describe_exit(returncode, loading=False)
-        return ServerCrashed(
-            f"llama-server (pid {server.pid}) {what} while serving {self.path.name}; the text so far is in "
-            f".partial. Last log lines:\n{server.log_tail(15)}\nNext step: "
-            + (f"{step}; then " if step else "") + "call model.start() for a fresh server.",
+        return with_notes(ServerCrashed(
+            f"llama-server (pid {server.pid}) {what} while serving {self.path.name}",
             returncode=server.returncode,
             log_tail=server.log_tail(40),
             partial=partial,
-        )
+        ), "The text received so far is in the error's .partial.", f"Last log lines:\n{server.log_tail(15)}",
+            "Next step: " + (f"{step}; then " if step else "") + "call model.start() for a fresh server.")
 
     # -- what notebooks show ----------------------------------------------------------------
 

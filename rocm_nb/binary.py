@@ -1,21 +1,22 @@
-"""Find ``llama-server``, or build it for this machine from pinned llama.cpp sources.
+"""Find a working ``llama-server``: the argument, ``$ROCM_NB_LLAMA_SERVER``, the cache, then ``$PATH``.
 
-:func:`find_server` looks, in order, at the ``server=`` argument,
-``$ROCM_NB_LLAMA_SERVER``, the rocm_nb cache and ``$PATH``.
-:func:`install_server` builds llama.cpp's server from the sources carried by the
-``llama-cpp-python`` sdist into the cache::
+Building one is :mod:`rocm_nb._build`'s job (``rocm-nb server install``). The
+cache holds one install per backend and kind of CPU::
 
     <cache_root()>/servers/
-        sdist/llama_cpp_python-0.3.36.tar.gz   the pinned sources, fetched with pip once
-        cpu-rpc/                               one install: <backend>[-rpc][-rocwmma]
+        sdist/llama_cpp_python-0.3.36.tar.gz     the pinned sources, fetched with pip once
+        cpu-rpc-native-1a2b3c4d/                 one install: <backend>[-rpc][-rocwmma]-<variant>
             llama-server
-            ggml-rpc-server                    only in -rpc installs
-            manifest.json                      written last: a directory without it is ignored
-        build-cpu-rpc.log                      the log of the last build of that install
-        .build-*/ .install-*/                  work in progress, never looked at
+            ggml-rpc-server                      only in -rpc installs
+            manifest.json                        written last: a directory without it is ignored
+        cpu-rpc-portable-x86-64-v3/              the portable build, where a native one failed
+        build-cpu-rpc.log                        the log of the last build of that install
+        .build-*/ .install-*/                    work in progress, never looked at
 
-An install is assembled in a hidden directory and renamed into place, so a
-half-built binary is never picked up.
+A cache install is used only on a CPU that has every feature its manifest
+says the build assumed (``cpu_features``); installs made for another CPU, and
+installs from before rocm_nb recorded features, are skipped and said so.
+Native installs come before portable ones, newer before older.
 
 Example:
     >>> binary = find_server()  # doctest: +SKIP
@@ -25,39 +26,21 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import fnmatch
 import json
 import os
-import re
 import shutil
-import signal
 import subprocess
-import sys
-import tarfile
-import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, cast, get_args
+from typing import NamedTuple, cast, get_args
 
-if TYPE_CHECKING:
-    from tqdm import tqdm
-
+from rocm_nb._cpu import missing, this_cpu
 from rocm_nb._paths import cache_root
-from rocm_nb.errors import BinaryNotFound, BuildError
-from rocm_nb.hardware import Backend, Hardware, detect
+from rocm_nb.errors import BinaryNotFound
+from rocm_nb.hardware import Backend
 
-__all__ = [
-    "LLAMA_CPP_PYTHON_VERSION",
-    "ROCWMMA_FATTN_TARGETS",
-    "ServerBinary",
-    "build_options",
-    "find_server",
-    "install_server",
-    "rocwmma_fattn_supported",
-]
+__all__ = ["LLAMA_CPP_PYTHON_VERSION", "ServerBinary", "find_server"]
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 """The pinned ``llama-cpp-python`` sdist whose ``vendor/llama.cpp`` is built.
@@ -68,35 +51,11 @@ Example:
 """
 
 _ENV_VAR = "ROCM_NB_LLAMA_SERVER"
-_SERVER = "llama-server"
-_RPC_SERVER = "ggml-rpc-server"
-_MANIFEST = "manifest.json"
+SERVER = "llama-server"
+RPC_SERVER = "ggml-rpc-server"
+MANIFEST = "manifest.json"
 _PROBE_TIMEOUT = 15.0
-_TAIL_LINES = 40
-_INSTALL_HINT = "apt-get install cmake g++ ninja-build"
 _DEVICE_PREFIXES: tuple[tuple[str, Backend], ...] = (("ROCm", "rocm"), ("CUDA", "cuda"), ("Vulkan", "vulkan"))
-_BACKEND_FLAGS: dict[Backend, tuple[str, ...]] = {
-    "rocm": ("-DGGML_HIP=ON",),
-    "cuda": ("-DGGML_CUDA=ON",),
-    "vulkan": ("-DGGML_VULKAN=ON",),
-    "cpu": (),
-}
-_BACKEND_HINTS: dict[Backend, str] = {
-    "rocm": "check that ROCm with the HIP SDK is installed (hipconfig, hipcc, rocminfo)",
-    "cuda": "check that the CUDA toolkit (nvcc) matching your driver is installed",
-    "vulkan": "check that the Vulkan SDK is installed (libvulkan-dev, glslc)",
-    "cpu": f"check that cmake and a C++17 compiler are installed ({_INSTALL_HINT})",
-}
-_ROCWMMA_OPTION = "GGML_HIP_ROCWMMA_FATTN"
-_ROCWMMA_FLAG = f"-D{_ROCWMMA_OPTION}=ON"
-ROCWMMA_FATTN_TARGETS = ("gfx11*", "gfx12*", "gfx908", "gfx90a", "gfx942", "gfx950")
-"""GPUs with the matrix cores rocWMMA drives: RDNA3 and later (gfx11xx, gfx12xx) and CDNA 1 to 4.
-
-Example:
-    >>> rocwmma_fattn_supported(["gfx1100"]), rocwmma_fattn_supported(["gfx1030"])
-    (True, False)
-"""
-_PROGRESS = re.compile(r"^\[\s*(\d+)(?:/(\d+)|%)\]")  # ninja "[12/218]" or make "[ 45%]"
 
 # (path, mtime_ns, flag) -> what the binary printed; a binary is asked once per process.
 _probed: dict[tuple[str, int, str], str] = {}
@@ -129,28 +88,34 @@ class ServerBinary:
             >>> ServerBinary(Path("/x/llama-server"), "1", "cpu", "PATH", rpc=False).rpc_path is None
             True
         """
-        return self.path.with_name(_RPC_SERVER) if self.rpc else None
+        return self.path.with_name(RPC_SERVER) if self.rpc else None
 
 
-class _Unusable(Exception):
+class Unusable(Exception):
     """A candidate binary that cannot be used; the message says why."""
 
 
-class _Install(NamedTuple):
+class Install(NamedTuple):
+    """A finished cache install, as its manifest describes it."""
+
     directory: Path
     backend: Backend
     rpc: bool
     built_at: str
     flags: tuple[str, ...]
+    portable: bool
 
 
 def find_server(
-    server: str | os.PathLike[str] | None = None, *, environ: Mapping[str, str] | None = None
+    server: str | os.PathLike[str] | None = None, *, environ: Mapping[str, str] | None = None,
+    cpu: frozenset[str] | None = None,
 ) -> ServerBinary:
     """Return a working ``llama-server``: the argument, ``$ROCM_NB_LLAMA_SERVER``, the cache, then ``$PATH``.
 
     A binary named by the argument or the environment variable must work: if it
-    does not, :class:`BinaryNotFound` says why rather than falling back.
+    does not, :class:`BinaryNotFound` says why rather than falling back. Cache
+    installs built for CPU features this machine lacks are skipped (``cpu``,
+    default this CPU's features, is a seam for tests).
 
     Example:
         >>> find_server("/opt/llama.cpp/build/bin/llama-server").source  # doctest: +SKIP
@@ -164,22 +129,23 @@ def find_server(
 
     tried = ["the server= argument: not given", f"${_ENV_VAR}: not set"]
     servers = cache_root(env) / "servers"
-    installs = _installs(servers)
-    for install in installs:
+    usable, skipped = scan(servers, this_cpu() if cpu is None else cpu)
+    tried += [f"the rocm_nb cache: {reason}" for reason in skipped]
+    for install in usable:
         try:
-            return _from_install(install, env)
-        except _Unusable as exc:
-            tried.append(f"the rocm_nb cache: {install.directory / _SERVER} {exc}")
-    if not installs:
+            return from_install(install, env)
+        except Unusable as exc:
+            tried.append(f"the rocm_nb cache: {install.directory / SERVER} {exc}")
+    if not usable and not skipped:
         tried.append(f"the rocm_nb cache: nothing installed in {servers}")
 
-    on_path = shutil.which(_SERVER, path=env.get("PATH", ""))
+    on_path = shutil.which(SERVER, path=env.get("PATH", ""))
     if on_path is None:
         tried.append("$PATH: no llama-server on it")
     else:
         try:
             return _probe(Path(on_path), "PATH", env)
-        except _Unusable as exc:
+        except Unusable as exc:
             tried.append(f"$PATH: {on_path} {exc}")
     raise BinaryNotFound(
         "No usable llama-server was found. Tried:\n"
@@ -189,89 +155,11 @@ def find_server(
     )
 
 
-def install_server(
-    backend: Backend | None = None,
-    *,
-    rpc: bool = False,
-    force: bool = False,
-    jobs: int | None = None,
-    progress: bool = True,
-    environ: Mapping[str, str] | None = None,
-    source_dir: Path | None = None,
-    rocwmma_fattn: bool = False,
-    hardware: Hardware | None = None,
-) -> ServerBinary:
-    """Build ``llama-server`` for ``backend`` (default: this machine's) into the cache and return it.
-
-    Nothing is built when the cache already has a working install for that
-    backend (with the RPC worker if ``rpc``, with rocWMMA if ``rocwmma_fattn``),
-    unless ``force``. ROCm builds compile for the GPUs of ``hardware`` (default:
-    :func:`~rocm_nb.hardware.detect`), and for the target an
-    ``HSA_OVERRIDE_GFX_VERSION`` would run them as. ``rocwmma_fattn`` adds
-    ``-DGGML_HIP_ROCWMMA_FATTN=ON`` (rocWMMA flash attention; ROCm on
-    :data:`ROCWMMA_FATTN_TARGETS` only, and only with llama.cpp sources that
-    still have that option). The sources are
-    the ``llama-cpp-python`` sdist pinned by :data:`LLAMA_CPP_PYTHON_VERSION`,
-    fetched with pip; ``source_dir`` builds another llama.cpp checkout instead.
-    The build log stays in the cache; failures raise :class:`BuildError`.
-
-    Example:
-        >>> install_server("cpu", rpc=True).rpc_path  # doctest: +SKIP
-        PosixPath('/home/me/.cache/rocm_nb/servers/cpu-rpc/ggml-rpc-server')
-    """
-    env = os.environ if environ is None else environ
-    gfx_targets: tuple[str, ...] = ()
-    if backend is None or backend == "rocm":
-        hardware = hardware or detect(environ=env)
-        backend = backend or hardware.backend
-        gfx_targets = hardware.build_targets
-    flags = _cmake_flags(backend, rpc, gfx_targets, env, rocwmma_fattn=rocwmma_fattn)
-    servers = cache_root(env) / "servers"
-    if not force:
-        for install in _installs(servers):
-            if install.backend == backend and (install.rpc or not rpc) and (
-                not rocwmma_fattn or _ROCWMMA_FLAG in install.flags
-            ):
-                try:
-                    return _from_install(install, env)
-                except _Unusable:
-                    continue
-
-    name = backend + ("-rpc" if rpc else "") + ("-rocwmma" if rocwmma_fattn else "")
-    build_env = {**env, **_hip_env(env)} if backend == "rocm" else dict(env)
-    cmake = _require_tools(flags, build_env)
-    servers.mkdir(parents=True, exist_ok=True)
-    log = servers / f"build-{name}.log"
-    log.write_text("")
-    targets = [_SERVER, _RPC_SERVER] if rpc else [_SERVER]
-    from tqdm.auto import tqdm  # imported here: `import rocm_nb` stays cheap
-
-    try:
-        with tempfile.TemporaryDirectory(prefix=f".build-{name}-", dir=servers) as work, tqdm(
-            desc="llama.cpp sources", disable=not progress, leave=False,
-            mininterval=0.5 if sys.stderr.isatty() else 30.0,  # a log file gets a line every 30 s, not 200
-        ) as bar:
-            src = source_dir or _sources(servers, Path(work), log, env)
-            if rocwmma_fattn:
-                _require_option(src, _ROCWMMA_OPTION, flags)
-            bar.set_description(f"configuring llama-server ({name})")
-            _stream("configuring with cmake", [cmake, "-S", str(src), "-B", f"{work}/build", *flags], log, build_env)
-            bar.set_description(f"building llama-server ({name})")
-            build = [cmake, "--build", f"{work}/build", "--target", *targets, "-j", str(jobs or os.cpu_count() or 1)]
-            _stream("compiling", build, log, build_env, bar)
-            built = [Path(work, "build", "bin", target) for target in targets]
-            return _install(built, servers / name, backend, flags, rpc, env)
-    except _StepFailed as exc:
-        raise _build_error(backend, flags, log, exc.step, f"exit status {exc.returncode}") from None
-    except _Unusable as exc:
-        raise _build_error(backend, flags, log, "checking the result", f"the new llama-server {exc}") from None
-
-
 def _explicit(path: Path, source: str, label: str, env: Mapping[str, str]) -> ServerBinary:
     """The binary the user named: it works, or :class:`BinaryNotFound` says why."""
     try:
         return _probe(path, source, env)
-    except _Unusable as exc:
+    except Unusable as exc:
         raise BinaryNotFound(
             f"{label} names {path.absolute()}, which {exc}.\nNext step: point {label} at a working llama-server, "
             f"or {'unset' if source == _ENV_VAR else 'leave out'} {label} to use the one built by "
@@ -282,46 +170,74 @@ def _explicit(path: Path, source: str, label: str, env: Mapping[str, str]) -> Se
 def _probe(path: Path, source: str, env: Mapping[str, str]) -> ServerBinary:
     """A binary from outside the cache: its backend is what ``--list-devices`` shows."""
     path = path.absolute()
-    rpc_worker = path.with_name(_RPC_SERVER)
+    rpc_worker = path.with_name(RPC_SERVER)
     rpc = rpc_worker.is_file() and os.access(rpc_worker, os.X_OK)
-    return ServerBinary(path, _version(path, env), _device_backend(path, env), source, rpc)
+    return ServerBinary(path, version_of(path, env), _device_backend(path, env), source, rpc)
 
 
-def _from_install(install: _Install, env: Mapping[str, str]) -> ServerBinary:
+def from_install(install: Install, env: Mapping[str, str]) -> ServerBinary:
     """A cache install: checked with ``--version``, its backend read from the manifest."""
-    path = install.directory / _SERVER
-    return ServerBinary(path, _version(path, env), install.backend, "cache", install.rpc)
+    path = install.directory / SERVER
+    return ServerBinary(path, version_of(path, env), install.backend, "cache", install.rpc)
 
 
-def _installs(servers: Path) -> list[_Install]:
-    """Finished installs in the cache (those with a valid manifest), newest first."""
-    found = []
-    for manifest in servers.glob(f"[!.]*/{_MANIFEST}"):
+def installs(servers: Path, cpu: frozenset[str]) -> list[Install]:
+    """The finished cache installs that run on a CPU with features ``cpu``: native first, then newest first.
+
+    Example:
+        >>> installs(Path("/nonexistent"), frozenset())
+        []
+    """
+    return scan(servers, cpu)[0]
+
+
+def scan(servers: Path, cpu: frozenset[str]) -> tuple[list[Install], list[str]]:
+    """The installs usable on this CPU (see :func:`installs`), and why each other install was skipped.
+
+    Example:
+        >>> scan(Path("/nonexistent"), frozenset())
+        ([], [])
+    """
+    found, skipped = [], []
+    for manifest in servers.glob(f"[!.]*/{MANIFEST}"):
         try:
             data = json.loads(manifest.read_text())
-            if data["backend"] in get_args(Backend):
-                found.append(_Install(manifest.parent, cast(Backend, data["backend"]), bool(data["rpc"]),
-                                      str(data["built_at"]), tuple(map(str, data.get("flags", ())))))
+            if data["backend"] not in get_args(Backend):
+                continue
+            if "cpu_features" not in data:
+                skipped.append(f"{manifest.parent} was built before rocm_nb recorded the CPU features a build "
+                               "assumes (and before builds were AMX-safe and smoke-tested): not used")
+                continue
+            lacking = missing(map(str, data["cpu_features"]), cpu)
+            if lacking:
+                skipped.append(f"{manifest.parent} was built for CPU features this machine lacks "
+                               f"({', '.join(sorted(lacking))}): not used")
+                continue
+            found.append(Install(manifest.parent, cast(Backend, data["backend"]), bool(data["rpc"]),
+                                 str(data["built_at"]), tuple(map(str, data.get("flags", ()))),
+                                 data.get("variant") == "portable"))
         except (OSError, ValueError, KeyError, TypeError):
             continue
-    return sorted(found, key=lambda install: install.built_at, reverse=True)
+    found.sort(key=lambda install: install.built_at, reverse=True)
+    found.sort(key=lambda install: install.portable)  # stable: native first, each newest first
+    return found, skipped
 
 
-def _version(path: Path, env: Mapping[str, str]) -> str:
+def version_of(path: Path, env: Mapping[str, str]) -> str:
     """What ``llama-server --version`` reports, e.g. ``0.5.0-dev (build 1, commit 0c1e570)``."""
     output = _ask(path, "--version", env)
     for line in output.splitlines():
         if line.startswith("version:"):
             return line.removeprefix("version:").strip()
     first = repr(output.strip().splitlines()[0][:80]) if output.strip() else "nothing"
-    raise _Unusable(f"does not look like llama-server: `--version` printed {first}")
+    raise Unusable(f"does not look like llama-server: `--version` printed {first}")
 
 
 def _device_backend(path: Path, env: Mapping[str, str]) -> Backend:
     """The backend of a build from its ``--list-devices`` (``ROCm0: ...`` → rocm); ``cpu`` if none."""
     try:
         output = _ask(path, "--list-devices", env)
-    except _Unusable:
+    except Unusable:
         return "cpu"
     for line in output.splitlines():
         for prefix, backend in _DEVICE_PREFIXES:
@@ -333,212 +249,19 @@ def _device_backend(path: Path, env: Mapping[str, str]) -> Backend:
 def _ask(path: Path, flag: str, env: Mapping[str, str]) -> str:
     """Run ``path flag`` once per process (per binary and mtime); return stdout and stderr."""
     if not path.exists():
-        raise _Unusable("does not exist")
+        raise Unusable("does not exist")
     if path.is_dir():
-        raise _Unusable("is a directory; name the llama-server program inside it")
+        raise Unusable("is a directory; name the llama-server program inside it")
     if not os.access(path, os.X_OK):
-        raise _Unusable(f"is not executable (chmod +x {path})")
+        raise Unusable(f"is not executable (chmod +x {path})")
     key = (str(path), path.stat().st_mtime_ns, flag)
     if key not in _probed:
         try:
             done = subprocess.run([str(path), flag], capture_output=True, text=True, errors="replace",
                                   timeout=_PROBE_TIMEOUT, env=dict(env), stdin=subprocess.DEVNULL, check=False)
         except subprocess.TimeoutExpired:
-            raise _Unusable(f"did not answer `{flag}` within {_PROBE_TIMEOUT:.0f} s") from None
+            raise Unusable(f"did not answer `{flag}` within {_PROBE_TIMEOUT:.0f} s") from None
         except OSError as exc:
-            raise _Unusable(f"could not be run ({exc.strerror or exc})") from None
+            raise Unusable(f"could not be run ({exc.strerror or exc})") from None
         _probed[key] = done.stdout + done.stderr
     return _probed[key]
-
-
-def rocwmma_fattn_supported(gfx_targets: Sequence[str]) -> bool:
-    """Whether every one of these (at least one) gfx targets can use rocWMMA flash attention.
-
-    Example:
-        >>> rocwmma_fattn_supported(["gfx942"]), rocwmma_fattn_supported(["gfx1201", "gfx1032"])
-        (True, False)
-    """
-    return bool(gfx_targets) and all(
-        any(fnmatch.fnmatchcase(t.split(":")[0], pattern) for pattern in ROCWMMA_FATTN_TARGETS) for t in gfx_targets
-    )
-
-
-def build_options(hardware: Hardware) -> list[str]:
-    """Optional build flags that suit this machine's GPUs, as advice lines for ``rocm-nb doctor``.
-
-    Example:
-        >>> build_options(Hardware("cpu", (), None, ()))
-        []
-    """
-    if hardware.backend != "rocm" or not rocwmma_fattn_supported(hardware.gfx_targets):
-        return []
-    return [
-        f"{', '.join(hardware.gfx_targets)} can use rocWMMA flash attention: rocm-nb server install --rocwmma-fattn "
-        f"(needs rocWMMA, e.g. the rocwmma-dev package, and llama.cpp sources with {_ROCWMMA_OPTION}; "
-        "the build checks them first)"
-    ]
-
-
-def _cmake_flags(
-    backend: Backend, rpc: bool, gfx_targets: Sequence[str], env: Mapping[str, str], *, rocwmma_fattn: bool = False
-) -> list[str]:
-    """The configure flags: a static, native, server-only build without HTTPS, plus the backend's."""
-    flags = ["-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DGGML_NATIVE=ON", "-DLLAMA_OPENSSL=OFF",
-             "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", *_BACKEND_FLAGS[backend]]
-    if backend == "rocm" and gfx_targets:
-        flags.append(f"-DGPU_TARGETS={';'.join(gfx_targets)}")
-    if rocwmma_fattn:
-        if backend != "rocm" or not rocwmma_fattn_supported(gfx_targets):
-            what = f"GPU targets {', '.join(gfx_targets) or '(none found)'}" if backend == "rocm" else f"{backend}"
-            raise BuildError(
-                f"rocWMMA flash attention (-D{_ROCWMMA_OPTION}=ON) is for the ROCm backend on RDNA3 or later "
-                f"(gfx11xx, gfx12xx) and CDNA (gfx908, gfx90a, gfx942, gfx950) GPUs; this build is for {what}.\n"
-                "Next step: leave out --rocwmma-fattn (flash attention works without it).",
-                flags=flags,
-            )
-        flags.append(_ROCWMMA_FLAG)
-    if rpc:
-        flags.append("-DGGML_RPC=ON")
-    if shutil.which("ninja", path=env.get("PATH", "")):
-        flags += ["-G", "Ninja"]
-    return flags
-
-
-def _require_option(src: Path, option: str, flags: Sequence[str]) -> None:
-    """Raise :class:`BuildError` unless the llama.cpp sources in ``src`` declare the CMake ``option``."""
-    declared = src / "ggml" / "CMakeLists.txt"
-    text = declared.read_text(errors="replace") if declared.is_file() else ""
-    if not re.search(rf"option\(\s*{option}\b", text):
-        raise BuildError(
-            f"The llama.cpp sources in {src} have no {option} option (none in {declared}): "
-            f"-D{option}=ON would be ignored (llama.cpp has since removed its rocWMMA flash-attention kernel; "
-            "its flash attention runs on these GPUs without it).\n"
-            "Next step: leave out --rocwmma-fattn, or build a llama.cpp checkout that has the "
-            "option with install_server(..., rocwmma_fattn=True, source_dir=Path('/path/to/llama.cpp')).",
-            flags=flags,
-        )
-
-
-def _hip_env(env: Mapping[str, str]) -> dict[str, str]:
-    """``HIPCXX`` and ``HIP_PATH`` from ``hipconfig``, as llama.cpp's docs/build.md does it."""
-    hipconfig = shutil.which("hipconfig", path=env.get("PATH", ""))
-    if hipconfig is None or "HIPCXX" in env:
-        return {}
-    ask = [subprocess.run([hipconfig, flag], capture_output=True, text=True, check=False).stdout.strip()
-           for flag in ("-l", "-R")]
-    return {"HIPCXX": f"{ask[0]}/clang", "HIP_PATH": ask[1]} if all(ask) else {}
-
-
-def _require_tools(flags: Sequence[str], env: Mapping[str, str]) -> str:
-    """Return the path of cmake, or raise :class:`BuildError` naming what is missing and how to get it."""
-    path = env.get("PATH", "")
-    compilers = [env["CXX"]] if env.get("CXX") else ["c++", "g++", "clang++"]
-    cmake = shutil.which("cmake", path=path)
-    has_compiler = any(shutil.which(compiler, path=path) for compiler in compilers)
-    if cmake and has_compiler:
-        return cmake
-    missing = [] if cmake else ["cmake"]
-    if not has_compiler:
-        missing.append(f"a C++ compiler (tried {', '.join(compilers)})")
-    raise BuildError(
-        f"Cannot build llama-server: {' and '.join(missing)} not found on $PATH.\n"
-        f"Next step: install the build tools, e.g. `sudo {_INSTALL_HINT}`, then run `rocm-nb server install` again.",
-        flags=flags,
-    )
-
-
-def _sources(servers: Path, work: Path, log: Path, env: Mapping[str, str]) -> Path:
-    """Extract ``vendor/llama.cpp`` of the pinned sdist (downloaded with pip if missing) into ``work``."""
-    sdist_dir = servers / "sdist"
-    pattern = f"llama[_-]cpp[_-]python-{LLAMA_CPP_PYTHON_VERSION}.tar.gz"
-    if not any(sdist_dir.glob(pattern)):
-        pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}", "-d", str(sdist_dir)]
-        _stream("downloading the llama-cpp-python sdist with pip", pip, log, env)
-    sdist = next(sdist_dir.glob(pattern))
-    with tarfile.open(sdist) as tar:
-        vendored = [member for member in tar.getmembers() if "/vendor/llama.cpp/" in member.name]
-        tar.extractall(work / "src", members=vendored, filter="data")
-    return next((work / "src").glob("*/vendor/llama.cpp/CMakeLists.txt")).parent
-
-
-class _StepFailed(Exception):
-    """A build step that exited with an error; :func:`install_server` turns it into a :class:`BuildError`."""
-
-    def __init__(self, step: str, returncode: int) -> None:
-        super().__init__(step, returncode)
-        self.step, self.returncode = step, returncode
-
-
-def _build_error(backend: Backend, flags: Sequence[str], log: Path, step: str, problem: str) -> BuildError:
-    """The error for a failed build: the step, the flags, the log and its last lines, what to do next."""
-    tail = log.read_text(errors="replace").splitlines()[-_TAIL_LINES:]
-    other = "" if backend == "cpu" else ", or build for the CPU: rocm-nb server install --backend cpu"
-    return BuildError(
-        f"Building llama-server ({backend}) failed while {step}: {problem}.\n"
-        f"  cmake flags: {' '.join(flags)}\n"
-        f"  full log: {log}\n"
-        "  last lines of the log:\n" + "".join(f"    {line}\n" for line in tail[-15:])
-        + f"Next step: read the errors above; {_BACKEND_HINTS[backend]}{other}.",
-        flags=flags,
-        log_tail="\n".join(tail),
-    )
-
-
-def _stream(step: str, cmd: Sequence[str], log: Path, env: Mapping[str, str], bar: tqdm[Any] | None = None) -> None:
-    """Run ``cmd``, appending its output to ``log`` and moving ``bar`` along ninja's ``[n/N]`` lines."""
-    with log.open("a", buffering=1) as out:  # line-buffered, so the log can be followed live
-        out.write(f"$ {' '.join(cmd)}\n")
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                text=True, errors="replace", env=dict(env), start_new_session=True)
-        assert proc.stdout is not None
-        try:
-            for line in proc.stdout:
-                out.write(line)
-                match = _PROGRESS.match(line)
-                if bar is not None and match:
-                    bar.total = int(match[2] or 100)
-                    bar.update(int(match[1]) - bar.n)  # drawn at most every mininterval, unlike refresh()
-        except BaseException:  # an interrupt: stop the build rather than leave it running
-            _stop(proc)
-            raise
-        finally:
-            proc.stdout.close()
-            proc.wait()
-    if proc.returncode != 0:
-        raise _StepFailed(step, proc.returncode)
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    """Stop a build tree: SIGTERM to its session, which ninja passes on to the compilers it runs."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
-def _install(built: Sequence[Path], final: Path, backend: Backend, flags: Sequence[str], rpc: bool,
-             env: Mapping[str, str]) -> ServerBinary:
-    """Copy the binaries and then the manifest into a hidden directory, and rename it to ``final``."""
-    staging = Path(tempfile.mkdtemp(prefix=f".install-{final.name}-", dir=final.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; an install is as readable as the rest of the cache
-    try:
-        for binary in built:
-            shutil.copy2(binary, staging / binary.name)
-        version = _version(staging / _SERVER, env)
-        manifest = {"version": version, "backend": backend, "flags": list(flags), "rpc": rpc,
-                    "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                    "llama_cpp_python": LLAMA_CPP_PYTHON_VERSION}
-        (staging / _MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".old-{final.name}-", dir=final.parent))
-            final.rename(old / final.name)
-            staging.rename(final)
-            shutil.rmtree(old)
-        else:
-            staging.rename(final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return ServerBinary(final / _SERVER, version, backend, "cache", rpc)

@@ -12,15 +12,18 @@ Example:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
 from collections.abc import Sequence
 
 from rocm_nb import __version__
-from rocm_nb.binary import build_options, find_server, install_server
+from rocm_nb._build import build_options, install_server
+from rocm_nb._smoke import smoke_test
+from rocm_nb.binary import ServerBinary, find_server
 from rocm_nb.catalog import CATALOGUE, DEFAULT_MODEL, models_dir, pull, read_info
-from rocm_nb.errors import RocmNbError
+from rocm_nb.errors import RocmNbError, describe_exit
 from rocm_nb.hardware import describe, detect
 from rocm_nb.library import models
 from rocm_nb.server import running_records
@@ -43,6 +46,7 @@ def _doctor(args: argparse.Namespace) -> int:
         print(f"  {binary.path}  ({binary.source}, {binary.backend}, {binary.version})")
         if binary.rpc_path is not None:
             print(f"  RPC worker: {binary.rpc_path}")
+        problems += _smoke(binary)
     except RocmNbError as exc:
         problems += 1
         print(f"  missing: {exc}")
@@ -71,9 +75,28 @@ def _doctor(args: argparse.Namespace) -> int:
     return 0 if not problems else 1
 
 
+def _smoke(binary: ServerBinary) -> int:
+    """Smoke-test the binary doctor found (load a tiny model, decode, check); 1 if it failed."""
+    manifest = binary.path.with_name("manifest.json")
+    if binary.source == "cache" and manifest.is_file():
+        data = json.loads(manifest.read_text())
+        print(f"  build: {data.get('variant', 'unknown')} ({data.get('kept_because', 'no reason recorded')}), "
+              f"for CPU features {' '.join(data.get('cpu_features', [])) or 'of any x86-64'}")
+    result = smoke_test(binary.path, gpu=binary.backend != "cpu")
+    if result.passed:
+        print(f"  smoke test: passed in {result.seconds:.1f} s ({result.detail})")
+        return 0
+    step = describe_exit(result.returncode)[1] if result.returncode is not None else ""
+    print(f"  smoke test: FAILED after {result.seconds:.1f} s: {result.detail}")
+    print("  " + "\n  ".join(result.log_tail.splitlines()[-8:]))
+    print(f"  Next step: {step or 'rebuild it: rocm-nb server install --rebuild'}; if a rebuild fails the same way, "
+          "try a portable build: rocm-nb server install --rebuild --portable")
+    return 1
+
+
 def _install(args: argparse.Namespace) -> int:
-    binary = install_server(args.backend, rpc=args.rpc, force=args.force, jobs=args.jobs,
-                            rocwmma_fattn=args.rocwmma_fattn)
+    binary = install_server(args.backend, rpc=args.rpc, force=args.rebuild, portable=args.portable,
+                            jobs=args.jobs, rocwmma_fattn=args.rocwmma_fattn)
     print(f"llama-server ready: {binary.path} ({binary.backend}, {binary.version})")
     return 0
 
@@ -97,9 +120,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"rocm_nb {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    commands.add_parser("doctor", help="check the backend, GPUs, llama-server and default model").set_defaults(
-        run=_doctor
-    )
+    doctor = commands.add_parser("doctor", help="check the backend, GPUs, llama-server (smoke test) and model")
+    doctor.set_defaults(run=_doctor)
 
     server = commands.add_parser("server", help="manage the llama-server binary")
     server_commands = server.add_subparsers(dest="server_command", required=True)
@@ -107,7 +129,10 @@ def _parser() -> argparse.ArgumentParser:
     install.add_argument("--backend", choices=["rocm", "cuda", "vulkan", "cpu"], default=None,
                          help="override the backend detected from the hardware")
     install.add_argument("--rpc", action="store_true", help="also build the RPC worker (ggml-rpc-server)")
-    install.add_argument("--force", action="store_true", help="rebuild even if an install exists")
+    install.add_argument("--rebuild", "--force", action="store_true", dest="rebuild",
+                         help="build again even if the cache has an install that runs on this CPU")
+    install.add_argument("--portable", action="store_true",
+                         help="build for a baseline CPU (AVX2/FMA/F16C, or SSE4.2) rather than this CPU only")
     install.add_argument("--rocwmma-fattn", action="store_true",
                          help="ROCm on RDNA3+ or CDNA: flash attention with rocWMMA (-DGGML_HIP_ROCWMMA_FATTN=ON)")
     install.add_argument("-j", "--jobs", type=int, default=None, help="parallel build jobs")

@@ -20,15 +20,11 @@ import psutil
 import pytest
 
 from rocm_nb import BinaryNotFound, BuildError
+from rocm_nb._build import _cmake_flags, build_options, install_server, variants
+from rocm_nb._cpu import this_cpu
 from rocm_nb._paths import cache_root
-from rocm_nb.binary import (
-    LLAMA_CPP_PYTHON_VERSION,
-    ServerBinary,
-    _cmake_flags,
-    build_options,
-    find_server,
-    install_server,
-)
+from rocm_nb._smoke import SmokeResult
+from rocm_nb.binary import LLAMA_CPP_PYTHON_VERSION, ServerBinary, find_server
 from rocm_nb.hardware import Hardware, detect
 from tests.support.processes import wait_until
 from tests.support.sysfs import sysfs_root
@@ -63,8 +59,9 @@ def fake_install(servers: Path, name: str, real: ServerBinary, *, manifest: bool
     directory.mkdir(parents=True)
     (directory / "llama-server").symlink_to(real.path)
     if manifest:
-        data = {"version": real.version, "backend": "cpu", "flags": [], "rpc": False,
-                "built_at": "2025-01-01T00:00:00+00:00", "llama_cpp_python": "0.3.36"}
+        data = {"version": real.version, "backend": "cpu", "flags": [], "rpc": False, "variant": "native",
+                "cpu_features": sorted(this_cpu()), "built_at": "2025-01-01T00:00:00+00:00",
+                "llama_cpp_python": "0.3.36"}
         (directory / "manifest.json").write_text(json.dumps(data))
     return directory
 
@@ -202,22 +199,32 @@ def tiny_llama_cpp(directory: Path, server_main: str) -> Path:
     return directory
 
 
+def passes(binary: Path, **_: object) -> SmokeResult:
+    """A smoke test for stand-ins that cannot serve HTTP (tests/test_build.py runs the real one)."""
+    return SmokeResult(True, 0.0, "stand-in")
+
+
+NATIVE = variants("cpu", this_cpu())[0].label  # the install's name: native-<hash of this CPU's features>
+
+
 @pytest.mark.unit
 def test_a_build_is_installed_atomically_and_replaced_by_force(tmp_path: Path) -> None:
     source = tiny_llama_cpp(tmp_path / "llama.cpp", 'std::puts("version: 0.0.1 (tiny)"); return 0;')
     servers = tmp_path / "cache" / "servers"
     environ = {**os.environ, "ROCM_NB_CACHE": str(servers.parent)}
+    name = f"cpu-rpc-{NATIVE}"
 
-    first = install_server("cpu", rpc=True, environ=environ, source_dir=source, progress=False)
-    assert first == ServerBinary(servers / "cpu-rpc" / "llama-server", "0.0.1 (tiny)", "cpu", "cache", rpc=True)
+    first = install_server("cpu", rpc=True, environ=environ, source_dir=source, progress=False, smoke=passes)
+    assert first == ServerBinary(servers / name / "llama-server", "0.0.1 (tiny)", "cpu", "cache", rpc=True)
     assert first.rpc_path is not None and first.rpc_path.is_file()
-    manifest = json.loads((servers / "cpu-rpc" / "manifest.json").read_text())
+    manifest = json.loads((servers / name / "manifest.json").read_text())
     assert manifest["backend"] == "cpu" and manifest["rpc"] is True and "-DGGML_RPC=ON" in manifest["flags"]
 
-    again = install_server("cpu", rpc=True, force=True, environ=environ, source_dir=source, progress=False)
+    again = install_server("cpu", rpc=True, force=True, environ=environ, source_dir=source, progress=False,
+                           smoke=passes)
     assert again == first
-    assert json.loads((servers / "cpu-rpc" / "manifest.json").read_text())["built_at"] >= manifest["built_at"]
-    assert sorted(path.name for path in servers.iterdir()) == ["build-cpu-rpc.log", "cpu-rpc"]
+    assert json.loads((servers / name / "manifest.json").read_text())["built_at"] >= manifest["built_at"]
+    assert sorted(path.name for path in servers.iterdir()) == ["build-cpu-rpc.log", name]
     assert find_server(environ={**environ, "PATH": ""}) == first
 
 
@@ -251,7 +258,7 @@ def test_an_interrupt_stops_the_whole_build(tmp_path: Path) -> None:
     program = textwrap.dedent(f"""
         import os, signal
         from pathlib import Path
-        from rocm_nb.binary import install_server
+        from rocm_nb._build import install_server
         signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a kernel, even if started ignoring it
         install_server("cpu", environ={{**os.environ, "ROCM_NB_CACHE": {str(cache)!r}}},
                        source_dir=Path({str(source)!r}), progress=False)
@@ -348,10 +355,12 @@ def test_a_rocwmma_build_is_installed_apart_and_reused(tmp_path: Path) -> None:
     environ = {**os.environ, "ROCM_NB_CACHE": str(servers.parent)}
     hw = hardware_of(tmp_path, "sysfs-r9700-780m")
 
-    built = install_server(rocwmma_fattn=True, hardware=hw, environ=environ, source_dir=source, progress=False)
-    assert built == ServerBinary(servers / "rocm-rocwmma" / "llama-server", "0.0.2 (tiny rocwmma)", "rocm", "cache",
+    built = install_server(rocwmma_fattn=True, hardware=hw, environ=environ, source_dir=source, progress=False,
+                           smoke=passes)
+    name = f"rocm-rocwmma-{NATIVE}"
+    assert built == ServerBinary(servers / name / "llama-server", "0.0.2 (tiny rocwmma)", "rocm", "cache",
                                  rpc=False)
-    manifest = json.loads((servers / "rocm-rocwmma" / "manifest.json").read_text())
+    manifest = json.loads((servers / name / "manifest.json").read_text())
     assert manifest["backend"] == "rocm"
     assert {"-DGGML_HIP=ON", "-DGPU_TARGETS=gfx1201", ROCWMMA} <= set(manifest["flags"])
     log = servers / "build-rocm-rocwmma.log"
@@ -367,12 +376,12 @@ def test_build_progress_follows_ninja_but_draws_at_most_every_mininterval(tmp_pa
 
     from tqdm import tqdm
 
-    from rocm_nb.binary import _stream
+    from rocm_nb._build import _run_step
 
     script = "for i in range(1, 201): print(f'[{i}/200] Building CXX object x{i}.o')"
     drawn = io.StringIO()
     with tqdm(file=drawn, mininterval=30.0) as bar:
-        _stream("compiling", [sys.executable, "-c", script], tmp_path / "build.log", dict(os.environ), bar)
+        _run_step("compiling", [sys.executable, "-c", script], tmp_path / "build.log", dict(os.environ), bar)
         assert (bar.n, bar.total) == (200, 200)
     assert drawn.getvalue().count("\r") <= 3  # opening, maybe one 30 s tick, closing: not 200 redraws
     logged = (tmp_path / "build.log").read_text().splitlines()

@@ -1,0 +1,334 @@
+"""The generation API, written once for :class:`~rocm_nb.client.Client` and :class:`~rocm_nb.LocalModel`.
+
+``_GenerationAPI`` holds every public generation and server-utility method
+(``generate``, ``stream``, ``chat``, ``chat_stream``, their async twins,
+``map``/``amap``, ``tokenize``, ``detokenize``, ``props``, ``metrics``,
+``models``, ``health``). Each reaches the server through a hook: ``_client()``
+for sync code and ``await _aclient()`` for async code. A ``Client`` answers
+with itself; a ``LocalModel`` starts its server there on the first request,
+in a worker thread for async code. That is why ``LocalModel`` composes a
+``Client`` instead of inheriting from it, and neither class copies the other.
+
+Example:
+    >>> parse_metrics("llamacpp:requests_processing 1")
+    {'llamacpp:requests_processing': 1.0}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Unpack
+
+from rocm_nb._batch import Prompt
+from rocm_nb.completion import Completion, Kind, Message, Options, build_payload
+from rocm_nb.errors import GenerationError, RocmNbError
+from rocm_nb.stream import Accumulator, AsyncTokenStream, TokenStream
+
+if TYPE_CHECKING:
+    import httpx
+
+    from rocm_nb.client import Client
+
+__all__ = ["parse_metrics"]
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Parse Prometheus text (llama-server's ``/metrics``) into a flat dict.
+
+    Example:
+        >>> parse_metrics("# HELP x\\nllamacpp:n_decode_total 12\\n")
+        {'llamacpp:n_decode_total': 12.0}
+    """
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, _, value = line.rpartition(" ")
+        try:
+            values[name] = float(value)
+        except ValueError:
+            continue
+    return values
+
+
+class _GenerationAPI:
+    """The generation API, shared by :class:`Client` and :class:`~rocm_nb.LocalModel`.
+
+    Every public method reaches the server through one of two hooks, so the
+    API is written once: ``_client()`` returns the :class:`Client` to use
+    (a ``LocalModel`` starts its server there, on the first request), and
+    ``await _aclient()`` is its async twin, which must not block the event
+    loop (a ``LocalModel`` starts its server in a worker thread).
+    ``_better_error`` turns a transport failure into a better error (a
+    ``LocalModel``: :class:`~rocm_nb.errors.ServerCrashed` when its server died).
+
+    ``generate``/``stream`` take a prompt string (``/v1/completions``);
+    ``chat``/``chat_stream`` take messages and let the server apply the
+    model's chat template (``/v1/chat/completions``). Each has an async twin
+    (``agenerate``, ``astream``, ``achat``, ``achat_stream``); ``astream``
+    and ``achat_stream`` do nothing until iterated.
+
+    Example:
+        >>> from rocm_nb import Client, LocalModel
+        >>> issubclass(Client, _GenerationAPI) and issubclass(LocalModel, _GenerationAPI)
+        True
+    """
+
+    def _client(self) -> Client:
+        raise NotImplementedError
+
+    async def _aclient(self) -> Client:
+        return self._client()
+
+    def _better_error(self, exc: Exception, partial: str) -> RocmNbError | None:
+        return None
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _endpoint(kind: Kind) -> str:
+        return "/v1/chat/completions" if kind == "chat" else "/v1/completions"
+
+    def _open_astream(
+        self,
+        kind: Kind,
+        prompt: str | Sequence[Message],
+        options: Mapping[str, Any],
+        http: httpx.AsyncClient | None = None,
+    ) -> AsyncTokenStream:
+        """A stream that starts nothing until it is iterated; ``http`` is a batch's own async client."""
+        payload = build_payload(kind, prompt, options)  # bad options fail here, before any I/O
+        endpoint = self._endpoint(kind)
+
+        async def open_response() -> httpx.Response:
+            session = http or (await self._aclient())._ahttp()
+            return await session.send(session.build_request("POST", endpoint, json=payload), stream=True)
+
+        return AsyncTokenStream(open_response, Accumulator(kind), self._better_error)
+
+    @staticmethod
+    def _drain(stream: TokenStream) -> Completion:
+        with stream:
+            for _ in stream:
+                pass
+        assert stream.completion is not None
+        return stream.completion
+
+    @staticmethod
+    async def _adrain(stream: AsyncTokenStream) -> Completion:
+        async with stream:
+            async for _ in stream:
+                pass
+        assert stream.completion is not None
+        return stream.completion
+
+    # -- generation -------------------------------------------------------------------------
+
+    def stream(self, prompt: str, **options: Unpack[Options]) -> TokenStream:
+        """Stream the continuation of ``prompt`` as text pieces.
+
+        Example:
+            >>> for piece in model.stream("The sky is", max_tokens=8):  # doctest: +SKIP
+            ...     print(piece, end="")
+        """
+        return self._client()._open_stream("completion", prompt, options)
+
+    def generate(self, prompt: str, **options: Unpack[Options]) -> Completion:
+        """Continue ``prompt`` and return the whole :class:`Completion`.
+
+        Example:
+            >>> model.generate("2 + 2 =", max_tokens=4, temperature=0).text  # doctest: +SKIP
+            ' 4'
+        """
+        return self._drain(self.stream(prompt, **options))
+
+    def chat_stream(self, messages: Sequence[Message], **options: Unpack[Options]) -> TokenStream:
+        """Stream the assistant's reply to ``messages`` as text pieces.
+
+        Example:
+            >>> for piece in model.chat_stream([{"role": "user", "content": "Hi"}]):  # doctest: +SKIP
+            ...     print(piece, end="")
+        """
+        return self._client()._open_stream("chat", messages, options)
+
+    def chat(self, messages: Sequence[Message], **options: Unpack[Options]) -> Completion:
+        """Return the assistant's reply to ``messages``.
+
+        Example:
+            >>> model.chat([{"role": "user", "content": "Hi!"}]).text  # doctest: +SKIP
+            'Hello! How can I help you today?'
+        """
+        return self._drain(self.chat_stream(messages, **options))
+
+    def astream(self, prompt: str, **options: Unpack[Options]) -> AsyncTokenStream:
+        """Async twin of :meth:`stream`.
+
+        Example:
+            >>> async for piece in model.astream("The sky is"):  # doctest: +SKIP
+            ...     print(piece, end="")
+        """
+        return self._open_astream("completion", prompt, options)
+
+    async def agenerate(self, prompt: str, **options: Unpack[Options]) -> Completion:
+        """Async twin of :meth:`generate`.
+
+        Example:
+            >>> (await model.agenerate("2 + 2 =", max_tokens=4)).text  # doctest: +SKIP
+        """
+        return await self._adrain(self.astream(prompt, **options))
+
+    def achat_stream(self, messages: Sequence[Message], **options: Unpack[Options]) -> AsyncTokenStream:
+        """Async twin of :meth:`chat_stream`.
+
+        Example:
+            >>> async for piece in model.achat_stream([{"role": "user", "content": "Hi"}]):  # doctest: +SKIP
+            ...     print(piece, end="")
+        """
+        return self._open_astream("chat", messages, options)
+
+    async def achat(self, messages: Sequence[Message], **options: Unpack[Options]) -> Completion:
+        """Async twin of :meth:`chat`.
+
+        Example:
+            >>> (await model.achat([{"role": "user", "content": "Hi"}])).text  # doctest: +SKIP
+        """
+        return await self._adrain(self.achat_stream(messages, **options))
+
+    # -- batches (the engine is rocm_nb._batch) --------------------------------------------
+
+    def map(
+        self,
+        prompts: Iterable[Prompt],
+        *,
+        chat: bool = True,
+        concurrency: int | None = None,
+        progress: bool = True,
+        **options: Unpack[Options],
+    ) -> list[Completion | Exception]:
+        """Generate for many prompts at once, over the server's parallel slots.
+
+        Each prompt is a string (sent as a user message, or as a plain
+        completion with ``chat=False``) or a list of chat messages. Up to
+        ``concurrency`` requests are in flight (default: the server's slots,
+        ``total_slots`` in ``/props``; 1 for a server that does not say), with
+        a progress bar (``tqdm.auto``: a widget in a notebook) unless
+        ``progress=False``.
+
+        Returns one result per prompt, in input order. As with
+        ``asyncio.gather(..., return_exceptions=True)``, an item that failed
+        holds its exception (for example a :class:`GenerationError` with
+        ``.status_code`` 400 for a prompt longer than a slot's context) and the
+        others still run. Invalid ``options`` fail every item alike, so they
+        raise at once. Ctrl-C (Kernel → Interrupt) cancels the requests in
+        flight, on the server too, and raises ``KeyboardInterrupt``.
+
+        Example:
+            >>> results = model.map(["Name a colour.", "Name a fruit."], max_tokens=16, temperature=0)  # doctest: +SKIP
+            >>> [r.text if isinstance(r, Completion) else f"failed: {r}" for r in results]  # doctest: +SKIP
+            ['Blue.', 'Apple.']
+        """
+        from rocm_nb import _batch
+
+        client = self._client()
+        jobs = _batch.plan(prompts, chat=chat, options=options)
+        return _batch.run(
+            jobs, lambda job, http: client._open_astream(*job, options, http),
+            _batch.workers(concurrency, client.props), progress=progress, new_http=client._new_ahttp,
+        )
+
+    async def amap(
+        self,
+        prompts: Iterable[Prompt],
+        *,
+        chat: bool = True,
+        concurrency: int | None = None,
+        progress: bool = True,
+        **options: Unpack[Options],
+    ) -> list[Completion | Exception]:
+        """Async twin of :meth:`map`; cancelling it cancels the requests in flight.
+
+        Example:
+            >>> results = await model.amap(["Hi", "Bye"], max_tokens=8)  # doctest: +SKIP
+        """
+        import asyncio
+
+        from rocm_nb import _batch
+
+        await self._aclient()
+        jobs = _batch.plan(prompts, chat=chat, options=options)
+        slots = await asyncio.to_thread(_batch.workers, concurrency, self.props)
+        return await _batch.arun(jobs, lambda job, http: self._open_astream(*job, options, http), slots,
+                                 progress=progress)
+
+    # -- server utilities -------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
+        """Token ids of ``text`` (llama-server's ``/tokenize``).
+
+        Example:
+            >>> model.tokenize("Hello")  # doctest: +SKIP
+            [19556]
+        """
+        body = {"content": text, "add_special": add_special}
+        tokens: list[int] = self._client()._request("POST", "/tokenize", json=body).json()["tokens"]
+        return tokens
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        """Text of token ids (llama-server's ``/detokenize``).
+
+        Example:
+            >>> model.detokenize([19556])  # doctest: +SKIP
+            'Hello'
+        """
+        content: str = self._client()._request("POST", "/detokenize", json={"tokens": list(tokens)}).json()["content"]
+        return content
+
+    def props(self) -> dict[str, Any]:
+        """The server's properties (``/props``): chat template, default settings, slots.
+
+        Example:
+            >>> model.props()["total_slots"]  # doctest: +SKIP
+            1
+        """
+        props: dict[str, Any] = self._client()._request("GET", "/props").json()
+        return props
+
+    def metrics(self) -> dict[str, float]:
+        """The server's Prometheus counters (``/metrics``, needs ``--metrics``).
+
+        Example:
+            >>> model.metrics()["llamacpp:tokens_predicted_total"]  # doctest: +SKIP
+            48.0
+        """
+        return parse_metrics(self._client()._request("GET", "/metrics").text)
+
+    def models(self) -> list[str]:
+        """Model ids the server offers (``/v1/models``); ``[]`` from a server without that endpoint.
+
+        Raises GenerationError when the server cannot be reached.
+
+        Example:
+            >>> connect("http://127.0.0.1:8080").models()  # doctest: +SKIP
+            ['SmolLM2-135M-Instruct.Q4_1.gguf']
+        """
+        try:
+            data = self._client()._request("GET", "/v1/models").json().get("data") or []
+        except GenerationError as exc:
+            if exc.status_code == 404:
+                return []
+            raise
+        return [str(entry.get("id")) for entry in data if isinstance(entry, dict)]
+
+    def health(self) -> bool:
+        """True when the server answers ``/health`` with 200 (ready).
+
+        Example:
+            >>> model.health()  # doctest: +SKIP
+            True
+        """
+        import httpx
+
+        try:
+            return self._client()._http().get("/health").status_code == 200
+        except httpx.HTTPError:
+            return False

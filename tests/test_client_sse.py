@@ -227,7 +227,7 @@ def test_a_reply_that_breaks_its_schema_is_a_schema_mismatch() -> None:
     with pytest.raises(SchemaMismatch, match=r"at \$\.n: 'x' is not of type 'integer'") as info:
         Completion('{"n": "x"}', "stop", None).json({"properties": {"n": {"type": "integer"}}})
     assert isinstance(info.value, ValueError) and info.value.body == '{"n": "x"}'
-    with pytest.raises(SchemaMismatch, match="not valid JSON.*cut off at max_tokens") as cut:
+    with pytest.raises(SchemaMismatch, match=r"not valid JSON.*cut off at max_tokens") as cut:
         Completion('{"n": ', "length", None).json()
     assert "\n" not in str(cut.value) and cut.value.__notes__[0] == "Allow more tokens (max_tokens=)."
 

@@ -360,6 +360,8 @@ class GpuMonitor(anywidget.AnyWidget):
         self._process = _ProcessProbe()
         self.last: MonitorSample | None = None
         """The latest :class:`MonitorSample` (``None`` before the first)."""
+        self.wakeups = 0
+        """How often the sampling thread has woken and decided whether to sample (it samples far less when idle)."""
         self.on_msg(self._on_view_message)
         try:
             self.refresh()  # something to show at once, in a terminal too
@@ -520,4 +522,5 @@ class GpuMonitor(anywidget.AnyWidget):
                         return
                     self._show(sample)
                 last = now
+            self.wakeups += 1
             halt.wait(self.interval)

@@ -62,13 +62,17 @@ def sampler_threads() -> int:
     return sum(t.name == THREAD_NAME for t in threading.enumerate())
 
 
-def assert_no_more_samples(monitor: GpuMonitor, gpus: CountingGpus, wait: float = 0.4) -> None:
-    """No thread left, and neither the sampler nor the widget moves any more."""
-    assert not monitor.sampling
-    assert sampler_threads() == 0
+def assert_no_more_samples(monitor: GpuMonitor, gpus: CountingGpus) -> None:
+    """Nothing samples any more: the sampling thread has ended, and only it (or ``refresh()``) samples.
+
+    Proven by counting threads, not by sleeping to see that nothing moved: ``hide``,
+    ``stop()`` and ``close()`` join the thread before they return (the wait only guards
+    against a hang, for a thread that ends by itself when its lease runs out).
+    """
     calls, samples = gpus.calls, monitor.samples
-    time.sleep(wait)
-    assert (gpus.calls, monitor.samples) == (calls, samples)
+    assert not monitor.sampling
+    wait_until(lambda: sampler_threads() == 0)
+    assert (gpus.calls, monitor.samples) == (calls, samples), "the ending thread sampled once more"
 
 
 @pytest.fixture
@@ -144,8 +148,8 @@ def test_samples_only_while_a_view_is_visible(model: LocalModel, monitors: list[
     gpus = CountingGpus()
     monitor = model.monitor(interval=0.05, idle_interval=0.05, gpus=gpus)
     monitors.append(monitor)
-    time.sleep(0.3)
-    assert gpus.calls == 1 and monitor.state == "waiting", "one sample on creation, then none until shown"
+    assert gpus.calls == 1 and monitor.state == "waiting", "one sample on creation"
+    assert not monitor.sampling and sampler_threads() == 0, "no sampling thread, so no sample, until shown"
 
     show(monitor, "a")
     wait_until(lambda: gpus.calls >= 3)
@@ -182,7 +186,7 @@ def assert_stopped_for_good(monitor: GpuMonitor, gpus: CountingGpus, why: str) -
     assert monitor.state == "stopped" and monitor.status == f"stopped: {why}"
     assert_no_more_samples(monitor, gpus)
     show(monitor)  # a late message from a view does not bring it back
-    assert_no_more_samples(monitor, gpus, wait=0.2)
+    assert_no_more_samples(monitor, gpus)
 
 
 @pytest.mark.server
@@ -232,7 +236,7 @@ async def test_fast_while_generating_slow_when_idle(model: LocalModel, monitors:
     monitor = model.monitor(interval=0.1, idle_interval=60, gpus=gpus)
     monitors.append(monitor)
     show(monitor)
-    await asyncio.sleep(0.6)
+    wait_until(lambda: monitor.wakeups >= 4)  # the thread woke 4 times (every 0.1 s) and sampled once
     assert monitor.samples == 2, "idle: the creation's sample and the first shown one, the next a minute later"
     assert monitor.last is not None and not monitor.last.generating
 

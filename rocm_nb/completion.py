@@ -12,11 +12,13 @@ Example:
 
 from __future__ import annotations
 
+import html
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
+from rocm_nb._markdown import render as render_markdown
 from rocm_nb._units import positive_int
 from rocm_nb.errors import SchemaMismatch, with_notes
 
@@ -129,11 +131,14 @@ class Completion:
 
     ``ttft_s`` (time to first token) and ``elapsed_s`` are measured by the
     client; ``timings`` come from the server (``None`` if it sends none).
+    A notebook shows one as HTML rendered from its Markdown, with images as
+    text and raw HTML escaped, so it makes the browser fetch nothing
+    (:mod:`rocm_nb._markdown`).
 
     Example:
-        >>> c = Completion(text="Hello", finish_reason="stop", timings=None)
-        >>> c._repr_markdown_()
-        'Hello'
+        >>> c = Completion(text="Hello ![x](http://evil/)", finish_reason="stop", timings=None)
+        >>> c._repr_html_()
+        '<p>Hello <span class="rocm-nb-image">[image: x](http://evil/)</span></p>\\n'
     """
 
     text: str
@@ -160,9 +165,9 @@ class Completion:
             parts.append(f"{self.elapsed_s:.2f} s")
         return " · ".join(parts)
 
-    def _repr_markdown_(self) -> str:
+    def _repr_html_(self) -> str:
         stats = self.stats()
-        return f"{self.text}\n\n<sub>{stats}</sub>" if stats else self.text
+        return render_markdown(self.text) + (f"<p><sub>{html.escape(stats)}</sub></p>" if stats else "")
 
     def code(self) -> str:
         """The code in the reply: the first fenced block's content, else the whole text.

@@ -5,7 +5,10 @@ plain text (cheap for every front-end to re-render), updating at most
 ``rate`` times per second however fast the model decodes: each update resends
 the whole text, and Jupyter caps iopub traffic. Nothing is lost or reordered:
 pieces are appended to one buffer and the last update always carries all of
-it. At the end the text is rendered as Markdown with a one-line footer.
+it. At the end the text is rendered from Markdown to HTML with a one-line
+footer, by rocm_nb itself and never by the front end: raw HTML is shown as
+text and images as ``[image: alt](url)``, so the model's output cannot make
+the browser fetch anything (:mod:`rocm_nb._markdown`).
 
 One display id and plain mime bundles work in JupyterLab, Notebook 7, VS Code
 and Colab alike, without a widget manager.
@@ -15,8 +18,8 @@ Example:
     >>> d = StreamDisplay(publish=lambda bundle, update: shown.append(bundle), clock=iter(range(100)).__next__)
     >>> d.append("Hello"); d.append(", world")
     >>> d.finish("3 tokens")
-    >>> shown[-1]["text/markdown"]
-    'Hello, world\\n\\n<sub>3 tokens</sub>'
+    >>> shown[-1]["text/html"]
+    '<p>Hello, world</p>\\n<p><sub>3 tokens</sub></p>'
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from rocm_nb._markdown import render
 from rocm_nb._units import human_bytes
 from rocm_nb.status import ServerStatus
 
@@ -112,11 +116,15 @@ class StreamDisplay:
             self._send({"text/plain": self.text + "▌"})
 
     def finish(self, footer: str = "", *, markdown: bool = True) -> None:
-        """Show the whole text, as Markdown unless ``markdown=False``, with a footer line."""
+        """Show the whole text, rendered from Markdown unless ``markdown=False``, with a footer line.
+
+        The Markdown is rendered to HTML here (:func:`rocm_nb._markdown.render`:
+        no raw HTML, no image loaded), never sent as ``text/markdown``.
+        """
         text = self.text
         bundle: Bundle = {"text/plain": f"{text}\n\n{footer}" if footer else text}
         if markdown:
-            bundle["text/markdown"] = f"{text}\n\n<sub>{footer}</sub>" if footer else text
+            bundle["text/html"] = render(text) + (f"<p><sub>{html.escape(footer)}</sub></p>" if footer else "")
         self._send(bundle)
 
 

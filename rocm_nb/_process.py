@@ -20,8 +20,12 @@ policy lives in :mod:`rocm_nb.server`):
 
 Decisions: ``preexec_fn`` is documented as unsafe with threads; it is used
 for exactly one ``prctl`` call, which is async-signal-safe on glibc, and the
-orphan tests cover it. Run records are keyed by pid *and* start time, so a
-recycled pid is never mistaken for our server.
+orphan tests cover it. The run folder is 0700 and each record 0600, so other
+local users can neither read nor plant records. A record is trusted only for
+a process that matches it entirely: pid *and* start time (a recycled pid),
+executable, command line, owner uid, and leading its own process group; a
+record that is not a regular file of this user holding valid JSON is ignored
+(logged at debug level), never acted on.
 
 Example:
     >>> import subprocess, sys
@@ -41,7 +45,9 @@ import json
 import logging
 import os
 import queue
+import shutil
 import signal
+import stat
 import subprocess
 import threading
 from collections import deque
@@ -214,11 +220,47 @@ def _run_dir(environ: Mapping[str, str] | None = None) -> Path:
     return cache_root(environ) / "run"
 
 
+def _private_run_dir(environ: Mapping[str, str]) -> Path:
+    """The run folder, created 0700 (and tightened to 0700 if it is ours and looser)."""
+    run_dir = _run_dir(environ)
+    run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = run_dir.stat()
+    if info.st_uid == os.getuid() and stat.S_IMODE(info.st_mode) != 0o700:
+        run_dir.chmod(0o700)
+    return run_dir
+
+
 def _create_time(pid: int) -> float | None:
     try:
         return psutil.Process(pid).create_time()
     except psutil.Error:
         return None
+
+
+def _executable(argv0: str, env: Mapping[str, str]) -> str:
+    """The real path of the file ``argv0`` runs, looked up as ``subprocess`` does (the child's PATH)."""
+    found = shutil.which(argv0, path=os.pathsep.join(os.get_exec_path(dict(env))))
+    return os.path.realpath(found or argv0)
+
+
+def _is_recorded(data: Mapping[str, Any]) -> bool:
+    """True if the process the record names is the one it describes.
+
+    Pid and start time, owner uid, executable, command line and leading its own
+    process group (as :func:`launch` starts it) must all match: pid and start
+    time are public, so they alone would let a record name any process.
+    """
+    pid = int(data["server_pid"])
+    try:
+        process = psutil.Process(pid)
+        with process.oneshot():
+            return (process.create_time() == data["server_created"]
+                    and process.uids().real == os.getuid()
+                    and process.exe() == data["exe"]
+                    and process.cmdline() == list(data["argv"])
+                    and os.getpgid(pid) == pid)
+    except (psutil.Error, OSError):
+        return False
 
 
 @dataclass(frozen=True)
@@ -242,22 +284,36 @@ class Record:
 
 
 def read_records(environ: Mapping[str, str] | None = None) -> Iterator[Record]:
-    """Every readable run record, oldest name first; unreadable ones are deleted.
+    """Every valid run record of this user, oldest name first.
+
+    Records owned by another uid, and malformed ones (not a regular file,
+    empty, not JSON, missing fields) are skipped and left alone, with a debug
+    log line. ``server_alive`` holds only for the very process the record
+    describes (see the module's decisions).
 
     Example:
         >>> list(read_records({"ROCM_NB_CACHE": "/nonexistent"}))
         []
     """
     run_dir = _run_dir(environ)
-    for path in sorted(run_dir.glob("*.json")) if run_dir.is_dir() else ():
+    try:
+        paths = sorted(run_dir.glob("*.json")) if run_dir.is_dir() else []
+    except OSError as exc:  # the folder is not ours to list
+        _log.debug("run records in %s not read: %s", run_dir, exc)
+        paths = []
+    for path in paths:
         try:
+            info = path.lstat()
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+                _log.debug("run record %s ignored: not a regular file of uid %d", path, os.getuid())
+                continue
             data = json.loads(path.read_text())
-            server = _create_time(int(data["server_pid"])) == data["server_created"]
+            server = _is_recorded(data)
             owner = _create_time(int(data["owner_pid"])) == data["owner_created"]
         except FileNotFoundError:
             continue  # its process ended and removed it meanwhile
-        except (OSError, ValueError, KeyError, TypeError):
-            path.unlink(missing_ok=True)  # not ours to keep: a torn or foreign file
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            _log.debug("run record %s ignored: %r", path, exc)
             continue
         yield Record(path, data, server_alive=server, owner_alive=owner)
 
@@ -276,23 +332,28 @@ def reap_stale_servers(environ: Mapping[str, str] | None = None) -> list[int]:
     """Kill servers whose owning process is gone; return their pids.
 
     Belt and braces for platforms or sandboxes where the parent-death signal
-    does not apply. A record is only acted on when the server process still
-    has the start time recorded for it, so a recycled pid is never killed.
+    does not apply. A process is only killed when it is exactly the one its
+    record describes (:func:`read_records`); a record whose process is gone or
+    different is removed, one that is not this user's or is malformed is left
+    alone. Never raises: cleanup must not stop a start.
 
     Example:
         >>> reap_stale_servers({"ROCM_NB_CACHE": "/nonexistent"})
         []
     """
     reaped: list[int] = []
-    for record in read_records(environ):
-        if record.owner_alive:
-            continue
-        if record.server_alive:
-            pid = int(record.data["server_pid"])
-            with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
-                os.killpg(pid, signal.SIGKILL)
-            reaped.append(pid)
-        record.path.unlink(missing_ok=True)
+    try:
+        for record in read_records(environ):
+            if record.owner_alive:
+                continue
+            if record.server_alive:
+                pid = int(record.data["server_pid"])
+                with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+                    os.killpg(pid, signal.SIGKILL)
+                reaped.append(pid)
+            record.path.unlink(missing_ok=True)
+    except (OSError, ValueError, TypeError) as exc:
+        _log.debug("stale-server cleanup stopped: %r", exc)
     return reaped
 
 
@@ -332,7 +393,11 @@ def launch(argv: Sequence[str], env: Mapping[str, str], environ: Mapping[str, st
     """Start a child the rocm_nb way: own session, parent-death signal, drained output, a run record.
 
     ``env`` is the child's whole environment, ``environ`` where the cache
-    (and so the run records) lives; ``record`` adds fields to the record.
+    (and so the run records) lives; ``record`` adds fields to the record,
+    which also holds ``argv`` and the real path of the executable (``exe``):
+    so never pass a secret in ``argv`` (it is in ``/proc/PID/cmdline`` for
+    every local user anyway), pass it in ``env``. The run folder is 0700,
+    the record 0600.
 
     Example:
         >>> import os, sys, tempfile
@@ -343,16 +408,19 @@ def launch(argv: Sequence[str], env: Mapping[str, str], environ: Mapping[str, st
     """
     proc = _launcher.popen(argv, env)
     assert proc.stdout is not None
-    run_dir = _run_dir(environ)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = _private_run_dir(environ)
     path = run_dir / f"{proc.pid}.json"
     partial = run_dir / f".{proc.pid}.json.tmp"  # whole or absent: a reader never sees half a record
-    partial.write_text(json.dumps({
-        "owner_pid": os.getpid(),
-        "owner_created": _create_time(os.getpid()),
-        "server_pid": proc.pid,
-        "server_created": _create_time(proc.pid),
-        **record,
-    }))
+    partial.unlink(missing_ok=True)  # a leftover of a recycled pid: O_EXCL below must create it afresh
+    with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+        json.dump({
+            "owner_pid": os.getpid(),
+            "owner_created": _create_time(os.getpid()),
+            "server_pid": proc.pid,
+            "server_created": _create_time(proc.pid),
+            "exe": _executable(argv[0], env),
+            "argv": list(argv),
+            **record,
+        }, out)
     partial.replace(path)
     return Child(proc, path, LogRing(proc.stdout, log_lines))

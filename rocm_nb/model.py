@@ -19,7 +19,7 @@ server stops when the last ``LocalModel`` using it is closed, or at exit.
 
 Example:
     >>> model = LocalModel("smollm2-135m", ctx_size=2048)  # checked, planned, not started yet
-    >>> model.config.argv(1, "key")[9:11], model.pid
+    >>> model.config.argv(1)[7:9], model.pid
     (['-c', '2048'], None)
     >>> with LocalModel("smollm2-135m") as model:  # doctest: +SKIP
     ...     print(model.generate("Once upon a time", max_tokens=24).text)
@@ -55,7 +55,7 @@ from rocm_nb.errors import (
 )
 from rocm_nb.fit import FitPlan, plan_load
 from rocm_nb.hardware import Backend, Hardware, detect
-from rocm_nb.server import LlamaServer, Progress, RpcWorker, ServerConfig
+from rocm_nb.server import LlamaServer, Progress, RpcWorker, ServerConfig, check_extra_args, is_loopback
 from rocm_nb.status import ServerStatus
 
 if TYPE_CHECKING:
@@ -92,7 +92,13 @@ class LocalModel(_GenerationAPI):
             on CPU. :attr:`fit` says what was chosen and why.
         parallel: server slots (concurrent generations).
         server: path to a llama-server binary (else found or built).
-        extra_args: further llama-server arguments, passed as they are.
+        extra_args: further llama-server arguments, passed as they are; ``--host``,
+            ``--port``, ``--api-key`` and ``--api-key-file`` are refused
+            (:class:`ValueError`), since rocm_nb sets them to keep the server private.
+        host: the address llama-server listens on (default ``127.0.0.1``:
+            this machine only). Any other address, such as ``"0.0.0.0"``,
+            warns (:class:`UserWarning`): every machine that can reach this
+            one can use the server with its API key (``model.api_key``).
         env: extra environment for the server only.
         rpc: ``host:port`` of llama.cpp RPC workers (see :func:`rpc_worker`) to
             split the model's layers over; all layers are offloaded by default.
@@ -143,7 +149,13 @@ class LocalModel(_GenerationAPI):
         cache_type_k: str | None = None,
         cache_type_v: str | None = None,
         registry: ServerRegistry[ServerConfig, LlamaServer] | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
+        extra = check_extra_args(extra_args)  # before anything is resolved, downloaded or started
+        if not is_loopback(host):
+            warnings.warn(f"llama-server will listen on {host}: every machine that can reach this one can use "
+                          "it with its API key (model.api_key); keep host='127.0.0.1' unless you mean that",
+                          UserWarning, stacklevel=2)
         self._spec = os.fspath(model)
         self.path = resolve_model(model)
         self.info: ModelInfo = read_info(self.path)
@@ -170,11 +182,12 @@ class LocalModel(_GenerationAPI):
             ctx_size=self.fit.ctx_size,
             gpu_layers=self.fit.gpu_layers if chosen_layers is None else chosen_layers,
             parallel=parallel,
-            extra_args=tuple(extra_args),
+            extra_args=extra,
             env=tuple(sorted({
                 **self.hardware.server_env({**os.environ, **(env or {})}, hsa_override=hsa_override),
                 **(env or {}),
             }.items())),
+            host=host,
             rpc=tuple(rpc),
             flash_attn=flash,
             cache_type_k=cache_k,
@@ -491,12 +504,16 @@ def rpc_worker(
 
     The worker binary is built by ``rocm-nb server install --rpc``. Pass
     ``worker.address`` to ``LocalModel(..., rpc=[...])``. Workers have no
-    authentication: keep ``host`` on 127.0.0.1 or a trusted network.
+    authentication: keep ``host`` on 127.0.0.1 or a trusted network (any
+    other address warns, :class:`UserWarning`).
 
     Example:
         >>> with rpc_worker() as a, rpc_worker() as b:  # doctest: +SKIP
         ...     model = LocalModel("smollm2-135m", rpc=[a.address, b.address]).start()
     """
+    if not is_loopback(host):
+        warnings.warn(f"the RPC worker will listen on {host} without authentication: every machine that can "
+                      "reach this one can use its devices and memory", UserWarning, stacklevel=2)
     binary = find_server(server)
     if binary.rpc_path is None:
         raise BinaryNotFound(

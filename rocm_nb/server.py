@@ -3,7 +3,11 @@
 The process mechanism (own session, parent-death signal, output ring, run
 records, bounded terminate) is :mod:`rocm_nb._process`; this module decides
 what to run and when it is ready. The server listens on 127.0.0.1 on a free
-port and requires a random per-server API key.
+port and requires a random per-server API key, which it gets in its
+environment (``LLAMA_API_KEY``: ``/proc/PID/environ`` is readable by its
+owner only), never on its command line (``/proc/PID/cmdline`` is readable by
+every local user). ``extra_args`` and ``env`` cannot override the host, the
+port or the key; a server on another interface needs ``host=`` (``LocalModel`` warns).
 
 Nothing is left behind:
 
@@ -19,20 +23,21 @@ Nothing is left behind:
 
 Example:
     >>> config = ServerConfig(binary=Path("llama-server"), model=Path("m.gguf"), ctx_size=2048)
-    >>> config.argv(port=8080, api_key="k")[:3]
+    >>> config.argv(port=8080)[:3]
     ['llama-server', '-m', 'm.gguf']
 """
 
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import os
 import secrets
 import socket
 import subprocess
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -48,7 +53,9 @@ __all__ = [
     "LlamaServer",
     "RpcWorker",
     "ServerConfig",
+    "check_extra_args",
     "free_port",
+    "is_loopback",
     "reap_stale_servers",
     "running_records",
 ]
@@ -69,6 +76,11 @@ lets the server cancel and usually exit on the SIGTERM.
 KILL_WAIT = 5.0
 """Seconds to wait for the process to be reaped after SIGKILL before giving up (logged)."""
 
+_GUARDED_FLAGS = ("--host", "--port", "--api-key", "--api-key-file")
+"""llama-server flags that would undo the safety defaults (it has no short aliases for them)."""
+_GUARDED_ENV = ("LLAMA_API_KEY", "LLAMA_ARG_API_KEY_FILE", "LLAMA_ARG_HOST", "LLAMA_ARG_PORT")
+"""The environment variables llama-server reads for the same settings."""
+
 _BIND_FAILURES = ("couldn't bind", "address already in use", "failed to bind")
 _OOM_SIGNS = ("out of memory", "failed to allocate", "cudamalloc failed", "hipmalloc failed",
               "unable to allocate", "bad_alloc", "failed to load model")
@@ -86,14 +98,24 @@ class ServerConfig:
     at ``None`` the flag is omitted and the server's default applies (flash
     attention ``auto``, ``f16`` caches).
 
+    The API key is not part of the command line (see :meth:`LlamaServer.start`).
+    ``extra_args`` and ``env`` may not set the host, port or key (a
+    :class:`ValueError` says so before anything starts); ``host`` other than
+    a loopback address exposes the server to the network (``LocalModel(host=)``
+    warns about it).
+
     Example:
-        >>> argv = ServerConfig(Path("s"), Path("m.gguf"), ctx_size=512).argv(1, "k")
-        >>> argv[:9]
-        ['s', '-m', 'm.gguf', '--host', '127.0.0.1', '--port', '1', '--api-key', 'k']
-        >>> argv[9:]
+        >>> argv = ServerConfig(Path("s"), Path("m.gguf"), ctx_size=512).argv(1)
+        >>> argv[:7]
+        ['s', '-m', 'm.gguf', '--host', '127.0.0.1', '--port', '1']
+        >>> argv[7:]
         ['-c', '512', '-ngl', '0', '--parallel', '1', '--jinja', '--metrics']
-        >>> ServerConfig(Path("s"), Path("m.gguf"), 512, flash_attn="on", cache_type_v="q8_0").argv(1, "k")[-4:]
+        >>> ServerConfig(Path("s"), Path("m.gguf"), 512, flash_attn="on", cache_type_v="q8_0").argv(1)[-4:]
         ['--flash-attn', 'on', '--cache-type-v', 'q8_0']
+        >>> ServerConfig(Path("s"), Path("m.gguf"), 512, extra_args=("--port=9",))
+        Traceback (most recent call last):
+        ...
+        ValueError: extra_args may not contain --port: rocm_nb picks a free port itself (read it from model.base_url)
     """
 
     binary: Path
@@ -109,14 +131,20 @@ class ServerConfig:
     cache_type_k: str | None = None
     cache_type_v: str | None = None
 
-    def argv(self, port: int, api_key: str) -> list[str]:
-        """The command line for a server on ``port`` guarded by ``api_key``."""
+    def __post_init__(self) -> None:
+        check_extra_args(self.extra_args)
+        for name, _ in self.env:
+            if name in _GUARDED_ENV:
+                raise ValueError(f"env may not set {name}: rocm_nb sets the host, port and API key itself "
+                                 "(pass host= to listen on another interface)")
+
+    def argv(self, port: int) -> list[str]:
+        """The command line for a server on ``port`` (its API key goes in its environment)."""
         return [
             str(self.binary),
             "-m", str(self.model),
             "--host", self.host,
             "--port", str(port),
-            "--api-key", api_key,
             "-c", str(self.ctx_size),
             "-ngl", str(self.gpu_layers),
             "--parallel", str(self.parallel),
@@ -128,6 +156,49 @@ class ServerConfig:
             *(["--cache-type-v", self.cache_type_v] if self.cache_type_v else []),
             *self.extra_args,
         ]
+
+
+def check_extra_args(extra_args: Sequence[str]) -> tuple[str, ...]:
+    """``extra_args`` as a tuple, if it does not set what rocm_nb keeps safe; else a :class:`ValueError`.
+
+    Example:
+        >>> check_extra_args(["--top-k", "5"])
+        ('--top-k', '5')
+        >>> check_extra_args(["--api-key=x"])
+        Traceback (most recent call last):
+        ...
+        ValueError: extra_args may not contain --api-key: rocm_nb sets a random key itself (read it from model.api_key)
+    """
+    advice = {
+        "--host": "the server listens on 127.0.0.1; pass host= to listen on another interface",
+        "--port": "rocm_nb picks a free port itself (read it from model.base_url)",
+        "--api-key": "rocm_nb sets a random key itself (read it from model.api_key)",
+    }
+    for arg in extra_args:
+        flag = str(arg).split("=", 1)[0]
+        if flag in _GUARDED_FLAGS:
+            raise ValueError(f"extra_args may not contain {flag}: {advice[flag.removesuffix('-file')]}")
+    return tuple(extra_args)
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and ``localhost``; False for anything else, names included.
+
+    Example:
+        >>> is_loopback("127.0.0.1"), is_loopback("0.0.0.0"), is_loopback("gpu-box")
+        (True, False, False)
+    """
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _connect_host(host: str) -> str:
+    """Where to reach a server bound to ``host``: loopback for a wildcard address."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -289,8 +360,9 @@ class LlamaServer(_ChildProcess):
 
     @property
     def base_url(self) -> str:
-        """``http://127.0.0.1:PORT`` once started."""
-        return f"http://{self.config.host}:{self.port}"
+        """``http://127.0.0.1:PORT`` once started (loopback for a server on a wildcard address)."""
+        host = _connect_host(self.config.host)
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
 
     # -- start ------------------------------------------------------------------------------
 
@@ -335,8 +407,9 @@ class LlamaServer(_ChildProcess):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _spawn(self, port: int) -> Child:
-        env = {**self._environ, **dict(self.config.env)}
-        argv = self.config.argv(port, self.api_key)
+        inherited = {k: v for k, v in self._environ.items() if k not in _GUARDED_ENV}
+        env = {**inherited, **dict(self.config.env), "LLAMA_API_KEY": self.api_key}
+        argv = self.config.argv(port)
         child = launch(argv, env, self._environ, self._log_lines, model=str(self.config.model), port=port,
                        rpc=list(self.config.rpc))
         self.port = port
@@ -350,7 +423,7 @@ class LlamaServer(_ChildProcess):
 
     def _healthy(self) -> bool:
         """One ``/health`` probe over plain HTTP (stdlib: no TLS set-up on the start path)."""
-        connection = http.client.HTTPConnection(self.config.host, self.port, timeout=2.0)
+        connection = http.client.HTTPConnection(_connect_host(self.config.host), self.port, timeout=2.0)
         try:
             connection.request("GET", "/health")
             return connection.getresponse().status == 200
@@ -378,7 +451,7 @@ class LlamaServer(_ChildProcess):
             returncode=returncode,
             log_tail=tail,
             hint=hint,
-        ), f"Command: {' '.join(self.config.argv(self.port or 0, '***'))}", f"Last log lines:\n{tail}",
+        ), f"Command: {' '.join(self.config.argv(self.port or 0))}", f"Last log lines:\n{tail}",
             f"Hint: {hint}")
 
     def __enter__(self) -> LlamaServer:

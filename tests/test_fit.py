@@ -205,12 +205,12 @@ def test_plan_load_per_backend(info: ModelInfo) -> None:
 @pytest.mark.server
 def test_local_model_options_and_fit(model_path: str) -> None:
     model = LocalModel(model_path, ctx_size=2048, flash_attn=True, cache_type="q8_0")
-    assert model.config.argv(1, "k")[-6:] == ["--flash-attn", "on", "--cache-type-k", "q8_0", "--cache-type-v",
+    assert model.config.argv(1)[-6:] == ["--flash-attn", "on", "--cache-type-k", "q8_0", "--cache-type-v",
                                               "q8_0"]
     assert model.fit.estimate == estimate(model.info, ctx_size=2048, flash_attn="on", cache_type_k="q8_0",
                                           cache_type_v="q8_0")
     assert "runs on the CPU" in model.fit.note and isinstance(model.fit.estimate, MemoryEstimate)
-    assert LocalModel(model_path).config.argv(1, "k")[-2:] == ["--jinja", "--metrics"]  # defaults: no flags
+    assert LocalModel(model_path).config.argv(1)[-2:] == ["--jinja", "--metrics"]  # defaults: no flags
     with pytest.raises(ValueError, match="needs flash attention"):
         LocalModel(model_path, flash_attn=False, cache_type_v="q4_0")
     with pytest.raises(ValueError, match="not both"):

@@ -276,6 +276,7 @@ def test_stale_server_of_a_dead_owner_is_reaped(tmp_path: Path) -> None:
     record.write_text(json.dumps({
         "owner_pid": dead_owner.pid, "owner_created": 1.0,
         "server_pid": stray.pid, "server_created": psutil.Process(stray.pid).create_time(),
+        "exe": psutil.Process(stray.pid).exe(), "argv": ["sleep", "60"],  # exactly the process it names
     }))
     from rocm_nb.server import reap_stale_servers
 

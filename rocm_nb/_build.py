@@ -38,7 +38,6 @@ Example:
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import json
 import os
@@ -60,6 +59,7 @@ if TYPE_CHECKING:
 
 from rocm_nb._cpu import AMX_FEATURES, this_cpu
 from rocm_nb._paths import cache_root
+from rocm_nb._rocwmma import ROCWMMA_FLAG, require_option, rocwmma_flag
 from rocm_nb._smoke import SmokeResult, smoke_test
 from rocm_nb.binary import (
     LLAMA_CPP_PYTHON_VERSION,
@@ -75,8 +75,7 @@ from rocm_nb.binary import (
 from rocm_nb.errors import BuildError, describe_exit
 from rocm_nb.hardware import Backend, Hardware, detect
 
-__all__ = ["NO_AMX", "ROCWMMA_FATTN_TARGETS", "BuildVariant", "build_options", "install_server",
-           "rocwmma_fattn_supported", "variants"]
+__all__ = ["NO_AMX", "BuildVariant", "install_server", "variants"]
 
 NO_AMX = ("-mno-amx-tile", "-mno-amx-int8", "-mno-amx-bf16")
 """Compiler flags that keep ggml's AMX path out of native x86 builds (llama.cpp#20824)."""
@@ -95,15 +94,6 @@ _BACKEND_HINTS: dict[Backend, str] = {
     "vulkan": "check that the Vulkan SDK is installed (libvulkan-dev, glslc)",
     "cpu": f"check that cmake and a C++17 compiler are installed ({_INSTALL_HINT})",
 }
-_ROCWMMA_OPTION = "GGML_HIP_ROCWMMA_FATTN"
-_ROCWMMA_FLAG = f"-D{_ROCWMMA_OPTION}=ON"
-ROCWMMA_FATTN_TARGETS = ("gfx11*", "gfx12*", "gfx908", "gfx90a", "gfx942", "gfx950")
-"""GPUs with the matrix cores rocWMMA drives: RDNA3 and later (gfx11xx, gfx12xx) and CDNA 1 to 4.
-
-Example:
-    >>> rocwmma_fattn_supported(["gfx1100"]), rocwmma_fattn_supported(["gfx1030"])
-    (True, False)
-"""
 _PROGRESS = re.compile(r"^\[\s*(\d+)(?:/(\d+)|%)\]")  # ninja "[12/218]" or make "[ 45%]"
 _X86 = ("x86_64", "AMD64")
 _X86_V3 = frozenset({"sse4_2", "avx", "avx2", "fma", "f16c", "bmi2"})  # ggml's "haswell" level
@@ -182,7 +172,7 @@ def install_server(
     (``portable=True`` builds only that). ROCm builds compile for the GPUs of
     ``hardware`` (default: :func:`~rocm_nb.hardware.detect`) and for the target
     an ``HSA_OVERRIDE_GFX_VERSION`` would run them as; ``rocwmma_fattn`` adds
-    ``-DGGML_HIP_ROCWMMA_FATTN=ON`` (ROCm on :data:`ROCWMMA_FATTN_TARGETS`, and
+    ``-DGGML_HIP_ROCWMMA_FATTN=ON`` (ROCm on RDNA3+ and CDNA, see :mod:`rocm_nb._rocwmma`, and
     only with sources that still have the option). The sources are the
     ``llama-cpp-python`` sdist pinned by
     :data:`~rocm_nb.binary.LLAMA_CPP_PYTHON_VERSION`, fetched with pip;
@@ -207,7 +197,7 @@ def install_server(
     if not force:
         for install in installs(servers, cpu):
             if install.backend == backend and (install.rpc or not rpc) and (install.portable or not portable) and (
-                not rocwmma_fattn or _ROCWMMA_FLAG in install.flags
+                not rocwmma_fattn or ROCWMMA_FLAG in install.flags
             ):
                 try:
                     return from_install(install, env)
@@ -225,7 +215,7 @@ def install_server(
     with tempfile.TemporaryDirectory(prefix=f".build-{name}-", dir=servers) as work:
         src = source_dir or _sources(servers, Path(work), log, env, say)
         if rocwmma_fattn:
-            _require_option(src, _ROCWMMA_OPTION, base_flags)
+            require_option(src, base_flags)
         for variant in variants(backend, cpu, machine=machine, portable=portable):
             flags = [*base_flags, *variant.flags]
             build_dir = Path(work) / f"build-{variant.name}"
@@ -301,34 +291,6 @@ def _smoke_error(backend: Backend, flags: Sequence[str], log: Path, failures: Se
     )
 
 
-def rocwmma_fattn_supported(gfx_targets: Sequence[str]) -> bool:
-    """Whether every one of these (at least one) gfx targets can use rocWMMA flash attention.
-
-    Example:
-        >>> rocwmma_fattn_supported(["gfx942"]), rocwmma_fattn_supported(["gfx1201", "gfx1032"])
-        (True, False)
-    """
-    return bool(gfx_targets) and all(
-        any(fnmatch.fnmatchcase(t.split(":")[0], pattern) for pattern in ROCWMMA_FATTN_TARGETS) for t in gfx_targets
-    )
-
-
-def build_options(hardware: Hardware) -> list[str]:
-    """Optional build flags that suit this machine's GPUs, as advice lines for ``rocm-nb doctor``.
-
-    Example:
-        >>> build_options(Hardware("cpu", (), None, ()))
-        []
-    """
-    if hardware.backend != "rocm" or not rocwmma_fattn_supported(hardware.gfx_targets):
-        return []
-    return [
-        f"{', '.join(hardware.gfx_targets)} can use rocWMMA flash attention: rocm-nb server install --rocwmma-fattn "
-        f"(needs rocWMMA, e.g. the rocwmma-dev package, and llama.cpp sources with {_ROCWMMA_OPTION}; "
-        "the build checks them first)"
-    ]
-
-
 def _cmake_flags(
     backend: Backend, rpc: bool, gfx_targets: Sequence[str], env: Mapping[str, str], *, rocwmma_fattn: bool = False
 ) -> list[str]:
@@ -338,35 +300,12 @@ def _cmake_flags(
     if backend == "rocm" and gfx_targets:
         flags.append(f"-DGPU_TARGETS={';'.join(gfx_targets)}")
     if rocwmma_fattn:
-        if backend != "rocm" or not rocwmma_fattn_supported(gfx_targets):
-            what = f"GPU targets {', '.join(gfx_targets) or '(none found)'}" if backend == "rocm" else f"{backend}"
-            raise BuildError(
-                f"rocWMMA flash attention (-D{_ROCWMMA_OPTION}=ON) is for the ROCm backend on RDNA3 or later "
-                f"(gfx11xx, gfx12xx) and CDNA (gfx908, gfx90a, gfx942, gfx950) GPUs; this build is for {what}.\n"
-                "Next step: leave out --rocwmma-fattn (flash attention works without it).",
-                flags=flags,
-            )
-        flags.append(_ROCWMMA_FLAG)
+        flags.append(rocwmma_flag(backend, gfx_targets, flags))
     if rpc:
         flags.append("-DGGML_RPC=ON")
     if shutil.which("ninja", path=env.get("PATH", "")):
         flags += ["-G", "Ninja"]
     return flags
-
-
-def _require_option(src: Path, option: str, flags: Sequence[str]) -> None:
-    """Raise :class:`BuildError` unless the llama.cpp sources in ``src`` declare the CMake ``option``."""
-    declared = src / "ggml" / "CMakeLists.txt"
-    text = declared.read_text(errors="replace") if declared.is_file() else ""
-    if not re.search(rf"option\(\s*{option}\b", text):
-        raise BuildError(
-            f"The llama.cpp sources in {src} have no {option} option (none in {declared}): "
-            f"-D{option}=ON would be ignored (llama.cpp has since removed its rocWMMA flash-attention kernel; "
-            "its flash attention runs on these GPUs without it).\n"
-            "Next step: leave out --rocwmma-fattn, or build a llama.cpp checkout that has the "
-            "option with install_server(..., rocwmma_fattn=True, source_dir=Path('/path/to/llama.cpp')).",
-            flags=flags,
-        )
 
 
 def _hip_env(env: Mapping[str, str]) -> dict[str, str]:

@@ -19,7 +19,8 @@ import sys
 from collections.abc import Sequence
 
 from rocm_nb import __version__
-from rocm_nb._build import build_options, install_server
+from rocm_nb._build import install_server
+from rocm_nb._rocwmma import build_options
 from rocm_nb._smoke import smoke_test
 from rocm_nb.binary import ServerBinary, find_server
 from rocm_nb.catalog import CATALOGUE, DEFAULT_MODEL, models_dir, pull, read_info

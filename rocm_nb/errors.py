@@ -7,6 +7,7 @@
     ├── BuildError                           building llama-server failed: flags, log tail
     ├── ModelNotFound (FileNotFoundError)    path/name/repo does not resolve
     ├── InvalidModel (ValueError)            not a GGUF, truncated, unsupported arch
+    ├── RuntimeDirError (OSError)            no private, writable folder for run records; says which to set
     ├── ServerStartError                     exited while loading: .returncode, .log_tail, hint
     ├── ServerStartTimeout (TimeoutError)    still not ready after the start timeout
     ├── ServerCrashed                        died after it was ready: .returncode, .log_tail
@@ -50,6 +51,7 @@ __all__ = [
     "ModelNotFound",
     "ModelNotStarted",
     "RocmNbError",
+    "RuntimeDirError",
     "SchemaMismatch",
     "ServerCrashed",
     "ServerStartError",
@@ -181,6 +183,19 @@ class InvalidModel(RocmNbError, ValueError):
 
     Example:
         >>> issubclass(InvalidModel, ValueError)
+        True
+    """
+
+
+class RuntimeDirError(RocmNbError, OSError):
+    """The folder for run records (see :func:`rocm_nb._paths.runtime_root`) cannot be used.
+
+    Raised before any server starts: it is not a folder, it belongs to
+    another user, or it cannot be created or written. The message names
+    the folder and says what to do (``ROCM_NB_RUNTIME_DIR``).
+
+    Example:
+        >>> issubclass(RuntimeDirError, OSError)
         True
     """
 

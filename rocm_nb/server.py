@@ -18,8 +18,9 @@ Nothing is left behind:
   never hangs on a server stuck in a GPU driver.
 * If the owning Python process is killed outright, the parent-death signal
   kills the server (see :mod:`rocm_nb._process`).
-* Every server is recorded under ``<cache>/run/``; the next start reaps the
-  servers of owners that are gone.
+* Every server is recorded in the user's private runtime folder (never the
+  cache, which may be read-only); the next start reaps the servers of owners
+  that are gone.
 
 Example:
     >>> config = ServerConfig(binary=Path("llama-server"), model=Path("m.gguf"), ctx_size=2048)

@@ -265,7 +265,7 @@ def test_sigkilled_owner_leaves_no_orphan(model_path: str) -> None:
 
 @pytest.mark.unit
 def test_stale_server_of_a_dead_owner_is_reaped(tmp_path: Path) -> None:
-    environ = {**os.environ, "ROCM_NB_CACHE": str(tmp_path)}
+    environ = {**os.environ, "ROCM_NB_RUNTIME_DIR": str(tmp_path / "run")}
     stray = subprocess.Popen(["sleep", "60"], start_new_session=True)
     dead_owner = subprocess.Popen(["true"])
     dead_owner.wait()

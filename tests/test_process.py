@@ -66,7 +66,7 @@ def test_a_whole_process_group_is_signalled() -> None:
 
 
 def test_a_launched_child_is_recorded_until_stopped(tmp_path: Path) -> None:
-    environ = {"ROCM_NB_CACHE": str(tmp_path)}
+    environ = {"ROCM_NB_RUNTIME_DIR": str(tmp_path)}
     launched = launch([sys.executable, "-c", CHILD, "ignore"], {}, environ, 10, model="m.gguf")
     try:
         deadline = time.monotonic() + 10
@@ -86,7 +86,7 @@ def test_a_torn_record_is_skipped_and_left_alone(tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
     (run / "1.json").write_text("{not json")
-    assert list(read_records({"ROCM_NB_CACHE": str(tmp_path)})) == []
+    assert list(read_records({"ROCM_NB_RUNTIME_DIR": str(run)})) == []
     assert (run / "1.json").exists()  # not verified as ours: tests/test_security.py has the rest
 
 

@@ -3,7 +3,7 @@
 The tests run as root (as CI does) and switch a second process to ``nobody``
 to assert what another user can and cannot see or do: read the API key,
 read or plant run records, or make cleanup kill a process it should not.
-The run folders live in a world-traversable temporary folder (``ROCM_NB_CACHE``),
+The run folders live in a world-traversable temporary folder (``ROCM_NB_RUNTIME_DIR``),
 so the only protection under test is the mode rocm_nb sets, not ``/root``'s.
 """
 
@@ -125,7 +125,7 @@ def test_another_user_can_neither_read_nor_plant_run_records(cache: Path) -> Non
     run = cache / "run"
     run.mkdir(parents=True, mode=0o777)
     run.chmod(0o777)  # an existing, too open folder is tightened
-    child = launch(["sleep", "60"], os.environ, {"ROCM_NB_CACHE": str(cache)}, 10, model="m.gguf")
+    child = launch(["sleep", "60"], os.environ, {"ROCM_NB_RUNTIME_DIR": str(cache / "run")}, 10, model="m.gguf")
     try:
         assert stat.S_IMODE(run.stat().st_mode) == 0o700
         assert stat.S_IMODE(child.record.stat().st_mode) == 0o600
@@ -146,7 +146,7 @@ def test_another_user_can_neither_read_nor_plant_run_records(cache: Path) -> Non
 
 @pytest.mark.unit
 def test_a_fresh_run_folder_is_private(cache: Path) -> None:
-    child = launch(["true"], os.environ, {"ROCM_NB_CACHE": str(cache)}, 10)
+    child = launch(["true"], os.environ, {"ROCM_NB_RUNTIME_DIR": str(cache / "run")}, 10)
     child.proc.wait(10)
     assert stat.S_IMODE((cache / "run").stat().st_mode) == 0o700
     assert stat.S_IMODE(child.record.stat().st_mode) == 0o600
@@ -163,7 +163,7 @@ def test_a_record_naming_an_unrelated_process_does_not_get_it_killed(cache: Path
     write_record(run, bystander.pid, exe="/opt/llama/llama-server",
                  argv=["/opt/llama/llama-server", "-m", "m.gguf", "--port", "8080"], model="m.gguf", port=8080)
     same_exe = write_record(run, bystander.pid, "other", **{**describing(bystander), "argv": ["sleep", "61"]})
-    assert reap_stale_servers({"ROCM_NB_CACHE": str(cache)}) == []
+    assert reap_stale_servers({"ROCM_NB_RUNTIME_DIR": str(cache / "run")}) == []
     assert bystander.poll() is None
     assert not same_exe.exists()  # a record whose process is not the one described is stale: removed
 
@@ -178,7 +178,7 @@ def test_records_owned_by_another_user_or_naming_their_process_are_ignored(cache
     try:
         wait_until(lambda: psutil.Process(theirs.pid).cmdline() == ["sleep", "60"])
         write_record(run, theirs.pid, **describing(theirs))
-        assert reap_stale_servers({"ROCM_NB_CACHE": str(cache)}) == []
+        assert reap_stale_servers({"ROCM_NB_RUNTIME_DIR": str(cache / "run")}) == []
         assert bystander.poll() is None and theirs.poll() is None
         assert foreign.exists()
     finally:
@@ -197,7 +197,7 @@ def test_malformed_records_are_ignored_and_said_at_debug_level(cache: Path,
     (run / "4.json").write_text(json.dumps({"server_pid": 4}))
     (run / "5.json").write_text(json.dumps([1, 2]))
     (run / "6.json").symlink_to("/etc/hostname")
-    environ = {"ROCM_NB_CACHE": str(cache)}
+    environ = {"ROCM_NB_RUNTIME_DIR": str(cache / "run")}
     with caplog.at_level(logging.DEBUG, logger="rocm_nb"):
         assert list(read_records(environ)) == []
         assert reap_stale_servers(environ) == []
@@ -211,13 +211,13 @@ def test_malformed_records_are_ignored_and_said_at_debug_level(cache: Path,
 def test_cleanup_of_an_unreadable_run_folder_never_raises(cache: Path) -> None:
     cache.mkdir()
     (cache / "run").write_text("not a folder")
-    assert reap_stale_servers({"ROCM_NB_CACHE": str(cache)}) == []
+    assert reap_stale_servers({"ROCM_NB_RUNTIME_DIR": str(cache / "run")}) == []
 
 
 @pytest.mark.server
 def test_a_real_start_spares_a_crafted_record_and_reaps_a_true_orphan(model: LocalModel, cache: Path,
                                                                       bystander: Any) -> None:
-    environ: Mapping[str, str] = {**os.environ, "ROCM_NB_CACHE": str(cache)}
+    environ: Mapping[str, str] = {**os.environ, "ROCM_NB_RUNTIME_DIR": str(cache / "run")}
     run = cache / "run"
     orphan = LlamaServer(replace(model.config, ctx_size=1152), environ=environ).start()
     assert orphan.pid is not None and orphan._running is not None

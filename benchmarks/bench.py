@@ -62,7 +62,8 @@ def spread(values: list[float], unit: str = "", scale: float = 1.0) -> str:
 
 # Made once, outside every timing, as a careful user would. No keep-alive: llama-server closes
 # the connection after each streamed response, and reusing one before its FIN arrives fails with
-# "Server disconnected without sending a response" (rocm_nb redials such a request: rocm_nb/_redial.py).
+# "Server disconnected without sending a response" (rocm_nb keeps none alive to a loopback server either:
+# rocm_nb/_redial.py says why and what it costs).
 _RAW = httpx.Client(timeout=60, limits=httpx.Limits(max_keepalive_connections=0))
 
 

@@ -135,7 +135,8 @@ class ServerLease:
             server = self._registry.acquire(
                 self._config, lambda: LlamaServer(self._config, start_timeout=self._start_timeout).start(progress)
             )
-            api = Client(server.base_url, server.api_key, timeout=self._timeout, on_failure=self._on_failure)
+            api = Client(server.base_url, server.api_key, timeout=self._timeout, on_failure=self._on_failure,
+                         deadline=None)  # our own server: a long reply on a slow CPU may take hours
             with self._lock:
                 closed = self._closed
                 if not closed:

@@ -30,7 +30,16 @@ from rocm_nb._generation import parse_metrics as parse_metrics  # re-exported: i
 from rocm_nb.completion import Completion, Kind, Message, Options, Timings, build_payload
 from rocm_nb.errors import EventLoopMismatch, ModelClosed, RocmNbError
 from rocm_nb.status import ServerStatus
-from rocm_nb.stream import Accumulator, AsyncTokenStream, FailureHook, TokenStream, http_error, transport_error
+from rocm_nb.stream import (
+    DEFAULT_DEADLINE_S,
+    MAX_EVENT_BYTES,
+    Accumulator,
+    AsyncTokenStream,
+    FailureHook,
+    TokenStream,
+    http_error,
+    transport_error,
+)
 
 # httpx, httpx-sse and asyncio are imported where they are first needed, so
 # that `import rocm_nb` and constructing a LocalModel stay cheap (together
@@ -66,6 +75,25 @@ def _no_better_error(exc: Exception, partial: str) -> RocmNbError | None:
     return None
 
 
+def _on_this_machine(base_url: str) -> bool:
+    """Whether ``base_url`` names a loopback host (a server on this machine).
+
+    Example:
+        >>> _on_this_machine("http://127.0.0.1:8080"), _on_this_machine("https://api.example.com")
+        (True, False)
+    """
+    import ipaddress
+    import urllib.parse
+
+    host = urllib.parse.urlsplit(base_url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 _closing: set[asyncio.Task[None]] = set()
 """Async clients being closed on their loop: a task nobody references may be collected before it runs."""
 
@@ -88,7 +116,19 @@ class Client(_GenerationAPI):
     (``agenerate``, ``astream``, ``achat``, ``achat_stream``).
 
     ``timeout`` is the longest silence tolerated while reading (seconds);
+    ``deadline`` the longest a whole request may take (seconds, ``None``:
+    no limit), however steadily bytes arrive; ``max_event_bytes`` the largest
+    server-sent event accepted (:mod:`rocm_nb._limits`: a broken or hostile
+    server can hold neither the kernel's memory nor a request for ever).
     ``transport``/``async_transport`` are httpx transport seams for tests.
+
+    To a server on this machine (127.0.0.1, ``::1``, ``localhost``) every
+    request opens a fresh connection, so no request can meet a kept-alive
+    connection the server is closing, and none is ever sent twice. To a
+    remote server the sync client keeps connections alive (a TLS handshake
+    per request would cost more) and resends only a request that is safe to
+    repeat (a GET) when its connection was dropped; a generation is never
+    resent (:mod:`rocm_nb._redial`).
 
     Its async requests share one ``httpx.AsyncClient``, made on first async
     use and bound to that event loop (an asyncio connection cannot move
@@ -111,6 +151,8 @@ class Client(_GenerationAPI):
         api_key: str | None = None,
         *,
         timeout: float = 600.0,
+        deadline: float | None = DEFAULT_DEADLINE_S,
+        max_event_bytes: int = MAX_EVENT_BYTES,
         transport: httpx.BaseTransport | None = None,
         async_transport: httpx.AsyncBaseTransport | None = None,
         on_failure: FailureHook = _no_better_error,
@@ -119,17 +161,23 @@ class Client(_GenerationAPI):
 
         import httpx
 
+        from rocm_nb._limits import Limited
         from rocm_nb._redial import Redial
 
         self._base_url = base_url.rstrip("/")
         self._api_key = api_key
         self._timeout = timeout
+        self._deadline, self._max_event_bytes = deadline, max_event_bytes
         self._on_failure = on_failure
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http_timeout = httpx.Timeout(timeout, connect=10.0)
+        local = _on_this_machine(self._base_url)
+        # (limits go to the transport: httpx.Client ignores its own limits= when given a transport)
+        limits = httpx.Limits(max_keepalive_connections=0) if local else httpx.Limits()
         self._sync = httpx.Client(
             base_url=self._base_url, headers=self._headers, timeout=self._http_timeout,
-            transport=transport or Redial(httpx.HTTPTransport(verify=_ssl_context())),
+            transport=Limited(transport or Redial(httpx.HTTPTransport(verify=_ssl_context(), limits=limits)),
+                              deadline=deadline, max_event_bytes=max_event_bytes),
         )
         self._async_transport = async_transport
         self._async: httpx.AsyncClient | None = None
@@ -170,15 +218,19 @@ class Client(_GenerationAPI):
         """A fresh async client on this server; its owner closes it."""
         import httpx
 
-        from rocm_nb._redial import AsyncRedial
+        from rocm_nb._limits import AsyncLimited
 
         self._ensure_open()
         return httpx.AsyncClient(
             base_url=self._base_url,
             headers=self._headers,
             timeout=self._http_timeout,
-            limits=httpx.Limits(max_keepalive_connections=0),  # nothing idle to leak when its loop ends
-            transport=self._async_transport or AsyncRedial(httpx.AsyncHTTPTransport(verify=_ssl_context())),
+            # no connection kept: nothing idle to leak when its loop ends, and nothing reused that the
+            # server may have dropped, so nothing to redial (rocm_nb._redial)
+            transport=AsyncLimited(
+                self._async_transport or httpx.AsyncHTTPTransport(
+                    verify=_ssl_context(), limits=httpx.Limits(max_keepalive_connections=0)),
+                deadline=self._deadline, max_event_bytes=self._max_event_bytes),
         )
 
     def _ahttp(self) -> httpx.AsyncClient:
@@ -291,8 +343,21 @@ class Client(_GenerationAPI):
 
 
 
-def connect(base_url: str, api_key: str | None = None, *, timeout: float = 600.0) -> Client:
+def connect(
+    base_url: str,
+    api_key: str | None = None,
+    *,
+    timeout: float = 600.0,
+    deadline: float | None = DEFAULT_DEADLINE_S,
+    max_event_bytes: int = MAX_EVENT_BYTES,
+) -> Client:
     """A :class:`Client` for a server that is already running (never starts one).
+
+    ``timeout`` bounds each silence while reading (s), ``deadline`` a whole
+    request (s; one hour by default, ``None`` for none), ``max_event_bytes``
+    one server-sent event (16 MiB by default): a server that breaks them
+    raises :class:`~rocm_nb.errors.GenerationTimeout` (``phase`` ``"read"``
+    or ``"total"``) or :class:`~rocm_nb.errors.StreamProtocolError`.
 
     Example:
         >>> client = connect("http://127.0.0.1:8080", api_key="secret")
@@ -300,4 +365,4 @@ def connect(base_url: str, api_key: str | None = None, *, timeout: float = 600.0
         'http://127.0.0.1:8080'
         >>> client.close()
     """
-    return Client(base_url, api_key, timeout=timeout)
+    return Client(base_url, api_key, timeout=timeout, deadline=deadline, max_event_bytes=max_event_bytes)

@@ -90,8 +90,8 @@ _SIGNAL_STEPS: dict[int, tuple[str, str]] = {  # signal -> (next step while load
 
 _E = TypeVar("_E", bound=BaseException)
 
-TimeoutPhase = Literal["connect", "read", "write", "pool"]
-"""Which of httpx's timeouts ran out (:attr:`GenerationTimeout.phase`)."""
+TimeoutPhase = Literal["connect", "read", "write", "pool", "total"]
+"""Which timeout ran out (:attr:`GenerationTimeout.phase`): one of httpx's, or the request's whole deadline."""
 
 
 def with_notes(exc: _E, *notes: str) -> _E:
@@ -300,7 +300,9 @@ class GenerationTimeout(GenerationError, TimeoutError):
 
     ``connect``: no connection within the connect timeout; ``read``: the
     server sent nothing for that long mid-reply (it looks hung); ``write``:
-    the request could not be sent; ``pool``: no free connection.
+    the request could not be sent; ``pool``: no free connection; ``total``:
+    the request's overall deadline passed although bytes kept arriving (a
+    server that trickles keep-alive comments, or decodes for ever).
 
     Example:
         >>> e = GenerationTimeout("no connection within 10 s", phase="connect", timeout=10.0)

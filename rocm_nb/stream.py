@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from httpx_sse import ServerSentEvent
 
 __all__ = [
+    "DEFAULT_DEADLINE_S",
+    "MAX_EVENT_BYTES",
     "Accumulator",
     "AsyncTokenStream",
     "ChatSource",
@@ -48,6 +50,20 @@ __all__ = [
 
 FailureHook = Callable[[Exception, str], "RocmNbError | None"]
 """Given a transport error and the partial text, return a better error (or None)."""
+
+MAX_EVENT_BYTES = 16 * 2**20
+"""The most bytes one server-sent event may have (16 MiB; a llama-server event has a few hundred).
+
+A larger one is refused as it arrives, never buffered whole
+(:mod:`rocm_nb._limits`); ``connect(..., max_event_bytes=N)`` changes it.
+"""
+
+DEFAULT_DEADLINE_S: float | None = 3600.0
+"""How long one request to a server from ``connect()`` may take in all (s): one hour.
+
+However steadily bytes arrive (:mod:`rocm_nb._limits`); ``connect(...,
+deadline=None)`` removes it. A ``LocalModel``'s own server has none.
+"""
 
 
 class Accumulator:
@@ -183,7 +199,8 @@ def transport_error(exc: Exception, partial: str = "") -> GenerationError:
                           so_far)
     if isinstance(exc, httpx.TransportError):
         return with_notes(ServerUnavailable(
-            f"lost the connection to {url} ({type(exc).__name__}: {exc})", partial=partial), so_far)
+            f"lost the connection to {url} ({type(exc).__name__}: {exc})", partial=partial), so_far,
+            *getattr(exc, "__notes__", ()))  # e.g. rocm_nb._redial's: why it was not resent
     return with_notes(GenerationError(f"the request to {url} failed ({type(exc).__name__}: {exc})",
                                       partial=partial), so_far)
 
@@ -226,6 +243,8 @@ class _StreamBase:
 
     def _translate(self, exc: Exception) -> Exception:
         if isinstance(exc, RocmNbError):
+            if isinstance(exc, GenerationError) and not exc.partial:  # raised below, where the text is unknown
+                exc.partial = self._acc.partial
             return exc
         import httpx
 

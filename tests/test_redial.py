@@ -1,10 +1,13 @@
-"""A kept-alive connection that the server drops is redialled once, not reported as an error.
+"""No request is sent twice, and a kept-alive connection the server drops costs no error where that is safe.
 
-The server here is a real socket server that does what llama-server (and
+The servers here are real socket servers. One does what llama-server (and
 many proxies) do to an idle connection: it reads the next request and closes
 the connection without answering. httpx cannot tell in advance in the
-instant before the FIN arrives; rocm_nb's transports send the request again
-on a fresh connection.
+instant before the FIN arrives, and neither can anyone tell that from a
+server that took the request and died. So rocm_nb keeps no connection alive
+to a server on this machine (nothing to drop), resends only GETs to a remote
+one, and never resends a POST: a generation on a paid endpoint must not run
+twice (rocm_nb/_redial.py).
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from rocm_nb import GenerationError, connect
-from rocm_nb._redial import AsyncRedial
+from rocm_nb import GenerationError, ServerUnavailable, connect
+from rocm_nb._redial import Redial
 
 pytestmark = pytest.mark.unit
 
@@ -28,12 +31,21 @@ ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 
 
 
 def read_request(conn: socket.socket) -> bytes:
+    """One whole request, its body included (b"" when the client hung up first)."""
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = conn.recv(65536)
         if not chunk:
-            return data
+            return b""
         data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
+                   if line.startswith(b"content-length:")), 0)
+    while len(body) < length:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return b""
+        body += chunk
     return data
 
 
@@ -76,22 +88,80 @@ def server() -> Iterator[DroppingServer]:
     running.close()
 
 
-def test_a_dropped_keep_alive_connection_is_redialled(server: DroppingServer) -> None:
+def test_a_server_on_this_machine_gets_a_fresh_connection_per_request(server: DroppingServer) -> None:
     client = connect(server.url)
     try:
         assert [client.props()["total_slots"] for _ in range(3)] == [3, 3, 3]
     finally:
         client.close()
+    assert server.dropped == 0 and server.connections == 3  # nothing kept alive, so nothing to drop
+
+
+def test_a_dropped_keep_alive_connection_is_redialled_for_a_get(server: DroppingServer) -> None:
+    """What a remote server gets: connections kept alive, and a GET resent once when one was dropped."""
+    with httpx.Client(transport=Redial(httpx.HTTPTransport())) as http:
+        assert [http.get(f"{server.url}/props").json()["total_slots"] for _ in range(3)] == [3, 3, 3]
     assert server.dropped >= 1 and server.connections >= 2  # it did happen, and a fresh connection served
 
 
-def test_the_async_transport_redials_too(server: DroppingServer) -> None:
-    async def three() -> list[int]:
-        async with httpx.AsyncClient(transport=AsyncRedial(httpx.AsyncHTTPTransport())) as http:
-            return [(await http.get(f"{server.url}/props")).json()["total_slots"] for _ in range(3)]
+def test_a_post_on_a_dropped_keep_alive_connection_is_not_resent(server: DroppingServer) -> None:
+    with httpx.Client(transport=Redial(httpx.HTTPTransport())) as http:
+        http.get(f"{server.url}/props")  # the connection is kept alive; the server will drop the next request
+        with pytest.raises(httpx.RemoteProtocolError) as raised:
+            http.post(f"{server.url}/v1/completions", json={"prompt": "Hi", "max_tokens": 4})
+    assert server.dropped == 1 and server.connections == 1, "received once, and not sent again"
+    assert "was not resent" in "".join(raised.value.__notes__)
 
-    assert asyncio.run(three()) == [3, 3, 3]
-    assert server.dropped >= 1
+
+class TakingServer:
+    """Reads each request whole and hangs up without answering: a server that took the request and died."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.requests = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                if read_request(conn):
+                    self.requests += 1
+
+    def close(self) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+
+
+@pytest.fixture
+def taking() -> Iterator[TakingServer]:
+    running = TakingServer()
+    yield running
+    running.close()
+
+
+def test_a_generation_the_server_received_is_never_sent_twice(taking: TakingServer) -> None:
+    client = connect(taking.url)
+    try:
+        with pytest.raises(ServerUnavailable, match="lost the connection"):
+            client.generate("Hi", max_tokens=4)
+    finally:
+        client.close()
+    assert taking.requests == 1
+
+
+def test_nor_from_async_code(taking: TakingServer) -> None:
+    async def generate() -> None:
+        async with connect(taking.url) as client:
+            await client.agenerate("Hi", max_tokens=4)
+
+    with pytest.raises(ServerUnavailable, match="lost the connection"):
+        asyncio.run(generate())
+    assert taking.requests == 1
 
 
 def test_without_redial_the_same_server_breaks_httpx() -> None:

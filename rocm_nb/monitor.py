@@ -31,9 +31,9 @@ sent all its updates on time. So sampling runs in a daemon thread named
 from any thread); stopping sets an event and joins it.
 
 **Visibility reported by the view itself (anywidget).** The kernel cannot
-tell whether an output is on screen, so the view (a small ES module through
-`anywidget <https://anywidget.dev>`_, which works in JupyterLab, Notebook 7,
-VS Code and Colab) reports it: an ``IntersectionObserver`` plus
+tell whether an output is on screen, so the view (``static/monitor.js``, a
+small ES module through `anywidget <https://anywidget.dev>`_, which works in
+JupyterLab, Notebook 7, VS Code and Colab) reports it: an ``IntersectionObserver`` plus
 ``document.visibilitychange`` decide "visible"; the view sends
 ``{"event": "visible" | "hidden", "view": id}`` on every change and
 "hidden" when it is removed. The thread runs only while at least one view
@@ -60,6 +60,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import importlib.resources
 import math
 import threading
 import time
@@ -181,8 +182,17 @@ def _bar(label: str, text: str, fraction: float | None) -> dict[str, Any]:
             "fraction": None if fraction is None else min(1.0, max(0.0, fraction))}
 
 
-def _sections(sample: MonitorSample, *, running: bool) -> list[dict[str, Any]]:
-    """What the view draws: titled groups of labelled bars (or a note), GPUs first."""
+def _stopped_note(source: Watched) -> str:
+    """What the view says when no server runs: ``crashed`` as ``%rocm_status`` says it, else ``not running``."""
+    from rocm_nb._lease import ModelState  # a LocalModel's; other sources have no state
+
+    if getattr(source, "state", None) is ModelState.CRASHED:
+        return "crashed: run %rocm_load again (or model.start()) for a fresh server"
+    return "not running"
+
+
+def _sections(sample: MonitorSample, *, running: bool, stopped: str = "not running") -> list[dict[str, Any]]:
+    """What the view draws: titled groups of labelled bars (or a note, ``stopped`` when no server runs), GPUs first."""
     sections: list[dict[str, Any]] = []
     for gpu in sample.gpus:
         if gpu.vram_total and gpu.vram_used is not None:
@@ -200,7 +210,7 @@ def _sections(sample: MonitorSample, *, running: bool) -> list[dict[str, Any]]:
     process = sample.process
     if process is None:
         sections.append({"kind": "process", "title": title, "bars": [],
-                         "note": "running, but its process could not be read" if running else "not running"})
+                         "note": "running, but its process could not be read" if running else stopped})
     else:
         cpu_max = 100 * process.cpu_count
         sections.append({"kind": "process", "title": f"{title} · pid {process.pid}", "note": "", "bars": [
@@ -212,85 +222,12 @@ def _sections(sample: MonitorSample, *, running: bool) -> list[dict[str, Any]]:
     return sections
 
 
-_ESM = """
-function render({ model, el }) {
-  const view = Math.random().toString(36).slice(2) + Date.now().toString(36);
-  const root = document.createElement("div");
-  root.className = "rocm-nb-monitor";
-  el.appendChild(root);
+_STATIC = importlib.resources.files("rocm_nb") / "static"
+"""The view's ES module and style sheet (``monitor.js``, ``monitor.css``), shipped as package data.
 
-  const add = (parent, tag, cls, text) => {
-    const node = document.createElement(tag);
-    if (cls) node.className = cls;
-    if (text !== undefined) node.textContent = text;
-    parent.appendChild(node);
-    return node;
-  };
-  const draw = () => {
-    root.replaceChildren();
-    add(root, "div", "rocm-nb-monitor-title", model.get("title"));
-    for (const section of model.get("sections")) {
-      const box = add(root, "div", "rocm-nb-monitor-section rocm-nb-monitor-" + section.kind);
-      add(box, "div", "rocm-nb-monitor-heading", section.title);
-      if (section.note) add(box, "div", "rocm-nb-monitor-note", section.note);
-      for (const bar of section.bars) {
-        const row = add(box, "div", "rocm-nb-monitor-row");
-        add(row, "span", "rocm-nb-monitor-label", bar.label);
-        const track = add(row, "span", "rocm-nb-monitor-track");
-        const fill = add(track, "span", "rocm-nb-monitor-fill");
-        fill.style.width = bar.fraction === null ? "0" : (100 * bar.fraction).toFixed(1) + "%";
-        add(row, "span", "rocm-nb-monitor-value", bar.text);
-      }
-    }
-    add(root, "div", "rocm-nb-monitor-footer", model.get("status"));
-    root.dataset.samples = String(model.get("samples"));
-    root.dataset.state = model.get("state");
-  };
-  for (const name of ["title", "sections", "status", "samples", "state"]) model.on("change:" + name, draw);
-  draw();
-
-  let inView = false;
-  let reported = null;
-  const send = (event) => { try { model.send({ event, view }); } catch (e) { /* the model is closed */ } };
-  const report = () => {
-    const visible = inView && !document.hidden;
-    if (visible !== reported) {
-      reported = visible;
-      send(visible ? "visible" : "hidden");
-    }
-  };
-  const observer = new IntersectionObserver((entries) => {
-    inView = entries[entries.length - 1].isIntersecting;
-    report();
-  });
-  observer.observe(root);
-  document.addEventListener("visibilitychange", report);
-  const beat = setInterval(() => { if (reported) send("visible"); },
-                           Math.max(1000, 1000 * model.get("heartbeat_s")));
-  return () => {
-    observer.disconnect();
-    document.removeEventListener("visibilitychange", report);
-    clearInterval(beat);
-    if (reported) send("hidden");
-  };
-}
-export default { render };
-"""
-
-_CSS = """
-.rocm-nb-monitor { font: 12px/1.45 var(--jp-ui-font-family, sans-serif); border: 1px solid #ddd;
-  border-radius: 6px; padding: 6px 10px; max-width: 560px; }
-.rocm-nb-monitor-title { font-weight: 600; }
-.rocm-nb-monitor-section { margin-top: 4px; }
-.rocm-nb-monitor-heading { color: #444; }
-.rocm-nb-monitor-note { color: #777; font-style: italic; }
-.rocm-nb-monitor-row { display: flex; align-items: center; gap: 8px; }
-.rocm-nb-monitor-label { width: 3.5em; color: #555; }
-.rocm-nb-monitor-track { flex: 0 0 180px; height: 9px; background: #eee; border-radius: 4px; overflow: hidden; }
-.rocm-nb-monitor-fill { display: block; height: 100%; background: #d9381e; transition: width 0.3s; }
-.rocm-nb-monitor-process .rocm-nb-monitor-fill { background: #1a73e8; }
-.rocm-nb-monitor-value { white-space: nowrap; }
-.rocm-nb-monitor-footer { color: #888; margin-top: 4px; }
+They are read as text, not handed to anywidget as paths: for a path anywidget
+connects each widget to the file's change signal with a closure that holds the
+widget, so no closed monitor would ever be freed.
 """
 
 
@@ -322,8 +259,8 @@ class GpuMonitor(anywidget.AnyWidget):
         False
     """
 
-    _esm = _ESM
-    _css = _CSS
+    _esm = (_STATIC / "monitor.js").read_text(encoding="utf-8")
+    _css = (_STATIC / "monitor.css").read_text(encoding="utf-8")
 
     title = traitlets.Unicode("").tag(sync=True)
     sections = traitlets.List(traitlets.Dict()).tag(sync=True)
@@ -475,7 +412,7 @@ class GpuMonitor(anywidget.AnyWidget):
         """Write a sample into the traits (the caller holds the lock)."""
         self.last = sample
         with self.hold_sync():
-            self.sections = _sections(sample, running=self._source.pid is not None)
+            self.sections = _sections(sample, running=self._source.pid is not None, stopped=_stopped_note(self._source))
             self.samples += 1
             if self._stopped is None:
                 pace = (

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Unpack
 
 from rocm_nb._batch import Prompt
 from rocm_nb.completion import Completion, Kind, Message, Options, build_payload
-from rocm_nb.errors import GenerationError, RocmNbError
+from rocm_nb.errors import GenerationError, RocmNbError, StreamProtocolError
 from rocm_nb.stream import Accumulator, AsyncTokenStream, TokenStream
 
 if TYPE_CHECKING:
@@ -270,7 +270,7 @@ class _GenerationAPI:
             [19556]
         """
         body = {"content": text, "add_special": add_special}
-        tokens: list[int] = self._client()._request("POST", "/tokenize", json=body).json()["tokens"]
+        tokens: list[int] = self._client()._request_json("POST", "/tokenize", json=body)["tokens"]
         return tokens
 
     def detokenize(self, tokens: Sequence[int]) -> str:
@@ -280,7 +280,7 @@ class _GenerationAPI:
             >>> model.detokenize([19556])  # doctest: +SKIP
             'Hello'
         """
-        content: str = self._client()._request("POST", "/detokenize", json={"tokens": list(tokens)}).json()["content"]
+        content: str = self._client()._request_json("POST", "/detokenize", json={"tokens": list(tokens)})["content"]
         return content
 
     def props(self) -> dict[str, Any]:
@@ -290,7 +290,10 @@ class _GenerationAPI:
             >>> model.props()["total_slots"]  # doctest: +SKIP
             1
         """
-        props: dict[str, Any] = self._client()._request("GET", "/props").json()
+        props = self._client()._request_json("GET", "/props")
+        if not isinstance(props, dict):
+            raise StreamProtocolError(f"GET /props answered {type(props).__name__} JSON, not an object: "
+                                      f"{str(props)[:120]!r}", body=str(props))
         return props
 
     def metrics(self) -> dict[str, float]:
@@ -312,12 +315,13 @@ class _GenerationAPI:
             ['SmolLM2-135M-Instruct.Q4_1.gguf']
         """
         try:
-            data = self._client()._request("GET", "/v1/models").json().get("data") or []
+            reply = self._client()._request_json("GET", "/v1/models")
         except GenerationError as exc:
             if exc.status_code == 404:
                 return []
             raise
-        return [str(entry.get("id")) for entry in data if isinstance(entry, dict)]
+        data = reply.get("data") if isinstance(reply, dict) else None
+        return [str(entry.get("id")) for entry in data if isinstance(entry, dict)] if isinstance(data, list) else []
 
     def health(self) -> bool:
         """True when the server answers ``/health`` with 200 (ready).

@@ -15,12 +15,14 @@ Example:
 
 from __future__ import annotations
 
+import builtins
+import keyword
 from dataclasses import dataclass
 
 from rocm_nb._extras import needs_extra
 from rocm_nb._format import FORMATS, Format
 from rocm_nb.catalog import DEFAULT_MODEL
-from rocm_nb.completion import Message, Options
+from rocm_nb.completion import Message, Options, check_options
 
 with needs_extra("notebook"):
     from IPython.core.error import UsageError
@@ -68,6 +70,8 @@ class GenerateArgs(SamplingArgs):
     def __post_init__(self) -> None:
         if self.raw and self.system:
             raise UsageError("--system needs chat mode; drop --raw")
+        if self.out is not None:
+            _check_variable_name(self.out)
 
     def messages(self, prompt: str) -> list[Message]:
         """The chat messages for ``prompt``: the system prompt (if any), then the user's.
@@ -78,6 +82,22 @@ class GenerateArgs(SamplingArgs):
         """
         system: list[Message] = [{"role": "system", "content": self.system}] if self.system else []
         return [*system, {"role": "user", "content": prompt}]
+
+
+def _check_variable_name(name: str) -> None:
+    """Refuse an ``--out`` name that is no Python variable name, or that would hide a keyword or built-in.
+
+    Example:
+        >>> _check_variable_name("reply")
+        >>> _check_variable_name("print")
+        Traceback (most recent call last):
+        ...
+        IPython.core.error.UsageError: --out print would hide Python's built-in print; choose another name
+    """
+    if not name.isidentifier() or keyword.iskeyword(name):
+        raise UsageError(f"--out {name!r} is not a Python variable name; use letters, digits and _ (reply_1)")
+    if hasattr(builtins, name):
+        raise UsageError(f"--out {name} would hide Python's built-in {name}; choose another name")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -139,11 +159,18 @@ class StopArgs:
 
 
 def options_from(args: SamplingArgs) -> Options:
-    """The generation options the arguments set (unset ones are left out).
+    """The generation options the arguments set (unset ones are left out), checked before any request.
+
+    A value out of range is a ``UsageError`` naming the option, the value and
+    what is allowed (:func:`~rocm_nb.completion.check_options`).
 
     Example:
         >>> options_from(GenerateArgs(temperature=0.0, seed=1))
         {'temperature': 0.0, 'seed': 1}
+        >>> options_from(GenerateArgs(temperature=float("nan")))
+        Traceback (most recent call last):
+        ...
+        IPython.core.error.UsageError: temperature must be a finite number ≥ 0, got nan
     """
     options: Options = {}
     if args.max_tokens is not None:
@@ -154,4 +181,8 @@ def options_from(args: SamplingArgs) -> Options:
         options["seed"] = args.seed
     if args.stop:
         options["stop"] = args.stop
+    try:
+        check_options(options)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     return options

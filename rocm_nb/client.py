@@ -28,7 +28,15 @@ from rocm_nb._batch import Prompt
 from rocm_nb._generation import _GenerationAPI
 from rocm_nb._generation import parse_metrics as parse_metrics  # re-exported: it lived here
 from rocm_nb.completion import Completion, Kind, Message, Options, Timings, build_payload
-from rocm_nb.errors import EventLoopMismatch, ModelClosed, RocmNbError
+from rocm_nb.errors import (
+    EventLoopMismatch,
+    GenerationTimeout,
+    ModelClosed,
+    RocmNbError,
+    ServerUnavailable,
+    StreamProtocolError,
+    with_notes,
+)
 from rocm_nb.status import ServerStatus
 from rocm_nb.stream import (
     DEFAULT_DEADLINE_S,
@@ -38,6 +46,7 @@ from rocm_nb.stream import (
     FailureHook,
     TokenStream,
     http_error,
+    redirect_error,
     transport_error,
 )
 
@@ -208,6 +217,10 @@ class Client(_GenerationAPI):
         return self
 
     def _better_error(self, exc: Exception, partial: str) -> RocmNbError | None:
+        """A transport failure, explained: this client was closed mid-request, or what ``on_failure`` says."""
+        if self._closed:  # close() from another thread or task cut the request off: say so, not "Bad fd"
+            return ModelClosed(f"this client for {self._base_url} was closed while a request was running; "
+                               "the request was cut off")
         return self._on_failure(exc, partial)
 
     def _http(self) -> httpx.Client:
@@ -258,7 +271,7 @@ class Client(_GenerationAPI):
         http = self._http()
         request = http.build_request("POST", self._endpoint(kind), json=payload)
         return TokenStream(
-            lambda: http.send(request, stream=True), Accumulator(kind), self._on_failure
+            lambda: http.send(request, stream=True), Accumulator(kind), self._better_error
         )
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -267,24 +280,50 @@ class Client(_GenerationAPI):
         try:
             response = self._http().request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            better = None if isinstance(exc, httpx.TimeoutException) else self._on_failure(exc, "")
+            better = None if isinstance(exc, httpx.TimeoutException) else self._better_error(exc, "")
             raise (better or transport_error(exc)) from exc
         if response.is_error:
             raise http_error(response, response.text)
+        if response.is_redirect:
+            raise redirect_error(response)
         return response
+
+    def _request_json(self, method: str, path: str, **kwargs: Any) -> Any:
+        """:meth:`_request`'s reply parsed as JSON; one that is not JSON (a proxy's HTML page) is a GenerationError.
+
+        It is a :class:`~rocm_nb.errors.StreamProtocolError` naming the
+        endpoint, the content type and the reply's start, so callers that
+        degrade on a ``RocmNbError`` (``map``'s slots, ``%rocm_status``) do.
+        """
+        response = self._request(method, path, **kwargs)
+        try:
+            return response.json()
+        except (ValueError, RecursionError):
+            content_type = response.headers.get("content-type", "")
+            raise with_notes(StreamProtocolError(
+                f"{method} {path} answered {content_type or 'no content type'}, not JSON: {response.text[:120]!r}",
+                status_code=response.status_code,
+                body=response.text,
+            ), "Is this a llama-server or OpenAI-compatible endpoint, or a proxy's page?") from None
 
     def status(self) -> ServerStatus:
         """What is known of a server this client does not own: the models it offers, reachable or not.
+
+        A server that answers but not as expected (a proxy's HTML page) is
+        in state ``error``, with the reason in ``.error``: one row of a
+        status table, never a failure of the whole table.
 
         Example:
             >>> connect("http://127.0.0.1:9").status().state
             'unreachable'
         """
         try:
-            names, state = self.models(), "running"
-        except RocmNbError:
-            names, state = [], "unreachable"
-        return ServerStatus(model=", ".join(names) or "?", file=self._base_url, backend="remote", state=state)
+            names, state, error = self.models(), "running", None
+        except RocmNbError as exc:
+            names, error = [], str(exc)
+            state = "unreachable" if isinstance(exc, ServerUnavailable | GenerationTimeout) else "error"
+        return ServerStatus(model=", ".join(names) or "?", file=self._base_url, backend="remote", state=state,
+                            error=error)
 
     # -- lifetime ---------------------------------------------------------------------------
 

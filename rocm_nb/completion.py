@@ -14,15 +14,26 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
 from rocm_nb._markdown import render as render_markdown
-from rocm_nb._units import positive_int
 from rocm_nb.errors import SchemaMismatch, with_notes
 
-__all__ = ["DEFAULT_MAX_TOKENS", "Completion", "Kind", "Message", "Options", "Timings", "build_payload"]
+__all__ = [
+    "DEFAULT_MAX_TOKENS",
+    "MAX_SCHEMA_DEPTH",
+    "MAX_TOKENS_LIMIT",
+    "Completion",
+    "Kind",
+    "Message",
+    "Options",
+    "Timings",
+    "build_payload",
+    "check_options",
+]
 
 Message = Mapping[str, Any]
 """One chat message: ``{"role": "user", "content": "Hi"}``."""
@@ -61,6 +72,108 @@ class Options(TypedDict, total=False):
 
 _OPTION_NAMES = frozenset(Options.__annotations__)
 
+MAX_TOKENS_LIMIT = 2**31 - 1
+"""The largest ``max_tokens`` accepted: llama-server reads it as a 32-bit signed integer."""
+
+MAX_SCHEMA_DEPTH = 64
+"""How deeply a ``json_schema`` may nest (objects and lists within each other).
+
+Real schemas nest a few levels; the validator and llama-server's grammar
+converter recurse per level, so a deeper one is refused up front with a
+``ValueError`` instead of failing later with a ``RecursionError``.
+"""
+
+_NUMBER_RULES: dict[str, tuple[str, Callable[[float], bool]]] = {  # option -> (allowed range, check)
+    "temperature": ("a finite number ≥ 0", lambda v: v >= 0),
+    "top_p": ("a number in (0, 1]", lambda v: 0 < v <= 1),
+    "min_p": ("a number in [0, 1]", lambda v: 0 <= v <= 1),
+    "repeat_penalty": ("a finite number > 0", lambda v: v > 0),
+}
+_INT_RULES: dict[str, tuple[str, Callable[[int], bool]]] = {
+    "max_tokens": (f"a positive integer ≤ {MAX_TOKENS_LIMIT}", lambda v: 0 < v <= MAX_TOKENS_LIMIT),
+    "top_k": ("an integer ≥ 0 (0: no limit)", lambda v: v >= 0),
+    "seed": ("an integer in [0, 2³²−1], or −1 for a random seed", lambda v: -1 <= v < 2**32),
+}
+
+
+def _nesting(value: object, limit: int) -> int:
+    """How deeply ``value``'s dicts and lists nest, counted up to ``limit + 1`` (no recursion).
+
+    Example:
+        >>> _nesting({"a": [{"b": 1}]}, 64), _nesting("x", 64)
+        (3, 0)
+    """
+    depth, level = 0, [value]
+    while depth <= limit:
+        containers = [item for item in level if isinstance(item, Mapping | list | tuple)]
+        if not containers:
+            break
+        depth += 1
+        level = [child for c in containers for child in (c.values() if isinstance(c, Mapping) else c)]
+    return depth
+
+
+def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` as a dict, after checking each one's type and range; a ``ValueError`` names the first bad one.
+
+    Numbers must be finite and in range (a NaN temperature would otherwise
+    reach the server as invalid JSON), stop strings non-empty, and a
+    ``json_schema`` JSON that nests at most :data:`MAX_SCHEMA_DEPTH` levels.
+    Every generation checks its options here before any request is sent.
+
+    Example:
+        >>> check_options({"temperature": 0.5, "stop": "\\n"})
+        {'temperature': 0.5, 'stop': '\\n'}
+        >>> check_options({"temperature": float("nan")})
+        Traceback (most recent call last):
+        ...
+        ValueError: temperature must be a finite number ≥ 0, got nan
+        >>> check_options({"top_p": 1.5})
+        Traceback (most recent call last):
+        ...
+        ValueError: top_p must be a number in (0, 1], got 1.5
+        >>> check_options({"max_tokens": 2**31})
+        Traceback (most recent call last):
+        ...
+        ValueError: max_tokens must be a positive integer ≤ 2147483647, got 2147483648
+    """
+    unknown = set(options) - _OPTION_NAMES
+    if unknown:
+        raise TypeError(
+            f"unknown option(s) {', '.join(sorted(unknown))}; "
+            f"valid options are {', '.join(sorted(_OPTION_NAMES))}"
+        )
+    for name, value in options.items():
+        if name in _NUMBER_RULES:
+            allowed, ok = _NUMBER_RULES[name]
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if not number or not math.isfinite(value) or not ok(value):
+                raise ValueError(f"{name} must be {allowed}, got {value!r}")
+        elif name in _INT_RULES:
+            allowed, whole = _INT_RULES[name]
+            if isinstance(value, bool) or not isinstance(value, int) or not whole(value):
+                raise ValueError(f"{name} must be {allowed}, got {value!r}")
+        elif name == "stop":
+            stops = [value] if isinstance(value, str) else value
+            if not isinstance(stops, Sequence) or not all(isinstance(s, str) and s for s in stops):
+                raise ValueError(f"stop must be a non-empty string or a list of them, got {value!r}")
+        elif name == "json_schema":
+            _check_schema_shape(value)
+    return dict(options)
+
+
+def _check_schema_shape(schema: object) -> None:
+    if not isinstance(schema, Mapping):
+        raise ValueError(f"json_schema must be a dict (a JSON schema), got {type(schema).__name__}")
+    if _nesting(schema, MAX_SCHEMA_DEPTH) > MAX_SCHEMA_DEPTH:
+        raise ValueError(f"json_schema nests more than {MAX_SCHEMA_DEPTH} levels deep; "
+                         "flatten it (a $ref to a definition can stand for a repeated part)")
+    try:
+        json.dumps(schema, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"json_schema is not plain JSON ({exc}); use dicts, lists, strings, "
+                         "finite numbers, booleans and None") from None
+
 
 def build_payload(kind: Kind, prompt: str | Sequence[Message], options: Mapping[str, Any]) -> dict[str, Any]:
     """Return the JSON body of a streaming request, after checking the options.
@@ -71,16 +184,10 @@ def build_payload(kind: Kind, prompt: str | Sequence[Message], options: Mapping[
         >>> build_payload("completion", "Hi", {"max_tokens": 0})
         Traceback (most recent call last):
         ...
-        ValueError: max_tokens must be a positive integer, got 0
+        ValueError: max_tokens must be a positive integer ≤ 2147483647, got 0
     """
-    unknown = set(options) - _OPTION_NAMES
-    if unknown:
-        raise TypeError(
-            f"unknown option(s) {', '.join(sorted(unknown))}; "
-            f"valid options are {', '.join(sorted(_OPTION_NAMES))}"
-        )
-    max_tokens = positive_int("max_tokens", options.get("max_tokens", DEFAULT_MAX_TOKENS))
-    payload: dict[str, Any] = {"stream": True, **options, "max_tokens": max_tokens}
+    checked = check_options(options)
+    payload: dict[str, Any] = {"stream": True, **checked, "max_tokens": checked.get("max_tokens", DEFAULT_MAX_TOKENS)}
     if isinstance(payload.get("stop"), str):
         payload["stop"] = [payload["stop"]]
     if kind == "chat":
@@ -209,6 +316,9 @@ class Completion:
         """
         try:
             data = json.loads(self.text)
+        except RecursionError:
+            raise with_notes(SchemaMismatch(
+                "the reply nests too deeply to parse as JSON", body=self.text, partial=self.text), _RAW) from None
         except json.JSONDecodeError as exc:
             cut = self.finish_reason == "length"
             raise with_notes(SchemaMismatch(
@@ -222,12 +332,18 @@ class Completion:
             from jsonschema.exceptions import best_match
 
             rules = dict(schema)
+            _check_schema_shape(rules)  # too deep a schema: a ValueError now, not a RecursionError below
             validator_class = validators.validator_for(rules)
             try:
                 validator_class.check_schema(rules)
             except SchemaError as exc:
                 raise ValueError(f"the JSON schema itself is invalid: {exc.message}; fix the schema") from None
-            error = best_match(validator_class(rules).iter_errors(data))
+            try:
+                error = best_match(validator_class(rules).iter_errors(data))
+            except RecursionError:  # a recursive schema ($ref) walking a deeply nested reply
+                raise with_notes(SchemaMismatch(
+                    "the reply nests too deeply to check against the JSON schema",
+                    body=self.text, partial=self.text), _RAW) from None
             if error is not None:
                 raise with_notes(SchemaMismatch(
                     f"the reply does not match the JSON schema at {error.json_path}: {error.message}",

@@ -166,7 +166,9 @@ def status_bundle(statuses: Mapping[str, ServerStatus], *, current: str | None, 
     """A text and HTML table of servers by their alias (``*`` marks ``current``), then hardware notes.
 
     The memory column holds the measured RSS of each server beside the
-    memory estimate of its load (``estimated X, measured Y``).
+    memory estimate of its load (``estimated X, measured Y``). A server
+    with an :attr:`~rocm_nb.status.ServerStatus.error` keeps its row, and
+    the error is a note below the table.
 
     Example:
         >>> status = ServerStatus(model="SmolLM2", file="smol.gguf", backend="cpu", state="running")
@@ -175,6 +177,7 @@ def status_bundle(statuses: Mapping[str, ServerStatus], *, current: str | None, 
         ['*', 'm', 'smol.gguf', 'cpu']
     """
     rows = list(statuses.items())
+    notes = [*(f"⚠ {alias}: {status.error}" for alias, status in rows if status.error), *notes]
     cells = [[alias] + [fill(status) for _, fill in _STATUS_COLUMNS] for alias, status in rows]
     marks = ["*" if alias == current else " " for alias, _ in rows]
     headers = ["model"] + [title for title, _ in _STATUS_COLUMNS]

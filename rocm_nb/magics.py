@@ -44,9 +44,11 @@ from rocm_nb.catalog import DEFAULT_MODEL
 from rocm_nb.client import Client, connect
 from rocm_nb.completion import DEFAULT_MAX_TOKENS
 from rocm_nb.display import ipython_publisher, status_bundle
+from rocm_nb.errors import ServerCrashed, describe_exit
 from rocm_nb.hardware import describe, detect
 from rocm_nb.library import ModelLibrary, model_names, models
-from rocm_nb.model import LocalModel
+from rocm_nb.model import LocalModel, ModelState
+from rocm_nb.status import ServerStatus
 
 with needs_extra("notebook"):
     from IPython.core import magic_arguments as _arguments
@@ -157,19 +159,33 @@ class RocmMagics(Magics):
         super().__init__(shell)
         self.models: dict[str, Client | LocalModel] = {}
         self.current: str | None = None
+        self._load_lines: dict[str, str] = {}  # alias -> the %rocm_load line that loaded it (to reload a crash)
 
     # -- helpers ----------------------------------------------------------------------------
 
     def _model(self, alias: str | None) -> Client | LocalModel:
+        """The model called ``alias`` (default: the current one, loading the default model if none is).
+
+        A model whose server crashed is not restarted behind the user's back
+        (the same crash, out of memory say, would likely follow): every magic
+        that needs it says so and gives the ``%rocm_load`` line that starts a
+        fresh one, as ``%rocm_status`` (state ``crashed``) and its monitor do.
+        """
         if alias is not None:
             if alias not in self.models:
                 known = ", ".join(self.models) or "none yet"
                 raise UsageError(f"no model called {alias!r} is loaded (loaded: {known}); use %rocm_load")
-            return self.models[alias]
-        if self.current is None:
-            self._load(DEFAULT_MODEL, alias=DEFAULT_MODEL)
-        assert self.current is not None
-        return self.models[self.current]
+        else:
+            if self.current is None:
+                self._load(DEFAULT_MODEL, alias=DEFAULT_MODEL)
+            assert self.current is not None
+            alias = self.current
+        model = self.models[alias]
+        if isinstance(model, LocalModel) and model.state is ModelState.CRASHED:
+            what, _ = describe_exit(model.server.returncode, loading=False)
+            raise UsageError(f"{alias}: its llama-server {what}; run `%rocm_load {self._load_lines.get(alias, alias)}` "
+                             "to start a fresh one (model.logs() has its last log lines)")
+        return model
 
     def _load(self, spec: str, *, alias: str, **kwargs: Any) -> LocalModel:
         old = self.models.get(alias)
@@ -219,6 +235,7 @@ class RocmMagics(Magics):
         Arguments after ``--`` go to llama-server as they are. With ``--url``
         nothing is started: the magics talk to that server.
         """
+        whole = line.strip()
         line, _, extra = line.partition(" -- ")
         args = parse_args("rocm_load", line, LoadArgs)
         if args.url:
@@ -229,6 +246,7 @@ class RocmMagics(Magics):
             self.current = alias
             _say(f"✓ {alias}: {args.url} (remote, offers {', '.join(offered) or 'no model list'})")
             return
+        self._load_lines[args.name or args.model] = whole
         self._load(
             args.model,
             alias=args.name or args.model,
@@ -268,13 +286,20 @@ class RocmMagics(Magics):
         Otherwise ``--out`` stores the ``Completion``.
         """
         args = parse_args("rocm_generate", line, GenerateArgs)
+        if not cell.strip():
+            raise UsageError("%%rocm_generate has no prompt: write it in the cell, below the magic's line")
         user_ns = self.shell.user_ns if self.shell is not None else {}
         prompt = fill_placeholders(cell.strip(), user_ns)
         schema = json_schema(args.format, args.json_schema, user_ns)
         options = options_from(args) | ({"json_schema": schema} if schema is not None else {})
         model = self._model(args.model)
         stream = model.stream(prompt, **options) if args.raw else model.chat_stream(args.messages(prompt), **options)
-        reply = formatted(show(stream, args.format, live=not args.no_stream), args.format, schema)
+        try:
+            completion = show(stream, args.format, live=not args.no_stream)
+        except ServerCrashed as exc:  # its notes say model.start(); in a notebook with magics this is the step
+            exc.add_note("With the magics: run %rocm_load again (the same line) to start a fresh server.")
+            raise
+        reply = formatted(completion, args.format, schema)
         if reply.new_cell is not None and self.shell is not None:
             self.shell.set_next_input(reply.new_cell, replace=False)  # a new cell below, not run
         return reply.result(out=args.out, namespace=user_ns)
@@ -296,7 +321,7 @@ class RocmMagics(Magics):
     @line_magic
     def rocm_status(self, line: str) -> None:
         """Running models: backend, pid, port, uptime, memory, speed; the GPUs; a live monitor."""
-        statuses = {alias: model.status() for alias, model in self.models.items()}
+        statuses = {alias: _status(model) for alias, model in self.models.items()}
         display(status_bundle(statuses, current=self.current, notes=describe(detect())), raw=True)
         current = self.models.get(self.current) if self.current is not None else None
         if isinstance(current, LocalModel) and current.pid is not None:
@@ -326,6 +351,15 @@ class RocmMagics(Magics):
             _say(f"stopped {alias}")
             if self.current == alias:
                 self.current = next(iter(self.models), None)
+
+
+def _status(model: Client | LocalModel) -> ServerStatus:
+    """``model.status()``, or a row that says why there is none: one bad server never hides the others."""
+    try:
+        return model.status()
+    except Exception as exc:
+        where = model.base_url if isinstance(model, Client) else model.path.name
+        return ServerStatus(model="?", file=where, backend="?", state="error", error=f"{type(exc).__name__}: {exc}")
 
 
 def complete_model(shell: InteractiveShell, event: Any) -> list[str]:

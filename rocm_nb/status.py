@@ -38,7 +38,7 @@ class ServerStatus:
     backend: str
     """``rocm``, ``cuda``, ``vulkan``, ``cpu``, or ``remote`` for a server elsewhere."""
     state: str
-    """``running``, ``stopped``, ``closed`` or ``unreachable`` (more with the model's lifecycle)."""
+    """``running``, ``crashed``, ``stopped``, ``closed``, ``unreachable``, or ``error`` (see :attr:`error`)."""
     pid: int | None = None
     port: int | None = None
     uptime_s: float | None = None
@@ -56,3 +56,5 @@ class ServerStatus:
     """Average decode speed the server reports; ``None`` before the first generation."""
     rpc: tuple[str, ...] = ()
     """``host:port`` of the RPC workers the model is split over."""
+    error: str | None = None
+    """Why the server's state could not be learnt or is bad (a proxy's HTML page, a crash), in one line."""

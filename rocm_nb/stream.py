@@ -45,6 +45,7 @@ __all__ = [
     "FailureHook",
     "TokenStream",
     "http_error",
+    "redirect_error",
     "transport_error",
 ]
 
@@ -117,19 +118,32 @@ class Accumulator:
                 body=data,
                 partial=self.partial,
             )
+        try:
+            piece = self._read(chunk)
+        except (TypeError, AttributeError, ValueError) as exc:  # valid JSON, but not a completion chunk
+            raise StreamProtocolError(
+                f"the server sent an event that is not a completion chunk ({exc}): {data[:200]!r}",
+                body=data,
+                partial=self.partial,
+            ) from None
+        if piece:
+            if self.first_token_at is None:
+                self.first_token_at = time.perf_counter()
+            self._text.write(piece)
+        return piece
+
+    def _read(self, chunk: dict[str, Any]) -> str:
+        """The text of one chunk; its finish reason and timings are kept. Raises on a chunk of the wrong shape."""
         if isinstance(chunk.get("timings"), dict):
             self.timings = Timings.from_server(chunk["timings"])
         piece = ""
         for choice in chunk.get("choices") or ():
             if choice.get("finish_reason"):
-                self.finish_reason = choice["finish_reason"]
+                self.finish_reason = str(choice["finish_reason"])
             text = (choice.get("delta") or {}).get("content") if self.kind == "chat" else choice.get("text")
-            if text:
-                piece += text
-        if piece:
-            if self.first_token_at is None:
-                self.first_token_at = time.perf_counter()
-            self._text.write(piece)
+            if text and not isinstance(text, str):
+                raise TypeError(f"its text is {type(text).__name__}, not a string")
+            piece += text or ""
         return piece
 
     def finish(self) -> Completion:
@@ -218,7 +232,29 @@ def http_error(response: httpx.Response, body: str) -> GenerationError:
     )
 
 
+def redirect_error(response: httpx.Response) -> StreamProtocolError:
+    """The error for a redirect, naming its status and where it points (requests never follow one).
+
+    Following it would send the request, and its API key, to another address.
+
+    Example:
+        >>> import httpx
+        >>> request = httpx.Request("POST", "http://127.0.0.1:8080/v1/completions")
+        >>> str(redirect_error(httpx.Response(301, headers={"location": "https://x/v1/completions"}, request=request)))
+        "the server redirected POST /v1/completions (301 Moved Permanently) to 'https://x/v1/completions'"
+    """
+    location = response.headers.get("location", "")
+    return with_notes(StreamProtocolError(
+        f"the server redirected {response.request.method} {response.request.url.path} "
+        f"({response.status_code} {response.reason_phrase}) to {location!r}",
+        status_code=response.status_code,
+    ), "rocm_nb does not follow redirects, so the API key goes nowhere else: "
+       "connect to the address the server names, if you trust it.")
+
+
 def _check_event_stream(response: httpx.Response) -> None:
+    if response.is_redirect:
+        raise redirect_error(response)
     content_type = response.headers.get("content-type", "")
     if "text/event-stream" not in content_type:
         raise with_notes(StreamProtocolError(

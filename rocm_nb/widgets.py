@@ -32,7 +32,7 @@ from typing import Any, Unpack
 
 from rocm_nb import _markdown
 from rocm_nb._extras import needs_extra
-from rocm_nb.completion import DEFAULT_MAX_TOKENS, Completion, Options
+from rocm_nb.completion import DEFAULT_MAX_TOKENS, Completion, Options, check_options
 from rocm_nb.display import Bundle, StreamDisplay
 from rocm_nb.stream import ChatSource
 
@@ -90,7 +90,7 @@ class ChatPanel:
 
     def __init__(self, source: ChatSource, *, system: str = "", **options: Unpack[Options]) -> None:
         self._source = source
-        self._options: Options = dict(options)  # type: ignore[assignment]
+        self._options: Options = check_options(options)  # type: ignore[assignment]  # bad ones raise here
         self._messages: list[dict[str, str]] = []
         self._task: asyncio.Task[None] | None = None
         self.last: Completion | None = None

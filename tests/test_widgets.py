@@ -51,13 +51,17 @@ async def test_the_panel_takes_any_chat_source() -> None:
 
 @pytest.mark.unit
 async def test_bad_options_show_as_an_error_bubble_not_a_stuck_reply() -> None:
-    panel = ChatPanel(ScriptedSource("never"), temprature=0.5)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="unknown option"):  # the panel checks its options when made
+        ChatPanel(ScriptedSource("never"), temprature=0.5)  # type: ignore[call-arg]
+    source = ScriptedSource("never")
+    panel = ChatPanel(source)
+    source.pieces = ("never", 1)  # type: ignore[assignment]  # what fails later still shows in the panel
     task = panel.send("Hello?")
     await task  # the task ends normally: nothing is left as "Task exception was never retrieved"
     assert task.exception() is None
     bubble = panel.transcript.children[-1].value
-    assert "rocm-nb-error" in bubble and "TypeError: unknown option(s) temprature" in bubble and "▌" not in bubble
-    assert "TypeError" in panel.stats.value
+    assert "rocm-nb-error" in bubble and "StreamProtocolError: " in bubble and "▌" not in bubble
+    assert "StreamProtocolError" in panel.stats.value
     assert panel.send_button.disabled is False and panel.stop_button.disabled is True
 
 

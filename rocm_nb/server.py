@@ -1,4 +1,4 @@
-"""llama-server and RPC-worker policy: command line, readiness, bind retry, error hints.
+"""llama-server policy: command line, readiness, bind retry, error hints.
 
 The process mechanism (own session, parent-death signal, output ring, run
 records, bounded terminate) is :mod:`rocm_nb._process`; this module decides
@@ -7,7 +7,9 @@ port and requires a random per-server API key, which it gets in its
 environment (``LLAMA_API_KEY``: ``/proc/PID/environ`` is readable by its
 owner only), never on its command line (``/proc/PID/cmdline`` is readable by
 every local user). ``extra_args`` and ``env`` cannot override the host, the
-port or the key; a server on another interface needs ``host=`` (``LocalModel`` warns).
+port or the key (:mod:`rocm_nb._exposure`, the policy of what a server may
+listen on and be passed); a server on another interface needs ``host=``
+(``LocalModel`` warns).
 
 Nothing is left behind:
 
@@ -31,20 +33,17 @@ Example:
 from __future__ import annotations
 
 import http.client
-import ipaddress
 import os
 import secrets
-import socket
 import subprocess
 import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import psutil
-
+from rocm_nb._exposure import GUARDED_ENV, check_env, check_extra_args, connect_host, free_port, is_loopback
 from rocm_nb._process import Child, Escalation, launch, reap_stale_servers, running_records
 from rocm_nb.errors import ServerStartError, ServerStartTimeout, describe_exit, with_notes
 
@@ -52,7 +51,6 @@ __all__ = [
     "KILL_WAIT",
     "STOP_GRACE",
     "LlamaServer",
-    "RpcWorker",
     "ServerConfig",
     "check_extra_args",
     "free_port",
@@ -76,11 +74,6 @@ lets the server cancel and usually exit on the SIGTERM.
 
 KILL_WAIT = 5.0
 """Seconds to wait for the process to be reaped after SIGKILL before giving up (logged)."""
-
-_GUARDED_FLAGS = ("--host", "--port", "--api-key", "--api-key-file")
-"""llama-server flags that would undo the safety defaults (it has no short aliases for them)."""
-_GUARDED_ENV = ("LLAMA_API_KEY", "LLAMA_ARG_API_KEY_FILE", "LLAMA_ARG_HOST", "LLAMA_ARG_PORT")
-"""The environment variables llama-server reads for the same settings."""
 
 _BIND_FAILURES = ("couldn't bind", "address already in use", "failed to bind")
 _OOM_SIGNS = ("out of memory", "failed to allocate", "cudamalloc failed", "hipmalloc failed",
@@ -134,10 +127,7 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         check_extra_args(self.extra_args)
-        for name, _ in self.env:
-            if name in _GUARDED_ENV:
-                raise ValueError(f"env may not set {name}: rocm_nb sets the host, port and API key itself "
-                                 "(pass host= to listen on another interface)")
+        check_env(name for name, _ in self.env)
 
     def argv(self, port: int) -> list[str]:
         """The command line for a server on ``port`` (its API key goes in its environment)."""
@@ -157,65 +147,6 @@ class ServerConfig:
             *(["--cache-type-v", self.cache_type_v] if self.cache_type_v else []),
             *self.extra_args,
         ]
-
-
-def check_extra_args(extra_args: Sequence[str]) -> tuple[str, ...]:
-    """``extra_args`` as a tuple, if it does not set what rocm_nb keeps safe; else a :class:`ValueError`.
-
-    Example:
-        >>> check_extra_args(["--top-k", "5"])
-        ('--top-k', '5')
-        >>> check_extra_args(["--api-key=x"])
-        Traceback (most recent call last):
-        ...
-        ValueError: extra_args may not contain --api-key: rocm_nb sets a random key itself (read it from model.api_key)
-    """
-    advice = {
-        "--host": "the server listens on 127.0.0.1; pass host= to listen on another interface",
-        "--port": "rocm_nb picks a free port itself (read it from model.base_url)",
-        "--api-key": "rocm_nb sets a random key itself (read it from model.api_key)",
-    }
-    for arg in extra_args:
-        flag = str(arg).split("=", 1)[0]
-        if flag in _GUARDED_FLAGS:
-            raise ValueError(f"extra_args may not contain {flag}: {advice[flag.removesuffix('-file')]}")
-    return tuple(extra_args)
-
-
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and ``localhost``; False for anything else, names included.
-
-    Example:
-        >>> is_loopback("127.0.0.1"), is_loopback("0.0.0.0"), is_loopback("gpu-box")
-        (True, False, False)
-    """
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _connect_host(host: str) -> str:
-    """Where to reach a server bound to ``host``: loopback for a wildcard address."""
-    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free on ``host`` right now (the OS picks it).
-
-    Another process may take it before the server binds; :class:`LlamaServer`
-    retries on a new port when that happens.
-
-    Example:
-        >>> 1024 <= free_port() <= 65535
-        True
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _await_ready(
@@ -362,7 +293,7 @@ class LlamaServer(_ChildProcess):
     @property
     def base_url(self) -> str:
         """``http://127.0.0.1:PORT`` once started (loopback for a server on a wildcard address)."""
-        host = _connect_host(self.config.host)
+        host = connect_host(self.config.host)
         return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
 
     # -- start ------------------------------------------------------------------------------
@@ -408,7 +339,7 @@ class LlamaServer(_ChildProcess):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _spawn(self, port: int) -> Child:
-        inherited = {k: v for k, v in self._environ.items() if k not in _GUARDED_ENV}
+        inherited = {k: v for k, v in self._environ.items() if k not in GUARDED_ENV}
         env = {**inherited, **dict(self.config.env), "LLAMA_API_KEY": self.api_key}
         argv = self.config.argv(port)
         child = launch(argv, env, self._environ, self._log_lines, model=str(self.config.model), port=port,
@@ -424,7 +355,7 @@ class LlamaServer(_ChildProcess):
 
     def _healthy(self) -> bool:
         """One ``/health`` probe over plain HTTP (stdlib: no TLS set-up on the start path)."""
-        connection = http.client.HTTPConnection(_connect_host(self.config.host), self.port, timeout=2.0)
+        connection = http.client.HTTPConnection(connect_host(self.config.host), self.port, timeout=2.0)
         try:
             connection.request("GET", "/health")
             return connection.getresponse().status == 200
@@ -456,84 +387,4 @@ class LlamaServer(_ChildProcess):
             f"Hint: {hint}")
 
     def __enter__(self) -> LlamaServer:
-        return self.start()
-
-
-class RpcWorker(_ChildProcess):
-    """A local llama.cpp RPC worker (``ggml-rpc-server``): lends this machine's
-    devices to a llama-server elsewhere that names it in ``--rpc``.
-
-    Same guarantees as :class:`LlamaServer`: own session, parent-death signal,
-    run record, SIGTERM then SIGKILL on ``close()``. RPC workers have **no
-    authentication**: bind them to 127.0.0.1 or a trusted network only.
-
-    Example:
-        >>> with RpcWorker(Path("ggml-rpc-server")) as worker:  # doctest: +SKIP
-        ...     worker.address
-        '127.0.0.1:50052'
-    """
-
-    def __init__(
-        self,
-        binary: Path,
-        *,
-        host: str = "127.0.0.1",
-        port: int | None = None,
-        threads: int | None = None,
-        start_timeout: float = 30.0,
-        environ: Mapping[str, str] | None = None,
-    ) -> None:
-        self.binary = binary
-        self.host = host
-        self.port = port if port is not None else free_port(host)
-        self._threads = threads
-        self._start_timeout = start_timeout
-        self._environ = os.environ if environ is None else environ
-
-    @property
-    def address(self) -> str:
-        """``host:port``, the form ``--rpc`` and ``LocalModel(rpc=[...])`` take."""
-        return f"{self.host}:{self.port}"
-
-    def start(self) -> RpcWorker:
-        """Launch the worker and wait until it accepts connections."""
-        if self.alive:
-            return self
-        reap_stale_servers(self._environ)
-        argv = [str(self.binary), "-H", self.host, "-p", str(self.port)]
-        if self._threads:
-            argv += ["-t", str(self._threads)]
-        child = launch(argv, self._environ, self._environ, 500, rpc=self.address)
-        self._adopt(child)
-        try:
-            outcome = _await_ready(lambda: self._listening(child.proc.pid), child.proc,
-                                   began=time.perf_counter(), timeout=self._start_timeout)
-        except BaseException:
-            child.stop()
-            raise
-        if outcome == "ready":
-            return self
-        if outcome == "timeout":
-            child.stop()
-            raise ServerStartTimeout(f"the RPC worker did not listen on {self.address} "
-                                     f"within {self._start_timeout:.0f} s")
-        child.logs.join(1.0)
-        child.stop()
-        tail = self.log_tail(20)
-        raise ServerStartError(
-            f"the RPC worker exited (status {child.proc.returncode}) before listening on "
-            f"{self.address}. Last lines:\n{tail}",
-            returncode=child.proc.returncode, log_tail=tail,
-            hint="is the port taken? pick another with port=",
-        )
-
-    def _listening(self, pid: int) -> bool:
-        """True once *this* process listens on the port (a connect could reach another one)."""
-        try:
-            sockets = psutil.Process(pid).net_connections("tcp")
-        except psutil.Error:
-            return False
-        return any(c.status == psutil.CONN_LISTEN and c.laddr.port == self.port for c in sockets)
-
-    def __enter__(self) -> RpcWorker:
         return self.start()

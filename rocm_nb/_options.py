@@ -1,0 +1,133 @@
+"""What ``LocalModel``'s constructor options mean: the fit plan and the server configuration they give.
+
+``LocalModel(...)`` takes user-facing options (``gpu_layers="auto"``,
+``flash_attn=True``, one ``cache_type`` for K and V, a context size that may
+be left out); :func:`plan_server` checks them, asks :func:`rocm_nb.fit.plan_load`
+what fits on this machine, and turns the answer into the
+:class:`~rocm_nb.server.ServerConfig` that decides which server runs.
+
+Example:
+    >>> kv_options(True, "q8_0", None, None)
+    ('on', 'q8_0', 'q8_0')
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+from rocm_nb._units import positive_int
+from rocm_nb.binary import ServerBinary
+from rocm_nb.catalog import ModelInfo
+from rocm_nb.fit import FitPlan, plan_load
+from rocm_nb.hardware import Hardware
+from rocm_nb.server import ServerConfig
+
+__all__ = ["DEFAULT_CTX_CAP", "context_size", "kv_options", "plan_server"]
+
+DEFAULT_CTX_CAP = 8192
+"""Default context size cap: min(trained context, 8192) keeps the KV cache modest."""
+
+
+def kv_options(flash_attn: str | bool | None, cache_type: str | None, cache_type_k: str | None,
+               cache_type_v: str | None) -> tuple[str | None, str | None, str | None]:
+    """``(flash_attn, cache_type_k, cache_type_v)`` as llama-server takes them.
+
+    ``True``/``False`` mean ``"on"``/``"off"``; ``cache_type`` sets both
+    caches, and giving it with one of the others is a :class:`ValueError`.
+
+    Example:
+        >>> kv_options(None, None, "q8_0", None)
+        (None, 'q8_0', None)
+        >>> kv_options(False, "f16", "q8_0", None)
+        Traceback (most recent call last):
+        ...
+        ValueError: give cache_type (both K and V) or cache_type_k/cache_type_v, not both
+    """
+    flash = ("on" if flash_attn else "off") if isinstance(flash_attn, bool) else flash_attn
+    if cache_type is not None and (cache_type_k is not None or cache_type_v is not None):
+        raise ValueError("give cache_type (both K and V) or cache_type_k/cache_type_v, not both")
+    cache_k, cache_v = (cache_type, cache_type) if cache_type is not None else (cache_type_k, cache_type_v)
+    return flash, cache_k, cache_v
+
+
+def context_size(info: ModelInfo, requested: int | None) -> int:
+    """The context size to plan for: ``requested``, checked, or min(trained context, :data:`DEFAULT_CTX_CAP`).
+
+    A context beyond what the model was trained for is a :class:`ValueError`.
+
+    Example:
+        >>> context_size(read_info("SmolLM2-135M-Instruct.Q4_1.gguf"), None)  # doctest: +SKIP
+        8192
+    """
+    trained = info.context_length
+    if requested is None:
+        return min(trained or DEFAULT_CTX_CAP, DEFAULT_CTX_CAP)
+    positive_int("ctx_size", requested)
+    if trained is not None and requested > trained:
+        raise ValueError(
+            f"ctx_size={requested} is beyond what {info.name} was trained for ({trained}); "
+            f"use ctx_size={trained} or less (quality collapses past the trained length)"
+        )
+    return requested
+
+
+def plan_server(
+    info: ModelInfo,
+    path: Path,
+    binary: ServerBinary,
+    hardware: Hardware,
+    *,
+    ctx_size: int | None,
+    gpu_layers: int | Literal["auto"] | None,
+    parallel: int,
+    extra_args: tuple[str, ...],
+    env: Mapping[str, str] | None,
+    host: str,
+    rpc: Sequence[str],
+    hsa_override: str | None,
+    flash_attn: str | bool | None,
+    cache_type: str | None,
+    cache_type_k: str | None,
+    cache_type_v: str | None,
+) -> tuple[FitPlan, ServerConfig]:
+    """The fit plan and the server configuration for ``LocalModel``'s options (see its docstring).
+
+    ``gpu_layers`` given as a number is used as it is; ``None``/``"auto"``
+    takes the plan's choice. The server's environment is what the hardware
+    needs (``hsa_override`` included) under ``env``, which wins.
+
+    Example:
+        >>> fit, config = plan_server(info, path, binary, detect(), ctx_size=None, gpu_layers="auto",
+        ...                           parallel=1, extra_args=(), env=None, host="127.0.0.1", rpc=(),
+        ...                           hsa_override=None, flash_attn=None, cache_type=None,
+        ...                           cache_type_k=None, cache_type_v=None)  # doctest: +SKIP
+    """
+    flash, cache_k, cache_v = kv_options(flash_attn, cache_type, cache_type_k, cache_type_v)
+    chosen_layers = None if gpu_layers is None or gpu_layers == "auto" else int(gpu_layers)
+    fit = plan_load(
+        info, hardware, "rpc" if rpc else binary.backend,
+        ctx_size=context_size(info, ctx_size), parallel=positive_int("parallel", parallel),
+        gpu_layers=chosen_layers,
+        shrink_ctx=ctx_size is None, flash_attn=flash, cache_type_k=cache_k, cache_type_v=cache_v,
+    )
+    config = ServerConfig(
+        binary=binary.path,
+        model=path,
+        ctx_size=fit.ctx_size,
+        gpu_layers=fit.gpu_layers if chosen_layers is None else chosen_layers,
+        parallel=parallel,
+        extra_args=extra_args,
+        env=tuple(sorted({
+            **hardware.server_env({**os.environ, **(env or {})}, hsa_override=hsa_override),
+            **(env or {}),
+        }.items())),
+        host=host,
+        rpc=tuple(rpc),
+        flash_attn=flash,
+        cache_type_k=cache_k,
+        cache_type_v=cache_v,
+    )
+    return fit, config

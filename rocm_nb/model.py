@@ -355,7 +355,7 @@ class LocalModel(_GenerationAPI):
             model=self.info.name,
             file=self.path.name,
             backend=self.backend,
-            state={ModelState.CLOSED: "closed", ModelState.RUNNING: "running"}.get(self.state, "stopped"),
+            state={ModelState.NEW: "stopped"}.get(self.state, self.state.value),  # new, running, crashed, closed
             pid=server.pid if running and server else None,
             port=server.port if running and server else None,
             uptime_s=time.time() - server.started_at if running and server and server.started_at else None,
@@ -367,6 +367,8 @@ class LocalModel(_GenerationAPI):
             estimate_vram_bytes=self.fit.estimate.vram,
             decode_tps=decode_tps,
             rpc=self.config.rpc,
+            error=(f"llama-server {describe_exit(server.returncode, loading=False)[0]}"
+                   if self.state is ModelState.CRASHED and server is not None else None),
         )
 
     def monitor(

@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
 import subprocess
 import tempfile
 import time
@@ -38,6 +37,8 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from rocm_nb._exposure import free_port
 
 __all__ = ["SMOKE_PROMPT", "SmokeResult", "expected_tokens", "smoke_test", "write_smoke_model"]
 
@@ -167,7 +168,7 @@ def smoke_test(binary: Path, *, gpu: bool = False, environ: Mapping[str, str] | 
         model = write_smoke_model(Path(work) / "smoke.gguf")
         log_path = Path(work) / "server.log"
         key = secrets.token_urlsafe(16)
-        port = _free_port()
+        port = free_port()
         argv = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "-c", str(_CTX),
                 "-ngl", "99" if gpu else "0", "--parallel", "1", "--threads", "2", "--no-warmup"]
         with log_path.open("wb") as log:
@@ -230,10 +231,3 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     from rocm_nb._process import terminate
 
     terminate(proc, grace=3.0, kill_wait=5.0, group=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port

@@ -156,6 +156,88 @@ async def test_async_with_starts_and_closes(model_path: str, registry: CountingR
     assert m.state is ModelState.CLOSED and gone(pid)()
 
 
+@pytest.mark.server
+async def test_close_while_a_task_streams_says_the_model_was_closed(
+    model_path: str, registry: CountingRegistry,
+) -> None:
+    m = LocalModel(model_path, registry=registry).start()
+    pid, streaming = m.pid, asyncio.Event()
+
+    async def reader() -> None:
+        async for _ in m.astream(LONG, max_tokens=4000, **GREEDY):
+            streaming.set()
+
+    task = asyncio.create_task(reader())
+    await asyncio.wait_for(streaming.wait(), 60)
+    await asyncio.to_thread(m.close)  # another cell's close(), from another thread
+    with pytest.raises(ModelClosed, match="was closed while a request was running"):
+        await asyncio.wait_for(task, 60)
+    assert wait_until(gone(pid), timeout=30) >= 0
+
+
+@pytest.mark.server
+async def test_close_while_the_chat_panel_replies_shows_model_closed(
+    model_path: str, registry: CountingRegistry,
+) -> None:
+    from rocm_nb.widgets import ChatPanel
+
+    m = LocalModel(model_path, registry=registry).start()
+    pid = m.pid
+    panel = ChatPanel(m, max_tokens=4000, temperature=0.0, seed=7)
+    task = panel.send(LONG)
+    await asyncio.sleep(0)  # the reply's bubble appears
+    empty = panel.transcript.children[-1].value
+    for _ in range(3000):  # until the first tokens show
+        if panel.transcript.children[-1].value != empty:
+            break
+        await asyncio.sleep(0.02)
+    assert not task.done()
+    await asyncio.to_thread(m.close)
+    await asyncio.wait_for(task, 60)
+    bubble = panel.transcript.children[-1].value
+    assert "ModelClosed" in panel.stats.value and "was closed while a request was running" in bubble
+    assert "Bad file descriptor" not in bubble and "start()" not in bubble
+    assert wait_until(gone(pid), timeout=30) >= 0
+
+
+@pytest.mark.server
+def test_after_a_crash_the_magics_say_to_load_again_and_status_says_crashed(
+    model_path: str, registry: CountingRegistry,
+) -> None:
+    from IPython.core.error import UsageError
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.utils.capture import capture_output
+
+    from rocm_nb.magics import RocmMagics
+    from rocm_nb.monitor import GpuMonitor
+
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "rocm_nb")
+    magics = ip.magics_manager.registry["RocmMagics"]
+    assert isinstance(magics, RocmMagics)
+    m = LocalModel(model_path, registry=registry).start()
+    magics.models["crashy"] = m
+    magics._load_lines["crashy"] = f"{model_path} --name crashy"
+    monitor = GpuMonitor(m, gpus=list)
+    try:
+        psutil.Process(m.pid).kill()  # a real crash: SIGKILL, as the out-of-memory killer sends
+        wait_until(lambda: m.state is ModelState.CRASHED, timeout=30)
+        for _ in range(2):  # every cell says the same, and none re-raises the old error
+            with pytest.raises(UsageError, match=rf"crashy: its llama-server crashed with SIGKILL.*"
+                                                 rf"run `%rocm_load {model_path} --name crashy`"):
+                ip.run_cell_magic("rocm_generate", "-m crashy --max-tokens 4", "Hi")
+        with capture_output() as out:
+            ip.run_line_magic("rocm_status", "")
+        text = str(out.outputs[0].data["text/plain"])
+        assert text.splitlines()[1].split()[3] == "crashed" and "⚠ crashy: llama-server crashed with SIGKILL" in text
+        monitor.refresh()
+        assert "crashed" in monitor.sections[-1]["note"]
+    finally:
+        monitor.close()
+        magics.models.clear()
+        m.close()
+
+
 # -- the async client and its event loop (no server) ---------------------------------------
 
 

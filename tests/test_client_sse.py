@@ -24,10 +24,11 @@ pytestmark = pytest.mark.unit
 
 
 def chunk(text: str, finish: str | None = None, timings: dict[str, float] | None = None) -> str:
+    """One completion event as llama-server writes it: raw UTF-8, not ``\\u`` escapes (``ensure_ascii=False``)."""
     body: dict[str, object] = {"choices": [{"text": text, "index": 0, "finish_reason": finish}]}
     if timings:
         body["timings"] = timings
-    return f"data: {json.dumps(body)}\n\n"
+    return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
 
 def sse_client(
@@ -73,11 +74,31 @@ def test_pieces_timings_and_request() -> None:
     }
 
 
+UNICODE_BREAKS = "one\u2028two\u2029three\u0085four"
+"""Line and paragraph separators and NEL: line ends to ``str.splitlines``, not to SSE (httpx-sse < 0.4.2 split)."""
+
+
 @pytest.mark.parametrize("size", [1, 2, 3, 7, 64])
 def test_arbitrary_chunk_boundaries_and_split_utf8(size: int) -> None:
-    raw = (chunk("Grüße ") + chunk("🙂", "stop") + "data: [DONE]\n\n").encode()
+    raw = (chunk("Grüße ") + chunk(UNICODE_BREAKS) + chunk(" 🙂", "stop") + "data: [DONE]\n\n").encode()
+    assert all(c.encode() in raw for c in "ü\u2028\u2029\u0085🙂"), "raw UTF-8 on the wire, not \\u escapes"
     client = sse_client([raw[i : i + size] for i in range(0, len(raw), size)])
-    assert client.generate("x").text == "Grüße 🙂"
+    assert client.generate("x").text == "Grüße " + UNICODE_BREAKS + " 🙂"
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3])
+def test_an_emoji_split_between_two_chunks(cut: int) -> None:
+    raw = (chunk("a🙂b", "stop") + "data: [DONE]\n\n").encode()
+    at = raw.index("🙂".encode()) + cut  # inside the emoji's four bytes
+    assert sse_client([raw[:at], raw[at:]]).generate("x").text == "a🙂b"
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\u0085"])
+def test_a_unicode_line_separator_in_a_chat_delta_is_text(separator: str) -> None:
+    event = {"choices": [{"delta": {"content": f"a{separator}b"}, "finish_reason": "stop"}]}
+    raw = f"data: {json.dumps(event, ensure_ascii=False)}\n\ndata: [DONE]\n\n".encode()
+    assert separator.encode() in raw
+    assert sse_client([raw]).chat([{"role": "user", "content": "Hi"}]).text == f"a{separator}b"
 
 
 def test_crlf_comments_and_keepalives() -> None:
@@ -91,7 +112,7 @@ def test_chat_deltas() -> None:
         {"choices": [{"delta": {"content": "Hello"}, "finish_reason": None}]},
         {"choices": [{"delta": {}, "finish_reason": "stop"}]},
     ]
-    text = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+    text = "".join(f"data: {json.dumps(e, ensure_ascii=False)}\n\n" for e in events) + "data: [DONE]\n\n"
     seen: list[httpx.Request] = []
     reply = sse_client(stream_of(text), seen=seen).chat([{"role": "user", "content": "Hi"}])
     assert reply.text == "Hello"

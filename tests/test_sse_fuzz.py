@@ -16,7 +16,9 @@ from rocm_nb.errors import GenerationError
 
 pytestmark = pytest.mark.unit
 
-pieces = st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=30)
+# any text, with the characters that trip line splitters (U+2028, U+2029, NEL) and multi-byte ones drawn often
+characters = st.one_of(st.sampled_from("\u2028\u2029\u0085\r\nü🙂"), st.characters(codec="utf-8"))
+pieces = st.lists(st.text(characters, min_size=1, max_size=12), min_size=1, max_size=30)
 newline = st.sampled_from(["\n", "\r\n"])
 noise = st.lists(st.sampled_from([": keep-alive", ":", ": comment with data: inside"]), max_size=3)
 
@@ -31,7 +33,8 @@ def encode(events: list[str], eol: str, extras: list[str]) -> bytes:
 
 
 def events_for(texts: list[str], *, finish: bool = True, done: bool = True) -> list[str]:
-    events = [json.dumps({"choices": [{"text": t, "finish_reason": None}]}) for t in texts]
+    # raw UTF-8 as llama-server writes it (ensure_ascii=False): the chunk cuts then split multi-byte characters
+    events = [json.dumps({"choices": [{"text": t, "finish_reason": None}]}, ensure_ascii=False) for t in texts]
     if finish:
         events.append(json.dumps({"choices": [{"text": "", "finish_reason": "length"}]}))
     if done:

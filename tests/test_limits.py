@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from rocm_nb import Client, GenerationTimeout, StreamProtocolError
-from tests.test_redial import read_request
+from tests.support.sockets import read_request
 
 pytestmark = pytest.mark.unit
 

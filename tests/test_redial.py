@@ -23,30 +23,12 @@ import pytest
 
 from rocm_nb import GenerationError, ServerUnavailable, connect
 from rocm_nb._redial import Redial
+from tests.support.sockets import read_request
 
 pytestmark = pytest.mark.unit
 
 BODY = json.dumps({"total_slots": 3}).encode()
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(BODY), BODY)
-
-
-def read_request(conn: socket.socket) -> bytes:
-    """One whole request, its body included (b"" when the client hung up first)."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = conn.recv(65536)
-        if not chunk:
-            return b""
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = next((int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
-                   if line.startswith(b"content-length:")), 0)
-    while len(body) < length:
-        chunk = conn.recv(65536)
-        if not chunk:
-            return b""
-        body += chunk
-    return data
 
 
 class DroppingServer:

@@ -6,5 +6,6 @@ fixtures lives here, one small module per kind of thing:
 * :mod:`tests.support.processes`: polling and process checks;
 * :mod:`tests.support.gguf_files`: real GGUF files and Hugging Face caches written for a test;
 * :mod:`tests.support.sysfs`: the recorded hardware trees in ``tests/fixtures/hardware``;
-* :mod:`tests.support.decoding`: what greedy decoding and cancellation may be expected to do.
+* :mod:`tests.support.decoding`: what greedy decoding and cancellation may be expected to do;
+* :mod:`tests.support.sockets`: raw HTTP over a socket, for servers written in a test.
 """

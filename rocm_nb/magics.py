@@ -316,7 +316,8 @@ class RocmMagics(Magics):
         from rocm_nb.widgets import ChatPanel  # ipywidgets loads with the first panel, not with the magics
 
         args = parse_args("rocm_chat", line, ChatArgs)
-        return ChatPanel(self._model(args.alias), system=args.system, **options_from(args))
+        options = options_from(args)  # a bad option is refused before any model loads
+        return ChatPanel(self._model(args.alias), system=args.system, **options)
 
     @line_magic
     def rocm_status(self, line: str) -> None:

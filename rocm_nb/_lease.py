@@ -135,8 +135,12 @@ class ServerLease:
             server = self._registry.acquire(
                 self._config, lambda: LlamaServer(self._config, start_timeout=self._start_timeout).start(progress)
             )
-            api = Client(server.base_url, server.api_key, timeout=self._timeout, on_failure=self._on_failure,
-                         deadline=None)  # our own server: a long reply on a slow CPU may take hours
+            try:
+                api = Client(server.base_url, server.api_key, timeout=self._timeout, on_failure=self._on_failure,
+                             deadline=None)  # our own server: a long reply on a slow CPU may take hours
+            except BaseException:  # Ctrl-C just after the load: nobody holds this share, so give it back
+                self._registry.release(self._config, server)
+                raise
             with self._lock:
                 closed = self._closed
                 if not closed:

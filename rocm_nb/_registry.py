@@ -103,15 +103,21 @@ class ServerRegistry(Generic[K, S]):
             except BaseException:  # that error, or Ctrl-C while waiting: this caller holds no lease
                 self._forget_waiter(key, entry)
                 raise
+        started: S | None = None
         try:
             started = start()
+            entry.future.set_result(started)
         except BaseException as exc:
+            if entry.future.done():  # Ctrl-C just after the start was published: give this caller's share back
+                self._forget_waiter(key, entry)
+                raise
             with self._lock:
                 if self._entries.get(key) is entry:
                     del self._entries[key]
             entry.future.set_exception(exc)
+            if started is not None:  # Ctrl-C between the start and its publication: nobody can reach it
+                started.close()
             raise
-        entry.future.set_result(started)
         return started
 
     def _forget_waiter(self, key: K, entry: _Entry[S]) -> None:

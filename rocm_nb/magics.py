@@ -197,11 +197,14 @@ class RocmMagics(Magics):
             publish({"text/plain": f"… loading {model.path.name} … {elapsed:.1f} s  {line[:100]}"}, True)
 
         began = time.perf_counter()
-        model.start(progress)
+        try:
+            model.start(progress)
+        except BaseException:  # Ctrl-C included: IPython keeps the traceback's frames, so nothing else would stop it
+            model.close()
+            raise
+        self.models[alias], self.current = model, alias  # ours, and in %rocm_status, before anything else can fail
         if old is not None:
             old.close()
-        self.models[alias] = model
-        self.current = alias
         layers = model.info.block_count
         offload = (
             f"{model.config.gpu_layers} of {layers + 1 if layers else '?'} layers on the GPU"

@@ -248,9 +248,10 @@ class _ChildProcess:
             >>> server.close(); server.close()  # doctest: +SKIP
             <Escalation.SIGTERM: 'sigterm'>
         """
+        stopped = None if self._running is None else self._running.stop(grace, kill_wait)
         if self._finalizer is not None:
-            self._finalizer.detach()
-        return None if self._running is None else self._running.stop(grace, kill_wait)
+            self._finalizer.detach()  # after the stop: one interrupted by Ctrl-C leaves the finaliser armed
+        return stopped
 
     def __exit__(self, *exc: object) -> None:
         self.close()
@@ -342,10 +343,9 @@ class LlamaServer(_ChildProcess):
         inherited = {k: v for k, v in self._environ.items() if k not in GUARDED_ENV}
         env = {**inherited, **dict(self.config.env), "LLAMA_API_KEY": self.api_key}
         argv = self.config.argv(port)
+        self.port, self.started_at = port, time.time()  # before the spawn: nothing runs between it and _adopt
         child = launch(argv, env, self._environ, self._log_lines, model=str(self.config.model), port=port,
                        rpc=list(self.config.rpc))
-        self.port = port
-        self.started_at = time.time()
         self._adopt(child)
         return child
 

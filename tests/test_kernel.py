@@ -355,3 +355,25 @@ def test_interrupted_load_leaves_no_server(kernel: Kernel, tmp_path: Path) -> No
         "from rocm_nb.model import running_servers\n"
         "print('no servers' if not running_servers() else running_servers())"
     ))
+
+
+def test_load_interrupted_just_after_ready_leaves_no_server(kernel: Kernel) -> None:
+    """Ctrl-C landing between "ready" and the model holding its server (simulated: the client it makes raises)."""
+    kernel.run(
+        "%load_ext rocm_nb\n"
+        "import rocm_nb._lease as _lease\n"
+        "def _interrupted(*args, **kwargs):\n"
+        "    raise KeyboardInterrupt\n"
+        "_lease.Client = _interrupted"
+    )
+    msg_id = kernel.execute("%rocm_load smollm2-135m --ctx 2048")
+    reply = kernel.reply(msg_id, timeout=120)
+    kernel.iopub(msg_id, idle)
+    assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt"
+    kernel_process = psutil.Process(kernel.pid)
+    wait_until(lambda: not [c for c in kernel_process.children() if c.name() == "llama-server"
+                            and c.status() != psutil.STATUS_ZOMBIE], timeout=30)  # a hang guard
+    assert "no servers" in stdout(kernel.run(
+        "from rocm_nb.model import running_servers\n"
+        "print('no servers' if not running_servers() else running_servers())"
+    ))

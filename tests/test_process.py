@@ -203,3 +203,30 @@ def test_a_dead_server_is_replaced_and_closed_by_its_last_holder(
     assert old.closed == 1 and new.closed == 0
     registry.release("a", new)
     assert new.closed == 1
+
+
+@pytest.mark.parametrize("published", [False, True])
+def test_ctrl_c_as_a_start_finishes_leaves_no_server(
+    registry: ServerRegistry[str, FakeServer], monkeypatch: pytest.MonkeyPatch, published: bool,
+) -> None:
+    """KeyboardInterrupt between the start's return and its publication (or just after it) closes that server."""
+    from concurrent.futures import Future
+
+    from rocm_nb import _registry
+
+    class Interrupted(Future[FakeServer]):
+        def set_result(self, result: FakeServer) -> None:
+            if published:
+                super().set_result(result)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(_registry, "Future", Interrupted)
+    made: list[FakeServer] = []
+
+    def start() -> FakeServer:
+        made.append(FakeServer("a"))
+        return made[-1]
+
+    with pytest.raises(KeyboardInterrupt):
+        registry.acquire("a", start)
+    assert made[0].closed == 1 and registry.running() == [] and registry._entries == {}

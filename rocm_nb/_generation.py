@@ -101,7 +101,9 @@ class _GenerationAPI:
         endpoint = self._endpoint(kind)
 
         async def open_response() -> httpx.Response:
-            session = http or (await self._aclient())._ahttp()
+            client = await self._aclient()
+            client._close_held_streams()  # a sync stream this thread left open ends first (see stream())
+            session = http or client._ahttp()
             return await session.send(session.build_request("POST", endpoint, json=payload), stream=True)
 
         return AsyncTokenStream(open_response, Accumulator(kind), self._better_error)
@@ -127,6 +129,20 @@ class _GenerationAPI:
     def stream(self, prompt: str, **options: Unpack[Options]) -> TokenStream:
         """Stream the continuation of ``prompt`` as text pieces.
 
+        Nothing is sent until the first piece is asked for. A stream ends, and
+        the server cancels its generation, when it is closed: ``close()``,
+        leaving its ``with`` block, an exception or Ctrl-C while reading it,
+        or dropping it (``for piece in model.stream(...): break`` drops it at
+        the ``break``). A stream kept in a variable is *not* closed by
+        ``break``: instead, the next generation request this thread sends
+        through the same client or model (any of ``generate``, ``chat``,
+        ``map``, a stream's first piece, their async twins, the chat panel)
+        closes it first, so a forgotten stream never holds a server slot. It
+        does so whether or not the slots are all busy: an abandoned stream
+        slows the other slots down too. Streams read by other threads are left
+        alone; to read two streams side by side in one thread, use
+        ``astream``/``achat_stream`` or :meth:`map`.
+
         Example:
             >>> for piece in model.stream("The sky is", max_tokens=8):  # doctest: +SKIP
             ...     print(piece, end="")
@@ -143,7 +159,7 @@ class _GenerationAPI:
         return self._drain(self.stream(prompt, **options))
 
     def chat_stream(self, messages: Sequence[Message], **options: Unpack[Options]) -> TokenStream:
-        """Stream the assistant's reply to ``messages`` as text pieces.
+        """Stream the assistant's reply to ``messages`` as text pieces (what closes it: :meth:`stream`).
 
         Example:
             >>> for piece in model.chat_stream([{"role": "user", "content": "Hi"}]):  # doctest: +SKIP
@@ -230,6 +246,7 @@ class _GenerationAPI:
         from rocm_nb import _batch
 
         client = self._client()
+        client._close_held_streams()  # here: the requests go out from the batch's own thread
         jobs = _batch.plan(prompts, chat=chat, options=options)
         return _batch.run(
             jobs, lambda job, http: client._open_astream(*job, options, http),

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -166,8 +168,6 @@ class Client(_GenerationAPI):
         async_transport: httpx.AsyncBaseTransport | None = None,
         on_failure: FailureHook = _no_better_error,
     ) -> None:
-        import threading
-
         import httpx
 
         from rocm_nb._limits import Limited
@@ -192,6 +192,9 @@ class Client(_GenerationAPI):
         self._async: httpx.AsyncClient | None = None
         self._async_loop: asyncio.AbstractEventLoop | None = None
         self._async_lock = threading.Lock()
+        self._held: weakref.WeakKeyDictionary[TokenStream, int] = weakref.WeakKeyDictionary()
+        """Sync streams whose request was sent, by the thread that sent it (see ``_close_held_streams``)."""
+        self._held_lock = threading.Lock()
         self._closed = False
 
     @property
@@ -270,9 +273,36 @@ class Client(_GenerationAPI):
         payload = build_payload(kind, prompt, options)
         http = self._http()
         request = http.build_request("POST", self._endpoint(kind), json=payload)
-        return TokenStream(
-            lambda: http.send(request, stream=True), Accumulator(kind), self._better_error
-        )
+        stream: weakref.ref[TokenStream] | None = None  # weak: a dropped stream must still close at once
+
+        def send() -> httpx.Response:
+            self._close_held_streams()
+            response = http.send(request, stream=True)
+            this = stream() if stream is not None else None
+            if this is not None:
+                with self._held_lock:
+                    self._held[this] = threading.get_ident()
+            return response
+
+        opened = TokenStream(send, Accumulator(kind), self._better_error)
+        stream = weakref.ref(opened)
+        return opened
+
+    def _close_held_streams(self) -> None:
+        """Close the sync streams this thread started on this client: a new request is about to start.
+
+        A stream kept in a variable and left with ``break`` cannot be told
+        from one the caller means to resume, so the next request from the
+        same thread decides: the older streams end, which cancels their
+        generations on the server. Streams read by other threads are left alone.
+        """
+        me = threading.get_ident()
+        with self._held_lock:
+            mine = [held for held, reader in self._held.items() if reader == me]
+            for held in mine:
+                del self._held[held]
+        for held in mine:
+            held.close()
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         import httpx

@@ -39,7 +39,7 @@ import subprocess
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -53,6 +53,7 @@ __all__ = [
     "LlamaServer",
     "ServerConfig",
     "check_extra_args",
+    "file_identity",
     "free_port",
     "is_loopback",
     "reap_stale_servers",
@@ -124,8 +125,14 @@ class ServerConfig:
     flash_attn: str | None = None
     cache_type_k: str | None = None
     cache_type_v: str | None = None
+    model_identity: tuple[int, int, int, int] | None = field(default=None, init=False)
+    """The model file's :func:`file_identity`, read when the config is made (``None`` if no file is there):
+    a file replaced at the same path makes another configuration, so it gets a server of its own instead
+    of the one still serving the old weights."""
 
     def __post_init__(self) -> None:
+        if self.model.is_file():
+            object.__setattr__(self, "model_identity", file_identity(self.model))  # frozen: set once, here
         check_extra_args(self.extra_args)
         check_env(name for name, _ in self.env)
 
@@ -147,6 +154,21 @@ class ServerConfig:
             *(["--cache-type-v", self.cache_type_v] if self.cache_type_v else []),
             *self.extra_args,
         ]
+
+
+def file_identity(path: Path) -> tuple[int, int, int, int]:
+    """What tells one file at ``path`` from another put there later: device, inode, size, modification time (ns).
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.NamedTemporaryFile() as f:
+        ...     before = file_identity(Path(f.name))
+        ...     _ = f.write(b"new weights"); f.flush()
+        ...     before == file_identity(Path(f.name))
+        False
+    """
+    stat = path.stat()
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def _await_ready(

@@ -301,9 +301,11 @@ class _StreamBase:
 class TokenStream(_StreamBase):
     """An iterator of text pieces from one streaming request.
 
-    Closing it early (``break``, an exception, ``close()``, leaving a ``with``
-    block) closes the HTTP stream, which cancels the generation on the
-    server. After the last piece, ``.completion`` holds the result.
+    Closing it early (an exception, ``close()``, leaving a ``with`` block,
+    dropping it, or a newer request from the same thread: see
+    ``Client.stream``) closes the HTTP stream, which cancels the generation
+    on the server; ``break`` alone does not close a stream held in a
+    variable. After the last piece, ``.completion`` holds the result.
 
     Example:
         >>> with model.stream("Once upon a time", max_tokens=8) as s:  # doctest: +SKIP

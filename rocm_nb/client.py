@@ -93,16 +93,11 @@ def _on_this_machine(base_url: str) -> bool:
         >>> _on_this_machine("http://127.0.0.1:8080"), _on_this_machine("https://api.example.com")
         (True, False)
     """
-    import ipaddress
     import urllib.parse
 
-    host = urllib.parse.urlsplit(base_url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    from rocm_nb._exposure import is_loopback
+
+    return is_loopback(urllib.parse.urlsplit(base_url).hostname or "")
 
 
 _closing: set[asyncio.Task[None]] = set()

@@ -16,7 +16,9 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping
+import threading
+import time
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -61,13 +63,23 @@ def json_schema(fmt: Format, name: str | None, namespace: Mapping[str, Any]) -> 
     return ANY_OBJECT if fmt == "json" else None
 
 
-def show(stream: TokenStream, fmt: Format, *, live: bool = True, publish: Publisher | None = None) -> Completion:
+PREFILL_CANCEL_NOTE = ("■ cancelling… llama-server stops only once it has read the whole prompt "
+                       "(it checks for a cancel between tokens); the next request waits for it")
+PREFILL_FREE_NOTE = "■ stopped during the prompt; the server has finished reading it and is free again"
+_WATCH_LIMIT_S = 600.0
+
+
+def show(stream: TokenStream, fmt: Format, *, live: bool = True, publish: Publisher | None = None,
+         busy: Callable[[], bool] | None = None) -> Completion:
     """Stream the reply into one output (or show it once, at the end); return the finished completion.
 
     ``markdown`` and ``code`` end as Markdown, ``text`` and ``json`` as plain
     text. A stream that ends early (Kernel → Interrupt, an error) leaves a
     "■ stopped after N characters" footer; an interrupt is re-raised without
-    the HTTP library's frames.
+    the HTTP library's frames. An interrupt before the first token (the
+    server is still reading the prompt, which llama-server does not cancel)
+    frees the kernel at once but shows "■ cancelling…" until ``busy()`` says
+    the server is free, watched from a daemon thread.
 
     Example:
         >>> completion = show(model.stream("Hi"), "markdown")  # doctest: +SKIP
@@ -78,7 +90,10 @@ def show(stream: TokenStream, fmt: Format, *, live: bool = True, publish: Publis
             for piece in stream:
                 shown.append(piece)
     except BaseException as exc:
-        shown.finish(f"■ stopped after {len(shown.text)} characters")
+        during_prefill = isinstance(exc, KeyboardInterrupt) and not shown.text and busy is not None
+        shown.finish(PREFILL_CANCEL_NOTE if during_prefill else f"■ stopped after {len(shown.text)} characters")
+        if during_prefill and busy is not None:
+            watch_until_free(shown, busy)
         if isinstance(exc, KeyboardInterrupt):
             raise KeyboardInterrupt() from None  # a short traceback, without the HTTP library's frames
         raise
@@ -86,6 +101,37 @@ def show(stream: TokenStream, fmt: Format, *, live: bool = True, publish: Publis
     assert completion is not None  # set once the stream has ended
     shown.finish(completion.stats(), markdown=fmt in ("markdown", "code"))
     return completion
+
+
+def watch_until_free(shown: StreamDisplay, busy: Callable[[], bool], *, interval: float = 0.25,
+                     limit: float = _WATCH_LIMIT_S) -> threading.Thread:
+    """Replace the "cancelling…" footer once ``busy()`` turns false (or fails), from a daemon thread.
+
+    The output is updated through its display handle, so it lands in the
+    cell it belongs to even after the kernel has moved on.
+
+    Example:
+        >>> shown = StreamDisplay(lambda bundle, update: None)
+        >>> watch_until_free(shown, lambda: False).join(5)
+        >>> shown.text
+        ''
+    """
+    def watch() -> None:
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            try:
+                if not busy():
+                    break
+            except Exception:  # the server went away: it is not reading the prompt any more
+                break
+            time.sleep(interval)
+        else:
+            return
+        shown.finish(PREFILL_FREE_NOTE)
+
+    thread = threading.Thread(target=watch, name="rocm_nb-cancel-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 @dataclass(frozen=True)

@@ -298,7 +298,7 @@ class RocmMagics(Magics):
         model = self._model(args.model)
         stream = model.stream(prompt, **options) if args.raw else model.chat_stream(args.messages(prompt), **options)
         try:
-            completion = show(stream, args.format, live=not args.no_stream)
+            completion = show(stream, args.format, live=not args.no_stream, busy=lambda: _busy(model))
         except ServerCrashed as exc:  # its notes say model.start(); in a notebook with magics this is the step
             exc.add_note("With the magics: run %rocm_load again (the same line) to start a fresh server.")
             raise
@@ -355,6 +355,11 @@ class RocmMagics(Magics):
             _say(f"stopped {alias}")
             if self.current == alias:
                 self.current = next(iter(self.models), None)
+
+
+def _busy(model: Client | LocalModel) -> bool:
+    """Whether the server is still working on a request (``/metrics``: requests being processed)."""
+    return model.metrics().get("llamacpp:requests_processing", 0.0) > 0
 
 
 def _status(model: Client | LocalModel) -> ServerStatus:

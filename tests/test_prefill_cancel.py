@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Iterator
+
 import pytest
 
 from rocm_nb import LocalModel

@@ -24,7 +24,6 @@ from rocm_nb.client import AsyncTokenStream, Client, Completion, Prompt, Timings
 from rocm_nb.errors import (
     BinaryNotFound,
     BuildError,
-    EventLoopMismatch,
     GenerationError,
     GenerationTimeout,
     InvalidModel,
@@ -60,7 +59,6 @@ __all__ = [
     "BuildError",
     "Client",
     "Completion",
-    "EventLoopMismatch",
     "FitPlan",
     "GenerationError",
     "GenerationTimeout",

@@ -31,7 +31,6 @@ from rocm_nb._generation import _GenerationAPI
 from rocm_nb._generation import parse_metrics as parse_metrics  # re-exported: it lived here
 from rocm_nb.completion import Completion, Kind, Message, Options, Timings, build_payload
 from rocm_nb.errors import (
-    EventLoopMismatch,
     GenerationTimeout,
     ModelClosed,
     RocmNbError,
@@ -136,15 +135,16 @@ class Client(_GenerationAPI):
     repeat (a GET) when its connection was dropped; a generation is never
     resent (:mod:`rocm_nb._redial`).
 
-    Its async requests share one ``httpx.AsyncClient``, made on first async
-    use and bound to that event loop (an asyncio connection cannot move
-    between loops). Using it from a *second* loop while the first is still
-    open raises :class:`~rocm_nb.errors.EventLoopMismatch`; once the first loop has closed (an
-    ``asyncio.run(...)`` returned) the next loop gets a fresh one. The async
-    client keeps no idle connections (llama-server closes each after its
-    stream anyway, and a loopback connect costs microseconds), so a loop
-    that ends leaves no socket behind. ``await client.aclose()`` or
-    ``async with client:`` closes it on its loop; ``close()`` schedules that.
+    Its async requests use one ``httpx.AsyncClient`` per event loop, made on
+    that loop's first async use (an asyncio connection cannot move between
+    loops, and a Jupyter kernel may run widget callbacks and cells on
+    different loops). The async clients keep no idle connections
+    (llama-server closes each after its stream anyway, and a loopback
+    connect costs microseconds), so a loop that ends leaves no socket
+    behind, and the client of a loop that has closed is dropped.
+    ``await client.aclose()`` or ``async with client:`` closes the running
+    loop's at once and schedules the others' on their loops; ``close()``
+    schedules them all.
 
     Example:
         >>> with connect("http://127.0.0.1:8080") as client:  # doctest: +SKIP
@@ -184,8 +184,7 @@ class Client(_GenerationAPI):
                               deadline=deadline, max_event_bytes=max_event_bytes),
         )
         self._async_transport = async_transport
-        self._async: httpx.AsyncClient | None = None
-        self._async_loop: asyncio.AbstractEventLoop | None = None
+        self._asyncs: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
         self._async_lock = threading.Lock()
         self._held: weakref.WeakKeyDictionary[TokenStream, int] = weakref.WeakKeyDictionary()
         """Sync streams whose request was sent, by the thread that sent it (see ``_close_held_streams``)."""
@@ -245,24 +244,17 @@ class Client(_GenerationAPI):
         )
 
     def _ahttp(self) -> httpx.AsyncClient:
-        """This client's async client, bound to the running loop (see the class docstring)."""
+        """This client's async client for the running loop (see the class docstring)."""
         import asyncio
 
         self._ensure_open()
         loop = asyncio.get_running_loop()
         with self._async_lock:
-            if self._async is not None and self._async_loop is not loop:
-                assert self._async_loop is not None
-                if not self._async_loop.is_closed():
-                    raise EventLoopMismatch(
-                        f"this client for {self._base_url} is bound to another event loop that is still open; "
-                        "an async client serves one loop: make one client (or LocalModel) per loop, or "
-                        "`await client.aclose()` on the first loop before using another"
-                    )
-                self._async = None  # its loop has ended, and with it every connection (none is kept idle)
-            if self._async is None:
-                self._async, self._async_loop = self._new_ahttp(), loop
-            return self._async
+            for ended in [other for other in self._asyncs if other.is_closed()]:
+                del self._asyncs[ended]  # its loop has ended, and with it every connection (none is kept idle)
+            if loop not in self._asyncs:
+                self._asyncs[loop] = self._new_ahttp()
+            return self._asyncs[loop]
 
     def _open_stream(self, kind: Kind, prompt: str | Sequence[Message], options: Mapping[str, Any]) -> TokenStream:
         payload = build_payload(kind, prompt, options)
@@ -362,13 +354,12 @@ class Client(_GenerationAPI):
             return
         self._closed = True
         self._sync.close()  # also ends streams other threads are reading: the server sees them go
-        http, loop = self._take_async()
-        if http is not None and loop is not None and not loop.is_closed():
+        for loop, http in self._take_asyncs():
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nothing is left open
                 loop.call_soon_threadsafe(_close_soon, http)
 
     async def aclose(self) -> None:
-        """Close the HTTP connections, the async ones on this loop. Idempotent.
+        """Close the HTTP connections: the running loop's async ones now, the others' on their loops. Idempotent.
 
         Example:
             >>> import asyncio
@@ -376,19 +367,18 @@ class Client(_GenerationAPI):
         """
         import asyncio
 
-        http, loop = self._take_async()
+        here = asyncio.get_running_loop()
+        with self._async_lock:
+            http = self._asyncs.pop(here, None)
         self.close()
         if http is not None:
-            if loop is asyncio.get_running_loop():
-                await http.aclose()
-            elif loop is not None and not loop.is_closed():
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(_close_soon, http)
+            await http.aclose()
 
-    def _take_async(self) -> tuple[httpx.AsyncClient | None, asyncio.AbstractEventLoop | None]:
+    def _take_asyncs(self) -> list[tuple[asyncio.AbstractEventLoop, httpx.AsyncClient]]:
+        """Forget every async client; return those whose loops are still open, to be closed there."""
         with self._async_lock:
-            taken = self._async, self._async_loop
-            self._async = self._async_loop = None
+            taken = [(loop, http) for loop, http in self._asyncs.items() if not loop.is_closed()]
+            self._asyncs.clear()
         return taken
 
     def __enter__(self) -> Client:

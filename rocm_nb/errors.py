@@ -13,12 +13,11 @@
     ├── ServerCrashed                        died after it was ready: .returncode, .log_tail
     ├── GenerationError                      the server refused a request (non-2xx): .status_code, .body
     │   ├── ServerUnavailable (ConnectionError)  nothing answers, or the connection was lost
-    │   ├── GenerationTimeout (TimeoutError)     a timeout ran out: .phase connect/read/write/pool, .timeout
+    │   ├── GenerationTimeout (TimeoutError)     a timeout ran out: .phase connect/read/write/pool/total
     │   ├── StreamProtocolError                  not an event stream, a malformed event, a truncated stream
     │   └── SchemaMismatch (ValueError)          the reply is not the JSON asked for (or breaks its schema)
     ├── ModelClosed (RuntimeError)           used after close()
-    ├── ModelNotStarted (RuntimeError)       asked for what only a started model has (base_url, api_key)
-    └── EventLoopMismatch (RuntimeError)     an async client used from a second event loop while its own is open
+    └── ModelNotStarted (RuntimeError)       asked for what only a started model has (base_url, api_key)
 
 Every error says what happened, what was tried and what to do next. The
 generation and server-process errors keep ``str(exc)`` short: the next step
@@ -43,7 +42,6 @@ from typing import Literal, TypeVar
 __all__ = [
     "BinaryNotFound",
     "BuildError",
-    "EventLoopMismatch",
     "GenerationError",
     "GenerationTimeout",
     "InvalidModel",
@@ -359,19 +357,5 @@ class ModelNotStarted(RocmNbError, RuntimeError):
 
     Example:
         >>> issubclass(ModelNotStarted, RuntimeError)
-        True
-    """
-
-
-class EventLoopMismatch(RocmNbError, RuntimeError):
-    """A client's async connections were used from a second event loop while the first is still open.
-
-    An asyncio connection belongs to the loop that opened it. Use one client
-    (or ``LocalModel``) per loop, or ``await client.aclose()`` on the first
-    loop before using another; a loop that has closed (``asyncio.run``
-    returned) frees the client for the next one.
-
-    Example:
-        >>> issubclass(EventLoopMismatch, RuntimeError)
         True
     """

@@ -14,7 +14,7 @@ import pytest
 
 from rocm_nb import Client, LocalModel, ModelClosed
 from rocm_nb._registry import ServerRegistry
-from rocm_nb.errors import EventLoopMismatch, ModelNotStarted
+from rocm_nb.errors import ModelNotStarted
 from rocm_nb.model import ModelState
 from rocm_nb.server import LlamaServer, ServerConfig
 from tests.support.processes import gone, wait_until
@@ -248,20 +248,31 @@ def sse(request: httpx.Request) -> httpx.Response:
 
 
 @pytest.mark.unit
-def test_the_async_client_serves_one_open_loop_at_a_time() -> None:
+def test_each_event_loop_gets_its_own_async_client_and_close_reaches_them_all() -> None:
+    """A kernel may run a widget's callback and a cell on different loops: both must work."""
     client = Client("http://test", async_transport=httpx.MockTransport(sse))
     assert asyncio.run(client.agenerate("Hi")).text == "ok"
     assert asyncio.run(client.agenerate("Hi")).text == "ok"  # the first loop has ended: a fresh async client
-    first = asyncio.new_event_loop()
+    first, second = asyncio.new_event_loop(), asyncio.new_event_loop()
     try:
         assert first.run_until_complete(client.agenerate("Hi")).text == "ok"
-        with pytest.raises(EventLoopMismatch, match="bound to another event loop that is still open"):
-            asyncio.run(client.agenerate("Hi"))
-        first.run_until_complete(client.aclose())
+        assert second.run_until_complete(client.agenerate("Hi")).text == "ok"  # the first is still open
+        on_first = first.run_until_complete(_current_http(client))
+        on_second = second.run_until_complete(_current_http(client))
+        assert on_first is not on_second and len(client._asyncs) == 2  # the ended loops' clients are gone
+        second.run_until_complete(client.aclose())
+        assert on_second.is_closed
+        first.run_until_complete(asyncio.sleep(0.05))  # the first loop runs the close scheduled on it
+        assert on_first.is_closed
     finally:
         first.close()
+        second.close()
     with pytest.raises(ModelClosed):
         client.generate("Hi")
+
+
+async def _current_http(client: Client) -> httpx.AsyncClient:
+    return client._ahttp()
 
 
 @pytest.mark.unit

@@ -17,7 +17,6 @@ PUBLIC = [
     "BuildError",
     "Client",
     "Completion",
-    "EventLoopMismatch",
     "FitPlan",
     "GenerationError",
     "GenerationTimeout",

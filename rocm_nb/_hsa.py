@@ -109,6 +109,11 @@ def build_targets(gfx_targets: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(sorted(set(gfx_targets) | extra))
 
 
+_CALLER = 5
+"""The warnings point at the line that made the ``LocalModel``: this function, ``Hardware.server_env``,
+``_options.plan_server``, ``LocalModel.__init__``, then the caller (a test checks it)."""
+
+
 def server_env(hw: Hardware, environ: Mapping[str, str] | None, hsa_override: str | None) -> dict[str, str]:
     """The body of :meth:`Hardware.server_env <rocm_nb.hardware.Hardware.server_env>`: what a llama-server child adds.
 
@@ -142,10 +147,10 @@ def server_env(hw: Hardware, environ: Mapping[str, str] | None, hsa_override: st
         return result
     if "HSA_OVERRIDE_GFX_VERSION" in env:
         warnings.warn(f"HSA_OVERRIDE_GFX_VERSION={env['HSA_OVERRIDE_GFX_VERSION']} from your environment is "
-                      f"kept for llama-server; hsa_override={hsa_override!r} is ignored", stacklevel=4)
+                      f"kept for llama-server; hsa_override={hsa_override!r} is ignored", stacklevel=_CALLER)
     else:
         result["HSA_OVERRIDE_GFX_VERSION"] = version
         warnings.warn(f"HSA_OVERRIDE_GFX_VERSION={version} set for llama-server only: ROCm runs "
                       f"{', '.join(hw.gfx_targets) or 'the GPU'} as {version_target(version)} "
-                      "(pass hsa_override=None to turn this off)", stacklevel=4)
+                      "(pass hsa_override=None to turn this off)", stacklevel=_CALLER)
     return result

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from rocm_nb import Client, GenerationTimeout, StreamProtocolError
-from tests.support.sockets import read_request
+from tests.support.sockets import SocketServer, read_request
 
 pytestmark = pytest.mark.unit
 
@@ -27,36 +27,24 @@ HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close
 BLOCK = b"x" * 65536
 
 
-class StreamingServer:
+class StreamingServer(SocketServer):
     """Answers each request with HEAD, then whatever ``body`` sends, until the client hangs up."""
 
     def __init__(self, body: Callable[[socket.socket], None]) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.body = body
         self.requests = 0
         self.hung_up = threading.Event()
         """Set when the client closed the connection while the server was still sending."""
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
 
-    def _serve(self) -> None:
-        while True:
+    def handle(self, conn: socket.socket) -> None:
+        if read_request(conn):
+            self.requests += 1
             try:
-                conn, _ = self.sock.accept()
+                conn.sendall(HEAD)
+                self.body(conn)
             except OSError:
-                return
-            with conn:
-                if read_request(conn):
-                    self.requests += 1
-                    try:
-                        conn.sendall(HEAD)
-                        self.body(conn)
-                    except OSError:
-                        self.hung_up.set()
-
-    def close(self) -> None:
-        self.sock.shutdown(socket.SHUT_RDWR)
-        self.sock.close()
+                self.hung_up.set()
 
 
 def huge_line(conn: socket.socket) -> None:

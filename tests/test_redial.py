@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import threading
 from collections.abc import Iterator
 
 import httpx
@@ -23,7 +22,7 @@ import pytest
 
 from rocm_nb import GenerationError, ServerUnavailable, connect
 from rocm_nb._redial import Redial
-from tests.support.sockets import read_request
+from tests.support.sockets import SocketServer, read_request
 
 pytestmark = pytest.mark.unit
 
@@ -31,36 +30,18 @@ BODY = json.dumps({"total_slots": 3}).encode()
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(BODY), BODY)
 
 
-class DroppingServer:
+class DroppingServer(SocketServer):
     """Answers the first request on each connection, then reads the next one and hangs up."""
 
     def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.connections = 0
         self.dropped = 0
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
-
-    def _handle(self, conn: socket.socket) -> None:
-        with conn:
-            if read_request(conn):
-                conn.sendall(ANSWER)
-            if read_request(conn):
-                self.dropped += 1  # received, not answered: the connection is closed under the client
-
-    def close(self) -> None:
-        if self.sock.fileno() != -1:
-            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() in the serving thread
-            self.sock.close()
+    def handle(self, conn: socket.socket) -> None:
+        if read_request(conn):
+            conn.sendall(ANSWER)
+        if read_request(conn):
+            self.dropped += 1  # received, not answered: the connection is closed under the client
 
 
 @pytest.fixture
@@ -95,28 +76,16 @@ def test_a_post_on_a_dropped_keep_alive_connection_is_not_resent(server: Droppin
     assert "was not resent" in "".join(raised.value.__notes__)
 
 
-class TakingServer:
+class TakingServer(SocketServer):
     """Reads each request whole and hangs up without answering: a server that took the request and died."""
 
     def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.requests = 0
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                if read_request(conn):
-                    self.requests += 1
-
-    def close(self) -> None:
-        self.sock.shutdown(socket.SHUT_RDWR)
-        self.sock.close()
+    def handle(self, conn: socket.socket) -> None:
+        if read_request(conn):
+            self.requests += 1
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ than one stops the run before anything executes, so the tiers cannot rot.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -37,6 +38,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             "is which); mark the module with `pytestmark = pytest.mark.<tier>` or the test itself:\n"
             + "\n".join(wrong)
         )
+
+
+@pytest.fixture
+def needs_root() -> None:
+    """Tests that act as another uid (``nobody``) need root, as CI has: they fail, never skip, without it."""
+    if os.getuid() != 0:
+        pytest.fail("this test switches to another uid (nobody) and needs root; run the suite as root, as CI does")
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
     from rocm_nb.stream import AsyncTokenStream
 
-__all__ = ["Job", "Prompt", "Result", "arun", "plan", "run", "workers"]
+__all__ = ["Job", "Prompt", "Result", "adrain", "arun", "plan", "run", "workers"]
 
 Prompt = str | Sequence[Message]
 """One item of ``map``: a prompt string or a list of chat messages."""
@@ -90,7 +90,12 @@ def _bar(total: int, show: bool) -> tqdm[Any]:
     return tqdm(total=total, disable=not show, desc="map", unit="prompt")
 
 
-async def _drain(stream: AsyncTokenStream) -> Completion:
+async def adrain(stream: AsyncTokenStream) -> Completion:
+    """Read an async stream to its end and return its completion (for ``achat``, ``agenerate`` and batches).
+
+    Example:
+        >>> completion = await adrain(model.astream("Hi", max_tokens=4))  # doctest: +SKIP
+    """
     async with stream:
         async for _ in stream:
             pass
@@ -111,7 +116,7 @@ async def _run(
     async def worker() -> None:
         for index, job in pending:
             try:
-                results[index] = await _drain(open_stream(job, http))
+                results[index] = await adrain(open_stream(job, http))
             except Exception as exc:  # recorded for its item: the batch goes on
                 results[index] = exc
             done()

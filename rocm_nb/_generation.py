@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Unpack
 
-from rocm_nb._batch import Prompt
+from rocm_nb._batch import Prompt, adrain
 from rocm_nb.completion import Completion, Kind, Message, Options, build_payload
 from rocm_nb.errors import GenerationError, RocmNbError, StreamProtocolError
 from rocm_nb.stream import Accumulator, AsyncTokenStream, TokenStream
@@ -116,14 +116,6 @@ class _GenerationAPI:
         assert stream.completion is not None
         return stream.completion
 
-    @staticmethod
-    async def _adrain(stream: AsyncTokenStream) -> Completion:
-        async with stream:
-            async for _ in stream:
-                pass
-        assert stream.completion is not None
-        return stream.completion
-
     # -- generation -------------------------------------------------------------------------
 
     def stream(self, prompt: str, **options: Unpack[Options]) -> TokenStream:
@@ -191,7 +183,7 @@ class _GenerationAPI:
         Example:
             >>> (await model.agenerate("2 + 2 =", max_tokens=4)).text  # doctest: +SKIP
         """
-        return await self._adrain(self.astream(prompt, **options))
+        return await adrain(self.astream(prompt, **options))
 
     def achat_stream(self, messages: Sequence[Message], **options: Unpack[Options]) -> AsyncTokenStream:
         """Async twin of :meth:`chat_stream`.
@@ -208,7 +200,7 @@ class _GenerationAPI:
         Example:
             >>> (await model.achat([{"role": "user", "content": "Hi"}])).text  # doctest: +SKIP
         """
-        return await self._adrain(self.achat_stream(messages, **options))
+        return await adrain(self.achat_stream(messages, **options))
 
     # -- batches (the engine is rocm_nb._batch) --------------------------------------------
 

@@ -69,7 +69,7 @@ from rocm_nb.binary import (
     ServerBinary,
     Unusable,
     from_install,
-    installs,
+    scan,
     version_of,
 )
 from rocm_nb.errors import BuildError, describe_exit
@@ -195,7 +195,7 @@ def install_server(
     base_flags = _cmake_flags(backend, rpc, gfx_targets, env, rocwmma_fattn=rocwmma_fattn)
     servers = cache_root(env) / "servers"
     if not force:
-        for install in installs(servers, cpu):
+        for install in scan(servers, cpu)[0]:
             if install.backend == backend and (install.rpc or not rpc) and (install.portable or not portable) and (
                 not rocwmma_fattn or ROCWMMA_FLAG in install.flags
             ):

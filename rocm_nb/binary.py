@@ -181,18 +181,9 @@ def from_install(install: Install, env: Mapping[str, str]) -> ServerBinary:
     return ServerBinary(path, version_of(path, env), install.backend, "cache", install.rpc)
 
 
-def installs(servers: Path, cpu: frozenset[str]) -> list[Install]:
-    """The finished cache installs that run on a CPU with features ``cpu``: native first, then newest first.
-
-    Example:
-        >>> installs(Path("/nonexistent"), frozenset())
-        []
-    """
-    return scan(servers, cpu)[0]
-
-
 def scan(servers: Path, cpu: frozenset[str]) -> tuple[list[Install], list[str]]:
-    """The installs usable on this CPU (see :func:`installs`), and why each other install was skipped.
+    """The finished installs usable on a CPU with features ``cpu`` (native first, then newest first), and why
+    each other install was skipped.
 
     Example:
         >>> scan(Path("/nonexistent"), frozenset())

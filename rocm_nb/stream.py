@@ -15,13 +15,13 @@ Example:
 
 from __future__ import annotations
 
-import io
 import json
-import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, Unpack, runtime_checkable
 
-from rocm_nb.completion import Completion, Kind, Message, Options, Timings
+from rocm_nb._accumulator import SO_FAR as _SO_FAR
+from rocm_nb._accumulator import Accumulator
+from rocm_nb.completion import Completion, Message, Options
 from rocm_nb.errors import (
     GenerationError,
     GenerationTimeout,
@@ -66,99 +66,6 @@ However steadily bytes arrive (:mod:`rocm_nb._limits`); ``connect(...,
 deadline=None)`` removes it. A ``LocalModel``'s own server has none.
 """
 
-
-class Accumulator:
-    """Pure state of one stream: turns SSE ``data`` fields into text pieces.
-
-    Example:
-        >>> acc = Accumulator("completion")
-        >>> acc.feed('{"choices": [{"text": "Hel"}]}') + acc.feed('{"choices": [{"text": "lo"}]}')
-        'Hello'
-        >>> acc.feed("[DONE]"), acc.done, acc.partial
-        ('', True, 'Hello')
-    """
-
-    def __init__(self, kind: Kind) -> None:
-        self.kind = kind
-        self._text = io.StringIO()  # grows by the text's own size per token, not an object per piece
-        self.finish_reason: str | None = None
-        self.timings: Timings | None = None
-        self.done = False
-        self.started = time.perf_counter()
-        self.first_token_at: float | None = None
-
-    @property
-    def partial(self) -> str:
-        return self._text.getvalue()
-
-    def feed(self, data: str) -> str:
-        """Consume one event's data; return the text it carries ('' if none)."""
-        if data.strip() == "[DONE]":
-            self.done = True
-            return ""
-        try:
-            chunk = json.loads(data)
-        except json.JSONDecodeError as exc:
-            raise StreamProtocolError(
-                f"the server sent a malformed event ({exc.msg}): {data[:200]!r}",
-                body=data,
-                partial=self.partial,
-            ) from None
-        if not isinstance(chunk, dict):
-            raise StreamProtocolError(
-                f"the server sent an unexpected event: {data[:200]!r}", body=data, partial=self.partial
-            )
-        if "error" in chunk:
-            error = chunk["error"]
-            message = error.get("message", error) if isinstance(error, dict) else error
-            code = error.get("code") if isinstance(error, dict) else None
-            raise GenerationError(
-                f"the server reported an error mid-stream: {message}",
-                status_code=code if isinstance(code, int) else None,
-                body=data,
-                partial=self.partial,
-            )
-        try:
-            piece = self._read(chunk)
-        except (TypeError, AttributeError, ValueError) as exc:  # valid JSON, but not a completion chunk
-            raise StreamProtocolError(
-                f"the server sent an event that is not a completion chunk ({exc}): {data[:200]!r}",
-                body=data,
-                partial=self.partial,
-            ) from None
-        if piece:
-            if self.first_token_at is None:
-                self.first_token_at = time.perf_counter()
-            self._text.write(piece)
-        return piece
-
-    def _read(self, chunk: dict[str, Any]) -> str:
-        """The text of one chunk; its finish reason and timings are kept. Raises on a chunk of the wrong shape."""
-        if isinstance(chunk.get("timings"), dict):
-            self.timings = Timings.from_server(chunk["timings"])
-        piece = ""
-        for choice in chunk.get("choices") or ():
-            if choice.get("finish_reason"):
-                self.finish_reason = str(choice["finish_reason"])
-            text = (choice.get("delta") or {}).get("content") if self.kind == "chat" else choice.get("text")
-            if text and not isinstance(text, str):
-                raise TypeError(f"its text is {type(text).__name__}, not a string")
-            piece += text or ""
-        return piece
-
-    def finish(self) -> Completion:
-        """Check the stream ended properly and return its completion."""
-        if not self.done and self.finish_reason is None:
-            raise with_notes(StreamProtocolError(
-                "the stream ended before the server finished (no finish_reason, no [DONE])",
-                partial=self.partial,
-            ), _SO_FAR if self.partial else "")
-        ended = time.perf_counter()
-        ttft = None if self.first_token_at is None else self.first_token_at - self.started
-        return Completion(self.partial, self.finish_reason, self.timings, ttft, ended - self.started)
-
-
-_SO_FAR = "The text received so far is in the error's .partial."
 
 _PHASES: dict[str, TimeoutPhase] = {
     "ConnectTimeout": "connect", "ReadTimeout": "read", "WriteTimeout": "write", "PoolTimeout": "pool",

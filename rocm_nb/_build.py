@@ -61,6 +61,7 @@ from rocm_nb._cpu import AMX_FEATURES, this_cpu
 from rocm_nb._paths import cache_root
 from rocm_nb._rocwmma import ROCWMMA_FLAG, require_option, rocwmma_flag
 from rocm_nb._smoke import SmokeResult, smoke_test
+from rocm_nb._vulkan import require_headers
 from rocm_nb.binary import (
     LLAMA_CPP_PYTHON_VERSION,
     MANIFEST,
@@ -176,7 +177,9 @@ def install_server(
     only with sources that still have the option). The sources are the
     ``llama-cpp-python`` sdist pinned by
     :data:`~rocm_nb.binary.LLAMA_CPP_PYTHON_VERSION`, fetched with pip;
-    ``source_dir`` builds another llama.cpp checkout. ``cpu`` (default: this
+    ``source_dir`` builds another llama.cpp checkout. A Vulkan build of the
+    pinned sources first checks the system's Vulkan headers
+    (:func:`rocm_nb._vulkan.require_headers`: 1.3.272 or later). ``cpu`` (default: this
     CPU's features), ``machine`` (default: this architecture) and ``smoke``
     are seams for tests. Failures raise
     :class:`BuildError` and leave the cache as it was.
@@ -207,6 +210,8 @@ def install_server(
     name = backend + ("-rpc" if rpc else "") + ("-rocwmma" if rocwmma_fattn else "")
     build_env = {**env, **_hip_env(env)} if backend == "rocm" else dict(env)
     cmake = _require_tools(base_flags, build_env)
+    if backend == "vulkan" and source_dir is None:
+        require_headers(base_flags, env)  # the pinned sources need Vulkan headers 1.3.272+
     servers.mkdir(parents=True, exist_ok=True)
     log = servers / f"build-{name}.log"
     log.write_text("")

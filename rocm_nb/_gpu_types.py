@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from rocm_nb import _hsa
+from rocm_nb._rocm_install import RocmInstall
 
 __all__ = ["GPU", "Backend", "GpuUsage", "Hardware"]
 
@@ -39,13 +40,35 @@ class GPU:
     is_apu: bool
     pci_slot: str | None = None
     """PCI address such as ``0000:03:00.0`` (AMD: from the KFD topology or rocminfo's BDFID)."""
+    gtt_total: int | None = None
+    """An integrated GPU's GTT: the system RAM it may map beyond its carve-out (amdgpu's ``mem_info_gtt_total``)."""
+    gtt_used: int | None = None
+    """GTT in use (``mem_info_gtt_used``); read for integrated GPUs only, ``None`` for discrete ones."""
 
     @property
     def vram_free(self) -> int | None:
-        """Free VRAM in bytes (never negative: the counters are not read atomically)."""
-        if self.vram_total is None or self.vram_used is None:
-            return None
-        return max(0, self.vram_total - self.vram_used)
+        """Free VRAM in bytes (never negative: the counters are not read atomically); an APU's carve-out.
+
+        Example:
+            >>> GPU(0, "Radeon 8060S", "gfx1151", "amd", 2**29, 2**28, True, None, 2**37, 0).vram_free
+            268435456
+        """
+        return _free(self.vram_total, self.vram_used)
+
+    @property
+    def gtt_free(self) -> int | None:
+        """Free GTT in bytes (an integrated GPU's system-RAM allowance); ``None`` when not read.
+
+        Example:
+            >>> GPU(0, "Radeon 8060S", "gfx1151", "amd", 2**29, 0, True, None, 2**37, 2**30).gtt_free // 2**30
+            127
+        """
+        return _free(self.gtt_total, self.gtt_used)
+
+
+def _free(total: int | None, used: int | None) -> int | None:
+    """``total - used``, never negative; ``None`` when either is unknown."""
+    return None if total is None or used is None else max(0, total - used)
 
 
 @dataclass(frozen=True)
@@ -61,6 +84,8 @@ class Hardware:
     gpus: tuple[GPU, ...]
     visible_devices: str | None
     notes: tuple[str, ...]
+    rocm: RocmInstall | None = None
+    """The ROCm install found (its version and which gfx targets its rocBLAS/hipBLASLt ship kernels for)."""
 
     @property
     def visible_gpus(self) -> tuple[GPU, ...]:
@@ -87,11 +112,13 @@ class Hardware:
         """:attr:`gfx_targets` plus the targets an ``HSA_OVERRIDE_GFX_VERSION`` runs them as (for ``GPU_TARGETS``).
 
         Example:
-            >>> hw = Hardware("rocm", (GPU(0, "RX 6600", "gfx1032", "amd", None, None, False),), None, ())
+            >>> from pathlib import Path
+            >>> rocm = RocmInstall(Path("/opt/rocm-6.2.2"), (6, 2, 2), frozenset({"gfx1030"}), frozenset())
+            >>> hw = Hardware("rocm", (GPU(0, "RX 6600", "gfx1032", "amd", None, None, False),), None, (), rocm)
             >>> hw.build_targets
             ('gfx1030', 'gfx1032')
         """
-        return _hsa.build_targets(self.gfx_targets)
+        return _hsa.build_targets(self.gfx_targets, self.rocm)
 
     def server_env(
         self, environ: Mapping[str, str] | None = None, *, hsa_override: str | None = None
@@ -111,6 +138,16 @@ class Hardware:
         """
         return _hsa.server_env(self, environ, hsa_override)
 
+    @property
+    def apus(self) -> tuple[GPU, ...]:
+        """The integrated GPUs llama-server will use.
+
+        Example:
+            >>> Hardware("cpu", (), None, ()).apus
+            ()
+        """
+        return tuple(g for g in self.visible_gpus if g.is_apu)
+
 
 @dataclass(frozen=True)
 class GpuUsage:
@@ -126,3 +163,6 @@ class GpuUsage:
     vram_used: int | None
     vram_total: int | None
     busy_percent: int | None
+    gtt_used: int | None = None
+    """An integrated GPU's GTT in use (``None`` for discrete GPUs): shown beside its carve-out."""
+    gtt_total: int | None = None

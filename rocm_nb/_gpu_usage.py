@@ -2,7 +2,8 @@
 
 Example:
     >>> gpu_usage([GPU(0, "RX 7900 XTX", "gfx1100", "amd", 24 * 2**30, None, False)], root=Path("/nonexistent"))
-    [GpuUsage(index=0, name='RX 7900 XTX', vram_used=None, vram_total=25769803776, busy_percent=None)]
+    [GpuUsage(index=0, name='RX 7900 XTX', vram_used=None, vram_total=25769803776, busy_percent=None, gtt_used=None,
+              gtt_total=None)]
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from rocm_nb._gpu_tools import NVIDIA_USAGE, Runner, parse_nvidia_usage, run_tool
 from rocm_nb._gpu_types import GPU, GpuUsage, Hardware
-from rocm_nb._sysfs import amdgpu_cards, card_vram, read_int
+from rocm_nb._sysfs import amdgpu_cards, card_gtt, card_vram, read_int
 
 __all__ = ["gpu_usage"]
 
@@ -23,7 +24,8 @@ def gpu_usage(
     """VRAM used and total and GPU busy % of each GPU now, for live monitors.
 
     AMD: amdgpu's sysfs files (``gpu_busy_percent``, ``mem_info_vram_used``,
-    ``mem_info_vram_total``) of the card at the GPU's PCI address: cheap enough
+    ``mem_info_vram_total``; an integrated GPU's ``mem_info_gtt_used`` and
+    ``mem_info_gtt_total`` too) of the card at the GPU's PCI address: cheap enough
     to read a few times a second. NVIDIA: one ``nvidia-smi --query-gpu`` call.
     No GPU (the CPU backend): an empty list. ``root`` and ``runner`` are the
     seams of :func:`~rocm_nb.hardware.detect`.
@@ -49,5 +51,7 @@ def gpu_usage(
             usage.append(GpuUsage(gpu.index, gpu.name, None, gpu.vram_total, None))
         else:
             total, used = card_vram(device)
-            usage.append(GpuUsage(gpu.index, gpu.name, used, total, read_int(device / "gpu_busy_percent")))
+            gtt_total, gtt_used = card_gtt(device) if gpu.is_apu else (None, None)
+            usage.append(GpuUsage(gpu.index, gpu.name, used, total, read_int(device / "gpu_busy_percent"),
+                                  gtt_used, gtt_total))
     return usage

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
+from rocm_nb._unified import UnifiedMemory, check_unified, decide
 from rocm_nb._units import positive_int
 from rocm_nb.binary import ServerBinary
 from rocm_nb.catalog import ModelInfo
@@ -92,12 +93,14 @@ def plan_server(
     cache_type: str | None,
     cache_type_k: str | None,
     cache_type_v: str | None,
+    unified_memory: UnifiedMemory = "auto",
 ) -> tuple[FitPlan, ServerConfig]:
     """The fit plan and the server configuration for ``LocalModel``'s options (see its docstring).
 
     ``gpu_layers`` given as a number is used as it is; ``None``/``"auto"``
     takes the plan's choice. The server's environment is what the hardware
-    needs (``hsa_override`` included) under ``env``, which wins.
+    needs (``hsa_override`` included, and on an integrated GPU what
+    ``unified_memory`` needs: see :mod:`rocm_nb._unified`) under ``env``, which wins.
 
     Example:
         >>> fit, config = plan_server(info, path, binary, detect(), ctx_size=None, gpu_layers="auto",
@@ -107,8 +110,10 @@ def plan_server(
     """
     flash, cache_k, cache_v = kv_options(flash_attn, cache_type, cache_type_k, cache_type_v)
     chosen_layers = None if gpu_layers is None or gpu_layers == "auto" else int(gpu_layers)
+    backend = "rpc" if rpc else binary.backend
+    unified = check_unified(unified_memory)
     fit = plan_load(
-        info, hardware, "rpc" if rpc else binary.backend,
+        info, hardware, backend, unified_memory=unified,
         ctx_size=context_size(info, ctx_size), parallel=positive_int("parallel", parallel),
         gpu_layers=chosen_layers,
         shrink_ctx=ctx_size is None, flash_attn=flash, cache_type_k=cache_k, cache_type_v=cache_v,
@@ -121,6 +126,7 @@ def plan_server(
         parallel=parallel,
         extra_args=extra_args,
         env=tuple(sorted({
+            **decide(hardware, backend, unified).env,
             **hardware.server_env({**os.environ, **(env or {})}, hsa_override=hsa_override),
             **(env or {}),
         }.items())),

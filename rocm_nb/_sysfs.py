@@ -18,7 +18,7 @@ from pathlib import Path
 from rocm_nb._gpu_tools import APU_TARGETS, Agent, parse_int
 from rocm_nb._hsa import gfx_name
 
-__all__ = ["KfdNode", "agent_slot", "amdgpu_cards", "card_vram", "kfd_gpu_nodes", "read_int"]
+__all__ = ["KfdNode", "agent_slot", "amdgpu_cards", "card_gtt", "card_vram", "kfd_gpu_nodes", "read_int"]
 
 _AMD_VENDOR = 0x1002
 _KFD_NODES = Path("sys/class/kfd/kfd/topology/nodes")
@@ -105,6 +105,16 @@ def amdgpu_cards(root: Path) -> dict[str, Path]:
 def card_vram(device: Path) -> tuple[int | None, int | None]:
     """(total, used) VRAM in bytes from amdgpu's ``mem_info_vram_*`` (read one after the other, not atomically)."""
     return read_int(device / "mem_info_vram_total"), read_int(device / "mem_info_vram_used")
+
+
+def card_gtt(device: Path) -> tuple[int | None, int | None]:
+    """(total, used) GTT in bytes from amdgpu's ``mem_info_gtt_*``: the system RAM the GPU may map.
+
+    Example:
+        >>> card_gtt(Path("/nonexistent"))
+        (None, None)
+    """
+    return read_int(device / "mem_info_gtt_total"), read_int(device / "mem_info_gtt_used")
 
 
 def agent_slot(agent: Agent, nodes: Mapping[int, KfdNode], cards: Mapping[str, Path]) -> str | None:

@@ -21,7 +21,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from rocm_nb._estimate import (
@@ -34,6 +34,7 @@ from rocm_nb._estimate import (
     estimate,
     estimate_shape,
 )
+from rocm_nb._unified import UnifiedMemory, gpu_budget
 from rocm_nb._units import human_bytes
 from rocm_nb.catalog import ModelInfo
 from rocm_nb.hardware import Backend, Hardware
@@ -95,6 +96,7 @@ def plan(
     min_ctx: int = MIN_CTX,
     free_ram_bytes: int | None = None,
     margin: int = GPU_MARGIN,
+    memory: str = "VRAM",
 ) -> FitPlan:
     """Choose ``gpu_layers`` (and, if allowed, a smaller context) that fit the free VRAM.
 
@@ -104,7 +106,8 @@ def plan(
     fits is chosen. A given ``gpu_layers`` is kept and only checked (``0``
     means a CPU-only load). ``free_vram_bytes=None`` means unknown: all layers
     are offloaded, and the note says so. ``free_ram_bytes``, when given, is
-    checked against the part that stays in host memory.
+    checked against the part that stays in host memory. ``memory`` names
+    what ``free_vram_bytes`` counts in the note (an APU's "carve-out + GTT").
 
     Example:
         >>> p = plan(info, 6 * 2**30, ctx_size=8192)  # doctest: +SKIP
@@ -129,11 +132,11 @@ def plan(
             if free_ram_bytes is not None and chosen.ram <= free_ram_bytes:
                 note += f"; {human_bytes(free_ram_bytes)} of RAM is available"
         elif fits:
-            note = f"gpu_layers={gpu_layers}: {chosen.summary()}" + (f"; {free} of VRAM is free" if free else "")
+            note = f"gpu_layers={gpu_layers}: {chosen.summary()}" + (f"; {free} of {memory} is free" if free else "")
         else:
             best = _largest_fit(fitting, layers, ctx, budget or 0)
-            note = (f"gpu_layers={gpu_layers} needs about {human_bytes(chosen.vram)} of VRAM but only {free} is free: "
-                    f"llama-server will probably run out of memory; gpu_layers={best} would fit")
+            note = (f"gpu_layers={gpu_layers} needs about {human_bytes(chosen.vram)} of {memory} but only {free} "
+                    f"is free: llama-server will probably run out of memory; gpu_layers={best} would fit")
     elif budget is None:
         chosen = fitting(layers, ctx)
         fits = True
@@ -146,22 +149,22 @@ def plan(
         fits = True
         if chosen.vram <= budget:
             note = (f"all {layers} layers of {info.name} on the GPU: "
-                    f"{human_bytes(chosen.vram)} of the {free} of free VRAM")
+                    f"{human_bytes(chosen.vram)} of the {free} of free {memory}")
             if ctx != ctx_size:
                 note = (f"ctx_size lowered from {ctx_size} to {ctx} so that all {layers} layers of {info.name} "
-                        f"fit on the GPU ({human_bytes(chosen.vram)} of the {free} of free VRAM); pass ctx_size= "
+                        f"fit on the GPU ({human_bytes(chosen.vram)} of the {free} of free {memory}); pass ctx_size= "
                         "to choose another")
         else:
             whole = chosen.vram
             chosen = fitting(_largest_fit(fitting, layers, ctx, budget), ctx)
             lowered = f" at ctx_size {ctx} (lowered from {ctx_size})" if ctx != ctx_size else ""
             if chosen.gpu_layers == 0:
-                note = (f"none of {info.name}'s layers fit in the {free} of free VRAM (all {layers} need "
+                note = (f"none of {info.name}'s layers fit in the {free} of free {memory} (all {layers} need "
                         f"{human_bytes(whole)}, and {human_bytes(margin)} is kept free){lowered}: "
                         "it runs on the CPU, slowly")
             else:
-                note = (f"only {chosen.gpu_layers} of {layers} layers of {info.name} fit in the {free} of free VRAM "
-                        f"(all need {human_bytes(whole)}, and {human_bytes(margin)} is kept free){lowered}: "
+                note = (f"only {chosen.gpu_layers} of {layers} layers of {info.name} fit in the {free} of free "
+                        f"{memory} (all need {human_bytes(whole)}, and {human_bytes(margin)} is kept free){lowered}: "
                         f"gpu_layers={chosen.gpu_layers}, the rest run on the CPU, more slowly; a smaller "
                         "ctx_size or quantisation lets more layers fit")
     if free_ram_bytes is not None and chosen.ram > free_ram_bytes:
@@ -212,6 +215,7 @@ def plan_load(
     cache_type_k: str | None = None,
     cache_type_v: str | None = None,
     free_ram_bytes: int | None = None,
+    unified_memory: UnifiedMemory = "auto",
 ) -> FitPlan:
     """:func:`plan` for this machine, as ``LocalModel`` asks it.
 
@@ -220,7 +224,10 @@ def plan_load(
     build offloads nothing whatever ``gpu_layers`` says. The free VRAM comes
     from ``hardware`` (:func:`free_vram`), the free RAM from psutil unless
     ``free_ram_bytes`` is given. ``None`` cache types mean the server's
-    ``f16``.
+    ``f16``. On an integrated GPU, ``unified_memory`` (see
+    :mod:`rocm_nb._unified`) decides whether its GTT counts beside the
+    carve-out; the note then says which memory the plan used and why, and a
+    plan whose GTT and host parts together exceed the free RAM does not fit.
 
     Example:
         >>> p = plan_load(info, Hardware("cpu", (), None, ()), "cpu", ctx_size=8192)  # doctest: +SKIP
@@ -231,14 +238,29 @@ def plan_load(
         import psutil
 
         free_ram_bytes = psutil.virtual_memory().available
+    ram = free_ram_bytes
 
-    def planned(free_vram_bytes: int | None, layers: int | None, shrink: bool = False) -> FitPlan:
+    def planned(free_vram_bytes: int | None, layers: int | None, shrink: bool = False,
+                memory: str = "VRAM") -> FitPlan:
         return plan(info, free_vram_bytes, ctx_size=ctx_size, parallel=parallel, gpu_layers=layers,
                     shrink_ctx=shrink, flash_attn=flash_attn, cache_type_k=cache_type_k or "f16",
-                    cache_type_v=cache_type_v or "f16", free_ram_bytes=free_ram_bytes)
+                    cache_type_v=cache_type_v or "f16", free_ram_bytes=ram, memory=memory)
 
     if backend == "cpu":
         return planned(None, 0)
     if backend == "rpc":
         return planned(None, (info.block_count or 0) + 1 if gpu_layers is None else gpu_layers)
-    return planned(free_vram(hardware), gpu_layers, shrink_ctx)
+    host = estimate(info, ctx_size=ctx_size, parallel=parallel, gpu_layers=(info.block_count or 0) + 1,
+                    cache_type_k=cache_type_k or "f16", cache_type_v=cache_type_v or "f16",
+                    flash_attn=flash_attn).ram
+    budget = gpu_budget(hardware, backend, unified_memory, free_ram=ram, host_bytes=host)
+    fit = planned(budget.free, gpu_layers, shrink_ctx, budget.memory)
+    if not budget.reason:
+        return fit
+    note, fits = f"{fit.note}; {budget.reason}", fit.fits
+    shared = max(0, fit.estimate.vram - (budget.dedicated or 0)) if budget.unified else 0
+    if shared and shared + fit.estimate.ram > ram:
+        fits = False
+        note += (f"; but the {human_bytes(shared)} of GTT and {human_bytes(fit.estimate.ram)} of RAM it needs "
+                 f"are more than the {human_bytes(ram)} of RAM available: the load will probably fail")
+    return replace(fit, note=note, fits=fits)

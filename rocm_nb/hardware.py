@@ -56,8 +56,10 @@ from rocm_nb._gpu_tools import parse_rocminfo as parse_rocminfo
 from rocm_nb._gpu_tools import run_tool as run_tool
 from rocm_nb._gpu_types import GPU, Backend, GpuUsage, Hardware
 from rocm_nb._gpu_usage import gpu_usage
-from rocm_nb._hsa import HSA_OVERRIDES, hsa_override_for, version_target
-from rocm_nb._sysfs import agent_slot, amdgpu_cards, card_vram, kfd_gpu_nodes
+from rocm_nb._hsa import HSA_OVERRIDES, decide_override, hsa_override_for
+from rocm_nb._rocm_install import find_rocm
+from rocm_nb._sysfs import agent_slot, amdgpu_cards, card_gtt, card_vram, kfd_gpu_nodes
+from rocm_nb._unified import decide
 
 __all__ = [
     "GPU",
@@ -95,8 +97,10 @@ def _detect_rocm(runner: Runner, notes: list[str], root: Path) -> tuple[GPU, ...
     gpus = []
     for i, (agent, slot) in enumerate(zip(agents, slots, strict=True)):
         node = nodes.get(agent.kfd_node) if agent.kfd_node is not None else None
+        is_apu = agent.is_apu or (node is not None and node.is_apu)
+        gtt = card_gtt(cards[slot]) if is_apu and slot in cards else (None, None)
         gpus.append(GPU(i, agent.marketing_name, agent.arch or (node.arch if node else ""), "amd",
-                        *vram.get(i, (None, None)), agent.is_apu or (node is not None and node.is_apu), slot))
+                        *vram.get(i, (None, None)), is_apu, slot, *gtt))
     return tuple(gpus)
 
 
@@ -139,7 +143,7 @@ def detect(
     if forced in (None, "rocm") and (root / "dev" / "kfd").exists():
         gpus = _detect_rocm(runner, notes, root)
         if gpus:
-            return Hardware("rocm", gpus, _visible(gpus, notes), tuple(notes))
+            return Hardware("rocm", gpus, _visible(gpus, notes), tuple(notes), find_rocm(root, env))
     if forced in (None, "cuda", "vulkan"):
         nvidia = parse_nvidia_smi(runner(NVIDIA_GPUS) or "")
         if nvidia:
@@ -150,8 +154,30 @@ def detect(
     return Hardware("cpu", (), None, tuple(notes))
 
 
+def _gib(used: int | None, total: int) -> str:
+    return f"{'?' if used is None else f'{used / 2**30:.1f}'} / {total / 2**30:.1f} GiB used"
+
+
+def _memory(gpu: GPU) -> str:
+    """One GPU's memory for :func:`describe`: VRAM, or an APU's carve-out and GTT apart."""
+    if gpu.vram_total is None:
+        memory = "VRAM unknown"
+    else:
+        memory = f"{'carve-out' if gpu.is_apu else 'VRAM'} {_gib(gpu.vram_used, gpu.vram_total)}"
+    if gpu.gtt_total is not None:
+        memory += f" · GTT {_gib(gpu.gtt_used, gpu.gtt_total)} (system RAM the GPU may map)"
+    elif gpu.is_apu and gpu.vram_total is not None:
+        memory += " (a carve-out of system RAM; it shares the rest of system RAM too)"
+    return memory
+
+
 def describe(hw: Hardware) -> list[str]:
     """Human-readable lines for ``rocm-nb doctor`` and ``%rocm_status``.
+
+    Each GPU with its memory (an integrated GPU's carve-out and GTT apart);
+    on ROCm, the unified-memory decision for an integrated GPU and the
+    evidence for or against ``HSA_OVERRIDE_GFX_VERSION`` (what the installed
+    ROCm ships kernels for).
 
     Example:
         >>> describe(Hardware("cpu", (), None, ("no GPU found",)))
@@ -159,26 +185,20 @@ def describe(hw: Hardware) -> list[str]:
     """
     lines = [f"backend: {hw.backend}"]
     for gpu in hw.gpus:
-        memory = "VRAM unknown"
-        if gpu.vram_total is not None:
-            used = "?" if gpu.vram_used is None else f"{gpu.vram_used / 2**30:.1f}"
-            memory = f"VRAM {used} / {gpu.vram_total / 2**30:.1f} GiB used"
-            if gpu.is_apu:
-                memory += " (a carve-out of system RAM; it shares the rest of system RAM too)"
         kind = "integrated" if gpu.is_apu else gpu.vendor
-        lines.append(f"GPU {gpu.index}: {gpu.name} ({gpu.arch or '?'}, {kind}) · {memory}")
+        lines.append(f"GPU {gpu.index}: {gpu.name} ({gpu.arch or '?'}, {kind}) · {_memory(gpu)}")
     if hw.visible_devices is not None:
         lines.append(f"HIP_VISIBLE_DEVICES={hw.visible_devices} for llama-server")
-    unsupported = [t for t in hw.gfx_targets if t in HSA_OVERRIDES]
-    override = hsa_override_for(hw.gfx_targets)
-    if override:
-        lines.append(
-            f"ROCm ships no kernels for {', '.join(unsupported)}, but it runs them as {version_target(override)}: "
-            f'LocalModel(..., hsa_override="auto") sets HSA_OVERRIDE_GFX_VERSION={override} for llama-server only'
-        )
-    elif unsupported:
-        lines.append(
-            f"ROCm ships no kernels for {', '.join(unsupported)}, and no one HSA_OVERRIDE_GFX_VERSION suits all of "
-            f"{', '.join(hw.gfx_targets)}: set HIP_VISIBLE_DEVICES to the GPUs of one kind"
-        )
+    if hw.backend != "rocm":
+        return lines + list(hw.notes)
+    if hw.rocm is not None:
+        lines.append(f"ROCm {hw.rocm.version_text} at {hw.rocm.path}")
+    unified = decide(hw, "rocm", "auto")
+    if unified.reason:
+        lines.append(f"unified memory: {unified.reason}")
+    decision = decide_override(hw.gfx_targets, hw.rocm)
+    lines += decision.evidence
+    if decision.version:
+        lines.append(f'LocalModel(..., hsa_override="auto") sets HSA_OVERRIDE_GFX_VERSION={decision.version} '
+                     "for llama-server only")
     return lines + list(hw.notes)

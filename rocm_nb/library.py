@@ -54,6 +54,7 @@ from typing import Literal, overload
 import psutil
 
 from rocm_nb._extras import needs_extra
+from rocm_nb._unified import gpu_budget
 from rocm_nb._units import human_bytes, human_count
 from rocm_nb.catalog import CATALOGUE, DEFAULT_MODEL, ModelInfo, models_dir, read_info
 from rocm_nb.errors import RocmNbError
@@ -332,6 +333,14 @@ def _budget(hardware: Hardware) -> _Budget:
             f"no GPU: llama-server runs on the CPU, so \"fits\" compares each model's estimated memory "
             f"(ctx min(trained, {FIT_CTX})) with the {human_bytes(available)} of RAM available now"
         ), gpu=False)
+    unified = gpu_budget(hardware, hardware.backend, "auto", free_ram=psutil.virtual_memory().available)
+    if unified.unified and unified.free is not None:
+        carve = unified.dedicated or 0
+        return _Budget("fits in carve-out + GTT?", max(0, unified.free - GPU_MARGIN), (
+            f"\"fits\": every layer and the KV cache of min(trained, {FIT_CTX}) tokens on the integrated GPU: "
+            f"{human_bytes(carve)} of free carve-out + {human_bytes(unified.free - carve)} of GTT (system RAM, so "
+            f"capped by the RAM available now), less the {human_bytes(GPU_MARGIN)} rocm_nb keeps free"
+        ), gpu=True)
     known = [g for g in hardware.visible_gpus if g.vram_free is not None]
     if not known:
         return _Budget("fits in VRAM?", None, "free VRAM unknown (no tool or sysfs file reported it): "

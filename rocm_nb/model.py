@@ -42,6 +42,7 @@ from rocm_nb._generation import _GenerationAPI
 from rocm_nb._lease import ModelState, ServerLease
 from rocm_nb._options import DEFAULT_CTX_CAP, plan_server
 from rocm_nb._registry import ServerRegistry, default_registry
+from rocm_nb._unified import UnifiedMemory
 from rocm_nb.binary import ServerBinary, find_server
 from rocm_nb.catalog import DEFAULT_MODEL, ModelInfo, read_info, resolve_model
 from rocm_nb.client import Client, Options
@@ -111,6 +112,10 @@ class LocalModel(_GenerationAPI):
             the memory of the default ``"f16"``); ``cache_type_k`` and
             ``cache_type_v`` set them one by one. A quantised V cache needs
             flash attention.
+        unified_memory: on an AMD APU, whether the plan counts GTT (system
+            RAM the GPU maps) beside the firmware's carve-out: ``"auto"``
+            (default: yes where ROCm 6.4+ or Vulkan can use it), ``"on"`` or
+            ``"off"``; ``model.fit.note`` says which memory was used and why.
         timeout: longest silence tolerated while reading a stream (s).
         start_timeout: how long loading may take (s).
         registry: the :class:`~rocm_nb._registry.ServerRegistry` to share
@@ -148,6 +153,7 @@ class LocalModel(_GenerationAPI):
         cache_type_v: str | None = None,
         registry: ServerRegistry[ServerConfig, LlamaServer] | None = None,
         host: str = "127.0.0.1",
+        unified_memory: UnifiedMemory = "auto",
     ) -> None:
         extra = check_extra_args(extra_args)  # before anything is resolved, downloaded or started
         if not is_loopback(host):
@@ -163,7 +169,7 @@ class LocalModel(_GenerationAPI):
         plan = plan_server(self.info, self.path, self.binary, self.hardware, ctx_size=ctx_size,
                            gpu_layers=gpu_layers, parallel=parallel, extra_args=extra, env=env, host=host,
                            rpc=rpc, hsa_override=hsa_override, flash_attn=flash_attn, cache_type=cache_type,
-                           cache_type_k=cache_type_k, cache_type_v=cache_type_v)
+                           cache_type_k=cache_type_k, cache_type_v=cache_type_v, unified_memory=unified_memory)
         self.fit: FitPlan = plan[0]
         """The memory estimate and the offload decision (``model.fit.note`` says it in one sentence)."""
         self.config: ServerConfig = plan[1]

@@ -182,6 +182,13 @@ def _bar(label: str, text: str, fraction: float | None) -> dict[str, Any]:
             "fraction": None if fraction is None else min(1.0, max(0.0, fraction))}
 
 
+def _memory_bar(label: str, used: int | None, total: int | None) -> dict[str, Any]:
+    """A bar of memory used against its total (``unknown`` when either is)."""
+    if total and used is not None:
+        return _bar(label, f"{human_bytes(used)} / {human_bytes(total)}", used / total)
+    return _bar(label, "unknown", None)
+
+
 def _stopped_note(source: Watched) -> str:
     """What the view says when no server runs: ``crashed`` as ``%rocm_status`` says it, else ``not running``."""
     from rocm_nb._lease import ModelState  # a LocalModel's; other sources have no state
@@ -195,14 +202,13 @@ def _sections(sample: MonitorSample, *, running: bool, stopped: str = "not runni
     """What the view draws: titled groups of labelled bars (or a note, ``stopped`` when no server runs), GPUs first."""
     sections: list[dict[str, Any]] = []
     for gpu in sample.gpus:
-        if gpu.vram_total and gpu.vram_used is not None:
-            vram = _bar("VRAM", f"{human_bytes(gpu.vram_used)} / {human_bytes(gpu.vram_total)}",
-                        gpu.vram_used / gpu.vram_total)
-        else:
-            vram = _bar("VRAM", "unknown", None)
+        memory = [_memory_bar("carve-out" if gpu.gtt_total is not None else "VRAM", gpu.vram_used, gpu.vram_total)]
+        if gpu.gtt_total is not None:  # an integrated GPU: the system RAM it maps beside its carve-out
+            memory.append(_memory_bar("GTT", gpu.gtt_used, gpu.gtt_total))
         busy = (_bar("busy", "unknown", None) if gpu.busy_percent is None
                 else _bar("busy", f"{gpu.busy_percent:.0f} %", gpu.busy_percent / 100))
-        sections.append({"kind": "gpu", "title": f"GPU {gpu.index} · {gpu.name}", "bars": [vram, busy], "note": ""})
+        sections.append({"kind": "gpu", "title": f"GPU {gpu.index} · {gpu.name}", "bars": [*memory, busy],
+                         "note": ""})
     if not sample.gpus:
         sections.append({"kind": "gpu", "title": "GPU", "bars": [],
                          "note": "no GPU found: llama-server runs on the CPU (process below)"})

@@ -280,9 +280,9 @@ def test_an_interrupt_stops_the_whole_build(tmp_path: Path) -> None:
     assert [path.name for path in (cache / "servers").iterdir()] == ["build-cpu.log"]
 
 
-def hardware_of(tmp_path: Path, tree: str) -> Hardware:
-    """What detect() sees on a recorded sysfs tree with no ROCm tool answering."""
-    return detect(runner=lambda argv: None, environ={}, root=sysfs_root(tmp_path, tree))
+def hardware_of(tmp_path: Path, tree: str, rocm: str | None = None) -> Hardware:
+    """What detect() sees on a recorded sysfs tree (and ROCm install tree ``rocm``) with no ROCm tool answering."""
+    return detect(runner=lambda argv: None, environ={}, root=sysfs_root(tmp_path, tree, rocm))
 
 
 ROCWMMA = "-DGGML_HIP_ROCWMMA_FATTN=ON"
@@ -295,7 +295,7 @@ ROCWMMA = "-DGGML_HIP_ROCWMMA_FATTN=ON"
     ("sysfs-8845hs-780m", "gfx1100;gfx1103"),  # RDNA3 iGPU, plus its HSA_OVERRIDE_GFX_VERSION stand-in
 ])
 def test_rocwmma_flash_attention_is_added_on_rdna3_and_later(tmp_path: Path, tree: str, targets: str) -> None:
-    hw = hardware_of(tmp_path, tree)
+    hw = hardware_of(tmp_path, tree, "rocm-tree-7.0")  # ships gfx1100 and gfx1201 kernels, none for gfx1103
     flags = _cmake_flags("rocm", False, hw.build_targets, {}, rocwmma_fattn=True)
     assert flags[-3:] == ["-DGGML_HIP=ON", f"-DGPU_TARGETS={targets}", ROCWMMA]
     assert ROCWMMA not in _cmake_flags("rocm", False, hw.build_targets, {})
@@ -315,7 +315,7 @@ def test_rocwmma_flash_attention_on_cdna(targets: tuple[str, ...]) -> None:
 
 @pytest.mark.unit
 def test_rocwmma_flash_attention_is_refused_elsewhere(tmp_path: Path) -> None:
-    rdna2 = hardware_of(tmp_path, "sysfs-rx6600-raphael")
+    rdna2 = hardware_of(tmp_path, "sysfs-rx6600-raphael", "rocm-tree-6.2")
     assert build_options(rdna2) == []
     with pytest.raises(BuildError, match=r"RDNA3 or later .* this build is for GPU targets gfx1030, gfx1032\.\n"
                                          r"Next step: leave out --rocwmma-fattn"):

@@ -285,7 +285,8 @@ def test_an_apu_alone_is_used_and_its_carve_out_is_called_so(tmp_path: Path) -> 
         "gfx1103", True, "0000:c6:00.0", 4 * GIB, 4 * GIB - 72495104)
     assert hw.visible_devices is None and hw.server_env({}) == {}
     lines = describe(hw)
-    assert any("integrated" in line and "carve-out of system RAM" in line for line in lines)
+    assert any("(gfx1103, integrated) · carve-out 0.1 / 4.0 GiB used · GTT 0.1 / 30.7 GiB used" in line
+               for line in lines)
     assert any("only an integrated GPU (gfx1103)" in line for line in lines)
 
 
@@ -293,7 +294,7 @@ def test_an_apu_alone_is_used_and_its_carve_out_is_called_so(tmp_path: Path) -> 
 @pytest.mark.unit
 def test_an_rdna2_card_rocm_has_no_kernels_for_gets_the_override_only_when_asked(tmp_path: Path) -> None:
     """RX 6600 (gfx1032) beside a Raphael iGPU whose DRM card comes first: HIP device 0 is the RX 6600."""
-    root = sysfs_root(tmp_path, "sysfs-rx6600-raphael")
+    root = sysfs_root(tmp_path, "sysfs-rx6600-raphael", "rocm-tree-6.2")  # rocBLAS for gfx1030, none for gfx1032
     hw = detect(runner=lambda argv: None, environ={}, root=root)
     assert [(g.arch, g.pci_slot, g.is_apu, g.vram_total) for g in hw.gpus] == [
         ("gfx1032", "0000:03:00.0", False, 8573157376),
@@ -301,8 +302,10 @@ def test_an_rdna2_card_rocm_has_no_kernels_for_gets_the_override_only_when_asked
     ]
     assert hw.visible_devices == "0" and hw.gfx_targets == ("gfx1032",)
     assert hw.build_targets == ("gfx1030", "gfx1032")  # kernels for both: with and without the override
-    assert any('ROCm ships no kernels for gfx1032, but it runs them as gfx1030: LocalModel(..., hsa_override="auto")'
-               " sets HSA_OVERRIDE_GFX_VERSION=10.3.0" in line for line in describe(hw))
+    lines = describe(hw)
+    assert f"ROCm 6.2.2 at {root}/opt/rocm ships no rocBLAS kernels for gfx1032 but does for gfx1030: " \
+           "HSA_OVERRIDE_GFX_VERSION=10.3.0 runs it as that" in lines
+    assert 'LocalModel(..., hsa_override="auto") sets HSA_OVERRIDE_GFX_VERSION=10.3.0 for llama-server only' in lines
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no override asked for: nothing set, nothing said
@@ -322,22 +325,25 @@ def test_an_rdna2_card_rocm_has_no_kernels_for_gets_the_override_only_when_asked
 
 @pytest.mark.unit
 def test_auto_sets_nothing_where_rocm_ships_the_kernels(tmp_path: Path) -> None:
-    root = sysfs_root(tmp_path, "sysfs-r9700-780m")  # gfx1201 is shipped; the masked 780M does not count
+    root = sysfs_root(tmp_path, "sysfs-r9700-780m", "rocm-tree-7.0")  # gfx1201 shipped; the masked 780M does not count
     hw = detect(runner=lambda argv: None, environ={}, root=root)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert hw.server_env({}, hsa_override="auto") == {"HIP_VISIBLE_DEVICES": "0"}
-    assert hw.build_targets == ("gfx1201",) and not any("no kernels" in line for line in describe(hw))
-    apu = detect(runner=lambda argv: None, environ={}, root=sysfs_root(tmp_path, "sysfs-8845hs-780m"))
-    assert hsa_override_for(apu.gfx_targets) == "11.0.0" and apu.build_targets == ("gfx1100", "gfx1103")
+    assert hw.build_targets == ("gfx1201",)
+    assert any("ships rocBLAS kernels for gfx1201: no override needed" in line for line in describe(hw))
+    apu = detect(runner=lambda argv: None, environ={},
+                 root=sysfs_root(tmp_path, "sysfs-8845hs-780m", "rocm-tree-7.0"))  # no gfx1103 kernels
+    assert hsa_override_for(apu.gfx_targets, apu.rocm) == "11.0.0" and apu.build_targets == ("gfx1100", "gfx1103")
 
 
 @pytest.mark.unit
 def test_one_override_cannot_serve_two_generations(tmp_path: Path) -> None:
-    root = sysfs_root(tmp_path, "sysfs-rx6600-raphael")
+    root = sysfs_root(tmp_path, "sysfs-rx6600-raphael", "rocm-tree-6.2")
     hw = detect(runner=lambda argv: None, environ={}, root=root)
-    mixed = Hardware("rocm", (hw.gpus[0], GPU(1, "RX 7900 GRE", "gfx1100", "amd", None, None, False)), None, ())
-    assert hsa_override_for(mixed.gfx_targets) is None and mixed.build_targets == ("gfx1032", "gfx1100")
+    mixed = Hardware("rocm", (hw.gpus[0], GPU(1, "RX 7900 GRE", "gfx1100", "amd", None, None, False)), None, (),
+                     hw.rocm)
+    assert hsa_override_for(mixed.gfx_targets, hw.rocm) is None and mixed.build_targets == ("gfx1032", "gfx1100")
     assert any("no one HSA_OVERRIDE_GFX_VERSION suits all of gfx1032, gfx1100" in line for line in describe(mixed))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -349,7 +355,8 @@ def test_local_model_sets_the_override_for_its_server_only(tmp_path: Path) -> No
     """The real LocalModel (default model, real llama-server binary; nothing is started)."""
     from rocm_nb import LocalModel
 
-    hw = detect(runner=lambda argv: None, environ={}, root=sysfs_root(tmp_path, "sysfs-rx6600-raphael"))
+    root = sysfs_root(tmp_path, "sysfs-rx6600-raphael", "rocm-tree-6.2")
+    hw = detect(runner=lambda argv: None, environ={}, root=root)
     with pytest.warns(UserWarning, match="HSA_OVERRIDE_GFX_VERSION=10.3.0 set for llama-server only") as caught:
         model = LocalModel(hardware=hw, hsa_override="auto")
     assert caught[0].filename == __file__  # the warning points at the caller's line

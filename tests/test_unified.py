@@ -186,3 +186,29 @@ def test_the_library_fits_column_counts_carve_out_and_gtt(tmp_path: Path) -> Non
     assert "of GTT (system RAM, so capped by the RAM available now)" in note
     old = machine(tmp_path / "old", "sysfs-strix-halo-512m", rocm="rocm-tree-6.2")
     assert models(tmp_path / "mine", environ=env, hardware=old).headers[-1] == "fits in VRAM?"  # the carve-out alone
+
+
+@pytest.mark.unit
+def test_a_rocm_builds_server_config_gets_what_unified_memory_needs(tmp_path: Path, info: ModelInfo,
+                                                                   model_path: str) -> None:
+    """LocalModel's planning step for a ROCm build of llama-server (none runs here: nothing is started)."""
+    from rocm_nb._options import plan_server
+    from rocm_nb.binary import ServerBinary
+
+    rocm_build = ServerBinary(Path("/opt/llama/llama-server"), "0.5.0", "rocm", "argument", rpc=False)
+    old = machine(tmp_path, "sysfs-strix-halo-512m", rocm="rocm-tree-6.2")
+
+    def planned(unified: str, env: dict[str, str] | None = None) -> tuple[FitPlan, dict[str, str]]:
+        fit, config = plan_server(info, Path(model_path), rocm_build, old, ctx_size=None, gpu_layers="auto",
+                                  parallel=1, extra_args=(), env=env, host="127.0.0.1", rpc=(), hsa_override=None,
+                                  flash_attn=None, cache_type=None, cache_type_k=None, cache_type_v=None,
+                                  unified_memory=unified)  # type: ignore[arg-type]
+        return fit, dict(config.env)
+
+    fit, env = planned("on")
+    assert env == {UNIFIED_ENV: "1"} and fit.gpu_layers == LAYERS  # llama.cpp's hipMallocManaged, ROCm before 6.4
+    assert f"{UNIFIED_ENV}=1 lets ROCm 6.2.2 allocate from GTT" in fit.note
+    assert planned("on", {UNIFIED_ENV: "0"})[1] == {UNIFIED_ENV: "0"}  # the user's env wins
+    assert planned("auto")[1] == {} and planned("auto")[0].gpu_layers == 0  # carve-out alone, nothing set
+    with pytest.raises(ValueError, match="unified_memory='always'"):
+        planned("always")

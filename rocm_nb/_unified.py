@@ -23,6 +23,9 @@ the load needs in host memory.
 * ``"off"``: the carve-out alone.
 
 A discrete GPU is never affected: its plan counts its free VRAM as before.
+Capping by the free RAM also covers a known gap: ``mem_info_gtt_used`` does
+not count ``hipMalloc`` allocations on some stacks (ROCm/legacy-rocm-build#5444),
+while the RAM they take does leave the available RAM.
 
 Example:
     >>> from rocm_nb._gpu_types import GPU, Hardware

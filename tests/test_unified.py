@@ -16,6 +16,7 @@ from rocm_nb.catalog import ModelInfo, read_info
 from rocm_nb.fit import GPU_MARGIN, FitPlan, free_vram, plan, plan_load
 from rocm_nb.hardware import Hardware, describe, detect
 from tests.support.gguf_files import write_gguf, write_huge_gguf
+from tests.support.sdist import pinned_source
 from tests.support.sysfs import FIXTURES, sysfs_root
 
 GiB = 2**30
@@ -212,3 +213,14 @@ def test_a_rocm_builds_server_config_gets_what_unified_memory_needs(tmp_path: Pa
     assert planned("auto")[1] == {} and planned("auto")[0].gpu_layers == 0  # carve-out alone, nothing set
     with pytest.raises(ValueError, match="unified_memory='always'"):
         planned("always")
+
+
+@pytest.mark.unit
+def test_the_unified_memory_switch_exists_for_hip_in_the_pinned_sources() -> None:
+    """GGML_CUDA_ENABLE_UNIFIED_MEMORY turns llama.cpp's device allocations into hipMallocManaged on HIP."""
+    source = pinned_source("ggml/src/ggml-cuda/ggml-cuda.cu")
+    malloc = source[source.index("static cudaError_t ggml_cuda_device_malloc"):]
+    malloc = malloc[:malloc.index("\n}\n")]
+    assert f'getenv("{UNIFIED_ENV}")' in malloc and "cudaMallocManaged(ptr, size)" in malloc
+    assert "#if defined(GGML_USE_HIP)" in malloc and "hipErrorNotSupported" in malloc  # falls back to hipMalloc
+    assert f"`{UNIFIED_ENV}=1`" in pinned_source("docs/build.md")

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-import tarfile
 from pathlib import Path
 
 import pytest
 
 from rocm_nb._build import install_server
 from rocm_nb._vulkan import MIN_HEADER, header_version, require_headers
-from rocm_nb.binary import LLAMA_CPP_PYTHON_VERSION
 from rocm_nb.errors import BuildError
+from tests.support.sdist import pinned_source
 
 
 def sdk(tmp_path: Path, version: int) -> dict[str, str]:
@@ -30,10 +29,7 @@ def sdk(tmp_path: Path, version: int) -> dict[str, str]:
 @pytest.mark.unit
 def test_the_minimum_is_where_the_pinned_sources_use_layer_settings() -> None:
     """vk::LayerSettingEXT (new in headers 1.3.272) is used outside any VK_HEADER_VERSION guard."""
-    [sdist] = (Path.home() / ".cache/rocm_nb/servers/sdist").glob(f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}.tar.gz")
-    with tarfile.open(sdist) as archive:
-        member = next(m for m in archive.getmembers() if m.name.endswith("ggml-vulkan/ggml-vulkan.cpp"))
-        source = archive.extractfile(member).read().decode()  # type: ignore[union-attr]
+    source = pinned_source("ggml-vulkan/ggml-vulkan.cpp")
     use = source.index("std::vector<vk::LayerSettingEXT>")
     open_conditions: list[str] = []  # the preprocessor conditionals still open where it is used
     for line in source[:use].splitlines():

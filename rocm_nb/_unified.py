@@ -90,19 +90,24 @@ def decide(hardware: Hardware, backend: Backend | Literal["rpc"], unified: Unifi
         return UnifiedDecision(False, "")
     names = ", ".join(f"{g.name} ({g.arch})" for g in apus)
     rocm = hardware.rocm
+    release, first = f"ROCm {rocm.version_text}" if rocm else "ROCm", ".".join(map(str, GTT_ROCM))
     old = backend == "rocm" and rocm is not None and rocm.older_than(GTT_ROCM)
     if unified == "off":
         return UnifiedDecision(False, f"unified_memory='off': {names} is planned on its carve-out alone")
     if old and unified == "auto":
         return UnifiedDecision(False, (
-            f"ROCm {rocm.version_text if rocm else ''} allocates only the carve-out of {names} (GTT needs ROCm "
-            f"{'.'.join(map(str, GTT_ROCM))} or later), so the plan uses the carve-out alone; unified_memory='on' "
-            f"tries GTT through {UNIFIED_ENV}=1; or build for Vulkan, which maps carve-out + GTT (rocm-nb server "
-            f"install --backend vulkan; needs Vulkan headers 1.3.{MIN_HEADER} or later)"))
-    how = ("Vulkan maps carve-out + GTT" if backend == "vulkan" else
-           f"{UNIFIED_ENV}=1 lets ROCm {rocm.version_text if rocm else ''} allocate from GTT" if old else
-           f"ROCm {rocm.version_text + ' ' if rocm else ''}allocates beyond the carve-out from GTT"
-           + ("" if rocm and rocm.version else f" (from {'.'.join(map(str, GTT_ROCM))} on; this version is unknown)"))
+            f"{release} allocates only the carve-out of {names} (GTT needs ROCm {first} or later), so the plan "
+            f"uses the carve-out alone; unified_memory='on' tries GTT through {UNIFIED_ENV}=1; or build for Vulkan, "
+            f"which maps carve-out + GTT (rocm-nb server install --backend vulkan; needs Vulkan headers "
+            f"1.3.{MIN_HEADER} or later)"))
+    if backend == "vulkan":
+        how = "Vulkan maps carve-out + GTT"
+    elif old:
+        how = f"{UNIFIED_ENV}=1 lets {release} allocate from GTT"
+    elif rocm is not None and rocm.version:
+        how = f"{release} allocates beyond the carve-out from GTT"
+    else:
+        how = f"ROCm {first} and later allocate beyond the carve-out from GTT (the installed version is unknown)"
     return UnifiedDecision(True, f"{names} is integrated: {how}", {UNIFIED_ENV: "1"} if old else {})
 
 

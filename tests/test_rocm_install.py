@@ -101,6 +101,8 @@ def test_without_a_rocm_tree_auto_sets_nothing_and_says_why(tmp_path: Path) -> N
     assert hw.rocm is None and hsa_override_for(hw.gfx_targets, hw.rocm) is None
     assert any(line.startswith("no ROCm install found ($ROCM_PATH or /opt/rocm with lib/rocblas/library): cannot "
                                "tell whether it ships kernels for gfx1151") for line in describe(hw))
+    assert "unified memory: AMD Radeon 8060S Graphics (gfx1151) is integrated: ROCm 6.4 and later allocate beyond " \
+           "the carve-out from GTT (the installed version is unknown)" in describe(hw)
     rdna2 = detect(runner=lambda argv: None, environ={},
                    root=sysfs_root(tmp_path, "sysfs-rx6600-raphael", "rocm-tree-7.0"))
     assert any("ships no rocBLAS kernels for gfx1032 but does for gfx1030" in line for line in describe(rdna2))

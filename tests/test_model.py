@@ -271,6 +271,9 @@ def test_stale_server_of_a_dead_owner_is_reaped(tmp_path: Path) -> None:
     dead_owner.wait()
     import psutil
 
+    # Popen returns after fork, possibly before exec: record the process only once it is `sleep`,
+    # or the record names the Python that forked it and rightly is not trusted.
+    wait_until(lambda: psutil.Process(stray.pid).name() == "sleep", timeout=10)
     record = tmp_path / "run" / f"{stray.pid}.json"
     record.parent.mkdir()
     record.write_text(json.dumps({

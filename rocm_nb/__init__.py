@@ -20,8 +20,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from rocm_nb.client import AsyncTokenStream, Client, Completion, Prompt, Timings, TokenStream, connect
+from rocm_nb.client import AsyncTokenStream, Client, Completion, Prompt, Timings, TokenStream, Usage, connect
+from rocm_nb.engines import Capabilities, ServerInfo
 from rocm_nb.errors import (
+    AmbiguousModel,
     BinaryNotFound,
     BuildError,
     GenerationError,
@@ -42,6 +44,7 @@ from rocm_nb.fit import FitPlan, MemoryEstimate
 from rocm_nb.hardware import GpuUsage, gpu_usage
 from rocm_nb.library import models
 from rocm_nb.model import LocalModel, ModelState, rpc_worker
+from rocm_nb.router import LocalRouter, RouterChild
 from rocm_nb.status import ServerStatus
 
 if TYPE_CHECKING:
@@ -54,9 +57,11 @@ __version__ = "0.1.0"
 """The one source of the version: pyproject.toml reads it from here."""
 
 __all__ = [
+    "AmbiguousModel",
     "AsyncTokenStream",
     "BinaryNotFound",
     "BuildError",
+    "Capabilities",
     "Client",
     "Completion",
     "FitPlan",
@@ -66,6 +71,7 @@ __all__ = [
     "GpuUsage",
     "InvalidModel",
     "LocalModel",
+    "LocalRouter",
     "MemoryEstimate",
     "ModelClosed",
     "ModelNotFound",
@@ -75,8 +81,10 @@ __all__ = [
     "ProcessUsage",
     "Prompt",
     "RocmNbError",
+    "RouterChild",
     "SchemaMismatch",
     "ServerCrashed",
+    "ServerInfo",
     "ServerStartError",
     "ServerStartTimeout",
     "ServerStatus",
@@ -84,6 +92,7 @@ __all__ = [
     "StreamProtocolError",
     "Timings",
     "TokenStream",
+    "Usage",
     "connect",
     "gpu_usage",
     "install_server",

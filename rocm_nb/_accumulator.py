@@ -20,7 +20,7 @@ import json
 import time
 from typing import Any
 
-from rocm_nb.completion import Completion, Kind, Timings
+from rocm_nb.completion import Completion, Kind, Timings, Usage
 from rocm_nb.errors import GenerationError, StreamProtocolError, with_notes
 
 __all__ = ["SO_FAR", "Accumulator"]
@@ -44,6 +44,8 @@ class Accumulator:
         self._text = io.StringIO()  # grows by the text's own size per token, not an object per piece
         self.finish_reason: str | None = None
         self.timings: Timings | None = None
+        self.usage: Usage | None = None
+        self._pieces = 0
         self.done = False
         self.started = time.perf_counter()
         self.first_token_at: float | None = None
@@ -91,12 +93,14 @@ class Accumulator:
             if self.first_token_at is None:
                 self.first_token_at = time.perf_counter()
             self._text.write(piece)
+            self._pieces += 1
         return piece
 
     def _read(self, chunk: dict[str, Any]) -> str:
         """The text of one chunk; its finish reason and timings are kept. Raises on a chunk of the wrong shape."""
         if isinstance(chunk.get("timings"), dict):
             self.timings = Timings.from_server(chunk["timings"])
+        self._read_usage(chunk)
         piece = ""
         for choice in chunk.get("choices") or ():
             if choice.get("finish_reason"):
@@ -107,6 +111,11 @@ class Accumulator:
             piece += text or ""
         return piece
 
+    def _read_usage(self, chunk: dict[str, Any]) -> None:
+        """Keep the chunk's ``usage`` (sent when asked with ``stream_options.include_usage``)."""
+        if isinstance(chunk.get("usage"), dict):
+            self.usage = Usage.from_server(chunk["usage"])
+
     def finish(self) -> Completion:
         """Check the stream ended properly and return its completion."""
         if not self.done and self.finish_reason is None:
@@ -116,4 +125,7 @@ class Accumulator:
             ), SO_FAR if self.partial else "")
         ended = time.perf_counter()
         ttft = None if self.first_token_at is None else self.first_token_at - self.started
-        return Completion(self.partial, self.finish_reason, self.timings, ttft, ended - self.started)
+        timings = self.timings
+        if timings is None and (self.usage is not None or self._pieces):  # a server that sends no timings
+            timings = Timings.from_client(self.usage, self._pieces, ttft, ended - self.started)
+        return Completion(self.partial, self.finish_reason, timings, ttft, ended - self.started, usage=self.usage)

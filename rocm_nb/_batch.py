@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from rocm_nb._units import positive_int
 from rocm_nb.completion import Completion, Kind, Message, build_payload
+from rocm_nb.engines import DEFAULT_CONCURRENCY
 from rocm_nb.errors import RocmNbError
 
 if TYPE_CHECKING:
@@ -46,16 +47,19 @@ Result = Completion | Exception
 OpenStream = Callable[[Job, "httpx.AsyncClient | None"], "AsyncTokenStream"]
 
 
-def plan(prompts: Iterable[Prompt], *, chat: bool, options: Mapping[str, Any]) -> list[Job]:
+def plan(prompts: Iterable[Prompt], *, chat: bool, options: Mapping[str, Any],
+         check: Callable[[Kind, str, Mapping[str, Any]], object] = build_payload) -> list[Job]:
     """The jobs of a batch; bad ``options`` would fail every item alike, so they raise now.
 
     A string is sent as a user message (``chat=True``) or as a plain prompt.
+    ``check(kind, prompt, options)`` checks the options (a client passes the
+    one that knows its server's kind).
 
     Example:
         >>> plan(["Hi"], chat=True, options={"max_tokens": 8})
         [('chat', [{'role': 'user', 'content': 'Hi'}])]
     """
-    build_payload("completion", "", options)
+    check("completion", "", options)
     return [_job(prompt, chat) for prompt in prompts]
 
 
@@ -65,23 +69,24 @@ def _job(prompt: Prompt, chat: bool) -> Job:
     return "chat", prompt
 
 
-def workers(concurrency: int | None, props: Callable[[], Mapping[str, Any]]) -> int:
+def workers(concurrency: int | None, slots_of: Callable[[], int | None]) -> int:
     """How many requests a batch keeps in flight: ``concurrency``, else the server's slots.
 
-    The slots are ``total_slots`` in the server's ``/props`` (``props()``);
-    a server that does not say gets one request at a time, which is always safe.
+    ``slots_of()`` says how many requests the server serves at once
+    (llama-server's slots); a server that does not say, or cannot be asked,
+    gets :data:`~rocm_nb.engines.DEFAULT_CONCURRENCY`.
 
     Example:
-        >>> workers(None, lambda: {"total_slots": 4}), workers(2, dict)
-        (4, 2)
+        >>> workers(None, lambda: 4), workers(2, lambda: 4), workers(None, lambda: None)
+        (4, 2, 8)
     """
     if concurrency is not None:
         return positive_int("concurrency", concurrency)
     try:
-        slots = props().get("total_slots")
-    except RocmNbError:  # not a llama-server (no /props)
-        return 1
-    return slots if isinstance(slots, int) and slots > 0 else 1
+        slots = slots_of()
+    except RocmNbError:
+        return DEFAULT_CONCURRENCY
+    return slots if slots is not None and slots > 0 else DEFAULT_CONCURRENCY
 
 
 def _bar(total: int, show: bool) -> tqdm[Any]:

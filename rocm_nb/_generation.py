@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Unpack
 
 from rocm_nb._batch import Prompt, adrain
-from rocm_nb.completion import Completion, Kind, Message, Options, build_payload
+from rocm_nb.completion import Completion, Kind, Message, Options, check_options
 from rocm_nb.errors import GenerationError, RocmNbError, StreamProtocolError
 from rocm_nb.stream import Accumulator, AsyncTokenStream, TokenStream
 
@@ -97,11 +97,12 @@ class _GenerationAPI:
         http: httpx.AsyncClient | None = None,
     ) -> AsyncTokenStream:
         """A stream that starts nothing until it is iterated; ``http`` is a batch's own async client."""
-        payload = build_payload(kind, prompt, options)  # bad options fail here, before any I/O
+        check_options(options)  # bad options fail here, before any I/O
         endpoint = self._endpoint(kind)
 
         async def open_response() -> httpx.Response:
             client = await self._aclient()
+            payload = await client._apayload(kind, prompt, options)
             client._close_held_streams()  # a sync stream this thread left open ends first (see stream())
             session = http or client._ahttp()
             return await session.send(session.build_request("POST", endpoint, json=payload), stream=True)
@@ -218,7 +219,8 @@ class _GenerationAPI:
         Each prompt is a string (sent as a user message, or as a plain
         completion with ``chat=False``) or a list of chat messages. Up to
         ``concurrency`` requests are in flight (default: the server's slots,
-        ``total_slots`` in ``/props``; 1 for a server that does not say), with
+        ``total_slots`` in llama-server's ``/props``; for a server that does
+        not say, :data:`~rocm_nb.engines.DEFAULT_CONCURRENCY`), with
         a progress bar (``tqdm.auto``: a widget in a notebook) unless
         ``progress=False``.
 
@@ -239,10 +241,11 @@ class _GenerationAPI:
 
         client = self._client()
         client._close_held_streams()  # here: the requests go out from the batch's own thread
-        jobs = _batch.plan(prompts, chat=chat, options=options)
+        jobs = _batch.plan(prompts, chat=chat, options=options, check=client._payload)
         return _batch.run(
             jobs, lambda job, http: client._open_astream(*job, options, http),
-            _batch.workers(concurrency, client.props), progress=progress, new_http=client._new_ahttp,
+            _batch.workers(concurrency, lambda: client._slots(options.get("model"))), progress=progress,
+            new_http=client._new_ahttp,
         )
 
     async def amap(
@@ -263,9 +266,9 @@ class _GenerationAPI:
 
         from rocm_nb import _batch
 
-        await self._aclient()
-        jobs = _batch.plan(prompts, chat=chat, options=options)
-        slots = await asyncio.to_thread(_batch.workers, concurrency, self.props)
+        client = await self._aclient()
+        jobs = await asyncio.to_thread(_batch.plan, prompts, chat=chat, options=options, check=client._payload)
+        slots = await asyncio.to_thread(_batch.workers, concurrency, lambda: client._slots(options.get("model")))
         return await _batch.arun(jobs, lambda job, http: self._open_astream(*job, options, http), slots,
                                  progress=progress)
 
@@ -278,8 +281,9 @@ class _GenerationAPI:
             >>> model.tokenize("Hello")  # doctest: +SKIP
             [19556]
         """
-        body = {"content": text, "add_special": add_special}
-        tokens: list[int] = self._client()._request_json("POST", "/tokenize", json=body)["tokens"]
+        client = self._client()
+        body = {"content": text, "add_special": add_special, **client._model_field()}
+        tokens: list[int] = client._request_json("POST", "/tokenize", json=body)["tokens"]
         return tokens
 
     def detokenize(self, tokens: Sequence[int]) -> str:
@@ -289,7 +293,9 @@ class _GenerationAPI:
             >>> model.detokenize([19556])  # doctest: +SKIP
             'Hello'
         """
-        content: str = self._client()._request_json("POST", "/detokenize", json={"tokens": list(tokens)})["content"]
+        client = self._client()
+        body = {"tokens": list(tokens), **client._model_field()}
+        content: str = client._request_json("POST", "/detokenize", json=body)["content"]
         return content
 
     def props(self) -> dict[str, Any]:

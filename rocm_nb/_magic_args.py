@@ -131,6 +131,9 @@ class LoadArgs:
     rpc: list[str] | None = None
     url: str | None = None
     api_key: str | None = None
+    url_model: str | None = None
+    router: bool = False
+    max_loaded: int = 1
 
 
 @dataclass(frozen=True)

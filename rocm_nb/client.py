@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import threading
 import weakref
 from collections.abc import Mapping, Sequence
@@ -29,7 +30,9 @@ from typing import TYPE_CHECKING, Any
 from rocm_nb._batch import Prompt
 from rocm_nb._generation import _GenerationAPI
 from rocm_nb._generation import parse_metrics as parse_metrics  # re-exported: it lived here
-from rocm_nb.completion import Completion, Kind, Message, Options, Timings, build_payload
+from rocm_nb.completion import Completion, Kind, Message, Options, Timings, Usage
+from rocm_nb.completion import build_payload as build_payload  # re-exported: tests and users import it here
+from rocm_nb.engines import ServerAware, ServerFacts, ServerInfo, root_url
 from rocm_nb.errors import (
     GenerationTimeout,
     ModelClosed,
@@ -69,16 +72,21 @@ __all__ = [
     "Prompt",
     "Timings",
     "TokenStream",
+    "Usage",
     "connect",
 ]
 
 
 @functools.cache
-def _ssl_context() -> ssl.SSLContext:
-    """One TLS context for all clients: building one costs ~20 ms, which attaching must not pay."""
+def _ssl_context(verify: bool | str = True) -> ssl.SSLContext:
+    """One TLS context per ``verify`` (on/off, or a CA bundle's path): building one costs ~20 ms, paid once."""
     import httpx
 
-    return httpx.create_ssl_context()
+    if isinstance(verify, str):
+        import ssl
+
+        return ssl.create_default_context(cafile=verify)
+    return httpx.create_ssl_context(verify=verify)
 
 
 def _no_better_error(exc: Exception, partial: str) -> RocmNbError | None:
@@ -112,7 +120,7 @@ def _close_soon(http: httpx.AsyncClient) -> None:
     task.add_done_callback(_closing.discard)
 
 
-class Client(_GenerationAPI):
+class Client(ServerAware, _GenerationAPI):
     """The generation API over one server's HTTP endpoint.
 
     ``generate``/``stream`` take a prompt string (``/v1/completions``);
@@ -125,7 +133,10 @@ class Client(_GenerationAPI):
     no limit), however steadily bytes arrive; ``max_event_bytes`` the largest
     server-sent event accepted (:mod:`rocm_nb._limits`: a broken or hostile
     server can hold neither the kernel's memory nor a request for ever).
-    ``transport``/``async_transport`` are httpx transport seams for tests.
+    ``model``, ``headers`` and ``verify`` are :func:`connect`'s.
+    ``transport``/``async_transport`` are httpx transport seams for tests;
+    ``server`` says what kind of server this is when that is known (a
+    ``LocalModel``'s own llama-server), so it is not detected.
 
     To a server on this machine (127.0.0.1, ``::1``, ``localhost``) every
     request opens a fresh connection, so no request can meet a kept-alive
@@ -156,31 +167,38 @@ class Client(_GenerationAPI):
         base_url: str,
         api_key: str | None = None,
         *,
+        model: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        verify: bool | str | os.PathLike[str] = True,
         timeout: float = 600.0,
         deadline: float | None = DEFAULT_DEADLINE_S,
         max_event_bytes: int = MAX_EVENT_BYTES,
         transport: httpx.BaseTransport | None = None,
         async_transport: httpx.AsyncBaseTransport | None = None,
         on_failure: FailureHook = _no_better_error,
+        server: ServerInfo | None = None,
     ) -> None:
         import httpx
 
         from rocm_nb._limits import Limited
         from rocm_nb._redial import Redial
 
-        self._base_url = base_url.rstrip("/")
+        self._base_url = root_url(base_url)
         self._api_key = api_key
         self._timeout = timeout
         self._deadline, self._max_event_bytes = deadline, max_event_bytes
         self._on_failure = on_failure
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._headers = {**({"Authorization": f"Bearer {api_key}"} if api_key else {}), **(headers or {})}
+        self._verify: bool | str = verify if isinstance(verify, bool) else os.fspath(verify)
+        self._facts = ServerFacts(self._probe_json, self.models, model=model, where=self._base_url, info=server)
         self._http_timeout = httpx.Timeout(timeout, connect=10.0)
         local = _on_this_machine(self._base_url)
         # (limits go to the transport: httpx.Client ignores its own limits= when given a transport)
         limits = httpx.Limits(max_keepalive_connections=0) if local else httpx.Limits()
         self._sync = httpx.Client(
             base_url=self._base_url, headers=self._headers, timeout=self._http_timeout,
-            transport=Limited(transport or Redial(httpx.HTTPTransport(verify=_ssl_context(), limits=limits)),
+            transport=Limited(transport or Redial(httpx.HTTPTransport(verify=_ssl_context(self._verify),
+                                                                      limits=limits)),
                               deadline=deadline, max_event_bytes=max_event_bytes),
         )
         self._async_transport = async_transport
@@ -239,7 +257,7 @@ class Client(_GenerationAPI):
             # server may have dropped, so nothing to redial (rocm_nb._redial)
             transport=AsyncLimited(
                 self._async_transport or httpx.AsyncHTTPTransport(
-                    verify=_ssl_context(), limits=httpx.Limits(max_keepalive_connections=0)),
+                    verify=_ssl_context(self._verify), limits=httpx.Limits(max_keepalive_connections=0)),
                 deadline=self._deadline, max_event_bytes=self._max_event_bytes),
         )
 
@@ -257,7 +275,7 @@ class Client(_GenerationAPI):
             return self._asyncs[loop]
 
     def _open_stream(self, kind: Kind, prompt: str | Sequence[Message], options: Mapping[str, Any]) -> TokenStream:
-        payload = build_payload(kind, prompt, options)
+        payload = self._payload(kind, prompt, options)
         http = self._http()
         request = http.build_request("POST", self._endpoint(kind), json=payload)
         stream: weakref.ref[TokenStream] | None = None  # weak: a dropped stream must still close at once
@@ -401,22 +419,37 @@ def connect(
     base_url: str,
     api_key: str | None = None,
     *,
+    model: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    verify: bool | str | os.PathLike[str] = True,
     timeout: float = 600.0,
     deadline: float | None = DEFAULT_DEADLINE_S,
     max_event_bytes: int = MAX_EVENT_BYTES,
 ) -> Client:
     """A :class:`Client` for a server that is already running (never starts one).
 
+    ``base_url`` may end in ``/v1`` or not, with or without a trailing
+    slash: the URL every engine documents works as it is. ``model`` names the
+    model every request uses (else the server's only one; see
+    :attr:`Client.model`); ``headers`` are sent with every request (a
+    gateway's ``X-API-Key``); ``verify`` checks the server's TLS certificate
+    (``True``), trusts a CA bundle (its path) or checks nothing (``False``).
     ``timeout`` bounds each silence while reading (s), ``deadline`` a whole
     request (s; one hour by default, ``None`` for none), ``max_event_bytes``
     one server-sent event (16 MiB by default): a server that breaks them
     raises :class:`~rocm_nb.errors.GenerationTimeout` (``phase`` ``"read"``
     or ``"total"``) or :class:`~rocm_nb.errors.StreamProtocolError`.
 
+    Nothing is sent until the first request, which also finds out, once,
+    which kind of server this is (:mod:`rocm_nb.engines`).
+
     Example:
-        >>> client = connect("http://127.0.0.1:8080", api_key="secret")
+        >>> client = connect("http://127.0.0.1:8080/v1/", api_key="secret")
         >>> client.base_url
         'http://127.0.0.1:8080'
         >>> client.close()
+        >>> connect("http://gpu-box:8000/v1", model="Qwen/Qwen3-8B").model
+        'Qwen/Qwen3-8B'
     """
-    return Client(base_url, api_key, timeout=timeout, deadline=deadline, max_event_bytes=max_event_bytes)
+    return Client(base_url, api_key, model=model, headers=headers, verify=verify, timeout=timeout,
+                  deadline=deadline, max_event_bytes=max_event_bytes)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
 from rocm_nb._markdown import render as render_markdown
+from rocm_nb.engines import Engine, translate
 from rocm_nb.errors import SchemaMismatch, with_notes
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "Message",
     "Options",
     "Timings",
+    "Usage",
     "build_payload",
     "check_options",
 ]
@@ -68,6 +70,7 @@ class Options(TypedDict, total=False):
     grammar: str
     json_schema: Mapping[str, Any]
     cache_prompt: bool
+    model: str
 
 
 _OPTION_NAMES = frozenset(Options.__annotations__)
@@ -159,6 +162,8 @@ def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
                 raise ValueError(f"stop must be a non-empty string or a list of them, got {value!r}")
         elif name == "json_schema":
             _check_schema_shape(value)
+        elif name == "model" and (not isinstance(value, str) or not value):
+            raise ValueError(f"model must be a model id (a non-empty string; models() lists them), got {value!r}")
     return dict(options)
 
 
@@ -175,19 +180,28 @@ def _check_schema_shape(schema: object) -> None:
                          "finite numbers, booleans and None") from None
 
 
-def build_payload(kind: Kind, prompt: str | Sequence[Message], options: Mapping[str, Any]) -> dict[str, Any]:
+def build_payload(
+    kind: Kind, prompt: str | Sequence[Message], options: Mapping[str, Any], engine: Engine = "llama.cpp",
+) -> dict[str, Any]:
     """Return the JSON body of a streaming request, after checking the options.
+
+    The options are said the way ``engine`` takes them
+    (:func:`rocm_nb.engines.translate`: an option it cannot honour is a
+    ``ValueError`` here, before any request), and the stream asks for its
+    token counts (``stream_options.include_usage``).
 
     Example:
         >>> build_payload("completion", "Hi", {"max_tokens": 4})
-        {'stream': True, 'max_tokens': 4, 'prompt': 'Hi'}
+        {'stream': True, 'max_tokens': 4, 'stream_options': {'include_usage': True}, 'prompt': 'Hi'}
         >>> build_payload("completion", "Hi", {"max_tokens": 0})
         Traceback (most recent call last):
         ...
         ValueError: max_tokens must be a positive integer ≤ 2147483647, got 0
     """
     checked = check_options(options)
-    payload: dict[str, Any] = {"stream": True, **checked, "max_tokens": checked.get("max_tokens", DEFAULT_MAX_TOKENS)}
+    payload: dict[str, Any] = {"stream": True, **translate(checked, engine, kind),
+                               "max_tokens": checked.get("max_tokens", DEFAULT_MAX_TOKENS),
+                               "stream_options": {"include_usage": True}}
     if isinstance(payload.get("stop"), str):
         payload["stop"] = [payload["stop"]]
     if kind == "chat":
@@ -199,6 +213,29 @@ def build_payload(kind: Kind, prompt: str | Sequence[Message], options: Mapping[
             raise TypeError("generate() takes a prompt string; use chat() for messages")
         payload["prompt"] = prompt
     return payload
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts as the server reports them (OpenAI's ``usage``; ``cached_tokens``: ``None`` when not said).
+
+    Example:
+        >>> Usage.from_server({"prompt_tokens": 31, "completion_tokens": 4,
+        ...                    "prompt_tokens_details": {"cached_tokens": 0}})
+        Usage(prompt_tokens=31, completion_tokens=4, cached_tokens=0)
+    """
+
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int | None = None
+
+    @classmethod
+    def from_server(cls, data: Mapping[str, Any]) -> Usage:
+        """Build from a stream's ``usage`` object."""
+        details = data.get("prompt_tokens_details")
+        cached = details.get("cached_tokens") if isinstance(details, Mapping) else None
+        return cls(int(data.get("prompt_tokens") or 0), int(data.get("completion_tokens") or 0),
+                   int(cached) if isinstance(cached, int) else None)
 
 
 @dataclass(frozen=True)
@@ -218,6 +255,32 @@ class Timings:
     predicted_ms: float
     predicted_per_second: float
     cached_tokens: int | None = None
+    source: Literal["server", "client"] = "server"
+    """Who measured them: ``"server"`` (llama.cpp's ``timings``) or ``"client"`` (see :meth:`from_client`)."""
+
+    @classmethod
+    def from_client(cls, usage: Usage | None, pieces: int, ttft_s: float | None, elapsed_s: float) -> Timings:
+        """Figures from the client's clocks, for a server that sends no timings (vLLM, Ollama…).
+
+        The prompt time is the time to first token (it includes the network);
+        the decode rate counts the tokens after the first over the time after
+        it. The tokens are the server's ``usage`` counts, else the text pieces
+        streamed (one per token on the servers that stream token by token).
+
+        Example:
+            >>> t = Timings.from_client(Usage(5, 11, None), 11, ttft_s=0.1, elapsed_s=0.6)
+            >>> t.predicted_per_second, t.source
+            (20.0, 'client')
+        """
+        generated = usage.completion_tokens if usage is not None else pieces
+        decode_s = max(elapsed_s - (ttft_s or 0.0), 0.0)
+        rate = (generated - 1) / decode_s if generated > 1 and decode_s > 0 else 0.0
+        return cls(
+            prompt_tokens=usage.prompt_tokens if usage is not None else 0,
+            prompt_ms=(ttft_s or 0.0) * 1000, predicted_tokens=generated, predicted_ms=decode_s * 1000,
+            predicted_per_second=rate, cached_tokens=usage.cached_tokens if usage is not None else None,
+            source="client",
+        )
 
     @classmethod
     def from_server(cls, data: Mapping[str, Any]) -> Timings:
@@ -237,7 +300,9 @@ class Completion:
     """The result of one generation.
 
     ``ttft_s`` (time to first token) and ``elapsed_s`` are measured by the
-    client; ``timings`` come from the server (``None`` if it sends none).
+    client; ``timings`` come from the server, or, from a server that sends
+    none, from the client's clocks (``timings.source == "client"``; ``None``
+    when nothing was generated); ``usage`` holds the server's token counts.
     A notebook shows one as HTML rendered from its Markdown, with images as
     text and raw HTML escaped, so it makes the browser fetch nothing
     (:mod:`rocm_nb._markdown`).
@@ -253,6 +318,7 @@ class Completion:
     timings: Timings | None
     ttft_s: float | None = None
     elapsed_s: float | None = None
+    usage: Usage | None = None
 
     def stats(self) -> str:
         """One line of statistics, empty when nothing was measured.
@@ -266,6 +332,8 @@ class Completion:
             t = self.timings
             parts.append(f"{t.predicted_tokens} tokens · {t.predicted_per_second:.1f} tok/s")
             parts.append(f"prompt {t.prompt_tokens} tok")
+            if t.source == "client":
+                parts.append("measured by the client")
         if self.ttft_s is not None:
             parts.append(f"first token {self.ttft_s * 1000:.0f} ms")
         if self.elapsed_s is not None:

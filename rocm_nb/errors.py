@@ -40,6 +40,7 @@ from collections.abc import Sequence
 from typing import Literal, TypeVar
 
 __all__ = [
+    "AmbiguousModel",
     "BinaryNotFound",
     "BuildError",
     "GenerationError",
@@ -174,6 +175,22 @@ class ModelNotFound(RocmNbError, FileNotFoundError):
         >>> str(ModelNotFound("no such model: x.gguf"))
         'no such model: x.gguf'
     """
+
+
+class AmbiguousModel(RocmNbError, ValueError):
+    """A server offers several models and the request did not say which: pass ``model=``.
+
+    ``.models`` lists the ids the server offers.
+
+    Example:
+        >>> error = AmbiguousModel("pick one", models=["a", "b"])
+        >>> error.models, isinstance(error, ValueError)
+        (['a', 'b'], True)
+    """
+
+    def __init__(self, message: str, *, models: list[str]) -> None:
+        super().__init__(message)
+        self.models = models
 
 
 class InvalidModel(RocmNbError, ValueError):

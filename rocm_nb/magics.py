@@ -24,6 +24,7 @@ Example (in a notebook)::
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shlex
 import time
@@ -44,10 +45,11 @@ from rocm_nb.catalog import DEFAULT_MODEL
 from rocm_nb.client import Client, connect
 from rocm_nb.completion import DEFAULT_MAX_TOKENS
 from rocm_nb.display import ipython_publisher, status_bundle
-from rocm_nb.errors import ServerCrashed, describe_exit
+from rocm_nb.errors import RocmNbError, ServerCrashed, describe_exit
 from rocm_nb.hardware import describe, detect
 from rocm_nb.library import ModelLibrary, model_names, models
 from rocm_nb.model import LocalModel, ModelState
+from rocm_nb.router import LocalRouter
 from rocm_nb.status import ServerStatus
 
 with needs_extra("notebook"):
@@ -157,13 +159,13 @@ class RocmMagics(Magics):
 
     def __init__(self, shell: InteractiveShell) -> None:
         super().__init__(shell)
-        self.models: dict[str, Client | LocalModel] = {}
+        self.models: dict[str, Client | LocalModel | LocalRouter] = {}
         self.current: str | None = None
         self._load_lines: dict[str, str] = {}  # alias -> the %rocm_load line that loaded it (to reload a crash)
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _model(self, alias: str | None) -> Client | LocalModel:
+    def _model(self, alias: str | None) -> Client | LocalModel | LocalRouter:
         """The model called ``alias`` (default: the current one, loading the default model if none is).
 
         A model whose server crashed is not restarted behind the user's back
@@ -231,6 +233,11 @@ class RocmMagics(Magics):
     @argument("--rpc", action="append", default=None, help="host:port of an RPC worker (repeatable)")
     @argument("--url", default=None, help="use a running llama-server or OpenAI-compatible server instead")
     @argument("--api-key", default=None, help="API key for --url")
+    @argument("--model", dest="url_model", default=None,
+              help="with --url: the model every request names (needed when the server offers several)")
+    @argument("--router", action="store_true",
+              help="serve every GGUF in the folder given as the model, one child llama-server per model")
+    @argument("--max-loaded", type=int, default=1, help="with --router: the most models loaded at once")
     @line_magic
     def rocm_load(self, line: str) -> None:
         """Start (or reuse) a model and make it the current one.
@@ -242,12 +249,25 @@ class RocmMagics(Magics):
         line, _, extra = line.partition(" -- ")
         args = parse_args("rocm_load", line, LoadArgs)
         if args.url:
-            client = connect(args.url, api_key=args.api_key)
+            client = connect(args.url, api_key=args.api_key, model=args.url_model)
             offered = client.models()  # fails loudly here if the server is unreachable
+            kind, using = client.server_info.name, client.model  # several models without --model: says so here
             alias = args.name or args.url
             self.models[alias] = client
             self.current = alias
-            _say(f"✓ {alias}: {args.url} (remote, offers {', '.join(offered) or 'no model list'})")
+            _say(f"✓ {alias}: {args.url} ({kind}, offers {', '.join(offered) or 'no model list'}"
+                 f"{f'; using {using}' if using else ''})")
+            return
+        if args.router:
+            router = LocalRouter(args.model, max_loaded=args.max_loaded, ctx_size=args.ctx or 4096,
+                                 gpu_layers=args.gpu_layers if isinstance(args.gpu_layers, int) else None,
+                                 parallel=args.parallel, server=args.server, extra_args=shlex.split(extra)).start()
+            alias = args.name or "router"
+            old, self.models[alias], self.current = self.models.get(alias), router, alias
+            if old is not None:
+                old.close()
+            _say(f"✓ {alias}: router over {router.folder} (models: {', '.join(router.models())}; "
+                 f"at most {args.max_loaded} loaded); pick one per request with model=")
             return
         self._load_lines[args.name or args.model] = whole
         self._load(
@@ -325,7 +345,12 @@ class RocmMagics(Magics):
     @line_magic
     def rocm_status(self, line: str) -> None:
         """Running models: backend, pid, port, uptime, memory, speed; the GPUs; a live monitor."""
-        statuses = {alias: _status(model) for alias, model in self.models.items()}
+        statuses = {}
+        for alias, model in self.models.items():
+            statuses[alias] = _status(model)
+            if isinstance(model, LocalRouter):  # one row per loaded model: its child process and memory
+                with contextlib.suppress(RocmNbError):
+                    statuses.update({f"{alias} › {name}": row for name, row in model.children_status().items()})
         display(status_bundle(statuses, current=self.current, notes=describe(detect())), raw=True)
         current = self.models.get(self.current) if self.current is not None else None
         if isinstance(current, LocalModel) and current.pid is not None:
@@ -357,17 +382,18 @@ class RocmMagics(Magics):
                 self.current = next(iter(self.models), None)
 
 
-def _busy(model: Client | LocalModel) -> bool:
+def _busy(model: Client | LocalModel | LocalRouter) -> bool:
     """Whether the server is still working on a request (``/metrics``: requests being processed)."""
     return model.metrics().get("llamacpp:requests_processing", 0.0) > 0
 
 
-def _status(model: Client | LocalModel) -> ServerStatus:
+def _status(model: Client | LocalModel | LocalRouter) -> ServerStatus:
     """``model.status()``, or a row that says why there is none: one bad server never hides the others."""
     try:
         return model.status()
     except Exception as exc:
-        where = model.base_url if isinstance(model, Client) else model.path.name
+        where = (model.base_url if isinstance(model, Client) else str(model.folder) if isinstance(model, LocalRouter)
+                 else model.path.name)
         return ServerStatus(model="?", file=where, backend="?", state="error", error=f"{type(exc).__name__}: {exc}")
 
 

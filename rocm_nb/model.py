@@ -32,7 +32,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Literal, Unpack
+from typing import TYPE_CHECKING, Any, Literal, Unpack
 
 import psutil
 
@@ -63,6 +63,7 @@ from rocm_nb.status import ServerStatus
 if TYPE_CHECKING:
     from rocm_nb.hardware import GpuUsage
     from rocm_nb.monitor import GpuMonitor
+    from rocm_nb.router import LocalRouter
     from rocm_nb.widgets import ChatPanel
 
 __all__ = ["DEFAULT_CTX_CAP", "LocalModel", "ModelState", "rpc_worker", "running_servers"]
@@ -180,6 +181,17 @@ class LocalModel(_GenerationAPI):
             timeout=timeout, on_failure=self._better_error, closed_error=self._closed_error,
         )
         self._on_close = CloseCallbacks(self.path.name, lambda: self.state is ModelState.CLOSED)
+
+    @staticmethod
+    def router(models: Any, *, max_loaded: int = 1, **kwargs: Any) -> LocalRouter:
+        """Many models behind one llama-server (router mode): a :class:`~rocm_nb.router.LocalRouter`.
+
+        Example:
+            >>> router = LocalModel.router({"chat": "a.gguf", "draft": "b.gguf"}, max_loaded=2)  # doctest: +SKIP
+        """
+        from rocm_nb.router import LocalRouter
+
+        return LocalRouter(models, max_loaded=max_loaded, **kwargs)
 
     # -- lifetime ---------------------------------------------------------------------------
 

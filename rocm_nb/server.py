@@ -125,6 +125,10 @@ class ServerConfig:
     flash_attn: str | None = None
     cache_type_k: str | None = None
     cache_type_v: str | None = None
+    models_dir: Path | None = None
+    """Router mode (:mod:`rocm_nb.router`): serve the GGUFs in this folder, one child per model, instead of ``-m``."""
+    models_max: int = 0
+    """Router mode: the most models loaded at once (``--models-max``; 0: no limit)."""
     model_identity: tuple[int, int, int, int] | None = field(default=None, init=False)
     """The model file's :func:`file_identity`, read when the config is made (``None`` if no file is there):
     a file replaced at the same path makes another configuration, so it gets a server of its own instead
@@ -140,7 +144,8 @@ class ServerConfig:
         """The command line for a server on ``port`` (its API key goes in its environment)."""
         return [
             str(self.binary),
-            "-m", str(self.model),
+            *(["--models-dir", str(self.models_dir), "--models-max", str(self.models_max)] if self.models_dir
+              else ["-m", str(self.model)]),
             "--host", self.host,
             "--port", str(port),
             "-c", str(self.ctx_size),

@@ -19,8 +19,10 @@ from rocm_nb.errors import (
     ServerUnavailable,
     StreamProtocolError,
 )
+from tests.support.engines import LLAMA_CPP
 
 pytestmark = pytest.mark.unit
+
 
 
 def chunk(text: str, finish: str | None = None, timings: dict[str, float] | None = None) -> str:
@@ -42,7 +44,7 @@ def sse_client(
             seen.append(request)
         return httpx.Response(status, headers={"content-type": content_type}, content=iter(parts))
 
-    return Client("http://test", "key", transport=httpx.MockTransport(handler))
+    return Client("http://test", "key", transport=httpx.MockTransport(handler), server=LLAMA_CPP, model="m")
 
 
 def stream_of(text: str) -> list[bytes]:
@@ -70,7 +72,8 @@ def test_pieces_timings_and_request() -> None:
     assert request.url.path == "/v1/completions"
     assert request.headers["authorization"] == "Bearer key"
     assert json.loads(request.content) == {
-        "stream": True, "prompt": "Hi", "max_tokens": 3, "temperature": 0.0, "stop": ["\n"],
+        "stream": True, "prompt": "Hi", "max_tokens": 3, "temperature": 0.0, "stop": ["\n"], "model": "m",
+        "stream_options": {"include_usage": True},
     }
 
 
@@ -227,7 +230,7 @@ def test_each_timeout_is_reported_as_its_own_phase(timeout: type[httpx.TimeoutEx
     def handler(request: httpx.Request) -> httpx.Response:
         raise timeout("timed out", request=request)
 
-    client = Client("http://test", transport=httpx.MockTransport(handler))
+    client = Client("http://test", transport=httpx.MockTransport(handler), server=LLAMA_CPP, model="m")
     with pytest.raises(GenerationTimeout, match=message) as info:
         client.generate("x")
     assert info.value.phase == phase
@@ -239,7 +242,7 @@ def test_a_lost_connection_is_server_unavailable() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         raise httpx.RemoteProtocolError("peer closed connection", request=request)
 
-    client = Client("http://test", transport=httpx.MockTransport(handler))
+    client = Client("http://test", transport=httpx.MockTransport(handler), server=LLAMA_CPP, model="m")
     with pytest.raises(ServerUnavailable, match="lost the connection to http://test/v1/completions"):
         client.generate("x")
 
@@ -260,7 +263,8 @@ def test_failure_hook_gives_a_better_error() -> None:
     def hook(exc: Exception, partial: str) -> GenerationError:
         return GenerationError("the server died", partial=partial)
 
-    client = Client("http://test", transport=httpx.MockTransport(handler), on_failure=hook)
+    client = Client("http://test", transport=httpx.MockTransport(handler), on_failure=hook, server=LLAMA_CPP,
+                    model="m")
     with pytest.raises(GenerationError, match="the server died"):
         client.generate("x")
 
@@ -282,7 +286,8 @@ def test_a_failure_hook_is_not_asked_about_a_timeout() -> None:
     def hook(exc: Exception, partial: str) -> GenerationError:
         raise AssertionError("asked")
 
-    client = Client("http://test", transport=httpx.MockTransport(handler), on_failure=hook)
+    client = Client("http://test", transport=httpx.MockTransport(handler), on_failure=hook, server=LLAMA_CPP,
+                    model="m")
     with pytest.raises(GenerationTimeout):
         client.generate("x")
 
@@ -291,7 +296,7 @@ async def test_async_twin() -> None:
     async def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=GOOD.encode())
 
-    client = Client("http://test", async_transport=httpx.MockTransport(handler))
+    client = Client("http://test", async_transport=httpx.MockTransport(handler), server=LLAMA_CPP, model="m")
     pieces = [piece async for piece in client.astream("x")]
     assert pieces == ["Once", " upon", " a time"]
     assert (await client.agenerate("x")).text == "Once upon a time"

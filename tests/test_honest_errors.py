@@ -26,6 +26,7 @@ from rocm_nb import _batch
 from rocm_nb.client import Client, Completion, build_payload
 from rocm_nb.completion import MAX_SCHEMA_DEPTH, check_options
 from rocm_nb.display import status_bundle
+from rocm_nb.engines import DEFAULT_CONCURRENCY
 from rocm_nb.errors import ModelClosed, SchemaMismatch, StreamProtocolError
 from rocm_nb.magics import RocmMagics
 from rocm_nb.widgets import ChatPanel
@@ -188,11 +189,11 @@ def html_server() -> Client:
                   async_transport=httpx.MockTransport(ahandler))
 
 
-def test_non_json_props_is_a_protocol_error_and_map_degrades_to_one_slot() -> None:
+def test_non_json_props_is_a_protocol_error_and_map_uses_the_default_concurrency() -> None:
     client = html_server()
     with pytest.raises(StreamProtocolError, match=r"GET /props answered text/html, not JSON: '<html>"):
         client.props()
-    assert _batch.workers(None, client.props) == 1
+    assert _batch.workers(None, lambda: client._slots(None)) == DEFAULT_CONCURRENCY
     results = client.map(["a", "b", "c"], progress=False)
     assert [r.text for r in results if isinstance(r, Completion)] == ["hi"] * 3
     assert [r.text for r in asyncio.run(client.amap(["a"], progress=False))

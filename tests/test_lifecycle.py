@@ -17,6 +17,7 @@ from rocm_nb._registry import ServerRegistry
 from rocm_nb.errors import ModelNotStarted
 from rocm_nb.model import ModelState
 from rocm_nb.server import LlamaServer, ServerConfig
+from tests.support.engines import LLAMA_CPP
 from tests.support.processes import gone, wait_until
 
 GREEDY = {"temperature": 0.0, "seed": 7}
@@ -250,7 +251,7 @@ def sse(request: httpx.Request) -> httpx.Response:
 @pytest.mark.unit
 def test_each_event_loop_gets_its_own_async_client_and_close_reaches_them_all() -> None:
     """A kernel may run a widget's callback and a cell on different loops: both must work."""
-    client = Client("http://test", async_transport=httpx.MockTransport(sse))
+    client = Client("http://test", async_transport=httpx.MockTransport(sse), server=LLAMA_CPP, model="m")
     assert asyncio.run(client.agenerate("Hi")).text == "ok"
     assert asyncio.run(client.agenerate("Hi")).text == "ok"  # the first loop has ended: a fresh async client
     first, second = asyncio.new_event_loop(), asyncio.new_event_loop()
@@ -277,7 +278,7 @@ async def _current_http(client: Client) -> httpx.AsyncClient:
 
 @pytest.mark.unit
 async def test_async_with_closes_the_async_client_on_its_loop() -> None:
-    async with Client("http://test", async_transport=httpx.MockTransport(sse)) as client:
+    async with Client("http://test", async_transport=httpx.MockTransport(sse), server=LLAMA_CPP, model="m") as client:
         assert (await client.agenerate("Hi")).text == "ok"
         http = client._ahttp()
     assert http.is_closed
@@ -289,7 +290,7 @@ async def test_async_with_closes_the_async_client_on_its_loop() -> None:
 
 @pytest.mark.unit
 async def test_close_from_another_thread_closes_the_async_client_on_its_loop() -> None:
-    client = Client("http://test", async_transport=httpx.MockTransport(sse))
+    client = Client("http://test", async_transport=httpx.MockTransport(sse), server=LLAMA_CPP, model="m")
     await client.agenerate("Hi")
     http = client._ahttp()
     await asyncio.to_thread(client.close)

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from rocm_nb import Client, GenerationTimeout, StreamProtocolError
+from tests.support.engines import LLAMA_CPP
 from tests.support.sockets import SocketServer, read_request
 
 pytestmark = pytest.mark.unit
@@ -92,7 +93,7 @@ def generate(client: Client, mode: str) -> None:
 def test_an_event_over_the_limit_is_refused_without_buffering_it(serve: Callable[..., StreamingServer],
                                                                   mode: str) -> None:
     server = serve(huge_line)
-    client = Client(server.url, max_event_bytes=2**20)
+    client = Client(server.url, max_event_bytes=2**20, server=LLAMA_CPP, model="m")
     tracemalloc.start()
     try:
         with pytest.raises(StreamProtocolError, match=r"over the limit of 1 MiB \(1048576 bytes\)"):
@@ -110,7 +111,7 @@ def test_an_event_over_the_limit_is_refused_without_buffering_it(serve: Callable
 def test_keep_alive_comments_do_not_hold_a_request_past_its_deadline(serve: Callable[..., StreamingServer],
                                                                     mode: str) -> None:
     server = serve(keep_alive_for_ever)
-    client = Client(server.url, deadline=1.0)
+    client = Client(server.url, deadline=1.0, server=LLAMA_CPP, model="m")
     try:
         with pytest.raises(GenerationTimeout, match=r"took longer than its 1\.0 s deadline") as raised:
             generate(client, mode)
@@ -124,7 +125,7 @@ def sse(parts: list[bytes], **limits: float | None) -> Client:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=iter(parts))
 
-    return Client("http://test", transport=httpx.MockTransport(handler), **limits)  # type: ignore[arg-type]
+    return Client("http://test", transport=httpx.MockTransport(handler), server=LLAMA_CPP, model="m", **limits)  # type: ignore[arg-type]
 
 
 def event(text: str, finish: str | None = None) -> str:

@@ -12,9 +12,11 @@ import rocm_nb
 pytestmark = pytest.mark.unit
 
 PUBLIC = [
+    "AmbiguousModel",
     "AsyncTokenStream",
     "BinaryNotFound",
     "BuildError",
+    "Capabilities",
     "Client",
     "Completion",
     "FitPlan",
@@ -24,6 +26,7 @@ PUBLIC = [
     "GpuUsage",
     "InvalidModel",
     "LocalModel",
+    "LocalRouter",
     "MemoryEstimate",
     "ModelClosed",
     "ModelNotFound",
@@ -33,8 +36,10 @@ PUBLIC = [
     "ProcessUsage",
     "Prompt",
     "RocmNbError",
+    "RouterChild",
     "SchemaMismatch",
     "ServerCrashed",
+    "ServerInfo",
     "ServerStartError",
     "ServerStartTimeout",
     "ServerStatus",
@@ -42,6 +47,7 @@ PUBLIC = [
     "StreamProtocolError",
     "Timings",
     "TokenStream",
+    "Usage",
     "connect",
     "gpu_usage",
     "install_server",

@@ -20,8 +20,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from rocm_nb import GenerationError, ServerUnavailable, connect
+from rocm_nb import Client, GenerationError, ServerUnavailable, connect
 from rocm_nb._redial import Redial
+from tests.support.engines import LLAMA_CPP
 from tests.support.sockets import SocketServer, read_request
 
 pytestmark = pytest.mark.unit
@@ -96,7 +97,7 @@ def taking() -> Iterator[TakingServer]:
 
 
 def test_a_generation_the_server_received_is_never_sent_twice(taking: TakingServer) -> None:
-    client = connect(taking.url)
+    client = Client(taking.url, server=LLAMA_CPP, model="m")
     try:
         with pytest.raises(ServerUnavailable, match="lost the connection"):
             client.generate("Hi", max_tokens=4)
@@ -107,7 +108,7 @@ def test_a_generation_the_server_received_is_never_sent_twice(taking: TakingServ
 
 def test_nor_from_async_code(taking: TakingServer) -> None:
     async def generate() -> None:
-        async with connect(taking.url) as client:
+        async with Client(taking.url, server=LLAMA_CPP, model="m") as client:
             await client.agenerate("Hi", max_tokens=4)
 
     with pytest.raises(ServerUnavailable, match="lost the connection"):

@@ -1,0 +1,374 @@
+"""Many models behind one llama-server: the pinned llama-server's router mode, owned like a ``LocalModel``.
+
+``llama-server --models-dir DIR --models-max N`` (no ``-m``) is a router: it
+lists the GGUFs in ``DIR`` as models (a file's name without ``.gguf`` is its
+id), starts a child llama-server per model on its first request (or on
+``POST /models/load``), stops one on ``POST /models/unload``, and keeps at
+most ``N`` loaded, unloading the least recently used. Every request names its
+model; one that does not is answered ``400 model name is missing from the
+request``. This is how a notebook holds a chat model, an embedding model and
+a draft model under one memory budget.
+
+:class:`LocalRouter` runs one with every guarantee of
+:class:`~rocm_nb.LocalModel` (it holds the same
+:class:`~rocm_nb._lease.ServerLease`): its own session and process group,
+a per-session API key in its environment, teardown on ``close()``, at exit
+and when the kernel is killed (the parent-death signal and the run record
+of :mod:`rocm_nb._process`). The children are the router's: they share its
+process group, so stopping the group stops them, and each watches its
+stdin, a pipe from the router, and exits when that pipe closes, so even a
+router killed outright leaves no child behind (checked with the pinned
+build: ``tools/server/server-models.cpp``, ``server_child::setup``).
+
+Given a list or a dict of models rather than a folder, the router serves a
+private folder of symbolic links to them (removed on close): the model files
+themselves are never copied, moved or changed.
+
+Example:
+    >>> router = LocalRouter({"chat": "smollm2-135m", "small": "smollm2-135m"}, max_loaded=2)  # doctest: +SKIP
+    >>> router.chat([{"role": "user", "content": "Hi"}], model="chat").text  # doctest: +SKIP
+    >>> router("small").generate("2 + 2 =", max_tokens=4).text  # doctest: +SKIP
+    >>> [(child.name, child.rss_bytes) for child in router.loaded()]  # doctest: +SKIP
+    [('chat', 150994944), ('small', 150994944)]
+    >>> router.close()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from rocm_nb._generation import _GenerationAPI
+from rocm_nb._lease import ModelState, ServerLease
+from rocm_nb._paths import private_folder, runtime_root
+from rocm_nb._registry import ServerRegistry, default_registry
+from rocm_nb.binary import ServerBinary, find_server
+from rocm_nb.catalog import resolve_model
+from rocm_nb.client import Client
+from rocm_nb.errors import GenerationError, ModelClosed, ModelNotStarted, RocmNbError
+from rocm_nb.server import LlamaServer, Progress, ServerConfig
+from rocm_nb.status import ServerStatus
+
+__all__ = ["LocalRouter", "RouterChild"]
+
+ModelSpec = str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class RouterChild:
+    """One model a router has loaded: its child llama-server and what it holds in memory.
+
+    ``rss_bytes`` is the child process's resident memory (``None`` if it
+    could not be read); ``size_bytes`` the model's weights as the child
+    reports them.
+
+    Example:
+        >>> RouterChild("chat", "loaded", pid=42, port=8081, rss_bytes=2**27, size_bytes=96576768).state
+        'loaded'
+    """
+
+    name: str
+    state: str
+    pid: int | None
+    port: int | None
+    rss_bytes: int | None
+    size_bytes: int | None
+
+    def status(self, backend: str) -> ServerStatus:
+        """This child as a ``%rocm_status`` row."""
+        return ServerStatus(model=self.name, file=f"router child · {self.state}", backend=backend,
+                            state="running" if self.state == "loaded" else self.state, pid=self.pid,
+                            port=self.port, rss_bytes=self.rss_bytes)
+
+
+def _model_folder(models: ModelSpec | Sequence[ModelSpec] | Mapping[str, ModelSpec]) -> tuple[Path, bool]:
+    """The folder the router serves, and whether it is a private one of links that close() removes."""
+    if isinstance(models, str | os.PathLike) and Path(models).expanduser().is_dir():
+        return Path(models).expanduser().resolve(), False
+    if isinstance(models, str | os.PathLike):
+        models = [models]
+    named = dict(models) if isinstance(models, Mapping) else {resolve_model(m).stem: m for m in models}
+    if not named:
+        raise ValueError("a router needs at least one model: a folder of .gguf files, a list of models or "
+                         "a dict of name -> model")
+    for name in named:
+        if not name or "/" in name or name.startswith("."):
+            raise ValueError(f"{name!r} cannot name a router model: use letters, digits, '-', '_' or '.'")
+    folder = Path(tempfile.mkdtemp(prefix="router-", dir=private_folder(runtime_root())))
+    for name, spec in named.items():
+        (folder / f"{name}.gguf").symlink_to(resolve_model(spec))
+    return folder, True
+
+
+class LocalRouter(_GenerationAPI):
+    """llama-server in router mode over your GGUFs: many models, each request routed by ``model=``.
+
+    Args:
+        models: a folder of ``.gguf`` files, a list of models (paths or
+            catalogue names; each is named by its file name without
+            ``.gguf``) or a dict ``{name: model}``.
+        max_loaded: the most models loaded at once (``--models-max``); loading
+            one more unloads the least recently used.
+        ctx_size, parallel: each child's context and slots.
+        gpu_layers: layers each child offloads (default: all on a GPU
+            backend, none on the CPU backend).
+        server, extra_args, env, timeout, start_timeout, registry: as for
+            :class:`~rocm_nb.LocalModel`.
+
+    A request without ``model=`` raises :class:`~rocm_nb.errors.AmbiguousModel`
+    naming the models when there are several; ``router("name")`` is a
+    :class:`~rocm_nb.client.Client` whose requests all go to that model.
+
+    Example:
+        >>> with LocalRouter("~/models", max_loaded=2) as router:  # doctest: +SKIP
+        ...     router.load("qwen3-8b")
+        ...     print(router("qwen3-8b").chat([{"role": "user", "content": "Hi"}]).text)
+    """
+
+    def __init__(
+        self,
+        models: ModelSpec | Sequence[ModelSpec] | Mapping[str, ModelSpec],
+        *,
+        max_loaded: int = 1,
+        ctx_size: int = 4096,
+        gpu_layers: int | None = None,
+        parallel: int = 1,
+        server: ModelSpec | None = None,
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        timeout: float = 600.0,
+        start_timeout: float = 300.0,
+        registry: ServerRegistry[ServerConfig, LlamaServer] | None = None,
+    ) -> None:
+        if isinstance(max_loaded, bool) or not isinstance(max_loaded, int) or max_loaded < 1:
+            raise ValueError(f"max_loaded must be a positive integer, got {max_loaded!r}")
+        self.binary: ServerBinary = find_server(server)
+        self.folder, self._own_folder = _model_folder(models)
+        layers = gpu_layers if gpu_layers is not None else (0 if self.binary.backend == "cpu" else 999)
+        self.config = ServerConfig(
+            self.binary.path, self.folder, ctx_size, gpu_layers=layers, parallel=parallel,
+            extra_args=tuple(extra_args), env=tuple(sorted((env or {}).items())),
+            models_dir=self.folder, models_max=max_loaded,
+        )
+        self._start_timeout = start_timeout
+        self._views: dict[str, Client] = {}
+        self._lease = ServerLease(
+            self.config, default_registry if registry is None else registry, start_timeout=start_timeout,
+            timeout=timeout, on_failure=self._better_error, closed_error=self._closed_error,
+        )
+
+    # -- lifetime (LocalModel's) -----------------------------------------------------------
+
+    def start(self, progress: Progress | None = None) -> LocalRouter:
+        """Start the router (no model loads until asked for). Returns ``self``."""
+        self._lease.start(progress)
+        return self
+
+    def close(self) -> None:
+        """Stop the router and with it every child; remove the private folder of links. Idempotent."""
+        self._lease.close(before=self._close_views)
+        if self._own_folder:
+            shutil.rmtree(self.folder, ignore_errors=True)  # links only: the models are elsewhere
+
+    def _close_views(self) -> None:
+        for view in self._views.values():
+            view.close()
+        self._views.clear()
+
+    def __enter__(self) -> LocalRouter:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _closed_error(self) -> ModelClosed:
+        return ModelClosed(f"this router over {self.folder} was closed; create a new LocalRouter")
+
+    def _client(self) -> Client:
+        return self._lease.client()
+
+    async def _aclient(self) -> Client:
+        return await self._lease.aclient()
+
+    @property
+    def state(self) -> ModelState:
+        """The router's :class:`~rocm_nb.ModelState`."""
+        return self._lease.state
+
+    @property
+    def server(self) -> LlamaServer:
+        """The router's :class:`~rocm_nb.server.LlamaServer` (after ``start()``)."""
+        server = self._lease.server
+        if self.state is ModelState.CLOSED:
+            raise self._closed_error()
+        if server is None:
+            raise ModelNotStarted("the router has not started; call router.start() first")
+        return server
+
+    @property
+    def base_url(self) -> str:
+        """The router's root URL (add ``/v1`` for an OpenAI client)."""
+        return self.server.base_url
+
+    @property
+    def api_key(self) -> str:
+        """The router's per-session API key."""
+        return self.server.api_key
+
+    @property
+    def pid(self) -> int | None:
+        """The router's process id, or ``None`` when it is not running."""
+        server = self._lease.server
+        return server.pid if server is not None and server.alive else None
+
+    # -- models -----------------------------------------------------------------------------
+
+    def __call__(self, name: str) -> Client:
+        """A :class:`~rocm_nb.client.Client` whose every request goes to model ``name`` (closed with the router).
+
+        Example:
+            >>> router("chat").chat([{"role": "user", "content": "Hi"}]).text  # doctest: +SKIP
+        """
+        if name not in self._views:
+            api = self._client()
+            self._views[name] = Client(api.base_url, api.api_key, model=name, deadline=None,
+                                       on_failure=self._better_error)
+        return self._views[name]
+
+    def load(self, name: str, *, wait: bool = True) -> None:
+        """Load model ``name`` now (else it loads on its first request); with ``wait``, until it is ready.
+
+        Example:
+            >>> router.load("chat")  # doctest: +SKIP
+        """
+        try:
+            self._client()._request_json("POST", "/models/load", json={"model": name})
+        except GenerationError as exc:
+            if "already running" not in str(exc):
+                raise
+        if wait:
+            self._wait(lambda: self._states().get(name) == "loaded", f"{name} to load",
+                       failed=lambda: self._states().get(name) not in ("loading", "loaded"))
+
+    def unload(self, name: str) -> None:
+        """Unload model ``name``: its child llama-server exits and frees its memory (waited for).
+
+        Example:
+            >>> router.unload("chat")  # doctest: +SKIP
+        """
+        child = next((c for c in self.loaded() if c.name == name), None)
+        self._client()._request_json("POST", "/models/unload", json={"model": name})
+        if child is not None and child.pid is not None:
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(child.pid).wait(self._start_timeout)
+        self._wait(lambda: self._states().get(name) not in ("loaded", "loading", "unloading"), f"{name} to unload")
+
+    def loaded(self) -> list[RouterChild]:
+        """The models loaded (or loading) now, with each child's process and memory.
+
+        Example:
+            >>> [(c.name, c.state) for c in router.loaded()]  # doctest: +SKIP
+            [('chat', 'loaded')]
+        """
+        children = self._children_by_port()
+        found = []
+        for entry in self._entries():
+            status = entry.get("status") or {}
+            state = str(status.get("value", "?"))
+            if state not in ("loaded", "loading"):
+                continue
+            port = _port(status.get("args") or [])
+            process = children.get(port) if port is not None else None
+            rss = None
+            if process is not None:
+                with contextlib.suppress(psutil.Error):
+                    rss = process.memory_info().rss
+            meta = entry.get("meta") or {}
+            size = meta.get("size")
+            found.append(RouterChild(str(entry.get("id")), state, process.pid if process else None, port, rss,
+                                     size if isinstance(size, int) else None))
+        return found
+
+    def _entries(self) -> list[dict[str, Any]]:
+        reply = self._client()._request_json("GET", "/v1/models")
+        data = reply.get("data") if isinstance(reply, dict) else None
+        return [entry for entry in data if isinstance(entry, dict)] if isinstance(data, list) else []
+
+    def _states(self) -> dict[str, str]:
+        return {str(e.get("id")): str((e.get("status") or {}).get("value", "?")) for e in self._entries()}
+
+    def _children_by_port(self) -> dict[int, psutil.Process]:
+        """The router's child processes, by the ``--port`` on their command line."""
+        found: dict[int, psutil.Process] = {}
+        if self.pid is None:
+            return found
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(self.pid).children():
+                with contextlib.suppress(psutil.Error):
+                    port = _port(child.cmdline())
+                    if port is not None:
+                        found[port] = child
+        return found
+
+    def _wait(self, done: Any, what: str, failed: Any = lambda: False) -> None:
+        deadline = time.monotonic() + self._start_timeout
+        while not done():
+            if failed():
+                raise RocmNbError(f"the router gave up waiting for {what}; its log: router.logs()")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"waited {self._start_timeout:.0f} s for {what}; see router.logs()")
+            time.sleep(0.1)
+
+    # -- what notebooks show ----------------------------------------------------------------
+
+    def logs(self, n: int | None = None) -> list[str]:
+        """The router's last ``n`` log lines (its children's lines are in them, prefixed by their port)."""
+        server = self._lease.server
+        return [] if server is None else server.logs(n)
+
+    def status(self) -> ServerStatus:
+        """The router as a ``%rocm_status`` row (its children: :meth:`children_status`)."""
+        server = self._lease.server
+        running = server is not None and server.alive
+        rss = None
+        if running and server is not None and server.pid is not None:
+            with contextlib.suppress(psutil.Error):
+                rss = psutil.Process(server.pid).memory_info().rss
+        names = ", ".join(self._states()) if running else ""
+        return ServerStatus(model=f"router: {names or self.folder.name}", file=str(self.folder),
+                            backend=self.binary.backend,
+                            state={ModelState.NEW: "stopped"}.get(self.state, self.state.value),
+                            pid=self.pid, port=server.port if running and server else None,
+                            ctx_size=self.config.ctx_size, gpu_layers=self.config.gpu_layers, rss_bytes=rss)
+
+    def children_status(self) -> dict[str, ServerStatus]:
+        """One ``%rocm_status`` row per loaded model, by its name."""
+        if self.pid is None:
+            return {}
+        return {child.name: child.status(self.binary.backend) for child in self.loaded()}
+
+    def __repr__(self) -> str:
+        return f"<LocalRouter {self.folder} max_loaded={self.config.models_max} state={self.state.value}>"
+
+
+def _port(argv: Sequence[str]) -> int | None:
+    """The value of ``--port`` in a command line, if any.
+
+    Example:
+        >>> _port(["llama-server", "--port", "8081", "--alias", "chat"]), _port(["x"])
+        (8081, None)
+    """
+    for flag, value in itertools.pairwise(argv):
+        if flag == "--port" and value.isdigit():
+            return int(value)
+    return None

@@ -1,0 +1,88 @@
+"""Many models behind one llama-server: the real pinned llama-server in router mode, over two GGUFs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from rocm_nb import AmbiguousModel, LocalModel, LocalRouter, ModelClosed
+from rocm_nb._registry import ServerRegistry
+from tests.support.processes import gone, wait_until
+
+pytestmark = pytest.mark.server
+
+HI = [{"role": "user", "content": "Say hi."}]
+GREEDY = {"temperature": 0.0, "seed": 3, "max_tokens": 6}
+
+
+@pytest.fixture(scope="module")
+def router(model_path: str) -> Iterator[LocalRouter]:
+    """The default model under two names (links in the router's private folder: the cache is never touched)."""
+    with LocalModel.router({"smol-a": model_path, "smol-b": model_path}, max_loaded=2, ctx_size=512,
+                           registry=ServerRegistry()) as running:
+        yield running
+
+
+def test_a_request_without_a_model_names_both(router: LocalRouter) -> None:
+    assert router.models() == ["smol-a", "smol-b"]
+    with pytest.raises(AmbiguousModel, match=r"serves 2 models \(smol-a, smol-b\): say which with model=") as info:
+        router.chat(HI, **GREEDY)
+    assert info.value.models == ["smol-a", "smol-b"]
+
+
+def test_both_models_route_on_every_path(router: LocalRouter) -> None:
+    a = router.chat(HI, model="smol-a", **GREEDY)
+    b = router("smol-b").chat(HI, **GREEDY)
+    assert a.text and a.text == b.text  # the same weights under two names, greedy
+    assert a.usage is not None and a.usage.completion_tokens > 0
+    assert "".join(router("smol-b").stream("The sky is", **GREEDY))
+    assert router("smol-a").tokenize("Hello") == router("smol-b").tokenize("Hello") != []
+    results = router.map(["One", "Two"], model="smol-a", progress=False, **GREEDY)
+    assert all(r.text for r in results if not isinstance(r, Exception)) and len(results) == 2
+    loaded = {child.name: child for child in router.loaded()}
+    assert set(loaded) == {"smol-a", "smol-b"}
+    for child in loaded.values():
+        assert child.pid is not None and child.rss_bytes and child.rss_bytes > 0
+        assert psutil.Process(child.pid).ppid() == router.pid
+    assert set(router.children_status()) == {"smol-a", "smol-b"}
+
+
+def test_unload_frees_the_child_and_load_brings_it_back(router: LocalRouter) -> None:
+    router.load("smol-a")
+    child = next(c for c in router.loaded() if c.name == "smol-a")
+    router.unload("smol-a")
+    assert gone(child.pid)()
+    assert "smol-a" not in {c.name for c in router.loaded()}
+    router.load("smol-a")
+    assert "smol-a" in {c.name for c in router.loaded()}
+
+
+def test_closing_the_router_leaves_no_child(model_path: str) -> None:
+    router = LocalRouter([model_path], ctx_size=512, registry=ServerRegistry())
+    name = Path(model_path).stem
+    assert router.generate("2 + 2 =", **GREEDY).text is not None  # one model: no model= needed
+    pids = [router.pid, *[c.pid for c in router.loaded()]]
+    assert len(pids) == 2 and all(pids)
+    folder = router.folder
+    router.close()
+    for pid in pids:
+        wait_until(gone(pid), timeout=10)
+    assert not folder.exists() and Path(model_path).exists()
+    with pytest.raises(ModelClosed):
+        router(name)
+
+
+def test_a_router_killed_outright_takes_its_children(model_path: str) -> None:
+    """Orphan protection: the children watch a pipe from the router and exit when it closes."""
+    router = LocalRouter({"x": model_path}, ctx_size=512, registry=ServerRegistry())
+    try:
+        router.load("x")
+        child = router.loaded()[0].pid
+        assert router.pid is not None and child is not None
+        psutil.Process(router.pid).kill()
+        wait_until(gone(child), timeout=15)
+    finally:
+        router.close()

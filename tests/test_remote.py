@@ -122,7 +122,7 @@ def test_magics_with_url(second_server: LlamaServer, fake_openai: str) -> None:
         shell.run_cell_magic("rocm_generate", "-m box --max-tokens 8 --temperature 0 --out remote_reply", "Hi")
         shell.run_line_magic("rocm_load", f"--url {fake_openai} --name fake")
         shell.run_line_magic("rocm_status", "")
-    assert any("remote, offers" in o.data.get("text/plain", "") for o in out.outputs)
+    assert any("(llama.cpp, offers" in o.data.get("text/plain", "") for o in out.outputs)
     assert shell.user_ns["remote_reply"].text
     status = out.outputs[-1].data["text/plain"]
     assert "box" in status and "fake" in status and "remote" in status

@@ -39,7 +39,7 @@ from rocm_nb.client import Client
 from rocm_nb.server import LlamaServer, Progress, ServerConfig
 from rocm_nb.stream import FailureHook
 
-__all__ = ["ModelState", "ServerLease"]
+__all__ = ["ModelState", "OwnServer", "ServerLease"]
 
 
 class ModelState(enum.Enum):
@@ -217,3 +217,39 @@ class ServerLease:
         if api is not None:
             await api.aclose()
         await asyncio.to_thread(self._let_go, server, None)
+
+
+class OwnServer:
+    """What :class:`~rocm_nb.LocalModel` and :class:`~rocm_nb.LocalRouter` say alike of the server they hold.
+
+    Each provides ``_lease`` and ``server`` (which raises
+    :class:`~rocm_nb.errors.ModelNotStarted` before ``start()``); none of
+    these starts a server.
+
+    Example:
+        >>> from rocm_nb import LocalModel
+        >>> LocalModel("smollm2-135m").pid is None
+        True
+    """
+
+    _lease: ServerLease
+
+    @property
+    def server(self) -> LlamaServer:
+        raise NotImplementedError
+
+    @property
+    def base_url(self) -> str:
+        """The server's root URL, for any OpenAI client with ``/v1`` added (after ``start()``; see ``server``)."""
+        return self.server.base_url
+
+    @property
+    def api_key(self) -> str:
+        """The server's per-session API key (after ``start()``; see ``server``)."""
+        return self.server.api_key
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id, or ``None`` when it is not running."""
+        server = self._lease.server
+        return server.pid if server is not None and server.alive else None

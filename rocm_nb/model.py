@@ -39,7 +39,7 @@ import psutil
 from rocm_nb._callbacks import CloseCallbacks
 from rocm_nb._exposure import check_extra_args, is_loopback
 from rocm_nb._generation import _GenerationAPI
-from rocm_nb._lease import ModelState, ServerLease
+from rocm_nb._lease import ModelState, OwnServer, ServerLease
 from rocm_nb._options import DEFAULT_CTX_CAP, plan_server
 from rocm_nb._registry import ServerRegistry, default_registry
 from rocm_nb._unified import UnifiedMemory
@@ -79,7 +79,7 @@ def running_servers() -> list[LlamaServer]:
     return default_registry.running()
 
 
-class LocalModel(_GenerationAPI):
+class LocalModel(OwnServer, _GenerationAPI):
     """A local llama-server for one model, started for this Python session.
 
     Args:
@@ -326,27 +326,6 @@ class LocalModel(_GenerationAPI):
                 "first: properties never start a server"
             )
         return server
-
-    @property
-    def base_url(self) -> str:
-        """The server's root URL, for any OpenAI client (after ``start()``; see :attr:`server`)."""
-        return self.server.base_url
-
-    @property
-    def api_key(self) -> str:
-        """The server's per-session API key (after ``start()``; see :attr:`server`)."""
-        return self.server.api_key
-
-    @property
-    def pid(self) -> int | None:
-        """The server's process id, or ``None`` when it is not running.
-
-        Example:
-            >>> LocalModel("smollm2-135m").pid is None
-            True
-        """
-        server = self._server
-        return server.pid if server is not None and server.alive else None
 
     @property
     def backend(self) -> Backend:

@@ -49,7 +49,7 @@ from typing import Any
 import psutil
 
 from rocm_nb._generation import _GenerationAPI
-from rocm_nb._lease import ModelState, ServerLease
+from rocm_nb._lease import ModelState, OwnServer, ServerLease
 from rocm_nb._paths import private_folder, runtime_root
 from rocm_nb._registry import ServerRegistry, default_registry
 from rocm_nb.binary import ServerBinary, find_server
@@ -110,7 +110,7 @@ def _model_folder(models: ModelSpec | Sequence[ModelSpec] | Mapping[str, ModelSp
     return folder, True
 
 
-class LocalRouter(_GenerationAPI):
+class LocalRouter(OwnServer, _GenerationAPI):
     """llama-server in router mode over your GGUFs: many models, each request routed by ``model=``.
 
     Args:
@@ -214,22 +214,6 @@ class LocalRouter(_GenerationAPI):
         if server is None:
             raise ModelNotStarted("the router has not started; call router.start() first")
         return server
-
-    @property
-    def base_url(self) -> str:
-        """The router's root URL (add ``/v1`` for an OpenAI client)."""
-        return self.server.base_url
-
-    @property
-    def api_key(self) -> str:
-        """The router's per-session API key."""
-        return self.server.api_key
-
-    @property
-    def pid(self) -> int | None:
-        """The router's process id, or ``None`` when it is not running."""
-        server = self._lease.server
-        return server.pid if server is not None and server.alive else None
 
     # -- models -----------------------------------------------------------------------------
 

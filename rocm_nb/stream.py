@@ -113,7 +113,10 @@ def transport_error(exc: Exception, partial: str = "") -> GenerationError:
         }[phase]
         return with_notes(GenerationTimeout(message, phase=phase, timeout=limit, partial=partial), so_far, step)
     if isinstance(exc, httpx.ConnectError):
+        untrusted = "CERTIFICATE_VERIFY_FAILED" in str(exc)
         return with_notes(ServerUnavailable(f"could not reach {url} ({exc})", partial=partial),
+                          "Its TLS certificate is not trusted here: pass connect(..., verify='/path/to/ca.pem') "
+                          "with the CA that signed it" if untrusted else
                           "Is the server running, and is the address right?")
     if isinstance(exc, httpx.DecodingError):
         return with_notes(StreamProtocolError(f"could not decode the answer from {url} ({exc})", partial=partial),

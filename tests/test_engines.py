@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
-from rocm_nb import AmbiguousModel, Completion, GenerationError, connect
+from rocm_nb import AmbiguousModel, Completion, GenerationError, ServerUnavailable, connect
 from rocm_nb.engines import translate
-from tests.support.fake_engines import OLLAMA, REPLY, VLLM, Engine, Log, serve
+from tests.support.fake_engines import OLLAMA, REPLY, VLLM, Engine, Log, self_signed, serve
 
 pytestmark = pytest.mark.unit
 
@@ -56,6 +57,7 @@ def test_every_api_path_names_the_model_and_reads_usage(engine: tuple[Engine, st
     assert all(body["model"] == kind.model and body["stream_options"] == {"include_usage": True}
                for body in log.bodies)
     assert log.unknown == [], f"fields {kind.name} does not take were sent"
+    assert all(h["x-api-key"] == "gateway-key" and h["authorization"] == "Bearer gateway-key" for h in log.headers)
 
 
 def test_options_are_said_the_way_each_engine_takes_them(engine: tuple[Engine, str, Log]) -> None:
@@ -113,3 +115,17 @@ def test_translation_table() -> None:
     assert translate({"cache_prompt": False, "top_k": 5}, "openai", "chat") == {"top_k": 5}
     with pytest.raises(ValueError, match="json_schema is not supported by Ollama's /v1/completions"):
         translate({"json_schema": {}}, "ollama", "completion")
+
+
+def test_tls_is_verified_against_the_system_a_ca_bundle_or_not_at_all(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    with serve(VLLM, tls=(cert, key)) as (url, log):
+        untrusted = pytest.raises(ServerUnavailable, match=r"(?i)certificate verify failed")
+        with connect(url + "/v1") as strict, untrusted as info:
+            strict.chat(HI)
+        assert "verify='/path/to/ca.pem'" in "".join(info.value.__notes__)
+        assert log.bodies == []
+        with connect(url + "/v1", verify=cert) as trusting:
+            assert trusting.chat(HI).text == ANSWER and trusting.server_info.engine == "vllm"
+        with connect(url + "/v1", verify=False) as unchecked:
+            assert unchecked.generate("x").text == ANSWER

@@ -86,3 +86,27 @@ def test_a_router_killed_outright_takes_its_children(model_path: str) -> None:
         wait_until(gone(child), timeout=15)
     finally:
         router.close()
+
+
+def test_magics_load_a_router_and_status_shows_its_children(model_path: str, tmp_path: Path) -> None:
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.utils.capture import capture_output
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for name in ("smol-a", "smol-b"):  # links in a temporary folder: the cache is never touched
+        (folder / f"{name}.gguf").symlink_to(model_path)
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "rocm_nb")
+    with capture_output() as out:
+        shell.run_line_magic("rocm_load", f"{folder} --router --max-loaded 2 --ctx 512 --name many")
+        router = shell.magics_manager.registry["RocmMagics"].models["many"]  # type: ignore[attr-defined]
+        assert isinstance(router, LocalRouter)
+        router.load("smol-b")
+        shell.run_line_magic("rocm_status", "")
+    shown = "\n".join(o.data.get("text/plain", "") for o in out.outputs)
+    assert "router over" in shown and "smol-a, smol-b" in shown
+    assert "many › smol-b" in out.outputs[-1].data["text/plain"]
+    child = router.loaded()[0].pid
+    shell.run_line_magic("rocm_stop", "many")
+    wait_until(gone(child), timeout=10)

@@ -29,11 +29,13 @@ Sources of the shapes:
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -83,6 +85,7 @@ class Log:
 
     bodies: list[dict[str, Any]] = field(default_factory=list)
     unknown: list[tuple[str, str]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
 
 
 def _error(engine: Engine, status: int, message: str) -> JSONResponse:
@@ -107,6 +110,7 @@ def app_for(engine: Engine, log: Log) -> Starlette:
         chat = request.url.path.endswith("/chat/completions")
         body = await request.json()
         log.bodies.append(body)
+        log.headers.append(dict(request.headers))
         allowed = engine.chat_fields if chat else engine.completion_fields
         log.unknown += [(request.url.path, name) for name in body if name not in allowed]
         if "model" not in body:
@@ -147,16 +151,27 @@ async def _events(engine: Engine, chat: bool, usage: bool) -> AsyncIterator[byte
 
 
 @contextmanager
-def serve(engine: Engine) -> Iterator[tuple[str, Log]]:
-    """Run the fake ``engine`` on 127.0.0.1; yield its URL and its log."""
+def serve(engine: Engine, tls: tuple[Path, Path] | None = None) -> Iterator[tuple[str, Log]]:
+    """Run the fake ``engine`` on 127.0.0.1 (over HTTPS with ``tls``: certificate, key); yield its URL and log."""
     log = Log()
     port = free_port("127.0.0.1")
-    server = uvicorn.Server(uvicorn.Config(app_for(engine, log), host="127.0.0.1", port=port, log_level="warning"))
+    cert, key = (str(tls[0]), str(tls[1])) if tls else (None, None)
+    server = uvicorn.Server(uvicorn.Config(app_for(engine, log), host="127.0.0.1", port=port, log_level="warning",
+                                           ssl_certfile=cert, ssl_keyfile=key))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
         wait_until(lambda: server.started, timeout=30)
-        yield f"http://127.0.0.1:{port}", log
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}", log
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by itself (openssl), and its key: the server's and the CA bundle."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return cert, key

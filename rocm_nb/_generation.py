@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Unpack
 
 from rocm_nb._batch import Prompt, adrain
-from rocm_nb.completion import Completion, Kind, Message, Options, check_options
+from rocm_nb.completion import Completion, Kind, Message, Options, build_payload
 from rocm_nb.errors import GenerationError, RocmNbError, StreamProtocolError
 from rocm_nb.stream import Accumulator, AsyncTokenStream, TokenStream
 
@@ -97,7 +97,7 @@ class _GenerationAPI:
         http: httpx.AsyncClient | None = None,
     ) -> AsyncTokenStream:
         """A stream that starts nothing until it is iterated; ``http`` is a batch's own async client."""
-        check_options(options)  # bad options fail here, before any I/O
+        build_payload(kind, prompt, options)  # a bad prompt or options fail here, before any I/O
         endpoint = self._endpoint(kind)
 
         async def open_response() -> httpx.Response:

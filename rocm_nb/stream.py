@@ -188,6 +188,8 @@ class _StreamBase:
         return self._acc.partial
 
     def _translate(self, exc: Exception) -> Exception:
+        if isinstance(exc, ValueError | TypeError):  # bad input found before the request (an option the server refuses)
+            return exc
         if isinstance(exc, RocmNbError):
             if isinstance(exc, GenerationError) and not exc.partial:  # raised below, where the text is unknown
                 exc.partial = self._acc.partial

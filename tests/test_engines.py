@@ -71,6 +71,8 @@ def test_options_are_said_the_way_each_engine_takes_them(engine: tuple[Engine, s
         sent = len(log.bodies)
         with pytest.raises(ValueError, match=r"grammar is not supported by (vLLM|Ollama).*json_schema="):
             client.chat(HI, grammar='root ::= "yes"')
+        with pytest.raises(ValueError, match="grammar is not supported"):
+            asyncio.run(client.achat(HI, grammar='root ::= "yes"'))
         assert len(log.bodies) == sent, "refused before any request"
         if kind is VLLM:
             client.generate("x", repeat_penalty=1.1, top_k=20, min_p=0.05)

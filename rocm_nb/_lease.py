@@ -227,8 +227,8 @@ class OwnServer:
     these starts a server.
 
     Example:
-        >>> from rocm_nb import LocalModel
-        >>> LocalModel("smollm2-135m").pid is None
+        >>> from rocm_nb import LocalModel, LocalRouter
+        >>> issubclass(LocalModel, OwnServer) and issubclass(LocalRouter, OwnServer)
         True
     """
 

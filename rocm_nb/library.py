@@ -395,7 +395,7 @@ def model_names(dirs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] 
 
     Example:
         >>> model_names(environ={"ROCM_NB_CACHE": "/nonexistent", "HF_HUB_CACHE": "/nonexistent"})
-        ['smollm2-135m']
+        ['minilm', 'smollm2-135m']
     """
     env = os.environ if environ is None else environ
     found = [f.name for f in _discover(dirs, env, [])]

@@ -46,6 +46,7 @@ from rocm_nb._unified import UnifiedMemory
 from rocm_nb.binary import ServerBinary, find_server
 from rocm_nb.catalog import DEFAULT_MODEL, ModelInfo, read_info, resolve_model
 from rocm_nb.client import Client, Options
+from rocm_nb.embeddings import server_mode
 from rocm_nb.errors import (
     ModelClosed,
     ModelNotStarted,
@@ -119,6 +120,9 @@ class LocalModel(OwnServer, _GenerationAPI):
             ``"off"``; ``model.fit.note`` says which memory was used and why.
         timeout: longest silence tolerated while reading a stream (s).
         start_timeout: how long loading may take (s).
+        embedding, pooling, reranking: an embeddings-only server (``embedding=True``,
+            ``pooling`` one of ``none``, ``mean``, ``cls``, ``last``, ``rank``, or the
+            model's own) or a reranker (``reranking=True``); see :mod:`rocm_nb.embeddings`.
         registry: the :class:`~rocm_nb._registry.ServerRegistry` to share
             servers through (default: the process-wide one; tests pass a
             fresh one).
@@ -155,6 +159,9 @@ class LocalModel(OwnServer, _GenerationAPI):
         registry: ServerRegistry[ServerConfig, LlamaServer] | None = None,
         host: str = "127.0.0.1",
         unified_memory: UnifiedMemory = "auto",
+        embedding: bool = False,
+        pooling: str | None = None,
+        reranking: bool = False,
     ) -> None:
         extra = check_extra_args(extra_args)  # before anything is resolved, downloaded or started
         if not is_loopback(host):
@@ -173,7 +180,8 @@ class LocalModel(OwnServer, _GenerationAPI):
                            cache_type_k=cache_type_k, cache_type_v=cache_type_v, unified_memory=unified_memory)
         self.fit: FitPlan = plan[0]
         """The memory estimate and the offload decision (``model.fit.note`` says it in one sentence)."""
-        self.config: ServerConfig = plan[1]
+        self.config: ServerConfig = server_mode(plan[1], embedding=embedding, pooling=pooling, reranking=reranking,
+                                                ctx_given=ctx_size is not None)
         if not self.fit.fits:
             warnings.warn(self.fit.note, RuntimeWarning, stacklevel=2)
         self._lease = ServerLease(

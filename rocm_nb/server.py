@@ -129,6 +129,9 @@ class ServerConfig:
     """Router mode (:mod:`rocm_nb.router`): serve the GGUFs in this folder, one child per model, instead of ``-m``."""
     models_max: int = 0
     """Router mode: the most models loaded at once (``--models-max``; 0: no limit)."""
+    embedding: bool = False
+    pooling: str | None = None
+    reranking: bool = False
     model_identity: tuple[int, int, int, int] | None = field(default=None, init=False)
     """The model file's :func:`file_identity`, read when the config is made (``None`` if no file is there):
     a file replaced at the same path makes another configuration, so it gets a server of its own instead
@@ -157,8 +160,16 @@ class ServerConfig:
             *(["--flash-attn", self.flash_attn] if self.flash_attn else []),
             *(["--cache-type-k", self.cache_type_k] if self.cache_type_k else []),
             *(["--cache-type-v", self.cache_type_v] if self.cache_type_v else []),
+            *self._embedding_args(),
             *self.extra_args,
         ]
+
+    def _embedding_args(self) -> list[str]:
+        """``--embedding``/``--rerank`` with batches as large as a slot's context (an input is one batch)."""
+        slot = str(max(self.ctx_size // max(self.parallel, 1), 1))
+        pooling = ["--pooling", self.pooling] if self.pooling else []
+        mode = ["--embedding", *pooling] if self.embedding else ["--rerank"] if self.reranking else []
+        return [*mode, "-ub", slot, "-b", slot] if mode else []
 
 
 def file_identity(path: Path) -> tuple[int, int, int, int]:

@@ -21,6 +21,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from rocm_nb.client import AsyncTokenStream, Client, Completion, Prompt, Timings, TokenStream, Usage, connect
+from rocm_nb.embeddings import TextTooLong, search
 from rocm_nb.engines import Capabilities, ServerInfo
 from rocm_nb.errors import (
     AmbiguousModel,
@@ -46,6 +47,7 @@ from rocm_nb.library import models
 from rocm_nb.model import LocalModel, ModelState, rpc_worker
 from rocm_nb.router import LocalRouter, RouterChild
 from rocm_nb.status import ServerStatus
+from rocm_nb.tools import ToolCall, ToolRun
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
@@ -90,8 +92,11 @@ __all__ = [
     "ServerStatus",
     "ServerUnavailable",
     "StreamProtocolError",
+    "TextTooLong",
     "Timings",
     "TokenStream",
+    "ToolCall",
+    "ToolRun",
     "Usage",
     "connect",
     "gpu_usage",
@@ -99,6 +104,7 @@ __all__ = [
     "load_ipython_extension",
     "models",
     "rpc_worker",
+    "search",
 ]
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from rocm_nb.completion import Completion, Kind, Timings, Usage
 from rocm_nb.errors import GenerationError, StreamProtocolError, with_notes
+from rocm_nb.tools import CallParts
 
 __all__ = ["SO_FAR", "Accumulator"]
 
@@ -49,6 +50,7 @@ class Accumulator:
         self.done = False
         self.started = time.perf_counter()
         self.first_token_at: float | None = None
+        self.calls = CallParts()
 
     @property
     def partial(self) -> str:
@@ -105,6 +107,7 @@ class Accumulator:
         for choice in chunk.get("choices") or ():
             if choice.get("finish_reason"):
                 self.finish_reason = str(choice["finish_reason"])
+            self.calls.read(choice.get("delta") or {})
             text = (choice.get("delta") or {}).get("content") if self.kind == "chat" else choice.get("text")
             if text and not isinstance(text, str):
                 raise TypeError(f"its text is {type(text).__name__}, not a string")
@@ -128,4 +131,5 @@ class Accumulator:
         timings = self.timings
         if timings is None and (self.usage is not None or self._pieces):  # a server that sends no timings
             timings = Timings.from_client(self.usage, self._pieces, ttft, ended - self.started)
-        return Completion(self.partial, self.finish_reason, timings, ttft, ended - self.started, usage=self.usage)
+        return Completion(self.partial, self.finish_reason, timings, ttft, ended - self.started, usage=self.usage,
+                          tool_calls=self.calls.calls())

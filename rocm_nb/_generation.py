@@ -26,8 +26,11 @@ from rocm_nb.stream import Accumulator, AsyncTokenStream, TokenStream
 
 if TYPE_CHECKING:
     import httpx
+    import numpy as np
+    import numpy.typing as npt
 
     from rocm_nb.client import Client
+    from rocm_nb.tools import ToolRun
 
 __all__ = ["parse_metrics"]
 
@@ -271,6 +274,77 @@ class _GenerationAPI:
         slots = await asyncio.to_thread(_batch.workers, concurrency, lambda: client._slots(options.get("model")))
         return await _batch.arun(jobs, lambda job, http: self._open_astream(*job, options, http), slots,
                                  progress=progress)
+
+    # -- embeddings, reranking, tools (the engines: rocm_nb.embeddings, rocm_nb.tools) ---------
+
+    def embed(self, texts: str | Sequence[str], *, normalize: bool = True, truncate: bool = False,
+              progress: bool | None = None) -> npt.NDArray[np.float32]:
+        """Embeddings of ``texts`` (an embedding server: ``LocalModel(..., embedding=True)``).
+
+        A list gives an ``n × dim`` float32 array, a string one vector; rows
+        have length 1 unless ``normalize=False``. Texts go over the server's
+        slots in chunks, with a progress bar past 64 texts. A text longer than
+        a slot's context raises :class:`~rocm_nb.embeddings.TextTooLong` naming
+        it, unless ``truncate=True`` cuts it to fit.
+
+        Example:
+            >>> model.embed(["A cat.", "A dog."]).shape  # doctest: +SKIP
+            (2, 384)
+        """
+        from rocm_nb import embeddings
+
+        return embeddings.embed(self._client(), texts, normalize=normalize, truncate=truncate, progress=progress)
+
+    async def aembed(self, texts: str | Sequence[str], *, normalize: bool = True,
+                     truncate: bool = False) -> npt.NDArray[np.float32]:
+        """Async twin of :meth:`embed`.
+
+        Example:
+            >>> (await model.aembed(["A cat."])).shape  # doctest: +SKIP
+            (1, 384)
+        """
+        from rocm_nb import embeddings
+
+        return await embeddings.aembed(await self._aclient(), texts, normalize=normalize, truncate=truncate)
+
+    def similarity(self, a: str | Sequence[str], b: str | Sequence[str]) -> npt.NDArray[np.float32]:
+        """Cosine similarity of the embeddings of ``a`` and ``b``: a number for two strings, else a matrix.
+
+        Example:
+            >>> float(model.similarity("A man plays guitar.", "Someone plays the guitar."))  # doctest: +SKIP
+            0.87
+        """
+        from rocm_nb.embeddings import cosine
+
+        scores = cosine(self.embed(a), self.embed(b))
+        return scores[0, 0] if isinstance(a, str) and isinstance(b, str) else scores
+
+    def rerank(self, query: str, documents: Sequence[str], top_n: int | None = None) -> list[tuple[int, float]]:
+        """``(index, score)`` of the ``documents`` most relevant to ``query``, best first (a ``reranking=True`` server).
+
+        Example:
+            >>> model.rerank("guitar", ["A man plays guitar.", "Stocks fell."])  # doctest: +SKIP
+            [(0, 3.1), (1, -4.2)]
+        """
+        from rocm_nb import embeddings
+
+        return embeddings.rerank(self._client(), query, documents, top_n)
+
+    def run_tools(self, messages: Sequence[Message], tools: Sequence[Any], *, max_steps: int = 5,
+                  **options: Any) -> ToolRun:
+        """Chat with ``tools`` until the model answers: call what it asks for, feed the results back.
+
+        See :func:`rocm_nb.tools.run_tools`. Returns a :class:`~rocm_nb.tools.ToolRun`
+        (``.answer``, ``.messages``: the whole transcript, ``.steps``).
+
+        Example:
+            >>> run = model.run_tools([{"role": "user", "content": "What is 6 * 7?"}], [multiply])  # doctest: +SKIP
+            >>> run.answer  # doctest: +SKIP
+            '6 * 7 is 42.'
+        """
+        from rocm_nb import tools as tool_calls
+
+        return tool_calls.run_tools(self, messages, tools, max_steps=max_steps, **options)
 
     # -- server utilities -------------------------------------------------------------------
 

@@ -17,11 +17,14 @@ import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from rocm_nb._markdown import render as render_markdown
 from rocm_nb.engines import Engine, translate
 from rocm_nb.errors import SchemaMismatch, with_notes
+
+if TYPE_CHECKING:
+    from rocm_nb.tools import ToolCall
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -71,6 +74,8 @@ class Options(TypedDict, total=False):
     json_schema: Mapping[str, Any]
     cache_prompt: bool
     model: str
+    tools: Sequence[Callable[..., Any] | Mapping[str, Any]]
+    tool_choice: str | Mapping[str, Any]
 
 
 _OPTION_NAMES = frozenset(Options.__annotations__)
@@ -164,6 +169,10 @@ def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
             _check_schema_shape(value)
         elif name == "model" and (not isinstance(value, str) or not value):
             raise ValueError(f"model must be a model id (a non-empty string; models() lists them), got {value!r}")
+        elif name in ("tools", "tool_choice"):
+            from rocm_nb.tools import check_tools
+
+            check_tools(value if name == "tools" else None, value if name == "tool_choice" else None)
     return dict(options)
 
 
@@ -204,6 +213,10 @@ def build_payload(
                                "stream_options": {"include_usage": True}}
     if isinstance(payload.get("stop"), str):
         payload["stop"] = [payload["stop"]]
+    if "tools" in payload:
+        from rocm_nb.tools import tool_schemas
+
+        payload["tools"] = tool_schemas(payload["tools"])
     if kind == "chat":
         if isinstance(prompt, str):
             raise TypeError("chat() takes a list of messages; use generate() for a plain prompt")
@@ -319,6 +332,7 @@ class Completion:
     ttft_s: float | None = None
     elapsed_s: float | None = None
     usage: Usage | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
 
     def stats(self) -> str:
         """One line of statistics, empty when nothing was measured.

@@ -45,8 +45,11 @@ PUBLIC = [
     "ServerStatus",
     "ServerUnavailable",
     "StreamProtocolError",
+    "TextTooLong",
     "Timings",
     "TokenStream",
+    "ToolCall",
+    "ToolRun",
     "Usage",
     "connect",
     "gpu_usage",
@@ -54,6 +57,7 @@ PUBLIC = [
     "load_ipython_extension",
     "models",
     "rpc_worker",
+    "search",
 ]
 
 

@@ -300,12 +300,15 @@ def call_tool(call: ToolCall, functions: Mapping[str, Callable[..., Any]],
         return repr(result)  # not JSON: its repr is the best text there is
 
 
-def _json_schema(schemas: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+Choice = Literal["auto", "required", "none"]
+
+
+def _json_schema(schemas: Sequence[Mapping[str, Any]], choice: Choice) -> dict[str, Any]:
     calls = [{"type": "object", "properties": {"tool": {"const": s["function"]["name"]},
                                                "arguments": s["function"]["parameters"]},
               "required": ["tool", "arguments"]} for s in schemas]
     answer = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
-    return {"anyOf": [*calls, answer]}
+    return {"anyOf": {"required": calls, "none": [answer]}.get(choice, [*calls, answer])}
 
 
 def _json_system(schemas: Sequence[Mapping[str, Any]]) -> str:
@@ -317,9 +320,9 @@ def _json_system(schemas: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _ask_json(model: Any, messages: list[dict[str, Any]], schemas: Sequence[Mapping[str, Any]],
-              step: int, options: Mapping[str, Any]) -> tuple[str, ToolCall | None]:
+              step: int, choice: Choice, options: Mapping[str, Any]) -> tuple[str, ToolCall | None]:
     prompt = [{"role": "system", "content": _json_system(schemas)}, *messages]
-    reply: Completion = model.chat(prompt, json_schema=_json_schema(schemas), **options)
+    reply: Completion = model.chat(prompt, json_schema=_json_schema(schemas, choice), **options)
     try:
         data = json.loads(reply.text)
     except json.JSONDecodeError:
@@ -332,8 +335,8 @@ def _ask_json(model: Any, messages: list[dict[str, Any]], schemas: Sequence[Mapp
 
 
 def run_tools(model: Any, messages: Sequence[Message], tools: Sequence[Callable[..., Any]], *,
-              max_steps: int = 5, mode: Literal["auto", "native", "json"] = "auto",
-              **options: Any) -> ToolRun:
+              max_steps: int = 5, tool_choice: Literal["auto", "required"] = "auto",
+              mode: Literal["auto", "native", "json"] = "auto", **options: Any) -> ToolRun:
     """Chat with ``tools`` until the model answers, running each call it asks for.
 
     Only the given Python functions are called, and only with arguments
@@ -342,9 +345,12 @@ def run_tools(model: Any, messages: Sequence[Message], tools: Sequence[Callable[
     so it can try again. A result that is not a string is sent as JSON
     (its ``repr`` when it is not JSON). After ``max_steps`` model replies
     without an answer the loop stops: ``finished`` is false and ``answer``
-    says so. ``mode``: see the module docstring. ``options`` are
-    :class:`~rocm_nb.completion.Options` for each reply, but ``tools`` and
-    ``tool_choice``, which the loop sets.
+    says so. ``tool_choice="required"`` makes the first reply a call (the
+    later ones choose freely). A call repeated with the same arguments is
+    answered once more and then the model must answer (``tool_choice="none"``
+    for one reply): small models otherwise call the same tool until
+    ``max_steps``. ``mode``: see the module docstring.
+    ``options`` are :class:`~rocm_nb.completion.Options` for each reply.
 
     Example:
         >>> def multiply(a: float, b: float) -> float:
@@ -356,6 +362,8 @@ def run_tools(model: Any, messages: Sequence[Message], tools: Sequence[Callable[
     """
     if max_steps < 1:
         raise ValueError(f"max_steps must be at least 1, got {max_steps}")
+    if tool_choice not in ("auto", "required"):
+        raise ValueError(f"tool_choice must be 'auto' or 'required', got {tool_choice!r}")
     if any(isinstance(tool, Mapping) or not callable(tool) for tool in tools):
         raise TypeError("run_tools() calls Python functions: pass the functions themselves, not schemas")
     schemas = tool_schemas(tools)
@@ -365,22 +373,30 @@ def run_tools(model: Any, messages: Sequence[Message], tools: Sequence[Callable[
         caps = model.props().get("chat_template_caps") or {}
         mode = "native" if caps.get("supports_tool_calls") else "json"
     transcript = [dict(m) for m in messages]
+    choice: Choice = tool_choice
+    seen: set[str] = set()
     for step in range(1, max_steps + 1):
         if mode == "json":
-            text, call = _ask_json(model, transcript, schemas, step, options)
+            text, call = _ask_json(model, transcript, schemas, step, choice, options)
             calls = (call,) if call else ()
             transcript.append({"role": "assistant", "content": text if call else json.dumps({"answer": text})})
         else:
-            reply = model.chat(transcript, tools=schemas, **options)
+            reply = model.chat(transcript, tools=schemas, tool_choice=choice, **options)
             text, calls = reply.text, reply.tool_calls
             transcript.append({"role": "assistant", "content": text,
                                **({"tool_calls": [c.message() for c in calls]} if calls else {})})
         if not calls:
             return ToolRun(text, transcript, step, True)
+        choice = "auto"
         for call in calls:
             result = call_tool(call, functions, parameters)
+            key = f"{call.name} {json.dumps(call.arguments, sort_keys=True)}"
+            if key in seen:  # a model that repeats a call is looping: it answers next, with what it has
+                result, choice = f"{result} (you made this call before: now answer with what you know)", "none"
+            seen.add(key)
             if mode == "json":
-                transcript.append({"role": "user", "content": f"Result of {call.name}: {result}"})
+                transcript.append({"role": "user", "content": f"{call.name} returned: {result}\n"
+                                   'If that answers my question, reply {"answer": ...} with it.'})
             else:
                 transcript.append({"role": "tool", "tool_call_id": call.id, "name": call.name, "content": result})
     return ToolRun(f"(no answer: the model was still calling tools after max_steps={max_steps}; "

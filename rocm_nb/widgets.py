@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import html
+import json
+from collections.abc import Sequence
 from typing import Any, Unpack
 
 from rocm_nb import _markdown
@@ -35,16 +37,18 @@ from rocm_nb._extras import needs_extra
 from rocm_nb.completion import DEFAULT_MAX_TOKENS, Completion, Options, check_options
 from rocm_nb.display import Bundle, StreamDisplay
 from rocm_nb.stream import ChatSource
+from rocm_nb.tools import ToolCall, ToolRun
 
 with needs_extra("notebook"):
     import ipywidgets as widgets
 
-__all__ = ["ChatPanel", "render_markdown"]
+__all__ = ["ChatPanel", "render_markdown", "run_bubbles", "tool_bubbles"]
 
 _BUBBLE = {
     "user": "background:#e8f0fe;margin:4px 0 4px 15%;",
     "assistant": "background:#f1f3f4;margin:4px 15% 4px 0;",
     "error": "background:#fdecea;color:#8a1c12;margin:4px 15% 4px 0;",
+    "tool": "background:#fff8e1;font-family:monospace;font-size:90%;margin:4px 25% 4px 5%;",
 }
 
 
@@ -208,6 +212,7 @@ class ChatPanel:
             self.last = stream.completion
             shown.finish()
             self._messages.append({"role": "assistant", "content": shown.text})
+            self._add_bubbles(tool_bubbles(stream.completion.tool_calls))
             self.stats.value = html.escape(self._stats(stream.completion))
         except asyncio.CancelledError:
             shown.finish()
@@ -221,6 +226,27 @@ class ChatPanel:
         finally:
             self.send_button.disabled, self.stop_button.disabled = False, True
 
+    # -- tool calls (see rocm_nb.tools) -----------------------------------------------------
+
+    def _add_bubbles(self, bubbles: list[str]) -> None:
+        if bubbles:
+            self.transcript.children = (*self.transcript.children, *(widgets.HTML(b) for b in bubbles))
+
+    def show_run(self, run: ToolRun) -> None:
+        """Show a :meth:`~rocm_nb.LocalModel.run_tools` run: its question, each tool call and result
+        in bubbles of their own, and the answer; the question and answer join the history.
+
+        Example:
+            >>> panel.show_run(model.run_tools([{"role": "user", "content": "6 * 7?"}], [multiply]))  # doctest: +SKIP
+        """
+        question = next((m for m in run.messages if m.get("role") == "user"), None)
+        if question is not None:
+            self._messages.append({"role": "user", "content": str(question["content"])})
+            self._add_bubbles([_bubble_html("user", render_markdown(str(question["content"])))])
+        self._add_bubbles(run_bubbles(run))
+        self._messages.append({"role": "assistant", "content": run.answer})
+        self._add_bubbles([_bubble_html("assistant" if run.finished else "error", render_markdown(run.answer))])
+
     @staticmethod
     def _stats(completion: Completion) -> str:
         stats = completion.stats()
@@ -228,3 +254,38 @@ class ChatPanel:
         if t is not None and t.cached_tokens:
             stats += f" · {t.cached_tokens} prompt tokens from cache"
         return stats
+
+
+def tool_bubbles(calls: Sequence[ToolCall]) -> list[str]:
+    """One bubble per tool call: ``🔧 name(arguments)``.
+
+    Example:
+        >>> from rocm_nb.tools import ToolCall
+        >>> tool_bubbles([ToolCall("1", "add", {"a": 1})])[0].count("add({&quot;a&quot;: 1})")
+        1
+    """
+    return [_bubble_html("tool", _plain_html(f"🔧 {c.name}({json.dumps(c.arguments, ensure_ascii=False)})"))
+            for c in calls]
+
+
+def run_bubbles(run: ToolRun) -> list[str]:
+    """Bubbles for the calls and results in a ``run_tools`` transcript (after its first question).
+
+    Example:
+        >>> from rocm_nb.tools import ToolRun
+        >>> run = ToolRun("2", [{"role": "user", "content": "1+1?"}, {"role": "tool", "name": "add",
+        ...                     "content": "2"}], 2, True)
+        >>> "↩ add: 2" in run_bubbles(run)[0]
+        True
+    """
+    bubbles = []
+    for message in run.messages[1:]:
+        calls = message.get("tool_calls") or ()
+        bubbles += tool_bubbles([ToolCall(c["id"], c["function"]["name"], json.loads(c["function"]["arguments"]))
+                                 for c in calls])
+        if message.get("role") == "tool":
+            bubbles.append(_bubble_html("tool", _plain_html(f"↩ {message.get('name', 'tool')}: {message['content']}")))
+        elif message.get("role") == "user" or (message.get("role") == "assistant" and not calls
+                                              and message is not run.messages[-1]):
+            bubbles.append(_bubble_html("tool", _plain_html(str(message["content"]))))  # json mode: calls and results
+    return bubbles

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from rocm_nb import Client, LocalModel, ToolCall
 from rocm_nb.completion import build_payload
+from rocm_nb.stream import Accumulator, AsyncTokenStream
 from rocm_nb.tools import TOOL_TEMPLATE, CallParts, call_tool, run_tools, tool_schema, tool_schemas
 
 
@@ -251,3 +252,39 @@ def test_the_server_takes_native_tools_and_the_tool_template_loads(model: LocalM
         assert caps["supports_tools"] and caps["supports_tool_calls"]
         reply = tooled.chat([{"role": "user", "content": "cat in French?"}], tools=[lookup], max_tokens=8)
         assert reply.finish_reason in ("length", "stop", "tool_calls")
+
+
+# -- the chat panel ---------------------------------------------------------------------------------
+
+
+@pytest.mark.unit
+async def test_the_panel_shows_tool_calls_and_results_as_bubbles_of_their_own() -> None:
+    from rocm_nb.tools import ToolRun
+    from rocm_nb.widgets import ChatPanel
+
+    raw = "".join(f"data: {e}\n\n" for e in _events([("lookup", {"word": "cat"})], [3])).encode()
+
+    class Source:  # the async side of a server that answers with a tool call, in llama-server's format
+        def achat_stream(self, messages: Any, **options: Any) -> AsyncTokenStream:
+            async def respond() -> httpx.Response:
+                request = httpx.Request("POST", "http://fake/v1/chat/completions")
+                return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=raw,
+                                      request=request)
+
+            return AsyncTokenStream(respond, Accumulator("chat"), lambda exc, partial: None)
+
+    panel = ChatPanel(Source(), tools=[lookup])
+    await panel.send("cat in French?")
+    bubbles = [child.value for child in panel.transcript.children]
+    assert len(bubbles) == 3 and "rocm-nb-tool" in bubbles[2]
+    assert "🔧 lookup({&quot;word&quot;: &quot;cat&quot;})" in bubbles[2]
+    call = ToolCall("a", "lookup", {"word": "cat"}).message()
+    run = ToolRun("chat", [{"role": "user", "content": "cat?"},
+                           {"role": "assistant", "content": "", "tool_calls": [call]},
+                           {"role": "tool", "tool_call_id": "a", "name": "lookup", "content": "chat"},
+                           {"role": "assistant", "content": "chat"}], 2, True)
+    panel.show_run(run)
+    shown = [child.value for child in panel.transcript.children[3:]]
+    assert ["rocm-nb-user" in shown[0], "🔧 lookup" in shown[1], "↩ lookup: chat" in shown[2]] == [True, True, True]
+    assert "rocm-nb-assistant" in shown[3] and len(shown) == 4
+    assert panel.history[-2:] == [{"role": "user", "content": "cat?"}, {"role": "assistant", "content": "chat"}]

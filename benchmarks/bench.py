@@ -36,6 +36,7 @@ from rocm_nb.server import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support: the files the tests write, written once
 
+import retrieval
 from common import (
     GREEDY,
     NO_TARGET,
@@ -394,6 +395,7 @@ def run() -> None:
             "map": lambda: bench_map(path),
             "files": lambda: bench_files(path),
             "import": bench_import,
+            "retrieval": lambda: retrieval.bench_embeddings() + retrieval.bench_tool_loop(model),
         }
         only = [name for name in os.environ.get("BENCH_ONLY", "").split(",") if name]
         unknown = set(only) - set(figures)

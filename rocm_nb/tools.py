@@ -50,8 +50,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from rocm_nb.errors import StreamProtocolError
-
 if TYPE_CHECKING:
     from rocm_nb.completion import Completion, Message
 
@@ -320,18 +318,18 @@ def _json_system(schemas: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _ask_json(model: Any, messages: list[dict[str, Any]], schemas: Sequence[Mapping[str, Any]],
-              step: int, choice: Choice, options: Mapping[str, Any]) -> tuple[str, ToolCall | None]:
+              step: int, choice: Choice, options: Mapping[str, Any]) -> tuple[str, ToolCall | None, str]:
+    """One constrained reply: its text, the call it makes (or ``None``: an answer), and what went wrong."""
     prompt = [{"role": "system", "content": _json_system(schemas)}, *messages]
     reply: Completion = model.chat(prompt, json_schema=_json_schema(schemas, choice), **options)
     try:
         data = json.loads(reply.text)
-    except json.JSONDecodeError:
-        raise StreamProtocolError(f"the constrained reply is not JSON (cut off at max_tokens?): {reply.text[:200]!r}",
-                                  body=reply.text) from None
+    except json.JSONDecodeError:  # the grammar holds, so only a cut-off reply is not JSON
+        return reply.text, None, "your reply was cut off at max_tokens; reply again, shorter"
     if "tool" in data:
-        return reply.text, ToolCall(f"call_{step}", str(data["tool"]), dict(data.get("arguments") or {}),
-                                    json.dumps(data.get("arguments") or {}))
-    return str(data.get("answer", "")), None
+        arguments = data.get("arguments") or {}
+        return reply.text, ToolCall(f"call_{step}", str(data["tool"]), dict(arguments), json.dumps(arguments)), ""
+    return str(data.get("answer", "")), None, ""
 
 
 def run_tools(model: Any, messages: Sequence[Message], tools: Sequence[Callable[..., Any]], *,
@@ -377,9 +375,13 @@ def run_tools(model: Any, messages: Sequence[Message], tools: Sequence[Callable[
     seen: set[str] = set()
     for step in range(1, max_steps + 1):
         if mode == "json":
-            text, call = _ask_json(model, transcript, schemas, step, choice, options)
+            text, call, problem = _ask_json(model, transcript, schemas, step, choice, options)
             calls = (call,) if call else ()
-            transcript.append({"role": "assistant", "content": text if call else json.dumps({"answer": text})})
+            said = text if call or problem else json.dumps({"answer": text})
+            transcript.append({"role": "assistant", "content": said})
+            if problem:
+                transcript.append({"role": "user", "content": f"error: {problem}"})
+                continue
         else:
             reply = model.chat(transcript, tools=schemas, tool_choice=choice, **options)
             text, calls = reply.text, reply.tool_calls

@@ -144,7 +144,7 @@ def test_committed_notebooks_are_clean(path: Path) -> None:
 def test_all_notebooks_are_tested() -> None:
     assert {p.name for p in NOTEBOOKS.glob("*.ipynb")} == {
         "01-quickstart.ipynb", "02-chat-panel.ipynb", "03-sampling.ipynb", "04-tokens-and-templates.ipynb",
-        "05-gpu-memory.ipynb",
+        "05-gpu-memory.ipynb", "06-retrieval-and-tools.ipynb",
     }
 
 
@@ -309,3 +309,25 @@ def test_gpu_memory(executed: Callable[[str], NotebookNode]) -> None:
     assert "before: generating: False" in during and "during: generating: True" in during
     assert number(during.split("during:")[1], "CPU") > 0 and "CPU stand-in" in during
     assert "llama-server processes left in this kernel: 0" in stdout(cell(nb, "close"))
+
+
+# -- 06: retrieval and tools --------------------------------------------------------------------
+
+
+@pytest.mark.kernel
+def test_retrieval_and_tools(executed: Callable[[str], NotebookNode]) -> None:
+    nb = executed("06-retrieval-and-tools.ipynb")
+    assert "bert" in stdout(cell(nb, "load"))
+    sections = number(stdout(cell(nb, "sections")), "sections:")
+    assert sections >= 10
+    assert f"embeddings: ({sections}, 384) float32" in stdout(cell(nb, "embed"))
+    hits = markdown_rows(cell(nb, "search"))
+    assert len(hits) == 3 and "Where things live" in [row[1] for row in hits], hits
+    answer = stdout(cell(nb, "answer"))
+    assert "Sources:\n[1] README § " in answer and answer.count("README § ") == 3
+    tools = stdout(cell(nb, "tools"))
+    assert re.search(r"steps: [123] finished: (True|False)", tools)
+    assert '"tool": "population"' in tools or '"tool": "calculator"' in tools, "the first reply is a call"
+    assert "84" in stdout(cell(nb, "tool-error"))
+    assert "calculator raised ZeroDivisionError" in stdout(cell(nb, "tool-error"))
+    assert data(cell(nb, "panel"), WIDGET_VIEW), "the panel is a widget"

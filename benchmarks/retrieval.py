@@ -8,7 +8,8 @@
   busy spell of a shared machine hits both alike.
 * **tool loop overhead**: ``run_tools`` on the default model (JSON mode,
   the first call required, three steps): the wall time of the loop minus
-  the time of its ``chat`` calls (measured around each call), per step.
+  the time of its server calls (``props`` and ``chat``, measured around
+  each), per step.
   That is what the loop itself costs: building the schemas, validating the
   arguments, calling the tool, writing the transcript.
 """
@@ -82,16 +83,20 @@ def bench_tool_loop(model: LocalModel) -> list[Row]:
         """Translate an English word into French."""
         return {"cat": "chat", "dog": "chien"}.get(word, "?")
 
-    class Timed:  # the model, with the time spent in its chat calls counted
+    class Timed:  # the model, with the time spent in its server calls (props, chat) counted
         spent = 0.0
 
         def props(self) -> dict[str, Any]:
-            return model.props()
+            return Timed.timed(model.props)
 
         def chat(self, *args: Any, **kwargs: Any) -> Any:
+            return Timed.timed(lambda: model.chat(*args, **kwargs))
+
+        @staticmethod
+        def timed(call: Any) -> Any:
             began = time.perf_counter()
             try:
-                return model.chat(*args, **kwargs)
+                return call()
             finally:
                 Timed.spent += time.perf_counter() - began
 

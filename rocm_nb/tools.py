@@ -332,6 +332,17 @@ def _ask_json(model: Any, messages: list[dict[str, Any]], schemas: Sequence[Mapp
     return str(data.get("answer", "")), None, ""
 
 
+def _native_tools(model: Any) -> bool:
+    """Whether the server's chat template knows tool calls (llama-server's ``/props``; other servers: yes)."""
+    from rocm_nb.errors import RocmNbError
+
+    try:
+        caps = model.props().get("chat_template_caps")
+    except RocmNbError:  # not a llama-server (no /props): an OpenAI-compatible server takes tools natively
+        return True
+    return not isinstance(caps, dict) or bool(caps.get("supports_tool_calls"))
+
+
 def run_tools(model: Any, messages: Sequence[Message], tools: Sequence[Callable[..., Any]], *,
               max_steps: int = 5, tool_choice: Literal["auto", "required"] = "auto",
               mode: Literal["auto", "native", "json"] = "auto", **options: Any) -> ToolRun:
@@ -368,8 +379,7 @@ def run_tools(model: Any, messages: Sequence[Message], tools: Sequence[Callable[
     functions = {s["function"]["name"]: fn for s, fn in zip(schemas, tools, strict=True)}
     parameters = {name: s["function"]["parameters"] for name, s in zip(functions, schemas, strict=True)}
     if mode == "auto":
-        caps = model.props().get("chat_template_caps") or {}
-        mode = "native" if caps.get("supports_tool_calls") else "json"
+        mode = "native" if _native_tools(model) else "json"
     transcript = [dict(m) for m in messages]
     choice: Choice = tool_choice
     seen: set[str] = set()

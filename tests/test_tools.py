@@ -125,8 +125,15 @@ def _bytewise(events: list[str]) -> Iterator[bytes]:
     return (raw[i:i + 1] for i in range(len(raw)))  # every byte on its own: multi-byte characters split too
 
 
+PROPS = {"total_slots": 1, "default_generation_settings": {}, "chat_template_caps": {"supports_tool_calls": True}}
+"""What a llama-server whose template knows tools answers to ``GET /props`` (the fields rocm_nb reads)."""
+
+
 def _client(reply: Callable[[dict[str, Any]], list[str]], seen: list[dict[str, Any]] | None = None) -> Client:
     def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            found = {"/props": PROPS, "/v1/models": {"data": [{"id": "fake.gguf"}]}}.get(request.url.path)
+            return httpx.Response(200 if found else 404, json=found or {"error": "not found"})
         body = json.loads(request.content)
         if seen is not None:
             seen.append(body)

@@ -403,13 +403,16 @@ def run_tools(model: Any, messages: Sequence[Message], tools: Sequence[Callable[
         for call in calls:
             result = call_tool(call, functions, parameters)
             key = f"{call.name} {json.dumps(call.arguments, sort_keys=True)}"
-            if key in seen:  # a model that repeats a call is looping: it answers next, with what it has
-                result, choice = f"{result} (you made this call before: now answer with what you know)", "none"
+            again = key in seen  # a model that repeats a call is looping: it answers next, with what it has
+            choice = "none" if again else choice
             seen.add(key)
             if mode == "json":
-                transcript.append({"role": "user", "content": f"{call.name} returned: {result}\n"
-                                   'If that answers my question, reply {"answer": ...} with it.'})
+                nudge = ("You made this call before: answer now, from this result." if again
+                         else 'If that answers my question, reply {"answer": ...} with it.')
+                transcript.append({"role": "user", "content": f"{call.name} returned: {result}\n{nudge}"})
             else:
-                transcript.append({"role": "tool", "tool_call_id": call.id, "name": call.name, "content": result})
+                transcript.append({"role": "tool", "tool_call_id": call.id, "name": call.name,
+                                   "content": f"{result}\n(You made this call before: answer now.)" if again
+                                   else result})
     return ToolRun(f"(no answer: the model was still calling tools after max_steps={max_steps}; "
                    "raise max_steps or simplify the question)", transcript, max_steps, False)

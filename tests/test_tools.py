@@ -215,7 +215,7 @@ def test_a_repeated_call_makes_the_model_answer_and_max_steps_is_a_clear_stop() 
     assert not run.finished and run.steps == 3
     assert "still calling tools after max_steps=3" in run.answer
     assert [body["tool_choice"] for body in seen] == ["auto", "auto", "none"]
-    assert "you made this call before" in run.messages[4]["content"]
+    assert run.messages[4]["content"] == "chat\n(You made this call before: answer now.)"
     with pytest.raises(ValueError, match="max_steps must be at least 1"):
         run_tools(looping, [], [lookup], max_steps=0)
     with pytest.raises(TypeError, match="pass the functions themselves"):

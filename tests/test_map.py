@@ -22,7 +22,7 @@ PLACES = ["sea", "desert", "forest", "arctic", "jungle", "river"]
 PROMPTS = [f"Name one animal that lives in the {place}." for place in PLACES]
 LONG = {"temperature": 0.0, "seed": 7, "max_tokens": 2000}
 STORY = "Write a very long story about a lighthouse keeper, in many chapters."
-STOP_WITHIN_S = 30  # a hang guard, not a measurement: uncancelled, 6 × 2000 tokens take minutes here; busy cores took 8 s
+STOP_WITHIN_S = 30  # a hang guard, not a measurement: uncancelled, 6 × 2000 tokens take minutes
 
 
 @pytest.fixture(scope="module")

@@ -44,9 +44,11 @@ from rocm_nb.errors import (
 from rocm_nb.fit import FitPlan, MemoryEstimate
 from rocm_nb.hardware import GpuUsage, gpu_usage
 from rocm_nb.library import models
+from rocm_nb.logprobs import ContextUse, Progress, TokenPiece, TokenProb
 from rocm_nb.model import LocalModel, ModelState, rpc_worker
 from rocm_nb.router import LocalRouter, RouterChild
 from rocm_nb.status import ServerStatus
+from rocm_nb.stream import Delta
 from rocm_nb.tools import ToolCall, ToolRun
 
 if TYPE_CHECKING:
@@ -66,6 +68,8 @@ __all__ = [
     "Capabilities",
     "Client",
     "Completion",
+    "ContextUse",
+    "Delta",
     "FitPlan",
     "GenerationError",
     "GenerationTimeout",
@@ -81,6 +85,7 @@ __all__ = [
     "ModelState",
     "MonitorSample",
     "ProcessUsage",
+    "Progress",
     "Prompt",
     "RocmNbError",
     "RouterChild",
@@ -94,6 +99,8 @@ __all__ = [
     "StreamProtocolError",
     "TextTooLong",
     "Timings",
+    "TokenPiece",
+    "TokenProb",
     "TokenStream",
     "ToolCall",
     "ToolRun",

@@ -5,6 +5,9 @@ event's ``data`` field and asks it for the :class:`~rocm_nb.completion.Completio
 when the stream ends. Every field the server streams (text, finish reason,
 timings) is read here, in one place.
 
+Each chunk is also read as a :class:`Delta` (answer piece, thinking piece,
+token probabilities, prefill progress): what ``stream.deltas()`` yields.
+
 Example:
     >>> acc = Accumulator("chat")
     >>> acc.feed('{"choices": [{"delta": {"content": "Hi"}, "finish_reason": "stop"}]}')
@@ -18,15 +21,43 @@ from __future__ import annotations
 import io
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from rocm_nb.completion import Completion, Kind, Timings, Usage
 from rocm_nb.errors import GenerationError, StreamProtocolError, with_notes
+from rocm_nb.logprobs import Progress, TokenProb, read_context, read_progress, read_reasoning, read_tokens
 from rocm_nb.tools import CallParts
 
-__all__ = ["SO_FAR", "Accumulator"]
+__all__ = ["SO_FAR", "Accumulator", "Delta"]
 
 SO_FAR = "The text received so far is in the error's .partial."
+
+
+@dataclass(frozen=True)
+class Delta:
+    """One update of a stream: an answer piece, a thinking piece, the tokens it brought, prefill progress.
+
+    ``tokens`` are the chunk's tokens with their probabilities (with
+    ``logprobs=True``), those of the thinking as well as of the answer (a
+    chunk with ``reasoning`` and no ``text`` brought thinking tokens). A
+    delta is false when it carries nothing.
+
+    Example:
+        >>> Delta(reasoning="Hmm."), bool(Delta())
+        (Delta(text='', reasoning='Hmm.', tokens=(), progress=None), False)
+    """
+
+    text: str = ""
+    reasoning: str = ""
+    tokens: tuple[TokenProb, ...] = ()
+    progress: Progress | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.text or self.reasoning or self.tokens or self.progress is not None)
+
+
+_NOTHING = Delta()
 
 
 class Accumulator:
@@ -40,9 +71,17 @@ class Accumulator:
         ('', True, 'Hello')
     """
 
-    def __init__(self, kind: Kind) -> None:
+    def __init__(self, kind: Kind, *, logprobs: bool = False) -> None:
         self.kind = kind
+        self.logprobs = logprobs
+        """Whether token probabilities were asked for: ``Completion.tokens`` is then a list, else ``None``."""
         self._text = io.StringIO()  # grows by the text's own size per token, not an object per piece
+        self._reasoning = io.StringIO()
+        self.tokens: list[TokenProb] = []
+        """The answer's tokens so far (``logprobs=True``); thinking tokens are in the deltas only."""
+        self.progress: Progress | None = None
+        self.n_ctx: int | None = None
+        """The slot's context size, when the client knows it (for ``Completion.context``)."""
         self.finish_reason: str | None = None
         self.timings: Timings | None = None
         self.usage: Usage | None = None
@@ -56,11 +95,20 @@ class Accumulator:
     def partial(self) -> str:
         return self._text.getvalue()
 
+    @property
+    def reasoning(self) -> str:
+        """The thinking received so far."""
+        return self._reasoning.getvalue()
+
     def feed(self, data: str) -> str:
-        """Consume one event's data; return the text it carries ('' if none)."""
+        """Consume one event's data; return the answer text it carries ('' if none)."""
+        return self.feed_delta(data).text
+
+    def feed_delta(self, data: str) -> Delta:
+        """Consume one event's data; return all it carries as a :class:`Delta`."""
         if data.strip() == "[DONE]":
             self.done = True
-            return ""
+            return _NOTHING
         try:
             chunk = json.loads(data)
         except json.JSONDecodeError as exc:
@@ -84,26 +132,32 @@ class Accumulator:
                 partial=self.partial,
             )
         try:
-            piece = self._read(chunk)
-        except (TypeError, AttributeError, ValueError) as exc:  # valid JSON, but not a completion chunk
+            delta = self._read(chunk)
+        except (TypeError, AttributeError, ValueError, KeyError) as exc:  # valid JSON, but not a completion chunk
             raise StreamProtocolError(
                 f"the server sent an event that is not a completion chunk ({exc}): {data[:200]!r}",
                 body=data,
                 partial=self.partial,
             ) from None
-        if piece:
+        if delta.text or delta.reasoning:
             if self.first_token_at is None:
                 self.first_token_at = time.perf_counter()
-            self._text.write(piece)
+            self._text.write(delta.text)
+            self._reasoning.write(delta.reasoning)
             self._pieces += 1
-        return piece
+        if delta.tokens and (delta.text or not delta.reasoning):  # the answer's tokens, not the thinking's
+            self.tokens.extend(delta.tokens)
+        if delta.progress is not None:
+            self.progress = delta.progress
+        return delta
 
-    def _read(self, chunk: dict[str, Any]) -> str:
-        """The text of one chunk; its finish reason and timings are kept. Raises on a chunk of the wrong shape."""
+    def _read(self, chunk: dict[str, Any]) -> Delta:
+        """What one chunk carries; its finish reason and timings are kept. Raises on a chunk of the wrong shape."""
         if isinstance(chunk.get("timings"), dict):
             self.timings = Timings.from_server(chunk["timings"])
         self._read_usage(chunk)
-        piece = ""
+        piece = thought = ""
+        tokens: list[TokenProb] = []
         for choice in chunk.get("choices") or ():
             if choice.get("finish_reason"):
                 self.finish_reason = str(choice["finish_reason"])
@@ -112,7 +166,12 @@ class Accumulator:
             if text and not isinstance(text, str):
                 raise TypeError(f"its text is {type(text).__name__}, not a string")
             piece += text or ""
-        return piece
+            thought += read_reasoning(choice)
+            tokens += read_tokens(chunk, choice)
+        progress = read_progress(chunk)
+        if not (piece or thought or tokens or progress):
+            return _NOTHING
+        return Delta(piece, thought, tuple(tokens), progress)
 
     def _read_usage(self, chunk: dict[str, Any]) -> None:
         """Keep the chunk's ``usage`` (sent when asked with ``stream_options.include_usage``)."""
@@ -132,4 +191,6 @@ class Accumulator:
         if timings is None and (self.usage is not None or self._pieces):  # a server that sends no timings
             timings = Timings.from_client(self.usage, self._pieces, ttft, ended - self.started)
         return Completion(self.partial, self.finish_reason, timings, ttft, ended - self.started, usage=self.usage,
-                          tool_calls=self.calls.calls())
+                          tool_calls=self.calls.calls(),
+                          reasoning=self.reasoning, tokens=list(self.tokens) if self.logprobs else None,
+                          context=read_context(self.timings, self.n_ctx))

@@ -2,7 +2,7 @@
 
 ``_GenerationAPI`` holds every public generation and server-utility method
 (``generate``, ``stream``, ``chat``, ``chat_stream``, their async twins,
-``map``/``amap``, ``tokenize``, ``detokenize``, ``props``, ``metrics``,
+``map``/``amap``, ``tokenize``, ``detokenize``, ``apply_template``, ``n_ctx``, ``props``, ``metrics``,
 ``models``, ``health``). Each reaches the server through a hook: ``_client()``
 for sync code and ``await _aclient()`` for async code. A ``Client`` answers
 with itself; a ``LocalModel`` starts its server there on the first request,
@@ -17,11 +17,12 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Unpack
+from typing import TYPE_CHECKING, Any, Literal, Unpack, overload
 
 from rocm_nb._batch import Prompt, adrain
-from rocm_nb.completion import Completion, Kind, Message, Options, build_payload
+from rocm_nb.completion import Completion, Kind, Message, Options, build_payload, check_options
 from rocm_nb.errors import GenerationError, RocmNbError, StreamProtocolError
+from rocm_nb.logprobs import TokenPiece, read_pieces
 from rocm_nb.stream import Accumulator, AsyncTokenStream, TokenStream
 
 if TYPE_CHECKING:
@@ -107,10 +108,13 @@ class _GenerationAPI:
             client = await self._aclient()
             payload = await client._apayload(kind, prompt, options)
             client._close_held_streams()  # a sync stream this thread left open ends first (see stream())
+            stream.slot_ctx = client._slot_ctx
             session = http or client._ahttp()
             return await session.send(session.build_request("POST", endpoint, json=payload), stream=True)
 
-        return AsyncTokenStream(open_response, Accumulator(kind), self._better_error)
+        stream = AsyncTokenStream(open_response, Accumulator(kind, logprobs=bool(options.get("logprobs"))),
+                                  self._better_error)
+        return stream
 
     @staticmethod
     def _drain(stream: TokenStream) -> Completion:
@@ -348,17 +352,66 @@ class _GenerationAPI:
 
     # -- server utilities -------------------------------------------------------------------
 
-    def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
-        """Token ids of ``text`` (llama-server's ``/tokenize``).
+    @overload
+    def tokenize(self, text: str, *, add_special: bool = False, pieces: Literal[False] = False) -> list[int]: ...
+
+    @overload
+    def tokenize(self, text: str, *, add_special: bool = False, pieces: Literal[True]) -> list[TokenPiece]: ...
+
+    def tokenize(self, text: str, *, add_special: bool = False, pieces: bool = False) -> list[int] | list[TokenPiece]:
+        """Token ids of ``text`` (llama-server's ``/tokenize``); with ``pieces=True``, :class:`TokenPiece` s.
+
+        Each piece has the token's id, text and bytes (the server's
+        ``with_pieces``); a token that is a fragment of a character has
+        U+FFFD as its text and the fragment in its bytes.
 
         Example:
             >>> model.tokenize("Hello")  # doctest: +SKIP
             [19556]
+            >>> model.tokenize("Hi 🌟", pieces=True)[-1]  # doctest: +SKIP
+            TokenPiece(id=249, text='\\ufffd', bytes=b'\\x9f')
         """
         client = self._client()
-        body = {"content": text, "add_special": add_special, **client._model_field()}
-        tokens: list[int] = client._request_json("POST", "/tokenize", json=body)["tokens"]
-        return tokens
+        body = {"content": text, "add_special": add_special, "with_pieces": pieces, **client._model_field()}
+        tokens = client._request_json("POST", "/tokenize", json=body)["tokens"]
+        return read_pieces(tokens) if pieces else [int(token) for token in tokens]
+
+    def apply_template(
+        self,
+        messages: Sequence[Message],
+        *,
+        add_generation_prompt: bool = True,
+        chat_template_kwargs: Mapping[str, Any] | None = None,
+    ) -> str:
+        """The exact prompt the model's chat template makes of ``messages`` (llama-server's ``/apply-template``).
+
+        ``chat_template_kwargs`` are given to the template, as in a chat
+        (``{"enable_thinking": False}``).
+
+        Example:
+            >>> model.apply_template([{"role": "user", "content": "Hi"}])  # doctest: +SKIP
+            '<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'
+        """
+        body: dict[str, Any] = {"messages": [dict(m) for m in messages], "add_generation_prompt": add_generation_prompt}
+        if chat_template_kwargs is not None:
+            check_options({"chat_template_kwargs": chat_template_kwargs})
+            body["chat_template_kwargs"] = dict(chat_template_kwargs)
+        client = self._client()
+        body.update(client._model_field())
+        prompt: str = client._request_json("POST", "/apply-template", json=body)["prompt"]
+        return prompt
+
+    def n_ctx(self) -> int | None:
+        """The context size of one slot, in tokens (``/props``); ``None`` when the server does not say.
+
+        Asked of the server once; ``Completion.context`` compares a reply's
+        tokens with it.
+
+        Example:
+            >>> model.n_ctx()  # doctest: +SKIP
+            2048
+        """
+        return self._client()._slot_ctx()
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         """Text of token ids (llama-server's ``/detokenize``).

@@ -41,6 +41,7 @@ from rocm_nb.errors import (
     StreamProtocolError,
     with_notes,
 )
+from rocm_nb.logprobs import SlotContext
 from rocm_nb.status import ServerStatus
 from rocm_nb.stream import (
     DEFAULT_DEADLINE_S,
@@ -207,6 +208,7 @@ class Client(ServerAware, _GenerationAPI):
         self._held: weakref.WeakKeyDictionary[TokenStream, int] = weakref.WeakKeyDictionary()
         """Sync streams whose request was sent, by the thread that sent it (see ``_close_held_streams``)."""
         self._held_lock = threading.Lock()
+        self._slot_ctx = SlotContext(self.props)
         self._closed = False
 
     @property
@@ -289,7 +291,8 @@ class Client(ServerAware, _GenerationAPI):
                     self._held[this] = threading.get_ident()
             return response
 
-        opened = TokenStream(send, Accumulator(kind), self._better_error)
+        opened = TokenStream(send, Accumulator(kind, logprobs=bool(options.get("logprobs"))), self._better_error,
+                             self._slot_ctx)
         stream = weakref.ref(opened)
         return opened
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict
 from rocm_nb._markdown import render as render_markdown
 from rocm_nb.engines import Engine, translate
 from rocm_nb.errors import SchemaMismatch, with_notes
+from rocm_nb.logprobs import ContextUse, TokenProb, check_insight_options, translate_options
 
 if TYPE_CHECKING:
     from rocm_nb.tools import ToolCall
@@ -58,6 +59,9 @@ class Options(TypedDict, total=False):
     reuses the KV cache of turns 1..N-1). ``max_tokens`` is always sent
     (default 512): an unbounded generation is never what a notebook wants.
 
+    ``logprobs``, ``top_logprobs``, ``post_sampling``, ``return_progress`` and
+    the chat-only ``reasoning_*``/``chat_template_kwargs``: :mod:`rocm_nb.logprobs`.
+
     Example:
         >>> opts: Options = {"max_tokens": 32, "temperature": 0.0, "seed": 1}
     """
@@ -76,6 +80,13 @@ class Options(TypedDict, total=False):
     model: str
     tools: Sequence[Callable[..., Any] | Mapping[str, Any]]
     tool_choice: str | Mapping[str, Any]
+    logprobs: bool
+    top_logprobs: int
+    post_sampling: bool
+    reasoning_effort: str
+    reasoning_budget: int
+    chat_template_kwargs: Mapping[str, Any]
+    return_progress: bool
 
 
 _OPTION_NAMES = frozenset(Options.__annotations__)
@@ -173,6 +184,7 @@ def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
             from rocm_nb.tools import check_tools
 
             check_tools(value if name == "tools" else None, value if name == "tool_choice" else None)
+    check_insight_options(options)
     return dict(options)
 
 
@@ -225,6 +237,7 @@ def build_payload(
         if not isinstance(prompt, str):
             raise TypeError("generate() takes a prompt string; use chat() for messages")
         payload["prompt"] = prompt
+    translate_options(kind, payload)
     return payload
 
 
@@ -312,10 +325,12 @@ class Timings:
 class Completion:
     """The result of one generation.
 
-    ``ttft_s`` (time to first token) and ``elapsed_s`` are measured by the
-    client; ``timings`` come from the server, or, from a server that sends
-    none, from the client's clocks (``timings.source == "client"``; ``None``
-    when nothing was generated); ``usage`` holds the server's token counts.
+    ``ttft_s`` (time to first token, thinking included) and ``elapsed_s``
+    are measured by the client; ``timings`` come from the server, or, from a
+    server that sends none, from the client's clocks (``timings.source ==
+    "client"``; ``None`` when nothing was generated); ``usage`` holds the
+    server's token counts; ``reasoning`` (the thinking, apart from ``text``),
+    ``tokens`` (with ``logprobs=True``) and ``context``: :mod:`rocm_nb.logprobs`.
     A notebook shows one as HTML rendered from its Markdown, with images as
     text and raw HTML escaped, so it makes the browser fetch nothing
     (:mod:`rocm_nb._markdown`).
@@ -333,6 +348,9 @@ class Completion:
     elapsed_s: float | None = None
     usage: Usage | None = None
     tool_calls: tuple[ToolCall, ...] = ()
+    reasoning: str = ""
+    tokens: list[TokenProb] | None = None
+    context: ContextUse | None = None
 
     def stats(self) -> str:
         """One line of statistics, empty when nothing was measured.
@@ -352,6 +370,8 @@ class Completion:
             parts.append(f"first token {self.ttft_s * 1000:.0f} ms")
         if self.elapsed_s is not None:
             parts.append(f"{self.elapsed_s:.2f} s")
+        if self.context is not None:
+            parts.append(f"context {self.context.used}/{self.context.n_ctx} ({self.context.fraction:.0%})")
         return " · ".join(parts)
 
     def _repr_html_(self) -> str:

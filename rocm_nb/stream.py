@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, Unpack, runtime_checkable
 
 from rocm_nb._accumulator import SO_FAR as _SO_FAR
-from rocm_nb._accumulator import Accumulator
+from rocm_nb._accumulator import Accumulator, Delta
 from rocm_nb.completion import Completion, Message, Options
 from rocm_nb.errors import (
     GenerationError,
@@ -31,6 +31,7 @@ from rocm_nb.errors import (
     TimeoutPhase,
     with_notes,
 )
+from rocm_nb.logprobs import Progress, SlotContext, TokenProb
 
 if TYPE_CHECKING:
     import httpx
@@ -42,6 +43,7 @@ __all__ = [
     "Accumulator",
     "AsyncTokenStream",
     "ChatSource",
+    "Delta",
     "FailureHook",
     "TokenStream",
     "http_error",
@@ -176,16 +178,38 @@ def _check_event_stream(response: httpx.Response) -> None:
 class _StreamBase:
     """What the sync and async streams share: state, error translation."""
 
-    def __init__(self, acc: Accumulator, on_failure: FailureHook) -> None:
+    def __init__(self, acc: Accumulator, on_failure: FailureHook, slot_ctx: SlotContext | None = None) -> None:
         self._acc = acc
         self._on_failure = on_failure
+        self.slot_ctx = slot_ctx
+        """Where the slot's context size comes from, for ``Completion.context`` (set by the client)."""
         self.completion: Completion | None = None
         """The finished :class:`Completion`, set once the stream is exhausted."""
 
     @property
     def text(self) -> str:
-        """All text received so far."""
+        """All answer text received so far."""
         return self._acc.partial
+
+    @property
+    def reasoning(self) -> str:
+        """All thinking received so far (empty for a model that does not think)."""
+        return self._acc.reasoning
+
+    @property
+    def tokens(self) -> list[TokenProb]:
+        """The answer's tokens so far with their probabilities (with ``logprobs=True``; else empty)."""
+        return self._acc.tokens
+
+    @property
+    def progress(self) -> Progress | None:
+        """The latest prefill progress (with ``return_progress=True``), ``None`` before any."""
+        return self._acc.progress
+
+    def _wants_ctx(self) -> bool:
+        """Whether the reply is a llama-server's (it reports its cache) and a context size can be had."""
+        timings = self._acc.timings
+        return self.slot_ctx is not None and timings is not None and timings.cached_tokens is not None
 
     def _translate(self, exc: Exception) -> Exception:
         if isinstance(exc, ValueError | TypeError):  # bad input found before the request (an option the server refuses)
@@ -203,10 +227,10 @@ class _StreamBase:
                 return better
         return transport_error(exc, partial)
 
-    def _next_piece(self, event: ServerSentEvent) -> str:
-        return self._acc.feed(event.data)
-
     def _finished(self) -> None:
+        if self._wants_ctx():
+            assert self.slot_ctx is not None
+            self._acc.n_ctx = self.slot_ctx()
         self.completion = self._acc.finish()
 
 
@@ -231,8 +255,9 @@ class TokenStream(_StreamBase):
         open_response: Callable[[], httpx.Response],
         acc: Accumulator,
         on_failure: FailureHook,
+        slot_ctx: SlotContext | None = None,
     ) -> None:
-        super().__init__(acc, on_failure)
+        super().__init__(acc, on_failure, slot_ctx)
         self._open_response = open_response
         self._response: httpx.Response | None = None
         self._events: Iterator[ServerSentEvent] | None = None
@@ -242,6 +267,25 @@ class TokenStream(_StreamBase):
         return self
 
     def __next__(self) -> str:
+        return self._pull(text_only=True).text
+
+    def deltas(self) -> Iterator[Delta]:
+        """Every update of this stream as a :class:`Delta`: answer and thinking pieces, tokens, progress.
+
+        Iterate the stream itself *or* its deltas, not both.
+
+        Example:
+            >>> for d in model.chat_stream(messages, return_progress=True).deltas():  # doctest: +SKIP
+            ...     print(d.reasoning or d.text or d.progress, end="")
+        """
+        while True:
+            try:
+                yield self._pull(text_only=False)
+            except StopIteration:
+                return
+
+    def _pull(self, *, text_only: bool) -> Delta:
+        """The next delta with answer text (or with anything, ``text_only=False``); StopIteration at the end."""
         if self._closed:
             raise StopIteration
         try:
@@ -254,9 +298,9 @@ class TokenStream(_StreamBase):
 
                 self._events = EventSource(self._response).iter_sse()
             for event in self._events:
-                piece = self._next_piece(event)
-                if piece:
-                    return piece
+                delta = self._acc.feed_delta(event.data)
+                if delta.text if text_only else delta:
+                    return delta
                 if self._acc.done:
                     break
             self._finished()
@@ -298,8 +342,9 @@ class AsyncTokenStream(_StreamBase):
         open_response: Callable[[], Any],
         acc: Accumulator,
         on_failure: FailureHook,
+        slot_ctx: SlotContext | None = None,
     ) -> None:
-        super().__init__(acc, on_failure)
+        super().__init__(acc, on_failure, slot_ctx)
         self._open_response = open_response
         self._response: httpx.Response | None = None
         self._events: AsyncIterator[ServerSentEvent] | None = None
@@ -309,6 +354,22 @@ class AsyncTokenStream(_StreamBase):
         return self
 
     async def __anext__(self) -> str:
+        return (await self._pull(text_only=True)).text
+
+    async def deltas(self) -> AsyncIterator[Delta]:
+        """Every update of this stream as a :class:`Delta` (see :meth:`TokenStream.deltas`).
+
+        Example:
+            >>> async for d in model.achat_stream(messages).deltas():  # doctest: +SKIP
+            ...     print(d.reasoning or d.text, end="")
+        """
+        while True:
+            try:
+                yield await self._pull(text_only=False)
+            except StopAsyncIteration:
+                return
+
+    async def _pull(self, *, text_only: bool) -> Delta:
         if self._closed:
             raise StopAsyncIteration
         try:
@@ -322,11 +383,15 @@ class AsyncTokenStream(_StreamBase):
 
                 self._events = EventSource(self._response).aiter_sse()
             async for event in self._events:
-                piece = self._next_piece(event)
-                if piece:
-                    return piece
+                delta = self._acc.feed_delta(event.data)
+                if delta.text if text_only else delta:
+                    return delta
                 if self._acc.done:
                     break
+            if self._wants_ctx() and self.slot_ctx is not None and not self.slot_ctx.known:
+                import asyncio
+
+                await asyncio.to_thread(self.slot_ctx)  # asked once per client, off the event loop
             self._finished()
         except BaseException as exc:
             await self.aclose()

@@ -49,6 +49,7 @@ from common import (
     raw_stream,
     spread,
 )
+from token_probs import bench_logprobs
 
 README = Path(__file__).with_name("README.md")
 
@@ -396,6 +397,7 @@ def run() -> None:
             "files": lambda: bench_files(path),
             "import": bench_import,
             "retrieval": lambda: retrieval.bench_embeddings() + retrieval.bench_tool_loop(model),
+            "logprobs": lambda: bench_logprobs(model),
         }
         only = [name for name in os.environ.get("BENCH_ONLY", "").split(",") if name]
         unknown = set(only) - set(figures)

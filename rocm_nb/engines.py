@@ -15,8 +15,11 @@ that kind takes. The decisions, in one place:
 * ``grammar`` (a GBNF grammar) is llama.cpp's: any other kind refuses it with
   a ``ValueError`` before any request, never dropping it silently (vLLM's
   and SGLang's grammar options take other grammar languages).
-* ``cache_prompt`` is llama.cpp's prompt-cache hint: dropped elsewhere, where
-  it means nothing (vLLM and SGLang cache prefixes by themselves).
+* ``post_sampling`` and ``reasoning_budget`` are llama.cpp's too: refused
+  the same way elsewhere.
+* ``cache_prompt`` is llama.cpp's prompt-cache hint and ``return_progress``
+  asks for its prefill-progress events: dropped elsewhere, where they change
+  no reply (vLLM and SGLang cache prefixes by themselves).
 * Ollama's OpenAI-compatible API has no ``top_k``, ``min_p`` or
   ``repeat_penalty``: asked for, they are a ``ValueError`` naming them.
 * Every stream asks for ``stream_options.include_usage``, so token counts
@@ -82,13 +85,20 @@ flooding a shared server. ``map(..., concurrency=N)`` overrides it.
 """
 
 _GRAMMAR_HINT = "use json_schema= to constrain the reply"
+_LLAMA_CPP_ONLY = {  # llama-server's own options, which no other kind takes: option -> what to do instead
+    "grammar": _GRAMMAR_HINT,
+    "post_sampling": "leave it out: the probabilities are then those before sampling",
+    "reasoning_budget": "use reasoning_effort= or chat_template_kwargs= if the model's template takes them",
+}
 _REFUSED: dict[Engine, dict[str, str]] = {  # option -> what to do instead
-    "vllm": {"grammar": _GRAMMAR_HINT},
-    "sglang": {"grammar": _GRAMMAR_HINT},
-    "openai": {"grammar": _GRAMMAR_HINT},
-    "ollama": {"grammar": _GRAMMAR_HINT, "top_k": "leave it out", "min_p": "use top_p",
+    "vllm": _LLAMA_CPP_ONLY,
+    "sglang": _LLAMA_CPP_ONLY,
+    "openai": _LLAMA_CPP_ONLY,
+    "ollama": {**_LLAMA_CPP_ONLY, "top_k": "leave it out", "min_p": "use top_p",
                "repeat_penalty": "leave it out (Ollama sets it per model)"},
 }
+_MEANINGLESS_ELSEWHERE = frozenset({"cache_prompt", "return_progress"})
+"""llama.cpp options dropped for other kinds: they change no reply (a prompt cache, progress events)."""
 _RENAMED: dict[Engine, dict[str, str]] = {
     "vllm": {"repeat_penalty": "repetition_penalty"},
     "sglang": {"repeat_penalty": "repetition_penalty"},
@@ -174,6 +184,12 @@ def translate(payload: Mapping[str, Any], engine: Engine, kind: Literal["complet
         {'repetition_penalty': 1.1, 'top_k': 40}
         >>> translate({"json_schema": {}, "cache_prompt": False}, "llama.cpp", "completion")
         {'json_schema': {}, 'cache_prompt': False}
+        >>> translate({"return_progress": True, "logprobs": True}, "vllm", "chat")
+        {'logprobs': True}
+        >>> translate({"post_sampling": True}, "ollama", "chat")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: post_sampling is not supported by Ollama; leave it out: ...
     """
     refused = sorted(set(payload) & set(_REFUSED.get(engine, {})))
     if refused:
@@ -181,7 +197,7 @@ def translate(payload: Mapping[str, Any], engine: Engine, kind: Literal["complet
         raise ValueError(f"{name} is not supported by {ENGINE_NAMES[engine]}{_WHY.get(name, '')}; "
                          f"{_REFUSED[engine][name]}")
     out = {_RENAMED.get(engine, {}).get(key, key): value for key, value in payload.items()
-           if key != "cache_prompt" or engine == "llama.cpp"}
+           if key not in _MEANINGLESS_ELSEWHERE or engine == "llama.cpp"}
     if "json_schema" in out and not (engine == "llama.cpp" and kind == "completion"):
         if engine == "ollama" and kind == "completion":
             raise ValueError("json_schema is not supported by Ollama's /v1/completions; use chat() for a "

@@ -37,6 +37,7 @@ from rocm_nb.server import free_port
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support: the files the tests write, written once
 
 import retrieval
+from chat_turns import bench_chat_turns
 from common import (
     GREEDY,
     NO_TARGET,
@@ -49,6 +50,8 @@ from common import (
     raw_stream,
     spread,
 )
+from defaults import bench_defaults
+from speculative import bench_speculative
 from token_probs import bench_logprobs
 
 README = Path(__file__).with_name("README.md")
@@ -109,23 +112,6 @@ def bench_start(path: Path) -> list[Row]:
             spread(attach, " ms"), statistics.median(attach) <= 20),
         Row("teardown: `close()` → process gone", "≤ 1 s", spread(teardown, " s"), max(teardown) <= 1.0),
     ]
-
-
-def bench_prompt_cache(model: LocalModel) -> list[Row]:
-    ratios = []
-    for _ in range(max(3, REPS // 2)):
-        messages: list[dict[str, str]] = [{"role": "system", "content": "You are a patient teacher."}]
-        ttfts = []
-        for turn in range(10):
-            messages.append({"role": "user", "content": f"Question {turn + 1}: tell me one fact about the sea."})
-            reply = model.chat(messages, max_tokens=48, **GREEDY)
-            messages.append({"role": "assistant", "content": reply.text})
-            assert reply.ttft_s is not None
-            ttfts.append(reply.ttft_s)
-        ratios.append(ttfts[-1] / ttfts[0])
-        model.generate("Reset the cache with something unrelated.", max_tokens=1)
-    return [Row("`chat()` turn 10 time to first token ÷ turn 1 (prompt cache)", "≤ 1.5", spread(ratios),
-                statistics.median(ratios) <= 1.5)]
 
 
 def bench_import() -> list[Row]:
@@ -387,7 +373,9 @@ def run() -> None:
     with LocalModel(path, ctx_size=4096) as model:
         figures: dict[str, Callable[[], list[Row]]] = {
             "streaming": lambda: bench_streaming(model),
-            "prompt_cache": lambda: bench_prompt_cache(model),
+            "chat_turns": lambda: bench_chat_turns(model),
+            "speculative": bench_speculative,
+            "defaults": bench_defaults,
             "memory": lambda: bench_memory(model),
             "in_process": lambda: bench_in_process(model),
             "start": lambda: bench_start(path),

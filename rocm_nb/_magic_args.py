@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from rocm_nb._extras import needs_extra
 from rocm_nb._format import FORMATS, Format
+from rocm_nb._speculative import DEFAULT_SPECULATIVE
 from rocm_nb.catalog import DEFAULT_MODEL
 from rocm_nb.completion import Message, Options, check_options
 
@@ -134,6 +135,8 @@ class LoadArgs:
     url_model: str | None = None
     router: bool = False
     max_loaded: int = 1
+    speculative: str = DEFAULT_SPECULATIVE
+    draft_gpu_layers: int | None = None
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
+from rocm_nb._speculative import draft_spec, speculation_flags
 from rocm_nb._unified import UnifiedMemory, check_unified, decide
 from rocm_nb._units import positive_int
 from rocm_nb.binary import ServerBinary
-from rocm_nb.catalog import ModelInfo
+from rocm_nb.catalog import ModelInfo, read_info, resolve_model
 from rocm_nb.fit import FitPlan, plan_load
 from rocm_nb.hardware import Hardware
 from rocm_nb.server import ServerConfig
@@ -94,6 +95,8 @@ def plan_server(
     cache_type_k: str | None,
     cache_type_v: str | None,
     unified_memory: UnifiedMemory = "auto",
+    speculative: str | os.PathLike[str] | None = None,
+    draft_gpu_layers: int | None = None,
 ) -> tuple[FitPlan, ServerConfig]:
     """The fit plan and the server configuration for ``LocalModel``'s options (see its docstring).
 
@@ -101,6 +104,11 @@ def plan_server(
     takes the plan's choice. The server's environment is what the hardware
     needs (``hsa_override`` included, and on an integrated GPU what
     ``unified_memory`` needs: see :mod:`rocm_nb._unified`) under ``env``, which wins.
+    ``speculative`` names the speculation mode or a draft model
+    (:mod:`rocm_nb._speculative`): a draft model is resolved (which may
+    download it) and read here, and its memory goes into the fit plan, with
+    ``draft_gpu_layers`` of its layers on the GPU (default: all; none on a CPU
+    build, which gets no ``--spec-draft-ngl``).
 
     Example:
         >>> fit, config = plan_server(info, path, binary, detect(), ctx_size=None, gpu_layers="auto",
@@ -109,6 +117,15 @@ def plan_server(
         ...                           cache_type_k=None, cache_type_v=None)  # doctest: +SKIP
     """
     flash, cache_k, cache_v = kv_options(flash_attn, cache_type, cache_type_k, cache_type_v)
+    if draft_gpu_layers is not None and (isinstance(draft_gpu_layers, bool) or not isinstance(draft_gpu_layers, int)
+                                         or draft_gpu_layers < 0):
+        raise ValueError(f"draft_gpu_layers must be an integer ≥ 0 (or None: all on a GPU), got {draft_gpu_layers!r}")
+    named_draft = draft_spec(speculative)
+    if named_draft is None and draft_gpu_layers is not None:
+        raise ValueError("draft_gpu_layers needs a draft model: pass speculative='path/to/draft.gguf' "
+                         "(or a catalogue name)")
+    draft_path = None if named_draft is None else resolve_model(named_draft)
+    draft_info = None if draft_path is None else read_info(draft_path)
     chosen_layers = None if gpu_layers is None or gpu_layers == "auto" else int(gpu_layers)
     backend = "rpc" if rpc else binary.backend
     unified = check_unified(unified_memory)
@@ -117,7 +134,11 @@ def plan_server(
         ctx_size=context_size(info, ctx_size), parallel=positive_int("parallel", parallel),
         gpu_layers=chosen_layers,
         shrink_ctx=ctx_size is None, flash_attn=flash, cache_type_k=cache_k, cache_type_v=cache_v,
+        draft=draft_info, draft_gpu_layers=draft_gpu_layers,
     )
+    draft_layers = None
+    if fit.draft is not None and binary.backend != "cpu":
+        draft_layers = fit.draft.gpu_layers
     config = ServerConfig(
         binary=binary.path,
         model=path,
@@ -135,5 +156,6 @@ def plan_server(
         flash_attn=flash,
         cache_type_k=cache_k,
         cache_type_v=cache_v,
+        speculative=speculation_flags(speculative, draft_path, draft_layers),
     )
     return fit, config

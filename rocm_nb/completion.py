@@ -273,6 +273,15 @@ class Timings:
         ...                          "predicted_ms": 100.0, "predicted_per_second": 200.0})
         >>> t.predicted_per_second
         200.0
+
+    With speculative decoding on, ``draft_tokens`` is how many tokens were
+    drafted and ``draft_accepted`` how many of them the model kept (the
+    server's ``draft_n`` and ``draft_n_accepted``); both are ``None`` when
+    nothing was drafted (speculation off, or no draft found).
+
+    Example:
+        >>> Timings(5, 10.0, 20, 100.0, 200.0, draft_tokens=16, draft_accepted=12).acceptance
+        0.75
     """
 
     prompt_tokens: int
@@ -283,6 +292,15 @@ class Timings:
     cached_tokens: int | None = None
     source: Literal["server", "client"] = "server"
     """Who measured them: ``"server"`` (llama.cpp's ``timings``) or ``"client"`` (see :meth:`from_client`)."""
+    draft_tokens: int | None = None
+    draft_accepted: int | None = None
+
+    @property
+    def acceptance(self) -> float | None:
+        """The share of drafted tokens the model kept (``None`` when none were drafted)."""
+        if not self.draft_tokens or self.draft_accepted is None:
+            return None
+        return self.draft_accepted / self.draft_tokens
 
     @classmethod
     def from_client(cls, usage: Usage | None, pieces: int, ttft_s: float | None, elapsed_s: float) -> Timings:
@@ -311,6 +329,7 @@ class Timings:
     @classmethod
     def from_server(cls, data: Mapping[str, Any]) -> Timings:
         """Build from llama-server's ``timings`` object."""
+        drafted, accepted = draft_counts(data)
         return cls(
             prompt_tokens=int(data.get("prompt_n", 0)),
             prompt_ms=float(data.get("prompt_ms", 0.0)),
@@ -318,7 +337,30 @@ class Timings:
             predicted_ms=float(data.get("predicted_ms", 0.0)),
             predicted_per_second=float(data.get("predicted_per_second", 0.0)),
             cached_tokens=int(data["cache_n"]) if "cache_n" in data else None,
+            draft_tokens=drafted,
+            draft_accepted=accepted,
         )
+
+
+def draft_counts(timings: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """Drafted and accepted tokens in llama-server's ``timings`` (it sends them only when something was drafted).
+
+    Example:
+        >>> draft_counts({"predicted_n": 9, "draft_n": 8, "draft_n_accepted": 6})
+        (8, 6)
+        >>> draft_counts({"predicted_n": 9})
+        (None, None)
+    """
+    if "draft_n" not in timings:
+        return None, None
+    return int(timings["draft_n"]), int(timings.get("draft_n_accepted", 0))
+
+
+def _acceptance_part(timings: Timings | None) -> list[str]:
+    """The speculative decoding part of :meth:`Completion.stats` (none when nothing was drafted)."""
+    if timings is None or timings.acceptance is None:
+        return []
+    return [f"drafts {timings.acceptance:.0%} accepted ({timings.draft_accepted}/{timings.draft_tokens})"]
 
 
 @dataclass(frozen=True)
@@ -358,6 +400,9 @@ class Completion:
         Example:
             >>> Completion("x", "stop", None, ttft_s=0.05, elapsed_s=0.2).stats()
             'first token 50 ms · 0.20 s'
+            >>> Completion("x", "stop", Timings(5, 10.0, 20, 100.0, 200.0, draft_tokens=16,
+            ...                                          draft_accepted=12)).stats()
+            '20 tokens · 200.0 tok/s · prompt 5 tok · drafts 75% accepted (12/16)'
         """
         parts = []
         if self.timings is not None:
@@ -366,6 +411,7 @@ class Completion:
             parts.append(f"prompt {t.prompt_tokens} tok")
             if t.source == "client":
                 parts.append("measured by the client")
+        parts += _acceptance_part(self.timings)
         if self.ttft_s is not None:
             parts.append(f"first token {self.ttft_s * 1000:.0f} ms")
         if self.elapsed_s is not None:

@@ -64,7 +64,9 @@ class FitPlan:
     """What :func:`plan` decided: the layers and context to load with, and why.
 
     ``fits`` is False when even the plan is expected to run out of memory;
-    ``note`` is the one-line explanation ``%rocm_load`` prints.
+    ``note`` is the one-line explanation ``%rocm_load`` prints. ``draft`` is
+    the speculative draft model's share (``None`` without one): its memory is
+    taken from the budget before the main model's layers are placed.
 
     Example:
         >>> e = MemoryEstimate(0, 31, 4096, 1, 0, 92 << 20, 0, 90 << 20, 0, 18 << 20, 32 << 20)
@@ -77,6 +79,7 @@ class FitPlan:
     estimate: MemoryEstimate
     fits: bool
     note: str
+    draft: MemoryEstimate | None = None
 
     def __str__(self) -> str:
         return self.note
@@ -97,6 +100,7 @@ def plan(
     free_ram_bytes: int | None = None,
     margin: int = GPU_MARGIN,
     memory: str = "VRAM",
+    draft: MemoryEstimate | None = None,
 ) -> FitPlan:
     """Choose ``gpu_layers`` (and, if allowed, a smaller context) that fit the free VRAM.
 
@@ -108,6 +112,9 @@ def plan(
     are offloaded, and the note says so. ``free_ram_bytes``, when given, is
     checked against the part that stays in host memory. ``memory`` names
     what ``free_vram_bytes`` counts in the note (an APU's "carve-out + GTT").
+    A ``draft`` model's estimate (speculative decoding) is set aside first:
+    its VRAM leaves less for the main model's layers, its RAM counts in the
+    check, and the note says how much it takes.
 
     Example:
         >>> p = plan(info, 6 * 2**30, ctx_size=8192)  # doctest: +SKIP
@@ -121,6 +128,11 @@ def plan(
         return estimate_shape(shape, ctx_size=ctx, parallel=parallel, gpu_layers=ngl, cache_type_k=cache_type_k,
                          cache_type_v=cache_type_v, flash=flash_attn != "off", ubatch=UBATCH)
 
+    draft_vram, draft_ram = (0, 0) if draft is None else (draft.vram, draft.ram)
+    if free_vram_bytes is not None:
+        free_vram_bytes = max(0, free_vram_bytes - draft_vram)
+    if free_ram_bytes is not None:
+        free_ram_bytes = max(0, free_ram_bytes - draft_ram)
     budget = None if free_vram_bytes is None else free_vram_bytes - margin
     free = "" if free_vram_bytes is None else human_bytes(free_vram_bytes)
     ctx = ctx_size
@@ -171,7 +183,9 @@ def plan(
         fits = False
         note += (f"; and the {human_bytes(chosen.ram)} it needs in RAM is more than the {human_bytes(free_ram_bytes)} "
                  "available: the load will probably fail; use a smaller quantisation or ctx_size")
-    return FitPlan(gpu_layers=chosen.gpu_layers, ctx_size=ctx, estimate=chosen, fits=fits, note=note)
+    if draft is not None:
+        note += f"; set aside first for the draft model: {draft.summary()}"
+    return FitPlan(gpu_layers=chosen.gpu_layers, ctx_size=ctx, estimate=chosen, fits=fits, note=note, draft=draft)
 
 
 def _largest_fit(fitting: Callable[[int, int], MemoryEstimate], layers: int, ctx: int, budget: int) -> int:
@@ -216,6 +230,8 @@ def plan_load(
     cache_type_v: str | None = None,
     free_ram_bytes: int | None = None,
     unified_memory: UnifiedMemory = "auto",
+    draft: ModelInfo | None = None,
+    draft_gpu_layers: int | None = None,
 ) -> FitPlan:
     """:func:`plan` for this machine, as ``LocalModel`` asks it.
 
@@ -228,6 +244,11 @@ def plan_load(
     :mod:`rocm_nb._unified`) decides whether its GTT counts beside the
     carve-out; the note then says which memory the plan used and why, and a
     plan whose GTT and host parts together exceed the free RAM does not fit.
+    ``f16``. A speculative ``draft`` model is estimated at the same context
+    (llama-server gives the draft the main model's context), with
+    ``draft_gpu_layers`` of its layers on the GPU (default: all of them, none
+    on a CPU build), f16 caches and no runtime of its own (it shares the
+    server's process); :func:`plan` sets it aside first.
 
     Example:
         >>> p = plan_load(info, Hardware("cpu", (), None, ()), "cpu", ctx_size=8192)  # doctest: +SKIP
@@ -240,11 +261,17 @@ def plan_load(
         free_ram_bytes = psutil.virtual_memory().available
     ram = free_ram_bytes
 
+    draft_share = None
+    if draft is not None:
+        draft_layers = (draft.block_count or 0) + 1 if draft_gpu_layers is None else draft_gpu_layers
+        draft_share = replace(estimate(draft, ctx_size=ctx_size, parallel=parallel, flash_attn=flash_attn,
+                                       gpu_layers=0 if backend == "cpu" else draft_layers), runtime_ram=0)
+
     def planned(free_vram_bytes: int | None, layers: int | None, shrink: bool = False,
                 memory: str = "VRAM") -> FitPlan:
         return plan(info, free_vram_bytes, ctx_size=ctx_size, parallel=parallel, gpu_layers=layers,
                     shrink_ctx=shrink, flash_attn=flash_attn, cache_type_k=cache_type_k or "f16",
-                    cache_type_v=cache_type_v or "f16", free_ram_bytes=ram, memory=memory)
+                    cache_type_v=cache_type_v or "f16", free_ram_bytes=ram, memory=memory, draft=draft_share)
 
     if backend == "cpu":
         return planned(None, 0)

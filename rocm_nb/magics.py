@@ -2,7 +2,8 @@
 
 ``%load_ext rocm_nb`` registers:
 
-* ``%rocm_load MODEL [--ctx N] [--gpu-layers N|auto] [--name ALIAS] [--server PATH] [-- ARGS]``
+* ``%rocm_load MODEL [--ctx N] [--gpu-layers N|auto] [--name ALIAS] [--server PATH]
+  [--speculative off|ngram|DRAFT] [--draft-gpu-layers N] [-- ARGS]``
 * ``%%rocm_generate [options]`` — the cell is the prompt; ``{name}`` is filled
   from the user namespace (``{{`` and ``}}`` for literal braces)
 * ``%rocm_chat [ALIAS] [--system TEXT] [--temperature T] [--max-tokens N] [--seed N]``
@@ -41,6 +42,7 @@ from rocm_nb._magic_args import (
     StopArgs,
     options_from,
 )
+from rocm_nb._speculative import DEFAULT_SPECULATIVE
 from rocm_nb.catalog import DEFAULT_MODEL
 from rocm_nb.client import Client, connect
 from rocm_nb.completion import DEFAULT_MAX_TOKENS
@@ -238,6 +240,11 @@ class RocmMagics(Magics):
     @argument("--router", action="store_true",
               help="serve every GGUF in the folder given as the model, one child llama-server per model")
     @argument("--max-loaded", type=int, default=1, help="with --router: the most models loaded at once")
+    @argument("--speculative", default=DEFAULT_SPECULATIVE,
+              help=f"speculative decoding: off, ngram, or a draft model's .gguf path or catalogue name "
+                   f"(default {DEFAULT_SPECULATIVE}; output is the same, the speed differs)")
+    @argument("--draft-gpu-layers", type=int, default=None,
+              help="the draft model's layers on the GPU (default: all on a GPU, none on the CPU)")
     @line_magic
     def rocm_load(self, line: str) -> None:
         """Start (or reuse) a model and make it the current one.
@@ -279,6 +286,8 @@ class RocmMagics(Magics):
             server=args.server,
             extra_args=shlex.split(extra),
             rpc=args.rpc or (),
+            speculative=args.speculative,
+            draft_gpu_layers=args.draft_gpu_layers,
         )
 
     @magic_arguments()

@@ -42,6 +42,7 @@ from rocm_nb._generation import _GenerationAPI
 from rocm_nb._lease import ModelState, OwnServer, ServerLease
 from rocm_nb._options import DEFAULT_CTX_CAP, plan_server
 from rocm_nb._registry import ServerRegistry, default_registry
+from rocm_nb._speculative import DEFAULT_SPECULATIVE
 from rocm_nb._unified import UnifiedMemory
 from rocm_nb.binary import ServerBinary, find_server
 from rocm_nb.catalog import DEFAULT_MODEL, ModelInfo, read_info, resolve_model
@@ -118,6 +119,15 @@ class LocalModel(OwnServer, _GenerationAPI):
             RAM the GPU maps) beside the firmware's carve-out: ``"auto"``
             (default: yes where ROCm 6.4+ or Vulkan can use it), ``"on"`` or
             ``"off"``; ``model.fit.note`` says which memory was used and why.
+        speculative: speculative decoding: ``"off"`` (the default, chosen by
+            measurement: see the README), ``"ngram"`` (drafts from text the
+            conversation already holds; no second model), or a draft model's
+            ``.gguf`` path or catalogue name (a smaller model with the same
+            vocabulary). Output is the same either way (the server verifies
+            every draft); ``completion.timings.acceptance`` says how many
+            drafted tokens were kept.
+        draft_gpu_layers: the draft model's layers on the GPU (default: all on
+            a GPU backend, none on the CPU); its memory counts in :attr:`fit`.
         timeout: longest silence tolerated while reading a stream (s).
         start_timeout: how long loading may take (s).
         embedding, pooling, reranking: an embeddings-only server (``embedding=True``,
@@ -162,6 +172,8 @@ class LocalModel(OwnServer, _GenerationAPI):
         embedding: bool = False,
         pooling: str | None = None,
         reranking: bool = False,
+        speculative: str | os.PathLike[str] = DEFAULT_SPECULATIVE,
+        draft_gpu_layers: int | None = None,
     ) -> None:
         extra = check_extra_args(extra_args)  # before anything is resolved, downloaded or started
         if not is_loopback(host):
@@ -177,7 +189,8 @@ class LocalModel(OwnServer, _GenerationAPI):
         plan = plan_server(self.info, self.path, self.binary, self.hardware, ctx_size=ctx_size,
                            gpu_layers=gpu_layers, parallel=parallel, extra_args=extra, env=env, host=host,
                            rpc=rpc, hsa_override=hsa_override, flash_attn=flash_attn, cache_type=cache_type,
-                           cache_type_k=cache_type_k, cache_type_v=cache_type_v, unified_memory=unified_memory)
+                           cache_type_k=cache_type_k, cache_type_v=cache_type_v, unified_memory=unified_memory,
+                           speculative=speculative, draft_gpu_layers=draft_gpu_layers)
         self.fit: FitPlan = plan[0]
         """The memory estimate and the offload decision (``model.fit.note`` says it in one sentence)."""
         self.config: ServerConfig = server_mode(plan[1], embedding=embedding, pooling=pooling, reranking=reranking,

@@ -91,7 +91,8 @@ class ServerConfig:
     cache types ``cache_type_k``/``cache_type_v`` (``"f16"``, ``"q8_0"``…)
     become ``--flash-attn``, ``--cache-type-k`` and ``--cache-type-v``; left
     at ``None`` the flag is omitted and the server's default applies (flash
-    attention ``auto``, ``f16`` caches).
+    attention ``auto``, ``f16`` caches). ``speculative`` holds the
+    speculative decoding flags (see :mod:`rocm_nb._speculative`).
 
     The API key is not part of the command line (see :meth:`LlamaServer.start`).
     ``extra_args`` and ``env`` may not set the host, port or key (a
@@ -132,6 +133,8 @@ class ServerConfig:
     embedding: bool = False
     pooling: str | None = None
     reranking: bool = False
+    speculative: tuple[str, ...] = ()
+    """llama-server's speculative decoding flags (``--spec-type …``), from :mod:`rocm_nb._speculative`."""
     model_identity: tuple[int, int, int, int] | None = field(default=None, init=False)
     """The model file's :func:`file_identity`, read when the config is made (``None`` if no file is there):
     a file replaced at the same path makes another configuration, so it gets a server of its own instead
@@ -161,6 +164,7 @@ class ServerConfig:
             *(["--cache-type-k", self.cache_type_k] if self.cache_type_k else []),
             *(["--cache-type-v", self.cache_type_v] if self.cache_type_v else []),
             *self._embedding_args(),
+            *self.speculative,
             *self.extra_args,
         ]
 

@@ -11,6 +11,7 @@ import os
 import statistics
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -100,3 +101,31 @@ def gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+def raw_server(flags: Sequence[str], ctx: int = 4096) -> tuple[subprocess.Popen[bytes], str]:
+    """A raw llama-server for the default model with ``flags``, in a session of its own, once ``/health`` is 200.
+
+    Returns the process and its base URL; the caller terminates it.
+    """
+    from rocm_nb.binary import find_server
+    from rocm_nb.catalog import DEFAULT_MODEL, resolve_model
+    from rocm_nb.server import free_port
+
+    port = free_port()
+    argv = [str(find_server().path), "-m", str(resolve_model(DEFAULT_MODEL)), "--host", "127.0.0.1",
+            "--port", str(port), "-c", str(ctx), *flags]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"llama-server exited ({proc.returncode}) with flags {list(flags)}")
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"llama-server with flags {list(flags)} did not become ready within 120 s")

@@ -12,7 +12,9 @@ default's (lower is better; this is where ``--cache-reuse`` could help).
   (``common_cpu_get_num_math``), which is what rocm_nb would pass; the row
   says so when the two are the same number on this machine (then there is
   nothing to measure).
-* flash attention: ``auto`` (the default) against ``on`` and ``off``.
+* flash attention: ``auto`` (the default) against ``off``. ``auto`` resolves
+  per device by probing the op (``llama-context.cpp``); the CPU backend has
+  it, so on a CPU build ``auto`` *is* ``on`` and ``on`` is not measured apart.
 * ``--cache-reuse 256`` (reuse cached chunks of ≥ 256 tokens by shifting the
   KV cache) against 0 (off, the default).
 
@@ -20,10 +22,12 @@ The batch sizes (``--ubatch-size``, with a cancel during prefill) are
 measured by ``benchmarks/ubatch.py``. Run alone, writing nothing::
 
     BENCH_REPS=3 .venv/bin/python benchmarks/defaults.py
+    DEFAULTS_WORKLOADS=multi-turn BENCH_REPS=2 .venv/bin/python benchmarks/defaults.py  # the chat only
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import statistics
 import sys
@@ -39,10 +43,11 @@ from variants import Results, compare, table
 from workloads import WORKLOADS
 
 PHYSICAL = psutil.cpu_count(logical=False) or 1
-CHOSEN = [w for w in WORKLOADS if w.name.startswith(("free prose", "multi-turn"))]
+CHOSEN = [w for w in WORKLOADS if w.name.startswith(tuple(os.environ.get("DEFAULTS_WORKLOADS",
+                                                                         "free prose,multi-turn").split(",")))]
+"""Free prose and the multi-turn chat; ``DEFAULTS_WORKLOADS=multi-turn`` (name prefixes) picks others."""
 VARIANTS: dict[str, list[str]] = {
     "default": [],
-    "flash attention on": ["--flash-attn", "on"],
     "flash attention off": ["--flash-attn", "off"],
     "--cache-reuse 256": ["--cache-reuse", "256"],
 }

@@ -25,14 +25,10 @@ from __future__ import annotations
 
 import os
 import statistics
-import subprocess
 import time
 
 import httpx
-
-from rocm_nb.binary import find_server
-from rocm_nb.catalog import DEFAULT_MODEL, resolve_model
-from rocm_nb.server import free_port
+from common import raw_server
 
 REPS = int(os.environ.get("UBATCH_REPS", "7"))
 CONFIGS = [(2048, 512), (2048, 128), (512, 512), (256, 256), (128, 128)]
@@ -40,26 +36,6 @@ CONFIGS = [(2048, 512), (2048, 128), (512, 512), (256, 256), (128, 128)]
 CANCEL_AT = 0.3
 PROMPT_TOKENS = 1500
 SENTENCE = "The lighthouse keeper wrote the weather, the ships and the tides into his logbook every hour. "
-
-
-def start(binary: str, model: str, batch: int, ubatch: int) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, "-m", model, "--host", "127.0.0.1", "--port", str(port), "-c", "4096", "--parallel", "1",
-         "--metrics", "-b", str(batch), "-ub", str(ubatch)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError(f"llama-server -b {batch} -ub {ubatch} did not start")
 
 
 def long_prompt(url: str) -> str:
@@ -99,9 +75,8 @@ def cancel(url: str, prompt: str, tag: str, expected_s: float) -> tuple[float, f
 
 
 def main() -> None:
-    binary = str(find_server().path)
-    model = str(resolve_model(DEFAULT_MODEL))
-    servers = {cfg: start(binary, model, *cfg) for cfg in CONFIGS}
+    servers = {cfg: raw_server(["--parallel", "1", "--metrics", "-b", str(cfg[0]), "-ub", str(cfg[1])])
+               for cfg in CONFIGS}
     try:
         prompt = long_prompt(servers[CONFIGS[0]][1])
         rates: dict[tuple[int, int], list[float]] = {cfg: [] for cfg in CONFIGS}

@@ -23,18 +23,13 @@ from __future__ import annotations
 
 import math
 import statistics
-import subprocess
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from common import raw_server
 from workloads import WORKLOADS, Workload
-
-from rocm_nb.binary import find_server
-from rocm_nb.catalog import DEFAULT_MODEL, resolve_model
-from rocm_nb.server import free_port
 
 GREEDY = {"temperature": 0.0, "seed": 42}
 
@@ -82,26 +77,6 @@ class Results:
         return accepted / drafted if drafted else None
 
 
-def start(flags: Sequence[str], ctx: int = 4096) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    argv = [str(find_server().path), "-m", str(resolve_model(DEFAULT_MODEL)), "--host", "127.0.0.1",
-            "--port", str(port), "-c", str(ctx), "--jinja", *flags]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError(f"llama-server exited ({proc.returncode}) with flags {list(flags)}")
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError(f"llama-server with flags {list(flags)} did not become ready")
-
-
 def run_session(client: httpx.Client, url: str, workload: Workload, **options: Any) -> Sample:
     """Every turn of ``workload``; each reply joins the conversation."""
     messages: list[dict[str, str]] = []
@@ -133,7 +108,7 @@ def compare(variants: Mapping[str, Sequence[str]], reps: int, workloads: Sequenc
     results = Results(names, {n: {w.name: [] for w in workloads} for n in names})
     with httpx.Client(timeout=600) as client:
         for rep in range(reps):
-            servers = {name: start(flags) for name, flags in variants.items()}
+            servers = {name: raw_server(["--jinja", *flags]) for name, flags in variants.items()}
             try:
                 for i, workload in enumerate(workloads):
                     shift = (rep + i) % len(names)

@@ -25,7 +25,7 @@ The default is :data:`DEFAULT_SPECULATIVE`; the README says why.
 
 Example:
     >>> speculation_flags("ngram", None, None)
-    ('--spec-type', 'ngram-mod')
+    ('--spec-type', 'ngram-simple')
     >>> speculation_flags("off", None, None)
     ()
 """
@@ -43,7 +43,7 @@ SPECULATIVE_MODES = ("off", "ngram")
 DEFAULT_SPECULATIVE = "off"
 """``LocalModel``'s default, chosen by measurement (``benchmarks/README.md``, "Speculative decoding")."""
 
-NGRAM_FLAGS: tuple[str, ...] = ("--spec-type", "ngram-mod")
+NGRAM_FLAGS: tuple[str, ...] = ("--spec-type", "ngram-simple")
 """What ``speculative="ngram"`` adds to llama-server's command line: the n-gram type that measured best."""
 
 

@@ -115,7 +115,7 @@ def compare(variants: Mapping[str, Sequence[str]], reps: int, workloads: Sequenc
                     for name in names[shift:] + names[:shift]:
                         sample = run_session(client, servers[name][1], workload, **options)
                         results.samples[name][workload.name].append(sample)
-                        print(f"    {rep + 1} {workload.name[:24]:24} {name:18} {sample.rate:6.1f} tok/s "
+                        print(f"    {rep + 1} {workload.name[:24]:24} {name:18} {sample.rate:7.2f} tok/s "
                               f"{sample.tokens:4} tokens, drafted {sample.drafted}, accepted {sample.accepted}",
                               flush=True)
             finally:

@@ -3,10 +3,13 @@
 llama-server can decode several tokens per step by *speculation*: something
 cheap drafts the next few tokens, and the model checks them all in one batch,
 keeping the longest prefix it agrees with and its own next token. Each kept
-token is the token the model itself would have chosen (greedy) or sampled
-(the server verifies drafts with the same sampler), so speculation changes
-the speed, never the output's distribution: greedy output is identical with
-and without it (``tests/test_speculative.py`` checks that for every mode).
+token is the token the model itself chose (greedy) or sampled (the server
+verifies drafts with the request's sampler), so speculation changes the
+speed, not the output's distribution. Greedy text is identical with and
+without it on ``tests/test_speculative.py``'s prompts for every mode; over
+long replies it can differ after a near-tie, because a batch of tokens is
+computed with slightly different rounding than one token at a time
+(``benchmarks/README.md`` counts how often).
 
 ``speculative=`` takes:
 

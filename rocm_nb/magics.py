@@ -242,7 +242,7 @@ class RocmMagics(Magics):
     @argument("--max-loaded", type=int, default=1, help="with --router: the most models loaded at once")
     @argument("--speculative", default=DEFAULT_SPECULATIVE,
               help=f"speculative decoding: off, ngram, or a draft model's .gguf path or catalogue name "
-                   f"(default {DEFAULT_SPECULATIVE}; output is the same, the speed differs)")
+                   f"(default {DEFAULT_SPECULATIVE}; the server verifies every draft)")
     @argument("--draft-gpu-layers", type=int, default=None,
               help="the draft model's layers on the GPU (default: all on a GPU, none on the CPU)")
     @line_magic

@@ -123,9 +123,10 @@ class LocalModel(OwnServer, _GenerationAPI):
             measurement: see the README), ``"ngram"`` (drafts from text the
             conversation already holds; no second model), or a draft model's
             ``.gguf`` path or catalogue name (a smaller model with the same
-            vocabulary). Output is the same either way (the server verifies
-            every draft); ``completion.timings.acceptance`` says how many
-            drafted tokens were kept.
+            vocabulary). The output distribution is the model's either way
+            (the server verifies every draft; see the README for greedy text
+            over long replies); ``completion.timings.acceptance`` says how
+            many drafted tokens were kept.
         draft_gpu_layers: the draft model's layers on the GPU (default: all on
             a GPU backend, none on the CPU); its memory counts in :attr:`fit`.
         timeout: longest silence tolerated while reading a stream (s).

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
 
 from rocm_nb._extras import needs_extra
 from rocm_nb.completion import Completion
@@ -30,7 +30,10 @@ from rocm_nb.stream import TokenStream
 with needs_extra("notebook"):
     from IPython.core.error import UsageError
 
-__all__ = ["FORMATS", "Format", "Reply", "formatted", "json_schema", "show"]
+if TYPE_CHECKING:
+    from rocm_nb.stream import Delta
+
+__all__ = ["FORMATS", "Format", "LiveView", "Reply", "formatted", "json_schema", "show"]
 
 Format = Literal["markdown", "text", "code", "json"]
 FORMATS: tuple[Format, ...] = get_args(Format)
@@ -69,8 +72,25 @@ PREFILL_FREE_NOTE = "■ stopped during the prompt; the server has finished read
 _WATCH_LIMIT_S = 600.0
 
 
+class LiveView(Protocol):
+    """What :func:`show` also feeds every update to: a :class:`~rocm_nb.reply_view.ReplyView`.
+
+    Example:
+        >>> def ended(view: LiveView) -> None:
+        ...     view.finish(None, footer="stopped")
+    """
+
+    def feed(self, delta: Delta) -> None:
+        """Take one update of the stream (answer, reasoning, tokens, progress)."""
+        ...
+
+    def finish(self, completion: Completion | None = None, *, footer: str = "", markdown: bool = True) -> None:
+        """The stream ended (``completion`` ``None``: it was stopped)."""
+        ...
+
+
 def show(stream: TokenStream, fmt: Format, *, live: bool = True, publish: Publisher | None = None,
-         busy: Callable[[], bool] | None = None) -> Completion:
+         busy: Callable[[], bool] | None = None, view: LiveView | None = None) -> Completion:
     """Stream the reply into one output (or show it once, at the end); return the finished completion.
 
     ``markdown`` and ``code`` end as Markdown, ``text`` and ``json`` as plain
@@ -81,17 +101,32 @@ def show(stream: TokenStream, fmt: Format, *, live: bool = True, publish: Publis
     frees the kernel at once but shows "■ cancelling…" until ``busy()`` says
     the server is free, watched from a daemon thread.
 
+    Reasoning shows in a Thinking block and a long prompt's prefill as a
+    progress bar (:class:`~rocm_nb.display.StreamDisplay`). A ``view`` (``--probs``)
+    is also fed every :class:`~rocm_nb.stream.Delta` and finished with the
+    reply, the statistics line as its footer.
+
     Example:
         >>> completion = show(model.stream("Hi"), "markdown")  # doctest: +SKIP
     """
     shown = StreamDisplay(publish, live=live)
     try:
         with stream:
-            for piece in stream:
-                shown.append(piece)
+            for delta in stream.deltas():
+                if delta.text:
+                    shown.append(delta.text)
+                if delta.reasoning:
+                    shown.think(delta.reasoning)
+                if delta.progress is not None:
+                    shown.prefill(delta.progress)
+                if view is not None:
+                    view.feed(delta)
     except BaseException as exc:
         during_prefill = isinstance(exc, KeyboardInterrupt) and not shown.text and busy is not None
-        shown.finish(PREFILL_CANCEL_NOTE if during_prefill else f"■ stopped after {len(shown.text)} characters")
+        note = PREFILL_CANCEL_NOTE if during_prefill else f"■ stopped after {len(shown.text)} characters"
+        shown.finish(note)
+        if view is not None:
+            view.finish(None, footer=note)
         if during_prefill and busy is not None:
             watch_until_free(shown, busy)
         if isinstance(exc, KeyboardInterrupt):
@@ -100,6 +135,8 @@ def show(stream: TokenStream, fmt: Format, *, live: bool = True, publish: Publis
     completion = stream.completion
     assert completion is not None  # set once the stream has ended
     shown.finish(completion.stats(), markdown=fmt in ("markdown", "code"))
+    if view is not None:
+        view.finish(completion, footer=completion.stats())
     return completion
 
 

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 
     from rocm_nb.client import Client
     from rocm_nb.tools import ToolRun
+    from rocm_nb.explore import NextTokenExplorer
+    from rocm_nb.playground import SamplerPlayground
+    from rocm_nb.token_view import TokenView
 
 __all__ = ["parse_metrics"]
 
@@ -349,6 +352,43 @@ class _GenerationAPI:
         from rocm_nb import tools as tool_calls
 
         return tool_calls.run_tools(self, messages, tools, max_steps=max_steps, **options)
+
+    # -- teaching widgets (rocm_nb.explore, rocm_nb.playground, rocm_nb.token_view) --------------
+
+    def explore(self, prompt: str, **kw: Any) -> NextTokenExplorer:
+        """The next-token explorer on ``prompt``: top-K next tokens as bars, click one to extend the text.
+
+        Keywords: ``k``, ``temperature``, ``chat`` (:class:`~rocm_nb.explore.NextTokenExplorer`).
+
+        Example:
+            >>> model.explore("The capital of France is", k=5)  # doctest: +SKIP
+        """
+        from rocm_nb.explore import NextTokenExplorer
+
+        return NextTokenExplorer(self, prompt, **kw)
+
+    def playground(self, prompt: str, **kw: Any) -> SamplerPlayground:
+        """The sampler playground on ``prompt``: top-k, top-p, min-p and temperature on the real distribution.
+
+        Keywords: ``k``, ``n``, ``max_tokens``, ``chat`` and the sliders' starting values
+        (:class:`~rocm_nb.playground.SamplerPlayground`).
+
+        Example:
+            >>> model.playground("My favourite colour is", top_k=5)  # doctest: +SKIP
+        """
+        from rocm_nb.playground import SamplerPlayground
+
+        return SamplerPlayground(self, prompt, **kw)
+
+    def token_view(self, text_or_messages: str | Sequence[Message]) -> TokenView:
+        """Token pills with ids for a text, or chat messages as the chat template renders them.
+
+        Example:
+            >>> model.token_view([{"role": "user", "content": "Hi"}])  # doctest: +SKIP
+        """
+        from rocm_nb.token_view import TokenView
+
+        return TokenView(self, text_or_messages)
 
     # -- server utilities -------------------------------------------------------------------
 

@@ -67,10 +67,16 @@ class GenerateArgs(SamplingArgs):
     no_stream: bool = False
     json_schema: str | None = None
     format: Format = FORMATS[0]
+    probs: int | None = None
+    """``--probs [K]``: shade each token by its probability, with its top-K alternatives (default 5)."""
 
     def __post_init__(self) -> None:
         if self.raw and self.system:
             raise UsageError("--system needs chat mode; drop --raw")
+        if self.probs is not None and not 1 <= self.probs <= 20:
+            raise UsageError(f"--probs takes 1 to 20 alternatives per token, got {self.probs}")
+        if self.probs is not None and self.format in ("json", "code"):
+            raise UsageError(f"--probs shows the reply's tokens; it does not go with --format {self.format}")
         if self.out is not None:
             _check_variable_name(self.out)
 

@@ -10,6 +10,13 @@ footer, by rocm_nb itself and never by the front end: raw HTML is shown as
 text and images as ``[image: alt](url)``, so the model's output cannot make
 the browser fetch anything (:mod:`rocm_nb._markdown`).
 
+A model that thinks first (``Completion.reasoning``) gets a "Thinking" block
+above the answer, with its token count and time: open while the model
+thinks, folded (an HTML ``<details>``) once the reply is complete. A long
+prompt shows a progress bar while the server reads it (``return_progress``);
+it goes when the first token comes. Both go through :meth:`StreamDisplay.think`
+and :meth:`StreamDisplay.prefill`, at the same capped rate as the text.
+
 One display id and plain mime bundles work in JupyterLab, Notebook 7, VS Code
 and Colab alike, without a widget manager.
 
@@ -27,11 +34,14 @@ from __future__ import annotations
 import html
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rocm_nb._markdown import render
 from rocm_nb._units import human_bytes
 from rocm_nb.status import ServerStatus
+
+if TYPE_CHECKING:
+    from rocm_nb.stream import Progress
 
 __all__ = ["StreamDisplay", "ipython_publisher"]
 
@@ -90,6 +100,9 @@ class StreamDisplay:
         self._clock = clock
         self._live = live
         self._pieces: list[str] = []
+        self._reasoning: list[str] = []
+        self._thought: list[float] = []  # when the thinking started and, once the answer began, ended
+        self._progress: Progress | None = None
         self._last: float | None = None
         self.updates = 0
         """How many bundles were published (for tests and benchmarks)."""
@@ -108,12 +121,56 @@ class StreamDisplay:
     def append(self, piece: str) -> None:
         """Add a piece; publish if the last update is older than 1/rate s."""
         self._pieces.append(piece)
+        if len(self._thought) == 1:
+            self._thought.append(self._clock())
+        self._maybe_send()
+
+    def think(self, piece: str) -> None:
+        """Add a piece of the model's reasoning (shown in the Thinking block)."""
+        if not self._thought:
+            self._thought.append(self._clock())
+        self._reasoning.append(piece)
+        self._maybe_send()
+
+    def prefill(self, progress: Progress) -> None:
+        """Show how far the server has read the prompt (until the first token)."""
+        self._progress = progress
+        self._maybe_send()
+
+    def _maybe_send(self) -> None:
         if not self._live:
             return
         now = self._clock()
         if self._last is None or now - self._last >= self._interval:
             self._last = now
-            self._send({"text/plain": self.text + "▌"})
+            self._send(self._live_bundle())
+
+    def _thinking(self, *, done: bool) -> tuple[str, str]:
+        """The Thinking block's title and its HTML (both '' when the model did not think)."""
+        if not self._reasoning:
+            return "", ""
+        ended = self._thought[1] if len(self._thought) > 1 else self._clock()
+        title = (f"{'Thought' if done else 'Thinking…'} · {len(self._reasoning)} tokens"
+                 f" · {ended - self._thought[0]:.1f} s")
+        body = html.escape("".join(self._reasoning))
+        block = (f'<details class="rocm-nb-thinking"{"" if done else " open"}><summary>{html.escape(title)}'
+                 f'</summary><div style="white-space:pre-wrap;color:#555">{body}</div></details>')
+        return title, block
+
+    def _live_bundle(self) -> Bundle:
+        text = self.text + "▌"
+        title, block = self._thinking(done=False)
+        p = self._progress
+        reading = "" if p is None or self._pieces or not p.total or p.processed >= p.total else (
+            f"reading the prompt: {p.processed} / {p.total} tokens ({100 * p.processed / p.total:.0f} %)")
+        if not title and not reading:
+            return {"text/plain": text}
+        plain = "\n\n".join(x for x in (f"[{title}]" if title else "", "".join(self._reasoning), reading, text) if x)
+        bar = "" if not reading else (
+            f'<div>{html.escape(reading)} <progress max="{p.total}" value="{p.processed}"></progress></div>'
+            if p is not None else "")
+        return {"text/plain": plain,
+                "text/html": f'{block}{bar}<div style="white-space:pre-wrap">{html.escape(text)}</div>'}
 
     def finish(self, footer: str = "", *, markdown: bool = True) -> None:
         """Show the whole text, rendered from Markdown unless ``markdown=False``, with a footer line.
@@ -122,9 +179,12 @@ class StreamDisplay:
         no raw HTML, no image loaded), never sent as ``text/markdown``.
         """
         text = self.text
-        bundle: Bundle = {"text/plain": f"{text}\n\n{footer}" if footer else text}
-        if markdown:
-            bundle["text/html"] = render(text) + (f"<p><sub>{html.escape(footer)}</sub></p>" if footer else "")
+        title, block = self._thinking(done=True)
+        plain = f"{text}\n\n{footer}" if footer else text
+        bundle: Bundle = {"text/plain": f"[{title}]\n{''.join(self._reasoning)}\n\n{plain}" if title else plain}
+        body = render(text) if markdown else f'<div style="white-space:pre-wrap">{html.escape(text)}</div>'
+        if markdown or title:
+            bundle["text/html"] = block + body + (f"<p><sub>{html.escape(footer)}</sub></p>" if footer else "")
         self._send(bundle)
 
 

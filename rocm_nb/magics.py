@@ -302,6 +302,9 @@ class RocmMagics(Magics):
     @argument("--out", default=None, help="store the Completion (with --format json: the data) in this variable")
     @argument("--no-stream", action="store_true", help="show the result only when complete")
     @argument("--json-schema", default=None, help="name of a variable holding a JSON schema the output must match")
+    @argument("--probs", type=int, nargs="?", const=5, default=None, metavar="K",
+              help="shade each token by its probability; hover or Tab shows its top K alternatives (default 5), "
+                   "with a before/after sampling toggle")
     @argument("--format", choices=FORMATS, default=FORMATS[0],
               help="markdown (default) or text: how the reply is shown; code: its code goes into a new cell "
                    "below, not run; json: parsed (and checked against --json-schema) and returned")
@@ -316,6 +319,12 @@ class RocmMagics(Magics):
         ``--out``); a reply that is not valid JSON or breaks the schema raises
         ``GenerationError`` naming the problem, with the raw reply in ``.body``.
         Otherwise ``--out`` stores the ``Completion``.
+
+        Reasoning shows in a collapsible "Thinking" block above the reply, and a
+        long prompt shows a progress bar while the server reads it.
+        ``--probs [K]`` shows the reply as tokens shaded by probability, their
+        alternatives on hover or Tab, a before/after sampling toggle and a
+        context meter (:class:`~rocm_nb.reply_view.ReplyView`).
         """
         args = parse_args("rocm_generate", line, GenerateArgs)
         if not cell.strip():
@@ -325,9 +334,19 @@ class RocmMagics(Magics):
         schema = json_schema(args.format, args.json_schema, user_ns)
         options = options_from(args) | ({"json_schema": schema} if schema is not None else {})
         model = self._model(args.model)
-        stream = model.stream(prompt, **options) if args.raw else model.chat_stream(args.messages(prompt), **options)
+        messages = args.messages(prompt)
+        view, publish = None, None
+        if args.probs is not None:
+            from rocm_nb.reply_view import live_view  # anywidget loads with the first --probs, not with the magics
+
+            view, publish, options = live_view(
+                (lambda o: model.astream(prompt, **o)) if args.raw else (lambda o: model.achat_stream(messages, **o)),
+                options, probs=args.probs)
+            display(view)
+        stream = model.stream(prompt, **options) if args.raw else model.chat_stream(messages, **options)
         try:
-            completion = show(stream, args.format, live=not args.no_stream, busy=lambda: _busy(model))
+            completion = show(stream, args.format, live=not args.no_stream, busy=lambda: _busy(model),
+                              publish=publish, view=view)
         except ServerCrashed as exc:  # its notes say model.start(); in a notebook with magics this is the step
             exc.add_note("With the magics: run %rocm_load again (the same line) to start a fresh server.")
             raise

@@ -1,7 +1,16 @@
 """``ChatPanel``: a chat with the model in an ipywidgets panel.
 
 History as Markdown bubbles, a text box (Enter or Send), Stop, Clear, a
-system prompt, temperature and max-tokens controls, and per-reply statistics.
+system prompt, temperature and max-tokens controls, and per-reply statistics
+with a context meter (tokens in the slot against its context).
+
+A reply's reasoning shows live in a collapsible "Thinking" block above its
+bubble, and a long prompt shows a progress bar while the server reads it
+(a :class:`~rocm_nb.reply_view.ReplyView`, added only when there is
+something to show). With ``show_probs=True`` each reply is a ``ReplyView``
+instead of a bubble: tokens shaded by probability, their alternatives on
+hover or keyboard focus, and a before/after sampling toggle (each reply is
+sent with its own seed, so that the toggle can ask for it again).
 
 Replies are generated in an asyncio task on the kernel's own event loop with
 the async client, so the kernel stays free to handle clicks: Stop cancels the
@@ -30,19 +39,22 @@ import asyncio
 import html
 import json
 from collections.abc import Sequence
-from typing import Any, Unpack
+from typing import TYPE_CHECKING, Any, Unpack
 
 from rocm_nb import _markdown
 from rocm_nb._extras import needs_extra
 from rocm_nb.completion import DEFAULT_MAX_TOKENS, Completion, Options, check_options
-from rocm_nb.display import Bundle, StreamDisplay
+from rocm_nb.display import Bundle, Publisher, StreamDisplay
 from rocm_nb.stream import ChatSource
 from rocm_nb.tools import ToolCall, ToolRun
 
 with needs_extra("notebook"):
     import ipywidgets as widgets
 
-__all__ = ["ChatPanel", "render_markdown", "run_bubbles", "tool_bubbles"]
+if TYPE_CHECKING:
+    from rocm_nb.completion import ContextUse
+
+__all__ = ["ChatPanel", "context_meter_html", "render_markdown", "run_bubbles", "tool_bubbles"]
 
 _BUBBLE = {
     "user": "background:#e8f0fe;margin:4px 0 4px 15%;",
@@ -74,6 +86,26 @@ def _plain_html(text: str) -> str:
     return f'<div style="white-space:pre-wrap">{html.escape(text)}</div>'
 
 
+def context_meter_html(context: ContextUse | None) -> str:
+    """A small bar of the slot's context in use, for the statistics line ('' when unknown).
+
+    Example:
+        >>> from rocm_nb.completion import ContextUse
+        >>> "25 %" in context_meter_html(ContextUse(used=1024, n_ctx=4096))
+        True
+    """
+    if context is None or not context.n_ctx:
+        return ""
+    share = min(1.0, context.used / context.n_ctx)
+    colour = "#d9381e" if share >= 0.9 else "#1a73e8"
+    return (f'<span class="rocm-nb-context" title="tokens in this chat\'s slot against its context" '
+            f'style="display:inline-flex;align-items:center;gap:6px;margin-left:8px">context '
+            f'<span style="display:inline-block;width:120px;height:8px;background:#eee;border-radius:4px">'
+            f'<span style="display:block;height:100%;width:{100 * share:.1f}%;background:{colour};'
+            f'border-radius:4px"></span></span>{context.used} / {context.n_ctx} tokens '
+            f'({100 * share:.0f} %)</span>')
+
+
 class ChatPanel:
     """An ipywidgets chat with a model; display it as the last line of a cell.
 
@@ -82,6 +114,9 @@ class ChatPanel:
             :class:`~rocm_nb.model.LocalModel`, a :class:`~rocm_nb.client.Client`
             or anything else with ``achat_stream`` (a :class:`~rocm_nb.stream.ChatSource`).
         system: the system prompt (editable in the panel).
+        show_probs: show each reply as tokens shaded by probability, with
+            their top alternatives (``top_logprobs``, default 5) and a
+            before/after sampling toggle.
         **options: sampling options for every reply
             (``temperature`` and ``max_tokens`` get controls in the panel).
 
@@ -92,8 +127,10 @@ class ChatPanel:
         'assistant'
     """
 
-    def __init__(self, source: ChatSource, *, system: str = "", **options: Unpack[Options]) -> None:
+    def __init__(self, source: ChatSource, *, system: str = "", show_probs: bool = False,
+                 **options: Unpack[Options]) -> None:
         self._source = source
+        self.show_probs = show_probs
         self._options: Options = check_options(options)  # type: ignore[assignment]  # bad ones raise here
         self._messages: list[dict[str, str]] = []
         self._task: asyncio.Task[None] | None = None
@@ -193,35 +230,56 @@ class ChatPanel:
         self.stats.value = ""
 
     async def _reply(self) -> None:
-        bubble = widgets.HTML(_bubble_html("assistant", _plain_html("▌")))
-        self.transcript.children = (*self.transcript.children, bubble)
+        from rocm_nb.reply_view import ReplyView, live_view
 
-        def publish(bundle: Bundle, update: bool) -> None:
+        options: Options = {**self._options, "temperature": self.temperature.value,
+                            "max_tokens": self.max_tokens.value}
+        messages = self.export()
+        bubble = widgets.HTML(_bubble_html("assistant", _plain_html("▌")))
+        view: ReplyView | None = None
+        publish: Publisher | None = None
+        if self.show_probs:
+            view, publish, options = live_view(lambda o: self._source.achat_stream(messages, **o), options,
+                                               probs=self._options.get("top_logprobs", 5))
+        self.transcript.children = (*self.transcript.children, view or bubble)
+
+        def show_bubble(bundle: Bundle, update: bool) -> None:
             rendered = bundle.get("text/html") or _plain_html(bundle["text/plain"])  # HTML: rendered safely
             bubble.value = _bubble_html("assistant", rendered)
 
-        shown = StreamDisplay(publish)
-        options: Options = {**self._options, "temperature": self.temperature.value,
-                            "max_tokens": self.max_tokens.value}
+        shown = StreamDisplay(publish or show_bubble)
         try:
-            stream = self._source.achat_stream(self.export(), **options)
+            stream = self._source.achat_stream(messages, **options)
             async with stream:
-                async for piece in stream:
-                    shown.append(piece)
+                async for delta in stream.deltas():
+                    if delta.text:
+                        shown.append(delta.text)
+                    if view is None and (delta.reasoning or delta.progress is not None):
+                        view = ReplyView(show_answer=False)  # thinking or a long prompt: a view above the bubble
+                        self.transcript.children = (*self.transcript.children[:-1], view, bubble)
+                    if view is not None:
+                        view.feed(delta)
             assert stream.completion is not None
             self.last = stream.completion
             shown.finish()
+            if view is not None:
+                view.finish(stream.completion, footer=stream.completion.stats() if self.show_probs else "")
             self._messages.append({"role": "assistant", "content": shown.text})
             self._add_bubbles(tool_bubbles(stream.completion.tool_calls))
-            self.stats.value = html.escape(self._stats(stream.completion))
+            self.stats.value = html.escape(self._stats(stream.completion)) + context_meter_html(
+                getattr(stream.completion, "context", None))
         except asyncio.CancelledError:
             shown.finish()
+            if view is not None:
+                view.finish(None, footer="■ stopped" if self.show_probs else "")
             if shown.text:
                 self._messages.append({"role": "assistant", "content": shown.text})
             self.stats.value = f"■ stopped after {len(shown.text)} characters"
         except Exception as exc:  # a task has no caller to raise to: the error shows in the panel
             said = "\n".join([f"{type(exc).__name__}: {exc}", *getattr(exc, "__notes__", ())])
             bubble.value = _bubble_html("error", _plain_html(f"{shown.text}\n\n⚠ {said}"))
+            if self.show_probs:
+                self.transcript.children = (*self.transcript.children, bubble)
             self.stats.value = f"<b>error:</b> {html.escape(type(exc).__name__)}"
         finally:
             self.send_button.disabled, self.stop_button.disabled = False, True

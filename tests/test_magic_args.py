@@ -15,6 +15,7 @@ from rocm_nb._format import FORMATS, formatted, json_schema, show
 from rocm_nb._magic_args import ChatArgs, GenerateArgs, LoadArgs, ModelsArgs, SamplingArgs, StopArgs, options_from
 from rocm_nb.completion import DEFAULT_MAX_TOKENS
 from rocm_nb.magics import RocmMagics, parse_args
+from rocm_nb.stream import Delta
 
 pytestmark = pytest.mark.unit
 
@@ -122,8 +123,9 @@ class FakeStream:
     def __exit__(self, *exc: object) -> None:
         self.closed = True
 
-    def __iter__(self) -> Any:
-        yield from self.pieces
+    def deltas(self) -> Any:
+        for piece in self.pieces:
+            yield Delta(text=piece)
         if self.fail is not None:
             raise self.fail
         self.completion = Completion("".join(self.pieces), "stop", None, ttft_s=0.01, elapsed_s=0.1)

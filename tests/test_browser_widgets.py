@@ -1,0 +1,215 @@
+"""The teaching widgets as a user sees them: Notebook 7 in headless Chromium, driven by Playwright.
+
+Reuses ``tests/test_browser.py``'s harness (isolated Jupyter directories, a
+random token, Debian's Chromium, the process tree stopped at the end) with
+Notebook 7 instead of JupyterLab, so both front ends are covered. Checks:
+
+* ``%%rocm_generate --probs``: tokens are shaded; hovering one, and focusing
+  one with the keyboard, shows its alternatives with percentages; "after
+  sampling" asks again and redraws;
+* the next-token explorer: a click on a candidate extends the text, Back
+  undoes it, the temperature slider redraws the bars;
+* the sampler playground: top-k 2 leaves at most two bars, Sample lists
+  continuations;
+* the token view: special tokens highlighted, segments with token counts.
+
+Screenshots go to ``test-artifacts/browser/`` (``widgets-*.png``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Locator, Page, expect, sync_playwright
+
+from tests.test_browser import (
+    ARTIFACTS,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    WAIT_MS,
+    Lab,
+    _free_port,
+    _get,
+    _isolated_env,
+    _stop_tree,
+    cell,
+    run,
+    shoot,
+)
+
+NOTEBOOK = "widgets.ipynb"
+LOAD, PROBS, EXPLORE, PLAYGROUND, TOKENS = range(5)
+CELLS = [
+    "%load_ext rocm_nb\n%rocm_load smollm2-135m --ctx 4096\n"
+    "from rocm_nb import LocalModel\nmodel = LocalModel('smollm2-135m', ctx_size=4096)  # the same server",
+    "%%rocm_generate --probs 5 --max-tokens 16 --temperature 0.9 --seed 3\nName three colours.",
+    "model.explore('The capital of France is', k=6)",
+    "model.playground('My favourite colour is', k=8, n=3, max_tokens=6, top_k=40)",
+    "model.token_view([{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': 'Hi!'}])",
+]
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
+
+
+def _write_notebook(path: Path) -> None:
+    cells = [{"cell_type": "code", "execution_count": None, "id": f"cell-{i}", "metadata": {}, "outputs": [],
+              "source": source} for i, source in enumerate(CELLS)]
+    kernelspec = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+    path.write_text(json.dumps({"cells": cells, "metadata": {"kernelspec": kernelspec}, "nbformat": 4,
+                                "nbformat_minor": 5}, indent=1))
+
+
+@pytest.fixture(scope="module")
+def notebook7(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """A Notebook 7 server of the test's own, serving a temporary root that holds ``widgets.ipynb``."""
+    base = tmp_path_factory.mktemp("nb7")
+    root = base / "root"
+    root.mkdir()
+    _write_notebook(root / NOTEBOOK)
+    port, token = _free_port(), secrets.token_hex(16)
+    url = f"http://127.0.0.1:{port}"
+    log_path = base / "notebook.log"
+    argv = [sys.executable, "-m", "notebook", "--no-browser", "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={root}", "--ServerApp.allow_root=True", "--ServerApp.terminals_enabled=False"]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(argv, env=_isolated_env(base), cwd=root, stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT)
+    server = Lab(url, token, log_path)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"Notebook 7 exited with {proc.returncode}:\n{server.log_tail()}")
+            with contextlib.suppress(OSError):
+                if _get(f"{url}/api/status", token) == 200:
+                    break
+            if time.monotonic() > deadline:
+                pytest.fail(f"Notebook 7 did not answer within 60 s:\n{server.log_tail()}")
+            time.sleep(0.2)
+        yield server
+    finally:
+        _stop_tree(proc, url, token)
+
+
+@pytest.fixture(scope="module")
+def page(notebook7: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
+    """``widgets.ipynb`` open in Notebook 7, its model loaded."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 1000},
+        )
+        try:
+            page = context.pages[0] if context.pages else context.new_page()
+            page.set_default_timeout(WAIT_MS)
+            expect.set_options(timeout=WAIT_MS)
+            page.goto(f"{notebook7.url}/notebooks/{NOTEBOOK}?token={notebook7.token}")
+            expect(cell(page, TOKENS)).to_be_visible()
+            expect(page.locator(".jp-Notebook-ExecutionIndicator")).to_have_attribute("data-status", "idle")
+            run(page, LOAD, idempotent=True)
+            expect(cell(page, LOAD).locator(".jp-OutputArea")).to_contain_text("✓ smollm2-135m")
+            yield page
+        except BaseException:
+            with contextlib.suppress(Exception):
+                shoot(context.pages[0], "widgets-failure-setup.png")
+            print(f"Notebook 7 log:\n{notebook7.log_tail()}")
+            raise
+        finally:
+            context.close()
+
+
+@pytest.fixture(autouse=True)
+def screenshot_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    failed = request.session.testsfailed
+    yield
+    if request.session.testsfailed > failed and "page" in request.fixturenames:
+        with contextlib.suppress(Exception):
+            shoot(request.getfixturevalue("page"), f"widgets-failure-{request.node.name}.png")
+
+
+def widget(page: Page, index: int, cls: str) -> Locator:
+    target = run(page, index)
+    found = target.locator(f".{cls}")
+    expect(found).to_be_visible()
+    return found
+
+
+def test_probs_shade_tokens_and_show_alternatives_on_hover_and_focus(page: Page) -> None:
+    reply = widget(page, PROBS, "rocm-nb-reply")
+    expect(reply).to_have_attribute("data-streaming", "false")
+    tokens = reply.locator(".rocm-nb-answer .rocm-nb-tok")
+    expect(tokens.first).to_be_visible()
+    assert tokens.count() >= 2
+    assert tokens.first.evaluate("e => getComputedStyle(e).backgroundColor") not in ("", "rgba(0, 0, 0, 0)")
+    tokens.nth(1).hover()
+    tip = tokens.nth(1).locator(".rocm-nb-tip")
+    expect(tip).to_be_visible()
+    expect(tip).to_contain_text("%")
+    assert tip.locator(".rocm-nb-tip-row").count() >= 2, "the chosen token and its alternatives"
+    shoot(page, "widgets-01-probs-hover.png")
+
+    page.mouse.move(0, 0)
+    expect(tip).to_be_hidden()
+    tokens.first.focus()  # what Tab does: the tooltip follows keyboard focus too
+    expect(tokens.first.locator(".rocm-nb-tip")).to_be_visible()
+    assert "alternatives:" in (tokens.first.get_attribute("aria-label") or "")
+
+    reply.get_by_role("button", name="after sampling").click()
+    expect(reply).to_have_attribute("data-mode", "post")
+    expect(reply.locator(".rocm-nb-toggle")).to_contain_text("what top-k, top-p, min-p and temperature left")
+    expect(reply.locator(".rocm-nb-answer .rocm-nb-tok").first).to_be_visible()
+    shoot(page, "widgets-02-probs-after-sampling.png")
+    reply.get_by_role("button", name="before sampling").click()
+    expect(reply).to_have_attribute("data-mode", "raw")
+
+
+def test_a_click_in_the_explorer_extends_the_text_and_back_undoes_it(page: Page) -> None:
+    explorer = widget(page, EXPLORE, "rocm-nb-explore")
+    picks = explorer.locator(".rocm-nb-pick")
+    expect(picks).to_have_count(6)
+    chosen = picks.first.inner_text()
+    picks.first.click()
+    expect(explorer).to_have_attribute("data-steps", "1")
+    expect(explorer.locator(".rocm-nb-added")).to_have_count(1)
+    expect(explorer).to_have_attribute("data-busy", "false")
+    added = explorer.locator(".rocm-nb-added").first.inner_text()
+    assert added.strip() == chosen.replace("↵", "").strip()
+    shoot(page, "widgets-03-explorer.png")
+
+    widths = explorer.locator(".rocm-nb-bar-fill").evaluate_all("els => els.map(e => e.style.width)")
+    explorer.get_by_label("temperature").fill("0")
+    expect(explorer.locator(".rocm-nb-bar-fill").first).to_have_attribute("style", "width: 100.0%;")
+    assert explorer.locator(".rocm-nb-bar-fill").evaluate_all("els => els.map(e => e.style.width)") != widths
+
+    explorer.get_by_role("button", name="◀ Back").click()
+    expect(explorer).to_have_attribute("data-steps", "0")
+    expect(explorer.locator(".rocm-nb-added")).to_have_count(0)
+
+
+def test_the_playground_redraws_and_samples(page: Page) -> None:
+    playground = widget(page, PLAYGROUND, "rocm-nb-playground")
+    expect(playground).to_have_attribute("data-busy", "false")
+    playground.get_by_label("top_k").fill("2")  # fires input and change: one request
+    expect(playground.locator(".rocm-nb-bar-fill:not([style='width: 0.0%;'])")).to_have_count(2)
+    playground.get_by_role("button", name="Sample 3 continuations").click()
+    expect(playground.locator(".rocm-nb-samples li")).to_have_count(3)
+    shoot(page, "widgets-04-playground.png")
+
+
+def test_the_token_view_highlights_special_tokens_and_counts_segments(page: Page) -> None:
+    view = widget(page, TOKENS, "rocm-nb-tokenview")
+    expect(view.locator(".rocm-nb-segment")).to_have_count(3)
+    expect(view.locator(".rocm-nb-segment-head").first).to_contain_text("system · ")
+    expect(view.locator(".rocm-nb-pill.rocm-nb-special").first).to_contain_text("<|im_start|>")
+    shoot(page, "widgets-05-token-view.png")

@@ -41,7 +41,7 @@ from rocm_nb._units import human_bytes
 from rocm_nb.status import ServerStatus
 
 if TYPE_CHECKING:
-    from rocm_nb.stream import Progress
+    from rocm_nb.logprobs import Progress
 
 __all__ = ["StreamDisplay", "ipython_publisher"]
 

@@ -50,7 +50,7 @@ def with_temperature(candidates: list[tuple[str, float]], temperature: float) ->
     """Probabilities of ``candidates`` (``(text, probability)``) at ``temperature``, normalised over them.
 
     Example:
-        >>> with_temperature([("a", 0.6), ("b", 0.2)], 1.0)
+        >>> [round(p, 3) for p in with_temperature([("a", 0.6), ("b", 0.2)], 1.0)]
         [0.75, 0.25]
         >>> with_temperature([("a", 0.6), ("b", 0.2)], 0.0)
         [1.0, 0.0]
@@ -67,7 +67,7 @@ def with_temperature(candidates: list[tuple[str, float]], temperature: float) ->
     return [w / total for w in weights]
 
 
-class NextTokenExplorer(anywidget.AnyWidget):  # type: ignore[misc]
+class NextTokenExplorer(anywidget.AnyWidget):
     """Top-``k`` next tokens of a text as bars; pick one to extend the text (see the module docstring).
 
     Args:
@@ -90,7 +90,7 @@ class NextTokenExplorer(anywidget.AnyWidget):  # type: ignore[misc]
     """The text the exploration started from (after the chat template, if any)."""
     added = traitlets.List(traitlets.Unicode()).tag(sync=True)
     """The tokens appended so far, in order."""
-    options = traitlets.List().tag(sync=True)
+    options = traitlets.List(traitlets.List()).tag(sync=True)
     """The candidates at the current position: ``[text, probability]`` pairs, most likely first."""
     temperature = traitlets.Float(1.0).tag(sync=True)
     busy = traitlets.Bool(False).tag(sync=True)

@@ -15,6 +15,8 @@ continuations therefore go through :meth:`~rocm_nb.LocalModel.map`, which
 spreads them over the same slots ``n_cmpl`` would use.
 
 Example:
+    >>> SAMPLERS
+    ('temperature', 'top_k', 'top_p', 'min_p')
     >>> playground = model.playground("My favourite colour is", n=4)  # doctest: +SKIP
     >>> playground.set(top_k=3).post  # doctest: +SKIP
     [(' blue', 0.61), (' red', 0.24), (' green', 0.15)]
@@ -44,7 +46,7 @@ SAMPLERS = ("temperature", "top_k", "top_p", "min_p")
 """The settings the sliders control (llama-server's names, also rocm_nb's options)."""
 
 
-class SamplerPlayground(anywidget.AnyWidget):  # type: ignore[misc]
+class SamplerPlayground(anywidget.AnyWidget):
     """The server's post-sampling distribution at one position under slider settings (see the module docstring).
 
     Args:
@@ -67,8 +69,8 @@ class SamplerPlayground(anywidget.AnyWidget):  # type: ignore[misc]
     prompt = traitlets.Unicode("").tag(sync=True)
     settings = traitlets.Dict().tag(sync=True)
     """``temperature``, ``top_k``, ``top_p``, ``min_p``: the sliders (the view writes them)."""
-    raw_options = traitlets.List().tag(sync=True)
-    post_options = traitlets.List().tag(sync=True)
+    raw_options = traitlets.List(traitlets.List()).tag(sync=True)
+    post_options = traitlets.List(traitlets.List()).tag(sync=True)
     samples = traitlets.List(traitlets.Unicode()).tag(sync=True)
     busy = traitlets.Bool(False).tag(sync=True)
     error = traitlets.Unicode("").tag(sync=True)

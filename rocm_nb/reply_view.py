@@ -65,7 +65,7 @@ PostSampling = Callable[[], Awaitable["Sequence[TokenProb]"]]
 """Fetches the same reply's tokens with ``post_sampling=True`` (see the module docstring)."""
 
 
-class ReplyView(anywidget.AnyWidget):  # type: ignore[misc]
+class ReplyView(anywidget.AnyWidget):
     """A reply's Thinking block, prefill progress, answer (optionally shaded by probability) and context meter.
 
     Args:
@@ -93,8 +93,8 @@ class ReplyView(anywidget.AnyWidget):  # type: ignore[misc]
     streaming = traitlets.Bool(True).tag(sync=True)
     answer = traitlets.Unicode("").tag(sync=True)
     answer_html = traitlets.Unicode("").tag(sync=True)
-    tokens = traitlets.List().tag(sync=True)
-    post_tokens = traitlets.List().tag(sync=True)
+    tokens = traitlets.List(traitlets.Dict()).tag(sync=True)
+    post_tokens = traitlets.List(traitlets.Dict()).tag(sync=True)
     mode = traitlets.Unicode("raw").tag(sync=True)
     """``raw`` (the model's distribution) or ``post`` (after the sampler chain)."""
     post_state = traitlets.Unicode("off").tag(sync=True)
@@ -121,7 +121,9 @@ class ReplyView(anywidget.AnyWidget):  # type: ignore[misc]
         self._text: list[str] = []
         self._reasoning: list[str] = []
         self._tokens: list[TokenProb] = []
-        self._thought = {"tokens": 0, "started": None, "ended": None}
+        self._thought_tokens = 0  # one per streamed chunk of reasoning: llama-server sends a token per chunk
+        self._thought_started: float | None = None
+        self._thought_ended: float | None = None
         self._progress: dict[str, int] = {}
         self.pushes = 0
         """How many updates went to the browser (each one comm message)."""
@@ -140,13 +142,13 @@ class ReplyView(anywidget.AnyWidget):  # type: ignore[misc]
         now = self._clock()
         if delta.reasoning:
             self._reasoning.append(delta.reasoning)
-            self._thought["tokens"] = int(self._thought["tokens"] or 0) + 1  # one token per streamed chunk
-            if self._thought["started"] is None:
-                self._thought["started"] = now
+            self._thought_tokens += 1
+            if self._thought_started is None:
+                self._thought_started = now
         if delta.text:
             self._text.append(delta.text)
-            if self._thought["started"] is not None and self._thought["ended"] is None:
-                self._thought["ended"] = now
+            if self._thought_started is not None and self._thought_ended is None:
+                self._thought_ended = now
         self._tokens.extend(delta.tokens)
         if delta.progress is not None:
             p = delta.progress
@@ -156,8 +158,8 @@ class ReplyView(anywidget.AnyWidget):  # type: ignore[misc]
 
     def finish(self, completion: Completion | None = None, *, footer: str = "", markdown: bool = True) -> None:
         """The stream ended (``completion`` is ``None`` when it was stopped): show everything, with ``footer``."""
-        if self._thought["started"] is not None and self._thought["ended"] is None:
-            self._thought["ended"] = self._clock()
+        if self._thought_started is not None and self._thought_ended is None:
+            self._thought_ended = self._clock()
         context = getattr(completion, "context", None)
         with self.hold_sync():
             self._push(final=True)
@@ -171,8 +173,7 @@ class ReplyView(anywidget.AnyWidget):  # type: ignore[misc]
                 self.post_state = "available"
 
     def _push(self, *, final: bool = False) -> None:
-        thought = self._thought
-        started, ended = thought["started"], thought["ended"]
+        started, ended = self._thought_started, self._thought_ended
         with self.hold_sync():
             if self.show_answer:
                 self.answer = self.text
@@ -181,8 +182,8 @@ class ReplyView(anywidget.AnyWidget):  # type: ignore[misc]
             if self._reasoning:
                 self.reasoning = "".join(self._reasoning)
                 end = ended if ended is not None else self._clock()
-                self.thinking = {"tokens": thought["tokens"], "done": ended is not None or final,
-                                 "seconds": float(end) - float(started or end)}
+                self.thinking = {"tokens": self._thought_tokens, "done": ended is not None or final,
+                                 "seconds": end - (end if started is None else started)}
             if self._progress and (self._progress != self.progress or self.text or final):
                 self.progress = {} if (self.text or final) else dict(self._progress)
         self.pushes += 1

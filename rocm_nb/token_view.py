@@ -121,7 +121,7 @@ def _pills(tokens: Sequence[TokenPiece]) -> list[dict[str, object]]:
     return [{"id": t.id, "text": t.text, "special": is_special(t.text)} for t in tokens]
 
 
-class TokenView(anywidget.AnyWidget):  # type: ignore[misc]
+class TokenView(anywidget.AnyWidget):
     """Token pills with ids for a text, or a chat's rendered template in segments (see the module docstring).
 
     Args:
@@ -136,7 +136,7 @@ class TokenView(anywidget.AnyWidget):  # type: ignore[misc]
     _esm = esm("tokenview")
     _css = CSS
 
-    parts_data = traitlets.List().tag(sync=True)
+    parts_data = traitlets.List(traitlets.Dict()).tag(sync=True)
     """Segments as the view draws them: ``{label, count, tokens: [{id, text, special}]}``."""
     total = traitlets.Int(0).tag(sync=True)
     chars = traitlets.Int(0).tag(sync=True)

@@ -52,7 +52,7 @@ with needs_extra("notebook"):
     import ipywidgets as widgets
 
 if TYPE_CHECKING:
-    from rocm_nb.completion import ContextUse
+    from rocm_nb.logprobs import ContextUse
 
 __all__ = ["ChatPanel", "context_meter_html", "render_markdown", "run_bubbles", "tool_bubbles"]
 
@@ -87,23 +87,23 @@ def _plain_html(text: str) -> str:
 
 
 def context_meter_html(context: ContextUse | None) -> str:
-    """A small bar of the slot's context in use, for the statistics line ('' when unknown).
+    """A small bar of the slot's context in use, after the statistics line's figures ('' when unknown).
+
+    Red from 90 %: the next turns will soon not fit.
 
     Example:
-        >>> from rocm_nb.completion import ContextUse
-        >>> "25 %" in context_meter_html(ContextUse(used=1024, n_ctx=4096))
+        >>> from rocm_nb.logprobs import ContextUse
+        >>> 'width:25.0%' in context_meter_html(ContextUse(used=1024, n_ctx=4096))
         True
     """
     if context is None or not context.n_ctx:
         return ""
     share = min(1.0, context.used / context.n_ctx)
     colour = "#d9381e" if share >= 0.9 else "#1a73e8"
-    return (f'<span class="rocm-nb-context" title="tokens in this chat\'s slot against its context" '
-            f'style="display:inline-flex;align-items:center;gap:6px;margin-left:8px">context '
-            f'<span style="display:inline-block;width:120px;height:8px;background:#eee;border-radius:4px">'
-            f'<span style="display:block;height:100%;width:{100 * share:.1f}%;background:{colour};'
-            f'border-radius:4px"></span></span>{context.used} / {context.n_ctx} tokens '
-            f'({100 * share:.0f} %)</span>')
+    return (f'<span class="rocm-nb-context" title="context: {context.used} of {context.n_ctx} tokens in use" '
+            f'style="display:inline-block;width:120px;height:8px;margin-left:8px;background:#eee;'
+            f'border-radius:4px;vertical-align:middle"><span style="display:block;height:100%;'
+            f'width:{100 * share:.1f}%;background:{colour};border-radius:4px"></span></span>')
 
 
 class ChatPanel:

@@ -61,6 +61,18 @@ def test_generate_streams_and_stores_the_completion(shell: InteractiveShell) -> 
 
 
 @pytest.mark.server
+def test_probs_shows_a_token_view_instead_of_the_text(shell: InteractiveShell) -> None:
+    with capture_output() as out:
+        shell.run_cell_magic("rocm_generate", "--probs 3 --max-tokens 8 --temperature 0 --out probed", "Say hi.")
+    reply = shell.user_ns["probed"]
+    assert reply.tokens and all(len(t.top) <= 3 for t in reply.tokens)
+    [shown] = out.outputs  # the view only: the text output is silenced
+    assert "application/vnd.jupyter.widget-view+json" in shown.data
+    with pytest.raises(UsageError, match="does not go with --format json"):
+        shell.run_cell_magic("rocm_generate", "--probs --format json", "Hi")
+
+
+@pytest.mark.server
 def test_raw_mode_no_stream_and_system(shell: InteractiveShell) -> None:
     with capture_output() as out:
         shell.run_cell_magic("rocm_generate", "--raw --max-tokens 8 --temperature 0 --no-stream --out r",

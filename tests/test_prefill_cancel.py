@@ -16,6 +16,7 @@ import pytest
 from rocm_nb import LocalModel
 from rocm_nb._format import PREFILL_CANCEL_NOTE, PREFILL_FREE_NOTE, show
 from rocm_nb.display import Bundle
+from rocm_nb.stream import Delta
 from tests.support.processes import wait_until
 
 
@@ -30,9 +31,9 @@ class Interrupted:
     def __exit__(self, *exc: object) -> None:
         return None
 
-    def __iter__(self) -> Iterator[str]:
+    def deltas(self) -> Iterator[Delta]:
         raise KeyboardInterrupt
-        yield ""  # a generator: nothing is read before iteration
+        yield Delta()  # a generator: nothing is read before iteration
 
 
 def footers(published: list[Bundle]) -> list[str]:

@@ -11,15 +11,15 @@ import math
 from typing import Any
 
 import pytest
-from rocm_nb.logprobs import TokenProb
 
 from rocm_nb import LocalModel
 from rocm_nb._widget_kit import MAX_RATE, Throttle, token_dicts
 from rocm_nb.display import StreamDisplay
 from rocm_nb.explore import NextTokenExplorer, with_temperature
+from rocm_nb.logprobs import Progress, TokenProb
 from rocm_nb.playground import SamplerPlayground
 from rocm_nb.reply_view import ReplyView, live_view
-from rocm_nb.stream import Delta, Progress
+from rocm_nb.stream import Delta
 from rocm_nb.token_view import TokenView, is_special
 from rocm_nb.widgets import ChatPanel
 
@@ -219,7 +219,9 @@ async def test_the_chat_panel_shows_probabilities_and_a_context_meter(model: Loc
     assert isinstance(view, ReplyView) and view.probs and view.tokens
     assert "".join(t["t"] for t in view.tokens) == panel.history[-1]["content"]
     assert all(t["p"] == pytest.approx(t["top"][0][1]) for t in view.tokens), "greedy: the top-1 every time"
-    assert "context" in panel.stats.value and "/ 4096 tokens" in panel.stats.value
+    context = panel.last.context if panel.last is not None else None
+    assert context is not None and context.n_ctx == 2048, "4096 tokens over the fixture's two slots"
+    assert f"context {context.used}/2048" in panel.stats.value and 'class="rocm-nb-context"' in panel.stats.value
 
     plain = ChatPanel(model, temperature=0.0, max_tokens=8)  # no reasoning, short prompt: just a bubble
     await plain.send("Hi")

@@ -55,7 +55,11 @@ if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
 
     from rocm_nb._build import install_server
+    from rocm_nb.explore import NextTokenExplorer
     from rocm_nb.monitor import GpuMonitor, MonitorSample, ProcessUsage
+    from rocm_nb.playground import SamplerPlayground
+    from rocm_nb.reply_view import ReplyView
+    from rocm_nb.token_view import TokenView
 
 __version__ = "0.1.0"
 """The one source of the version: pyproject.toml reads it from here."""
@@ -84,11 +88,14 @@ __all__ = [
     "ModelNotStarted",
     "ModelState",
     "MonitorSample",
+    "NextTokenExplorer",
     "ProcessUsage",
     "Progress",
     "Prompt",
+    "ReplyView",
     "RocmNbError",
     "RouterChild",
+    "SamplerPlayground",
     "SchemaMismatch",
     "ServerCrashed",
     "ServerInfo",
@@ -102,6 +109,7 @@ __all__ = [
     "TokenPiece",
     "TokenProb",
     "TokenStream",
+    "TokenView",
     "ToolCall",
     "ToolRun",
     "Usage",
@@ -130,8 +138,12 @@ _LAZY = {
     "MonitorSample": "rocm_nb.monitor",
     "ProcessUsage": "rocm_nb.monitor",
     "install_server": "rocm_nb._build",
+    "NextTokenExplorer": "rocm_nb.explore",
+    "ReplyView": "rocm_nb.reply_view",
+    "SamplerPlayground": "rocm_nb.playground",
+    "TokenView": "rocm_nb.token_view",
 }
-"""Names loaded on first use (PEP 562): the monitor imports anywidget; building is rarely needed."""
+"""Names loaded on first use (PEP 562): the monitor and teaching widgets import anywidget; building is rare."""
 
 
 def __getattr__(name: str) -> Any:

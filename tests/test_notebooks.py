@@ -144,7 +144,7 @@ def test_committed_notebooks_are_clean(path: Path) -> None:
 def test_all_notebooks_are_tested() -> None:
     assert {p.name for p in NOTEBOOKS.glob("*.ipynb")} == {
         "01-quickstart.ipynb", "02-chat-panel.ipynb", "03-sampling.ipynb", "04-tokens-and-templates.ipynb",
-        "05-gpu-memory.ipynb", "06-retrieval-and-tools.ipynb",
+        "05-gpu-memory.ipynb", "06-retrieval-and-tools.ipynb", "07-what-the-model-is-thinking.ipynb",
     }
 
 
@@ -217,6 +217,13 @@ def test_sampling(executed: Callable[[str], NotebookNode]) -> None:
     nb = executed("03-sampling.ipynb")
     assert "of the probability is on these ten tokens" in stdout(cell(nb, "candidates"))
     assert data(cell(nb, "temperature-chart"), "image/png")
+    assert "after one pick: 'The best thing about a rainy day is" in stdout(cell(nb, "explorer"))
+    assert data(cell(nb, "explorer"), WIDGET_VIEW), "the explorer should display as a widget"
+    kept = [int(n) for n in re.findall(r"the server kept (\d+):", stdout(cell(nb, "post-sampling")))]
+    assert len(kept) == 3 and kept == sorted(kept), "a larger top_p keeps at least as many tokens"
+    left = re.search(r"top_k=2 leaves (\d+) tokens; min_p=0.5 leaves (\d+)", stdout(cell(nb, "playground")))
+    assert left is not None and 1 <= int(left.group(1)) <= 2 and int(left.group(2)) >= 1
+    assert data(cell(nb, "playground"), WIDGET_VIEW)
     assert "samplers" in stdout(cell(nb, "defaults"))
 
     greedy = stdout(cell(nb, "greedy"))
@@ -241,11 +248,15 @@ def test_sampling(executed: Callable[[str], NotebookNode]) -> None:
 def test_tokens_and_templates(executed: Callable[[str], NotebookNode]) -> None:
     nb = executed("04-tokens-and-templates.ipynb")
     tokenized = cell(nb, "tokenize")
-    assert "characters →" in stdout(tokenized) and data(tokenized, "text/html")
+    assert "characters →" in stdout(tokenized) and data(tokenized, WIDGET_VIEW)
     assert "round trip exact: True" in stdout(cell(nb, "round-trip"))
+    assert "the pieces' bytes add up to the text: True" in stdout(cell(nb, "round-trip"))
     assert "{%" in stdout(cell(nb, "template"))
     assert "identical to the file's: True" in stdout(cell(nb, "props"))
     assert "Hi!" in stdout(cell(nb, "apply-template"))
+    segments = stdout(cell(nb, "template-view")).splitlines()
+    assert [s.split(":")[0].strip() for s in segments] == ["user", "generation prompt"]
+    assert data(cell(nb, "template-view"), WIDGET_VIEW)
 
     cost = stdout(cell(nb, "cost"))
     message = number(cost, "tokens in the message:")
@@ -331,3 +342,21 @@ def test_retrieval_and_tools(executed: Callable[[str], NotebookNode]) -> None:
     assert "84" in stdout(cell(nb, "tool-error"))
     assert "calculator raised ZeroDivisionError" in stdout(cell(nb, "tool-error"))
     assert data(cell(nb, "panel"), WIDGET_VIEW), "the panel is a widget"
+
+
+# -- 07: what the model is thinking -------------------------------------------------------------
+
+
+@pytest.mark.kernel
+def test_what_the_model_is_thinking(executed: Callable[[str], NotebookNode]) -> None:
+    nb = executed("07-what-the-model-is-thinking.ipynb")
+    probabilities = stdout(cell(nb, "probabilities"))
+    assert "greedy took the most likely token every time: True" in probabilities
+    assert "the tokens join to the text: True" in probabilities
+    assert data(cell(nb, "probs-magic"), WIDGET_VIEW), "--probs shows the token view"
+    assert "most likely first token of the reply:" in stdout(cell(nb, "explore"))
+    assert data(cell(nb, "explore"), WIDGET_VIEW)
+    assert "top_k=1 leaves 1 token; top_k=3 leaves" in stdout(cell(nb, "playground"))
+    parts = stdout(cell(nb, "template"))
+    assert parts.startswith("system ") and " + user " in parts and " + generation prompt " in parts
+    assert data(cell(nb, "template"), WIDGET_VIEW)

@@ -414,8 +414,8 @@ class LocalModel(OwnServer, _GenerationAPI):
             raise self._closed_error()
         return GpuMonitor(self, interval=interval, idle_interval=idle_interval, gpus=gpus)
 
-    def panel(self, *, system: str = "", **options: Unpack[Options]) -> ChatPanel:
-        """A chat panel (ipywidgets) on this model: history, Send, Stop, Clear, stats.
+    def panel(self, *, system: str = "", show_probs: bool = False, **options: Unpack[Options]) -> ChatPanel:
+        """A chat panel (ipywidgets) on this model: history, Send, Stop, Clear, stats; ``show_probs`` shades tokens.
 
         ``model.panel(...)`` is ``ChatPanel(model, ...)``: a lazy factory in
         the manner of pandas' ``DataFrame.plot``, as :meth:`monitor` is for
@@ -428,7 +428,7 @@ class LocalModel(OwnServer, _GenerationAPI):
         """
         from rocm_nb.widgets import ChatPanel
 
-        return ChatPanel(self, system=system, **options)
+        return ChatPanel(self, system=system, show_probs=show_probs, **options)
 
     @property
     def label(self) -> str:

@@ -71,6 +71,8 @@ class SamplerPlayground(anywidget.AnyWidget):
     """``temperature``, ``top_k``, ``top_p``, ``min_p``: the sliders (the view writes them)."""
     raw_options = traitlets.List(traitlets.List()).tag(sync=True)
     post_options = traitlets.List(traitlets.List()).tag(sync=True)
+    drawn_for = traitlets.Dict().tag(sync=True)
+    """The settings ``post_options`` were drawn with (the view marks its bars with them)."""
     samples = traitlets.List(traitlets.Unicode()).tag(sync=True)
     busy = traitlets.Bool(False).tag(sync=True)
     error = traitlets.Unicode("").tag(sync=True)
@@ -144,6 +146,7 @@ class SamplerPlayground(anywidget.AnyWidget):
             post = self._next(post_sampling=True, **self._options())
             with self.hold_sync():
                 self.post_options = [list(c) for c in post]
+                self.drawn_for = dict(self.settings)
                 self.error = ""
         except Exception as exc:
             self.error = f"{type(exc).__name__}: {exc}"

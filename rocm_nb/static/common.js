@@ -6,7 +6,7 @@ const add = (parent, tag, cls, text) => {
   parent.appendChild(node);
   return node;
 };
-const pct = (p) => (p >= 0.995 ? "100" : p < 0.0005 ? "<0.1" : (100 * p).toFixed(p < 0.1 ? 1 : 0)) + " %";
+const pct = (p) => (p >= 0.995 ? "100" : p <= 0 ? "0" : p < 0.0005 ? "<0.1" : (100 * p).toFixed(p < 0.1 ? 1 : 0)) + " %";
 // Visible whitespace for a token's text, so that " " and "\n" can be seen and hovered.
 const show = (text) => (text === "" ? "∅" : text.replace(/\n/g, "↵\n").replace(/\t/g, "→"));
 // Shade from probability: likely tokens pale, unlikely ones strong orange-red.

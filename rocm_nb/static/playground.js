@@ -38,12 +38,14 @@ function render({ model, el }) {
     sample.textContent = `Sample ${model.get("n")} continuations`;
     sample.disabled = busy;
     const kept = new Map(model.get("post_options"));
+    root.dataset.topk = String(model.get("drawn_for").top_k);
+    root.dataset.kept = String(model.get("post_options").length);
     chart.replaceChildren();
     bars(chart, model.get("raw_options").map(([label, p]) => ({ label, p: kept.get(label) || 0, raw: p })));
     list.replaceChildren();
     for (const text of model.get("samples")) add(list, "li", "rocm-nb-code", text);
   };
-  redrawOn(model, ["settings", "raw_options", "post_options", "samples", "busy", "error", "n"], draw);
+  redrawOn(model, ["settings", "raw_options", "post_options", "drawn_for", "samples", "busy", "error", "n"], draw);
   draw();
 }
 export default { render };

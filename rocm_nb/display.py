@@ -43,7 +43,21 @@ from rocm_nb.status import ServerStatus
 if TYPE_CHECKING:
     from rocm_nb.logprobs import Progress
 
-__all__ = ["StreamDisplay", "ipython_publisher"]
+__all__ = ["LONG_PROMPT", "StreamDisplay", "ipython_publisher", "long_prefill"]
+
+LONG_PROMPT = 256
+"""Prompt tokens left to read from which a progress bar is worth showing (fewer take well under a second)."""
+
+
+def long_prefill(progress: Progress | None) -> bool:
+    """True for progress on a prompt long enough to show (``LONG_PROMPT`` tokens or more not from the cache).
+
+    Example:
+        >>> from rocm_nb.logprobs import Progress
+        >>> long_prefill(Progress(processed=0, total=1500, cached=0)), long_prefill(Progress(0, 1500, 1400))
+        (True, False)
+    """
+    return progress is not None and progress.total - progress.cached >= LONG_PROMPT
 
 Bundle = dict[str, str]
 Publisher = Callable[[Bundle, bool], None]
@@ -133,9 +147,10 @@ class StreamDisplay:
         self._maybe_send()
 
     def prefill(self, progress: Progress) -> None:
-        """Show how far the server has read the prompt (until the first token)."""
-        self._progress = progress
-        self._maybe_send()
+        """Show how far the server has read a long prompt (:func:`long_prefill`), until the first token."""
+        if long_prefill(progress):
+            self._progress = progress
+            self._maybe_send()
 
     def _maybe_send(self) -> None:
         if not self._live:

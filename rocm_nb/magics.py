@@ -332,7 +332,8 @@ class RocmMagics(Magics):
         user_ns = self.shell.user_ns if self.shell is not None else {}
         prompt = fill_placeholders(cell.strip(), user_ns)
         schema = json_schema(args.format, args.json_schema, user_ns)
-        options = options_from(args) | ({"json_schema": schema} if schema is not None else {})
+        options = {"return_progress": True} | options_from(args)  # progress: a bar while a long prompt is read
+        options |= {"json_schema": schema} if schema is not None else {}
         model = self._model(args.model)
         messages = args.messages(prompt)
         view, publish = None, None

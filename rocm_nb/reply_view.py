@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 from rocm_nb._extras import needs_extra
 from rocm_nb._markdown import render
 from rocm_nb._widget_kit import CSS, Throttle, esm, token_dicts
+from rocm_nb.display import long_prefill
 
 with needs_extra("notebook"):
     import anywidget
@@ -150,8 +151,8 @@ class ReplyView(anywidget.AnyWidget):
             if self._thought_started is not None and self._thought_ended is None:
                 self._thought_ended = now
         self._tokens.extend(delta.tokens)
-        if delta.progress is not None:
-            p = delta.progress
+        p = delta.progress
+        if p is not None and long_prefill(p):
             self._progress = {"processed": p.processed, "total": p.total, "cached": p.cached}
         if self._throttle.due():
             self._push()

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Unpack
 from rocm_nb import _markdown
 from rocm_nb._extras import needs_extra
 from rocm_nb.completion import DEFAULT_MAX_TOKENS, Completion, Options, check_options
-from rocm_nb.display import Bundle, Publisher, StreamDisplay
+from rocm_nb.display import Bundle, Publisher, StreamDisplay, long_prefill
 from rocm_nb.stream import ChatSource
 from rocm_nb.tools import ToolCall, ToolRun
 
@@ -232,7 +232,7 @@ class ChatPanel:
     async def _reply(self) -> None:
         from rocm_nb.reply_view import ReplyView, live_view
 
-        options: Options = {**self._options, "temperature": self.temperature.value,
+        options: Options = {"return_progress": True, **self._options, "temperature": self.temperature.value,
                             "max_tokens": self.max_tokens.value}
         messages = self.export()
         bubble = widgets.HTML(_bubble_html("assistant", _plain_html("▌")))
@@ -254,7 +254,7 @@ class ChatPanel:
                 async for delta in stream.deltas():
                     if delta.text:
                         shown.append(delta.text)
-                    if view is None and (delta.reasoning or delta.progress is not None):
+                    if view is None and (delta.reasoning or long_prefill(delta.progress)):
                         view = ReplyView(show_answer=False)  # thinking or a long prompt: a view above the bubble
                         self.transcript.children = (*self.transcript.children[:-1], view, bubble)
                     if view is not None:

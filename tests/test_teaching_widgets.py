@@ -7,13 +7,18 @@ real llama-server and default model. What a user sees in a browser is in
 
 from __future__ import annotations
 
+import html
 import math
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from rocm_nb import LocalModel
+from rocm_nb._format import show
 from rocm_nb._widget_kit import MAX_RATE, Throttle, token_dicts
+from rocm_nb.catalog import DEFAULT_MODEL
 from rocm_nb.display import StreamDisplay
 from rocm_nb.explore import NextTokenExplorer, with_temperature
 from rocm_nb.logprobs import Progress, TokenProb
@@ -238,3 +243,46 @@ def test_the_reply_view_takes_a_real_stream_with_probabilities(model: LocalModel
     view.finish(footer="")
     assert len(view.tokens) == 64 and sent[0] == view.pushes  # every push is one message; the rate: benchmarks/
 
+
+
+# -- thinking and prefill, against a server with a thinking chat template -----------------------
+
+TEMPLATE = Path(__file__).parent / "fixtures" / "templates" / "think.jinja"
+THINK_THEN_ANSWER = r'root ::= [^<\n]+ "\n</think>\n\n" [^<]+'
+"""A thought of one line, the end-of-thinking tag, then the answer (as in tests/test_reasoning.py)."""
+
+
+@pytest.fixture(scope="module")
+def thinker() -> Iterator[LocalModel]:
+    with LocalModel(DEFAULT_MODEL, ctx_size=2048, extra_args=("--chat-template-file", str(TEMPLATE))) as model:
+        yield model
+
+
+@pytest.mark.server
+async def test_the_panel_shows_the_thinking_above_the_answer(thinker: LocalModel) -> None:
+    panel = ChatPanel(thinker, temperature=0.0, max_tokens=40, grammar=THINK_THEN_ANSWER)
+    await panel.send("What is 2 + 2?")
+    _user, view, bubble = panel.transcript.children
+    assert isinstance(view, ReplyView) and not view.show_answer
+    assert panel.last is not None and view.reasoning == panel.last.reasoning and view.reasoning.strip()
+    assert view.thinking["done"] and view.thinking["tokens"] > 0 and view.thinking["seconds"] >= 0
+    assert "rocm-nb-assistant" in bubble.value and panel.history[-1]["content"] == panel.last.text
+
+
+@pytest.mark.server
+def test_generate_folds_the_thinking_and_shows_a_long_prompts_progress(thinker: LocalModel) -> None:
+    sent: list[dict[str, str]] = []
+    stream = thinker.chat_stream([{"role": "user", "content": "What is 2 + 2?"}], max_tokens=40, temperature=0.0,
+                                 grammar=THINK_THEN_ANSWER, return_progress=True)
+    completion = show(stream, "markdown", publish=lambda bundle, update: sent.append(bundle))
+    final = sent[-1]["text/html"]
+    assert final.startswith('<details class="rocm-nb-thinking"><summary>Thought · ')
+    assert html.escape(completion.reasoning) in final
+
+    sent.clear()
+    long_prompt = "The lighthouse keeper wrote the weather into his logbook every hour. " * 110  # ~1,500 tokens
+    show(thinker.stream(long_prompt, max_tokens=2, return_progress=True, cache_prompt=False), "text",
+         publish=lambda bundle, update: sent.append(bundle))
+    reading = [b["text/plain"] for b in sent if "reading the prompt:" in b["text/plain"]]
+    assert reading, "a long prompt shows its progress before the first token"
+    assert all("▌" in text for text in reading) and "reading the prompt" not in sent[-1]["text/plain"]

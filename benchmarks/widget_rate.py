@@ -17,7 +17,6 @@ throttle, not the model, sets the rate.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from common import GREEDY, PROMPT, REPS, Row, spread
 
@@ -25,19 +24,7 @@ from rocm_nb import LocalModel
 from rocm_nb._widget_kit import MAX_RATE
 from rocm_nb.reply_view import ReplyView
 from rocm_nb.stream import Delta
-
-
-def counted(view: ReplyView) -> list[int]:
-    """A one-item list that counts the messages the view's comm publishes."""
-    sent = [0]
-    publish = view.comm.publish_msg
-
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        sent[0] += 1
-        return publish(*args, **kwargs)
-
-    view.comm.publish_msg = counting
-    return sent
+from tests.support.widgets import counted  # bench.py puts the repository on sys.path
 
 
 def one_run(model: LocalModel, max_tokens: int = 256) -> tuple[float, float, list[Delta]]:

@@ -73,6 +73,7 @@ import psutil
 
 from rocm_nb._extras import needs_extra
 from rocm_nb._units import human_bytes
+from rocm_nb._widget_kit import esm
 from rocm_nb.errors import RocmNbError
 from rocm_nb.hardware import GpuUsage, Hardware, gpu_usage
 
@@ -265,7 +266,7 @@ class GpuMonitor(anywidget.AnyWidget):
         False
     """
 
-    _esm = (_STATIC / "monitor.js").read_text(encoding="utf-8")
+    _esm = esm("monitor")
     _css = (_STATIC / "monitor.css").read_text(encoding="utf-8")
 
     title = traitlets.Unicode("").tag(sync=True)

@@ -27,39 +27,18 @@ happened.
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import re
-import secrets
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import pytest
-from playwright.sync_api import Locator, Page, Request, expect, sync_playwright
+from playwright.sync_api import Locator, Page, Request, expect
+
+from tests.support.jupyter import Lab, open_page, serve, write_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 NOTEBOOK = "test.ipynb"
-WAIT_MS = 60_000
-"""Generous: the machine may be busy with other work (two cores)."""
 
 LOAD, GENERATE, CHAT = range(3)
 CELLS = [
@@ -76,132 +55,19 @@ pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 # -- JupyterLab ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Lab:
-    url: str
-    token: str
-    log: Path
-
-    def log_tail(self, n: int = 40) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _write_notebook(path: Path) -> None:
-    cells: list[dict[str, object]] = [
-        {"cell_type": "code", "execution_count": None, "id": f"cell-{i}", "metadata": {}, "outputs": [],
-         "source": source}
-        for i, source in enumerate(CELLS)
-    ]
-    kernelspec = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
-    notebook = {"cells": cells, "metadata": {"kernelspec": kernelspec, "language_info": {"name": "python"}},
-                "nbformat": 4, "nbformat_minor": 5}
-    path.write_text(json.dumps(notebook, indent=1))
-
-
-def _isolated_env(base: Path) -> dict[str, str]:
-    """This process's environment with every Jupyter/IPython directory moved under ``base``."""
-    dirs = {
-        "JUPYTER_CONFIG_DIR": base / "config",
-        "JUPYTER_DATA_DIR": base / "data",
-        "JUPYTER_RUNTIME_DIR": base / "runtime",
-        "JUPYTERLAB_SETTINGS_DIR": base / "lab-settings",
-        "JUPYTERLAB_WORKSPACES_DIR": base / "lab-workspaces",
-        "IPYTHONDIR": base / "ipython",
-    }
-    for d in dirs.values():
-        d.mkdir(parents=True)
-    # Never ask about, nor fetch, news and updates.
-    notification = dirs["JUPYTERLAB_SETTINGS_DIR"] / "@jupyterlab" / "apputils-extension"
-    notification.mkdir(parents=True)
-    (notification / "notification.jupyterlab-settings").write_text(
-        json.dumps({"fetchNews": "false", "checkForUpdates": False})
-    )
-    env = {k: v for k, v in os.environ.items() if k != "JUPYTER_PATH"}
-    env.update({k: str(v) for k, v in dirs.items()})
-    env["JUPYTER_PLATFORM_DIRS"] = "1"
-    return env
-
-
-def _get(url: str, token: str) -> int:
-    request = urllib.request.Request(url, headers={"Authorization": f"token {token}"})
-    with urllib.request.urlopen(request, timeout=5) as response:
-        status: int = response.status
-        return status
-
-
-def _stop_tree(proc: subprocess.Popen[bytes], url: str, token: str) -> None:
-    """Shut JupyterLab down politely, then kill whatever is left of its process tree."""
-    try:
-        tree = [psutil.Process(proc.pid)]
-        tree += tree[0].children(recursive=True)  # kernels and their llama-servers
-    except psutil.NoSuchProcess:
-        tree = []
-    if proc.poll() is None:
-        request = urllib.request.Request(
-            f"{url}/api/shutdown", method="POST", headers={"Authorization": f"token {token}"}
-        )
-        with contextlib.suppress(OSError):
-            urllib.request.urlopen(request, timeout=5).close()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=10)
-    for p in tree:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()
-    psutil.wait_procs(tree, timeout=10)
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """A JupyterLab of the test's own, serving a temporary root that holds ``test.ipynb``."""
     base = tmp_path_factory.mktemp("lab")
     root = base / "root"
     root.mkdir()
-    _write_notebook(root / NOTEBOOK)
-    port, token = _free_port(), secrets.token_hex(16)
-    url = f"http://127.0.0.1:{port}"
-    log_path = base / "jupyterlab.log"
-    argv = [
-        sys.executable, "-m", "jupyterlab",
-        "--no-browser",
-        "--ServerApp.ip=127.0.0.1",
-        f"--ServerApp.port={port}",
-        "--ServerApp.port_retries=0",
-        f"--IdentityProvider.token={token}",
-        f"--ServerApp.root_dir={root}",
-        "--ServerApp.allow_root=True",
-        "--ServerApp.terminals_enabled=False",
+    write_notebook(root / NOTEBOOK, CELLS)
+    with serve("jupyterlab", root, base, [
         "--LabApp.news_url=None",
         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
         "--LabApp.extension_manager=readonly",
-    ]
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(argv, env=_isolated_env(base), cwd=root, stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=subprocess.STDOUT)
-    lab = Lab(url, token, log_path)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"JupyterLab exited with {proc.returncode}:\n{lab.log_tail()}")
-            with contextlib.suppress(OSError):
-                if _get(f"{url}/api/status", token) == 200:
-                    break
-            if time.monotonic() > deadline:
-                pytest.fail(f"JupyterLab did not answer within 60 s:\n{lab.log_tail()}")
-            time.sleep(0.2)
+    ]) as lab:
         yield lab
-    finally:
-        _stop_tree(proc, url, token)
 
 
 # -- the browser --------------------------------------------------------------------------------
@@ -213,16 +79,8 @@ def page(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for stale in ARTIFACTS.glob("failure-*.png"):
         stale.unlink()
-    profile = tmp_path_factory.mktemp("chromium-profile")
-    with sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1280, "height": 1000},
-        )
+    with open_page(tmp_path_factory.mktemp("chromium-profile")) as page:
         try:
-            page = context.pages[0] if context.pages else context.new_page()
-            page.set_default_timeout(WAIT_MS)
-            expect.set_options(timeout=WAIT_MS)  # expect's own default is 5 s
             page.goto(f"{lab.url}/lab/tree/{NOTEBOOK}?token={lab.token}")
             expect(cell(page, CHAT)).to_be_visible()
             expect(page.locator(".jp-Notebook-ExecutionIndicator")).to_have_attribute("data-status", "idle")
@@ -232,11 +90,9 @@ def page(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
             yield page
         except BaseException:
             with contextlib.suppress(Exception):
-                shoot(context.pages[0], "failure-setup.png")
+                shoot(page, "failure-setup.png")
             print(f"JupyterLab log:\n{lab.log_tail()}")
             raise
-        finally:
-            context.close()
 
 
 @pytest.fixture(autouse=True)

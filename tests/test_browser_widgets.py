@@ -1,8 +1,9 @@
 """The teaching widgets as a user sees them: Notebook 7 in headless Chromium, driven by Playwright.
 
-Reuses ``tests/test_browser.py``'s harness (isolated Jupyter directories, a
-random token, Debian's Chromium, the process tree stopped at the end) with
-Notebook 7 instead of JupyterLab, so both front ends are covered. Checks:
+Uses the browser tests' harness (:mod:`tests.support.jupyter`: isolated
+Jupyter directories, a random token, Debian's Chromium, the process tree
+stopped at the end) with Notebook 7 instead of JupyterLab, so both front ends
+are covered. Checks:
 
 * ``%%rocm_generate --probs``: tokens are shaded; hovering one, and focusing
   one with the keyboard, shows its alternatives with percentages; "after
@@ -19,32 +20,14 @@ Screenshots go to ``test-artifacts/browser/`` (``widgets-*.png``).
 from __future__ import annotations
 
 import contextlib
-import json
 import re
-import secrets
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from playwright.sync_api import Locator, Page, expect, sync_playwright
+from playwright.sync_api import Locator, Page, expect
 
-from tests.test_browser import (
-    ARTIFACTS,
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    WAIT_MS,
-    Lab,
-    _free_port,
-    _get,
-    _isolated_env,
-    _stop_tree,
-    cell,
-    run,
-    shoot,
-)
+from tests.support.jupyter import Lab, open_page, serve, write_notebook
+from tests.test_browser import ARTIFACTS, cell, run, shoot
 
 NOTEBOOK = "widgets.ipynb"
 LOAD, PROBS, EXPLORE, PLAYGROUND, TOKENS = range(5)
@@ -60,61 +43,23 @@ CELLS = [
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
 
-def _write_notebook(path: Path) -> None:
-    cells = [{"cell_type": "code", "execution_count": None, "id": f"cell-{i}", "metadata": {}, "outputs": [],
-              "source": source} for i, source in enumerate(CELLS)]
-    kernelspec = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
-    path.write_text(json.dumps({"cells": cells, "metadata": {"kernelspec": kernelspec}, "nbformat": 4,
-                                "nbformat_minor": 5}, indent=1))
-
-
 @pytest.fixture(scope="module")
 def notebook7(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """A Notebook 7 server of the test's own, serving a temporary root that holds ``widgets.ipynb``."""
     base = tmp_path_factory.mktemp("nb7")
     root = base / "root"
     root.mkdir()
-    _write_notebook(root / NOTEBOOK)
-    port, token = _free_port(), secrets.token_hex(16)
-    url = f"http://127.0.0.1:{port}"
-    log_path = base / "notebook.log"
-    argv = [sys.executable, "-m", "notebook", "--no-browser", "--ServerApp.ip=127.0.0.1",
-            f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
-            f"--ServerApp.root_dir={root}", "--ServerApp.allow_root=True", "--ServerApp.terminals_enabled=False"]
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(argv, env=_isolated_env(base), cwd=root, stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=subprocess.STDOUT)
-    server = Lab(url, token, log_path)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"Notebook 7 exited with {proc.returncode}:\n{server.log_tail()}")
-            with contextlib.suppress(OSError):
-                if _get(f"{url}/api/status", token) == 200:
-                    break
-            if time.monotonic() > deadline:
-                pytest.fail(f"Notebook 7 did not answer within 60 s:\n{server.log_tail()}")
-            time.sleep(0.2)
+    write_notebook(root / NOTEBOOK, CELLS)
+    with serve("notebook", root, base) as server:
         yield server
-    finally:
-        _stop_tree(proc, url, token)
 
 
 @pytest.fixture(scope="module")
 def page(notebook7: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
     """``widgets.ipynb`` open in Notebook 7, its model loaded."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    profile = tmp_path_factory.mktemp("chromium-profile")
-    with sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1280, "height": 1000},
-        )
+    with open_page(tmp_path_factory.mktemp("chromium-profile")) as page:
         try:
-            page = context.pages[0] if context.pages else context.new_page()
-            page.set_default_timeout(WAIT_MS)
-            expect.set_options(timeout=WAIT_MS)
             page.goto(f"{notebook7.url}/notebooks/{NOTEBOOK}?token={notebook7.token}")
             expect(cell(page, TOKENS)).to_be_visible()
             expect(page.locator(".jp-Notebook-ExecutionIndicator")).to_have_attribute("data-status", "idle")
@@ -123,11 +68,9 @@ def page(notebook7: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
             yield page
         except BaseException:
             with contextlib.suppress(Exception):
-                shoot(context.pages[0], "widgets-failure-setup.png")
+                shoot(page, "widgets-failure-setup.png")
             print(f"Notebook 7 log:\n{notebook7.log_tail()}")
             raise
-        finally:
-            context.close()
 
 
 @pytest.fixture(autouse=True)

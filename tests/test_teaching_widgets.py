@@ -11,7 +11,6 @@ import html
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -27,6 +26,7 @@ from rocm_nb.reply_view import ReplyView, live_view
 from rocm_nb.stream import Delta
 from rocm_nb.token_view import TokenView, is_special
 from rocm_nb.widgets import ChatPanel
+from tests.support.widgets import counted
 
 CHAT = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name a colour."}]
 
@@ -42,19 +42,6 @@ class FakeClock:
 def token(text: str, p: float, *others: tuple[str, float]) -> TokenProb:
     top = sorted([(text, math.log(p)), *((t, math.log(q)) for t, q in others)], key=lambda x: -x[1])
     return TokenProb(text, math.log(p), top, text.encode())
-
-
-def counted(view: Any) -> list[int]:
-    """Count the messages the widget's comm publishes (what a kernel sends to the browser)."""
-    sent = [0]
-    publish = view.comm.publish_msg
-
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        sent[0] += 1
-        return publish(*args, **kwargs)
-
-    view.comm.publish_msg = counting
-    return sent
 
 
 # -- unit ---------------------------------------------------------------------------------------

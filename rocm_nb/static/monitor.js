@@ -1,18 +1,12 @@
 // The view of rocm_nb.monitor.GpuMonitor, an anywidget ES module: draws the titled groups of bars in the
 // "sections" trait and tells the kernel when it is visible ({event: "visible" | "hidden", view}).
+// It follows static/common.js (whose add() it uses): see rocm_nb._widget_kit.esm.
 function render({ model, el }) {
   const view = Math.random().toString(36).slice(2) + Date.now().toString(36);
   const root = document.createElement("div");
   root.className = "rocm-nb-monitor";
   el.appendChild(root);
 
-  const add = (parent, tag, cls, text) => {
-    const node = document.createElement(tag);
-    if (cls) node.className = cls;
-    if (text !== undefined) node.textContent = text;
-    parent.appendChild(node);
-    return node;
-  };
   const draw = () => {
     root.replaceChildren();
     add(root, "div", "rocm-nb-monitor-title", model.get("title"));

@@ -1,0 +1,173 @@
+"""A Jupyter server and a Chromium page of a test's own, for the browser tests.
+
+:func:`serve` starts JupyterLab or Notebook 7 (temporary config, data,
+runtime, settings and workspace directories; nothing reaches the network) on
+a free port with a random token, and stops it as one process tree, kernels
+and their llama-servers included, whatever happened. :func:`open_page` is
+Debian's Chromium (``/usr/bin/chromium``, never a downloaded one) under
+Playwright.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+WAIT_MS = 60_000
+"""Generous: the machine may be busy with other work (two cores)."""
+
+
+@dataclass(frozen=True)
+class Lab:
+    url: str
+    token: str
+    log: Path
+
+    def log_tail(self, n: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def isolated_env(base: Path) -> dict[str, str]:
+    """This process's environment with every Jupyter/IPython directory moved under ``base``."""
+    dirs = {
+        "JUPYTER_CONFIG_DIR": base / "config",
+        "JUPYTER_DATA_DIR": base / "data",
+        "JUPYTER_RUNTIME_DIR": base / "runtime",
+        "JUPYTERLAB_SETTINGS_DIR": base / "lab-settings",
+        "JUPYTERLAB_WORKSPACES_DIR": base / "lab-workspaces",
+        "IPYTHONDIR": base / "ipython",
+    }
+    for d in dirs.values():
+        d.mkdir(parents=True)
+    # Never ask about, nor fetch, news and updates.
+    notification = dirs["JUPYTERLAB_SETTINGS_DIR"] / "@jupyterlab" / "apputils-extension"
+    notification.mkdir(parents=True)
+    (notification / "notification.jupyterlab-settings").write_text(
+        json.dumps({"fetchNews": "false", "checkForUpdates": False})
+    )
+    env = {k: v for k, v in os.environ.items() if k != "JUPYTER_PATH"}
+    env.update({k: str(v) for k, v in dirs.items()})
+    env["JUPYTER_PLATFORM_DIRS"] = "1"
+    return env
+
+
+def get_status(url: str, token: str) -> int:
+    request = urllib.request.Request(url, headers={"Authorization": f"token {token}"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        status: int = response.status
+        return status
+
+
+def stop_tree(proc: subprocess.Popen[bytes], url: str, token: str) -> None:
+    """Shut JupyterLab down politely, then kill whatever is left of its process tree."""
+    try:
+        tree = [psutil.Process(proc.pid)]
+        tree += tree[0].children(recursive=True)  # kernels and their llama-servers
+    except psutil.NoSuchProcess:
+        tree = []
+    if proc.poll() is None:
+        request = urllib.request.Request(
+            f"{url}/api/shutdown", method="POST", headers={"Authorization": f"token {token}"}
+        )
+        with contextlib.suppress(OSError):
+            urllib.request.urlopen(request, timeout=5).close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+    for p in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(tree, timeout=10)
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=10)
+
+
+
+def write_notebook(path: Path, sources: Sequence[str]) -> None:
+    """A notebook of code cells, one per source, with no outputs, for the test's Jupyter to open."""
+    cells: list[dict[str, object]] = [
+        {"cell_type": "code", "execution_count": None, "id": f"cell-{i}", "metadata": {}, "outputs": [],
+         "source": source}
+        for i, source in enumerate(sources)
+    ]
+    kernelspec = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+    notebook = {"cells": cells, "metadata": {"kernelspec": kernelspec, "language_info": {"name": "python"}},
+                "nbformat": 4, "nbformat_minor": 5}
+    path.write_text(json.dumps(notebook, indent=1))
+
+
+@contextlib.contextmanager
+def serve(app: str, root: Path, base: Path, extra: Sequence[str] = ()) -> Iterator[Lab]:
+    """``python -m app`` (``jupyterlab`` or ``notebook``) serving ``root``, its state under ``base``."""
+    port, token = free_port(), secrets.token_hex(16)
+    url = f"http://127.0.0.1:{port}"
+    log_path = base / f"{app}.log"
+    argv = [sys.executable, "-m", app, "--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
+            "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+            "--ServerApp.allow_root=True", "--ServerApp.terminals_enabled=False", *extra]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(argv, env=isolated_env(base), cwd=root, stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT)
+    server = Lab(url, token, log_path)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"{app} exited with {proc.returncode}:\n{server.log_tail()}")
+            with contextlib.suppress(OSError):
+                if get_status(f"{url}/api/status", token) == 200:
+                    break
+            if time.monotonic() > deadline:
+                pytest.fail(f"{app} did not answer within 60 s:\n{server.log_tail()}")
+            time.sleep(0.2)
+        yield server
+    finally:
+        stop_tree(proc, url, token)
+
+
+@contextlib.contextmanager
+def open_page(profile: Path) -> Iterator[Page]:
+    """A page in headless Chromium (a persistent profile under ``profile``), with generous timeouts."""
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 1000},
+        )
+        try:
+            page = context.pages[0] if context.pages else context.new_page()
+            page.set_default_timeout(WAIT_MS)
+            expect.set_options(timeout=WAIT_MS)  # expect's own default is 5 s
+            yield page
+        finally:
+            context.close()

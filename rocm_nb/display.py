@@ -41,12 +41,29 @@ from rocm_nb._units import human_bytes
 from rocm_nb.status import ServerStatus
 
 if TYPE_CHECKING:
+    from rocm_nb.completion import Options
     from rocm_nb.logprobs import Progress
 
-__all__ = ["LONG_PROMPT", "StreamDisplay", "ipython_publisher", "long_prefill"]
+__all__ = ["LONG_PROMPT", "StreamDisplay", "ipython_publisher", "long_prefill", "progress_option"]
 
 LONG_PROMPT = 256
 """Prompt tokens left to read from which a progress bar is worth showing (fewer take well under a second)."""
+
+
+def progress_option(source: object) -> Options:
+    """``{"return_progress": True}`` for a :class:`~rocm_nb.model.LocalModel` (a llama-server), else ``{}``.
+
+    A :class:`~rocm_nb.client.Client` may talk to another kind of server,
+    which may refuse the field, and finding out would cost a request; pass
+    ``return_progress=True`` yourself for a remote llama-server.
+
+    Example:
+        >>> progress_option(object())
+        {}
+    """
+    from rocm_nb.model import LocalModel
+
+    return {"return_progress": True} if isinstance(source, LocalModel) else {}
 
 
 def long_prefill(progress: Progress | None) -> bool:

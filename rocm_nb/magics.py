@@ -46,7 +46,7 @@ from rocm_nb._speculative import DEFAULT_SPECULATIVE
 from rocm_nb.catalog import DEFAULT_MODEL
 from rocm_nb.client import Client, connect
 from rocm_nb.completion import DEFAULT_MAX_TOKENS
-from rocm_nb.display import ipython_publisher, status_bundle
+from rocm_nb.display import ipython_publisher, progress_option, status_bundle
 from rocm_nb.errors import RocmNbError, ServerCrashed, describe_exit
 from rocm_nb.hardware import describe, detect
 from rocm_nb.library import ModelLibrary, model_names, models
@@ -332,9 +332,9 @@ class RocmMagics(Magics):
         user_ns = self.shell.user_ns if self.shell is not None else {}
         prompt = fill_placeholders(cell.strip(), user_ns)
         schema = json_schema(args.format, args.json_schema, user_ns)
-        options = {"return_progress": True} | options_from(args)  # progress: a bar while a long prompt is read
-        options |= {"json_schema": schema} if schema is not None else {}
+        options = options_from(args) | ({"json_schema": schema} if schema is not None else {})  # bad ones: first
         model = self._model(args.model)
+        options = progress_option(model) | options  # a bar while a long prompt is read
         messages = args.messages(prompt)
         view, publish = None, None
         if args.probs is not None:

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Unpack
 from rocm_nb import _markdown
 from rocm_nb._extras import needs_extra
 from rocm_nb.completion import DEFAULT_MAX_TOKENS, Completion, Options, check_options
-from rocm_nb.display import Bundle, Publisher, StreamDisplay, long_prefill
+from rocm_nb.display import Bundle, Publisher, StreamDisplay, long_prefill, progress_option
 from rocm_nb.stream import ChatSource
 from rocm_nb.tools import ToolCall, ToolRun
 
@@ -131,6 +131,7 @@ class ChatPanel:
                  **options: Unpack[Options]) -> None:
         self._source = source
         self.show_probs = show_probs
+        self._progress = progress_option(source)  # a bar while a long prompt is read, where the server can
         self._options: Options = check_options(options)  # type: ignore[assignment]  # bad ones raise here
         self._messages: list[dict[str, str]] = []
         self._task: asyncio.Task[None] | None = None
@@ -232,7 +233,7 @@ class ChatPanel:
     async def _reply(self) -> None:
         from rocm_nb.reply_view import ReplyView, live_view
 
-        options: Options = {"return_progress": True, **self._options, "temperature": self.temperature.value,
+        options: Options = {**self._progress, **self._options, "temperature": self.temperature.value,
                             "max_tokens": self.max_tokens.value}
         messages = self.export()
         bubble = widgets.HTML(_bubble_html("assistant", _plain_html("▌")))

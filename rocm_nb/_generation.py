@@ -31,10 +31,10 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
     from rocm_nb.client import Client
-    from rocm_nb.tools import ToolRun
     from rocm_nb.explore import NextTokenExplorer
     from rocm_nb.playground import SamplerPlayground
     from rocm_nb.token_view import TokenView
+    from rocm_nb.tools import ToolRun
 
 __all__ = ["parse_metrics"]
 

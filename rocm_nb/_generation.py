@@ -1,28 +1,29 @@
 """The generation API, written once for :class:`~rocm_nb.client.Client` and :class:`~rocm_nb.LocalModel`.
 
-``_GenerationAPI`` holds every public generation and server-utility method
-(``generate``, ``stream``, ``chat``, ``chat_stream``, their async twins,
-``map``/``amap``, ``tokenize``, ``detokenize``, ``apply_template``, ``n_ctx``, ``props``, ``metrics``,
-``models``, ``health``). Each reaches the server through a hook: ``_client()``
+``_GenerationAPI`` holds every public generation method (``generate``,
+``stream``, ``chat``, ``chat_stream``, their async twins, ``map``/``amap``,
+embeddings, reranking, tools and the teaching widgets); it builds on
+:class:`~rocm_nb._server_api._ServerAPI`, which holds the server utilities
+(``tokenize``, ``apply_template``, ``props``…) and the hooks every method
+reaches the server through: ``_client()``
 for sync code and ``await _aclient()`` for async code. A ``Client`` answers
 with itself; a ``LocalModel`` starts its server there on the first request,
 in a worker thread for async code. That is why ``LocalModel`` composes a
 ``Client`` instead of inheriting from it, and neither class copies the other.
 
 Example:
-    >>> parse_metrics("llamacpp:requests_processing 1")
-    {'llamacpp:requests_processing': 1.0}
+    >>> [base.__name__ for base in _GenerationAPI.__mro__]
+    ['_GenerationAPI', '_ServerAPI', 'object']
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, Unpack, overload
+from typing import TYPE_CHECKING, Any, Unpack
 
 from rocm_nb._batch import Prompt, adrain
-from rocm_nb.completion import Completion, Kind, Message, Options, build_payload, check_options
-from rocm_nb.errors import GenerationError, RocmNbError, StreamProtocolError
-from rocm_nb.logprobs import TokenPiece, read_pieces
+from rocm_nb._server_api import _ServerAPI
+from rocm_nb.completion import Completion, Kind, Message, Options, build_payload
 from rocm_nb.stream import Accumulator, AsyncTokenStream, TokenStream
 
 if TYPE_CHECKING:
@@ -30,35 +31,15 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
-    from rocm_nb.client import Client
     from rocm_nb.explore import NextTokenExplorer
     from rocm_nb.playground import SamplerPlayground
     from rocm_nb.token_view import TokenView
     from rocm_nb.tools import ToolRun
 
-__all__ = ["parse_metrics"]
+__all__: list[str] = []
 
 
-def parse_metrics(text: str) -> dict[str, float]:
-    """Parse Prometheus text (llama-server's ``/metrics``) into a flat dict.
-
-    Example:
-        >>> parse_metrics("# HELP x\\nllamacpp:n_decode_total 12\\n")
-        {'llamacpp:n_decode_total': 12.0}
-    """
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        name, _, value = line.rpartition(" ")
-        try:
-            values[name] = float(value)
-        except ValueError:
-            continue
-    return values
-
-
-class _GenerationAPI:
+class _GenerationAPI(_ServerAPI):
     """The generation API, shared by :class:`Client` and :class:`~rocm_nb.LocalModel`.
 
     Every public method reaches the server through one of two hooks, so the
@@ -80,15 +61,6 @@ class _GenerationAPI:
         >>> issubclass(Client, _GenerationAPI) and issubclass(LocalModel, _GenerationAPI)
         True
     """
-
-    def _client(self) -> Client:
-        raise NotImplementedError
-
-    async def _aclient(self) -> Client:
-        return self._client()
-
-    def _better_error(self, exc: Exception, partial: str) -> RocmNbError | None:
-        return None
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -389,132 +361,3 @@ class _GenerationAPI:
         from rocm_nb.token_view import TokenView
 
         return TokenView(self, text_or_messages)
-
-    # -- server utilities -------------------------------------------------------------------
-
-    @overload
-    def tokenize(self, text: str, *, add_special: bool = False, pieces: Literal[False] = False) -> list[int]: ...
-
-    @overload
-    def tokenize(self, text: str, *, add_special: bool = False, pieces: Literal[True]) -> list[TokenPiece]: ...
-
-    def tokenize(self, text: str, *, add_special: bool = False, pieces: bool = False) -> list[int] | list[TokenPiece]:
-        """Token ids of ``text`` (llama-server's ``/tokenize``); with ``pieces=True``, :class:`TokenPiece` s.
-
-        Each piece has the token's id, text and bytes (the server's
-        ``with_pieces``); a token that is a fragment of a character has
-        U+FFFD as its text and the fragment in its bytes.
-
-        Example:
-            >>> model.tokenize("Hello")  # doctest: +SKIP
-            [19556]
-            >>> model.tokenize("Hi 🌟", pieces=True)[-1]  # doctest: +SKIP
-            TokenPiece(id=249, text='\\ufffd', bytes=b'\\x9f')
-        """
-        client = self._client()
-        body = {"content": text, "add_special": add_special, "with_pieces": pieces, **client._model_field()}
-        tokens = client._request_json("POST", "/tokenize", json=body)["tokens"]
-        return read_pieces(tokens) if pieces else [int(token) for token in tokens]
-
-    def apply_template(
-        self,
-        messages: Sequence[Message],
-        *,
-        add_generation_prompt: bool = True,
-        chat_template_kwargs: Mapping[str, Any] | None = None,
-    ) -> str:
-        """The exact prompt the model's chat template makes of ``messages`` (llama-server's ``/apply-template``).
-
-        ``chat_template_kwargs`` are given to the template, as in a chat
-        (``{"enable_thinking": False}``).
-
-        Example:
-            >>> model.apply_template([{"role": "user", "content": "Hi"}])  # doctest: +SKIP
-            '<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'
-        """
-        body: dict[str, Any] = {"messages": [dict(m) for m in messages], "add_generation_prompt": add_generation_prompt}
-        if chat_template_kwargs is not None:
-            check_options({"chat_template_kwargs": chat_template_kwargs})
-            body["chat_template_kwargs"] = dict(chat_template_kwargs)
-        client = self._client()
-        body.update(client._model_field())
-        prompt: str = client._request_json("POST", "/apply-template", json=body)["prompt"]
-        return prompt
-
-    def n_ctx(self) -> int | None:
-        """The context size of one slot, in tokens (``/props``); ``None`` when the server does not say.
-
-        Asked of the server once; ``Completion.context`` compares a reply's
-        tokens with it.
-
-        Example:
-            >>> model.n_ctx()  # doctest: +SKIP
-            2048
-        """
-        return self._client()._slot_ctx()
-
-    def detokenize(self, tokens: Sequence[int]) -> str:
-        """Text of token ids (llama-server's ``/detokenize``).
-
-        Example:
-            >>> model.detokenize([19556])  # doctest: +SKIP
-            'Hello'
-        """
-        client = self._client()
-        body = {"tokens": list(tokens), **client._model_field()}
-        content: str = client._request_json("POST", "/detokenize", json=body)["content"]
-        return content
-
-    def props(self) -> dict[str, Any]:
-        """The server's properties (``/props``): chat template, default settings, slots.
-
-        Example:
-            >>> model.props()["total_slots"]  # doctest: +SKIP
-            1
-        """
-        props = self._client()._request_json("GET", "/props")
-        if not isinstance(props, dict):
-            raise StreamProtocolError(f"GET /props answered {type(props).__name__} JSON, not an object: "
-                                      f"{str(props)[:120]!r}", body=str(props))
-        return props
-
-    def metrics(self) -> dict[str, float]:
-        """The server's Prometheus counters (``/metrics``, needs ``--metrics``).
-
-        Example:
-            >>> model.metrics()["llamacpp:tokens_predicted_total"]  # doctest: +SKIP
-            48.0
-        """
-        return parse_metrics(self._client()._request("GET", "/metrics").text)
-
-    def models(self) -> list[str]:
-        """Model ids the server offers (``/v1/models``); ``[]`` from a server without that endpoint.
-
-        Raises GenerationError when the server cannot be reached.
-
-        Example:
-            >>> connect("http://127.0.0.1:8080").models()  # doctest: +SKIP
-            ['SmolLM2-135M-Instruct.Q4_1.gguf']
-        """
-        try:
-            reply = self._client()._request_json("GET", "/v1/models")
-        except GenerationError as exc:
-            if exc.status_code == 404:
-                return []
-            raise
-        data = reply.get("data") if isinstance(reply, dict) else None
-        return [str(entry.get("id")) for entry in data if isinstance(entry, dict)] if isinstance(data, list) else []
-
-    def health(self) -> bool:
-        """True when the server answers ``/health`` with 200 (ready).
-
-        Example:
-            >>> model.health()  # doctest: +SKIP
-            True
-        """
-        import httpx
-
-        try:
-            return self._client()._http().get("/health").status_code == 200
-        except httpx.HTTPError:
-            return False

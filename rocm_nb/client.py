@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from rocm_nb._batch import Prompt
 from rocm_nb._generation import _GenerationAPI
-from rocm_nb._generation import parse_metrics as parse_metrics  # re-exported: it lived here
+from rocm_nb._server_api import parse_metrics as parse_metrics  # re-exported: it lived here
 from rocm_nb.completion import Completion, Kind, Message, Options, Timings, Usage
 from rocm_nb.completion import build_payload as build_payload  # re-exported: tests and users import it here
 from rocm_nb.engines import ServerAware, ServerFacts, ServerInfo, root_url

@@ -26,18 +26,23 @@ happened.
 
 from __future__ import annotations
 
-import contextlib
-import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import Locator, Page, Request, expect
 
-from tests.support.jupyter import Lab, open_page, serve, write_notebook
+from tests.support.jupyter import (
+    ARTIFACTS,
+    Lab,
+    cell,
+    notebook_page,
+    run,
+    serve,
+    shoot,
+    shot_on_failure,
+    write_notebook,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "test-artifacts" / "browser"
 NOTEBOOK = "test.ipynb"
 
 LOAD, GENERATE, CHAT = range(3)
@@ -76,61 +81,19 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 @pytest.fixture(scope="module")
 def page(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
     """The test notebook open in JupyterLab, its kernel idle and its model loaded."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for stale in ARTIFACTS.glob("failure-*.png"):
-        stale.unlink()
-    with open_page(tmp_path_factory.mktemp("chromium-profile")) as page:
-        try:
-            page.goto(f"{lab.url}/lab/tree/{NOTEBOOK}?token={lab.token}")
-            expect(cell(page, CHAT)).to_be_visible()
-            expect(page.locator(".jp-Notebook-ExecutionIndicator")).to_have_attribute("data-status", "idle")
-            page.keyboard.press("Control+b")  # hide the file browser: more room for the notebook
-            run(page, LOAD, idempotent=True)  # %rocm_load attaches if it already ran
-            expect(cell(page, LOAD).locator(".jp-OutputArea")).to_contain_text("✓ smollm2-135m")
-            yield page
-        except BaseException:
-            with contextlib.suppress(Exception):
-                shoot(page, "failure-setup.png")
-            print(f"JupyterLab log:\n{lab.log_tail()}")
-            raise
+        stale.unlink(missing_ok=True)
+    with notebook_page(lab, f"lab/tree/{NOTEBOOK}", tmp_path_factory.mktemp("chromium-profile"),
+                       first=CHAT, load=LOAD, prefix="") as page:
+        page.keyboard.press("Control+b")  # hide the file browser: more room for the notebook
+        yield page
 
 
 @pytest.fixture(autouse=True)
 def screenshot_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
     """After a failed test, keep what the page showed: ``failure-<test>.png``."""
-    failed = request.session.testsfailed
-    yield
-    if request.session.testsfailed > failed and "page" in request.fixturenames:
-        with contextlib.suppress(Exception):
-            shoot(request.getfixturevalue("page"), f"failure-{request.node.name}.png")
-        print(f"JupyterLab log:\n{request.getfixturevalue('lab').log_tail()}")
-
-
-def cell(page: Page, index: int) -> Locator:
-    return page.locator(".jp-Notebook .jp-Cell").nth(index)
-
-
-def run(page: Page, index: int, *, idempotent: bool = False) -> Locator:
-    """Click into cell ``index``'s editor and press Shift+Enter; wait until the kernel has it.
-
-    The key goes only to a focused editor (on a loaded machine focus can lag
-    behind the click). For an ``idempotent`` cell a key press that JupyterLab
-    dropped while still settling after page load is repeated once.
-    """
-    target = cell(page, index)
-    target.locator(".jp-InputArea-editor").click()
-    expect(target.locator(".cm-editor")).to_have_class(re.compile(r"\bcm-focused\b"))
-    page.keyboard.press("Shift+Enter")
-    prompt = target.locator(".jp-InputPrompt")
-    if idempotent:
-        try:
-            expect(prompt).not_to_have_text("[ ]:", timeout=10_000)
-        except AssertionError:
-            target.locator(".jp-InputArea-editor").click()
-            expect(target.locator(".cm-editor")).to_have_class(re.compile(r"\bcm-focused\b"))
-            page.keyboard.press("Shift+Enter")
-    expect(prompt).not_to_have_text("[ ]:")
-    return target
+    with shot_on_failure(request, "lab", prefix=""):
+        yield
 
 
 def output_text(page: Page, index: int) -> str:
@@ -140,10 +103,6 @@ def output_text(page: Page, index: int) -> str:
         index,
     )
     return text
-
-
-def shoot(page: Page, name: str) -> None:
-    page.screenshot(path=ARTIFACTS / name)
 
 
 # -- the tests ----------------------------------------------------------------------------------

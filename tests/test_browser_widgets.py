@@ -19,15 +19,13 @@ Screenshots go to ``test-artifacts/browser/`` (``widgets-*.png``).
 
 from __future__ import annotations
 
-import contextlib
 import re
 from collections.abc import Iterator
 
 import pytest
 from playwright.sync_api import Locator, Page, expect
 
-from tests.support.jupyter import Lab, open_page, serve, write_notebook
-from tests.test_browser import ARTIFACTS, cell, run, shoot
+from tests.support.jupyter import Lab, notebook_page, run, serve, shoot, shot_on_failure, write_notebook
 
 NOTEBOOK = "widgets.ipynb"
 LOAD, PROBS, EXPLORE, PLAYGROUND, TOKENS = range(5)
@@ -57,29 +55,15 @@ def notebook7(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 @pytest.fixture(scope="module")
 def page(notebook7: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
     """``widgets.ipynb`` open in Notebook 7, its model loaded."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with open_page(tmp_path_factory.mktemp("chromium-profile")) as page:
-        try:
-            page.goto(f"{notebook7.url}/notebooks/{NOTEBOOK}?token={notebook7.token}")
-            expect(cell(page, TOKENS)).to_be_visible()
-            expect(page.locator(".jp-Notebook-ExecutionIndicator")).to_have_attribute("data-status", "idle")
-            run(page, LOAD, idempotent=True)
-            expect(cell(page, LOAD).locator(".jp-OutputArea")).to_contain_text("✓ smollm2-135m")
-            yield page
-        except BaseException:
-            with contextlib.suppress(Exception):
-                shoot(page, "widgets-failure-setup.png")
-            print(f"Notebook 7 log:\n{notebook7.log_tail()}")
-            raise
+    with notebook_page(notebook7, f"notebooks/{NOTEBOOK}", tmp_path_factory.mktemp("chromium-profile"),
+                       first=TOKENS, load=LOAD, prefix="widgets-") as page:
+        yield page
 
 
 @pytest.fixture(autouse=True)
 def screenshot_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
-    failed = request.session.testsfailed
-    yield
-    if request.session.testsfailed > failed and "page" in request.fixturenames:
-        with contextlib.suppress(Exception):
-            shoot(request.getfixturevalue("page"), f"widgets-failure-{request.node.name}.png")
+    with shot_on_failure(request, "notebook7", prefix="widgets-"):
+        yield
 
 
 def widget(page: Page, index: int, cls: str) -> Locator:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -25,7 +26,10 @@ from pathlib import Path
 
 import psutil
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Locator, Page, expect, sync_playwright
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "browser"
+"""Where screenshots go."""
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -171,3 +175,70 @@ def open_page(profile: Path) -> Iterator[Page]:
             yield page
         finally:
             context.close()
+
+
+def cell(page: Page, index: int) -> Locator:
+    return page.locator(".jp-Notebook .jp-Cell").nth(index)
+
+
+def run(page: Page, index: int, *, idempotent: bool = False) -> Locator:
+    """Click into cell ``index``'s editor and press Shift+Enter; wait until the kernel has it.
+
+    The key goes only to a focused editor (on a loaded machine focus can lag
+    behind the click). For an ``idempotent`` cell a key press that JupyterLab
+    dropped while still settling after page load is repeated once.
+    """
+    target = cell(page, index)
+    target.locator(".jp-InputArea-editor").click()
+    expect(target.locator(".cm-editor")).to_have_class(re.compile(r"\bcm-focused\b"))
+    page.keyboard.press("Shift+Enter")
+    prompt = target.locator(".jp-InputPrompt")
+    if idempotent:
+        try:
+            expect(prompt).not_to_have_text("[ ]:", timeout=10_000)
+        except AssertionError:
+            target.locator(".jp-InputArea-editor").click()
+            expect(target.locator(".cm-editor")).to_have_class(re.compile(r"\bcm-focused\b"))
+            page.keyboard.press("Shift+Enter")
+    expect(prompt).not_to_have_text("[ ]:")
+    return target
+
+
+def shoot(page: Page, name: str) -> None:
+    """Save a screenshot of ``page`` as ``test-artifacts/browser/<name>``."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=ARTIFACTS / name)
+
+
+@contextlib.contextmanager
+def notebook_page(server: Lab, path: str, profile: Path, *, first: int, load: int, prefix: str) -> Iterator[Page]:
+    """``server``'s page at ``path`` (a notebook), its kernel idle and cell ``load`` (``%rocm_load``) run.
+
+    Waits for cell ``first`` to show; if setting up fails, keeps a screenshot
+    (``<prefix>failure-setup.png``) and prints the server's log.
+    """
+    with open_page(profile) as page:
+        try:
+            page.goto(f"{server.url}/{path}?token={server.token}")
+            expect(cell(page, first)).to_be_visible()
+            expect(page.locator(".jp-Notebook-ExecutionIndicator")).to_have_attribute("data-status", "idle")
+            run(page, load, idempotent=True)  # %rocm_load attaches if it already ran
+            expect(cell(page, load).locator(".jp-OutputArea")).to_contain_text("✓ smollm2-135m")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                shoot(page, f"{prefix}failure-setup.png")
+            print(f"Jupyter log:\n{server.log_tail()}")
+            raise
+        yield page
+
+
+@contextlib.contextmanager
+def shot_on_failure(request: pytest.FixtureRequest, server: str, *, prefix: str) -> Iterator[None]:
+    """Around one test: if it fails, screenshot its ``page`` (``<prefix>failure-<test>.png``) and print the log
+    of the fixture named ``server``."""
+    failed = request.session.testsfailed
+    yield
+    if request.session.testsfailed > failed and "page" in request.fixturenames:
+        with contextlib.suppress(Exception):
+            shoot(request.getfixturevalue("page"), f"{prefix}failure-{request.node.name}.png")
+        print(f"Jupyter log:\n{request.getfixturevalue(server).log_tail()}")

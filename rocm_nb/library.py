@@ -395,11 +395,14 @@ def model_names(dirs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] 
 
     Example:
         >>> model_names(environ={"ROCM_NB_CACHE": "/nonexistent", "HF_HUB_CACHE": "/nonexistent"})
-        ['minilm', 'smollm2-135m']
+        ['smollm2-135m', 'minilm']
+
+    The default model comes first (what a bare ``%rocm_load`` loads), then
+    the rest of the catalogue, then the files, each part sorted.
     """
     env = os.environ if environ is None else environ
     found = [f.name for f in _discover(dirs, env, [])]
-    return sorted(set(CATALOGUE)) + sorted(set(found) - set(CATALOGUE))
+    return [DEFAULT_MODEL, *sorted(set(CATALOGUE) - {DEFAULT_MODEL}), *sorted(set(found) - set(CATALOGUE))]
 
 
 def models(dirs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None = None, *,

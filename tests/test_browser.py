@@ -33,6 +33,7 @@ from playwright.sync_api import Locator, Page, Request, expect
 
 from tests.support.jupyter import (
     ARTIFACTS,
+    LAB_OPTIONS,
     Lab,
     cell,
     notebook_page,
@@ -67,11 +68,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     root = base / "root"
     root.mkdir()
     write_notebook(root / NOTEBOOK, CELLS)
-    with serve("jupyterlab", root, base, [
-        "--LabApp.news_url=None",
-        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-        "--LabApp.extension_manager=readonly",
-    ]) as lab:
+    with serve("jupyterlab", root, base, LAB_OPTIONS) as lab:
         yield lab
 
 

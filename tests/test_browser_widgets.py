@@ -1,9 +1,8 @@
-"""The teaching widgets as a user sees them: Notebook 7 in headless Chromium, driven by Playwright.
+"""The teaching widgets as a user sees them: Notebook 7 and JupyterLab in headless Chromium, driven by Playwright.
 
 Uses the browser tests' harness (:mod:`tests.support.jupyter`: isolated
 Jupyter directories, a random token, Debian's Chromium, the process tree
-stopped at the end) with Notebook 7 instead of JupyterLab, so both front ends
-are covered. Checks:
+stopped at the end); every test runs in both front ends. Checks:
 
 * ``%%rocm_generate --probs``: tokens are shaded; hovering one, and focusing
   one with the keyboard, shows its alternatives with percentages; "after
@@ -14,18 +13,28 @@ are covered. Checks:
   continuations;
 * the token view: special tokens highlighted, segments with token counts.
 
-Screenshots go to ``test-artifacts/browser/`` (``widgets-*.png``).
+Screenshots go to ``test-artifacts/browser/`` (``widgets-<front end>-*.png``).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 from playwright.sync_api import Locator, Page, expect
 
-from tests.support.jupyter import Lab, notebook_page, run, serve, shoot, shot_on_failure, write_notebook
+from tests.support.jupyter import (
+    LAB_OPTIONS,
+    Lab,
+    notebook_page,
+    run,
+    serve,
+    shoot,
+    shot_on_failure,
+    write_notebook,
+)
 
 NOTEBOOK = "widgets.ipynb"
 LOAD, PROBS, EXPLORE, PLAYGROUND, TOKENS = range(5)
@@ -41,28 +50,45 @@ CELLS = [
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
 
-@pytest.fixture(scope="module")
-def notebook7(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    """A Notebook 7 server of the test's own, serving a temporary root that holds ``widgets.ipynb``."""
-    base = tmp_path_factory.mktemp("nb7")
+@dataclass(frozen=True)
+class FrontEnd:
+    """A Jupyter front end serving ``widgets.ipynb``: its app, its server, where a notebook opens."""
+
+    app: str
+    server: Lab
+    path: str
+
+    def log_tail(self) -> str:
+        return self.server.log_tail()
+
+
+FRONT_ENDS = {"notebook": ("notebooks", ()), "jupyterlab": ("lab/tree", LAB_OPTIONS)}  # app -> (path, options)
+
+
+@pytest.fixture(scope="module", params=sorted(FRONT_ENDS))
+def front_end(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrontEnd]:
+    """Notebook 7 or JupyterLab, of the test's own, serving a temporary root that holds ``widgets.ipynb``."""
+    app: str = request.param
+    base = tmp_path_factory.mktemp(app)
     root = base / "root"
     root.mkdir()
     write_notebook(root / NOTEBOOK, CELLS)
-    with serve("notebook", root, base) as server:
-        yield server
+    path, options = FRONT_ENDS[app]
+    with serve(app, root, base, options) as server:
+        yield FrontEnd(app, server, path)
 
 
 @pytest.fixture(scope="module")
-def page(notebook7: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
-    """``widgets.ipynb`` open in Notebook 7, its model loaded."""
-    with notebook_page(notebook7, f"notebooks/{NOTEBOOK}", tmp_path_factory.mktemp("chromium-profile"),
-                       first=TOKENS, load=LOAD, prefix="widgets-") as page:
+def page(front_end: FrontEnd, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
+    """``widgets.ipynb`` open in the front end, its model loaded."""
+    with notebook_page(front_end.server, f"{front_end.path}/{NOTEBOOK}", tmp_path_factory.mktemp("chromium-profile"),
+                       first=TOKENS, load=LOAD, prefix=f"widgets-{front_end.app}-") as page:
         yield page
 
 
 @pytest.fixture(autouse=True)
-def screenshot_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
-    with shot_on_failure(request, "notebook7", prefix="widgets-"):
+def screenshot_on_failure(request: pytest.FixtureRequest, front_end: FrontEnd) -> Iterator[None]:
+    with shot_on_failure(request, "front_end", prefix=f"widgets-{front_end.app}-"):
         yield
 
 
@@ -73,7 +99,7 @@ def widget(page: Page, index: int, cls: str) -> Locator:
     return found
 
 
-def test_probs_shade_tokens_and_show_alternatives_on_hover_and_focus(page: Page) -> None:
+def test_probs_shade_tokens_and_show_alternatives_on_hover_and_focus(page: Page, front_end: FrontEnd) -> None:
     reply = widget(page, PROBS, "rocm-nb-reply")
     expect(reply).to_have_attribute("data-streaming", "false")
     tokens = reply.locator(".rocm-nb-answer .rocm-nb-tok")
@@ -85,7 +111,7 @@ def test_probs_shade_tokens_and_show_alternatives_on_hover_and_focus(page: Page)
     expect(tip).to_be_visible()
     expect(tip).to_contain_text("%")
     assert tip.locator(".rocm-nb-tip-row").count() >= 2, "the chosen token and its alternatives"
-    shoot(page, "widgets-01-probs-hover.png")
+    shoot(page, f"widgets-{front_end.app}-01-probs-hover.png")
 
     page.mouse.move(0, 0)
     expect(tip).to_be_hidden()
@@ -97,12 +123,12 @@ def test_probs_shade_tokens_and_show_alternatives_on_hover_and_focus(page: Page)
     expect(reply).to_have_attribute("data-mode", "post")
     expect(reply.locator(".rocm-nb-toggle")).to_contain_text("what top-k, top-p, min-p and temperature left")
     expect(reply.locator(".rocm-nb-answer .rocm-nb-tok").first).to_be_visible()
-    shoot(page, "widgets-02-probs-after-sampling.png")
+    shoot(page, f"widgets-{front_end.app}-02-probs-after-sampling.png")
     reply.get_by_role("button", name="before sampling").click()
     expect(reply).to_have_attribute("data-mode", "raw")
 
 
-def test_a_click_in_the_explorer_extends_the_text_and_back_undoes_it(page: Page) -> None:
+def test_a_click_in_the_explorer_extends_the_text_and_back_undoes_it(page: Page, front_end: FrontEnd) -> None:
     explorer = widget(page, EXPLORE, "rocm-nb-explore")
     picks = explorer.locator(".rocm-nb-pick")
     expect(picks).to_have_count(6)
@@ -113,7 +139,7 @@ def test_a_click_in_the_explorer_extends_the_text_and_back_undoes_it(page: Page)
     expect(explorer).to_have_attribute("data-busy", "false")
     added = explorer.locator(".rocm-nb-added").first.inner_text()
     assert added.strip() == chosen.replace("↵", "").strip()
-    shoot(page, "widgets-03-explorer.png")
+    shoot(page, f"widgets-{front_end.app}-03-explorer.png")
 
     widths = explorer.locator(".rocm-nb-bar-fill").evaluate_all("els => els.map(e => e.style.width)")
     explorer.get_by_label("temperature").fill("0")
@@ -125,7 +151,7 @@ def test_a_click_in_the_explorer_extends_the_text_and_back_undoes_it(page: Page)
     expect(explorer.locator(".rocm-nb-added")).to_have_count(0)
 
 
-def test_the_playground_redraws_and_samples(page: Page) -> None:
+def test_the_playground_redraws_and_samples(page: Page, front_end: FrontEnd) -> None:
     playground = widget(page, PLAYGROUND, "rocm-nb-playground")
     expect(playground).to_have_attribute("data-busy", "false")
     expect(playground).to_have_attribute("data-topk", "40")
@@ -134,12 +160,12 @@ def test_the_playground_redraws_and_samples(page: Page) -> None:
     assert 1 <= int(playground.get_attribute("data-kept") or 0) <= 2
     playground.get_by_role("button", name="Sample 3 continuations").click()
     expect(playground.locator(".rocm-nb-samples li")).to_have_count(3)
-    shoot(page, "widgets-04-playground.png")
+    shoot(page, f"widgets-{front_end.app}-04-playground.png")
 
 
-def test_the_token_view_highlights_special_tokens_and_counts_segments(page: Page) -> None:
+def test_the_token_view_highlights_special_tokens_and_counts_segments(page: Page, front_end: FrontEnd) -> None:
     view = widget(page, TOKENS, "rocm-nb-tokenview")
     expect(view.locator(".rocm-nb-segment")).to_have_count(3)
     expect(view.locator(".rocm-nb-segment-head").first).to_contain_text("system · ")
     expect(view.locator(".rocm-nb-pill.rocm-nb-special").first).to_contain_text("<|im_start|>")
-    shoot(page, "widgets-05-token-view.png")
+    shoot(page, f"widgets-{front_end.app}-05-token-view.png")

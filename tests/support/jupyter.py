@@ -41,6 +41,13 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+LAB_OPTIONS = (
+    "--LabApp.news_url=None",
+    "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+    "--LabApp.extension_manager=readonly",
+)
+"""JupyterLab without news, update checks or the extension manager's calls out (the tests reach nothing)."""
+
 WAIT_MS = 60_000
 """Generous: the machine may be busy with other work (two cores)."""
 

@@ -28,7 +28,7 @@ The default is :data:`DEFAULT_SPECULATIVE`; the README says why.
 
 Example:
     >>> speculation_flags("ngram", None, None)
-    ('--spec-type', 'ngram-simple')
+    ('--spec-type', 'ngram-mod')
     >>> speculation_flags("off", None, None)
     ()
 """
@@ -46,7 +46,7 @@ SPECULATIVE_MODES = ("off", "ngram")
 DEFAULT_SPECULATIVE = "off"
 """``LocalModel``'s default, chosen by measurement (``benchmarks/README.md``, "Speculative decoding")."""
 
-NGRAM_FLAGS: tuple[str, ...] = ("--spec-type", "ngram-simple")
+NGRAM_FLAGS: tuple[str, ...] = ("--spec-type", "ngram-mod")
 """What ``speculative="ngram"`` adds to llama-server's command line: the n-gram type that measured best."""
 
 

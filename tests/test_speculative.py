@@ -37,7 +37,7 @@ MAX_TOKENS = 96
 @pytest.mark.unit
 def test_modes_become_the_flags_llama_server_takes() -> None:
     assert speculation_flags("off", None, None) == ()
-    assert speculation_flags("ngram", None, None) == NGRAM_FLAGS == ("--spec-type", "ngram-simple")
+    assert speculation_flags("ngram", None, None) == NGRAM_FLAGS == ("--spec-type", "ngram-mod")
     assert speculation_flags("d.gguf", Path("/m/d.gguf"), None) == (
         "--spec-type", "draft-simple", "--spec-draft-model", "/m/d.gguf")
     assert speculation_flags("d.gguf", Path("/m/d.gguf"), 7)[-2:] == ("--spec-draft-ngl", "7")
@@ -45,7 +45,7 @@ def test_modes_become_the_flags_llama_server_takes() -> None:
     with pytest.raises(ValueError, match="'off', 'ngram', or a draft model"):
         draft_spec("")
     argv = ServerConfig(Path("s"), Path("m.gguf"), 512, speculative=NGRAM_FLAGS, extra_args=("-t", "2")).argv(1)
-    assert argv[-4:] == ["--spec-type", "ngram-simple", "-t", "2"]  # before extra_args, which may override
+    assert argv[-4:] == ["--spec-type", "ngram-mod", "-t", "2"]  # before extra_args, which may override
 
 
 @pytest.mark.unit

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from rocm_nb.errors import RocmNbError
 
 if TYPE_CHECKING:
-    from rocm_nb.completion import Timings
+    from rocm_nb.timings import Timings
 
 __all__ = [
     "DEFAULT_TOP_LOGPROBS",
@@ -364,7 +364,7 @@ def read_context(timings: Timings | None, n_ctx: int | None) -> ContextUse | Non
     enough; otherwise, or without ``n_ctx``, ``None``.
 
     Example:
-        >>> from rocm_nb.completion import Timings
+        >>> from rocm_nb.timings import Timings
         >>> read_context(Timings.from_server({"cache_n": 20, "prompt_n": 4, "predicted_n": 8}), 4096)
         ContextUse(used=32, n_ctx=4096)
         >>> read_context(Timings.from_server({"prompt_n": 4}), 4096) is None

@@ -63,7 +63,8 @@ def test_unload_frees_the_child_and_load_brings_it_back(router: LocalRouter) -> 
 def test_closing_the_router_leaves_no_child(model_path: str) -> None:
     router = LocalRouter([model_path], ctx_size=512, registry=ServerRegistry())
     name = Path(model_path).stem
-    assert router.generate("2 + 2 =", **GREEDY).text is not None  # one model: no model= needed
+    reply = router.generate("2 + 2 =", **GREEDY)  # one model: no model= needed
+    assert reply.timings is not None and reply.timings.predicted_tokens > 0 and reply.finish_reason
     pids = [router.pid, *[c.pid for c in router.loaded()]]
     assert len(pids) == 2 and all(pids)
     folder = router.folder

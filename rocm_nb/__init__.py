@@ -46,7 +46,6 @@ from rocm_nb.hardware import GpuUsage, gpu_usage
 from rocm_nb.library import models
 from rocm_nb.logprobs import ContextUse, Progress, TokenPiece, TokenProb
 from rocm_nb.model import LocalModel, ModelState, rpc_worker
-from rocm_nb.router import LocalRouter, RouterChild
 from rocm_nb.status import ServerStatus
 from rocm_nb.stream import Delta
 from rocm_nb.tools import ToolCall, ToolRun
@@ -59,6 +58,7 @@ if TYPE_CHECKING:
     from rocm_nb.monitor import GpuMonitor, MonitorSample, ProcessUsage
     from rocm_nb.playground import SamplerPlayground
     from rocm_nb.reply_view import ReplyView
+    from rocm_nb.router import LocalRouter, RouterChild
     from rocm_nb.token_view import TokenView
 
 __version__ = "0.1.0"
@@ -140,10 +140,12 @@ _LAZY = {
     "install_server": "rocm_nb._build",
     "NextTokenExplorer": "rocm_nb.explore",
     "ReplyView": "rocm_nb.reply_view",
+    "LocalRouter": "rocm_nb.router",
+    "RouterChild": "rocm_nb.router",
     "SamplerPlayground": "rocm_nb.playground",
     "TokenView": "rocm_nb.token_view",
 }
-"""Names loaded on first use (PEP 562): the monitor and teaching widgets import anywidget; building is rare."""
+"""Names loaded on first use (PEP 562): the monitor and widgets import anywidget; builds and routers are rare."""
 
 
 def __getattr__(name: str) -> Any:

@@ -57,6 +57,7 @@ demo: setup
 lint: $(STAMP)
 	$(VENV)/bin/ruff check rocm_nb tests benchmarks
 	$(VENV)/bin/mypy --strict rocm_nb
+	$(VENV)/bin/lint-imports
 
 test: setup test-deps lint
 	$(VENV)/bin/pytest -q

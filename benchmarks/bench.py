@@ -31,8 +31,8 @@ from typing import Any
 import psutil
 
 from rocm_nb import Completion, LocalModel
-from rocm_nb.catalog import DEFAULT_MODEL, resolve_model
-from rocm_nb.server import free_port
+from rocm_nb._exposure import free_port
+from rocm_nb.modelfiles.catalog import DEFAULT_MODEL, resolve_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support: the files the tests write, written once
 
@@ -218,8 +218,8 @@ def bench_kernel(path: Path) -> list[Row]:
 def bench_files(path: Path) -> list[Row]:
     """GGUF headers without the server: a cold `read_info`, `pull()` of a cached model, a 70B-sized library scan."""
     from rocm_nb import models
-    from rocm_nb.catalog import _read_info_cached, pull, read_info
     from rocm_nb.hardware import Hardware
+    from rocm_nb.modelfiles.catalog import _read_info_cached, pull, read_info
     from tests.support.gguf_files import write_huge_gguf
 
     header, pulled, scanned = [], [], []

@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench import REPS, raw_start, raw_stream
 
-from rocm_nb.catalog import DEFAULT_MODEL, resolve_model
-from rocm_nb.server import free_port
+from rocm_nb._exposure import free_port
+from rocm_nb.modelfiles.catalog import DEFAULT_MODEL, resolve_model
 
 TOKENS = 128
 

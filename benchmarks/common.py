@@ -47,7 +47,7 @@ def spread(values: list[float], unit: str = "", scale: float = 1.0) -> str:
 # Made once, outside every timing, as a careful user would. No keep-alive: llama-server closes
 # the connection after each streamed response, and reusing one before its FIN arrives fails with
 # "Server disconnected without sending a response" (rocm_nb keeps none alive to a loopback server either:
-# rocm_nb/_redial.py says why and what it costs).
+# rocm_nb/client/_transports.py says why and what it costs).
 RAW = httpx.Client(timeout=60, limits=httpx.Limits(max_keepalive_connections=0))
 
 
@@ -108,9 +108,9 @@ def raw_server(flags: Sequence[str], ctx: int = 4096) -> tuple[subprocess.Popen[
 
     Returns the process and its base URL; the caller terminates it.
     """
+    from rocm_nb._exposure import free_port
     from rocm_nb.binary import find_server
-    from rocm_nb.catalog import DEFAULT_MODEL, resolve_model
-    from rocm_nb.server import free_port
+    from rocm_nb.modelfiles.catalog import DEFAULT_MODEL, resolve_model
 
     port = free_port()
     argv = [str(find_server().path), "-m", str(resolve_model(DEFAULT_MODEL)), "--host", "127.0.0.1",

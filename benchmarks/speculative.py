@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import REPS, Row
 from variants import compare, table
 
-from rocm_nb._speculative import NGRAM_FLAGS
+from rocm_nb._options import NGRAM_FLAGS
 
 SHIPPED = {"off": [], "ngram": list(NGRAM_FLAGS)}
 """What ``speculative="ngram"`` runs, against a default raw llama-server."""

@@ -1,6 +1,6 @@
 """Kernel→browser messages per second of the token-probability view while the model decodes.
 
-A :class:`~rocm_nb.reply_view.ReplyView` with ``probs=True`` (what
+A :class:`~rocm_nb.notebook.reply_view.ReplyView` with ``probs=True`` (what
 ``%%rocm_generate --probs`` and ``ChatPanel(show_probs=True)`` show) is fed
 every update of a real stream (``logprobs=True, top_logprobs=5``, 256
 tokens, greedy); every message its comm publishes is counted (outside a
@@ -21,9 +21,9 @@ import time
 from common import GREEDY, PROMPT, REPS, Row, spread
 
 from rocm_nb import LocalModel
-from rocm_nb._widget_kit import MAX_RATE
-from rocm_nb.reply_view import ReplyView
-from rocm_nb.stream import Delta
+from rocm_nb.client.stream import Delta
+from rocm_nb.notebook._widget_kit import MAX_RATE
+from rocm_nb.notebook.reply_view import ReplyView
 from tests.support.widgets import counted  # bench.py puts the repository on sys.path
 
 

@@ -20,9 +20,17 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from rocm_nb.client import AsyncTokenStream, Client, Completion, Prompt, Timings, TokenStream, Usage, connect
-from rocm_nb.embeddings import TextTooLong, search
-from rocm_nb.engines import Capabilities, ServerInfo
+from rocm_nb._lease import ModelState
+from rocm_nb.client import Client, connect
+from rocm_nb.client._batch import Prompt
+from rocm_nb.client.completion import Completion, ToolCall
+from rocm_nb.client.embeddings import search
+from rocm_nb.client.engines import Capabilities, ServerInfo
+from rocm_nb.client.logprobs import ContextUse, Progress, TokenPiece, TokenProb
+from rocm_nb.client.status import ServerStatus
+from rocm_nb.client.stream import AsyncTokenStream, Delta, TokenStream
+from rocm_nb.client.timings import Timings, Usage
+from rocm_nb.client.tools import ToolRun
 from rocm_nb.errors import (
     AmbiguousModel,
     BinaryNotFound,
@@ -40,26 +48,25 @@ from rocm_nb.errors import (
     ServerStartTimeout,
     ServerUnavailable,
     StreamProtocolError,
+    TextTooLong,
 )
-from rocm_nb.fit import FitPlan, MemoryEstimate
 from rocm_nb.hardware import GpuUsage, gpu_usage
-from rocm_nb.library import models
-from rocm_nb.logprobs import ContextUse, Progress, TokenPiece, TokenProb
-from rocm_nb.model import LocalModel, ModelState, rpc_worker
-from rocm_nb.status import ServerStatus
-from rocm_nb.stream import Delta
-from rocm_nb.tools import ToolCall, ToolRun
+from rocm_nb.model import LocalModel
+from rocm_nb.modelfiles.fit import FitPlan, MemoryEstimate
+from rocm_nb.modelfiles.library import models
+from rocm_nb.server.rpc import rpc_worker
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
 
-    from rocm_nb._build import install_server
-    from rocm_nb.explore import NextTokenExplorer
-    from rocm_nb.monitor import GpuMonitor, MonitorSample, ProcessUsage
-    from rocm_nb.playground import SamplerPlayground
-    from rocm_nb.reply_view import ReplyView
+    from rocm_nb.binary._build import install_server
+    from rocm_nb.notebook.chat import ChatPanel
+    from rocm_nb.notebook.explore import NextTokenExplorer
+    from rocm_nb.notebook.monitor import GpuMonitor, MonitorSample, ProcessUsage
+    from rocm_nb.notebook.playground import SamplerPlayground
+    from rocm_nb.notebook.reply_view import ReplyView
+    from rocm_nb.notebook.token_view import TokenView
     from rocm_nb.router import LocalRouter, RouterChild
-    from rocm_nb.token_view import TokenView
 
 __version__ = "0.1.0"
 """The one source of the version: pyproject.toml reads it from here."""
@@ -70,6 +77,7 @@ __all__ = [
     "BinaryNotFound",
     "BuildError",
     "Capabilities",
+    "ChatPanel",
     "Client",
     "Completion",
     "ContextUse",
@@ -128,22 +136,23 @@ def load_ipython_extension(ipython: InteractiveShell) -> None:
 
     They need the notebook extra: ``pip install "rocm_nb[notebook]"``.
     """
-    from rocm_nb.magics import register
+    from rocm_nb.notebook.magics import register
 
     register(ipython)
 
 
 _LAZY = {
-    "GpuMonitor": "rocm_nb.monitor",
-    "MonitorSample": "rocm_nb.monitor",
-    "ProcessUsage": "rocm_nb.monitor",
-    "install_server": "rocm_nb._build",
-    "NextTokenExplorer": "rocm_nb.explore",
-    "ReplyView": "rocm_nb.reply_view",
+    "ChatPanel": "rocm_nb.notebook.chat",
+    "GpuMonitor": "rocm_nb.notebook.monitor",
+    "MonitorSample": "rocm_nb.notebook.monitor",
+    "ProcessUsage": "rocm_nb.notebook.monitor",
+    "install_server": "rocm_nb.binary._build",
+    "NextTokenExplorer": "rocm_nb.notebook.explore",
+    "ReplyView": "rocm_nb.notebook.reply_view",
     "LocalRouter": "rocm_nb.router",
     "RouterChild": "rocm_nb.router",
-    "SamplerPlayground": "rocm_nb.playground",
-    "TokenView": "rocm_nb.token_view",
+    "SamplerPlayground": "rocm_nb.notebook.playground",
+    "TokenView": "rocm_nb.notebook.token_view",
 }
 """Names loaded on first use (PEP 562): the monitor and widgets import anywidget; builds and routers are rare."""
 

@@ -2,7 +2,7 @@
 
 :class:`~rocm_nb.LocalModel` *holds* a :class:`ServerLease` (composition):
 the lease acquires its server from a
-:class:`~rocm_nb._registry.ServerRegistry` on first use, keeps a
+:class:`~rocm_nb.server._registry.ServerRegistry` on first use, keeps a
 :class:`~rocm_nb.client.Client` on it, and releases it on close. Its life is
 an explicit :class:`ModelState`.
 
@@ -34,10 +34,10 @@ import sys
 import threading
 from collections.abc import Callable
 
-from rocm_nb._registry import ServerRegistry
 from rocm_nb.client import Client
-from rocm_nb.server import LlamaServer, Progress, ServerConfig
-from rocm_nb.stream import FailureHook
+from rocm_nb.client.stream import FailureHook
+from rocm_nb.server import LlamaServer, LoadProgress, ServerConfig
+from rocm_nb.server._registry import ServerRegistry
 
 __all__ = ["ModelState", "OwnServer", "ServerLease"]
 
@@ -122,7 +122,7 @@ class ServerLease:
         """The server in use (or last used); ``None`` before the first start."""
         return self._server
 
-    def start(self, progress: Progress | None = None) -> None:
+    def start(self, progress: LoadProgress | None = None) -> None:
         """Acquire a running server (replacing a crashed one); blocks while it loads."""
         with self._start_lock:
             with self._lock:

@@ -2,35 +2,158 @@
 
 ``LocalModel(...)`` takes user-facing options (``gpu_layers="auto"``,
 ``flash_attn=True``, one ``cache_type`` for K and V, a context size that may
-be left out); :func:`plan_server` checks them, asks :func:`rocm_nb.fit.plan_load`
+be left out); :func:`plan_server` checks them, asks :func:`rocm_nb.modelfiles.fit.plan_load`
 what fits on this machine, and turns the answer into the
 :class:`~rocm_nb.server.ServerConfig` that decides which server runs.
+
+Embedding and reranking servers (:func:`server_mode`) get their own flags and
+context here too.
+
+Speculative decoding (``speculative=``). llama-server can decode several tokens per step by *speculation*: something
+cheap drafts the next few tokens, and the model checks them all in one batch,
+keeping the longest prefix it agrees with and its own next token. Each kept
+token is the token the model itself chose (greedy) or sampled (the server
+verifies drafts with the request's sampler), so speculation changes the
+speed, not the output's distribution. Greedy text is identical with and
+without it on ``tests/test_speculative.py``'s prompts for every mode; over
+long replies it can differ after a near-tie, because a batch of tokens is
+computed with slightly different rounding than one token at a time
+(``benchmarks/README.md`` counts how often).
+
+``speculative=`` takes:
+
+* ``"off"``: no speculation (llama-server's own default).
+* ``"ngram"``: drafts from n-grams the conversation has already seen
+  (:data:`NGRAM_FLAGS`), with no second model. It pays when the output repeats
+  what came before (a code block rewritten with one change, a list given again
+  as JSON); ``benchmarks/README.md`` has the measurements per workload and
+  why this type and these sizes were chosen.
+* a draft model: a ``.gguf`` path or catalogue name of a smaller model with the
+  same vocabulary (``--spec-draft-model``), with ``draft_gpu_layers`` of its
+  layers on the GPU (default: all on a GPU backend, none on the CPU). Its
+  memory is counted in ``model.fit``.
+
+The default is :data:`DEFAULT_SPECULATIVE`; the README says why.
 
 Example:
     >>> kv_options(True, "q8_0", None, None)
     ('on', 'q8_0', 'q8_0')
+    >>> speculation_flags("ngram", None, None)
+    ('--spec-type', 'ngram-mod')
+    >>> speculation_flags("off", None, None)
+    ()
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
-from rocm_nb._speculative import draft_spec, speculation_flags
-from rocm_nb._unified import UnifiedMemory, check_unified, decide
 from rocm_nb._units import positive_int
 from rocm_nb.binary import ServerBinary
-from rocm_nb.catalog import ModelInfo, read_info, resolve_model
-from rocm_nb.fit import FitPlan, plan_load
 from rocm_nb.hardware import Hardware
+from rocm_nb.hardware._hsa import server_env
+from rocm_nb.hardware._unified import UnifiedMemory, check_unified, decide
+from rocm_nb.modelfiles.catalog import ModelInfo, read_info, resolve_model
+from rocm_nb.modelfiles.fit import FitPlan, plan_load
 from rocm_nb.server import ServerConfig
 
-__all__ = ["DEFAULT_CTX_CAP", "context_size", "kv_options", "plan_server"]
+__all__ = [
+    "DEFAULT_CTX_CAP",
+    "DEFAULT_SPECULATIVE",
+    "NGRAM_FLAGS",
+    "POOLINGS",
+    "SPECULATIVE_MODES",
+    "context_size",
+    "draft_spec",
+    "kv_options",
+    "plan_server",
+    "server_mode",
+    "speculation_flags",
+]
 
 DEFAULT_CTX_CAP = 8192
 """Default context size cap: min(trained context, 8192) keeps the KV cache modest."""
+
+
+SPECULATIVE_MODES = ("off", "ngram")
+"""The modes named by a word; anything else given to ``speculative=`` is a draft model."""
+
+DEFAULT_SPECULATIVE = "off"
+"""``LocalModel``'s default, chosen by measurement (``benchmarks/README.md``, "Speculative decoding")."""
+
+NGRAM_FLAGS: tuple[str, ...] = ("--spec-type", "ngram-mod")
+"""What ``speculative="ngram"`` adds to llama-server's command line: the n-gram type that measured best."""
+
+
+def draft_spec(speculative: str | os.PathLike[str] | None) -> str | os.PathLike[str] | None:
+    """The draft model ``speculative`` names, or ``None`` for a mode (``"off"``, ``"ngram"``, ``None``).
+
+    Example:
+        >>> draft_spec("ngram"), draft_spec(None), draft_spec("tiny.gguf")
+        (None, None, 'tiny.gguf')
+        >>> draft_spec("")
+        Traceback (most recent call last):
+        ...
+        ValueError: speculative= takes 'off', 'ngram', or a draft model's .gguf path or catalogue name; got ''
+    """
+    if speculative is None or (isinstance(speculative, str) and speculative in SPECULATIVE_MODES):
+        return None
+    if not os.fspath(speculative):
+        raise ValueError("speculative= takes 'off', 'ngram', or a draft model's .gguf path or catalogue name; "
+                         f"got {speculative!r}")
+    return speculative
+
+
+def speculation_flags(speculative: str | os.PathLike[str] | None, draft: Path | None,
+                      draft_gpu_layers: int | None) -> tuple[str, ...]:
+    """llama-server's flags for a speculation mode, or for ``draft`` (the resolved draft model's path).
+
+    Example:
+        >>> speculation_flags("tiny.gguf", Path("/m/tiny.gguf"), 0)
+        ('--spec-type', 'draft-simple', '--spec-draft-model', '/m/tiny.gguf', '--spec-draft-ngl', '0')
+    """
+    if draft is not None:
+        layers = ("--spec-draft-ngl", str(draft_gpu_layers)) if draft_gpu_layers is not None else ()
+        return ("--spec-type", "draft-simple", "--spec-draft-model", str(draft), *layers)
+    if speculative == "ngram":
+        return NGRAM_FLAGS
+    return ()
+
+
+POOLINGS = ("none", "mean", "cls", "last", "rank")
+"""llama-server's ``--pooling`` choices; ``None`` keeps the model's own."""
+
+
+def server_mode(config: ServerConfig, *, embedding: bool, pooling: str | None, reranking: bool,
+                ctx_given: bool) -> ServerConfig:
+    """``config`` for an embedding or reranking server (``LocalModel(embedding=, pooling=, reranking=)``).
+
+    Each slot of such a server gets the model's whole default context unless
+    ``ctx_size`` was given (a text is embedded in one slot), and the batch
+    sizes are raised to a slot's context, since an embedding is computed in
+    one batch.
+
+    Example:
+        >>> from pathlib import Path
+        >>> from rocm_nb.server import ServerConfig
+        >>> config = ServerConfig(Path("s"), Path("m.gguf"), 512, parallel=2)
+        >>> server_mode(config, embedding=True, pooling="mean", reranking=False, ctx_given=False).argv(1)[-7:]
+        ['--embedding', '--pooling', 'mean', '-ub', '512', '-b', '512']
+    """
+    if pooling is not None and pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {', '.join(POOLINGS)} (or None for the model's own), got {pooling!r}")
+    if embedding and reranking:
+        raise ValueError("a server does embeddings or reranking, not both: use two LocalModels")
+    if pooling is not None and not embedding:
+        raise ValueError("pooling= applies to embedding servers: add embedding=True")
+    if not (embedding or reranking):
+        return config
+    ctx = config.ctx_size if ctx_given else config.ctx_size * config.parallel
+    return replace(config, ctx_size=ctx, embedding=embedding, pooling=pooling, reranking=reranking)
 
 
 def kv_options(flash_attn: str | bool | None, cache_type: str | None, cache_type_k: str | None,
@@ -103,9 +226,9 @@ def plan_server(
     ``gpu_layers`` given as a number is used as it is; ``None``/``"auto"``
     takes the plan's choice. The server's environment is what the hardware
     needs (``hsa_override`` included, and on an integrated GPU what
-    ``unified_memory`` needs: see :mod:`rocm_nb._unified`) under ``env``, which wins.
+    ``unified_memory`` needs: see :mod:`rocm_nb.hardware._unified`) under ``env``, which wins.
     ``speculative`` names the speculation mode or a draft model
-    (:mod:`rocm_nb._speculative`): a draft model is resolved (which may
+    (:mod:`rocm_nb._options`): a draft model is resolved (which may
     download it) and read here, and its memory goes into the fit plan, with
     ``draft_gpu_layers`` of its layers on the GPU (default: all; none on a CPU
     build, which gets no ``--spec-draft-ngl``).
@@ -148,7 +271,7 @@ def plan_server(
         extra_args=extra_args,
         env=tuple(sorted({
             **decide(hardware, backend, unified).env,
-            **hardware.server_env({**os.environ, **(env or {})}, hsa_override=hsa_override),
+            **server_env(hardware, {**os.environ, **(env or {})}, hsa_override=hsa_override),
             **(env or {}),
         }.items())),
         host=host,

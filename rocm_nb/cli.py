@@ -19,15 +19,15 @@ import sys
 from collections.abc import Sequence
 
 from rocm_nb import __version__
-from rocm_nb._build import install_server
-from rocm_nb._rocwmma import build_options
-from rocm_nb._smoke import smoke_test
+from rocm_nb._process import running_records
 from rocm_nb.binary import ServerBinary, find_server
-from rocm_nb.catalog import CATALOGUE, DEFAULT_MODEL, models_dir, pull, read_info
+from rocm_nb.binary._build import install_server
+from rocm_nb.binary._rocwmma import build_options
+from rocm_nb.binary._smoke import smoke_test
 from rocm_nb.errors import RocmNbError, describe_exit
 from rocm_nb.hardware import describe, detect
-from rocm_nb.library import models
-from rocm_nb.server import running_records
+from rocm_nb.modelfiles.catalog import CATALOGUE, DEFAULT_MODEL, models_dir, pull, read_info
+from rocm_nb.modelfiles.library import models
 
 __all__ = ["main"]
 

@@ -15,7 +15,8 @@
     │   ├── ServerUnavailable (ConnectionError)  nothing answers, or the connection was lost
     │   ├── GenerationTimeout (TimeoutError)     a timeout ran out: .phase connect/read/write/pool/total
     │   ├── StreamProtocolError                  not an event stream, a malformed event, a truncated stream
-    │   └── SchemaMismatch (ValueError)          the reply is not the JSON asked for (or breaks its schema)
+    │   ├── SchemaMismatch (ValueError)          the reply is not the JSON asked for (or breaks its schema)
+    │   └── TextTooLong (ValueError)             a text is longer than the embedding server's context: .index
     ├── ModelClosed (RuntimeError)           used after close()
     └── ModelNotStarted (RuntimeError)       asked for what only a started model has (base_url, api_key)
 
@@ -37,7 +38,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Sequence
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 __all__ = [
     "AmbiguousModel",
@@ -57,6 +58,7 @@ __all__ = [
     "ServerStartTimeout",
     "ServerUnavailable",
     "StreamProtocolError",
+    "TextTooLong",
     "TimeoutPhase",
     "describe_exit",
     "with_notes",
@@ -355,6 +357,19 @@ class SchemaMismatch(GenerationError, ValueError):
         >>> issubclass(SchemaMismatch, (GenerationError, ValueError))
         True
     """
+
+
+class TextTooLong(GenerationError, ValueError):
+    """A text is longer than the embedding server's context; ``.index`` says which.
+
+    Example:
+        >>> TextTooLong("text 3 is too long", index=3).index
+        3
+    """
+
+    def __init__(self, message: str, *, index: int, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.index = index
 
 
 class ModelClosed(RocmNbError, RuntimeError):

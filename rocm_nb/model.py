@@ -1,10 +1,10 @@
 """``LocalModel``: a llama-server of your own, with the generation API on top.
 
 ``LocalModel`` *composes*: it holds a :class:`~rocm_nb._lease.ServerLease`
-(a share of a llama-server from a :class:`~rocm_nb._registry.ServerRegistry`,
+(a share of a llama-server from a :class:`~rocm_nb.server._registry.ServerRegistry`,
 and a :class:`~rocm_nb.client.Client` on it, with an explicit
 :class:`ModelState`), and offers the same generation API as ``Client``
-(both build on one shared base, :mod:`rocm_nb._generation`). Constructing
+(both build on one shared base, :mod:`rocm_nb.client._generation`). Constructing
 one checks everything that can be checked before any server starts: the
 model resolves (which may download it) and is a valid GGUF, a llama-server
 exists, the context size fits the model. The server starts on ``with``,
@@ -32,22 +32,19 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, Unpack
+from typing import TYPE_CHECKING, Literal, Unpack
 
 import psutil
 
 from rocm_nb._callbacks import CloseCallbacks
 from rocm_nb._exposure import check_extra_args, is_loopback
-from rocm_nb._generation import _GenerationAPI
 from rocm_nb._lease import ModelState, OwnServer, ServerLease
-from rocm_nb._options import DEFAULT_CTX_CAP, plan_server
-from rocm_nb._registry import ServerRegistry, default_registry
-from rocm_nb._speculative import DEFAULT_SPECULATIVE
-from rocm_nb._unified import UnifiedMemory
+from rocm_nb._options import DEFAULT_SPECULATIVE, plan_server, server_mode
 from rocm_nb.binary import ServerBinary, find_server
-from rocm_nb.catalog import DEFAULT_MODEL, ModelInfo, read_info, resolve_model
-from rocm_nb.client import Client, Options
-from rocm_nb.embeddings import server_mode
+from rocm_nb.client import Client
+from rocm_nb.client._generation import GenerationAPI
+from rocm_nb.client.request import Options
+from rocm_nb.client.status import ServerStatus
 from rocm_nb.errors import (
     ModelClosed,
     ModelNotStarted,
@@ -56,19 +53,19 @@ from rocm_nb.errors import (
     describe_exit,
     with_notes,
 )
-from rocm_nb.fit import FitPlan
 from rocm_nb.hardware import Backend, Hardware, detect
-from rocm_nb.rpc import rpc_worker
-from rocm_nb.server import LlamaServer, Progress, ServerConfig
-from rocm_nb.status import ServerStatus
+from rocm_nb.hardware._unified import UnifiedMemory
+from rocm_nb.modelfiles.catalog import DEFAULT_MODEL, ModelInfo, read_info, resolve_model
+from rocm_nb.modelfiles.fit import FitPlan
+from rocm_nb.server import LlamaServer, LoadProgress, ServerConfig
+from rocm_nb.server._registry import ServerRegistry, default_registry
 
 if TYPE_CHECKING:
     from rocm_nb.hardware import GpuUsage
-    from rocm_nb.monitor import GpuMonitor
-    from rocm_nb.router import LocalRouter
-    from rocm_nb.widgets import ChatPanel
+    from rocm_nb.notebook.chat import ChatPanel
+    from rocm_nb.notebook.monitor import GpuMonitor
 
-__all__ = ["DEFAULT_CTX_CAP", "LocalModel", "ModelState", "rpc_worker", "running_servers"]
+__all__ = ["LocalModel", "running_servers"]
 
 
 def running_servers() -> list[LlamaServer]:
@@ -81,7 +78,7 @@ def running_servers() -> list[LlamaServer]:
     return default_registry.running()
 
 
-class LocalModel(OwnServer, _GenerationAPI):
+class LocalModel(OwnServer, GenerationAPI):
     """A local llama-server for one model, started for this Python session.
 
     Args:
@@ -102,7 +99,7 @@ class LocalModel(OwnServer, _GenerationAPI):
             warns (:class:`UserWarning`): every machine that can reach this
             one can use the server with its API key (``model.api_key``).
         env: extra environment for the server only.
-        rpc: ``host:port`` of llama.cpp RPC workers (see :func:`~rocm_nb.rpc.rpc_worker`) to
+        rpc: ``host:port`` of llama.cpp RPC workers (see :func:`~rocm_nb.server.rpc.rpc_worker`) to
             split the model's layers over; all layers are offloaded by default.
         hsa_override: ``HSA_OVERRIDE_GFX_VERSION`` for the server only: ``None``
             (default: none), ``"auto"`` (the version ROCm needs to run a GPU it
@@ -133,8 +130,8 @@ class LocalModel(OwnServer, _GenerationAPI):
         start_timeout: how long loading may take (s).
         embedding, pooling, reranking: an embeddings-only server (``embedding=True``,
             ``pooling`` one of ``none``, ``mean``, ``cls``, ``last``, ``rank``, or the
-            model's own) or a reranker (``reranking=True``); see :mod:`rocm_nb.embeddings`.
-        registry: the :class:`~rocm_nb._registry.ServerRegistry` to share
+            model's own) or a reranker (``reranking=True``); see :mod:`rocm_nb.client.embeddings`.
+        registry: the :class:`~rocm_nb.server._registry.ServerRegistry` to share
             servers through (default: the process-wide one; tests pass a
             fresh one).
 
@@ -147,6 +144,8 @@ class LocalModel(OwnServer, _GenerationAPI):
         ' Paris.'
         >>> model.close()  # doctest: +SKIP
     """
+
+    asks_progress = True  # its own llama-server: prefill progress may always be asked for
 
     def __init__(
         self,
@@ -204,20 +203,9 @@ class LocalModel(OwnServer, _GenerationAPI):
         )
         self._on_close = CloseCallbacks(self.path.name, lambda: self.state is ModelState.CLOSED)
 
-    @staticmethod
-    def router(models: Any, *, max_loaded: int = 1, **kwargs: Any) -> LocalRouter:
-        """Many models behind one llama-server (router mode): a :class:`~rocm_nb.router.LocalRouter`.
-
-        Example:
-            >>> router = LocalModel.router({"chat": "a.gguf", "draft": "b.gguf"}, max_loaded=2)  # doctest: +SKIP
-        """
-        from rocm_nb.router import LocalRouter
-
-        return LocalRouter(models, max_loaded=max_loaded, **kwargs)
-
     # -- lifetime ---------------------------------------------------------------------------
 
-    def start(self, progress: Progress | None = None) -> LocalModel:
+    def start(self, progress: LoadProgress | None = None) -> LocalModel:
         """Start the server (or attach to a running one with the same config).
 
         A server that crashed is replaced by a fresh one. Returns ``self``.
@@ -402,13 +390,13 @@ class LocalModel(OwnServer, _GenerationAPI):
         It samples every ``interval`` seconds while the server is decoding and
         every ``idle_interval`` seconds otherwise, only while it is visible,
         and stops when closed or when this model is closed (see
-        :mod:`rocm_nb.monitor`). ``gpus`` replaces the GPU sampler (tests).
+        :mod:`rocm_nb.notebook.monitor`). ``gpus`` replaces the GPU sampler (tests).
         anywidget and ipywidgets are imported here, not with rocm_nb.
 
         Example:
             >>> model.monitor(interval=0.5)  # doctest: +SKIP
         """
-        from rocm_nb.monitor import GpuMonitor
+        from rocm_nb.notebook.monitor import GpuMonitor
 
         if self.state is ModelState.CLOSED:
             raise self._closed_error()
@@ -421,12 +409,12 @@ class LocalModel(OwnServer, _GenerationAPI):
         the manner of pandas' ``DataFrame.plot``, as :meth:`monitor` is for
         the GPU monitor (ipywidgets is imported here, not with rocm_nb). For
         a server you :func:`~rocm_nb.client.connect` to, use
-        ``ChatPanel(client)`` from :mod:`rocm_nb.widgets`.
+        ``ChatPanel(client)`` from :mod:`rocm_nb.notebook.chat`.
 
         Example:
             >>> model.panel(system="You are a helpful assistant.", temperature=0.3)  # doctest: +SKIP
         """
-        from rocm_nb.widgets import ChatPanel
+        from rocm_nb.notebook.chat import ChatPanel
 
         return ChatPanel(self, system=system, show_probs=show_probs, **options)
 

@@ -48,16 +48,16 @@ from typing import Any
 
 import psutil
 
-from rocm_nb._generation import _GenerationAPI
 from rocm_nb._lease import ModelState, OwnServer, ServerLease
 from rocm_nb._paths import private_folder, runtime_root
-from rocm_nb._registry import ServerRegistry, default_registry
 from rocm_nb.binary import ServerBinary, find_server
-from rocm_nb.catalog import resolve_model
 from rocm_nb.client import Client
+from rocm_nb.client._generation import GenerationAPI
+from rocm_nb.client.status import ServerStatus
 from rocm_nb.errors import GenerationError, ModelClosed, ModelNotStarted, RocmNbError
-from rocm_nb.server import LlamaServer, Progress, ServerConfig
-from rocm_nb.status import ServerStatus
+from rocm_nb.modelfiles.catalog import resolve_model
+from rocm_nb.server import LlamaServer, LoadProgress, ServerConfig
+from rocm_nb.server._registry import ServerRegistry, default_registry
 
 __all__ = ["LocalRouter", "RouterChild"]
 
@@ -110,7 +110,7 @@ def _model_folder(models: ModelSpec | Sequence[ModelSpec] | Mapping[str, ModelSp
     return folder, True
 
 
-class LocalRouter(OwnServer, _GenerationAPI):
+class LocalRouter(OwnServer, GenerationAPI):
     """llama-server in router mode over your GGUFs: many models, each request routed by ``model=``.
 
     Args:
@@ -169,7 +169,7 @@ class LocalRouter(OwnServer, _GenerationAPI):
 
     # -- lifetime (LocalModel's) -----------------------------------------------------------
 
-    def start(self, progress: Progress | None = None) -> LocalRouter:
+    def start(self, progress: LoadProgress | None = None) -> LocalRouter:
         """Start the router (no model loads until asked for). Returns ``self``."""
         self._lease.start(progress)
         return self

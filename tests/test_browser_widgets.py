@@ -40,11 +40,12 @@ NOTEBOOK = "widgets.ipynb"
 LOAD, PROBS, EXPLORE, PLAYGROUND, TOKENS = range(5)
 CELLS = [
     "%load_ext rocm_nb\n%rocm_load smollm2-135m --ctx 4096\n"
-    "from rocm_nb import LocalModel\nmodel = LocalModel('smollm2-135m', ctx_size=4096)  # the same server",
+    "from rocm_nb import LocalModel, NextTokenExplorer, SamplerPlayground, TokenView\n"
+    "model = LocalModel('smollm2-135m', ctx_size=4096)  # the same server",
     "%%rocm_generate --probs 5 --max-tokens 16 --temperature 0.9 --seed 3\nName three colours.",
-    "model.explore('The capital of France is', k=6)",
-    "model.playground('My favourite colour is', k=8, n=3, max_tokens=6, top_k=40)",
-    "model.token_view([{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': 'Hi!'}])",
+    "NextTokenExplorer(model, 'The capital of France is', k=6)",
+    "SamplerPlayground(model, 'My favourite colour is', k=8, n=3, max_tokens=6, top_k=40)",
+    "TokenView(model, [{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': 'Hi!'}])",
 ]
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]

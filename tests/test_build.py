@@ -23,12 +23,12 @@ from typing import Any
 import pytest
 
 from rocm_nb import BinaryNotFound, BuildError, LocalModel, ServerCrashed, ServerStartError
-from rocm_nb._build import NO_AMX, install_server, variants
-from rocm_nb._cpu import AMX_FEATURES, cpu_features, this_cpu
-from rocm_nb._smoke import SmokeResult, smoke_test
 from rocm_nb.binary import ServerBinary, find_server
+from rocm_nb.binary._build import NO_AMX, install_server, variants
+from rocm_nb.binary._smoke import SmokeResult, smoke_test
 from rocm_nb.cli import main
 from rocm_nb.errors import describe_exit
+from rocm_nb.hardware._cpu import AMX_FEATURES, cpu_features, this_cpu
 
 X86 = platform.machine() in ("x86_64", "AMD64")
 SIGNALS = {  # signal -> words its next step must contain

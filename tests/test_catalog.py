@@ -13,9 +13,10 @@ import gguf
 import numpy as np
 import pytest
 
-from rocm_nb import catalog
-from rocm_nb._gguf import Header as _Header
-from rocm_nb.catalog import (
+from rocm_nb.errors import InvalidModel, ModelNotFound
+from rocm_nb.modelfiles import catalog
+from rocm_nb.modelfiles._gguf import Header as _Header
+from rocm_nb.modelfiles.catalog import (
     CATALOGUE,
     DEFAULT_MODEL,
     CatalogueEntry,
@@ -26,7 +27,6 @@ from rocm_nb.catalog import (
     read_info,
     resolve_model,
 )
-from rocm_nb.errors import InvalidModel, ModelNotFound
 from tests.support.gguf_files import write_gguf
 
 

@@ -10,7 +10,10 @@ from collections.abc import Iterable, Iterator
 import httpx
 import pytest
 
-from rocm_nb.client import Client, Completion, build_payload, parse_metrics
+from rocm_nb.client import Client
+from rocm_nb.client._generation import parse_metrics
+from rocm_nb.client.completion import Completion
+from rocm_nb.client.request import build_payload
 from rocm_nb.errors import (
     GenerationError,
     GenerationTimeout,

@@ -8,8 +8,8 @@ from dataclasses import replace
 import pytest
 
 from rocm_nb.client import Client
-from rocm_nb.display import Bundle, StreamDisplay, status_bundle
-from rocm_nb.status import ServerStatus
+from rocm_nb.client.status import ServerStatus
+from rocm_nb.notebook.display import Bundle, StreamDisplay, status_bundle
 
 pytestmark = pytest.mark.unit
 

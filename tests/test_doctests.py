@@ -19,7 +19,7 @@ import pytest
 
 import rocm_nb
 
-MODULES = sorted(name for _, name, _ in pkgutil.iter_modules(rocm_nb.__path__, "rocm_nb."))
+MODULES = sorted(name for _, name, _ in pkgutil.walk_packages(rocm_nb.__path__, "rocm_nb."))
 NEEDS_THE_MODEL = {
     "rocm_nb.cli": "`rocm-nb pull smollm2-135m` finds the model in the cache (or downloads it)",
     "rocm_nb.model": "LocalModel('smollm2-135m') resolves the model and finds llama-server",

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from rocm_nb import LocalModel, TextTooLong, search
-from rocm_nb.catalog import CATALOGUE, read_info, resolve_model
-from rocm_nb.embeddings import cosine, server_mode
+from rocm_nb._options import server_mode
+from rocm_nb.client.embeddings import cosine
 from rocm_nb.errors import InvalidModel
+from rocm_nb.modelfiles.catalog import CATALOGUE, read_info, resolve_model
 from rocm_nb.server import ServerConfig
 from tests.support.minibert import MiniBert, WordPiece, source_folder
 
@@ -163,7 +164,7 @@ def test_the_reference_tokenizer_splits_punctuation_and_accents(tmp_path: Path) 
 
 @pytest.mark.unit
 def test_the_converter_refuses_what_is_not_a_bert(tmp_path: Path) -> None:
-    from rocm_nb.convert import convert_bert
+    from rocm_nb.modelfiles.convert import convert_bert
 
     (tmp_path / "config.json").write_text('{"model_type": "llama"}')
     with pytest.raises(InvalidModel, match="handles BERT only"):

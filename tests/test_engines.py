@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from rocm_nb import AmbiguousModel, Completion, GenerationError, ServerUnavailable, connect
-from rocm_nb.engines import translate
+from rocm_nb.client.engines import translate
 from tests.support.fake_engines import OLLAMA, REPLY, VLLM, Engine, Log, self_signed, serve
 
 pytestmark = pytest.mark.unit

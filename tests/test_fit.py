@@ -11,9 +11,9 @@ import psutil
 import pytest
 
 from rocm_nb import LocalModel
-from rocm_nb.catalog import ModelInfo, read_info
-from rocm_nb.display import status_bundle
-from rocm_nb.fit import (
+from rocm_nb.hardware import GPU, Hardware
+from rocm_nb.modelfiles.catalog import ModelInfo, read_info
+from rocm_nb.modelfiles.fit import (
     GPU_MARGIN,
     MemoryEstimate,
     check_cache_options,
@@ -22,7 +22,7 @@ from rocm_nb.fit import (
     plan,
     plan_load,
 )
-from rocm_nb.hardware import GPU, Hardware
+from rocm_nb.notebook.display import status_bundle
 from tests.support.gguf_files import write_huge_gguf
 
 MiB = 2**20

@@ -9,14 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from rocm_nb.hardware import (
-    GPU,
-    GpuUsage,
-    Hardware,
-    describe,
-    detect,
-    gpu_usage,
-    hsa_override_for,
+from rocm_nb.hardware import GPU, GpuUsage, Hardware, describe, detect, gpu_usage, hsa_override_for
+from rocm_nb.hardware._hsa import build_targets, server_env
+from rocm_nb.hardware._tools import (
     parse_amd_smi,
     parse_nvidia_smi,
     parse_nvidia_usage,
@@ -100,9 +95,9 @@ def test_rocm_machine_with_an_apu_masks_the_igpu(kfd_root: Path) -> None:
     assert hw.gpus[0].vram_total == 17163091968 and hw.gpus[0].vram_free == 17163091968 - GIB
     assert hw.visible_devices == "0"
     assert hw.gfx_targets == ("gfx1100",)
-    assert hw.server_env({}) == {"HIP_VISIBLE_DEVICES": "0"}
-    assert hw.server_env({"HIP_VISIBLE_DEVICES": "1"}) == {}  # the user's choice wins
-    assert hw.server_env({"ROCR_VISIBLE_DEVICES": "0"}) == {}
+    assert server_env(hw, {}) == {"HIP_VISIBLE_DEVICES": "0"}
+    assert server_env(hw, {"HIP_VISIBLE_DEVICES": "1"}) == {}  # the user's choice wins
+    assert server_env(hw, {"ROCR_VISIBLE_DEVICES": "0"}) == {}
     lines = describe(hw)
     assert "backend: rocm" in lines
     assert any("masked the integrated GPU" in line for line in lines)
@@ -250,7 +245,7 @@ def test_discrete_and_apu_without_any_tool_match_what_rocm_smi_reported(tmp_path
     # the same host's rocm-smi read the same sysfs files
     assert {g.index: (g.vram_total, g.vram_used) for g in hw.gpus} == parse_rocm_smi_json(
         fixture("rocm-smi-r9700-780m.json"))
-    assert hw.visible_devices == "0" and hw.server_env({}) == {"HIP_VISIBLE_DEVICES": "0"}
+    assert hw.visible_devices == "0" and server_env(hw, {}) == {"HIP_VISIBLE_DEVICES": "0"}
     assert [(u.index, u.busy_percent) for u in gpu_usage(hw, root=root)] == [(0, 3), (1, 0)]  # rocm-smi's "GPU use (%)"
 
 
@@ -283,7 +278,7 @@ def test_an_apu_alone_is_used_and_its_carve_out_is_called_so(tmp_path: Path) -> 
     [gpu] = hw.gpus
     assert (gpu.arch, gpu.is_apu, gpu.pci_slot, gpu.vram_total, gpu.vram_free) == (
         "gfx1103", True, "0000:c6:00.0", 4 * GIB, 4 * GIB - 72495104)
-    assert hw.visible_devices is None and hw.server_env({}) == {}
+    assert hw.visible_devices is None and server_env(hw, {}) == {}
     lines = describe(hw)
     assert any("(gfx1103, integrated) · carve-out 0.1 / 4.0 GiB used · GTT 0.1 / 30.7 GiB used" in line
                for line in lines)
@@ -301,7 +296,7 @@ def test_an_rdna2_card_rocm_has_no_kernels_for_gets_the_override_only_when_asked
         ("gfx1036", "0000:14:00.0", True, 512 * 2**20),
     ]
     assert hw.visible_devices == "0" and hw.gfx_targets == ("gfx1032",)
-    assert hw.build_targets == ("gfx1030", "gfx1032")  # kernels for both: with and without the override
+    assert build_targets(hw) == ("gfx1030", "gfx1032")  # kernels for both: with and without the override
     lines = describe(hw)
     assert f"ROCm 6.2.2 at {root}/opt/rocm ships no rocBLAS kernels for gfx1032 but does for gfx1030: " \
            "HSA_OVERRIDE_GFX_VERSION=10.3.0 runs it as that" in lines
@@ -309,18 +304,18 @@ def test_an_rdna2_card_rocm_has_no_kernels_for_gets_the_override_only_when_asked
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no override asked for: nothing set, nothing said
-        assert hw.server_env({}) == {"HIP_VISIBLE_DEVICES": "0"}
+        assert server_env(hw, {}) == {"HIP_VISIBLE_DEVICES": "0"}
     with pytest.warns(UserWarning, match=r"HSA_OVERRIDE_GFX_VERSION=10\.3\.0 set for llama-server only: ROCm runs "
                                          r"gfx1032 as gfx1030"):
-        assert hw.server_env({}, hsa_override="auto") == {"HIP_VISIBLE_DEVICES": "0",
+        assert server_env(hw, {}, hsa_override="auto") == {"HIP_VISIBLE_DEVICES": "0",
                                                           "HSA_OVERRIDE_GFX_VERSION": "10.3.0"}
     with pytest.warns(UserWarning, match="HSA_OVERRIDE_GFX_VERSION=10.3.1 from your environment is kept"):
-        assert hw.server_env({"HSA_OVERRIDE_GFX_VERSION": "10.3.1"}, hsa_override="auto") == {
+        assert server_env(hw, {"HSA_OVERRIDE_GFX_VERSION": "10.3.1"}, hsa_override="auto") == {
             "HIP_VISIBLE_DEVICES": "0"}
     with pytest.warns(UserWarning, match="HSA_OVERRIDE_GFX_VERSION=11.0.0 set"):
-        assert hw.server_env({}, hsa_override="11.0.0")["HSA_OVERRIDE_GFX_VERSION"] == "11.0.0"
+        assert server_env(hw, {}, hsa_override="11.0.0")["HSA_OVERRIDE_GFX_VERSION"] == "11.0.0"
     with pytest.raises(ValueError, match=r"'gfx1030' is not a gfx version such as '10\.3\.0'"):
-        hw.server_env({}, hsa_override="gfx1030")
+        server_env(hw, {}, hsa_override="gfx1030")
 
 
 @pytest.mark.unit
@@ -329,12 +324,12 @@ def test_auto_sets_nothing_where_rocm_ships_the_kernels(tmp_path: Path) -> None:
     hw = detect(runner=lambda argv: None, environ={}, root=root)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert hw.server_env({}, hsa_override="auto") == {"HIP_VISIBLE_DEVICES": "0"}
-    assert hw.build_targets == ("gfx1201",)
+        assert server_env(hw, {}, hsa_override="auto") == {"HIP_VISIBLE_DEVICES": "0"}
+    assert build_targets(hw) == ("gfx1201",)
     assert any("ships rocBLAS kernels for gfx1201: no override needed" in line for line in describe(hw))
     apu = detect(runner=lambda argv: None, environ={},
                  root=sysfs_root(tmp_path, "sysfs-8845hs-780m", "rocm-tree-7.0"))  # no gfx1103 kernels
-    assert hsa_override_for(apu.gfx_targets, apu.rocm) == "11.0.0" and apu.build_targets == ("gfx1100", "gfx1103")
+    assert hsa_override_for(apu.gfx_targets, apu.rocm) == "11.0.0" and build_targets(apu) == ("gfx1100", "gfx1103")
 
 
 @pytest.mark.unit
@@ -343,11 +338,11 @@ def test_one_override_cannot_serve_two_generations(tmp_path: Path) -> None:
     hw = detect(runner=lambda argv: None, environ={}, root=root)
     mixed = Hardware("rocm", (hw.gpus[0], GPU(1, "RX 7900 GRE", "gfx1100", "amd", None, None, False)), None, (),
                      hw.rocm)
-    assert hsa_override_for(mixed.gfx_targets, hw.rocm) is None and mixed.build_targets == ("gfx1032", "gfx1100")
+    assert hsa_override_for(mixed.gfx_targets, hw.rocm) is None and build_targets(mixed) == ("gfx1032", "gfx1100")
     assert any("no one HSA_OVERRIDE_GFX_VERSION suits all of gfx1032, gfx1100" in line for line in describe(mixed))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert mixed.server_env({}, hsa_override="auto") == {}
+        assert server_env(mixed, {}, hsa_override="auto") == {}
 
 
 @pytest.mark.server

@@ -22,14 +22,14 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
-from rocm_nb import _batch
-from rocm_nb.client import Client, Completion, build_payload
-from rocm_nb.completion import MAX_SCHEMA_DEPTH, check_options
-from rocm_nb.display import status_bundle
-from rocm_nb.engines import DEFAULT_CONCURRENCY
+from rocm_nb.client import Client, _batch
+from rocm_nb.client.completion import MAX_SCHEMA_DEPTH, Completion
+from rocm_nb.client.engines import DEFAULT_CONCURRENCY
+from rocm_nb.client.request import build_payload, check_options
 from rocm_nb.errors import ModelClosed, SchemaMismatch, StreamProtocolError
-from rocm_nb.magics import RocmMagics
-from rocm_nb.widgets import ChatPanel
+from rocm_nb.notebook.chat import ChatPanel
+from rocm_nb.notebook.display import status_bundle
+from rocm_nb.notebook.magics import RocmMagics
 
 pytestmark = pytest.mark.unit
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from rocm_nb import LocalModel
-from rocm_nb._registry import ServerRegistry
+from rocm_nb.server._registry import ServerRegistry
 from tests.support.decoding import assert_decoding_stopped
 
 pytestmark = pytest.mark.server

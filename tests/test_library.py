@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from rocm_nb import models
-from rocm_nb.catalog import CATALOGUE, DEFAULT_MODEL, read_info, resolve_model
-from rocm_nb.fit import GPU_MARGIN, estimate
 from rocm_nb.hardware import GPU, Hardware
-from rocm_nb.library import LibraryEntry, ModelLibrary, hf_hub_cache, model_names
+from rocm_nb.modelfiles.catalog import CATALOGUE, DEFAULT_MODEL, read_info, resolve_model
+from rocm_nb.modelfiles.fit import GPU_MARGIN, estimate
+from rocm_nb.modelfiles.library import LibraryEntry, ModelLibrary, hf_hub_cache, model_names
 from tests.support.gguf_files import HUGE_COUNT, HUGE_SHAPE, hf_snapshot, write_gguf, write_huge_gguf
 
 TEMPLATE = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}"

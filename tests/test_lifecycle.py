@@ -13,10 +13,10 @@ import psutil
 import pytest
 
 from rocm_nb import Client, LocalModel, ModelClosed
-from rocm_nb._registry import ServerRegistry
+from rocm_nb._lease import ModelState
 from rocm_nb.errors import ModelNotStarted
-from rocm_nb.model import ModelState
 from rocm_nb.server import LlamaServer, ServerConfig
+from rocm_nb.server._registry import ServerRegistry
 from tests.support.engines import LLAMA_CPP
 from tests.support.processes import gone, wait_until
 
@@ -180,7 +180,7 @@ async def test_close_while_a_task_streams_says_the_model_was_closed(
 async def test_close_while_the_chat_panel_replies_shows_model_closed(
     model_path: str, registry: CountingRegistry,
 ) -> None:
-    from rocm_nb.widgets import ChatPanel
+    from rocm_nb.notebook.chat import ChatPanel
 
     m = LocalModel(model_path, registry=registry).start()
     pid = m.pid
@@ -209,8 +209,8 @@ def test_after_a_crash_the_magics_say_to_load_again_and_status_says_crashed(
     from IPython.core.interactiveshell import InteractiveShell
     from IPython.utils.capture import capture_output
 
-    from rocm_nb.magics import RocmMagics
-    from rocm_nb.monitor import GpuMonitor
+    from rocm_nb.notebook.magics import RocmMagics
+    from rocm_nb.notebook.monitor import GpuMonitor
 
     ip = InteractiveShell.instance()
     ip.run_line_magic("load_ext", "rocm_nb")

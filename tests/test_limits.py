@@ -1,4 +1,4 @@
-"""A broken or hostile server holds neither the kernel's memory nor a request for ever (rocm_nb/_limits.py).
+"""A broken or hostile server holds neither the kernel's memory nor a request for ever (rocm_nb/client/_transports.py).
 
 The servers are real sockets on 127.0.0.1 that answer any request with an
 event stream: one sends a single event line far larger than the client's

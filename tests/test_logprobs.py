@@ -15,8 +15,8 @@ import math
 import pytest
 
 from rocm_nb import ContextUse, Delta, LocalModel, Progress, TokenPiece, TokenProb
-from rocm_nb._accumulator import Accumulator
-from rocm_nb.completion import build_payload, check_options
+from rocm_nb.client._accumulator import Accumulator
+from rocm_nb.client.request import build_payload, check_options
 from tests.support.processes import wait_until
 
 EMOJI_GRAMMAR = 'root ::= "Stars: 🌟🌟, Tokyo: 東京, café." [a-z ]*'

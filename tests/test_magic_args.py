@@ -11,11 +11,19 @@ from IPython.core.error import UsageError
 
 from rocm_nb import Completion, GenerationError
 from rocm_nb._extras import needs_extra
-from rocm_nb._format import FORMATS, formatted, json_schema, show
-from rocm_nb._magic_args import ChatArgs, GenerateArgs, LoadArgs, ModelsArgs, SamplingArgs, StopArgs, options_from
-from rocm_nb.completion import DEFAULT_MAX_TOKENS
-from rocm_nb.magics import RocmMagics, parse_args
-from rocm_nb.stream import Delta
+from rocm_nb.client.request import DEFAULT_MAX_TOKENS
+from rocm_nb.client.stream import Delta
+from rocm_nb.notebook._format import FORMATS, formatted, json_schema, show
+from rocm_nb.notebook._magic_args import (
+    ChatArgs,
+    GenerateArgs,
+    LoadArgs,
+    ModelsArgs,
+    SamplingArgs,
+    StopArgs,
+    options_from,
+)
+from rocm_nb.notebook.magics import RocmMagics, parse_args
 
 pytestmark = pytest.mark.unit
 

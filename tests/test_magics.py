@@ -13,8 +13,8 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
 from rocm_nb import Completion, GenerationError, LocalModel
-from rocm_nb.library import ModelLibrary
-from rocm_nb.magics import RocmMagics, fill_placeholders
+from rocm_nb.modelfiles.library import ModelLibrary
+from rocm_nb.notebook.magics import RocmMagics, fill_placeholders
 from tests.support.gguf_files import hf_snapshot, write_gguf
 
 
@@ -221,7 +221,7 @@ def test_load_tab_completes_library_names(shell: InteractiveShell, tmp_path: Pat
 
 @pytest.mark.server
 def test_chat_panel_magic_takes_its_starting_options(shell: InteractiveShell) -> None:
-    from rocm_nb.widgets import ChatPanel
+    from rocm_nb.notebook.chat import ChatPanel
 
     panel = shell.run_line_magic("rocm_chat", 'small --temperature 0 --max-tokens 32 --seed 3 --system "Be brief."')
     assert isinstance(panel, ChatPanel)

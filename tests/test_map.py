@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from rocm_nb import Client, Completion, GenerationError, LocalModel, connect
-from rocm_nb.catalog import DEFAULT_MODEL
+from rocm_nb.modelfiles.catalog import DEFAULT_MODEL
 from tests.support.decoding import assert_same_greedy
 from tests.support.processes import wait_until
 

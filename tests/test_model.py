@@ -30,7 +30,8 @@ from rocm_nb import (
     ServerStartTimeout,
     connect,
 )
-from rocm_nb.server import LlamaServer, free_port
+from rocm_nb._exposure import free_port
+from rocm_nb.server import LlamaServer
 from tests.support.decoding import assert_decoding_stopped, assert_same_greedy, still_serves
 from tests.support.processes import gone, wait_until
 
@@ -283,7 +284,7 @@ def test_stale_server_of_a_dead_owner_is_reaped(tmp_path: Path) -> None:
         "server_pid": stray.pid, "server_created": psutil.Process(stray.pid).create_time(),
         "exe": psutil.Process(stray.pid).exe(), "argv": ["sleep", "60"],  # exactly the process it names
     }))
-    from rocm_nb.server import reap_stale_servers
+    from rocm_nb._process import reap_stale_servers
 
     assert reap_stale_servers(environ) == [stray.pid]
     assert stray.wait(2) == -signal.SIGKILL

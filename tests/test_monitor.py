@@ -27,9 +27,9 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
 from rocm_nb import GpuUsage, LocalModel, ModelClosed, gpu_usage
-from rocm_nb.catalog import DEFAULT_MODEL
 from rocm_nb.hardware import detect
-from rocm_nb.monitor import THREAD_NAME, GpuMonitor
+from rocm_nb.modelfiles.catalog import DEFAULT_MODEL
+from rocm_nb.notebook.monitor import THREAD_NAME, GpuMonitor
 from tests.support.processes import wait_until
 from tests.support.sysfs import sysfs_root
 
@@ -315,7 +315,7 @@ def test_bad_intervals_are_refused(model: LocalModel) -> None:
 @pytest.mark.unit
 def test_importing_rocm_nb_does_not_import_the_widget_libraries() -> None:
     code = ("import sys, rocm_nb; print(sorted({'anywidget', 'ipywidgets'} & set(sys.modules)));"
-            "import rocm_nb.monitor; print(rocm_nb.GpuMonitor is rocm_nb.monitor.GpuMonitor)")
+            "import rocm_nb.notebook.monitor; print(rocm_nb.GpuMonitor is rocm_nb.notebook.monitor.GpuMonitor)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["[]", "True"], "the widget names load on first use"
 

@@ -75,7 +75,7 @@ def test_the_notebook_parts_name_their_extra_when_it_is_missing() -> None:
     out = run_without(NOTEBOOK, """
         import importlib
         import rocm_nb
-        for name in ["rocm_nb.widgets", "rocm_nb.monitor", "rocm_nb.magics"]:
+        for name in ["rocm_nb.notebook.chat", "rocm_nb.notebook.monitor", "rocm_nb.notebook.magics"]:
             try:
                 importlib.import_module(name)
             except ModuleNotFoundError as exc:
@@ -94,7 +94,7 @@ def test_the_notebook_parts_name_their_extra_when_it_is_missing() -> None:
 
 def test_hf_models_name_the_hub_extra_when_it_is_missing() -> None:
     out = run_without(HUB, """
-        from rocm_nb.catalog import resolve_model
+        from rocm_nb.modelfiles.catalog import resolve_model
         try:
             resolve_model("hf:acme/tiny-GGUF/tiny.Q8_0.gguf")
         except ModuleNotFoundError as exc:

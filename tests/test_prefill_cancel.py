@@ -14,9 +14,9 @@ from collections.abc import Iterator
 import pytest
 
 from rocm_nb import LocalModel
-from rocm_nb._format import PREFILL_CANCEL_NOTE, PREFILL_FREE_NOTE, show
-from rocm_nb.display import Bundle
-from rocm_nb.stream import Delta
+from rocm_nb.client.stream import Delta
+from rocm_nb.notebook._format import PREFILL_CANCEL_NOTE, PREFILL_FREE_NOTE, show
+from rocm_nb.notebook.display import Bundle
 from tests.support.processes import wait_until
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from rocm_nb._process import Escalation, launch, read_records, running_records, terminate
-from rocm_nb._registry import ServerRegistry
+from rocm_nb.server._registry import ServerRegistry
 from tests.support.processes import gone, wait_until
 
 pytestmark = pytest.mark.unit
@@ -212,8 +212,7 @@ def test_ctrl_c_as_a_start_finishes_leaves_no_server(
     """KeyboardInterrupt between the start's return and its publication (or just after it) closes that server."""
     from concurrent.futures import Future
 
-    from rocm_nb import _registry
-
+    from rocm_nb.server import _registry
     class Interrupted(Future[FakeServer]):
         def set_result(self, result: FakeServer) -> None:
             if published:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from rocm_nb import Delta, LocalModel
-from rocm_nb.catalog import DEFAULT_MODEL
+from rocm_nb.modelfiles.catalog import DEFAULT_MODEL
 
 pytestmark = pytest.mark.server
 

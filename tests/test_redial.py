@@ -7,7 +7,7 @@ instant before the FIN arrives, and neither can anyone tell that from a
 server that took the request and died. So rocm_nb keeps no connection alive
 to a server on this machine (nothing to drop), resends only GETs to a remote
 one, and never resends a POST: a generation on a paid endpoint must not run
-twice (rocm_nb/_redial.py).
+twice (rocm_nb/client/_transports.py).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from rocm_nb import Client, GenerationError, ServerUnavailable, connect
-from rocm_nb._redial import Redial
+from rocm_nb.client._transports import Redial
 from tests.support.engines import LLAMA_CPP
 from tests.support.sockets import SocketServer, read_request
 

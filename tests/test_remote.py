@@ -17,8 +17,9 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
 from rocm_nb import GenerationError, LocalModel, connect, rpc_worker
-from rocm_nb.server import LlamaServer, free_port
-from rocm_nb.widgets import ChatPanel
+from rocm_nb._exposure import free_port
+from rocm_nb.notebook.chat import ChatPanel
+from rocm_nb.server import LlamaServer
 from tests.support.decoding import assert_same_greedy
 from tests.support.processes import gone, wait_until
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from rocm_nb._rocm_install import find_rocm, library_targets
 from rocm_nb.hardware import Hardware, describe, detect, hsa_override_for
+from rocm_nb.hardware._hsa import build_targets, server_env
+from rocm_nb.hardware._rocm_install import find_rocm, library_targets
 from tests.support.sysfs import FIXTURES, sysfs_root
 
 
@@ -58,28 +59,28 @@ def test_newer_layouts_count_too(tmp_path: Path) -> None:
 def test_no_override_where_rocm_ships_the_targets_kernels(tmp_path: Path) -> None:
     hw = halo(tmp_path, "rocm-tree-7.0")
     root = tmp_path / "sysfs-strix-halo-512m"
-    assert hsa_override_for(hw.gfx_targets, hw.rocm) is None and hw.build_targets == ("gfx1151",)
+    assert hsa_override_for(hw.gfx_targets, hw.rocm) is None and build_targets(hw) == ("gfx1151",)
     lines = describe(hw)
     assert f"ROCm 7.0.0 at {root}/opt/rocm" in lines
     assert f"ROCm 7.0.0 at {root}/opt/rocm ships rocBLAS and hipBLASLt kernels for gfx1151: no override needed" in lines
     assert not any("sets HSA_OVERRIDE_GFX_VERSION" in line for line in lines)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing set, nothing said
-        assert hw.server_env({}, hsa_override="auto") == {}
+        assert server_env(hw, {}, hsa_override="auto") == {}
 
 
 @pytest.mark.unit
 def test_the_family_override_where_the_targets_kernels_are_missing(tmp_path: Path) -> None:
     hw = halo(tmp_path, "rocm-tree-6.2")
     root = tmp_path / "sysfs-strix-halo-512m"
-    assert hsa_override_for(hw.gfx_targets, hw.rocm) == "11.0.0" and hw.build_targets == ("gfx1100", "gfx1151")
+    assert hsa_override_for(hw.gfx_targets, hw.rocm) == "11.0.0" and build_targets(hw) == ("gfx1100", "gfx1151")
     lines = describe(hw)
     assert f"ROCm 6.2.2 at {root}/opt/rocm ships no rocBLAS kernels for gfx1151 but does for gfx1100: " \
            "HSA_OVERRIDE_GFX_VERSION=11.0.0 runs it as that" in lines
     assert 'LocalModel(..., hsa_override="auto") sets HSA_OVERRIDE_GFX_VERSION=11.0.0 for llama-server only' in lines
     with pytest.warns(UserWarning, match=r"HSA_OVERRIDE_GFX_VERSION=11\.0\.0 set for llama-server only: ROCm runs "
                                          "gfx1151 as gfx1100"):
-        assert hw.server_env({}, hsa_override="auto") == {"HSA_OVERRIDE_GFX_VERSION": "11.0.0"}
+        assert server_env(hw, {}, hsa_override="auto") == {"HSA_OVERRIDE_GFX_VERSION": "11.0.0"}
 
 
 @pytest.mark.unit

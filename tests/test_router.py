@@ -8,8 +8,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from rocm_nb import AmbiguousModel, LocalModel, LocalRouter, ModelClosed
-from rocm_nb._registry import ServerRegistry
+from rocm_nb import AmbiguousModel, LocalRouter, ModelClosed
+from rocm_nb.server._registry import ServerRegistry
 from tests.support.processes import gone, wait_until
 
 pytestmark = pytest.mark.server
@@ -21,7 +21,7 @@ GREEDY = {"temperature": 0.0, "seed": 3, "max_tokens": 6}
 @pytest.fixture(scope="module")
 def router(model_path: str) -> Iterator[LocalRouter]:
     """The default model under two names (links in the router's private folder: the cache is never touched)."""
-    with LocalModel.router({"smol-a": model_path, "smol-b": model_path}, max_loaded=2, ctx_size=512,
+    with LocalRouter({"smol-a": model_path, "smol-b": model_path}, max_loaded=2, ctx_size=512,
                            registry=ServerRegistry()) as running:
         yield running
 

@@ -29,10 +29,10 @@ import pytest
 from rocm_nb import LocalModel
 from rocm_nb._paths import private_folder, runtime_root
 from rocm_nb._process import launch
-from rocm_nb._registry import ServerRegistry
 from rocm_nb.binary import find_server
-from rocm_nb.catalog import DEFAULT_MODEL, resolve_model
 from rocm_nb.errors import RuntimeDirError
+from rocm_nb.modelfiles.catalog import DEFAULT_MODEL, resolve_model
+from rocm_nb.server._registry import ServerRegistry
 from tests.support.decoding import still_serves
 from tests.support.processes import gone
 

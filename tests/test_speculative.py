@@ -8,15 +8,16 @@ from pathlib import Path
 import pytest
 
 from rocm_nb import LocalModel
-from rocm_nb._format import show
-from rocm_nb._magic_args import LoadArgs
-from rocm_nb._speculative import DEFAULT_SPECULATIVE, NGRAM_FLAGS, draft_spec, speculation_flags
-from rocm_nb.completion import Completion, Timings
-from rocm_nb.fit import plan_load
+from rocm_nb._options import DEFAULT_SPECULATIVE, NGRAM_FLAGS, draft_spec, speculation_flags
+from rocm_nb.client.completion import Completion
+from rocm_nb.client.timings import Timings
 from rocm_nb.hardware import GPU, Hardware
-from rocm_nb.magics import parse_args
+from rocm_nb.modelfiles.fit import plan_load
+from rocm_nb.notebook._format import show
+from rocm_nb.notebook._magic_args import LoadArgs
+from rocm_nb.notebook.chat import ChatPanel
+from rocm_nb.notebook.magics import parse_args
 from rocm_nb.server import ServerConfig
-from rocm_nb.widgets import ChatPanel
 from tests.support.decoding import assert_same_greedy
 
 PROMPTS = [

@@ -15,17 +15,17 @@ from pathlib import Path
 import pytest
 
 from rocm_nb import LocalModel
-from rocm_nb._format import show
-from rocm_nb._widget_kit import MAX_RATE, Throttle, token_dicts
-from rocm_nb.catalog import DEFAULT_MODEL
-from rocm_nb.display import StreamDisplay
-from rocm_nb.explore import NextTokenExplorer, with_temperature
-from rocm_nb.logprobs import Progress, TokenProb
-from rocm_nb.playground import SamplerPlayground
-from rocm_nb.reply_view import ReplyView, live_view
-from rocm_nb.stream import Delta
-from rocm_nb.token_view import TokenView, is_special
-from rocm_nb.widgets import ChatPanel
+from rocm_nb.client.logprobs import Progress, TokenProb
+from rocm_nb.client.stream import Delta
+from rocm_nb.modelfiles.catalog import DEFAULT_MODEL
+from rocm_nb.notebook._format import show
+from rocm_nb.notebook._widget_kit import MAX_RATE, Throttle, token_dicts
+from rocm_nb.notebook.chat import ChatPanel
+from rocm_nb.notebook.display import StreamDisplay
+from rocm_nb.notebook.explore import NextTokenExplorer, with_temperature
+from rocm_nb.notebook.playground import SamplerPlayground
+from rocm_nb.notebook.reply_view import ReplyView, live_view
+from rocm_nb.notebook.token_view import TokenView, is_special
 from tests.support.widgets import counted
 
 CHAT = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name a colour."}]
@@ -139,7 +139,7 @@ def test_token_dicts_give_zero_for_what_a_sampler_removed() -> None:
 
 @pytest.mark.server
 def test_the_explorer_shows_candidates_and_extends_the_text_on_a_pick(model: LocalModel) -> None:
-    explorer = model.explore("The capital of France is", k=5)
+    explorer = NextTokenExplorer(model, "The capital of France is", k=5)
     assert isinstance(explorer, NextTokenExplorer)
     first = explorer.candidates
     assert len(first) == 5 and [p for _, p in first] == sorted((p for _, p in first), reverse=True)
@@ -157,7 +157,7 @@ def test_the_explorer_shows_candidates_and_extends_the_text_on_a_pick(model: Loc
 
 @pytest.mark.server
 def test_the_playground_redraws_the_servers_post_sampling_distribution(model: LocalModel) -> None:
-    playground = model.playground("My favourite colour is", k=10, n=3, max_tokens=4, temperature=1.0,
+    playground = SamplerPlayground(model, "My favourite colour is", k=10, n=3, max_tokens=4, temperature=1.0,
                                   top_k=0, top_p=1.0, min_p=0.0)
     assert isinstance(playground, SamplerPlayground) and len(playground.raw) == 10
     post = playground.set(top_k=3).post
@@ -174,7 +174,7 @@ def test_the_playground_redraws_the_servers_post_sampling_distribution(model: Lo
 def test_the_token_view_splits_the_rendered_template_into_messages(model: LocalModel) -> None:
     text = TokenView(model, "Hello, wörld! 👋")
     assert text.ids == model.tokenize("Hello, wörld! 👋")
-    view = model.token_view(CHAT)
+    view = TokenView(model, CHAT)
     assert [s.label for s in view.parts] == ["system", "user", "generation prompt"]
     rendered = model.apply_template(CHAT)
     assert "".join(s.text for s in view.parts) == rendered

@@ -23,9 +23,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rocm_nb import Client, LocalModel, ToolCall
-from rocm_nb.completion import build_payload
-from rocm_nb.stream import Accumulator, AsyncTokenStream
-from rocm_nb.tools import TOOL_TEMPLATE, CallParts, call_tool, run_tools, tool_schema, tool_schemas
+from rocm_nb.client._accumulator import Accumulator
+from rocm_nb.client.request import build_payload
+from rocm_nb.client.stream import AsyncTokenStream
+from rocm_nb.client.tools import TOOL_TEMPLATE, CallParts, call_tool, run_tools, tool_schema, tool_schemas
 
 
 def lookup(word: str, language: Literal["fr", "de"] = "fr") -> str:
@@ -266,8 +267,8 @@ def test_the_server_takes_native_tools_and_the_tool_template_loads(model: LocalM
 
 @pytest.mark.unit
 async def test_the_panel_shows_tool_calls_and_results_as_bubbles_of_their_own() -> None:
-    from rocm_nb.tools import ToolRun
-    from rocm_nb.widgets import ChatPanel
+    from rocm_nb.client.tools import ToolRun
+    from rocm_nb.notebook.chat import ChatPanel
 
     raw = "".join(f"data: {e}\n\n" for e in _events([("lookup", {"word": "cat"})], [3])).encode()
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from rocm_nb._unified import UNIFIED_ENV, check_unified, decide
-from rocm_nb.catalog import ModelInfo, read_info
-from rocm_nb.fit import GPU_MARGIN, FitPlan, free_vram, plan, plan_load
 from rocm_nb.hardware import Hardware, describe, detect
+from rocm_nb.hardware._unified import UNIFIED_ENV, check_unified, decide
+from rocm_nb.modelfiles.catalog import ModelInfo, read_info
+from rocm_nb.modelfiles.fit import GPU_MARGIN, FitPlan, free_vram, plan, plan_load
 from tests.support.gguf_files import write_gguf, write_huge_gguf
 from tests.support.sdist import pinned_source
 from tests.support.sysfs import FIXTURES, sysfs_root
@@ -162,7 +162,7 @@ def test_unified_memory_values_are_checked() -> None:
 @pytest.mark.unit
 def test_the_monitor_shows_carve_out_and_gtt_apart(tmp_path: Path) -> None:
     from rocm_nb.hardware import gpu_usage
-    from rocm_nb.monitor import MonitorSample, _sections
+    from rocm_nb.notebook.monitor import MonitorSample, _sections
 
     hw = machine(tmp_path, "sysfs-strix-halo-512m")
     [usage] = gpu_usage(hw, root=tmp_path / "sysfs-strix-halo-512m")
@@ -175,7 +175,7 @@ def test_the_monitor_shows_carve_out_and_gtt_apart(tmp_path: Path) -> None:
 
 @pytest.mark.unit
 def test_the_library_fits_column_counts_carve_out_and_gtt(tmp_path: Path) -> None:
-    from rocm_nb.library import models
+    from rocm_nb.modelfiles.library import models
 
     write_gguf(tmp_path / "mine" / "tiny.gguf", "Tiny")
     env = {"ROCM_NB_CACHE": str(tmp_path / "cache"), "HF_HOME": str(tmp_path / "hf")}

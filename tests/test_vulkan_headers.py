@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from rocm_nb._build import install_server
-from rocm_nb._vulkan import MIN_HEADER, header_version, require_headers
+from rocm_nb.binary._build import install_server
 from rocm_nb.errors import BuildError
+from rocm_nb.hardware._vulkan import MIN_HEADER, header_version, require_headers
 from tests.support.sdist import pinned_source
 
 

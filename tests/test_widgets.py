@@ -11,10 +11,11 @@ import httpx
 import pytest
 
 from rocm_nb import Client, LocalModel
-from rocm_nb.client import Message
-from rocm_nb.completion import build_payload
-from rocm_nb.stream import Accumulator, AsyncTokenStream, ChatSource
-from rocm_nb.widgets import ChatPanel, _bubble_html, _plain_html, render_markdown
+from rocm_nb.client._accumulator import Accumulator
+from rocm_nb.client.completion import Message
+from rocm_nb.client.request import build_payload
+from rocm_nb.client.stream import AsyncTokenStream
+from rocm_nb.notebook.chat import ChatPanel, ChatSource, _bubble_html, _plain_html, render_markdown
 
 
 class ScriptedSource:

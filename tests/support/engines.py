@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rocm_nb.engines import Capabilities, ServerInfo
+from rocm_nb.client.engines import Capabilities, ServerInfo
 
 LLAMA_CPP = ServerInfo("llama.cpp", None,
                        Capabilities(logprobs=True, tools=True, grammar=True, slots=1, embeddings=None))

@@ -44,7 +44,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from rocm_nb.server import free_port
+from rocm_nb._exposure import free_port
 from tests.support.processes import wait_until
 
 _OPENAI_CHAT = {"model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens", "temperature",

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from rocm_nb.catalog import CATALOGUE
+from rocm_nb.modelfiles.catalog import CATALOGUE
 
 Array = npt.NDArray[np.float32]
 

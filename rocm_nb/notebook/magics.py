@@ -1,0 +1,462 @@
+"""IPython magics: thin adapters over :class:`~rocm_nb.model.LocalModel`.
+
+``%load_ext rocm_nb`` registers:
+
+* ``%rocm_load MODEL [--ctx N] [--gpu-layers N|auto] [--name ALIAS] [--server PATH]
+  [--speculative off|ngram|DRAFT] [--draft-gpu-layers N] [-- ARGS]``
+* ``%%rocm_generate [options]`` — the cell is the prompt; ``{name}`` is filled
+  from the user namespace (``{{`` and ``}}`` for literal braces)
+* ``%rocm_chat [ALIAS] [--system TEXT] [--temperature T] [--max-tokens N] [--seed N]``
+  — a chat panel starting with those settings
+* ``%rocm_status``, ``%rocm_stop [ALIAS|--all]``
+* ``%rocm_models [DIR ...]`` — the GGUF models on this machine; ``%rocm_load``
+  tab-completes their names
+
+Each magic documents its options: ``%%rocm_generate?``. Option values are
+quoted as in a shell (``--system "Be brief."``).
+
+Example (in a notebook)::
+
+    %load_ext rocm_nb
+    %rocm_load smollm2-135m --ctx 4096
+    %%rocm_generate --max-tokens 64 --temperature 0
+    Explain {topic} to a ten year old.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shlex
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from rocm_nb._extras import needs_extra
+from rocm_nb._lease import ModelState
+from rocm_nb._options import DEFAULT_SPECULATIVE
+from rocm_nb.client import Client, connect
+from rocm_nb.client.request import DEFAULT_MAX_TOKENS
+from rocm_nb.client.status import ServerStatus
+from rocm_nb.errors import RocmNbError, ServerCrashed, describe_exit
+from rocm_nb.hardware import describe, detect
+from rocm_nb.model import LocalModel
+from rocm_nb.modelfiles.catalog import DEFAULT_MODEL
+from rocm_nb.modelfiles.library import ModelLibrary, model_names, models
+from rocm_nb.notebook._format import FORMATS, formatted, json_schema, show
+from rocm_nb.notebook._magic_args import (
+    ChatArgs,
+    GenerateArgs,
+    LoadArgs,
+    ModelsArgs,
+    StopArgs,
+    options_from,
+)
+from rocm_nb.notebook.display import ipython_publisher, progress_option, status_bundle
+from rocm_nb.router import LocalRouter
+
+with needs_extra("notebook"):
+    from IPython.core import magic_arguments as _arguments
+    from IPython.core.error import TryNext, UsageError
+    from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+    from IPython.display import display as _display
+
+if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from rocm_nb.notebook.chat import ChatPanel
+
+__all__ = ["RocmMagics", "complete_model", "fill_placeholders", "parse_args", "register"]
+
+A = TypeVar("A")
+F = TypeVar("F", bound=Callable[..., Any])
+
+# IPython's argument decorators and display() are untyped: these typed fronts (not exported) keep
+# mypy strict on this module.
+
+
+def magic_arguments() -> Callable[[F], F]:
+    """IPython's ``@magic_arguments()``, typed: the function's ``parser`` parses its line."""
+    decorate: Callable[[F], F] = _arguments.magic_arguments()  # type: ignore[no-untyped-call]
+    return decorate
+
+
+def argument(*names: str, **options: Any) -> Callable[[F], F]:
+    """IPython's ``@argument(...)``, typed: ``argparse``'s ``add_argument`` for a magic."""
+    decorate: Callable[[F], F] = _arguments.argument(*names, **options)  # type: ignore[no-untyped-call]
+    return decorate
+
+
+def display(obj: object, *, raw: bool = False) -> None:
+    """IPython's ``display()``, typed."""
+    _display(obj, raw=raw)  # type: ignore[no-untyped-call]
+
+
+_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def fill_placeholders(template: str, namespace: Mapping[str, Any]) -> str:
+    """Replace ``{name}`` with ``str(namespace[name])``; ``{{``/``}}`` are literal braces.
+
+    Anything else in braces (JSON, code) is left alone.
+
+    Example:
+        >>> fill_placeholders('Explain {topic}. {"k": 1} {{x}}', {"topic": "GPUs"})
+        'Explain GPUs. {"k": 1} {x}'
+    """
+
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name is None:
+            return match.group(0)[0]
+        if name not in namespace:
+            raise UsageError(
+                f"{{{name}}} in the prompt, but no variable {name!r} is defined; "
+                f"define it, or write {{{{{name}}}}} for literal braces"
+            )
+        return str(namespace[name])
+
+    return _PLACEHOLDER.sub(substitute, template)
+
+
+def _gpu_layers(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"--gpu-layers takes a number or 'auto', not {value!r}") from None
+
+
+def _say(text: str) -> None:
+    """Show a line of text in the cell's output, the way the other magics show theirs."""
+    display({"text/plain": text}, raw=True)
+
+
+def parse_args(magic: str, line: str, into: Callable[..., A]) -> A:
+    """Parse the line of the magic called ``magic`` the way a shell would, into a typed arguments object.
+
+    ``--system "Be brief."`` loses its quotes (IPython's ``parse_argstring``
+    keeps them). A bad option is a one-line ``UsageError``, as from
+    ``parse_argstring``.
+
+    Example:
+        >>> parse_args("rocm_chat", '--system "Be brief." --temperature 0', ChatArgs).system
+        'Be brief.'
+        >>> parse_args("rocm_load", "smollm2-135m --ctx 4096 --gpu-layers auto", LoadArgs).gpu_layers
+        'auto'
+        >>> parse_args("rocm_stop", "--all", StopArgs)
+        StopArgs(alias=None, all=True)
+    """
+    try:
+        words = shlex.split(line)
+    except ValueError as exc:
+        raise UsageError(f"{line!r}: {exc}") from None
+    parser = getattr(RocmMagics, magic).parser  # set by @magic_arguments
+    return into(**vars(parser.parse_args(words)))
+
+
+@magics_class
+class RocmMagics(Magics):
+    """The ``%rocm_*`` magics; one instance per IPython shell holds its models."""
+
+    def __init__(self, shell: InteractiveShell) -> None:
+        super().__init__(shell)
+        self.models: dict[str, Client | LocalModel | LocalRouter] = {}
+        self.current: str | None = None
+        self._load_lines: dict[str, str] = {}  # alias -> the %rocm_load line that loaded it (to reload a crash)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _model(self, alias: str | None) -> Client | LocalModel | LocalRouter:
+        """The model called ``alias`` (default: the current one, loading the default model if none is).
+
+        A model whose server crashed is not restarted behind the user's back
+        (the same crash, out of memory say, would likely follow): every magic
+        that needs it says so and gives the ``%rocm_load`` line that starts a
+        fresh one, as ``%rocm_status`` (state ``crashed``) and its monitor do.
+        """
+        if alias is not None:
+            if alias not in self.models:
+                known = ", ".join(self.models) or "none yet"
+                raise UsageError(f"no model called {alias!r} is loaded (loaded: {known}); use %rocm_load")
+        else:
+            if self.current is None:
+                self._load(DEFAULT_MODEL, alias=DEFAULT_MODEL)
+            assert self.current is not None
+            alias = self.current
+        model = self.models[alias]
+        if isinstance(model, LocalModel) and model.state is ModelState.CRASHED:
+            what, _ = describe_exit(model.server.returncode, loading=False)
+            raise UsageError(f"{alias}: its llama-server {what}; run `%rocm_load {self._load_lines.get(alias, alias)}` "
+                             "to start a fresh one (model.logs() has its last log lines)")
+        return model
+
+    def _load(self, spec: str, *, alias: str, **kwargs: Any) -> LocalModel:
+        old = self.models.get(alias)
+        model = LocalModel(spec, **kwargs)  # an equal config attaches to the running server
+        publish = ipython_publisher()
+        publish({"text/plain": f"… loading {model.path.name} …"}, False)
+
+        def progress(elapsed: float, line: str) -> None:
+            publish({"text/plain": f"… loading {model.path.name} … {elapsed:.1f} s  {line[:100]}"}, True)
+
+        began = time.perf_counter()
+        try:
+            model.start(progress)
+        except BaseException:  # Ctrl-C included: IPython keeps the traceback's frames, so nothing else would stop it
+            model.close()
+            raise
+        self.models[alias], self.current = model, alias  # ours, and in %rocm_status, before anything else can fail
+        if old is not None:
+            old.close()
+        layers = model.info.block_count
+        offload = (
+            f"{model.config.gpu_layers} of {layers + 1 if layers else '?'} layers on the GPU"
+            if model.backend != "cpu" else "CPU only"
+        )
+        publish({"text/plain": (
+            f"✓ {alias}: {model.info.summary()}\n"
+            f"  backend {model.backend} · {offload} · ctx {model.config.ctx_size} · "
+            f"ready in {time.perf_counter() - began:.2f} s · pid {model.pid}\n"
+            f"  memory: {model.fit.note}"
+        )}, True)
+        return model
+
+    # -- magics -----------------------------------------------------------------------------
+
+    @magic_arguments()
+    @argument("model", nargs="?", default=DEFAULT_MODEL, help="a .gguf path, catalogue name or hf:owner/repo/file.gguf")
+    @argument("--ctx", type=int, default=None, help="context size (default: min(trained, 8192))")
+    @argument("--gpu-layers", type=_gpu_layers, default=None,
+              help="layers to offload to the GPU, or 'auto' (all on a GPU)")
+    @argument("--parallel", type=int, default=1, help="server slots (concurrent generations)")
+    @argument("--name", default=None, help="alias to refer to this model (default: the model argument)")
+    @argument("--server", default=None, help="path of the llama-server binary to use")
+    @argument("--rpc", action="append", default=None, help="host:port of an RPC worker (repeatable)")
+    @argument("--url", default=None, help="use a running llama-server or OpenAI-compatible server instead")
+    @argument("--api-key", default=None, help="API key for --url")
+    @argument("--model", dest="url_model", default=None,
+              help="with --url: the model every request names (needed when the server offers several)")
+    @argument("--router", action="store_true",
+              help="serve every GGUF in the folder given as the model, one child llama-server per model")
+    @argument("--max-loaded", type=int, default=1, help="with --router: the most models loaded at once")
+    @argument("--speculative", default=DEFAULT_SPECULATIVE,
+              help=f"speculative decoding: off, ngram, or a draft model's .gguf path or catalogue name "
+                   f"(default {DEFAULT_SPECULATIVE}; the server verifies every draft)")
+    @argument("--draft-gpu-layers", type=int, default=None,
+              help="the draft model's layers on the GPU (default: all on a GPU, none on the CPU)")
+    @line_magic
+    def rocm_load(self, line: str) -> None:
+        """Start (or reuse) a model and make it the current one.
+
+        Arguments after ``--`` go to llama-server as they are. With ``--url``
+        nothing is started: the magics talk to that server.
+        """
+        whole = line.strip()
+        line, _, extra = line.partition(" -- ")
+        args = parse_args("rocm_load", line, LoadArgs)
+        if args.url:
+            client = connect(args.url, api_key=args.api_key, model=args.url_model)
+            offered = client.models()  # fails loudly here if the server is unreachable
+            kind, using = client.server_info.name, client.model  # several models without --model: says so here
+            alias = args.name or args.url
+            self.models[alias] = client
+            self.current = alias
+            _say(f"✓ {alias}: {args.url} ({kind}, offers {', '.join(offered) or 'no model list'}"
+                 f"{f'; using {using}' if using else ''})")
+            return
+        if args.router:
+            router = LocalRouter(args.model, max_loaded=args.max_loaded, ctx_size=args.ctx or 4096,
+                                 gpu_layers=args.gpu_layers if isinstance(args.gpu_layers, int) else None,
+                                 parallel=args.parallel, server=args.server, extra_args=shlex.split(extra)).start()
+            alias = args.name or "router"
+            old, self.models[alias], self.current = self.models.get(alias), router, alias
+            if old is not None:
+                old.close()
+            _say(f"✓ {alias}: router over {router.folder} (models: {', '.join(router.models())}; "
+                 f"at most {args.max_loaded} loaded); pick one per request with model=")
+            return
+        self._load_lines[args.name or args.model] = whole
+        self._load(
+            args.model,
+            alias=args.name or args.model,
+            ctx_size=args.ctx,
+            gpu_layers=args.gpu_layers,
+            parallel=args.parallel,
+            server=args.server,
+            extra_args=shlex.split(extra),
+            rpc=args.rpc or (),
+            speculative=args.speculative,
+            draft_gpu_layers=args.draft_gpu_layers,
+        )
+
+    @magic_arguments()
+    @argument("-m", "--model", default=None, help="alias of a loaded model (default: the current one)")
+    @argument("--max-tokens", type=int, default=None, help=f"most tokens to generate (default {DEFAULT_MAX_TOKENS})")
+    @argument("--temperature", type=float, default=None, help="sampling temperature (0 = greedy)")
+    @argument("--seed", type=int, default=None, help="sampling seed, for repeatable output")
+    @argument("--stop", action="append", default=None, help="stop sequence (repeatable)")
+    @argument("--system", default=None, help="system prompt (chat mode)")
+    @argument("--chat", dest="raw", action="store_false", default=False, help="use the chat template (default)")
+    @argument("--raw", dest="raw", action="store_true", default=False, help="plain completion of the text, no template")
+    @argument("--out", default=None, help="store the Completion (with --format json: the data) in this variable")
+    @argument("--no-stream", action="store_true", help="show the result only when complete")
+    @argument("--json-schema", default=None, help="name of a variable holding a JSON schema the output must match")
+    @argument("--probs", type=int, nargs="?", const=5, default=None, metavar="K",
+              help="shade each token by its probability; hover or Tab shows its top K alternatives (default 5), "
+                   "with a before/after sampling toggle")
+    @argument("--format", choices=FORMATS, default=FORMATS[0],
+              help="markdown (default) or text: how the reply is shown; code: its code goes into a new cell "
+                   "below, not run; json: parsed (and checked against --json-schema) and returned")
+    @cell_magic
+    def rocm_generate(self, line: str, cell: str) -> Any:
+        """Generate from the cell's text, streaming tokens into the output.
+
+        ``--format code`` puts the reply's code (its first fenced block, else
+        all of it) into a new cell below, without running it. ``--format json``
+        constrains the reply to ``--json-schema`` (to any JSON object without
+        one), parses and validates it, and returns the data (or stores it in
+        ``--out``); a reply that is not valid JSON or breaks the schema raises
+        ``GenerationError`` naming the problem, with the raw reply in ``.body``.
+        Otherwise ``--out`` stores the ``Completion``.
+
+        Reasoning shows in a collapsible "Thinking" block above the reply, and a
+        long prompt shows a progress bar while the server reads it.
+        ``--probs [K]`` shows the reply as tokens shaded by probability, their
+        alternatives on hover or Tab, a before/after sampling toggle and a
+        context meter (:class:`~rocm_nb.notebook.reply_view.ReplyView`).
+        """
+        args = parse_args("rocm_generate", line, GenerateArgs)
+        if not cell.strip():
+            raise UsageError("%%rocm_generate has no prompt: write it in the cell, below the magic's line")
+        user_ns = self.shell.user_ns if self.shell is not None else {}
+        prompt = fill_placeholders(cell.strip(), user_ns)
+        schema = json_schema(args.format, args.json_schema, user_ns)
+        options = options_from(args) | ({"json_schema": schema} if schema is not None else {})  # bad ones: first
+        model = self._model(args.model)
+        options = progress_option(model) | options  # a bar while a long prompt is read
+        messages = args.messages(prompt)
+        view, publish = None, None
+        if args.probs is not None:
+            from rocm_nb.notebook.reply_view import (
+                live_view,  # anywidget loads with the first --probs, not with the magics
+            )
+
+            view, publish, options = live_view(
+                (lambda o: model.astream(prompt, **o)) if args.raw else (lambda o: model.achat_stream(messages, **o)),
+                options, probs=args.probs)
+            display(view)
+        stream = model.stream(prompt, **options) if args.raw else model.chat_stream(messages, **options)
+        try:
+            completion = show(stream, args.format, live=not args.no_stream, busy=lambda: _busy(model),
+                              publish=publish, view=view)
+        except ServerCrashed as exc:  # its notes say model.start(); in a notebook with magics this is the step
+            exc.add_note("With the magics: run %rocm_load again (the same line) to start a fresh server.")
+            raise
+        reply = formatted(completion, args.format, schema)
+        if reply.new_cell is not None and self.shell is not None:
+            self.shell.set_next_input(reply.new_cell, replace=False)  # a new cell below, not run
+        return reply.result(out=args.out, namespace=user_ns)
+
+    @magic_arguments()
+    @argument("alias", nargs="?", default=None, help="model to chat with (default: the current one)")
+    @argument("--system", default="", help="system prompt (the panel has a field for it too)")
+    @argument("--temperature", type=float, default=None, help="starting temperature (0 = greedy)")
+    @argument("--max-tokens", type=int, default=None, help="starting most tokens per reply")
+    @argument("--seed", type=int, default=None, help="sampling seed, for repeatable replies")
+    @line_magic
+    def rocm_chat(self, line: str) -> ChatPanel:
+        """Show a chat panel on the current model (or on ``ALIAS``)."""
+        from rocm_nb.notebook.chat import ChatPanel  # ipywidgets loads with the first panel, not with the magics
+
+        args = parse_args("rocm_chat", line, ChatArgs)
+        options = options_from(args)  # a bad option is refused before any model loads
+        return ChatPanel(self._model(args.alias), system=args.system, **options)
+
+    @line_magic
+    def rocm_status(self, line: str) -> None:
+        """Running models: backend, pid, port, uptime, memory, speed; the GPUs; a live monitor."""
+        statuses = {}
+        for alias, model in self.models.items():
+            statuses[alias] = _status(model)
+            if isinstance(model, LocalRouter):  # one row per loaded model: its child process and memory
+                with contextlib.suppress(RocmNbError):
+                    statuses.update({f"{alias} › {name}": row for name, row in model.children_status().items()})
+        display(status_bundle(statuses, current=self.current, notes=describe(detect())), raw=True)
+        current = self.models.get(self.current) if self.current is not None else None
+        if isinstance(current, LocalModel) and current.pid is not None:
+            display(current.monitor())  # VRAM and GPU busy %, or the server's memory and CPU
+
+    @magic_arguments()
+    @argument("dirs", nargs="*", metavar="DIR",
+              help="folders to scan instead of ROCM_NB_MODEL_DIR (the caches are always scanned)")
+    @line_magic
+    def rocm_models(self, line: str) -> ModelLibrary:
+        """The GGUF models on this machine as a table (what ``rocm_nb.models()`` returns)."""
+        args = parse_args("rocm_models", line, ModelsArgs)
+        return models(args.dirs or None)
+
+    @magic_arguments()
+    @argument("alias", nargs="?", default=None, help="model to stop (default: the current one)")
+    @argument("--all", action="store_true", help="stop every model this notebook started")
+    @line_magic
+    def rocm_stop(self, line: str) -> None:
+        """Stop a model (its server stops when no one else uses it)."""
+        args = parse_args("rocm_stop", line, StopArgs)
+        aliases = list(self.models) if args.all else [args.alias or self.current]
+        for alias in aliases:
+            if alias is None or alias not in self.models:
+                raise UsageError(f"no model called {alias!r} is loaded")
+            self.models.pop(alias).close()
+            _say(f"stopped {alias}")
+            if self.current == alias:
+                self.current = next(iter(self.models), None)
+
+
+def _busy(model: Client | LocalModel | LocalRouter) -> bool:
+    """Whether the server is still working on a request (``/metrics``: requests being processed)."""
+    return model.metrics().get("llamacpp:requests_processing", 0.0) > 0
+
+
+def _status(model: Client | LocalModel | LocalRouter) -> ServerStatus:
+    """``model.status()``, or a row that says why there is none: one bad server never hides the others."""
+    try:
+        return model.status()
+    except Exception as exc:
+        where = (model.base_url if isinstance(model, Client) else str(model.folder) if isinstance(model, LocalRouter)
+                 else model.path.name)
+        return ServerStatus(model="?", file=where, backend="?", state="error", error=f"{type(exc).__name__}: {exc}")
+
+
+def complete_model(shell: InteractiveShell, event: Any) -> list[str]:
+    """Tab completion of ``%rocm_load``'s model: catalogue names and the model library's names.
+
+    Options and their values are left to IPython. IPython completes the word
+    after its last delimiter (``hf:acme/ti`` → ``acme/ti``), so each match is
+    cut to match.
+
+    Example (in a notebook)::
+
+        %rocm_load hf:acme/ti<TAB>   →   %rocm_load hf:acme/tiny-GGUF/tiny.Q8_0.gguf
+    """
+    before = event.text_until_cursor
+    words = before.split()
+    if not words:
+        raise TryNext
+    typed = "" if before[-1:].isspace() else words[-1]
+    previous = words[-1] if not typed else words[-2] if len(words) > 1 else ""
+    if typed.startswith("-") or previous.startswith("-"):
+        raise TryNext
+    cut = len(typed) - len(event.symbol)
+    return [name[cut:] for name in model_names() if name.startswith(typed)]
+
+
+def register(ipython: InteractiveShell) -> None:
+    """Register the magics and ``%rocm_load``'s tab completion on an IPython shell (``%load_ext rocm_nb``).
+
+    Example:
+        >>> register(get_ipython())  # doctest: +SKIP
+    """
+    ipython.register_magics(RocmMagics(ipython))
+    ipython.set_hook("complete_command", complete_model, str_key="%rocm_load")  # type: ignore[no-untyped-call]

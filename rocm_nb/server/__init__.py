@@ -1,0 +1,429 @@
+"""llama-server policy: command line, readiness, bind retry, error hints.
+
+The process mechanism (own session, parent-death signal, output ring, run
+records, bounded terminate) is :mod:`rocm_nb._process`; this module decides
+what to run and when it is ready. The server listens on 127.0.0.1 on a free
+port and requires a random per-server API key, which it gets in its
+environment (``LLAMA_API_KEY``: ``/proc/PID/environ`` is readable by its
+owner only), never on its command line (``/proc/PID/cmdline`` is readable by
+every local user). ``extra_args`` and ``env`` cannot override the host, the
+port or the key (:mod:`rocm_nb._exposure`, the policy of what a server may
+listen on and be passed); a server on another interface needs ``host=``
+(``LocalModel`` warns).
+
+Nothing is left behind:
+
+* ``close()`` terminates the process group (SIGTERM, :data:`STOP_GRACE`
+  seconds, SIGKILL, at most :data:`KILL_WAIT` seconds more) and is
+  idempotent; a ``weakref.finalize`` (which also runs at interpreter exit)
+  does the same for servers nobody closed. Every wait is bounded, so exit
+  never hangs on a server stuck in a GPU driver.
+* If the owning Python process is killed outright, the parent-death signal
+  kills the server (see :mod:`rocm_nb._process`).
+* Every server is recorded in the user's private runtime folder (never the
+  cache, which may be read-only); the next start reaps the servers of owners
+  that are gone.
+
+Example:
+    >>> config = ServerConfig(binary=Path("llama-server"), model=Path("m.gguf"), ctx_size=2048)
+    >>> config.argv(port=8080)[:3]
+    ['llama-server', '-m', 'm.gguf']
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import secrets
+import subprocess
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from rocm_nb._exposure import GUARDED_ENV, check_env, check_extra_args, connect_host, free_port
+from rocm_nb._process import Child, Escalation, launch, reap_stale_servers
+from rocm_nb.errors import ServerStartError, ServerStartTimeout, describe_exit, with_notes
+
+__all__ = [
+    "KILL_WAIT",
+    "STOP_GRACE",
+    "LlamaServer",
+    "LoadProgress",
+    "ServerConfig",
+    "file_identity",
+]
+
+LoadProgress = Callable[[float, str], None]
+"""``progress(elapsed_seconds, last_log_line)`` while a server loads (prefill progress is another thing:
+:class:`~rocm_nb.client.logprobs.Progress`)."""
+
+STOP_GRACE = 0.5
+"""Seconds a server gets after SIGTERM before SIGKILL.
+
+Short on purpose: llama-server keeps nothing on disk that a kill could
+corrupt, and it may ignore a first SIGTERM for tens of seconds while a
+stream is open, so ``close()`` promises the process gone within about a
+second. :class:`~rocm_nb.LocalModel` closes its HTTP streams first, which
+lets the server cancel and usually exit on the SIGTERM.
+"""
+
+KILL_WAIT = 5.0
+"""Seconds to wait for the process to be reaped after SIGKILL before giving up (logged)."""
+
+_BIND_FAILURES = ("couldn't bind", "address already in use", "failed to bind")
+_OOM_SIGNS = ("out of memory", "failed to allocate", "cudamalloc failed", "hipmalloc failed",
+              "unable to allocate", "bad_alloc", "failed to load model")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything that decides what a llama-server is; equal configs share a server.
+
+    ``env`` holds extra environment variables for the server only (for
+    example ``HIP_VISIBLE_DEVICES``) as sorted pairs, so the config stays
+    hashable. ``flash_attn`` (``"on"``, ``"off"``, ``"auto"``) and the KV
+    cache types ``cache_type_k``/``cache_type_v`` (``"f16"``, ``"q8_0"``…)
+    become ``--flash-attn``, ``--cache-type-k`` and ``--cache-type-v``; left
+    at ``None`` the flag is omitted and the server's default applies (flash
+    attention ``auto``, ``f16`` caches). ``speculative`` holds the
+    speculative decoding flags (see :mod:`rocm_nb._options`).
+
+    The API key is not part of the command line (see :meth:`LlamaServer.start`).
+    ``extra_args`` and ``env`` may not set the host, port or key (a
+    :class:`ValueError` says so before anything starts); ``host`` other than
+    a loopback address exposes the server to the network (``LocalModel(host=)``
+    warns about it).
+
+    Example:
+        >>> argv = ServerConfig(Path("s"), Path("m.gguf"), ctx_size=512).argv(1)
+        >>> argv[:7]
+        ['s', '-m', 'm.gguf', '--host', '127.0.0.1', '--port', '1']
+        >>> argv[7:]
+        ['-c', '512', '-ngl', '0', '--parallel', '1', '--jinja', '--metrics']
+        >>> ServerConfig(Path("s"), Path("m.gguf"), 512, flash_attn="on", cache_type_v="q8_0").argv(1)[-4:]
+        ['--flash-attn', 'on', '--cache-type-v', 'q8_0']
+        >>> ServerConfig(Path("s"), Path("m.gguf"), 512, extra_args=("--port=9",))
+        Traceback (most recent call last):
+        ...
+        ValueError: extra_args may not contain --port: rocm_nb picks a free port itself (read it from model.base_url)
+    """
+
+    binary: Path
+    model: Path
+    ctx_size: int
+    gpu_layers: int = 0
+    parallel: int = 1
+    extra_args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    host: str = "127.0.0.1"
+    rpc: tuple[str, ...] = ()
+    flash_attn: str | None = None
+    cache_type_k: str | None = None
+    cache_type_v: str | None = None
+    models_dir: Path | None = None
+    """Router mode (:mod:`rocm_nb.router`): serve the GGUFs in this folder, one child per model, instead of ``-m``."""
+    models_max: int = 0
+    """Router mode: the most models loaded at once (``--models-max``; 0: no limit)."""
+    embedding: bool = False
+    pooling: str | None = None
+    reranking: bool = False
+    speculative: tuple[str, ...] = ()
+    """llama-server's speculative decoding flags (``--spec-type …``), from :mod:`rocm_nb._options`."""
+    model_identity: tuple[int, int, int, int] | None = field(default=None, init=False)
+    """The model file's :func:`file_identity`, read when the config is made (``None`` if no file is there):
+    a file replaced at the same path makes another configuration, so it gets a server of its own instead
+    of the one still serving the old weights."""
+
+    def __post_init__(self) -> None:
+        if self.model.is_file():
+            object.__setattr__(self, "model_identity", file_identity(self.model))  # frozen: set once, here
+        check_extra_args(self.extra_args)
+        check_env(name for name, _ in self.env)
+
+    def argv(self, port: int) -> list[str]:
+        """The command line for a server on ``port`` (its API key goes in its environment)."""
+        return [
+            str(self.binary),
+            *(["--models-dir", str(self.models_dir), "--models-max", str(self.models_max)] if self.models_dir
+              else ["-m", str(self.model)]),
+            "--host", self.host,
+            "--port", str(port),
+            "-c", str(self.ctx_size),
+            "-ngl", str(self.gpu_layers),
+            "--parallel", str(self.parallel),
+            "--jinja",
+            "--metrics",
+            *(["--rpc", ",".join(self.rpc)] if self.rpc else []),
+            *(["--flash-attn", self.flash_attn] if self.flash_attn else []),
+            *(["--cache-type-k", self.cache_type_k] if self.cache_type_k else []),
+            *(["--cache-type-v", self.cache_type_v] if self.cache_type_v else []),
+            *self._embedding_args(),
+            *self.speculative,
+            *self.extra_args,
+        ]
+
+    def _embedding_args(self) -> list[str]:
+        """``--embedding``/``--rerank`` with batches as large as a slot's context (an input is one batch)."""
+        slot = str(max(self.ctx_size // max(self.parallel, 1), 1))
+        pooling = ["--pooling", self.pooling] if self.pooling else []
+        mode = ["--embedding", *pooling] if self.embedding else ["--rerank"] if self.reranking else []
+        return [*mode, "-ub", slot, "-b", slot] if mode else []
+
+
+def file_identity(path: Path) -> tuple[int, int, int, int]:
+    """What tells one file at ``path`` from another put there later: device, inode, size, modification time (ns).
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.NamedTemporaryFile() as f:
+        ...     before = file_identity(Path(f.name))
+        ...     _ = f.write(b"new weights"); f.flush()
+        ...     before == file_identity(Path(f.name))
+        False
+    """
+    stat = path.stat()
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def _await_ready(
+    ready: Callable[[], bool],
+    proc: subprocess.Popen[bytes],
+    *,
+    began: float,
+    timeout: float,
+    tick: Callable[[float], None] | None = None,
+) -> Literal["ready", "exited", "timeout"]:
+    """Poll ``ready()`` with a growing interval (2 ms to 50 ms) until it holds, ``proc`` exits or time runs out.
+
+    ``tick(elapsed)`` is called about four times a second while waiting.
+
+    Example:
+        >>> import subprocess, sys, time
+        >>> proc = subprocess.Popen([sys.executable, "-c", "pass"])
+        >>> _await_ready(lambda: False, proc, began=time.perf_counter(), timeout=30)
+        'exited'
+    """
+    interval, ticked = 0.002, began
+    while not ready():
+        if proc.poll() is not None:
+            return "exited"
+        now = time.perf_counter()
+        if now - began > timeout:
+            return "timeout"
+        if tick is not None and now - ticked >= 0.25:
+            ticked = now
+            tick(now - began)
+        time.sleep(interval)
+        interval = min(interval * 1.5, 0.05)
+    return "ready"
+
+
+class _ChildProcess:
+    """What LlamaServer and RpcWorker share: the running child, its logs, its teardown."""
+
+    _running: Child | None = None
+    _finalizer: weakref.finalize[..., _ChildProcess] | None = None
+
+    def _adopt(self, running: Child) -> None:
+        """Own a freshly launched child; the finaliser stops it if nobody closes it."""
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        self._running = running
+        self._finalizer = weakref.finalize(self, running.stop)
+
+    @property
+    def pid(self) -> int | None:
+        """The process id (``None`` before start)."""
+        return None if self._running is None else self._running.proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once the process has ended, else ``None``."""
+        return None if self._running is None else self._running.proc.poll()
+
+    @property
+    def alive(self) -> bool:
+        """True while the process runs and has not been closed."""
+        return self._running is not None and self._running.stopped is None and self.returncode is None
+
+    def wait(self, timeout: float) -> int | None:
+        """Wait up to ``timeout`` seconds for the process to end; its exit status, or ``None`` if it still runs.
+
+        Example:
+            >>> server.wait(1.0)  # doctest: +SKIP
+            -9
+        """
+        if self._running is None:
+            return None
+        try:
+            return self._running.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def logs(self, n: int | None = None) -> list[str]:
+        """The last ``n`` lines of the process's output (all kept lines by default).
+
+        Example:
+            >>> server.logs(2)  # doctest: +SKIP
+            ['main: server is listening on http://127.0.0.1:40123', '...']
+        """
+        lines = [] if self._running is None else list(self._running.logs.lines)
+        return lines if n is None else lines[-n:]
+
+    def log_tail(self, n: int = 30) -> str:
+        """The last ``n`` log lines as one string."""
+        return "\n".join(self.logs(n))
+
+    def close(self, grace: float = STOP_GRACE, kill_wait: float = KILL_WAIT) -> Escalation | None:
+        """SIGTERM, wait up to ``grace`` s, SIGKILL, wait up to ``kill_wait`` s. Idempotent.
+
+        Returns which step ended the process (``None`` if it never started);
+        see :func:`rocm_nb._process.terminate`.
+
+        Example:
+            >>> server.close(); server.close()  # doctest: +SKIP
+            <Escalation.SIGTERM: 'sigterm'>
+        """
+        stopped = None if self._running is None else self._running.stop(grace, kill_wait)
+        if self._finalizer is not None:
+            self._finalizer.detach()  # after the stop: one interrupted by Ctrl-C leaves the finaliser armed
+        return stopped
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LlamaServer(_ChildProcess):
+    """A running llama-server for one :class:`ServerConfig`.
+
+    ``start()`` returns once ``/health`` answers 200. Use it as a context
+    manager or call ``close()``; both are idempotent.
+
+    Example:
+        >>> with LlamaServer(config) as server:  # doctest: +SKIP
+        ...     print(server.base_url, server.pid)
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        start_timeout: float = 300.0,
+        log_lines: int = 2000,
+        environ: Mapping[str, str] | None = None,
+        bind_attempts: int = 5,
+        port_picker: Callable[[str], int] = free_port,
+    ) -> None:
+        self.config = config
+        self.api_key = secrets.token_urlsafe(24)
+        self.port: int | None = None
+        self.started_at: float | None = None
+        self.load_seconds: float | None = None
+        self._start_timeout = start_timeout
+        self._log_lines = log_lines
+        self._environ = os.environ if environ is None else environ
+        self._bind_attempts = bind_attempts
+        self._port_picker = port_picker
+
+    # -- state ------------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:PORT`` once started (loopback for a server on a wildcard address)."""
+        host = connect_host(self.config.host)
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
+
+    # -- start ------------------------------------------------------------------------------
+
+    def start(self, progress: LoadProgress | None = None) -> LlamaServer:
+        """Launch the process and wait until it is ready. No-op when running.
+
+        ``progress(elapsed_seconds, last_log_line)`` is called from this thread
+        while the model loads, a few times a second.
+        """
+        if self.alive:
+            return self
+        reap_stale_servers(self._environ)
+        began = time.perf_counter()
+        for attempt in range(1, self._bind_attempts + 1):
+            child = self._spawn(self._port_picker(self.config.host))
+            try:
+                outcome = _await_ready(
+                    self._healthy, child.proc, began=began, timeout=self._start_timeout,
+                    tick=None if progress is None else lambda elapsed: progress(elapsed, self._last_line()),
+                )
+            except BaseException:  # Ctrl-C while loading: no half-started server is left behind
+                child.stop()
+                raise
+            if outcome == "ready":
+                self.load_seconds = time.perf_counter() - began
+                return self
+            if outcome == "timeout":
+                tail = self.log_tail()
+                child.stop()
+                raise with_notes(ServerStartTimeout(
+                    f"llama-server did not become ready within {self._start_timeout:.0f} s "
+                    f"loading {self.config.model.name}",
+                    log_tail=tail,
+                ), f"Last log lines:\n{tail}", "Next step: a large model may need more time (start_timeout=), "
+                   "or fewer GPU layers if the GPU is swapping.")
+            child.logs.join(1.0)  # exited: let its last words reach the log first
+            child.stop()
+            error = self._start_error(child.proc.returncode)
+            if attempt < self._bind_attempts and any(s in error.log_tail.lower() for s in _BIND_FAILURES):
+                continue  # another process took the port between probe and bind
+            raise error
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _spawn(self, port: int) -> Child:
+        inherited = {k: v for k, v in self._environ.items() if k not in GUARDED_ENV}
+        env = {**inherited, **dict(self.config.env), "LLAMA_API_KEY": self.api_key}
+        argv = self.config.argv(port)
+        self.port, self.started_at = port, time.time()  # before the spawn: nothing runs between it and _adopt
+        child = launch(argv, env, self._environ, self._log_lines, model=str(self.config.model), port=port,
+                       rpc=list(self.config.rpc))
+        self._adopt(child)
+        return child
+
+    def _last_line(self) -> str:
+        lines = self.logs(1)
+        return lines[0] if lines else ""
+
+    def _healthy(self) -> bool:
+        """One ``/health`` probe over plain HTTP (stdlib: no TLS set-up on the start path)."""
+        connection = http.client.HTTPConnection(connect_host(self.config.host), self.port, timeout=2.0)
+        try:
+            connection.request("GET", "/health")
+            return connection.getresponse().status == 200
+        except OSError:
+            return False
+        finally:
+            connection.close()
+
+    def _start_error(self, returncode: int | None) -> ServerStartError:
+        tail = self.log_tail(40)
+        lowered = tail.lower()
+        if any(s in lowered for s in _OOM_SIGNS):
+            hint = (
+                "the model did not fit in memory: lower gpu_layers (offload fewer layers "
+                "to the GPU) or ctx_size, or use a smaller quantisation"
+            )
+        elif any(s in lowered for s in _BIND_FAILURES):
+            hint = "the port was taken every time; check what is listening on 127.0.0.1"
+        elif "unknown model architecture" in lowered or "unsupported" in lowered:
+            hint = "this llama-server does not support the model: update it with `rocm-nb server install --force`"
+        else:
+            hint = describe_exit(returncode)[1] or "read the log lines above; `rocm-nb doctor` checks the setup"
+        return with_notes(ServerStartError(
+            f"llama-server {describe_exit(returncode)[0]} while loading {self.config.model.name}",
+            returncode=returncode,
+            log_tail=tail,
+            hint=hint,
+        ), f"Command: {' '.join(self.config.argv(self.port or 0))}", f"Last log lines:\n{tail}",
+            f"Hint: {hint}")
+
+    def __enter__(self) -> LlamaServer:
+        return self.start()

@@ -59,6 +59,7 @@ from rocm_nb.hardware._hsa import server_env
 from rocm_nb.hardware._unified import UnifiedMemory, check_unified, decide
 from rocm_nb.modelfiles.catalog import ModelInfo, read_info, resolve_model
 from rocm_nb.modelfiles.fit import FitPlan, plan_load
+from rocm_nb.modelfiles.projector import ProjectorInfo
 from rocm_nb.server import ServerConfig
 
 __all__ = [
@@ -220,6 +221,7 @@ def plan_server(
     unified_memory: UnifiedMemory = "auto",
     speculative: str | os.PathLike[str] | None = None,
     draft_gpu_layers: int | None = None,
+    projector: ProjectorInfo | None = None,
 ) -> tuple[FitPlan, ServerConfig]:
     """The fit plan and the server configuration for ``LocalModel``'s options (see its docstring).
 
@@ -231,7 +233,9 @@ def plan_server(
     (:mod:`rocm_nb._options`): a draft model is resolved (which may
     download it) and read here, and its memory goes into the fit plan, with
     ``draft_gpu_layers`` of its layers on the GPU (default: all; none on a CPU
-    build, which gets no ``--spec-draft-ngl``).
+    build, which gets no ``--spec-draft-ngl``). An image ``projector``
+    (``mmproj=``, read by the caller) is counted in the plan and loaded with
+    ``--mmproj``, kept off the GPU when the plan keeps it in RAM.
 
     Example:
         >>> fit, config = plan_server(info, path, binary, detect(), ctx_size=None, gpu_layers="auto",
@@ -257,7 +261,7 @@ def plan_server(
         ctx_size=context_size(info, ctx_size), parallel=positive_int("parallel", parallel),
         gpu_layers=chosen_layers,
         shrink_ctx=ctx_size is None, flash_attn=flash, cache_type_k=cache_k, cache_type_v=cache_v,
-        draft=draft_info, draft_gpu_layers=draft_gpu_layers,
+        draft=draft_info, draft_gpu_layers=draft_gpu_layers, projector=projector,
     )
     draft_layers = None
     if fit.draft is not None and binary.backend != "cpu":
@@ -280,5 +284,7 @@ def plan_server(
         cache_type_k=cache_k,
         cache_type_v=cache_v,
         speculative=speculation_flags(speculative, draft_path, draft_layers),
+        mmproj=None if projector is None else projector.path,
+        mmproj_offload=binary.backend == "cpu" or fit.projector is None or fit.projector.on_gpu,
     )
     return fit, config

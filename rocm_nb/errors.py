@@ -9,6 +9,7 @@
     ├── InvalidModel (ValueError)            not a GGUF, truncated, unsupported arch
     ├── RuntimeDirError (OSError)            no private, writable folder for run records; says which to set
     ├── ServerStartError                     exited while loading: .returncode, .log_tail, hint
+    │   └── ProjectorMismatch                llama-server refused the image projector (mmproj) for this model
     ├── ServerStartTimeout (TimeoutError)    still not ready after the start timeout
     ├── ServerCrashed                        died after it was ready: .returncode, .log_tail
     ├── GenerationError                      the server refused a request (non-2xx): .status_code, .body
@@ -16,6 +17,7 @@
     │   ├── GenerationTimeout (TimeoutError)     a timeout ran out: .phase connect/read/write/pool/total
     │   ├── StreamProtocolError                  not an event stream, a malformed event, a truncated stream
     │   ├── SchemaMismatch (ValueError)          the reply is not the JSON asked for (or breaks its schema)
+    │   ├── ImagesNotSupported (ValueError)      an image for a model or server that takes none
     │   └── TextTooLong (ValueError)             a text is longer than the embedding server's context: .index
     ├── ModelClosed (RuntimeError)           used after close()
     └── ModelNotStarted (RuntimeError)       asked for what only a started model has (base_url, api_key)
@@ -46,10 +48,12 @@ __all__ = [
     "BuildError",
     "GenerationError",
     "GenerationTimeout",
+    "ImagesNotSupported",
     "InvalidModel",
     "ModelClosed",
     "ModelNotFound",
     "ModelNotStarted",
+    "ProjectorMismatch",
     "RocmNbError",
     "RuntimeDirError",
     "SchemaMismatch",
@@ -245,6 +249,21 @@ class ServerStartError(_ProcessError):
         self.hint = hint
 
 
+class ProjectorMismatch(ServerStartError):
+    """llama-server refused the image projector (``mmproj=``) it was given for the model.
+
+    The projector must come with the model: it projects images into that
+    model's embedding space, so one made for another model (another width,
+    another architecture) is refused while loading. The message quotes the
+    server's reason; ``.log_tail`` holds its last log lines.
+
+    Example:
+        >>> e = ProjectorMismatch("refused", returncode=1, log_tail="mismatch between text model ...")
+        >>> isinstance(e, ServerStartError), e.log_tail
+        (True, 'mismatch between text model ...')
+    """
+
+
 class ServerStartTimeout(RocmNbError, TimeoutError):
     """llama-server did not report ready within the start timeout.
 
@@ -355,6 +374,19 @@ class SchemaMismatch(GenerationError, ValueError):
 
     Example:
         >>> issubclass(SchemaMismatch, (GenerationError, ValueError))
+        True
+    """
+
+
+class ImagesNotSupported(GenerationError, ValueError):
+    """An image was sent to a model loaded without a projector, or to a server that takes no images.
+
+    A :class:`~rocm_nb.LocalModel` without ``mmproj=`` refuses before any
+    request (``.status_code`` is ``None``); a server you ``connect()`` to
+    refuses itself, and the message quotes what it said.
+
+    Example:
+        >>> issubclass(ImagesNotSupported, (GenerationError, ValueError))
         True
     """
 

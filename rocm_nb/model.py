@@ -43,9 +43,13 @@ from rocm_nb._options import DEFAULT_SPECULATIVE, plan_server, server_mode
 from rocm_nb.binary import ServerBinary, find_server
 from rocm_nb.client import Client
 from rocm_nb.client._generation import GenerationAPI
+from rocm_nb.client.engines import Capabilities
+from rocm_nb.client.images import ImageLimit
 from rocm_nb.client.request import Options
 from rocm_nb.client.status import ServerStatus
 from rocm_nb.errors import (
+    ImagesNotSupported,
+    InvalidModel,
     ModelClosed,
     ModelNotStarted,
     RocmNbError,
@@ -55,8 +59,9 @@ from rocm_nb.errors import (
 )
 from rocm_nb.hardware import Backend, Hardware, detect
 from rocm_nb.hardware._unified import UnifiedMemory
-from rocm_nb.modelfiles.catalog import DEFAULT_MODEL, ModelInfo, read_info, resolve_model
+from rocm_nb.modelfiles.catalog import DEFAULT_MODEL, ModelInfo, default_projector, read_info, resolve_model
 from rocm_nb.modelfiles.fit import FitPlan
+from rocm_nb.modelfiles.projector import ProjectorInfo, read_projector, resolve_projector
 from rocm_nb.server import LlamaServer, LoadProgress, ServerConfig
 from rocm_nb.server._registry import ServerRegistry, default_registry
 
@@ -84,6 +89,13 @@ class LocalModel(OwnServer, GenerationAPI):
     Args:
         model: a ``.gguf`` path, a catalogue name (default ``smollm2-135m``)
             or ``hf:owner/repo/file.gguf``.
+        mmproj: the image projector that makes it a vision model (a
+            ``mmproj-….gguf`` path, ``hf:owner/repo/mmproj-….gguf``, or a
+            catalogue name for that entry's projector); a catalogue vision
+            model (``smolvlm-256m``) brings its own. With one, ``chat()``
+            takes images (:mod:`rocm_nb.client.images`); its memory counts in
+            :attr:`fit`. A projector made for another model is refused by the
+            server while loading (:class:`~rocm_nb.errors.ProjectorMismatch`).
         ctx_size: context length; default min(trained context, 8192).
         gpu_layers: layers to offload; ``None``/``"auto"`` means as many as
             fit in the free VRAM on a GPU backend (lowering the default
@@ -174,6 +186,7 @@ class LocalModel(OwnServer, GenerationAPI):
         reranking: bool = False,
         speculative: str | os.PathLike[str] = DEFAULT_SPECULATIVE,
         draft_gpu_layers: int | None = None,
+        mmproj: str | os.PathLike[str] | None = None,
     ) -> None:
         extra = check_extra_args(extra_args)  # before anything is resolved, downloaded or started
         if not is_loopback(host):
@@ -184,13 +197,20 @@ class LocalModel(OwnServer, GenerationAPI):
         self.path = resolve_model(model)
         self.info: ModelInfo = read_info(self.path)
         """GGUF metadata: architecture, parameters, quantisation, context, chat template."""
+        if self.info.architecture == "clip":
+            raise InvalidModel(f"{self.path.name} is an image projector, not a model: load the model it belongs to "
+                               f"and give this file as mmproj={os.fspath(model)!r}")
+        projector = mmproj if mmproj is not None else default_projector(model)
+        self.projector: ProjectorInfo | None = None if projector is None else read_projector(
+            resolve_projector(projector))
+        """The image projector's GGUF metadata (``mmproj=``), or ``None`` for a model that takes no images."""
         self.binary: ServerBinary = find_server(server)
         self.hardware: Hardware = hardware if hardware is not None else detect()
         plan = plan_server(self.info, self.path, self.binary, self.hardware, ctx_size=ctx_size,
                            gpu_layers=gpu_layers, parallel=parallel, extra_args=extra, env=env, host=host,
                            rpc=rpc, hsa_override=hsa_override, flash_attn=flash_attn, cache_type=cache_type,
                            cache_type_k=cache_type_k, cache_type_v=cache_type_v, unified_memory=unified_memory,
-                           speculative=speculative, draft_gpu_layers=draft_gpu_layers)
+                           speculative=speculative, draft_gpu_layers=draft_gpu_layers, projector=self.projector)
         self.fit: FitPlan = plan[0]
         """The memory estimate and the offload decision (``model.fit.note`` says it in one sentence)."""
         self.config: ServerConfig = server_mode(plan[1], embedding=embedding, pooling=pooling, reranking=reranking,
@@ -276,6 +296,15 @@ class LocalModel(OwnServer, GenerationAPI):
     def _client(self) -> Client:
         return self._lease.client()
 
+    def _image_limit(self) -> ImageLimit:
+        """The projector's image size; without a projector, images are refused here, before any request."""
+        if self.projector is None:
+            raise ImagesNotSupported(
+                f"{self.path.name} was loaded without an image projector, so it takes no images: load a vision "
+                "model with its projector, LocalModel('smolvlm-256m') or LocalModel('model.gguf', "
+                "mmproj='mmproj-model.gguf') (%rocm_load MODEL --mmproj FILE), or send text only")
+        return ImageLimit(self.projector.max_edge, self.projector.max_pixels)
+
     async def _aclient(self) -> Client:
         return await self._lease.aclient()
 
@@ -338,6 +367,21 @@ class LocalModel(OwnServer, GenerationAPI):
         return server
 
     @property
+    def capabilities(self) -> Capabilities:
+        """What the running server says it supports; ``.images`` is true when it loaded a projector.
+
+        Asked of the server once (``/props``); like :attr:`server`, raises
+        :class:`~rocm_nb.errors.ModelNotStarted` before ``start()``.
+        :attr:`projector` says the same without a server.
+
+        Example:
+            >>> model.capabilities.images  # doctest: +SKIP
+            True
+        """
+        self.server  # noqa: B018  (raises before start() and after close())
+        return self._client().capabilities
+
+    @property
     def backend(self) -> Backend:
         """The backend the server runs on: ``rocm``, ``cuda``, ``vulkan`` or ``cpu``."""
         return self.binary.backend
@@ -374,6 +418,7 @@ class LocalModel(OwnServer, GenerationAPI):
             estimate_vram_bytes=self.fit.estimate.vram,
             decode_tps=decode_tps,
             rpc=self.config.rpc,
+            images=self.projector is not None,
             error=(f"llama-server {describe_exit(server.returncode, loading=False)[0]}"
                    if self.state is ModelState.CRASHED and server is not None else None),
         )

@@ -412,13 +412,15 @@ class Client(GenerationAPI):
             >>> connect("http://127.0.0.1:9").status().state
             'unreachable'
         """
+        images = None
         try:
             names, state, error = self.models(), "running", None
+            images = self.capabilities.images
         except RocmNbError as exc:
             names, error = [], str(exc)
             state = "unreachable" if isinstance(exc, ServerUnavailable | GenerationTimeout) else "error"
         return ServerStatus(model=", ".join(names) or "?", file=self._base_url, backend="remote", state=state,
-                            error=error)
+                            error=error, images=images)
 
     # -- lifetime ---------------------------------------------------------------------------
 

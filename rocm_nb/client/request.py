@@ -19,7 +19,7 @@ from rocm_nb.client.engines import Engine, translate
 from rocm_nb.client.logprobs import check_insight_options, translate_options
 from rocm_nb.client.tools import check_tools, tool_schemas
 
-__all__ = ["DEFAULT_MAX_TOKENS", "MAX_TOKENS_LIMIT", "Options", "build_payload", "check_options"]
+__all__ = ["DEFAULT_MAX_TOKENS", "MAX_TOKENS_LIMIT", "Options", "build_payload", "check_content", "check_options"]
 
 DEFAULT_MAX_TOKENS = 512
 
@@ -133,6 +133,36 @@ def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
     return dict(options)
 
 
+def check_content(messages: Sequence[Message]) -> None:
+    """The content parts' family: a message's ``content`` list holds typed parts, images already encoded.
+
+    Every OpenAI-compatible engine takes ``text`` and ``image_url`` parts as
+    they are, so parts need no translation; an image the caller has not had
+    encoded (rocm_nb's ``{"type": "image", ...}``, which ``chat()`` encodes)
+    or an ``image_url`` part without a URL is refused here, before any request.
+
+    Example:
+        >>> check_content([{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}])
+        Traceback (most recent call last):
+        ...
+        ValueError: an image_url part needs {"image_url": {"url": "data:image/png;base64,…"}}; got {'type': ...}
+    """
+    for message in messages:
+        content = message.get("content")
+        for part in content if isinstance(content, list) else ():
+            kind = part.get("type") if isinstance(part, Mapping) else None
+            if not isinstance(kind, str):
+                raise TypeError(f"a message's content list holds parts like {{'type': 'text', 'text': ...}}; "
+                                f"got {part!r:.80}")
+            if kind == "image":
+                raise TypeError('an {"type": "image"} part is encoded by chat(), chat_stream() and user_message(); '
+                                "pass the messages through one of them")
+            where = part.get("image_url")
+            if kind == "image_url" and not (isinstance(where, Mapping) and isinstance(where.get("url"), str)):
+                raise ValueError('an image_url part needs {"image_url": {"url": "data:image/png;base64,…"}}; '
+                                 f"got {part!r:.80}")
+
+
 def build_payload(
     kind: Kind, prompt: str | Sequence[Message], options: Mapping[str, Any], engine: Engine = "llama.cpp",
 ) -> dict[str, Any]:
@@ -162,6 +192,7 @@ def build_payload(
     if kind == "chat":
         if isinstance(prompt, str):
             raise TypeError("chat() takes a list of messages; use generate() for a plain prompt")
+        check_content(prompt)
         payload["messages"] = [dict(m) for m in prompt]
     else:
         if not isinstance(prompt, str):

@@ -70,10 +70,14 @@ class GenerateArgs(SamplingArgs):
     format: Format = FORMATS[0]
     probs: int | None = None
     """``--probs [K]``: shade each token by its probability, with its top-K alternatives (default 5)."""
+    image: list[str] | None = None
+    """``--image NAME`` (repeatable): variables holding images to send with the prompt (a vision model)."""
 
     def __post_init__(self) -> None:
         if self.raw and self.system:
             raise UsageError("--system needs chat mode; drop --raw")
+        if self.raw and self.image:
+            raise UsageError("--image needs chat mode (images go in the user's message); drop --raw")
         if self.probs is not None and not 1 <= self.probs <= 20:
             raise UsageError(f"--probs takes 1 to 20 alternatives per token, got {self.probs}")
         if self.probs is not None and self.format in ("json", "code"):
@@ -144,6 +148,7 @@ class LoadArgs:
     max_loaded: int = 1
     speculative: str = DEFAULT_SPECULATIVE
     draft_gpu_layers: int | None = None
+    mmproj: str | None = None
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,10 @@
 ``%load_ext rocm_nb`` registers:
 
 * ``%rocm_load MODEL [--ctx N] [--gpu-layers N|auto] [--name ALIAS] [--server PATH]
-  [--speculative off|ngram|DRAFT] [--draft-gpu-layers N] [-- ARGS]``
+  [--speculative off|ngram|DRAFT] [--draft-gpu-layers N] [--mmproj FILE] [-- ARGS]``
 * ``%%rocm_generate [options]`` — the cell is the prompt; ``{name}`` is filled
-  from the user namespace (``{{`` and ``}}`` for literal braces)
+  from the user namespace (``{{`` and ``}}`` for literal braces); ``--image NAME``
+  sends the image a variable holds (a figure, an array, a file path…)
 * ``%rocm_chat [ALIAS] [--system TEXT] [--temperature T] [--max-tokens N] [--seed N]``
   — a chat panel starting with those settings
 * ``%rocm_status``, ``%rocm_stop [ALIAS|--all]``
@@ -246,6 +247,9 @@ class RocmMagics(Magics):
                    f"(default {DEFAULT_SPECULATIVE}; the server verifies every draft)")
     @argument("--draft-gpu-layers", type=int, default=None,
               help="the draft model's layers on the GPU (default: all on a GPU, none on the CPU)")
+    @argument("--mmproj", default=None,
+              help="the image projector (mmproj-….gguf path, hf: reference or catalogue name) that makes the model "
+                   "take images; a catalogue vision model brings its own")
     @line_magic
     def rocm_load(self, line: str) -> None:
         """Start (or reuse) a model and make it the current one.
@@ -289,6 +293,7 @@ class RocmMagics(Magics):
             rpc=args.rpc or (),
             speculative=args.speculative,
             draft_gpu_layers=args.draft_gpu_layers,
+            mmproj=args.mmproj,
         )
 
     @magic_arguments()
@@ -306,6 +311,9 @@ class RocmMagics(Magics):
     @argument("--probs", type=int, nargs="?", const=5, default=None, metavar="K",
               help="shade each token by its probability; hover or Tab shows its top K alternatives (default 5), "
                    "with a before/after sampling toggle")
+    @argument("--image", action="append", default=None, metavar="NAME",
+              help="a variable holding an image to send with the prompt (repeatable): a matplotlib figure, a NumPy "
+                   "array, a PIL or IPython image, bytes or a file path; needs a vision model")
     @argument("--format", choices=FORMATS, default=FORMATS[0],
               help="markdown (default) or text: how the reply is shown; code: its code goes into a new cell "
                    "below, not run; json: parsed (and checked against --json-schema) and returned")
@@ -334,9 +342,12 @@ class RocmMagics(Magics):
         prompt = fill_placeholders(cell.strip(), user_ns)
         schema = json_schema(args.format, args.json_schema, user_ns)
         options = options_from(args) | ({"json_schema": schema} if schema is not None else {})  # bad ones: first
+        images = [_variable(user_ns, name, "--image") for name in args.image or ()]
         model = self._model(args.model)
         options = progress_option(model) | options  # a bar while a long prompt is read
         messages = args.messages(prompt)
+        if images:  # encoded once, here: a model without a projector refuses before any request
+            messages[-1] = model.user_message(prompt, images=images)
         view, publish = None, None
         if args.probs is not None:
             from rocm_nb.notebook.reply_view import (
@@ -412,6 +423,14 @@ class RocmMagics(Magics):
             _say(f"stopped {alias}")
             if self.current == alias:
                 self.current = next(iter(self.models), None)
+
+
+def _variable(namespace: Mapping[str, Any], name: str, option: str) -> Any:
+    """The value of the variable ``name`` an option names; a ``UsageError`` when there is none."""
+    if name not in namespace:
+        raise UsageError(f"{option} {name}: no variable {name!r} is defined; assign the image to it first "
+                         f"({name} = plt.gcf(), say)")
+    return namespace[name]
 
 
 def _busy(model: Client | LocalModel | LocalRouter) -> bool:

@@ -275,7 +275,9 @@ class ChatPanel:
         try:
             self.send(text)
         except Exception as exc:  # a click has no caller: the error shows, and the text and images stay
-            self.prompt.value = text
+            self.prompt.unobserve(self._on_submit, names="value")
+            self.prompt.value = text  # back in the box, not sent again
+            self.prompt.observe(self._on_submit, names="value")
             self._show_error(exc)
 
     def _on_upload(self, change: Any = None) -> None:

@@ -24,9 +24,9 @@ from rocm_nb.binary import ServerBinary, find_server
 from rocm_nb.binary._build import install_server
 from rocm_nb.binary._rocwmma import build_options
 from rocm_nb.binary._smoke import smoke_test
-from rocm_nb.errors import RocmNbError, describe_exit
+from rocm_nb.errors import ModelNotFound, RocmNbError, describe_exit
 from rocm_nb.hardware import describe, detect
-from rocm_nb.modelfiles.catalog import CATALOGUE, DEFAULT_MODEL, models_dir, pull, read_info
+from rocm_nb.modelfiles.catalog import CATALOGUE, DEFAULT_MODEL, models_dir, pull, read_info, resolve_model
 from rocm_nb.modelfiles.library import models
 
 __all__ = ["main"]
@@ -109,9 +109,10 @@ def _pull(args: argparse.Namespace) -> int:
 
 def _models(args: argparse.Namespace) -> int:
     print(models(args.dirs or None))
-    directory = models_dir()
     for name, entry in sorted(CATALOGUE.items()):
-        if not (directory / entry.filename).is_file():
+        try:
+            resolve_model(name, download=False)  # a hub entry: in the Hugging Face cache, or not
+        except (ModelNotFound, ModuleNotFoundError):
             print(f"\nnot downloaded yet: {name}  {entry.description}\n  next step: rocm-nb pull {name}")
     return 0
 

@@ -2,8 +2,9 @@
 
 Uses the browser tests' harness (:mod:`tests.support.jupyter`) and the tiny
 vision model (:mod:`tests.support.vision`). In each front end the test picks a
-PNG with the panel's Attach button (in the file dialogue it opens), sees its thumbnail under the text box, sends a question, and sees
-the thumbnail in the user's bubble and the reply; the thumbnails are
+PNG with the panel's Attach button (in the file dialogue it opens), sees its
+thumbnail under the text box, sends a question, and sees the thumbnail in the
+user's bubble and the reply; the thumbnails are
 ``data:`` URLs, so the browser asks nothing of any other address. Screenshots:
 ``test-artifacts/browser/images-<front end>-*.png``.
 """

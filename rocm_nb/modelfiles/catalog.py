@@ -120,8 +120,8 @@ CATALOGUE: Mapping[str, CatalogueEntry] = {
         filename="SmolVLM-256M-Instruct-Q8_0.gguf",
         sha256="",
         size=0,
-        description="SmolVLM 256M Instruct, Q8_0, with its image projector (Apache-2.0): the smallest vision "
-                    "model; from Hugging Face (pip install \"rocm_nb[hub,vision]\")",
+        description="SmolVLM 256M Instruct, Q8_0, with its image projector (Apache-2.0): a small vision model "
+                    "on SmolLM2; from Hugging Face (pip install \"rocm_nb[hub,vision]\")",
         wheel="",
         member="",
         hub="ggml-org/SmolVLM-256M-Instruct-GGUF",

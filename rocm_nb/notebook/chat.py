@@ -113,7 +113,7 @@ def message_html(message: Message) -> str:
 
     Example:
         >>> message_html({"role": "user", "content": "**hi** <b>"})
-        '<p><strong>hi</strong> &lt;b&gt;</p>\n'
+        '<p><strong>hi</strong> &lt;b&gt;</p>\\n'
         >>> 'src="javascript' in message_html({"role": "user", "content": [
         ...     {"type": "image_url", "image_url": {"url": "javascript:alert(1)"}}]})
         False

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import os
 import struct
 import subprocess
@@ -165,6 +166,31 @@ class ModelInfo:
         return f"**{self.name}**\n\n| | |\n| --- | --- |\n{body}"
 
 
+_MAX_LAYERS = 512
+"""llama.cpp's ``LLAMA_MAX_LAYERS`` at the pinned version: a GGUF with more layers cannot be loaded."""
+
+
+def _whole_number(path: Path, key: str, value: object) -> int | None:
+    """A size or count from the metadata: ``None`` if absent or not a number, else a whole number >= 0.
+
+    A NaN, an infinity, a negative or a fractional value is an
+    :class:`~rocm_nb.errors.InvalidModel` naming the key and the file.
+
+    Example:
+        >>> _whole_number(Path("m.gguf"), "llama.context_length", 4096.0)
+        4096
+        >>> _whole_number(Path("m.gguf"), "llama.context_length", float("nan"))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        rocm_nb.errors.InvalidModel: m.gguf: llama.context_length is nan, not a whole number of 0 or more; ...
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if (isinstance(value, float) and not (math.isfinite(value) and value.is_integer())) or value < 0:
+        raise InvalidModel(f"{path}: {key} is {value!r}, not a whole number of 0 or more; the file is corrupt")
+    return int(value)
+
+
 @functools.lru_cache(maxsize=64)
 def _read_info_cached(path: Path, size: int, mtime_ns: int) -> ModelInfo:
     try:
@@ -181,8 +207,12 @@ def _read_info_cached(path: Path, size: int, mtime_ns: int) -> ModelInfo:
     arch = str(meta.get("general.architecture") or "unknown")
 
     def number(key: str) -> int | None:
-        value = meta.get(f"{arch}.{key}")
-        return int(value) if isinstance(value, int | float) else None
+        return _whole_number(path, f"{arch}.{key}", meta.get(f"{arch}.{key}"))
+
+    layers = number("block_count")
+    if layers is not None and layers > _MAX_LAYERS:
+        raise InvalidModel(f"{path}: {arch}.block_count is {layers:,}, but llama.cpp loads at most {_MAX_LAYERS} "
+                           "layers; the file is corrupt or not a model llama.cpp can run")
 
     file_type = meta.get("general.file_type")
     try:
@@ -198,7 +228,7 @@ def _read_info_cached(path: Path, size: int, mtime_ns: int) -> ModelInfo:
         parameters=parameters or None,
         quantization=quantization,
         context_length=number("context_length"),
-        block_count=number("block_count"),
+        block_count=layers,
         embedding_length=number("embedding_length"),
         head_count=number("attention.head_count"),
         head_count_kv=number("attention.head_count_kv"),

@@ -117,60 +117,62 @@ from rocm_nb import Client, GenerationError
 from tests.support.engines import LLAMA_CPP
 """
 
-
-def in_bounded_client(url: str, call: str) -> dict[str, object]:
-    """Run ``call`` (an expression on ``client``; ``await`` allowed) in a bounded child: the error it raised."""
-    return run_bounded(f"""
-        client = Client({url!r}, server=LLAMA_CPP, model="m")
-
-        async def attempt():
-            try:
-                value = {call}
-                if asyncio.iscoroutine(value):
-                    value = await value
-                out["value"] = repr(value)[:200]
-            except GenerationError as exc:
-                out.update(type=type(exc).__name__, message=str(exc), status=exc.status_code, body=len(exc.body))
-            finally:
-                await client.aclose()
-
-        asyncio.run(attempt())
-        """, setup=BOUNDED_CLIENT, budget=BUDGET, timeout=120)
-
-
 CALLS = {"sync": "client.generate('Hi', max_tokens=4)", "async": "client.agenerate('Hi', max_tokens=4)"}
 
 
+def in_bounded_client(url: str, calls: dict[str, str]) -> dict[str, dict[str, object]]:
+    """Run each call (an expression on a fresh ``client``; a coroutine is awaited) in one bounded child.
+
+    Returns, per call, the error it raised (``type``, ``message``, ``status``
+    and the length of ``body``), or the ``value`` it returned.
+    """
+    table = "{" + ", ".join(f"{name!r}: lambda client: {call}" for name, call in calls.items()) + "}"
+    return run_bounded(f"""
+        async def attempt(name, call):
+            client = Client({url!r}, server=LLAMA_CPP, model="m")
+            out[name] = {{}}
+            try:
+                value = call(client)
+                if asyncio.iscoroutine(value):
+                    value = await value
+                out[name]["value"] = repr(value)[:200]
+            except GenerationError as exc:
+                out[name].update(type=type(exc).__name__, message=str(exc), status=exc.status_code,
+                                 body=len(exc.body))
+            finally:
+                await client.aclose()
+
+        for name, call in {table}.items():
+            asyncio.run(attempt(name, call))
+        """, setup=BOUNDED_CLIENT, budget=BUDGET, timeout=120)
+
+
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("mode", sorted(CALLS))
 @pytest.mark.parametrize("encoding", ["gzip", "deflate"])
-def test_a_compressed_event_is_capped_at_16_mib_decoded(serve: Callable[..., AnsweringServer], encoding: str,
-                                                         mode: str) -> None:
-    """A 0.6 MB body that inflates to one 600 MB event is refused after 16 MiB of it."""
+def test_a_compressed_event_is_capped_at_16_mib_decoded(serve: Callable[..., AnsweringServer], encoding: str) -> None:
+    """A 0.6 MB body that inflates to one 600 MB event is refused after 16 MiB of it, sync and async."""
     server = serve(lambda path: giant_event(encoding))
     assert len(giant_event(encoding)[2]) < 2 * MiB
-    out = in_bounded_client(server.url, CALLS[mode])
-    assert out.get("type") == "StreamProtocolError", out
-    read = re.search(r"sent an event over the limit of 16 MiB \(16777216 bytes\); refused after reading (\d+) bytes",
-                     str(out["message"]))
-    assert read and 16 * MiB < int(read[1]) <= 16 * MiB + 64 * 1024, out["message"]  # inflated 64 KiB at a time
+    for mode, out in in_bounded_client(server.url, CALLS).items():
+        assert out.get("type") == "StreamProtocolError", (mode, out)
+        read = re.search(r"sent an event over the limit of 16 MiB \(16777216 bytes\); refused after reading (\d+) "
+                         "bytes", str(out["message"]))
+        assert read and 16 * MiB < int(read[1]) <= 16 * MiB + 64 * 1024, (mode, out)  # inflated 64 KiB at a time
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("mode", sorted(CALLS))
-def test_a_400_mb_error_body_is_read_and_kept_only_as_a_prefix(serve: Callable[..., AnsweringServer],
-                                                               mode: str) -> None:
+def test_a_400_mb_error_body_is_read_and_kept_only_as_a_prefix(serve: Callable[..., AnsweringServer]) -> None:
     server = serve(lambda path: giant_error("gzip"))
-    out = in_bounded_client(server.url, CALLS[mode])
-    assert out.get("type") == "GenerationError" and out["status"] == 400, out
-    assert int(str(out["body"])) <= GenerationError.body_limit + 100
-    assert str(out["message"]).startswith("the server answered 400 to POST /v1/completions: ")
+    for mode, out in in_bounded_client(server.url, CALLS).items():
+        assert out.get("type") == "GenerationError" and out["status"] == 400, (mode, out)
+        assert int(str(out["body"])) <= GenerationError.body_limit + 100
+        assert str(out["message"]).startswith("the server answered 400 to POST /v1/completions: ")
 
 
 @pytest.mark.timeout(180)
 def test_a_1_gb_models_list_is_refused_at_16_mib(serve: Callable[..., AnsweringServer]) -> None:
     server = serve(lambda path: giant_models())
-    out = in_bounded_client(server.url, "client.models()")
+    out = in_bounded_client(server.url, {"models": "client.models()"})["models"]
     assert out.get("type") == "StreamProtocolError", out
     assert "sent an answer over the limit of 16 MiB (16777216 bytes)" in str(out["message"])
 

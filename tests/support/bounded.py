@@ -52,8 +52,9 @@ def run_bounded(code: str, *, setup: str = "", budget: int = 2**30, mapped: int 
                                   "OPENBLAS_NUM_THREADS": "1",  # numpy's thread buffers are address space too
                                   **(env or {})})
     except subprocess.TimeoutExpired as exc:
-        raise AssertionError(f"the bounded child took longer than {timeout} s: "
-                             f"{(exc.stderr or b'')[-2000:]!r}") from None
+        said = exc.stderr if isinstance(exc.stderr, bytes) else b""
+        raise AssertionError(f"the bounded child took longer than {timeout} s; it said:\n"
+                             f"{said[-2000:].decode(errors='replace')}") from None
     assert done.returncode == 0, f"the bounded child failed (exit {done.returncode}):\n{done.stderr[-4000:]}"
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result

@@ -200,6 +200,7 @@ def install_server(
         gfx_targets = build_targets(hardware)
     base_flags = _cmake_flags(backend, rpc, gfx_targets, env, rocwmma_fattn=rocwmma_fattn)
     servers = cache_root(env) / "servers"
+    _require_trusted(servers, base_flags)  # what another user could change is neither reused nor built into
     if not force:
         for install in scan(servers, cpu)[0]:
             if install.backend == backend and (install.rpc or not rpc) and (install.portable or not portable) and (
@@ -215,7 +216,6 @@ def install_server(
     cmake = _require_tools(base_flags, build_env)
     if backend == "vulkan" and source_dir is None:
         require_headers(base_flags, env)  # the pinned sources need Vulkan headers 1.3.272+
-    _require_trusted(servers, base_flags)
     servers.mkdir(parents=True, exist_ok=True)
     log = servers / f"build-{name}.log"
     log.write_text("")

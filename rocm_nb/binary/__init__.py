@@ -16,11 +16,12 @@ cache holds one install per backend and kind of CPU::
 A cache install is used only on a CPU that has every feature its manifest
 says the build assumed (``cpu_features``); installs made for another CPU, and
 installs from before rocm_nb recorded features, are skipped and said so.
-Native installs come before portable ones, newer before older. An install
-another user could have planted or changed (its folder, manifest or programs,
-or a folder above it up to the cache root, owned by someone else or writable
-by others: :mod:`rocm_nb.binary._trust`) is never run: it is skipped with a
-``UserWarning`` that names the path and the fix.
+Native installs come before portable ones, newer before older.
+
+An install another user could have planted or changed (its folder, manifest
+or programs, or a folder above it up to the cache root, owned by someone
+else or writable by others: :mod:`rocm_nb.binary._trust`) is never run: it
+is skipped with a ``UserWarning`` that names the path and the fix.
 
 Example:
     >>> binary = find_server()  # doctest: +SKIP

@@ -175,8 +175,8 @@ class Client(GenerationAPI):
         self._base_url = root_url(base_url)
         self._api_key = api_key
         self._timeout = timeout
-        self._bounds: dict[str, Any] = {"deadline": deadline, "max_event_bytes": max_event_bytes,
-                                        "max_body_bytes": max_body_bytes}  # what the transports enforce
+        self._max_body_bytes = max_body_bytes
+        self._deadline, self._max_event_bytes = deadline, max_event_bytes
         self._on_failure = on_failure
         self._headers = {**({"Authorization": f"Bearer {api_key}"} if api_key else {}), **(headers or {})}
         self._verify: bool | str = verify if isinstance(verify, bool) else os.fspath(verify)
@@ -189,7 +189,7 @@ class Client(GenerationAPI):
             base_url=self._base_url, headers=self._headers, timeout=self._http_timeout,
             transport=Limited(transport or Redial(httpx.HTTPTransport(verify=_ssl_context(self._verify),
                                                                       limits=limits)),
-                              **self._bounds),
+                              deadline=deadline, max_event_bytes=max_event_bytes, max_body_bytes=max_body_bytes),
         )
         self._async_transport = async_transport
         self._asyncs: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
@@ -321,7 +321,7 @@ class Client(GenerationAPI):
             transport=AsyncLimited(
                 self._async_transport or httpx.AsyncHTTPTransport(
                     verify=_ssl_context(self._verify), limits=httpx.Limits(max_keepalive_connections=0)),
-                **self._bounds),
+                deadline=self._deadline, max_event_bytes=self._max_event_bytes, max_body_bytes=self._max_body_bytes),
         )
 
     def _ahttp(self) -> httpx.AsyncClient:

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 __all__ = [
     "AmbiguousModel",
@@ -292,7 +292,7 @@ class GenerationError(RocmNbError):
         True
     """
 
-    body_limit: ClassVar[int] = 16 * 1024
+    body_limit = 16 * 1024
     """The most characters of a server's answer an error keeps (and the most bytes of an error body read)."""
 
     def __init__(

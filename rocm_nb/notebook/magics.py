@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from rocm_nb._escape import printable
 from rocm_nb._extras import needs_extra
 from rocm_nb._lease import ModelState
 from rocm_nb._options import DEFAULT_SPECULATIVE
@@ -52,7 +53,7 @@ from rocm_nb.notebook._magic_args import (
     StopArgs,
     options_from,
 )
-from rocm_nb.notebook.display import ipython_publisher, progress_option, status_bundle
+from rocm_nb.notebook.display import Publisher, ipython_publisher, progress_option, status_bundle
 from rocm_nb.router import LocalRouter
 
 with needs_extra("notebook"):
@@ -129,8 +130,14 @@ def _gpu_layers(value: str) -> int | str:
 
 
 def _say(text: str) -> None:
-    """Show a line of text in the cell's output, the way the other magics show theirs."""
-    display({"text/plain": text}, raw=True)
+    """Show a line of text in the cell's output, the way the other magics show theirs (escaped, as :func:`_plain`)."""
+    display({"text/plain": printable(text, lines=True)}, raw=True)
+
+
+def _plain(publish: Publisher) -> Publisher:
+    """``publish`` for text that names models, files and servers, or quotes a server's log: none of it is
+    trusted, so its control characters are escaped (:func:`~rocm_nb._escape.printable`) as it is shown."""
+    return lambda bundle, update: publish({kind: printable(text, lines=True) for kind, text in bundle.items()}, update)
 
 
 def parse_args(magic: str, line: str, into: Callable[..., A]) -> A:
@@ -195,7 +202,7 @@ class RocmMagics(Magics):
     def _load(self, spec: str, *, alias: str, **kwargs: Any) -> LocalModel:
         old = self.models.get(alias)
         model = LocalModel(spec, **kwargs)  # an equal config attaches to the running server
-        publish = ipython_publisher()
+        publish = _plain(ipython_publisher())
         publish({"text/plain": f"… loading {model.path.name} …"}, False)
 
         def progress(elapsed: float, line: str) -> None:

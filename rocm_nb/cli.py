@@ -68,7 +68,7 @@ def _doctor(args: argparse.Namespace) -> int:
         else:
             workers = f", layers split over RPC workers {', '.join(record['rpc'])}" if record.get("rpc") else ""
             _print(f"  llama-server pid {record['server_pid']} on port {record.get('port')}: "
-                  f"{record.get('model')} (owner pid {record['owner_pid']}){workers}")
+                  f"{printable(record.get('model'))} (owner pid {record['owner_pid']}){workers}")
     if not records:
         _print("  nothing")
     _print("\nDefault model")

@@ -130,13 +130,21 @@ def _gpu_layers(value: str) -> int | str:
 
 
 def _say(text: str) -> None:
-    """Show a line of text in the cell's output, the way the other magics show theirs (escaped, as :func:`_plain`)."""
-    display({"text/plain": printable(text, lines=True)}, raw=True)
+    """Show a line of text in the cell's output, the way the other magics show theirs.
+
+    The line names models, files and servers, and what they call themselves is
+    not trusted: every control character is escaped (:func:`~rocm_nb._escape.printable`).
+    """
+    display({"text/plain": printable(text)}, raw=True)
 
 
 def _plain(publish: Publisher) -> Publisher:
     """``publish`` for text that names models, files and servers, or quotes a server's log: none of it is
-    trusted, so its control characters are escaped (:func:`~rocm_nb._escape.printable`) as it is shown."""
+    trusted, so its control characters are escaped (:func:`~rocm_nb._escape.printable`) as it is shown.
+
+    Newlines are kept (the text's own lines): a name that belongs on one line is
+    :func:`~rocm_nb._escape.printable` where it is put into the text.
+    """
     return lambda bundle, update: publish({kind: printable(text, lines=True) for kind, text in bundle.items()}, update)
 
 
@@ -203,10 +211,11 @@ class RocmMagics(Magics):
         old = self.models.get(alias)
         model = LocalModel(spec, **kwargs)  # an equal config attaches to the running server
         publish = _plain(ipython_publisher())
-        publish({"text/plain": f"… loading {model.path.name} …"}, False)
+        name = printable(model.path.name)
+        publish({"text/plain": f"… loading {name} …"}, False)
 
         def progress(elapsed: float, line: str) -> None:
-            publish({"text/plain": f"… loading {model.path.name} … {elapsed:.1f} s  {line[:100]}"}, True)
+            publish({"text/plain": f"… loading {name} … {elapsed:.1f} s  {printable(line[:100])}"}, True)
 
         began = time.perf_counter()
         try:
@@ -226,7 +235,7 @@ class RocmMagics(Magics):
             f"✓ {alias}: {model.info.summary()}\n"
             f"  backend {model.backend} · {offload} · ctx {model.config.ctx_size} · "
             f"ready in {time.perf_counter() - began:.2f} s · pid {model.pid}\n"
-            f"  memory: {model.fit.note}"
+            f"  memory: {printable(model.fit.note)}"
         )}, True)
         return model
 

@@ -122,7 +122,10 @@ class ModelLibrary(Sequence[LibraryEntry]):
 
     ``str()`` (and the REPL) give a text table, a notebook shows an HTML
     table; ``notes`` say what was scanned and what the "fits" column
-    (titled ``fits_title``) compares against.
+    (titled ``fits_title``) compares against. File names and what the files
+    say are escaped in both (:mod:`rocm_nb._escape`): HTML as text, and
+    control characters as escapes, so a name can neither run a script in the
+    notebook nor drive the terminal or split a row.
 
     Example:
         >>> lib = ModelLibrary([], notes=["nothing here"])

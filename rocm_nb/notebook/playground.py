@@ -93,9 +93,8 @@ class SamplerPlayground(anywidget.AnyWidget):
         super().__init__(prompt=text, n=n)
         self._source = source
         self.k, self.max_tokens = k, max_tokens
-        raw, note = next_tokens(source, text, k=k, temperature=1.0)
+        raw, self._raw_note = next_tokens(source, text, k=k, temperature=1.0)  # a note if even these failed
         self.raw_options = [list(c) for c in raw]
-        self.error = note
         self.observe(lambda _change: self._redraw(), names="settings")
         self.on_msg(self._on_view_message)
         self.settings = settings  # draws the post-sampling bars
@@ -145,7 +144,7 @@ class SamplerPlayground(anywidget.AnyWidget):
             with self.hold_sync():
                 self.post_options = [list(c) for c in post]
                 self.drawn_for = dict(self.settings)
-                self.error = note
+                self.error = note or self._raw_note
         except Exception as exc:
             self.error = f"{type(exc).__name__}: {exc}"
             raise

@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rocm_nb._escape import html_text, printable
 from rocm_nb._extras import needs_extra
 from rocm_nb._paths import cache_root
 from rocm_nb._units import human_count
@@ -145,7 +146,19 @@ class ModelInfo:
     tensors: tuple[TensorInfo, ...] = field(default=(), repr=False)
 
     def summary(self) -> str:
-        """One line: name, architecture, parameters, quantisation, context, size."""
+        """One line: name, architecture, parameters, quantisation, context, size.
+
+        The GGUF's strings are untrusted: control characters in them (an
+        escape sequence, a newline) are shown as escapes
+        (:func:`rocm_nb._escape.printable`), so the line stays one line and
+        cannot drive the terminal that prints it.
+
+        Example:
+            >>> info = ModelInfo(Path("m.gguf"), "Evil\\x1b]0;title\\x07", "llama", 135_000_000, "Q4_1", 8192,
+            ...                  30, 576, 9, 3, None, 98_362_432)
+            >>> info.summary()
+            'Evil\\\\x1b]0;title\\\\x07 · llama · 135M params · Q4_1 · ctx 8192 · 94 MiB'
+        """
         parts = [self.name, self.architecture]
         if self.parameters:
             parts.append(f"{human_count(self.parameters)} params")
@@ -153,18 +166,31 @@ class ModelInfo:
         if self.context_length:
             parts.append(f"ctx {self.context_length}")
         parts.append(f"{self.file_size / 2**20:.0f} MiB")
-        return " · ".join(parts)
+        return printable(" · ".join(parts))
 
-    def _repr_markdown_(self) -> str:
+    def _repr_html_(self) -> str:
+        """A notebook's view: the name, then a table; every string from the file escaped (:func:`html_text`).
+
+        HTML and not Markdown: a Markdown renderer would keep raw HTML and
+        links from the file's metadata or its name, and a notebook does not
+        sanitise the output of its own session.
+
+        Example:
+            >>> info = ModelInfo(Path("<b>.gguf"), "<img src=x onerror=alert(1)>", "llama", None, "F16", None,
+            ...                  None, None, None, None, None, 0)
+            >>> info._repr_html_()[:60]
+            '<strong>&lt;img src=x onerror=alert(1)&gt;</strong><table><t'
+        """
         rows = [
-            ("file", f"`{self.path.name}`"), ("architecture", self.architecture),
+            ("file", f"<code>{html_text(self.path.name)}</code>"), ("architecture", html_text(self.architecture)),
             ("parameters", human_count(self.parameters) if self.parameters else "?"),
-            ("quantisation", self.quantization), ("trained context", str(self.context_length or "?")),
+            ("quantisation", html_text(self.quantization)), ("trained context", str(self.context_length or "?")),
             ("layers", str(self.block_count or "?")), ("size", f"{self.file_size / 2**20:.0f} MiB"),
             ("chat template", "yes" if self.chat_template else "no"),
         ]
-        body = "\n".join(f"| {k} | {v} |" for k, v in rows)
-        return f"**{self.name}**\n\n| | |\n| --- | --- |\n{body}"
+        body = "".join(f'<tr><th style="text-align:left">{k}</th><td style="text-align:left">{v}</td></tr>'
+                       for k, v in rows)
+        return f"<strong>{html_text(self.name)}</strong><table><tbody>{body}</tbody></table>"
 
 
 _MAX_LAYERS = 512

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Literal, Unpack
 import psutil
 
 from rocm_nb._callbacks import CloseCallbacks
+from rocm_nb._escape import printable
 from rocm_nb._exposure import check_extra_args, is_loopback
 from rocm_nb._lease import ModelState, OwnServer, ServerLease
 from rocm_nb._options import DEFAULT_SPECULATIVE, plan_server, server_mode
@@ -491,7 +492,7 @@ class LocalModel(OwnServer, GenerationAPI):
         state = self.state
         server = self._server
         where = f" pid={server.pid} {server.base_url}" if state is ModelState.RUNNING and server else ""
-        return (
+        return printable(  # the file's name is anyone's: no escape sequence reaches a terminal
             f"<LocalModel {self.path.name} backend={self.backend} ctx={self.config.ctx_size} "
             f"ngl={self.config.gpu_layers} state={state.value}{where}>"
         )

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import gguf
 import matplotlib
 import numpy as np
 import pytest
@@ -208,6 +209,15 @@ def test_a_projector_says_its_type_size_and_image_cost(tmp_path: Path) -> None:
     [text_model] = write_gguf(tmp_path / "text.gguf", "Text")
     with pytest.raises(InvalidModel, match=r"text\.gguf is a llama model, not an image projector"):
         read_projector(text_model)
+    hostile = gguf.GGUFWriter(str(tmp_path / "hostile.gguf"), "clip")
+    hostile.add_type(gguf.GGUFType.MMPROJ)
+    hostile.add_clip_has_vision_encoder(True)
+    hostile.add_vision_image_size(1 << 30)
+    for write in (hostile.write_header_to_file, hostile.write_kv_data_to_file, hostile.write_tensors_to_file):
+        write()
+    hostile.close()
+    with pytest.raises(InvalidModel, match=r"clip\.vision\.image_size is 1,073,741,824, more than any projector"):
+        read_projector(tmp_path / "hostile.gguf")
     assert read_info(write_projector(tmp_path / "p.gguf")).architecture == "clip"
 
 

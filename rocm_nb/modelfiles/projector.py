@@ -50,6 +50,9 @@ __all__ = ["FIXED_SIZE_TYPES", "TILED_EDGE", "ProjectorInfo", "read_projector", 
 FIXED_SIZE_TYPES = frozenset({"mlp", "ldp", "ldpv2", "adapter", "cogvlm", "janus_pro", "gemma3", "gemma3nv", "yasa2"})
 """Projector types whose preprocessing resizes every image to one ``image_size`` square (``tools/mtmd/mtmd.cpp``)."""
 
+_MAX_SIZE = 1 << 16
+"""The largest image size, patch size or width a projector's header is believed for (real ones: a few thousand)."""
+
 TILED_EDGE = 2048
 """The longest edge kept for a tiled projector whose GGUF names no limit, and for a server whose projector is
 unknown (:func:`~rocm_nb.connect`): SmolVLM's own limit, and more than a 4:3 photo is tiled at by the others."""
@@ -132,7 +135,12 @@ def _read_cached(path: Path, size: int, mtime_ns: int) -> ProjectorInfo:
 
     def number(key: str) -> int | None:
         value = meta.get(f"clip.vision.{key}")
-        return int(value) if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            return None
+        if value > _MAX_SIZE and key != "image_max_pixels":
+            raise InvalidModel(f"{path}: clip.vision.{key} is {value:,}, more than any projector uses; the file is "
+                               "corrupt or not a projector llama.cpp can load")
+        return int(value)
 
     vision = bool(meta.get("clip.has_vision_encoder"))
     if not vision:

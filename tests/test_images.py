@@ -36,6 +36,7 @@ from rocm_nb.modelfiles.fit import plan_load
 from rocm_nb.modelfiles.projector import TILED_EDGE, ProjectorInfo, read_projector
 from rocm_nb.notebook.chat import message_html
 from tests.support.gguf_files import write_gguf
+from tests.support.hostile import HOSTILE, inert_html
 from tests.support.vision import IMAGE_SIZE, IMAGE_TOKENS, write_projector
 
 matplotlib.use("Agg")
@@ -178,11 +179,12 @@ def test_only_our_own_data_urls_become_thumbnails() -> None:
     assert "<strong>plot</strong>" in shown
     assert decoded(thumbnail(np.zeros((300, 600, 3), np.uint8))).size == (160, 80)
     hostile = {"role": "user", "content": [
-        {"type": "text", "text": "<img src=x onerror=alert(1)>"},
-        {"type": "image_url", "image_url": {"url": 'data:image/png;base64,AAAA" onerror="alert(1)'}},
+        {"type": "text", "text": HOSTILE},
+        {"type": "image_url", "image_url": {"url": 'data:image/png;base64,AAAA" onerror="window.__rocm_nb_pwned=1'}},
         {"type": "image_url", "image_url": {"url": "https://evil.example/track.png"}},
+        {"type": "image_url", "image_url": {"url": "data:image/svg+xml;base64,PHN2Zz4="}},
     ]}
-    assert "<img" not in message_html(hostile).replace("&lt;img", "")
+    assert "window.__rocm_nb_pwned_1=1" in inert_html(message_html(hostile))  # the text, as text; no image at all
     assert not is_image_url("data:image/svg+xml;base64,PHN2Zz4=")
 
 

@@ -8,7 +8,8 @@ and time to first token is always measured.
 The client layer is this module (the ``Client``: connections, requests,
 lifetime), :mod:`rocm_nb.client._generation` (the generation API it shares with
 ``LocalModel``), :mod:`rocm_nb.client.completion` (options, payloads,
-``Completion``), :mod:`rocm_nb.client.stream` (reading one event stream) and
+``Completion``), :mod:`rocm_nb.client.stream` (reading one event stream),
+:mod:`rocm_nb.client.images` (images into messages) and
 :mod:`rocm_nb.client._batch` (``map``); this module re-exports their public names.
 
 Example:

@@ -19,7 +19,7 @@ from IPython.display import Image as IPythonImage
 from PIL import Image
 
 from rocm_nb.client.images import (
-    PNG_LIMIT,
+    PNG_COLOURS,
     ImageLimit,
     encode,
     has_images,
@@ -99,13 +99,18 @@ def test_images_are_scaled_to_the_projector_keeping_their_shape() -> None:
     assert ImageLimit().max_edge == TILED_EDGE
 
 
-def test_a_photo_too_big_for_png_is_sent_as_jpeg() -> None:
-    noise = np.random.default_rng(2).integers(0, 256, (1024, 1024, 3), dtype=np.uint8)
-    sent = encode(noise)
+def test_a_photo_is_sent_as_jpeg_and_a_chart_as_png() -> None:
+    photo = np.random.default_rng(2).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    sent = encode(photo)
     assert sent.format == "jpeg" and sent.url.startswith("data:image/jpeg;base64,")
-    assert len(base64.b64decode(sent.url.partition(",")[2])) < PNG_LIMIT * 4
+    lossless = io.BytesIO()
+    Image.fromarray(photo).save(lossless, "PNG")
+    assert len(base64.b64decode(sent.url.partition(",")[2])) < len(lossless.getvalue())
     chart = encode(figure())
     assert chart.format == "png"  # lines and text stay lossless
+    index = np.arange(PNG_COLOURS + 64).reshape(-1, 64)  # one colour per pixel: PNG_COLOURS + 64 of them
+    colours = np.stack([index % 256, index // 256, np.zeros_like(index)], axis=-1).astype(np.uint8)
+    assert encode(colours[:-1]).format == "png" and encode(colours).format == "jpeg"  # PNG_COLOURS: the limit
 
 
 def test_transparency_is_shown_over_white() -> None:

@@ -20,10 +20,13 @@ Decisions, in one place:
 * **Re-encoded from pixels, so the same pixels make the same request**,
   whatever they came in: decoded (EXIF orientation applied), made RGB
   (transparent parts over white, as a notebook shows them; the server would
-  drop the alpha channel and show them black), scaled, and written as PNG:
-  lossless, so a chart's lines and text reach the model as drawn. Only when
-  the PNG would be over :data:`PNG_LIMIT` (a photo at 2048 pixels: several
-  megabytes) is JPEG at quality 90 sent instead, if smaller.
+  drop the alpha channel and show them black), scaled, and written as PNG,
+  lossless, so a chart's lines and text reach the model as drawn, when it
+  has at most :data:`PNG_COLOURS` colours (charts, diagrams, screenshots:
+  a matplotlib line chart has a few hundred), and as JPEG at quality 90
+  otherwise (photos, heatmaps). Measured on a 2048×1536 photo-like image: a
+  PNG of 5.9 MB that took over a second to write, against a JPEG of 0.6 MB
+  in 25 ms; counting the colours takes 2 ms.
 * **A ``data:`` URL already in a message is kept as it is** when it is PNG or
   JPEG within the limit (a chat's history is not re-encoded every turn), and
   re-encoded otherwise. Other URLs pass unchanged, for the server to fetch or
@@ -66,7 +69,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ACCEPTED",
-    "PNG_LIMIT",
+    "PNG_COLOURS",
     "EncodedImage",
     "ImageInput",
     "ImageLimit",
@@ -86,8 +89,8 @@ ACCEPTED = ("a file path, bytes, a PIL image, a NumPy array (H×W×3 or H×W, ui
             "a matplotlib Figure or an IPython Image")
 """The accepted inputs, as error messages name them."""
 
-PNG_LIMIT = 512 * 1024
-"""Bytes of PNG above which JPEG (quality 90) is sent instead, when it is smaller: photos, not charts."""
+PNG_COLOURS = 4096
+"""The most colours an image sent as PNG has; one with more (a photo) is sent as JPEG, quality 90."""
 
 _DATA_URL = re.compile(r"data:image/(png|jpeg);base64,[A-Za-z0-9+/]*={0,2}")
 
@@ -272,11 +275,8 @@ def encode(image: ImageInput, limit: ImageLimit | None = None) -> EncodedImage:
     size = limit.size(*original)
     if size != original:
         picture = picture.resize(size, image_module.Resampling.LANCZOS, reducing_gap=3.0)
-    data, kind = _write(picture, "PNG"), "png"
-    if len(data) > PNG_LIMIT:
-        jpeg = _write(picture, "JPEG", quality=90)
-        if len(jpeg) < len(data):
-            data, kind = jpeg, "jpeg"
+    few_colours = picture.getcolors(maxcolors=PNG_COLOURS) is not None
+    data, kind = (_write(picture, "PNG"), "png") if few_colours else (_write(picture, "JPEG", quality=90), "jpeg")
     return EncodedImage(f"data:image/{kind};base64,{base64.b64encode(data).decode('ascii')}", size, original, kind)
 
 

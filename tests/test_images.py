@@ -61,10 +61,11 @@ def decoded(url: str) -> Image.Image:
 def test_every_input_type_gives_the_same_request_for_the_same_pixels(tmp_path: Path) -> None:
     fig = figure()
     png = tmp_path / "figure.png"
-    fig.savefig(png, format="png")
+    fig.savefig(png, format="png", bbox_inches="tight")  # what the notebook shows
     pixels = np.asarray(Image.open(png).convert("RGB"))
     inputs = {
         "matplotlib Figure": fig,
+        "matplotlib Axes": fig.axes[0],
         "path (str)": str(png),
         "path (Path)": png,
         "bytes": png.read_bytes(),

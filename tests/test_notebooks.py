@@ -382,7 +382,7 @@ def test_ask_about_a_figure(executed: Callable[[str], NotebookNode]) -> None:
     assert tokens is not None and int(tokens.group(1)) - int(tokens.group(2)) == IMAGE_TOKENS
     assert data(cell(nb, "ask"), "text/html"), "the reply is shown"
     sent = stdout(cell(nb, "sent"))
-    assert "sent as a 32×19 PNG" in sent and "follow-up:" in sent
+    assert re.search(r"sent as a 32×\d+ PNG", sent) and "follow-up:" in sent  # scaled to the projector's 32
     assert "✓ eyes:" in "".join(data(cell(nb, "magic-load"), "text/plain"))
     assert "tok/s" in "".join(data(cell(nb, "magic-generate"), "text/html"))
     status = "".join(data(cell(nb, "status"), "text/plain"))

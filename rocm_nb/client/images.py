@@ -3,10 +3,11 @@
 ``model.chat("What trend does this show?", images=[fig])`` sends the figure
 with the question. :func:`encode` accepts a file path, ``bytes``, a PIL
 image, a NumPy array (H×W×3 or H×W, ``uint8`` or float in [0, 1]; H×W×4 is
-taken as RGBA), a matplotlib ``Figure`` (rendered to PNG as ``savefig``
-renders it), an IPython ``Image``, or anything with ``_repr_png_`` or
-``_repr_jpeg_``. Each becomes an OpenAI ``image_url`` content part holding a
-``data:`` URL, which llama-server, vLLM, SGLang and Ollama all take.
+taken as RGBA), a matplotlib ``Figure`` or ``Axes`` (rendered to PNG as the
+notebook's inline backend shows it: ``savefig(..., bbox_inches="tight")``),
+an IPython ``Image``, or anything with ``_repr_png_`` or ``_repr_jpeg_``.
+Each becomes an OpenAI ``image_url`` content part holding a ``data:`` URL,
+which llama-server, vLLM, SGLang and Ollama all take.
 
 Decisions, in one place:
 
@@ -212,9 +213,10 @@ def _load(image: ImageInput) -> PILImage.Image:
     numpy = sys.modules.get("numpy")
     if numpy is not None and isinstance(image, numpy.ndarray):
         return _from_array(image)
-    if callable(getattr(image, "savefig", None)) and hasattr(image, "canvas"):  # a matplotlib Figure
+    figure: Any = image if hasattr(image, "canvas") else getattr(image, "figure", None)  # a Figure, or its Axes
+    if callable(getattr(figure, "savefig", None)) and hasattr(figure, "canvas"):
         buffer = io.BytesIO()
-        image.savefig(buffer, format="png")
+        figure.savefig(buffer, format="png", bbox_inches="tight")  # as the notebook's inline backend shows it
         return _decode(buffer.getvalue(), f"the {type(image).__name__} rendered to PNG")
     for method in ("_repr_png_", "_repr_jpeg_"):  # IPython's Image, and anything else that shows as one
         shown = getattr(image, method, lambda: None)()

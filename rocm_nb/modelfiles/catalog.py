@@ -43,6 +43,7 @@ __all__ = [
     "CatalogueEntry",
     "ModelInfo",
     "TensorInfo",
+    "model_name",
     "models_dir",
     "pull",
     "read_info",
@@ -142,15 +143,26 @@ class ModelInfo:
     value_length: int | None = None
     tensors: tuple[TensorInfo, ...] = field(default=(), repr=False)
 
-    def summary(self) -> str:
-        """One line: name, architecture, parameters, quantisation, context, size."""
-        parts = [self.name, self.architecture]
+    def summary(self, name: str | None = None) -> str:
+        """One line: name, architecture, parameters, quantisation, context, size.
+
+        ``name`` is the name the user knows the model by (:func:`model_name`);
+        it leads, and the GGUF's own ``general.name`` follows as detail.
+
+        Example:
+            >>> info = read_info(resolve_model("smollm2-135m"))  # doctest: +SKIP
+            >>> info.summary("smollm2-135m")  # doctest: +SKIP
+            'smollm2-135m · llama · 135M params · Q4_1 · ctx 8192 · 94 MiB · GGUF name "Smollm2 135M 8k …"'
+        """
+        parts = [name or self.name, self.architecture]
         if self.parameters:
             parts.append(f"{human_count(self.parameters)} params")
         parts.append(self.quantization)
         if self.context_length:
             parts.append(f"ctx {self.context_length}")
         parts.append(f"{self.file_size / 2**20:.0f} MiB")
+        if name and name != self.name:
+            parts.append(f'GGUF name "{self.name}"')
         return " · ".join(parts)
 
     def _repr_markdown_(self) -> str:
@@ -358,6 +370,23 @@ def _from_hub(spec: str) -> Path:
             "Check the names; offline (HF_HUB_OFFLINE=1) only files already in the Hugging Face "
             "cache can be used: download it once while online, or pass a local .gguf path"
         ) from None
+
+
+def model_name(spec: str | os.PathLike[str], path: Path) -> str:
+    """The name a user knows a model by: the catalogue name they typed, else the file's stem.
+
+    ``path`` is what ``spec`` resolved to. The GGUF's own ``general.name``
+    (``ModelInfo.name``) is often a long training tag, so messages lead with
+    this one and keep that as detail.
+
+    Example:
+        >>> model_name("smollm2-135m", Path("/cache/SmolLM2-135M-Instruct.Q4_1.gguf"))
+        'smollm2-135m'
+        >>> model_name("~/models/tiny.Q8_0.gguf", Path("/home/me/models/tiny.Q8_0.gguf"))
+        'tiny.Q8_0'
+    """
+    text = os.fspath(spec)
+    return text if text in CATALOGUE and not Path(text).expanduser().exists() else path.stem
 
 
 def resolve_model(spec: str | os.PathLike[str], *, download: bool = True,

@@ -66,7 +66,7 @@ Example:
     Traceback (most recent call last):
     ...
     ValueError: extra_args may not contain --cache-type-k: it changes the server's memory, which rocm_nb plans \
-before it starts; use cache_type_k= (or cache_type= for K and V) instead
+before it starts; use cache_type_k= instead (cache_type= sets K and V together)
     >>> speculation_flags("ngram", None, None)
     ('--spec-type', 'ngram-mod')
 """
@@ -124,8 +124,8 @@ _MEMORY = (  # (llama-server's flags, the LLAMA_ARG_ variables that say the same
     (("-c", "--ctx-size"), ("CTX_SIZE",), "ctx_size="),
     (("-np", "--parallel"), ("N_PARALLEL",), "parallel="),
     (("-ngl", "--gpu-layers", "--n-gpu-layers"), ("N_GPU_LAYERS",), "gpu_layers="),
-    (("-ctk", "--cache-type-k"), ("CACHE_TYPE_K",), "cache_type_k= (or cache_type= for K and V)"),
-    (("-ctv", "--cache-type-v"), ("CACHE_TYPE_V",), "cache_type_v= (or cache_type= for K and V)"),
+    (("-ctk", "--cache-type-k"), ("CACHE_TYPE_K",), "cache_type_k= (cache_type= sets K and V together)"),
+    (("-ctv", "--cache-type-v"), ("CACHE_TYPE_V",), "cache_type_v= (cache_type= sets K and V together)"),
     (("-fa", "--flash-attn"), ("FLASH_ATTN",), "flash_attn="),
     (("-b", "--batch-size"), ("BATCH",), "batch_size="),
     (("-ub", "--ubatch-size"), ("UBATCH",), "ubatch_size="),
@@ -141,7 +141,7 @@ _MEMORY = (  # (llama-server's flags, the LLAMA_ARG_ variables that say the same
      "LocalModel's model argument (LocalRouter for many models)"),
     (("-kvu", "--kv-unified", "-no-kvu", "--no-kv-unified", "--kv-unified-per-slot", "--swa-full"),
      ("KV_UNIFIED", "KV_UNIFIED_PER_SLOT", "SWA_FULL"),
-     "ctx_size= and parallel= (the plan gives each slot its own KV cache of ctx_size / parallel cells, "
+     "ctx_size= and parallel= (the plan gives each slot a KV cache of its own, ctx_size / parallel cells: "
      "llama-server's default)"),
     (("-kvo", "--kv-offload", "-nkvo", "--no-kv-offload", "-ot", "--override-tensor", "-cmoe", "--cpu-moe",
       "-ncmoe", "--n-cpu-moe", "-ncffn", "--n-cpu-ffn"),
@@ -181,19 +181,15 @@ def check_memory_args(extra_args: Sequence[str], env: Sequence[str] = ()) -> Non
         ...
         ValueError: env may not set LLAMA_ARG_CTX_SIZE: it changes the server's memory, ...; use ctx_size= instead
     """
-    why = "it changes the server's memory, which rocm_nb plans before it starts"
-    for arg in map(str, extra_args):
-        flag = arg.split("=", 1)[0]
-        flag = flag.replace("_", "-") if flag.startswith("--") else flag
-        if flag in MEMORY_FLAGS:
-            instead = MEMORY_FLAGS[flag]
-            raise ValueError(f"extra_args may not contain {flag}: {why}; "
-                             + (instead if instead == _UNPLANNED else f"use {instead} instead"))
-    for name in env:
-        if name in _MEMORY_ENV:
-            instead = _MEMORY_ENV[name]
-            raise ValueError(f"env may not set {name}: {why}; "
-                             + (instead if instead == _UNPLANNED else f"use {instead} instead"))
+    flags = (arg.split("=", 1)[0] for arg in map(str, extra_args))
+    said = [(f"extra_args may not contain {flag}", MEMORY_FLAGS.get(flag)) for flag in
+            (flag.replace("_", "-") if flag.startswith("--") else flag for flag in flags)]
+    said += [(f"env may not set {name}", _MEMORY_ENV.get(name)) for name in env]
+    for what, instead in said:
+        if instead is not None:
+            keyword, _, why = instead.partition(" (")
+            advice = instead if instead == _UNPLANNED else f"use {keyword} instead" + (f" ({why}" if why else "")
+            raise ValueError(f"{what}: it changes the server's memory, which rocm_nb plans before it starts; {advice}")
 
 
 def _whole(name: str, value: int | None, *, least: int = 1) -> int | None:

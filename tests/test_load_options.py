@@ -57,7 +57,7 @@ def test_a_raw_flag_that_changes_memory_is_refused_naming_the_keyword(args: list
 
 @pytest.mark.unit
 def test_a_memory_setting_in_env_is_refused_and_speed_flags_pass() -> None:
-    with pytest.raises(ValueError, match="env may not set LLAMA_ARG_CACHE_TYPE_K: .*use cache_type_k="):
+    with pytest.raises(ValueError, match=r"env may not set LLAMA_ARG_CACHE_TYPE_K: .*use cache_type_k="):
         LocalModel("no-such-model", env={"LLAMA_ARG_CACHE_TYPE_K": "q8_0"})
     options = LoadOptions.of(extra_args=["-t", "2", "-lv", "4", "--top-k", "5"], env={"LLAMA_ARG_THREADS": "2"})
     assert options.extra_args == ("-t", "2", "-lv", "4", "--top-k", "5")
@@ -169,7 +169,7 @@ def test_a_router_plans_its_children_as_local_model_plans_a_model(model_path: st
         assert (router.config.ctx_size, router.config.gpu_layers) == (alone.config.ctx_size, alone.config.gpu_layers)
         [(name, fit)] = router.fits.items()
         assert name == alone.name == Path(model_path).stem and fit.estimate == alone.fit.estimate
-        with pytest.raises(ValueError, match="extra_args may not contain -c: .*use ctx_size= instead"):
+        with pytest.raises(ValueError, match=r"extra_args may not contain -c: .*use ctx_size= instead"):
             LocalRouter([model_path], extra_args=["-c", "512"])
     finally:
         router.close()

@@ -13,7 +13,7 @@ import pytest
 from rocm_nb.client import Client
 from rocm_nb.client._generation import parse_metrics
 from rocm_nb.client.completion import Completion
-from rocm_nb.client.request import build_payload
+from rocm_nb.client.request import check_request
 from rocm_nb.errors import (
     GenerationError,
     GenerationTimeout,
@@ -307,13 +307,13 @@ async def test_async_twin() -> None:
 
 def test_option_checks() -> None:
     with pytest.raises(TypeError, match=r"unknown option.*temprature"):
-        build_payload("completion", "x", {"temprature": 1})
+        check_request("completion", "x", {"temprature": 1}).body("llama.cpp")
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="max_tokens must be a positive integer"):
-            build_payload("completion", "x", {"max_tokens": bad})
+            check_request("completion", "x", {"max_tokens": bad}).body("llama.cpp")
     with pytest.raises(TypeError, match="list of messages"):
-        build_payload("chat", "x", {})
-    assert build_payload("completion", "x", {})["max_tokens"] == 512
+        check_request("chat", "x", {}).body("llama.cpp")
+    assert check_request("completion", "x", {}).body("llama.cpp")["max_tokens"] == 512
 
 
 def test_closed_client() -> None:

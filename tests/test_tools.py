@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from rocm_nb import Client, LocalModel, ToolCall
 from rocm_nb.client._accumulator import Accumulator
-from rocm_nb.client.request import build_payload
+from rocm_nb.client.request import check_request
 from rocm_nb.client.stream import AsyncTokenStream
 from rocm_nb.client.tools import TOOL_TEMPLATE, CallParts, call_tool, run_tools, tool_schema, tool_schemas
 
@@ -82,16 +82,16 @@ def test_ready_schemas_pass_and_bad_tools_fail_before_any_request() -> None:
     bare = {"name": "now", "description": "The time."}
     assert tool_schema(bare)["function"]["parameters"] == {"type": "object", "properties": {}}
     assert tool_schema({"type": "function", "function": bare})["function"]["name"] == "now"
-    payload = build_payload("chat", [{"role": "user", "content": "x"}], {"tools": [lookup, bare],
-                                                                        "tool_choice": "required"})
+    payload = check_request("chat", [{"role": "user", "content": "x"}], {"tools": [lookup, bare],
+                                                                        "tool_choice": "required"}).body("llama.cpp")
     assert [t["function"]["name"] for t in payload["tools"]] == ["lookup", "now"]
     assert payload["tool_choice"] == "required"
     with pytest.raises(ValueError, match="two tools are called lookup"):
         tool_schemas([lookup, lookup])
     with pytest.raises(ValueError, match="tool_choice must be"):
-        build_payload("chat", [], {"tool_choice": "always"})
+        check_request("chat", [], {"tool_choice": "always"}).body("llama.cpp")
     with pytest.raises(ValueError, match="tools must be a list"):
-        build_payload("chat", [], {"tools": lookup})  # type: ignore[typeddict-item]
+        check_request("chat", [], {"tools": lookup}).body("llama.cpp")  # type: ignore[typeddict-item]
     with pytest.raises(ValueError, match="needs a function name"):
         tool_schema({"description": "nameless"})
 

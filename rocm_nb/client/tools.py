@@ -50,11 +50,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from rocm_nb.client.completion import Completion, Message, ToolCall
+from rocm_nb.client.completion import Completion, Kind, Message, ToolCall
 from rocm_nb.errors import RocmNbError
 
-__all__ = ["TOOL_TEMPLATE", "CallParts", "ToolRun", "call_tool", "check_tools", "run_tools",
-           "tool_schema", "tool_schemas"]
+__all__ = ["TOOL_OPTIONS", "TOOL_TEMPLATE", "CallParts", "ToolRun", "call_tool", "check_tool_options", "run_tools",
+           "tool_schema", "tool_schemas", "translate_tool_options"]
 
 Tool = Callable[..., Any] | Mapping[str, Any]
 
@@ -155,15 +155,20 @@ def tool_schemas(tools: Sequence[Tool]) -> list[dict[str, Any]]:
     return schemas
 
 
-def check_tools(tools: object, tool_choice: object) -> None:
-    """The ``tools``/``tool_choice`` options' shapes, checked before any request (see ``check_options``).
+TOOL_OPTIONS = frozenset({"tools", "tool_choice"})
+"""This module's family of options (:data:`rocm_nb.client.request.FAMILIES`)."""
+
+
+def check_tool_options(options: Mapping[str, Any], kind: Kind | None = None) -> None:
+    """The ``tools``/``tool_choice`` options' shapes, checked before any request (the tools family's check).
 
     Example:
-        >>> check_tools([], "sometimes")
+        >>> check_tool_options({"tools": [], "tool_choice": "sometimes"})
         Traceback (most recent call last):
         ...
         ValueError: tool_choice must be 'auto', 'none', 'required' or a dict naming a function, got 'sometimes'
     """
+    tools, tool_choice = options.get("tools"), options.get("tool_choice")
     if tools is not None:
         if isinstance(tools, str | bytes | Mapping) or not isinstance(tools, Sequence):
             raise ValueError("tools must be a list of Python functions or tool schemas")
@@ -172,6 +177,18 @@ def check_tools(tools: object, tool_choice: object) -> None:
             and tool_choice not in ("auto", "none", "required"):
         raise ValueError(f"tool_choice must be 'auto', 'none', 'required' or a dict naming a function, "
                          f"got {tool_choice!r}")
+
+
+def translate_tool_options(kind: Kind, body: dict[str, Any]) -> None:
+    """The tools family's translation: each tool (a Python function or a schema) as its OpenAI schema.
+
+    Example:
+        >>> body = {"tools": [{"name": "now"}]}
+        >>> translate_tool_options("chat", body); body["tools"][0]["type"]
+        'function'
+    """
+    if "tools" in body:
+        body["tools"] = tool_schemas(body["tools"])
 
 
 # -- calls read from the stream ---------------------------------------------------------------

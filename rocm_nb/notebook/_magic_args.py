@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from rocm_nb._extras import needs_extra
 from rocm_nb._options import DEFAULT_SPECULATIVE
 from rocm_nb.client.completion import Message
+from rocm_nb.client.logprobs import MAX_TOP_LOGPROBS
 from rocm_nb.client.request import Options, check_options
 from rocm_nb.modelfiles.catalog import DEFAULT_MODEL
 from rocm_nb.notebook._format import FORMATS, Format
@@ -69,13 +70,14 @@ class GenerateArgs(SamplingArgs):
     json_schema: str | None = None
     format: Format = FORMATS[0]
     probs: int | None = None
-    """``--probs [K]``: shade each token by its probability, with its top-K alternatives (default 5)."""
+    """``--probs [K]``: shade each token by its probability, with its top-K alternatives (default
+    :data:`~rocm_nb.client.logprobs.DEFAULT_TOP_LOGPROBS`)."""
 
     def __post_init__(self) -> None:
         if self.raw and self.system:
             raise UsageError("--system needs chat mode; drop --raw")
-        if self.probs is not None and not 1 <= self.probs <= 20:
-            raise UsageError(f"--probs takes 1 to 20 alternatives per token, got {self.probs}")
+        if self.probs is not None and not 1 <= self.probs <= MAX_TOP_LOGPROBS:
+            raise UsageError(f"--probs takes 1 to {MAX_TOP_LOGPROBS} alternatives per token, got {self.probs}")
         if self.probs is not None and self.format in ("json", "code"):
             raise UsageError(f"--probs shows the reply's tokens; it does not go with --format {self.format}")
         if self.out is not None:

@@ -36,6 +36,7 @@ from rocm_nb._extras import needs_extra
 from rocm_nb._lease import ModelState
 from rocm_nb._options import DEFAULT_SPECULATIVE
 from rocm_nb.client import Client, connect
+from rocm_nb.client.logprobs import DEFAULT_TOP_LOGPROBS, MAX_TOP_LOGPROBS
 from rocm_nb.client.request import DEFAULT_MAX_TOKENS
 from rocm_nb.client.status import ServerStatus
 from rocm_nb.errors import RocmNbError, ServerCrashed, describe_exit
@@ -303,9 +304,9 @@ class RocmMagics(Magics):
     @argument("--out", default=None, help="store the Completion (with --format json: the data) in this variable")
     @argument("--no-stream", action="store_true", help="show the result only when complete")
     @argument("--json-schema", default=None, help="name of a variable holding a JSON schema the output must match")
-    @argument("--probs", type=int, nargs="?", const=5, default=None, metavar="K",
-              help="shade each token by its probability; hover or Tab shows its top K alternatives (default 5), "
-                   "with a before/after sampling toggle")
+    @argument("--probs", type=int, nargs="?", const=DEFAULT_TOP_LOGPROBS, default=None, metavar="K",
+              help=f"shade each token by its probability; hover or Tab shows its top K alternatives (default "
+                   f"{DEFAULT_TOP_LOGPROBS}, at most {MAX_TOP_LOGPROBS}), with a before/after sampling toggle")
     @argument("--format", choices=FORMATS, default=FORMATS[0],
               help="markdown (default) or text: how the reply is shown; code: its code goes into a new cell "
                    "below, not run; json: parsed (and checked against --json-schema) and returned")

@@ -85,9 +85,8 @@ from rocm_nb.binary import ServerBinary
 from rocm_nb.hardware import Hardware
 from rocm_nb.hardware._hsa import server_env
 from rocm_nb.hardware._unified import UnifiedMemory, check_unified, decide
-from rocm_nb.modelfiles._estimate import CACHE_TYPES, DEFAULT_BATCH, FLASH_ATTN, UBATCH
 from rocm_nb.modelfiles.catalog import ModelInfo, read_info, resolve_model
-from rocm_nb.modelfiles.fit import FitPlan, plan_load
+from rocm_nb.modelfiles.fit import CACHE_TYPES, DEFAULT_BATCH, FLASH_ATTN, UBATCH, FitPlan, plan_load
 from rocm_nb.server import ServerConfig
 
 __all__ = [

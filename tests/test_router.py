@@ -100,7 +100,7 @@ def test_magics_load_a_router_and_status_shows_its_children(model_path: str, tmp
     shell = InteractiveShell.instance()
     shell.run_line_magic("load_ext", "rocm_nb")
     with capture_output() as out:
-        shell.run_line_magic("rocm_load", f"{folder} --router --max-loaded 2 --ctx 512 --name many")
+        shell.run_line_magic("rocm_load", f"{folder} --router --max-loaded 2 --ctx 512 --alias many")
         router = shell.magics_manager.registry["RocmMagics"].models["many"]  # type: ignore[attr-defined]
         assert isinstance(router, LocalRouter)
         router.load("smol-b")

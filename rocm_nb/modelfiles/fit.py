@@ -29,6 +29,7 @@ from rocm_nb.hardware import Backend, Hardware
 from rocm_nb.hardware._unified import UnifiedMemory, gpu_budget
 from rocm_nb.modelfiles._estimate import (
     CACHE_TYPES,
+    DEFAULT_BATCH,
     FLASH_ATTN,
     UBATCH,
     MemoryEstimate,
@@ -41,9 +42,11 @@ from rocm_nb.modelfiles.catalog import ModelInfo
 
 __all__ = [
     "CACHE_TYPES",
+    "DEFAULT_BATCH",
     "FLASH_ATTN",
     "GPU_MARGIN",
     "MIN_CTX",
+    "UBATCH",
     "FitPlan",
     "MemoryEstimate",
     "check_cache_options",

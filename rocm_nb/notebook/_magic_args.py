@@ -18,6 +18,7 @@ from __future__ import annotations
 import builtins
 import keyword
 from dataclasses import dataclass
+from typing import Any
 
 from rocm_nb._extras import needs_extra
 from rocm_nb._options import DEFAULT_SPECULATIVE
@@ -52,9 +53,12 @@ class SamplingArgs:
 class GenerateArgs(SamplingArgs):
     """``%%rocm_generate``'s options, typed (see ``%%rocm_generate?``).
 
+    ``alias`` names a loaded model (``%rocm_load ... --alias NAME``; default:
+    the current one).
+
     Example:
         >>> args = GenerateArgs(raw=True, max_tokens=8)
-        >>> args.raw, args.max_tokens, args.format, args.model
+        >>> args.raw, args.max_tokens, args.format, args.alias
         (True, 8, 'markdown', None)
         >>> GenerateArgs(raw=True, system="Be brief.")
         Traceback (most recent call last):
@@ -62,7 +66,7 @@ class GenerateArgs(SamplingArgs):
         IPython.core.error.UsageError: --system needs chat mode; drop --raw
     """
 
-    model: str | None = None
+    alias: str | None = None
     system: str | None = None
     raw: bool = False
     out: str | None = None
@@ -125,27 +129,73 @@ class ChatArgs(SamplingArgs):
 
 @dataclass(frozen=True, kw_only=True)
 class LoadArgs:
-    """``%rocm_load``'s options, typed (see ``%rocm_load?``).
+    """``%rocm_load``'s options, typed (see ``%rocm_load?``), named as ``LocalModel``'s keywords are.
+
+    ``model`` is a model: a ``.gguf`` path or catalogue name (default
+    ``smollm2-135m``), a folder with ``router``, or with ``url`` the remote
+    model id every request names (default: the server's only model).
+    ``alias`` is the name the other magics use for it (default: ``model``,
+    the URL, or ``router``).
 
     Example:
-        >>> LoadArgs(ctx=4096).model
+        >>> LoadArgs(ctx_size=4096).local_model
         'smollm2-135m'
+        >>> LoadArgs(url="http://box:8000/v1").local_model
+        Traceback (most recent call last):
+        ...
+        ValueError: with --url the model is a remote model id, not a file to load
     """
 
-    model: str = DEFAULT_MODEL
-    ctx: int | None = None
+    model: str | None = None
+    alias: str | None = None
+    ctx_size: int | None = None
     gpu_layers: int | str | None = None
     parallel: int = 1
-    name: str | None = None
     server: str | None = None
     rpc: list[str] | None = None
     url: str | None = None
     api_key: str | None = None
-    url_model: str | None = None
     router: bool = False
     max_loaded: int = 1
     speculative: str = DEFAULT_SPECULATIVE
     draft_gpu_layers: int | None = None
+    cache_type: str | None = None
+    cache_type_k: str | None = None
+    cache_type_v: str | None = None
+    flash_attn: str | None = None
+    unified_memory: str = "auto"
+    embedding: bool = False
+    pooling: str | None = None
+    reranking: bool = False
+    batch_size: int | None = None
+    ubatch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.url is not None and self.router:
+            raise UsageError("--url uses a running server and --router starts one: give one of them")
+        if self.url is None and self.api_key is not None:
+            raise UsageError("--api-key goes with --url (a model of your own gets a key of its own)")
+
+    @property
+    def local_model(self) -> str:
+        """The model to load here: ``model``, or the default one (never with ``url``)."""
+        if self.url is not None:
+            raise ValueError("with --url the model is a remote model id, not a file to load")
+        return self.model or DEFAULT_MODEL
+
+    def load_keywords(self) -> dict[str, Any]:
+        """The ``LocalModel`` keywords these arguments give (the memory options included).
+
+        Example:
+            >>> LoadArgs(ctx_size=2048, cache_type="q8_0", embedding=True).load_keywords()["cache_type"]
+            'q8_0'
+        """
+        return {"ctx_size": self.ctx_size, "gpu_layers": self.gpu_layers, "parallel": self.parallel,
+                "server": self.server, "rpc": self.rpc or (), "speculative": self.speculative,
+                "draft_gpu_layers": self.draft_gpu_layers, "cache_type": self.cache_type,
+                "cache_type_k": self.cache_type_k, "cache_type_v": self.cache_type_v, "flash_attn": self.flash_attn,
+                "unified_memory": self.unified_memory, "embedding": self.embedding, "pooling": self.pooling,
+                "reranking": self.reranking, "batch_size": self.batch_size, "ubatch_size": self.ubatch_size}
 
 
 @dataclass(frozen=True)

@@ -193,7 +193,7 @@ def test_rocm_load_speaks_local_models_vocabulary() -> None:
     remote = parse_args("rocm_load", "Qwen/Qwen3-8B --url http://box:8000/v1 --alias box", LoadArgs)
     assert (remote.model, remote.url, remote.alias) == ("Qwen/Qwen3-8B", "http://box:8000/v1", "box")
     with pytest.raises(ValueError, match="remote model id"):
-        remote.local_model
+        _ = remote.local_model
     for gone in ("--name x", "--ctx-size 512 --model y"):  # the old words are gone, not quietly kept
         with pytest.raises(UsageError, match="unrecognized arguments"):
             parse_args("rocm_load", f"m.gguf {gone}", LoadArgs)

@@ -12,6 +12,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import FrameType
 from typing import Any, get_type_hints
 
@@ -98,7 +99,7 @@ def test_the_top_logprobs_default_and_bound_are_written_once() -> None:
         with pytest.raises(ValueError, match="k must be between 1 and 20"):
             widget(object(), "Hi", k=21)  # type: ignore[arg-type]
     for module in (_magic_args, chat, explore, playground, magics):  # no module writes the numbers itself
-        source = open(module.__file__ or "").read()
+        source = Path(module.__file__ or "").read_text()
         assert "DEFAULT_TOP_LOGPROBS" in source or "MAX_TOP_LOGPROBS" in source
         assert "1 <= k <= 20" not in source and "const=5" not in source and '"top_logprobs", 5' not in source
 

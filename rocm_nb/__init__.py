@@ -30,7 +30,7 @@ from rocm_nb.client.logprobs import ContextUse, Progress, TokenPiece, TokenProb
 from rocm_nb.client.status import ServerStatus
 from rocm_nb.client.stream import AsyncTokenStream, Delta, TokenStream
 from rocm_nb.client.timings import Timings, Usage
-from rocm_nb.client.tools import ToolRun
+from rocm_nb.client.tool_loop import ToolRun
 from rocm_nb.errors import (
     AmbiguousModel,
     BinaryNotFound,

@@ -139,7 +139,7 @@ class ServerLease:
                 self._config, lambda: LlamaServer(self._config, start_timeout=self._start_timeout).start(progress)
             )
             try:
-                api = Client(server.base_url, server.api_key, timeout=self._timeout, on_failure=self._on_failure,
+                api = Client(server.base_url, server.api_key, timeout=self._timeout, _on_failure=self._on_failure,
                              deadline=None)  # our own server: a long reply on a slow CPU may take hours
             except BaseException:  # Ctrl-C just after the load: nobody holds this share, so give it back
                 self._registry.release(self._config, server)

@@ -218,7 +218,7 @@ class LocalRouter(OwnServer, GenerationAPI):
         if name not in self._views:
             api = self._client()
             self._views[name] = Client(api.base_url, api.api_key, model=name, deadline=None,
-                                       on_failure=self._better_error)
+                                       _on_failure=self._better_error)
         return self._views[name]
 
     def load(self, name: str, *, wait: bool = True) -> None:

@@ -266,7 +266,7 @@ def test_failure_hook_gives_a_better_error() -> None:
     def hook(exc: Exception, partial: str) -> GenerationError:
         return GenerationError("the server died", partial=partial)
 
-    client = Client("http://test", transport=httpx.MockTransport(handler), on_failure=hook, server=LLAMA_CPP,
+    client = Client("http://test", transport=httpx.MockTransport(handler), _on_failure=hook, server=LLAMA_CPP,
                     model="m")
     with pytest.raises(GenerationError, match="the server died"):
         client.generate("x")
@@ -289,7 +289,7 @@ def test_a_failure_hook_is_not_asked_about_a_timeout() -> None:
     def hook(exc: Exception, partial: str) -> GenerationError:
         raise AssertionError("asked")
 
-    client = Client("http://test", transport=httpx.MockTransport(handler), on_failure=hook, server=LLAMA_CPP,
+    client = Client("http://test", transport=httpx.MockTransport(handler), _on_failure=hook, server=LLAMA_CPP,
                     model="m")
     with pytest.raises(GenerationTimeout):
         client.generate("x")

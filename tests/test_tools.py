@@ -26,7 +26,8 @@ from rocm_nb import Client, LocalModel, ToolCall
 from rocm_nb.client._accumulator import Accumulator
 from rocm_nb.client.request import check_request
 from rocm_nb.client.stream import AsyncTokenStream
-from rocm_nb.client.tools import TOOL_TEMPLATE, CallParts, call_tool, run_tools, tool_schema, tool_schemas
+from rocm_nb.client.tool_loop import call_tool, run_tools
+from rocm_nb.client.tools import TOOL_TEMPLATE, CallParts, tool_schema, tool_schemas
 
 
 def lookup(word: str, language: Literal["fr", "de"] = "fr") -> str:

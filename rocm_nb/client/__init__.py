@@ -123,7 +123,10 @@ class Client(GenerationAPI):
     ``model``, ``headers`` and ``verify`` are :func:`connect`'s.
     ``transport``/``async_transport`` are httpx transport seams for tests;
     ``server`` says what kind of server this is when that is known (a
-    ``LocalModel``'s own llama-server), so it is not detected.
+    ``LocalModel``'s own llama-server), so it is not detected. ``_on_failure``
+    is not for users: it is the hook through which the owner of the server
+    (a ``LocalModel`` or ``LocalRouter``) explains a transport failure, such
+    as :class:`~rocm_nb.errors.ServerCrashed` when its server died.
 
     To a server on this machine (127.0.0.1, ``::1``, ``localhost``) every
     request opens a fresh connection, so no request can meet a kept-alive
@@ -162,8 +165,8 @@ class Client(GenerationAPI):
         max_event_bytes: int = MAX_EVENT_BYTES,
         transport: httpx.BaseTransport | None = None,
         async_transport: httpx.AsyncBaseTransport | None = None,
-        on_failure: FailureHook = _no_better_error,
         server: ServerInfo | None = None,
+        _on_failure: FailureHook = _no_better_error,
     ) -> None:
         import httpx
 
@@ -173,7 +176,7 @@ class Client(GenerationAPI):
         self._api_key = api_key
         self._timeout = timeout
         self._deadline, self._max_event_bytes = deadline, max_event_bytes
-        self._on_failure = on_failure
+        self._on_failure = _on_failure
         self._headers = {**({"Authorization": f"Bearer {api_key}"} if api_key else {}), **(headers or {})}
         self._verify: bool | str = verify if isinstance(verify, bool) else os.fspath(verify)
         self._facts = ServerFacts(self._probe_json, self.models, model=model, where=self._base_url, info=server)

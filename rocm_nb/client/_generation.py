@@ -32,12 +32,14 @@ from rocm_nb.client.stream import AsyncTokenStream, TokenStream
 from rocm_nb.errors import GenerationError, RocmNbError, StreamProtocolError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import httpx
     import numpy as np
     import numpy.typing as npt
 
     from rocm_nb.client._session import Session
-    from rocm_nb.client.tools import ToolRun
+    from rocm_nb.client.tool_loop import ToolRun
 
 __all__ = ["GenerationAPI", "parse_metrics"]
 
@@ -340,11 +342,11 @@ class GenerationAPI:
         from rocm_nb.client import embeddings
         return embeddings.rerank(self._client(), query, documents, top_n)
 
-    def run_tools(self, messages: Sequence[Message], tools: Sequence[Any], *, max_steps: int = 5,
-                  **options: Any) -> ToolRun:
+    def run_tools(self, messages: Sequence[Message], tools: Sequence[Callable[..., Any]], /, *, max_steps: int = 5,
+                  mode: Literal["auto", "native", "json"] = "auto", **options: Unpack[Options]) -> ToolRun:
         """Chat with ``tools`` until the model answers: call what it asks for, feed the results back.
 
-        See :func:`rocm_nb.client.tools.run_tools`. Returns a :class:`~rocm_nb.client.tools.ToolRun`
+        See :func:`rocm_nb.client.tool_loop.run_tools`. Returns a :class:`~rocm_nb.client.tool_loop.ToolRun`
         (``.answer``, ``.messages``: the whole transcript, ``.steps``).
 
         Example:
@@ -352,8 +354,8 @@ class GenerationAPI:
             >>> run.answer  # doctest: +SKIP
             '6 * 7 is 42.'
         """
-        from rocm_nb.client import tools as tool_calls
-        return tool_calls.run_tools(self, messages, tools, max_steps=max_steps, **options)
+        from rocm_nb.client.tool_loop import run_tools
+        return run_tools(self, messages, tools, max_steps=max_steps, mode=mode, **options)
 
     # -- the server's own utilities (llama-server's endpoints, or the OpenAI ones) ----------------
 

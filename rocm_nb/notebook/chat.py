@@ -46,7 +46,7 @@ from rocm_nb._extras import needs_extra
 from rocm_nb.client.completion import Completion, Message, ToolCall
 from rocm_nb.client.logprobs import DEFAULT_TOP_LOGPROBS
 from rocm_nb.client.request import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, Options, check_options
-from rocm_nb.client.tools import ToolRun
+from rocm_nb.client.tool_loop import ToolRun
 from rocm_nb.notebook.display import Bundle, Publisher, StreamDisplay, long_prefill, progress_option
 
 with needs_extra("notebook"):
@@ -352,7 +352,7 @@ def tool_bubbles(calls: Sequence[ToolCall]) -> list[str]:
     """One bubble per tool call: ``🔧 name(arguments)``.
 
     Example:
-        >>> from rocm_nb.client.tools import ToolCall
+        >>> from rocm_nb.client.completion import ToolCall
         >>> tool_bubbles([ToolCall("1", "add", {"a": 1})])[0].count("add({&quot;a&quot;: 1})")
         1
     """
@@ -364,7 +364,7 @@ def run_bubbles(run: ToolRun) -> list[str]:
     """Bubbles for the calls and results in a ``run_tools`` transcript (after its first question).
 
     Example:
-        >>> from rocm_nb.client.tools import ToolRun
+        >>> from rocm_nb.client.tool_loop import ToolRun
         >>> run = ToolRun("2", [{"role": "user", "content": "1+1?"}, {"role": "tool", "name": "add",
         ...                     "content": "2"}], 2, True)
         >>> "↩ add: 2" in run_bubbles(run)[0]

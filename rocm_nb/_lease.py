@@ -376,8 +376,9 @@ class OwnServer:
             raise self._closed_error()
         server = self._lease.server
         if server is None:
-            raise ModelNotStarted(f"{self._what} has not started; call .start() (or use a `with` block) first: "
-                                  "properties never start a server")
+            handle = type(self).__name__.removeprefix("Local").lower()  # model, router
+            raise ModelNotStarted(f"{self._what} has not started; call {handle}.start() (or use "
+                                  f"`with {type(self).__name__}(...)`) first: properties never start a server")
         return server
 
     @property

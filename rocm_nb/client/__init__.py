@@ -7,9 +7,10 @@ and time to first token is always measured.
 
 The client layer is this module (the ``Client``: connections, requests,
 lifetime), :mod:`rocm_nb.client._generation` (the generation API it shares with
-``LocalModel``), :mod:`rocm_nb.client.completion` (options, payloads,
-``Completion``), :mod:`rocm_nb.client.stream` (reading one event stream) and
-:mod:`rocm_nb.client._batch` (``map``); this module re-exports their public names.
+``LocalModel``), :mod:`rocm_nb.client.request` (options, checked once into a
+request, translated once into its body), :mod:`rocm_nb.client.completion`
+(``Completion``), :mod:`rocm_nb.client.stream` (reading one event stream) and
+:mod:`rocm_nb.client._batch` (``map``).
 
 Example:
     >>> client = connect("http://127.0.0.1:8080", api_key="secret")  # doctest: +SKIP

@@ -227,7 +227,10 @@ def options_from(args: SamplingArgs) -> Options:
     """The generation options the arguments set (unset ones are left out), checked before any request.
 
     A value out of range is a ``UsageError`` naming the option, the value and
-    what is allowed (:func:`~rocm_nb.client.completion.check_options`).
+    what is allowed (:func:`~rocm_nb.client.request.check_options`): the
+    magic's own input, checked before it loads a model (the default one when
+    none is loaded), since the generation API's own check, at its entry,
+    comes only once the magic has a model to call.
 
     Example:
         >>> options_from(GenerateArgs(temperature=0.0, seed=1))

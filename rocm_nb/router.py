@@ -113,9 +113,32 @@ def _model_folder(models: ModelSpec | Sequence[ModelSpec] | Mapping[str, ModelSp
     return folder, True
 
 
+_DRAFT_PREFIXES = ("mtp-", "dspark-", "dflash-")
+
+
 def _files(folder: Path) -> dict[str, Path]:
-    """The models a router over ``folder`` serves: each ``.gguf`` file, by its name without ``.gguf``."""
-    return {path.stem: path.resolve() for path in sorted(folder.glob("*.gguf"))}
+    """The models a router over ``folder`` serves, by name, as the pinned server finds them.
+
+    Each ``.gguf`` file is a model named by its file name without
+    ``.gguf``, and each sub-folder a model named by the folder (its first
+    shard, or its one model file); projector (``mmproj``) and draft
+    (``mtp-``, ``dspark-``, ``dflash-``) files are companions, not models
+    (``common/preset.cpp``, ``load_from_models_dir``).
+
+    Example:
+        >>> _files(Path("/nowhere"))
+        {}
+    """
+    def model(path: Path) -> bool:
+        return path.suffix == ".gguf" and "mmproj" not in path.name and not path.name.startswith(_DRAFT_PREFIXES)
+
+    found = {path.stem: path.resolve() for path in sorted(folder.glob("*.gguf")) if model(path)}
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else ():
+        files = sorted(p for p in sub.glob("*.gguf") if model(p))
+        first = [p for p in files if "-00001-of-" in p.name] or files[-1:]
+        if first:
+            found[sub.name] = first[0].resolve()
+    return found
 
 
 class LocalRouter(OwnServer, GenerationAPI):

@@ -27,7 +27,8 @@ def shell(model: LocalModel) -> Iterator[InteractiveShell]:
         ip.run_line_magic("rocm_load", f"{model.path} --ctx 4096 --parallel 2 --alias small")
     summary = str(loaded.outputs[-1].data["text/plain"])
     assert "ready in" in summary
-    assert f"memory: {model.fit.note.split(';')[0]}" in summary  # the fit decision, said (RAM free varies)
+    said = model.fit.note.split(";")[0].replace(model.name, model.path.stem)  # loaded by its path: named by its stem
+    assert f"memory: {said}" in summary  # the fit decision, said (RAM free varies)
     yield ip
     ip.run_line_magic("rocm_stop", "--all")
 

@@ -268,7 +268,7 @@ def test_the_server_takes_native_tools_and_the_tool_template_loads(model: LocalM
 
 @pytest.mark.unit
 async def test_the_panel_shows_tool_calls_and_results_as_bubbles_of_their_own() -> None:
-    from rocm_nb.client.tools import ToolRun
+    from rocm_nb.client.tool_loop import ToolRun
     from rocm_nb.notebook.chat import ChatPanel
 
     raw = "".join(f"data: {e}\n\n" for e in _events([("lookup", {"word": "cat"})], [3])).encode()

@@ -34,8 +34,6 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Literal, Unpack
 
-import psutil
-
 from rocm_nb._callbacks import CloseCallbacks
 from rocm_nb._exposure import check_extra_args, is_loopback
 from rocm_nb._lease import ModelState, OwnServer, ServerLease
@@ -353,6 +351,8 @@ class LocalModel(OwnServer, GenerationAPI):
         running = server is not None and server.alive
         rss = decode_tps = None
         if running and server is not None and server.pid is not None:
+            import psutil  # imported here: `import rocm_nb` stays cheap
+
             with contextlib.suppress(psutil.Error):
                 rss = psutil.Process(server.pid).memory_info().rss
             with contextlib.suppress(RocmNbError):

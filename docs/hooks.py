@@ -150,12 +150,15 @@ class Docstrings(griffe.Extension):
 
     - ``Example:`` heads a section of doctests, as ``Examples:`` does for griffe;
     - a reStructuredText role (``:class:`~rocm_nb.client.Client```) is shown as code (``Client``);
+    - a reStructuredText literal block's ``::`` is a colon (the indented block is code in Markdown too);
     - ``# doctest: +SKIP`` and other directives are dropped from the shown examples;
     - ``a, b: text`` in ``Args:`` documents each of ``a`` and ``b`` with the text, as numpydoc allows.
     """
 
     SECTION = re.compile(r"^(\s*)Example:$", re.MULTILINE)
-    DIRECTIVE = re.compile(r"\s*# doctest:[^\n]*$", re.MULTILINE)
+    DIRECTIVE = re.compile(r"[ \t]*# doctest:[^\n]*$", re.MULTILINE)
+    LITERAL = re.compile(r"(?<=\S)::$", re.MULTILINE)
+    LITERAL_ALONE = re.compile(r"^[ \t]*::\n", re.MULTILINE)
     SHARED = re.compile(r"^(\s+)(\w+(?:, \w+)+): (.*)$")
 
     def on_instance(self, *, obj: griffe.Object, **_: Any) -> None:
@@ -164,6 +167,7 @@ class Docstrings(griffe.Extension):
         text = self.SECTION.sub(r"\1Examples:", obj.docstring.value)
         text = ROLE.sub(r"``\1``", text)
         text = self.DIRECTIVE.sub("", text)
+        text = self.LITERAL_ALONE.sub("", self.LITERAL.sub(":", text))
         obj.docstring.value = "\n".join(self._split_shared(text.splitlines()))
 
     def _split_shared(self, lines: list[str]) -> Iterator[str]:

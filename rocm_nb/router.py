@@ -48,6 +48,7 @@ from typing import Any, Literal
 
 import psutil
 
+from rocm_nb._escape import printable
 from rocm_nb._lease import ModelState, OwnServer
 from rocm_nb._options import LoadOptions, plan_server
 from rocm_nb._paths import private_folder, runtime_root
@@ -352,7 +353,7 @@ class LocalRouter(OwnServer, GenerationAPI):
         return {child.name: child.status(self.binary.backend) for child in self.loaded()}
 
     def __repr__(self) -> str:
-        return f"<LocalRouter {self.folder} max_loaded={self.config.models_max} state={self.state.value}>"
+        return printable(f"<LocalRouter {self.folder} max_loaded={self.config.models_max} state={self.state.value}>")
 
 
 def _port(argv: Sequence[str]) -> int | None:

@@ -65,6 +65,7 @@ __all__ = [
     "TextTooLong",
     "TimeoutPhase",
     "describe_exit",
+    "error_classes",
     "error_tree",
     "with_notes",
 ]
@@ -423,6 +424,22 @@ def _rows(cls: type[BaseException], indent: str, branch: str) -> Iterator[tuple[
     below = indent + {"": "", "├── ": "│   ", "└── ": "    "}[branch]
     for i, child in enumerate(children):
         yield from _rows(child, below, "└── " if i == len(children) - 1 else "├── ")
+
+
+def error_classes() -> list[type[RocmNbError]]:
+    """``RocmNbError`` and every public exception under it, in the order :func:`error_tree` draws them.
+
+    Example:
+        >>> [cls.__name__ for cls in error_classes()][:3]
+        ['RocmNbError', 'BinaryNotFound', 'BuildError']
+    """
+    def below(cls: type[BaseException]) -> Iterator[type[RocmNbError]]:
+        for child in _children(cls):
+            assert issubclass(child, RocmNbError)
+            yield child
+            yield from below(child)
+
+    return [RocmNbError, *below(RocmNbError)]
 
 
 def error_tree() -> str:

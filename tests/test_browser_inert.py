@@ -54,7 +54,7 @@ def cells(evil: Path, folder: Path) -> list[str]:
         "rocm_nb.models(FOLDER)",
         "LocalModel(EVIL)",
         "%load_ext rocm_nb\n"
-        "get_ipython().run_line_magic('rocm_load', shlex.quote(str(EVIL)) + ' --ctx 1024 --name evil')\n"
+        "get_ipython().run_line_magic('rocm_load', shlex.quote(str(EVIL)) + ' --ctx 1024 --alias evil')\n"
         "%rocm_status",
         "display({'text/markdown': '<img src=x onerror=\"window.__rocm_nb_control=1\">'}, raw=True)",
     ]

@@ -12,7 +12,7 @@ import pytest
 
 import rocm_nb
 from rocm_nb import errors
-from rocm_nb.errors import RocmNbError, error_tree
+from rocm_nb.errors import RocmNbError, error_classes, error_tree
 
 pytestmark = pytest.mark.unit
 
@@ -43,6 +43,7 @@ def test_every_public_error_is_in_the_tree_with_its_summary() -> None:
         assert (cls.__doc__ or "").strip().splitlines()[0].replace("``", "") in line
     assert "AmbiguousModel (ValueError)" in error_tree() and "ModelNotStarted (RuntimeError)" in error_tree()
     assert "_ProcessError" not in error_tree()  # a private base is skipped over, its children kept
+    assert [line.lstrip("│├└─ ").split(" ")[0] for line in lines] == [cls.__name__ for cls in error_classes()]
 
 
 def test_nothing_else_draws_the_tree_by_hand() -> None:

@@ -158,7 +158,7 @@ def bench_kernel(path: Path) -> list[Row]:
         def execute(code: str) -> list[tuple[float, dict[str, Any]]]:
             return iopub(kc.execute(code), idle)
 
-        execute(f"%load_ext rocm_nb\n%rocm_load {path} --ctx 4096 --name bench")
+        execute(f"%load_ext rocm_nb\n%rocm_load {path} --ctx-size 4096 --alias bench")
         out = execute("m = get_ipython().magics_manager.registry['RocmMagics'].models['bench']; "
                       "print(m.base_url, m.api_key, m.pid)")
         base_url, api_key, pid = next(str(m["content"]["text"]).split() for _, m in out if m["msg_type"] == "stream")

@@ -43,6 +43,7 @@ __all__ = [
     "CatalogueEntry",
     "ModelInfo",
     "TensorInfo",
+    "model_name",
     "models_dir",
     "pull",
     "read_info",
@@ -143,11 +144,13 @@ class ModelInfo:
     value_length: int | None = None
     tensors: tuple[TensorInfo, ...] = field(default=(), repr=False)
 
-    def summary(self) -> str:
+    def summary(self, name: str | None = None) -> str:
         """One line: name, architecture, parameters, quantisation, context, size.
 
-        The GGUF's strings are untrusted: control characters in them (an
-        escape sequence, a newline) are shown as escapes
+        ``name`` is the name the user knows the model by (:func:`model_name`);
+        it leads, and the GGUF's own ``general.name`` follows as detail. The
+        GGUF's strings are untrusted: control characters in them (an escape
+        sequence, a newline) are shown as escapes
         (:func:`rocm_nb._escape.printable`), so the line stays one line and
         cannot drive the terminal that prints it.
 
@@ -156,14 +159,18 @@ class ModelInfo:
             ...                  30, 576, 9, 3, None, 98_362_432)
             >>> info.summary()
             'Evil\\\\x1b]0;title\\\\x07 · llama · 135M params · Q4_1 · ctx 8192 · 94 MiB'
+            >>> info.summary("m")
+            'm · llama · 135M params · Q4_1 · ctx 8192 · 94 MiB · GGUF name "Evil\\\\x1b]0;title\\\\x07"'
         """
-        parts = [self.name, self.architecture]
+        parts = [name or self.name, self.architecture]
         if self.parameters:
             parts.append(f"{human_count(self.parameters)} params")
         parts.append(self.quantization)
         if self.context_length:
             parts.append(f"ctx {self.context_length}")
         parts.append(f"{self.file_size / 2**20:.0f} MiB")
+        if name and name != self.name:
+            parts.append(f'GGUF name "{self.name}"')
         return printable(" · ".join(parts))
 
     def _repr_html_(self) -> str:
@@ -460,6 +467,23 @@ def _from_hub(spec: str) -> Path:
             "Check the names; offline (HF_HUB_OFFLINE=1) only files already in the Hugging Face "
             "cache can be used: download it once while online, or pass a local .gguf path"
         ) from None
+
+
+def model_name(spec: str | os.PathLike[str], path: Path) -> str:
+    """The name a user knows a model by: the catalogue name they typed, else the file's stem.
+
+    ``path`` is what ``spec`` resolved to. The GGUF's own ``general.name``
+    (``ModelInfo.name``) is often a long training tag, so messages lead with
+    this one and keep that as detail.
+
+    Example:
+        >>> model_name("smollm2-135m", Path("/cache/SmolLM2-135M-Instruct.Q4_1.gguf"))
+        'smollm2-135m'
+        >>> model_name("~/models/tiny.Q8_0.gguf", Path("/home/me/models/tiny.Q8_0.gguf"))
+        'tiny.Q8_0'
+    """
+    text = os.fspath(spec)
+    return text if text in CATALOGUE and not Path(text).expanduser().exists() else path.stem
 
 
 def resolve_model(spec: str | os.PathLike[str], *, download: bool = True,

@@ -86,8 +86,11 @@ class ServerConfig:
     cache types ``cache_type_k``/``cache_type_v`` (``"f16"``, ``"q8_0"``…)
     become ``--flash-attn``, ``--cache-type-k`` and ``--cache-type-v``; left
     at ``None`` the flag is omitted and the server's default applies (flash
-    attention ``auto``, ``f16`` caches). ``speculative`` holds the
-    speculative decoding flags (see :mod:`rocm_nb._options`).
+    attention ``auto``, ``f16`` caches); so are ``batch_size`` and
+    ``ubatch_size`` (``-b``, ``-ub``). ``embedding``, ``pooling`` and
+    ``reranking`` make an embeddings-only or reranking server. ``speculative``
+    holds the speculative decoding flags. :mod:`rocm_nb._options` decides all
+    of them, before the memory plan.
 
     The API key is not part of the command line (see :meth:`LlamaServer.start`).
     ``extra_args`` and ``env`` may not set the host, port or key (a
@@ -125,6 +128,10 @@ class ServerConfig:
     """Router mode (:mod:`rocm_nb.router`): serve the GGUFs in this folder, one child per model, instead of ``-m``."""
     models_max: int = 0
     """Router mode: the most models loaded at once (``--models-max``; 0: no limit)."""
+    batch_size: int | None = None
+    """``-b``, the logical batch (``None``: the server's default, 2048)."""
+    ubatch_size: int | None = None
+    """``-ub``, the micro-batch (``None``: the server's default, 512)."""
     embedding: bool = False
     pooling: str | None = None
     reranking: bool = False
@@ -158,17 +165,14 @@ class ServerConfig:
             *(["--flash-attn", self.flash_attn] if self.flash_attn else []),
             *(["--cache-type-k", self.cache_type_k] if self.cache_type_k else []),
             *(["--cache-type-v", self.cache_type_v] if self.cache_type_v else []),
-            *self._embedding_args(),
+            *(["-b", str(self.batch_size)] if self.batch_size else []),
+            *(["-ub", str(self.ubatch_size)] if self.ubatch_size else []),
+            *(["--embedding"] if self.embedding else []),
+            *(["--pooling", self.pooling] if self.pooling else []),
+            *(["--rerank"] if self.reranking else []),
             *self.speculative,
             *self.extra_args,
         ]
-
-    def _embedding_args(self) -> list[str]:
-        """``--embedding``/``--rerank`` with batches as large as a slot's context (an input is one batch)."""
-        slot = str(max(self.ctx_size // max(self.parallel, 1), 1))
-        pooling = ["--pooling", self.pooling] if self.pooling else []
-        mode = ["--embedding", *pooling] if self.embedding else ["--rerank"] if self.reranking else []
-        return [*mode, "-ub", slot, "-b", slot] if mode else []
 
 
 def file_identity(path: Path) -> tuple[int, int, int, int]:

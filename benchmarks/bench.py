@@ -51,6 +51,7 @@ from common import (
     spread,
 )
 from defaults import bench_defaults
+from import_cost import bench_import
 from speculative import bench_speculative
 from token_probs import bench_logprobs
 
@@ -114,21 +115,6 @@ def bench_start(path: Path) -> list[Row]:
     ]
 
 
-def bench_import() -> list[Row]:
-    code = (
-        "import time, sys; t = time.perf_counter(); import rocm_nb; "
-        "print(time.perf_counter() - t, 'ipywidgets' in sys.modules, 'IPython' in sys.modules)"
-    )
-    times, widgets = [], []
-    for _ in range(REPS):
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-        times.append(float(out[0]) * 1000)
-        widgets.append(out[1] == "True" or out[2] == "True")
-    return [Row("`import rocm_nb` wall time (ipywidgets and IPython not imported)", "≤ 150 ms",
-                spread(times, " ms") + ("" if not any(widgets) else " — ipywidgets imported!"),
-                statistics.median(times) <= 150 and not any(widgets))]
-
-
 def bench_memory(model: LocalModel) -> list[Row]:
     gc.collect()
     tracemalloc.start()
@@ -172,7 +158,7 @@ def bench_kernel(path: Path) -> list[Row]:
         def execute(code: str) -> list[tuple[float, dict[str, Any]]]:
             return iopub(kc.execute(code), idle)
 
-        execute(f"%load_ext rocm_nb\n%rocm_load {path} --ctx 4096 --name bench")
+        execute(f"%load_ext rocm_nb\n%rocm_load {path} --ctx-size 4096 --alias bench")
         out = execute("m = get_ipython().magics_manager.registry['RocmMagics'].models['bench']; "
                       "print(m.base_url, m.api_key, m.pid)")
         base_url, api_key, pid = next(str(m["content"]["text"]).split() for _, m in out if m["msg_type"] == "stream")

@@ -75,7 +75,7 @@ def _doctor(args: argparse.Namespace) -> int:
     entry = CATALOGUE[DEFAULT_MODEL]
     path = models_dir() / entry.filename
     if path.is_file():
-        _print(f"  {read_info(path).summary()}\n  {path}")
+        _print(f"  {read_info(path).summary(DEFAULT_MODEL)}\n  {path}")
     else:
         problems += 1
         _print(f"  {DEFAULT_MODEL} is not downloaded yet. Next step: rocm-nb pull {DEFAULT_MODEL}")

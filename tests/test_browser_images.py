@@ -56,7 +56,7 @@ def picture(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def front_end(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrontEnd]:
     """Notebook 7 or JupyterLab serving a notebook that loads the tiny vision model and shows a chat panel."""
     model, mmproj = write_tiny_vlm(tmp_path_factory.mktemp("vlm"))
-    cells = [f"%load_ext rocm_nb\n%rocm_load {model} --mmproj {mmproj} --ctx 2048 --name eyes",
+    cells = [f"%load_ext rocm_nb\n%rocm_load {model} --mmproj {mmproj} --ctx-size 2048 --alias eyes",
              "%rocm_chat --temperature 0 --max-tokens 8"]
     with serve_notebook(request.param, tmp_path_factory.mktemp(request.param), NOTEBOOK, cells) as served:
         yield served

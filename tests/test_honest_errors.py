@@ -25,7 +25,7 @@ from IPython.utils.capture import capture_output
 from rocm_nb.client import Client, _batch
 from rocm_nb.client.completion import MAX_SCHEMA_DEPTH, Completion
 from rocm_nb.client.engines import DEFAULT_CONCURRENCY
-from rocm_nb.client.request import build_payload, check_options
+from rocm_nb.client.request import check_options, check_request
 from rocm_nb.errors import ModelClosed, SchemaMismatch, StreamProtocolError
 from rocm_nb.notebook.chat import ChatPanel
 from rocm_nb.notebook.display import status_bundle
@@ -109,7 +109,7 @@ def test_a_nan_temperature_sends_no_request_sync_async_or_map() -> None:
 
 def test_a_deeply_nested_schema_is_a_value_error_not_a_recursion_error() -> None:
     with pytest.raises(ValueError, match=f"json_schema nests more than {MAX_SCHEMA_DEPTH} levels deep"):
-        build_payload("completion", "x", {"json_schema": nested_schema(500)})
+        check_request("completion", "x", {"json_schema": nested_schema(500)}).body("llama.cpp")
     with pytest.raises(ValueError, match="json_schema nests more than"):
         Completion("{}", "stop", None).json(nested_schema(200))
     with pytest.raises(ValueError, match="json_schema is not plain JSON"):

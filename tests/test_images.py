@@ -28,7 +28,7 @@ from rocm_nb.client.images import (
     user_message,
     with_images,
 )
-from rocm_nb.client.request import build_payload
+from rocm_nb.client.request import check_request
 from rocm_nb.errors import InvalidModel
 from rocm_nb.hardware import Hardware
 from rocm_nb.modelfiles.catalog import CATALOGUE, default_projector, read_info
@@ -77,8 +77,8 @@ def test_every_input_type_gives_the_same_request_for_the_same_pixels(tmp_path: P
         "data: URL": "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode(),
     }
     for limit in (TINY, ImageLimit()):
-        payloads = {name: build_payload("chat", with_images("What trend does this show?", [image], limit),
-                                        {"max_tokens": 8}) for name, image in inputs.items()}
+        payloads = {name: check_request("chat", with_images("What trend does this show?", [image], limit),
+                                        {"max_tokens": 8}).body("llama.cpp") for name, image in inputs.items()}
         first = json.dumps(payloads["matplotlib Figure"])
         assert {name: json.dumps(p) == first for name, p in payloads.items()} == dict.fromkeys(inputs, True)
     [image, text] = payloads["uint8 array"]["messages"][0]["content"]
@@ -167,7 +167,7 @@ def test_images_join_the_users_message_and_image_parts_are_encoded() -> None:
     with pytest.raises(ValueError, match="the last one here is the assistant's"):
         with_images([{"role": "assistant", "content": "Hi"}], [image])
     with pytest.raises(TypeError, match=r'an \{"type": "image"\} part is encoded by chat\(\)'):
-        build_payload("chat", history, {})
+        check_request("chat", history, {})
 
 
 def test_a_data_url_within_the_limit_is_kept_and_a_larger_one_scaled() -> None:

@@ -218,15 +218,15 @@ def test_after_a_crash_the_magics_say_to_load_again_and_status_says_crashed(
     assert isinstance(magics, RocmMagics)
     m = LocalModel(model_path, registry=registry).start()
     magics.models["crashy"] = m
-    magics._load_lines["crashy"] = f"{model_path} --name crashy"
+    magics._load_lines["crashy"] = f"{model_path} --alias crashy"
     monitor = GpuMonitor(m, gpus=list)
     try:
         psutil.Process(m.pid).kill()  # a real crash: SIGKILL, as the out-of-memory killer sends
         wait_until(lambda: m.state is ModelState.CRASHED, timeout=30)
         for _ in range(2):  # every cell says the same, and none re-raises the old error
             with pytest.raises(UsageError, match=rf"crashy: its llama-server crashed with SIGKILL.*"
-                                                 rf"run `%rocm_load {model_path} --name crashy`"):
-                ip.run_cell_magic("rocm_generate", "-m crashy --max-tokens 4", "Hi")
+                                                 rf"run `%rocm_load {model_path} --alias crashy`"):
+                ip.run_cell_magic("rocm_generate", "-a crashy --max-tokens 4", "Hi")
         with capture_output() as out:
             ip.run_line_magic("rocm_status", "")
         text = str(out.outputs[0].data["text/plain"])

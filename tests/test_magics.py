@@ -25,10 +25,11 @@ def shell(model: LocalModel) -> Iterator[InteractiveShell]:
     ip.run_line_magic("load_ext", "rocm_nb")
     with capture_output() as loaded:
         # the same config as the session fixture: attaches to its server
-        ip.run_line_magic("rocm_load", f"{model.path} --ctx 4096 --parallel 2 --name small")
+        ip.run_line_magic("rocm_load", f"{model.path} --ctx 4096 --parallel 2 --alias small")
     summary = str(loaded.outputs[-1].data["text/plain"])
     assert "ready in" in summary
-    assert f"memory: {model.fit.note.split(';')[0]}" in summary  # the fit decision, said (RAM free varies)
+    said = model.fit.note.split(";")[0].replace(model.name, model.path.stem)  # loaded by its path: named by its stem
+    assert f"memory: {said}" in summary  # the fit decision, said (RAM free varies)
     yield ip
     ip.run_line_magic("rocm_stop", "--all")
 
@@ -169,7 +170,7 @@ def test_bad_input_is_a_one_line_usage_error(shell: InteractiveShell) -> None:
     with pytest.raises(UsageError, match="no variable 'nowhere'"):
         shell.run_cell_magic("rocm_generate", "", "Tell me about {nowhere}")
     with pytest.raises(UsageError, match="no model called 'ghost'"):
-        shell.run_cell_magic("rocm_generate", "-m ghost", "Hi")
+        shell.run_cell_magic("rocm_generate", "-a ghost", "Hi")
     with pytest.raises(UsageError, match="--gpu-layers takes a number"):
         shell.run_line_magic("rocm_load", "smollm2-135m --gpu-layers many")
 
@@ -232,7 +233,7 @@ def test_load_tab_completes_library_names(shell: InteractiveShell, tmp_path: Pat
     assert "%rocm_load hf:acme/tiny-GGUF/tiny.Q8_0.gguf" in completed(shell, "%rocm_load hf:acme/ti")
     assert {"%rocm_load smollm2-135m", f"%rocm_load {mine}local-model.gguf",
             "%rocm_load hf:acme/tiny-GGUF/tiny.Q8_0.gguf"} <= completed(shell, "%rocm_load ")
-    assert "%rocm_load --name smollm2-135m" not in completed(shell, "%rocm_load --name smol")  # an alias, not a model
+    assert "%rocm_load --alias smollm2-135m" not in completed(shell, "%rocm_load --alias smol")  # not a model
 
 
 @pytest.mark.server
@@ -251,3 +252,26 @@ def test_chat_panel_magic_takes_its_starting_options(shell: InteractiveShell) ->
     assert panel.history[-1] == {"role": "assistant", "content": panel.last.text}
     with pytest.raises(UsageError):
         shell.run_line_magic("rocm_chat", "--temperature hot")
+
+
+@pytest.mark.server
+def test_the_user_sees_the_name_they_typed(shell: InteractiveShell, model: LocalModel) -> None:
+    """The catalogue name leads the load line, the memory note, the status row and the repr; general.name follows."""
+    with capture_output() as loaded:  # the session model's configuration: attaches to its server
+        shell.run_line_magic("rocm_load", "smollm2-135m --ctx-size 4096 --parallel 2")
+    try:
+        said = str(loaded.outputs[-1].data["text/plain"])
+        first, _, memory = said.partition("\n  memory: ")
+        assert first.startswith("✓ smollm2-135m · llama · 135M params · Q4_1")
+        assert f'GGUF name "{model.info.name}"' in first and model.info.name != "smollm2-135m"
+        assert memory.startswith("smollm2-135m runs on the CPU")
+        loaded_model = magics(shell).models["smollm2-135m"]
+        assert isinstance(loaded_model, LocalModel)
+        assert loaded_model.status().model == "smollm2-135m" and loaded_model.label.startswith("smollm2-135m · ")
+        assert repr(loaded_model).startswith("<LocalModel smollm2-135m file=SmolLM2-135M-Instruct.Q4_1.gguf ")
+        with capture_output() as status:
+            shell.run_line_magic("rocm_status", "")
+        assert "smollm2-135m" in str(status.outputs[0].data["text/plain"])
+    finally:
+        shell.run_line_magic("rocm_stop", "smollm2-135m")
+    assert magics(shell).current == "small"

@@ -287,7 +287,7 @@ def test_rocm_status_shows_the_monitor_and_rocm_stop_stops_it(model: LocalModel)
     shell = InteractiveShell.instance()
     shell.run_line_magic("load_ext", "rocm_nb")
     with capture_output():  # the same config as the session fixture: attaches to its server
-        shell.run_line_magic("rocm_load", f"{model.path} --ctx 4096 --parallel 2 --name watched")
+        shell.run_line_magic("rocm_load", f"{model.path} --ctx 4096 --parallel 2 --alias watched")
     with capture_output() as out:
         shell.run_line_magic("rocm_status", "")
     table, widget = out.outputs

@@ -119,9 +119,9 @@ def test_magics_with_url(second_server: LlamaServer, fake_openai: str) -> None:
     shell.run_line_magic("load_ext", "rocm_nb")
     with capture_output() as out:
         shell.run_line_magic("rocm_load", f"--url {second_server.base_url} --api-key {second_server.api_key} "
-                                          "--name box")
-        shell.run_cell_magic("rocm_generate", "-m box --max-tokens 8 --temperature 0 --out remote_reply", "Hi")
-        shell.run_line_magic("rocm_load", f"--url {fake_openai} --name fake")
+                                          "--alias box")
+        shell.run_cell_magic("rocm_generate", "-a box --max-tokens 8 --temperature 0 --out remote_reply", "Hi")
+        shell.run_line_magic("rocm_load", f"--url {fake_openai} --alias fake")
         shell.run_line_magic("rocm_status", "")
     assert any("(llama.cpp, offers" in o.data.get("text/plain", "") for o in out.outputs)
     assert shell.user_ns["remote_reply"].text

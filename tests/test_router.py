@@ -8,7 +8,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from rocm_nb import AmbiguousModel, LocalRouter, ModelClosed
+from rocm_nb import AmbiguousModel, LocalRouter, ModelClosed, ModelState
 from rocm_nb.server._registry import ServerRegistry
 from tests.support.processes import gone, wait_until
 
@@ -100,7 +100,7 @@ def test_magics_load_a_router_and_status_shows_its_children(model_path: str, tmp
     shell = InteractiveShell.instance()
     shell.run_line_magic("load_ext", "rocm_nb")
     with capture_output() as out:
-        shell.run_line_magic("rocm_load", f"{folder} --router --max-loaded 2 --ctx 512 --name many")
+        shell.run_line_magic("rocm_load", f"{folder} --router --max-loaded 2 --ctx 512 --alias many")
         router = shell.magics_manager.registry["RocmMagics"].models["many"]  # type: ignore[attr-defined]
         assert isinstance(router, LocalRouter)
         router.load("smol-b")
@@ -111,3 +111,17 @@ def test_magics_load_a_router_and_status_shows_its_children(model_path: str, tmp
     child = router.loaded()[0].pid
     shell.run_line_magic("rocm_stop", "many")
     wait_until(gone(child), timeout=10)
+
+
+async def test_async_with_starts_and_closes_a_router_as_a_local_model(model_path: str) -> None:
+    """One lifecycle (OwnServer): `async with`, `aclose`, state and the folder of links, as for a LocalModel."""
+    async with LocalRouter([model_path], ctx_size=512, registry=ServerRegistry()) as router:
+        assert router.state is ModelState.RUNNING
+        reply = await router.agenerate("2 + 2 =", **GREEDY)
+        assert reply.timings is not None and reply.timings.predicted_tokens > 0
+        pid, folder = router.pid, router.folder
+        assert pid is not None and folder.exists()
+    assert router.state is ModelState.CLOSED and not folder.exists()
+    wait_until(gone(pid), timeout=10)
+    with pytest.raises(ModelClosed, match=r"this router over .* was closed; create a new LocalRouter"):
+        await router.achat(HI, **GREEDY)

@@ -24,9 +24,10 @@ from hypothesis import strategies as st
 
 from rocm_nb import Client, LocalModel, ToolCall
 from rocm_nb.client._accumulator import Accumulator
-from rocm_nb.client.request import build_payload
+from rocm_nb.client.request import check_request
 from rocm_nb.client.stream import AsyncTokenStream
-from rocm_nb.client.tools import TOOL_TEMPLATE, CallParts, call_tool, run_tools, tool_schema, tool_schemas
+from rocm_nb.client.tool_loop import call_tool, run_tools
+from rocm_nb.client.tools import TOOL_TEMPLATE, CallParts, tool_schema, tool_schemas
 
 
 def lookup(word: str, language: Literal["fr", "de"] = "fr") -> str:
@@ -82,16 +83,16 @@ def test_ready_schemas_pass_and_bad_tools_fail_before_any_request() -> None:
     bare = {"name": "now", "description": "The time."}
     assert tool_schema(bare)["function"]["parameters"] == {"type": "object", "properties": {}}
     assert tool_schema({"type": "function", "function": bare})["function"]["name"] == "now"
-    payload = build_payload("chat", [{"role": "user", "content": "x"}], {"tools": [lookup, bare],
-                                                                        "tool_choice": "required"})
+    payload = check_request("chat", [{"role": "user", "content": "x"}], {"tools": [lookup, bare],
+                                                                        "tool_choice": "required"}).body("llama.cpp")
     assert [t["function"]["name"] for t in payload["tools"]] == ["lookup", "now"]
     assert payload["tool_choice"] == "required"
     with pytest.raises(ValueError, match="two tools are called lookup"):
         tool_schemas([lookup, lookup])
     with pytest.raises(ValueError, match="tool_choice must be"):
-        build_payload("chat", [], {"tool_choice": "always"})
+        check_request("chat", [], {"tool_choice": "always"}).body("llama.cpp")
     with pytest.raises(ValueError, match="tools must be a list"):
-        build_payload("chat", [], {"tools": lookup})  # type: ignore[typeddict-item]
+        check_request("chat", [], {"tools": lookup}).body("llama.cpp")  # type: ignore[typeddict-item]
     with pytest.raises(ValueError, match="needs a function name"):
         tool_schema({"description": "nameless"})
 
@@ -267,7 +268,7 @@ def test_the_server_takes_native_tools_and_the_tool_template_loads(model: LocalM
 
 @pytest.mark.unit
 async def test_the_panel_shows_tool_calls_and_results_as_bubbles_of_their_own() -> None:
-    from rocm_nb.client.tools import ToolRun
+    from rocm_nb.client.tool_loop import ToolRun
     from rocm_nb.notebook.chat import ChatPanel
 
     raw = "".join(f"data: {e}\n\n" for e in _events([("lookup", {"word": "cat"})], [3])).encode()

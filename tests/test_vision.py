@@ -199,7 +199,7 @@ def shell(vision: LocalModel, files: tuple[Path, Path]) -> Iterator[InteractiveS
     ip = InteractiveShell.instance()
     ip.run_line_magic("load_ext", "rocm_nb")
     with capture_output():  # the same config as the module's model: attaches to its server
-        ip.run_line_magic("rocm_load", f"{files[0]} --mmproj {files[1]} --ctx 2048 --name eyes")
+        ip.run_line_magic("rocm_load", f"{files[0]} --mmproj {files[1]} --ctx-size 2048 --alias eyes")
     yield ip
     ip.run_line_magic("rocm_stop", "eyes")
 

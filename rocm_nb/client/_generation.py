@@ -29,17 +29,19 @@ from rocm_nb.client._batch import Prompt, adrain
 from rocm_nb.client.completion import Completion, Kind, Message
 from rocm_nb.client.images import ImageInput, ImageLimit, has_images, with_images
 from rocm_nb.client.logprobs import TokenPiece, read_pieces
-from rocm_nb.client.request import Options, build_payload, check_options
+from rocm_nb.client.request import Options, Request, check_options, check_request
 from rocm_nb.client.stream import AsyncTokenStream, TokenStream
 from rocm_nb.errors import GenerationError, RocmNbError, StreamProtocolError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import httpx
     import numpy as np
     import numpy.typing as npt
 
     from rocm_nb.client._session import Session
-    from rocm_nb.client.tools import ToolRun
+    from rocm_nb.client.tool_loop import ToolRun
 
 __all__ = ["GenerationAPI", "parse_metrics"]
 
@@ -123,27 +125,20 @@ class GenerationAPI:
     def _endpoint(kind: Kind) -> str:
         return "/v1/chat/completions" if kind == "chat" else "/v1/completions"
 
-    def _open_astream(
-        self,
-        kind: Kind,
-        prompt: str | Sequence[Message],
-        options: Mapping[str, Any],
-        http: httpx.AsyncClient | None = None,
-    ) -> AsyncTokenStream:
+    def _open_astream(self, request: Request, http: httpx.AsyncClient | None = None) -> AsyncTokenStream:
         """A stream that starts nothing until it is iterated; ``http`` is a batch's own async client."""
-        build_payload(kind, prompt, options)  # a bad prompt or options fail here, before any I/O
-        endpoint = self._endpoint(kind)
+        endpoint = self._endpoint(request.kind)
 
         async def open_response() -> httpx.Response:
             client = await self._aclient()
-            payload = await client._apayload(kind, prompt, options)
+            payload = await client._apayload(request)
             client._close_held_streams()  # a sync stream this thread left open ends first (see stream())
-            stream.slot_ctx = client._slot_ctx
+            stream.slot_ctx = client._slot_ctx  # known only now: the stream was made before its client
             session = http or client._ahttp()
             return await session.send(session.build_request("POST", endpoint, json=payload), stream=True)
 
-        stream = AsyncTokenStream(open_response, Accumulator(kind, logprobs=bool(options.get("logprobs"))),
-                                  self._better_error)
+        stream = AsyncTokenStream(open_response, Accumulator(request.kind, logprobs=bool(request.options.get(
+            "logprobs"))), self._better_error)
         return stream
 
     @staticmethod
@@ -177,7 +172,8 @@ class GenerationAPI:
             >>> for piece in model.stream("The sky is", max_tokens=8):  # doctest: +SKIP
             ...     print(piece, end="")
         """
-        return self._client()._open_stream("completion", prompt, options)
+        request = check_request("completion", prompt, options)  # bad options fail here: no server starts for them
+        return self._client()._open_stream(request)
 
     def generate(self, prompt: str, **options: Unpack[Options]) -> Completion:
         """Continue ``prompt`` and return the whole :class:`Completion`.
@@ -199,8 +195,8 @@ class GenerationAPI:
             >>> for piece in model.chat_stream([{"role": "user", "content": "Hi"}]):  # doctest: +SKIP
             ...     print(piece, end="")
         """
-        messages = self._messages(messages, images)
-        return self._client()._open_stream("chat", messages, options)
+        request = check_request("chat", self._messages(messages, images), options)  # no server starts for bad ones
+        return self._client()._open_stream(request)
 
     def chat(self, messages: str | Sequence[Message], *, images: Sequence[ImageInput] = (),
              **options: Unpack[Options]) -> Completion:
@@ -239,7 +235,7 @@ class GenerationAPI:
             >>> async for piece in model.astream("The sky is"):  # doctest: +SKIP
             ...     print(piece, end="")
         """
-        return self._open_astream("completion", prompt, options)
+        return self._open_astream(check_request("completion", prompt, options))
 
     async def agenerate(self, prompt: str, **options: Unpack[Options]) -> Completion:
         """Async twin of :meth:`generate`.
@@ -257,7 +253,7 @@ class GenerationAPI:
             >>> async for piece in model.achat_stream([{"role": "user", "content": "Hi"}]):  # doctest: +SKIP
             ...     print(piece, end="")
         """
-        return self._open_astream("chat", self._messages(messages, images), options)
+        return self._open_astream(check_request("chat", self._messages(messages, images), options))
 
     async def achat(self, messages: str | Sequence[Message], *, images: Sequence[ImageInput] = (),
                     **options: Unpack[Options]) -> Completion:
@@ -304,12 +300,13 @@ class GenerationAPI:
         """
         from rocm_nb.client import _batch
         prompts = [p if isinstance(p, str) else self._messages(p, ()) for p in prompts]  # images: refused first
+        jobs, checked = _batch.plan(prompts, chat=chat, options=options)  # bad options raise now, before any I/O
         client = self._client()
         client._close_held_streams()  # here: the requests go out from the batch's own thread
-        jobs = _batch.plan(prompts, chat=chat, options=options, check=client._payload)
+        engine = client._accept(checked, {kind for kind, _ in jobs})  # the server's kind refuses once, for all
         return _batch.run(
-            jobs, lambda job, http: client._open_astream(*job, options, http),
-            _batch.workers(concurrency, lambda: client._slots(options.get("model"))), progress=progress,
+            jobs, lambda job, http: client._open_astream(Request(*job, checked, accepted_by=engine), http),
+            _batch.workers(concurrency, lambda: client._slots(checked.get("model"))), progress=progress,
             new_http=client._new_ahttp,
         )
 
@@ -331,11 +328,13 @@ class GenerationAPI:
 
         from rocm_nb.client import _batch
         prompts = [p if isinstance(p, str) else self._messages(p, ()) for p in prompts]
+        jobs, checked = _batch.plan(prompts, chat=chat, options=options)  # bad options raise now, before any I/O
         client = await self._aclient()
-        jobs = await asyncio.to_thread(_batch.plan, prompts, chat=chat, options=options, check=client._payload)
-        slots = await asyncio.to_thread(_batch.workers, concurrency, lambda: client._slots(options.get("model")))
-        return await _batch.arun(jobs, lambda job, http: self._open_astream(*job, options, http), slots,
-                                 progress=progress)
+        engine = await asyncio.to_thread(client._accept, checked, {kind for kind, _ in jobs})
+        slots = await asyncio.to_thread(_batch.workers, concurrency, lambda: client._slots(checked.get("model")))
+        return await _batch.arun(
+            jobs, lambda job, http: self._open_astream(Request(*job, checked, accepted_by=engine), http), slots,
+            progress=progress)
 
     # -- embeddings, reranking, tools (the engines: rocm_nb.client.embeddings, rocm_nb.client.tools) ---------
 
@@ -389,11 +388,11 @@ class GenerationAPI:
         from rocm_nb.client import embeddings
         return embeddings.rerank(self._client(), query, documents, top_n)
 
-    def run_tools(self, messages: Sequence[Message], tools: Sequence[Any], *, max_steps: int = 5,
-                  **options: Any) -> ToolRun:
+    def run_tools(self, messages: Sequence[Message], tools: Sequence[Callable[..., Any]], /, *, max_steps: int = 5,
+                  mode: Literal["auto", "native", "json"] = "auto", **options: Unpack[Options]) -> ToolRun:
         """Chat with ``tools`` until the model answers: call what it asks for, feed the results back.
 
-        See :func:`rocm_nb.client.tools.run_tools`. Returns a :class:`~rocm_nb.client.tools.ToolRun`
+        See :func:`rocm_nb.client.tool_loop.run_tools`. Returns a :class:`~rocm_nb.client.tool_loop.ToolRun`
         (``.answer``, ``.messages``: the whole transcript, ``.steps``).
 
         Example:
@@ -401,8 +400,8 @@ class GenerationAPI:
             >>> run.answer  # doctest: +SKIP
             '6 * 7 is 42.'
         """
-        from rocm_nb.client import tools as tool_calls
-        return tool_calls.run_tools(self, messages, tools, max_steps=max_steps, **options)
+        from rocm_nb.client.tool_loop import run_tools
+        return run_tools(self, messages, tools, max_steps=max_steps, mode=mode, **options)
 
     # -- the server's own utilities (llama-server's endpoints, or the OpenAI ones) ----------------
 

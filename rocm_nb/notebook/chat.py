@@ -56,8 +56,9 @@ from rocm_nb._escape import html_text
 from rocm_nb._extras import needs_extra
 from rocm_nb.client import images as image_parts
 from rocm_nb.client.completion import Completion, Message, ToolCall
-from rocm_nb.client.request import DEFAULT_MAX_TOKENS, Options, check_options
-from rocm_nb.client.tools import ToolRun
+from rocm_nb.client.logprobs import DEFAULT_TOP_LOGPROBS
+from rocm_nb.client.request import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, Options, check_options
+from rocm_nb.client.tool_loop import ToolRun
 from rocm_nb.notebook.display import Bundle, Publisher, StreamDisplay, long_prefill, progress_option
 
 with needs_extra("notebook"):
@@ -178,10 +179,15 @@ class ChatPanel:
             or anything else with ``achat_stream`` (a :class:`ChatSource`).
         system: the system prompt (editable in the panel).
         show_probs: show each reply as tokens shaded by probability, with
-            their top alternatives (``top_logprobs``, default 5) and a
+            their top alternatives (``top_logprobs``, default
+            :data:`~rocm_nb.client.logprobs.DEFAULT_TOP_LOGPROBS`) and a
             before/after sampling toggle.
         **options: sampling options for every reply
-            (``temperature`` and ``max_tokens`` get controls in the panel).
+            (``temperature`` and ``max_tokens`` get controls in the panel). The
+            temperature slider starts at the one given, else at llama-server's
+            default (:data:`~rocm_nb.client.request.DEFAULT_TEMPERATURE`), and
+            a reply is sent with it only once it was given or moved: until then
+            the server's default applies, as for ``model.chat()``.
 
     Example:
         >>> panel = ChatPanel(model, system="Answer in one sentence.")  # doctest: +SKIP
@@ -206,9 +212,11 @@ class ChatPanel:
         self.transcript = widgets.VBox(layout=widgets.Layout(max_height="420px", overflow="auto"))
         self.system = widgets.Textarea(value=system, placeholder="System prompt (optional)",
                                        layout=widgets.Layout(width="100%", height="3em"))
-        self.temperature = widgets.FloatSlider(value=float(options.get("temperature", 0.7)), min=0.0,
-                                               max=2.0, step=0.05, description="temperature",
+        self.temperature = widgets.FloatSlider(value=float(options.get("temperature", DEFAULT_TEMPERATURE)),
+                                               min=0.0, max=2.0, step=0.05, description="temperature",
                                                style={"description_width": "initial"})
+        self._temperature_set = "temperature" in options  # else the server's default, until the slider moves
+        self.temperature.observe(self._on_temperature, names="value")
         self.max_tokens = widgets.BoundedIntText(value=int(options.get("max_tokens", DEFAULT_MAX_TOKENS)), min=1,
                                                  max=1_000_000, description="max tokens",
                                                  style={"description_width": "initial"})
@@ -266,6 +274,9 @@ class ChatPanel:
         return self.widget._repr_mimebundle_(**kwargs)
 
     # -- actions ----------------------------------------------------------------------------
+
+    def _on_temperature(self, change: Any = None) -> None:
+        self._temperature_set = True
 
     def _on_submit(self, change: Any = None) -> None:
         text = self.prompt.value.strip()
@@ -358,15 +369,15 @@ class ChatPanel:
     async def _reply(self) -> None:
         from rocm_nb.notebook.reply_view import ReplyView, live_view
 
-        options: Options = {**self._progress, **self._options, "temperature": self.temperature.value,
-                            "max_tokens": self.max_tokens.value}
+        chosen: Options = {"temperature": self.temperature.value} if self._temperature_set else {}
+        options: Options = {**self._progress, **self._options, **chosen, "max_tokens": self.max_tokens.value}
         messages = self.export()
         bubble = widgets.HTML(_bubble_html("assistant", _plain_html("▌")))
         view: ReplyView | None = None
         publish: Publisher | None = None
         if self.show_probs:
             view, publish, options = live_view(lambda o: self._source.achat_stream(messages, **o), options,
-                                               probs=self._options.get("top_logprobs", 5))
+                                               probs=self._options.get("top_logprobs", DEFAULT_TOP_LOGPROBS))
         self.transcript.children = (*self.transcript.children, view or bubble)
 
         def show_bubble(bundle: Bundle, update: bool) -> None:
@@ -444,7 +455,7 @@ def tool_bubbles(calls: Sequence[ToolCall]) -> list[str]:
     """One bubble per tool call: ``🔧 name(arguments)``.
 
     Example:
-        >>> from rocm_nb.client.tools import ToolCall
+        >>> from rocm_nb.client.completion import ToolCall
         >>> tool_bubbles([ToolCall("1", "add", {"a": 1})])[0].count("add({&quot;a&quot;: 1})")
         1
     """
@@ -456,7 +467,7 @@ def run_bubbles(run: ToolRun) -> list[str]:
     """Bubbles for the calls and results in a ``run_tools`` transcript (after its first question).
 
     Example:
-        >>> from rocm_nb.client.tools import ToolRun
+        >>> from rocm_nb.client.tool_loop import ToolRun
         >>> run = ToolRun("2", [{"role": "user", "content": "1+1?"}, {"role": "tool", "name": "add",
         ...                     "content": "2"}], 2, True)
         >>> "↩ add: 2" in run_bubbles(run)[0]

@@ -32,9 +32,7 @@ Example:
 
 from __future__ import annotations
 
-import http.client
 import os
-import secrets
 import subprocess
 import time
 import weakref
@@ -89,8 +87,11 @@ class ServerConfig:
     cache types ``cache_type_k``/``cache_type_v`` (``"f16"``, ``"q8_0"``…)
     become ``--flash-attn``, ``--cache-type-k`` and ``--cache-type-v``; left
     at ``None`` the flag is omitted and the server's default applies (flash
-    attention ``auto``, ``f16`` caches). ``speculative`` holds the
-    speculative decoding flags (see :mod:`rocm_nb._options`).
+    attention ``auto``, ``f16`` caches); so are ``batch_size`` and
+    ``ubatch_size`` (``-b``, ``-ub``). ``embedding``, ``pooling`` and
+    ``reranking`` make an embeddings-only or reranking server. ``speculative``
+    holds the speculative decoding flags. :mod:`rocm_nb._options` decides all
+    of them, before the memory plan.
 
     The API key is not part of the command line (see :meth:`LlamaServer.start`).
     ``extra_args`` and ``env`` may not set the host, port or key (a
@@ -128,6 +129,10 @@ class ServerConfig:
     """Router mode (:mod:`rocm_nb.router`): serve the GGUFs in this folder, one child per model, instead of ``-m``."""
     models_max: int = 0
     """Router mode: the most models loaded at once (``--models-max``; 0: no limit)."""
+    batch_size: int | None = None
+    """``-b``, the logical batch (``None``: the server's default, 2048)."""
+    ubatch_size: int | None = None
+    """``-ub``, the micro-batch (``None``: the server's default, 512)."""
     embedding: bool = False
     pooling: str | None = None
     reranking: bool = False
@@ -168,19 +173,16 @@ class ServerConfig:
             *(["--flash-attn", self.flash_attn] if self.flash_attn else []),
             *(["--cache-type-k", self.cache_type_k] if self.cache_type_k else []),
             *(["--cache-type-v", self.cache_type_v] if self.cache_type_v else []),
-            *self._embedding_args(),
+            *(["-b", str(self.batch_size)] if self.batch_size else []),
+            *(["-ub", str(self.ubatch_size)] if self.ubatch_size else []),
+            *(["--embedding"] if self.embedding else []),
+            *(["--pooling", self.pooling] if self.pooling else []),
+            *(["--rerank"] if self.reranking else []),
             *self.speculative,
             *(["--mmproj", str(self.mmproj)] if self.mmproj else []),
             *(["--no-mmproj-offload"] if self.mmproj and not self.mmproj_offload else []),
             *self.extra_args,
         ]
-
-    def _embedding_args(self) -> list[str]:
-        """``--embedding``/``--rerank`` with batches as large as a slot's context (an input is one batch)."""
-        slot = str(max(self.ctx_size // max(self.parallel, 1), 1))
-        pooling = ["--pooling", self.pooling] if self.pooling else []
-        mode = ["--embedding", *pooling] if self.embedding else ["--rerank"] if self.reranking else []
-        return [*mode, "-ub", slot, "-b", slot] if mode else []
 
 
 def file_identity(path: Path) -> tuple[int, int, int, int]:
@@ -327,6 +329,8 @@ class LlamaServer(_ChildProcess):
         bind_attempts: int = 5,
         port_picker: Callable[[str], int] = free_port,
     ) -> None:
+        import secrets  # imported here, as http.client below: `import rocm_nb` stays cheap
+
         self.config = config
         self.api_key = secrets.token_urlsafe(24)
         self.port: int | None = None
@@ -404,6 +408,8 @@ class LlamaServer(_ChildProcess):
 
     def _healthy(self) -> bool:
         """One ``/health`` probe over plain HTTP (stdlib: no TLS set-up on the start path)."""
+        import http.client
+
         connection = http.client.HTTPConnection(connect_host(self.config.host), self.port, timeout=2.0)
         try:
             connection.request("GET", "/health")

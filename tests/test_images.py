@@ -18,6 +18,7 @@ import pytest
 from IPython.display import Image as IPythonImage
 from PIL import Image
 
+from rocm_nb._options import LoadOptions
 from rocm_nb.client.images import (
     PNG_COLOURS,
     ImageLimit,
@@ -251,3 +252,12 @@ def test_the_catalogue_vision_model_carries_its_projector() -> None:
                                                          "mmproj-SmolVLM-256M-Instruct-Q8_0.gguf")
     assert default_projector("smolvlm-256m") == "smolvlm-256m"
     assert default_projector("smollm2-135m") is None
+
+
+def test_a_raw_projector_flag_points_to_mmproj() -> None:
+    with pytest.raises(ValueError, match=r"extra_args may not contain --mmproj: .*use mmproj= instead \(the plan "
+                                         r"counts the projector"):
+        LoadOptions.of(extra_args=["--mmproj", "mmproj-model.gguf"])
+    with pytest.raises(ValueError, match=r"--no-mmproj-offload: .*use gpu_layers= instead"):
+        LoadOptions.of(extra_args=["--no-mmproj-offload"])
+    assert LoadOptions.of(mmproj=Path("mmproj.gguf")).mmproj == "mmproj.gguf"

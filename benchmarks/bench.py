@@ -373,6 +373,7 @@ def run() -> None:
             "retrieval": lambda: retrieval.bench_embeddings() + retrieval.bench_tool_loop(model),
             "logprobs": lambda: bench_logprobs(model),
             "widget_rate": lambda: __import__("widget_rate").bench_widget_rate(model),  # benchmarks/widget_rate.py
+            "vision": lambda: __import__("vision").bench_vision(),  # benchmarks/vision.py: its own tiny vision model
         }
         only = [name for name in os.environ.get("BENCH_ONLY", "").split(",") if name]
         unknown = set(only) - set(figures)

@@ -226,7 +226,7 @@ def test_load_tab_completes_library_names(shell: InteractiveShell, tmp_path: Pat
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("ROCM_NB_MODEL_DIR", str(tmp_path / "mine"))
 
-    assert completed(shell, "%rocm_load smol") == {"%rocm_load smollm2-135m"}
+    assert completed(shell, "%rocm_load smol") == {"%rocm_load smollm2-135m", "%rocm_load smolvlm-256m"}
     mine = f"{tmp_path}/mine/"
     assert f"%rocm_load --ctx 4096 {mine}local-model.gguf" in completed(shell, f"%rocm_load --ctx 4096 {mine}lo")
     # IPython splits words at ':'; the completion still gives the whole hf: name

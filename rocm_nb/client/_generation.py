@@ -113,6 +113,14 @@ class GenerationAPI:
             return with_images(listed, images, self._image_limit() if images or has_images(listed) else None)
         return messages
 
+    def _batch_prompts(self, prompts: Iterable[Prompt]) -> list[Prompt]:
+        """A batch's prompts with their images encoded: a model that takes none refuses the batch first.
+
+        Only lists of messages are touched; anything else that is not a prompt
+        fails alone, as its item's result, when its request is made.
+        """
+        return [self._messages(p, ()) if isinstance(p, list) else p for p in prompts]
+
     async def _aclient(self) -> Session:
         return self._client()
 
@@ -299,7 +307,7 @@ class GenerationAPI:
             ['Blue.', 'Apple.']
         """
         from rocm_nb.client import _batch
-        prompts = [p if isinstance(p, str) else self._messages(p, ()) for p in prompts]  # images: refused first
+        prompts = self._batch_prompts(prompts)
         jobs, checked = _batch.plan(prompts, chat=chat, options=options)  # bad options raise now, before any I/O
         client = self._client()
         client._close_held_streams()  # here: the requests go out from the batch's own thread
@@ -327,7 +335,7 @@ class GenerationAPI:
         import asyncio
 
         from rocm_nb.client import _batch
-        prompts = [p if isinstance(p, str) else self._messages(p, ()) for p in prompts]
+        prompts = self._batch_prompts(prompts)
         jobs, checked = _batch.plan(prompts, chat=chat, options=options)  # bad options raise now, before any I/O
         client = await self._aclient()
         engine = await asyncio.to_thread(client._accept, checked, {kind for kind, _ in jobs})

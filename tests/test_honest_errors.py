@@ -302,17 +302,6 @@ async def test_the_chat_panel_says_its_client_was_closed(trickle: str) -> None:
 
 # -- the magics, in an IPython shell with no model -------------------------------------------------
 
-@pytest.fixture
-def bare_shell() -> Iterator[InteractiveShell]:
-    ip = InteractiveShell.instance()
-    ip.run_line_magic("load_ext", "rocm_nb")
-    yield ip
-    found = ip.magics_manager.registry["RocmMagics"]
-    assert isinstance(found, RocmMagics)
-    found.models.clear()
-    found.current = None
-
-
 @pytest.mark.parametrize(("line", "cell", "message"), [
     ("--max-tokens 8", "   \n\t\n", "%%rocm_generate has no prompt"),
     ("--out print", "Hi", "--out print would hide Python's built-in print"),

@@ -10,6 +10,7 @@ import pytest
 
 from rocm_nb import AmbiguousModel, LocalRouter, ModelClosed
 from rocm_nb.server._registry import ServerRegistry
+from tests.support.decoding import FRESH_PROMPT
 from tests.support.processes import gone, wait_until
 
 pytestmark = pytest.mark.server
@@ -34,9 +35,9 @@ def test_a_request_without_a_model_names_both(router: LocalRouter) -> None:
 
 
 def test_both_models_route_on_every_path(router: LocalRouter) -> None:
-    a = router.chat(HI, model="smol-a", **GREEDY)
-    b = router("smol-b").chat(HI, **GREEDY)
-    assert a.text and a.text == b.text  # the same weights under two names, greedy
+    a = router.chat(HI, model="smol-a", **GREEDY, **FRESH_PROMPT)
+    b = router("smol-b").chat(HI, **GREEDY, **FRESH_PROMPT)
+    assert a.text and a.text == b.text  # the same weights under two names, greedy, each prompt computed afresh
     assert a.usage is not None and a.usage.completion_tokens > 0
     assert "".join(router("smol-b").stream("The sky is", **GREEDY))
     assert router("smol-a").tokenize("Hello") == router("smol-b").tokenize("Hello") != []

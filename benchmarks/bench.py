@@ -34,7 +34,7 @@ from rocm_nb import Completion, LocalModel
 from rocm_nb._exposure import free_port
 from rocm_nb.modelfiles.catalog import DEFAULT_MODEL, resolve_model
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support: the files the tests write and the process checks they make, written once
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support, written once for both
 
 import retrieval
 from chat_turns import bench_chat_turns

@@ -131,11 +131,11 @@ def test_format_json_validates_and_returns_the_data(shell: InteractiveShell) -> 
     assert isinstance(data["name"], str) and isinstance(data["age"], int)
     kept = shell.user_ns["stored"]  # --out stores the data instead of returning it
     assert stored is None and isinstance(kept["name"], str) and isinstance(kept["age"], int)
-    # no schema: any JSON object, as long as the model makes it. One token shows that it is one: "{}" whole,
-    # or the start of a longer one, cut off
+    # no schema: any JSON object, as long as the model makes it. One token shows that it is one: "{}" whole, or
+    # the start of a longer one, cut off (raw: on the chat endpoint the server holds back an unfinished object)
     with capture_output():
         try:
-            anything = shell.run_cell_magic("rocm_generate", "--format json --max-tokens 1 --temperature 0",
+            anything = shell.run_cell_magic("rocm_generate", "--raw --format json --max-tokens 1 --temperature 0",
                                             "Describe a cat in JSON with a name and an age.")
         except GenerationError as cut:
             anything = cut.body
@@ -146,8 +146,9 @@ def test_format_json_validates_and_returns_the_data(shell: InteractiveShell) -> 
 def test_format_json_names_what_is_wrong_and_keeps_the_raw_reply(shell: InteractiveShell) -> None:
     shell.user_ns["pet"] = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
     cut_off = r"not valid JSON: .*cut off at max_tokens"
-    with capture_output() as out, pytest.raises(GenerationError, match=cut_off) as cut:  # '{"name":""}' is 4 tokens
-        shell.run_cell_magic("rocm_generate", "--format json --json-schema pet --max-tokens 3 --temperature 0",
+    # '{"name":""}' takes 4 tokens at least; raw, as the chat endpoint holds back an unfinished object
+    with capture_output() as out, pytest.raises(GenerationError, match=cut_off) as cut:
+        shell.run_cell_magic("rocm_generate", "--raw --format json --json-schema pet --max-tokens 3 --temperature 0",
                              "Describe a pet as JSON.")
     assert cut.value.body and out.outputs[-1].data["text/plain"].startswith(cut.value.body)
     # the server's grammar cannot express multipleOf; the validation after it can. The grammar keeps n from 1 to 6,

@@ -27,14 +27,23 @@ That holds for the same request sent through two clients or two servers.
 
 Everywhere else the shapes differ: slots decoding together, speculation
 checking drafts as one batch, ``map()``, a model split over RPC workers.
-``benchmarks/batch_invariance.py`` shows what that does on this CPU: a
-continuation computed from a batch-computed prefix parts from the
-one-token-at-a-time text now and then, always where the model's two best
-tokens were nearly tied (the largest gap it measured is in
-``benchmarks/README.md``). :func:`assert_greedy_agrees` checks exactly that:
-the texts agree up to where they part, and they part only at such a near-tie.
-A stream that was mixed up with another, truncated or decoded wrongly parts
-where the model was sure, and fails.
+``benchmarks/batch_invariance.py`` shows what that does: a continuation
+computed from a batch-computed prefix parts from the one-token-at-a-time
+text now and then, always where the model's two best tokens were nearly
+tied (the gaps it measured are in ``benchmarks/README.md``).
+:func:`assert_greedy_agrees` checks exactly that: the texts agree up to
+where they part, and they part only at such a near-tie. A stream that was
+mixed up with another, truncated or decoded wrongly parts where the model
+was sure, and fails.
+
+This replaces the premise that the CPU kernels give the same logits whatever
+the batch. It held on this machine's AVX-512 kernels for the prompts tested,
+by luck: a llama-server built from the same pinned source with AVX2 and no
+AVX-512 (``GGML_NATIVE=OFF``, ``GGML_AVX512=OFF``; no ``zmm`` register in its
+code), run here, failed ``test_speculative.py[ngram]`` as the AVX2-only EPYC
+of issue 20 did. There the cell's repeat of a cached Japanese prompt was
+checked with 64 drafts in one batch of 65 rows (tiled attention), and the
+first token went to the runner-up of a tie 0.005 nats wide.
 
 GPU backends (CUDA, HIP) are not batch-invariant either, and their rounding
 differences were not measured here: there the first ``GPU_PREFIX_CHARS``
@@ -58,14 +67,15 @@ Two greedy requests with these, one at a time, run the same shapes and may be co
 REFERENCE = {"logprobs": True, "top_logprobs": 3}
 """Options for the reference run of :func:`assert_greedy_agrees`: each token with the model's three best."""
 
-NEAR_TIE = 0.1
+NEAR_TIE = 0.5
 """The largest gap, in natural-log probability, between the two best tokens where two greedy runs may part.
 
-``benchmarks/batch_invariance.py`` measured the gaps at the places where a
-batch-computed continuation parted from the one-token-at-a-time text: all of
-them far below this (``benchmarks/README.md``, "Batch shape and greedy text").
-A mixed-up or wrongly decoded stream parts where the model was sure (gaps of
-several nats).
+Measured (``benchmarks/README.md``, "Batch shape and greedy text"): where a
+batch-computed continuation parted from the one-token-at-a-time text, the
+gap was at most 0.21 nats with AVX-512 kernels and at most 0.09 with
+AVX2 kernels; a cached prompt checked with drafts parted at a gap of 0.005
+(AVX2). The median gap along a reply is about 5.5 nats, so a mixed-up or
+wrongly decoded stream, which parts where the model was sure, still fails.
 """
 
 GPU_PREFIX_CHARS = 12

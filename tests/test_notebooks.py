@@ -114,7 +114,7 @@ def executed() -> Callable[[str], NotebookNode]:
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             nbformat.write(nb, ARTIFACTS / name)
             print(f"\n{name}: executed in {elapsed:.1f} s")
-            wait_until(lambda: not servers_marked(mark[MARK]), timeout=5.0)
+            wait_until(lambda: not servers_marked(mark[MARK]))  # left alone they would serve on for good
             cache[name] = nb
         return cache[name]
 

@@ -137,7 +137,7 @@ def still_serves(server: LocalModel | Client) -> None:
     assert reply.timings is not None and reply.timings.predicted_tokens == 2, reply.timings
 
 
-def assert_decoding_stopped(server: LocalModel | Client, timeout: float = 10.0) -> float:
+def assert_decoding_stopped(server: LocalModel | Client, timeout: float = 60.0) -> float:
     """No request left in flight, and nothing decoding behind the caller's back; return the token counter.
 
     Counters, not a sleep: once ``requests_processing`` is 0 (``timeout`` only

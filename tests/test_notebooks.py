@@ -119,7 +119,7 @@ def executed(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Notebo
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             nbformat.write(nb, ARTIFACTS / name)
             print(f"\n{name}: executed in {elapsed:.1f} s")
-            wait_until(lambda: not servers_marked(mark[MARK]), timeout=5.0)
+            wait_until(lambda: not servers_marked(mark[MARK]))  # left alone they would serve on for good
             cache[name] = nb
         return cache[name]
 

@@ -201,3 +201,16 @@ def test_rocm_load_speaks_local_models_vocabulary() -> None:
         parse_args("rocm_generate", "-m small", GenerateArgs)
     with pytest.raises(UsageError, match="invalid choice: 'q3'"):
         parse_args("rocm_load", "m.gguf --cache-type q3", LoadArgs)
+
+
+def test_a_session_key_pastes_into_rocm_load_as_it_is() -> None:
+    """A per-session key never reads as an option: one that began with "-" broke `--api-key KEY` (1 run in 64)."""
+    from pathlib import Path
+
+    from rocm_nb.server import LlamaServer, ServerConfig
+
+    config = ServerConfig(Path("llama-server"), Path("m.gguf"), 512)
+    for _ in range(500):  # with URL-safe base64 keys, 500 draws miss a leading "-" once in 2,600 runs
+        key = LlamaServer(config).api_key
+        args = parse_args("rocm_load", f"--url http://127.0.0.1:1 --api-key {key}", LoadArgs)
+        assert args.api_key == key

@@ -332,7 +332,9 @@ class LlamaServer(_ChildProcess):
         import secrets  # imported here, as http.client below: `import rocm_nb` stays cheap
 
         self.config = config
-        self.api_key = secrets.token_urlsafe(24)
+        # hex, not URL-safe base64: a key that began with "-" (1 in 64) would read as an option where a user
+        # pastes it, `%rocm_load --url ... --api-key KEY` included
+        self.api_key = secrets.token_hex(24)
         self.port: int | None = None
         self.started_at: float | None = None
         self.load_seconds: float | None = None

@@ -47,15 +47,16 @@ Example:
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
-from rocm_nb._units import positive_int
+from rocm_nb._units import parse_bytes, positive_int
 from rocm_nb.binary import ServerBinary
-from rocm_nb.hardware import Hardware
-from rocm_nb.hardware._hsa import server_env
+from rocm_nb.hardware import Hardware, select_device
+from rocm_nb.hardware._hsa import VISIBILITY_ENV, server_env
 from rocm_nb.hardware._unified import UnifiedMemory, check_unified, decide
 from rocm_nb.modelfiles.catalog import ModelInfo, read_info, resolve_model
 from rocm_nb.modelfiles.fit import FitPlan, plan_load
@@ -66,8 +67,10 @@ __all__ = [
     "DEFAULT_SPECULATIVE",
     "NGRAM_FLAGS",
     "POOLINGS",
+    "REPORT_VERBOSITY",
     "SPECULATIVE_MODES",
     "context_size",
+    "device_options",
     "draft_spec",
     "kv_options",
     "plan_server",
@@ -77,6 +80,49 @@ __all__ = [
 
 DEFAULT_CTX_CAP = 8192
 """Default context size cap: min(trained context, 8192) keeps the KV cache modest."""
+
+REPORT_VERBOSITY = 4
+"""``-lv`` for servers on a GPU build: the level at which llama-server logs its offloaded layers and its buffers
+per device (what ``model.status()`` and the monitor read; :mod:`rocm_nb.binary._report`)."""
+
+
+def device_options(hardware: Hardware, binary: ServerBinary, device: int | None, gpu_memory: int | str | None,
+                   env: Mapping[str, str]) -> tuple[Hardware, int | None]:
+    """The hardware llama-server will use (only GPU ``device``, if given) and the ``gpu_memory`` cap in bytes.
+
+    Warns (:class:`UserWarning`) when the chosen devices include a software
+    Vulkan device (it runs on the CPU, slower than the CPU backend) and when
+    ``gpu_memory`` cannot apply (a CPU build); refuses a ``device`` that your
+    environment's visibility variable contradicts.
+
+    Example:
+        >>> from rocm_nb.hardware import GPU
+        >>> lavapipe = GPU(0, "llvmpipe (LLVM 15.0.6, 256 bits)", "", "mesa", 2**31, 0, False, vulkan_type="software")
+        >>> hw = Hardware("vulkan", (lavapipe,), "0", ())
+        >>> binary = ServerBinary(Path("llama-server"), "1", "vulkan", "cache", False)
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     chosen, cap = device_options(hw, binary, 0, "64MiB", {})
+        >>> cap, str(caught[0].message)[:60]
+        (67108864, 'Vulkan device 0, llvmpipe (LLVM 15.0.6, 256 bits), is a soft')
+    """
+    cap = None if gpu_memory is None else parse_bytes("gpu_memory", gpu_memory)
+    if cap is not None and binary.backend == "cpu":
+        warnings.warn(f"gpu_memory={gpu_memory!r} has no effect: {binary.path} is a CPU build, so nothing goes to a "
+                      "GPU", UserWarning, stacklevel=3)
+    chosen = select_device(hardware, device)
+    if device is not None:
+        for name in VISIBILITY_ENV.get(hardware.backend, ()):
+            if name in env and env[name] != str(device):
+                raise ValueError(f"device={device} contradicts {name}={env[name]} in your environment: drop one of "
+                                 "them (that variable already picks the GPUs llama-server sees)")
+    if binary.backend == "vulkan" and hardware.backend == "vulkan":
+        for gpu in chosen.visible_gpus:
+            if gpu.device_type == "software":
+                warnings.warn(f"Vulkan device {gpu.index}, {gpu.name}, is a software device (Mesa's lavapipe runs "
+                              "Vulkan on the CPU): expect about a second per token, slower than the CPU backend; it "
+                              "proves the GPU path, it does not speed anything up", UserWarning, stacklevel=3)
+    return chosen, cap
 
 
 SPECULATIVE_MODES = ("off", "ngram")
@@ -220,6 +266,7 @@ def plan_server(
     unified_memory: UnifiedMemory = "auto",
     speculative: str | os.PathLike[str] | None = None,
     draft_gpu_layers: int | None = None,
+    gpu_memory: int | None = None,
 ) -> tuple[FitPlan, ServerConfig]:
     """The fit plan and the server configuration for ``LocalModel``'s options (see its docstring).
 
@@ -231,7 +278,9 @@ def plan_server(
     (:mod:`rocm_nb._options`): a draft model is resolved (which may
     download it) and read here, and its memory goes into the fit plan, with
     ``draft_gpu_layers`` of its layers on the GPU (default: all; none on a CPU
-    build, which gets no ``--spec-draft-ngl``).
+    build, which gets no ``--spec-draft-ngl``). ``gpu_memory`` (bytes, from
+    :func:`device_options`) caps the GPU memory the plan may use. A GPU
+    build's server logs at :data:`REPORT_VERBOSITY`.
 
     Example:
         >>> fit, config = plan_server(info, path, binary, detect(), ctx_size=None, gpu_layers="auto",
@@ -240,6 +289,9 @@ def plan_server(
         ...                           cache_type_k=None, cache_type_v=None)  # doctest: +SKIP
     """
     flash, cache_k, cache_v = kv_options(flash_attn, cache_type, cache_type_k, cache_type_v)
+    if gpu_memory is not None and gpu_layers not in (None, "auto"):
+        raise ValueError(f"give gpu_layers= or gpu_memory=, not both: gpu_memory={gpu_memory!r} decides how many "
+                         f"layers fit, gpu_layers={gpu_layers!r} fixes them")
     if draft_gpu_layers is not None and (isinstance(draft_gpu_layers, bool) or not isinstance(draft_gpu_layers, int)
                                          or draft_gpu_layers < 0):
         raise ValueError(f"draft_gpu_layers must be an integer ≥ 0 (or None: all on a GPU), got {draft_gpu_layers!r}")
@@ -257,7 +309,7 @@ def plan_server(
         ctx_size=context_size(info, ctx_size), parallel=positive_int("parallel", parallel),
         gpu_layers=chosen_layers,
         shrink_ctx=ctx_size is None, flash_attn=flash, cache_type_k=cache_k, cache_type_v=cache_v,
-        draft=draft_info, draft_gpu_layers=draft_gpu_layers,
+        draft=draft_info, draft_gpu_layers=draft_gpu_layers, gpu_memory=gpu_memory,
     )
     draft_layers = None
     if fit.draft is not None and binary.backend != "cpu":
@@ -280,5 +332,6 @@ def plan_server(
         cache_type_k=cache_k,
         cache_type_v=cache_v,
         speculative=speculation_flags(speculative, draft_path, draft_layers),
+        log_verbosity=None if binary.backend == "cpu" else REPORT_VERBOSITY,
     )
     return fit, config

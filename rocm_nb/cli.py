@@ -17,6 +17,7 @@ import os
 import platform
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from rocm_nb import __version__
 from rocm_nb._process import running_records
@@ -25,7 +26,9 @@ from rocm_nb.binary._build import install_server
 from rocm_nb.binary._rocwmma import build_options
 from rocm_nb.binary._smoke import smoke_test
 from rocm_nb.errors import RocmNbError, describe_exit
-from rocm_nb.hardware import describe, detect
+from rocm_nb.hardware import Hardware, describe, describe_gpu, detect
+from rocm_nb.hardware._tools import run_tool
+from rocm_nb.hardware._vulkan_devices import auto_usable, vulkan_gpus
 from rocm_nb.modelfiles.catalog import CATALOGUE, DEFAULT_MODEL, models_dir, pull, read_info
 from rocm_nb.modelfiles.library import models
 
@@ -41,6 +44,9 @@ def _doctor(args: argparse.Namespace) -> int:
         print(f"  {line}")
     if os.environ.get("HSA_OVERRIDE_GFX_VERSION"):
         print(f"  HSA_OVERRIDE_GFX_VERSION={os.environ['HSA_OVERRIDE_GFX_VERSION']} is set: llama-server inherits it")
+    print("\nVulkan")
+    for line in _vulkan(hardware):
+        print(f"  {line}")
     print("\nllama-server")
     try:
         binary = find_server()
@@ -76,6 +82,25 @@ def _doctor(args: argparse.Namespace) -> int:
     return 0 if not problems else 1
 
 
+def _vulkan(hardware: Hardware) -> list[str]:
+    """Every Vulkan device vulkaninfo lists, with its type and memory, and whether rocm_nb would choose it."""
+    gpus, source = vulkan_gpus(run_tool)
+    if not gpus:
+        return [source]
+    lines = []
+    for gpu in gpus:
+        if not auto_usable(gpu):
+            why = (f"never auto-selected: a {gpu.device_type} device"
+                   + (" runs on the CPU, slower than the CPU backend" if gpu.device_type == "software" else "")
+                   + "; LocalModel(..., backend='vulkan') or ROCM_NB_BACKEND=vulkan uses it, with a warning")
+        elif hardware.backend == "vulkan":
+            why = "used: the Vulkan backend is this machine's"
+        else:
+            why = f"not used: the {hardware.backend} backend serves this machine; backend='vulkan' would use it"
+        lines += [describe_gpu(gpu), f"  {why}"]
+    return [*lines, f"(read from {source})"]
+
+
 def _smoke(binary: ServerBinary) -> int:
     """Smoke-test the binary doctor found (load a tiny model, decode, check); 1 if it failed."""
     manifest = binary.path.with_name("manifest.json")
@@ -97,7 +122,8 @@ def _smoke(binary: ServerBinary) -> int:
 
 def _install(args: argparse.Namespace) -> int:
     binary = install_server(args.backend, rpc=args.rpc, force=args.rebuild, portable=args.portable,
-                            jobs=args.jobs, rocwmma_fattn=args.rocwmma_fattn)
+                            jobs=args.jobs, rocwmma_fattn=args.rocwmma_fattn, vulkan_headers=args.vulkan_headers,
+                            fetch_vulkan_headers=args.fetch_vulkan_headers)
     print(f"llama-server ready: {binary.path} ({binary.backend}, {binary.version})")
     return 0
 
@@ -136,6 +162,12 @@ def _parser() -> argparse.ArgumentParser:
                          help="build for a baseline CPU (AVX2/FMA/F16C, or SSE4.2) rather than this CPU only")
     install.add_argument("--rocwmma-fattn", action="store_true",
                          help="ROCm on RDNA3+ or CDNA: flash attention with rocWMMA (-DGGML_HIP_ROCWMMA_FATTN=ON)")
+    install.add_argument("--vulkan-headers", type=Path, default=None, metavar="DIR",
+                         help="Vulkan: headers 1.3.272 or later to build with (a folder holding vulkan/vulkan_core.h, "
+                              "or a prefix with include/ or usr/include/)")
+    install.add_argument("--fetch-vulkan-headers", action="store_true",
+                         help="Vulkan: if no headers new enough are found, fetch Debian 13's libvulkan-dev into the "
+                              "rocm_nb cache (apt-get download; nothing is installed system-wide)")
     install.add_argument("-j", "--jobs", type=int, default=None, help="parallel build jobs")
     install.set_defaults(run=_install)
 

@@ -32,6 +32,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Literal, Unpack
 
 import psutil
@@ -39,7 +40,7 @@ import psutil
 from rocm_nb._callbacks import CloseCallbacks
 from rocm_nb._exposure import check_extra_args, is_loopback
 from rocm_nb._lease import ModelState, OwnServer, ServerLease
-from rocm_nb._options import DEFAULT_SPECULATIVE, plan_server, server_mode
+from rocm_nb._options import DEFAULT_SPECULATIVE, device_options, plan_server, server_mode
 from rocm_nb.binary import ServerBinary, find_server
 from rocm_nb.client import Client
 from rocm_nb.client._generation import GenerationAPI
@@ -53,7 +54,7 @@ from rocm_nb.errors import (
     describe_exit,
     with_notes,
 )
-from rocm_nb.hardware import Backend, Hardware, detect
+from rocm_nb.hardware import Backend, GpuUsage, Hardware, detect, device_names, forced_backend, gpu_usage
 from rocm_nb.hardware._unified import UnifiedMemory
 from rocm_nb.modelfiles.catalog import DEFAULT_MODEL, ModelInfo, read_info, resolve_model
 from rocm_nb.modelfiles.fit import FitPlan
@@ -61,7 +62,6 @@ from rocm_nb.server import LlamaServer, LoadProgress, ServerConfig
 from rocm_nb.server._registry import ServerRegistry, default_registry
 
 if TYPE_CHECKING:
-    from rocm_nb.hardware import GpuUsage
     from rocm_nb.notebook.chat import ChatPanel
     from rocm_nb.notebook.monitor import GpuMonitor
 
@@ -76,6 +76,27 @@ def running_servers() -> list[LlamaServer]:
         [12345]
     """
     return default_registry.running()
+
+
+def _binary_for(server: str | os.PathLike[str] | None, hardware: Hardware | None,
+                wanted: Backend | None) -> tuple[ServerBinary, Hardware]:
+    """The llama-server build to run and the hardware it runs on: this machine's backend, or the one asked for.
+
+    A Vulkan build is found first when Vulkan is asked for, so that its
+    ``--list-devices`` can stand in for a missing ``vulkaninfo``. A backend
+    asked for that this machine cannot serve is a :class:`ValueError`.
+    """
+    if wanted == "vulkan" and hardware is None:
+        binary = find_server(server, backend="vulkan", strict=True)
+        found = detect(backend="vulkan", vulkan_server=binary.path)
+    else:
+        found = hardware if hardware is not None else detect(backend=wanted)
+        binary = find_server(server, backend=found.backend, strict=wanted is not None)
+    if wanted is not None and found.backend != wanted:
+        raise ValueError(f"backend={wanted!r} was asked for, but this machine has no device for it: "
+                         f"{'; '.join(found.notes)}. Next step: `rocm-nb doctor` shows what was found; leave "
+                         "backend= out to use this machine's")
+    return binary, found
 
 
 class LocalModel(OwnServer, GenerationAPI):
@@ -126,6 +147,17 @@ class LocalModel(OwnServer, GenerationAPI):
             many drafted tokens were kept.
         draft_gpu_layers: the draft model's layers on the GPU (default: all on
             a GPU backend, none on the CPU); its memory counts in :attr:`fit`.
+        backend: ``"rocm"``, ``"cuda"``, ``"vulkan"`` or ``"cpu"`` to choose the
+            backend instead of detecting it (``$ROCM_NB_BACKEND`` does the same);
+            the llama-server build for it must be installed (``rocm-nb server
+            install --backend vulkan``). A software Vulkan device (Mesa's
+            lavapipe) is used only this way, with a :class:`UserWarning`: it
+            runs on the CPU, slower than the CPU backend (docs/vulkan.md).
+        device: the index of the one GPU to use where there are several (its
+            HIP, CUDA or Vulkan index, as ``rocm-nb doctor`` lists them).
+        gpu_memory: the most GPU memory this model may take, such as
+            ``"6GiB"`` or ``"64MiB"`` (room for your other GPU work): the plan
+            offloads only the layers that fit in it.
         timeout: longest silence tolerated while reading a stream (s).
         start_timeout: how long loading may take (s).
         embedding, pooling, reranking: an embeddings-only server (``embedding=True``,
@@ -174,6 +206,9 @@ class LocalModel(OwnServer, GenerationAPI):
         reranking: bool = False,
         speculative: str | os.PathLike[str] = DEFAULT_SPECULATIVE,
         draft_gpu_layers: int | None = None,
+        backend: Backend | None = None,
+        device: int | None = None,
+        gpu_memory: int | str | None = None,
     ) -> None:
         extra = check_extra_args(extra_args)  # before anything is resolved, downloaded or started
         if not is_loopback(host):
@@ -184,13 +219,14 @@ class LocalModel(OwnServer, GenerationAPI):
         self.path = resolve_model(model)
         self.info: ModelInfo = read_info(self.path)
         """GGUF metadata: architecture, parameters, quantisation, context, chat template."""
-        self.binary: ServerBinary = find_server(server)
-        self.hardware: Hardware = hardware if hardware is not None else detect()
+        self.binary, found = _binary_for(server, hardware, forced_backend(backend))
+        self.hardware: Hardware
+        self.hardware, cap = device_options(found, self.binary, device, gpu_memory, {**os.environ, **(env or {})})
         plan = plan_server(self.info, self.path, self.binary, self.hardware, ctx_size=ctx_size,
                            gpu_layers=gpu_layers, parallel=parallel, extra_args=extra, env=env, host=host,
                            rpc=rpc, hsa_override=hsa_override, flash_attn=flash_attn, cache_type=cache_type,
                            cache_type_k=cache_type_k, cache_type_v=cache_type_v, unified_memory=unified_memory,
-                           speculative=speculative, draft_gpu_layers=draft_gpu_layers)
+                           speculative=speculative, draft_gpu_layers=draft_gpu_layers, gpu_memory=cap)
         self.fit: FitPlan = plan[0]
         """The memory estimate and the offload decision (``model.fit.note`` says it in one sentence)."""
         self.config: ServerConfig = server_mode(plan[1], embedding=embedding, pooling=pooling, reranking=reranking,
@@ -345,12 +381,18 @@ class LocalModel(OwnServer, GenerationAPI):
     def status(self) -> ServerStatus:
         """What ``%rocm_status`` shows: process, backend, memory (measured and estimated), speed.
 
+        On a GPU build the layers offloaded and the GPU memory allocated are
+        the server's own report (its log at ``-lv 4``: ``offloaded N/M
+        layers``, its buffers per device), beside the plan's estimate.
+
         Example:
             >>> model.status().state  # doctest: +SKIP
             'running'
         """
         server = self._server
         running = server is not None and server.alive
+        report = server.memory_report() if server is not None else None
+        gpus = report.gpu_devices if report is not None else ()
         rss = decode_tps = None
         if running and server is not None and server.pid is not None:
             with contextlib.suppress(psutil.Error):
@@ -372,11 +414,34 @@ class LocalModel(OwnServer, GenerationAPI):
             rss_bytes=rss,
             estimate_bytes=self.fit.estimate.ram,
             estimate_vram_bytes=self.fit.estimate.vram,
+            offloaded_layers=report.offloaded_layers if report is not None and gpus else None,
+            layers=report.layers if report is not None and gpus else None,
+            vram_bytes=report.vram_bytes if report is not None and gpus else None,
+            projected_vram_bytes=report.projected_vram_bytes if report is not None else None,
+            vram_total_bytes=sum(g.vram_total or 0 for g in self.hardware.visible_gpus) or None,
             decode_tps=decode_tps,
             rpc=self.config.rpc,
             error=(f"llama-server {describe_exit(server.returncode, loading=False)[0]}"
                    if self.state is ModelState.CRASHED and server is not None else None),
         )
+
+    def gpu_usage(self) -> list[GpuUsage]:
+        """Each GPU's memory now, as :func:`~rocm_nb.hardware.gpu_usage` reads it; where it can read none (a
+        Vulkan device without sysfs, such as lavapipe), what this model's server reported allocating there.
+
+        Example:
+            >>> [(u.name, u.vram_used, u.source) for u in model.gpu_usage()]  # doctest: +SKIP
+            [('llvmpipe (LLVM 15.0.6, 256 bits)', 133431787, "this model's buffers (llama-server's report); ...")]
+        """
+        usage = gpu_usage(self.hardware)
+        server = self._server
+        if server is None or not server.alive:
+            return usage
+        allocated = {device.device: device.total for device in server.memory_report().gpu_devices}
+        by_gpu = {gpu.index: allocated[name] for name, gpu in device_names(self.hardware).items() if name in allocated}
+        return [replace(u, vram_used=by_gpu[u.index], source="this model's buffers (llama-server's report)"
+                        + (f"; {u.source}" if u.source else "")) if u.vram_used is None and u.index in by_gpu else u
+                for u in usage]
 
     def monitor(
         self,
@@ -400,7 +465,8 @@ class LocalModel(OwnServer, GenerationAPI):
 
         if self.state is ModelState.CLOSED:
             raise self._closed_error()
-        return GpuMonitor(self, interval=interval, idle_interval=idle_interval, gpus=gpus)
+        return GpuMonitor(self, interval=interval, idle_interval=idle_interval,
+                          gpus=gpus if gpus is not None else self.gpu_usage)
 
     def panel(self, *, system: str = "", show_probs: bool = False, **options: Unpack[Options]) -> ChatPanel:
         """A chat panel (ipywidgets) on this model: history, Send, Stop, Clear, stats; ``show_probs`` shades tokens.

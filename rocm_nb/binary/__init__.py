@@ -16,7 +16,11 @@ cache holds one install per backend and kind of CPU::
 A cache install is used only on a CPU that has every feature its manifest
 says the build assumed (``cpu_features``); installs made for another CPU, and
 installs from before rocm_nb recorded features, are skipped and said so.
-Native installs come before portable ones, newer before older.
+Native installs come before portable ones, newer before older. A cache holds
+one install per backend (the backend is part of the name): ``find_server``
+takes the install of the backend asked for (this machine's, for
+``LocalModel``), and a CPU install where no GPU build is there; never a GPU
+build the caller did not ask for.
 
 Example:
     >>> binary = find_server()  # doctest: +SKIP
@@ -37,7 +41,7 @@ from typing import NamedTuple, cast, get_args
 
 from rocm_nb._paths import cache_root
 from rocm_nb.errors import BinaryNotFound
-from rocm_nb.hardware import Backend
+from rocm_nb.hardware import Backend, detect
 from rocm_nb.hardware._cpu import missing, this_cpu
 
 __all__ = ["LLAMA_CPP_PYTHON_VERSION", "ServerBinary", "find_server"]
@@ -108,14 +112,18 @@ class Install(NamedTuple):
 
 def find_server(
     server: str | os.PathLike[str] | None = None, *, environ: Mapping[str, str] | None = None,
-    cpu: frozenset[str] | None = None,
+    cpu: frozenset[str] | None = None, backend: Backend | None = None, strict: bool = False,
 ) -> ServerBinary:
     """Return a working ``llama-server``: the argument, ``$ROCM_NB_LLAMA_SERVER``, the cache, then ``$PATH``.
 
     A binary named by the argument or the environment variable must work: if it
     does not, :class:`BinaryNotFound` says why rather than falling back. Cache
     installs built for CPU features this machine lacks are skipped (``cpu``,
-    default this CPU's features, is a seam for tests).
+    default this CPU's features, is a seam for tests). From the cache comes
+    the install for ``backend`` (default: this machine's,
+    :func:`~rocm_nb.hardware.detect`), else (unless ``strict``: the backend
+    was asked for by name) a CPU install; from ``$PATH``, any build unless
+    ``strict``.
 
     Example:
         >>> find_server("/opt/llama.cpp/build/bin/llama-server").source  # doctest: +SKIP
@@ -131,6 +139,12 @@ def find_server(
     servers = cache_root(env) / "servers"
     usable, skipped = scan(servers, this_cpu() if cpu is None else cpu)
     tried += [f"the rocm_nb cache: {reason}" for reason in skipped]
+    backend = backend or detect(environ=env).backend
+    wanted = (backend,) if strict or backend == "cpu" else (backend, "cpu")
+    others = sorted({install.backend for install in usable} - set(wanted))
+    if others:
+        tried.append(f"the rocm_nb cache: {', '.join(others)} install(s) not used: the {backend} backend was asked for")
+    usable = sorted((i for i in usable if i.backend in wanted), key=lambda install: wanted.index(install.backend))
     for install in usable:
         try:
             return from_install(install, env)
@@ -144,13 +158,17 @@ def find_server(
         tried.append("$PATH: no llama-server on it")
     else:
         try:
-            return _probe(Path(on_path), "PATH", env)
+            found = _probe(Path(on_path), "PATH", env)
+            if found.backend in wanted or not strict:
+                return found
+            tried.append(f"$PATH: {on_path} is a {found.backend} build, not {' or '.join(wanted)}")
         except Unusable as exc:
             tried.append(f"$PATH: {on_path} {exc}")
+    command = "rocm-nb server install" + ("" if backend == "cpu" and not strict else f" --backend {backend}")
     raise BinaryNotFound(
-        "No usable llama-server was found. Tried:\n"
+        f"No usable llama-server{'' if backend == 'cpu' else f' for the {backend} backend'} was found. Tried:\n"
         + "".join(f"  - {line}\n" for line in tried)
-        + "Next step: run `rocm-nb server install` (or rocm_nb.install_server() in Python) to build one for "
+        + f"Next step: run `{command}` (or rocm_nb.install_server() in Python) to build one for "
         f"this machine, or set {_ENV_VAR}=/path/to/llama-server to use one you already have."
     )
 

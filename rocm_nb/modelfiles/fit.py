@@ -101,6 +101,7 @@ def plan(
     margin: int = GPU_MARGIN,
     memory: str = "VRAM",
     draft: MemoryEstimate | None = None,
+    cap: int | None = None,
 ) -> FitPlan:
     """Choose ``gpu_layers`` (and, if allowed, a smaller context) that fit the free VRAM.
 
@@ -114,7 +115,9 @@ def plan(
     what ``free_vram_bytes`` counts in the note (an APU's "carve-out + GTT").
     A ``draft`` model's estimate (speculative decoding) is set aside first:
     its VRAM leaves less for the main model's layers, its RAM counts in the
-    check, and the note says how much it takes.
+    check, and the note says how much it takes. ``cap`` (``gpu_memory=``)
+    is the most GPU memory the model may take, whatever is free: the budget
+    is the smaller of the two, and the note says which one decided.
 
     Example:
         >>> p = plan(info, 6 * 2**30, ctx_size=8192)  # doctest: +SKIP
@@ -134,6 +137,9 @@ def plan(
     if free_ram_bytes is not None:
         free_ram_bytes = max(0, free_ram_bytes - draft_ram)
     budget = None if free_vram_bytes is None else free_vram_bytes - margin
+    if cap is not None and (budget is None or cap < budget):
+        budget, margin = cap, 0
+        free_vram_bytes, memory = cap, f"{memory} that gpu_memory={human_bytes(cap)} allows"
     free = "" if free_vram_bytes is None else human_bytes(free_vram_bytes)
     ctx = ctx_size
     if gpu_layers is not None:
@@ -170,15 +176,15 @@ def plan(
             whole = chosen.vram
             chosen = fitting(_largest_fit(fitting, layers, ctx, budget), ctx)
             lowered = f" at ctx_size {ctx} (lowered from {ctx_size})" if ctx != ctx_size else ""
+            kept = f", and {human_bytes(margin)} is kept free" if margin else ""
             if chosen.gpu_layers == 0:
                 note = (f"none of {info.name}'s layers fit in the {free} of free {memory} (all {layers} need "
-                        f"{human_bytes(whole)}, and {human_bytes(margin)} is kept free){lowered}: "
-                        "it runs on the CPU, slowly")
+                        f"{human_bytes(whole)}{kept}){lowered}: it runs on the CPU, slowly")
             else:
                 note = (f"only {chosen.gpu_layers} of {layers} layers of {info.name} fit in the {free} of free "
-                        f"{memory} (all need {human_bytes(whole)}, and {human_bytes(margin)} is kept free){lowered}: "
-                        f"gpu_layers={chosen.gpu_layers}, the rest run on the CPU, more slowly; a smaller "
-                        "ctx_size or quantisation lets more layers fit")
+                        f"{memory} (all need {human_bytes(whole)}{kept}){lowered}: gpu_layers={chosen.gpu_layers} "
+                        "(about " + human_bytes(chosen.vram) + " on the GPU), the rest run on the CPU, more slowly; "
+                        "a smaller ctx_size or quantisation lets more layers fit")
     if free_ram_bytes is not None and chosen.ram > free_ram_bytes:
         fits = False
         note += (f"; and the {human_bytes(chosen.ram)} it needs in RAM is more than the {human_bytes(free_ram_bytes)} "
@@ -232,6 +238,7 @@ def plan_load(
     unified_memory: UnifiedMemory = "auto",
     draft: ModelInfo | None = None,
     draft_gpu_layers: int | None = None,
+    gpu_memory: int | None = None,
 ) -> FitPlan:
     """:func:`plan` for this machine, as ``LocalModel`` asks it.
 
@@ -248,7 +255,8 @@ def plan_load(
     (llama-server gives the draft the main model's context), with
     ``draft_gpu_layers`` of its layers on the GPU (default: all of them, none
     on a CPU build), f16 caches and no runtime of its own (it shares the
-    server's process); :func:`plan` sets it aside first.
+    server's process); :func:`plan` sets it aside first. ``gpu_memory`` caps
+    the GPU memory the load may take (see :func:`plan`'s ``cap``).
 
     Example:
         >>> p = plan_load(info, Hardware("cpu", (), None, ()), "cpu", ctx_size=8192)  # doctest: +SKIP
@@ -271,7 +279,8 @@ def plan_load(
                 memory: str = "VRAM") -> FitPlan:
         return plan(info, free_vram_bytes, ctx_size=ctx_size, parallel=parallel, gpu_layers=layers,
                     shrink_ctx=shrink, flash_attn=flash_attn, cache_type_k=cache_type_k or "f16",
-                    cache_type_v=cache_type_v or "f16", free_ram_bytes=ram, memory=memory, draft=draft_share)
+                    cache_type_v=cache_type_v or "f16", free_ram_bytes=ram, memory=memory, draft=draft_share,
+                    cap=gpu_memory)
 
     if backend == "cpu":
         return planned(None, 0)

@@ -23,6 +23,7 @@ from rocm_nb._extras import needs_extra
 from rocm_nb._options import DEFAULT_SPECULATIVE
 from rocm_nb.client.completion import Message
 from rocm_nb.client.request import Options, check_options
+from rocm_nb.hardware import Backend
 from rocm_nb.modelfiles.catalog import DEFAULT_MODEL
 from rocm_nb.notebook._format import FORMATS, Format
 
@@ -144,6 +145,9 @@ class LoadArgs:
     max_loaded: int = 1
     speculative: str = DEFAULT_SPECULATIVE
     draft_gpu_layers: int | None = None
+    backend: Backend | None = None
+    device: int | None = None
+    gpu_memory: str | None = None
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 ``%load_ext rocm_nb`` registers:
 
 * ``%rocm_load MODEL [--ctx N] [--gpu-layers N|auto] [--name ALIAS] [--server PATH]
+  [--backend rocm|cuda|vulkan|cpu] [--device N] [--gpu-memory SIZE]
   [--speculative off|ngram|DRAFT] [--draft-gpu-layers N] [-- ARGS]``
 * ``%%rocm_generate [options]`` — the cell is the prompt; ``{name}`` is filled
   from the user namespace (``{{`` and ``}}`` for literal braces)
@@ -211,9 +212,12 @@ class RocmMagics(Magics):
         if old is not None:
             old.close()
         layers = model.info.block_count
+        status = model.status()
         offload = (
-            f"{model.config.gpu_layers} of {layers + 1 if layers else '?'} layers on the GPU"
-            if model.backend != "cpu" else "CPU only"
+            "CPU only" if model.backend == "cpu"
+            else f"{status.offloaded_layers} of {status.layers} layers on the GPU (the server's report)"
+            if status.offloaded_layers is not None
+            else f"{model.config.gpu_layers} of {layers + 1 if layers else '?'} layers on the GPU"
         )
         publish({"text/plain": (
             f"✓ {alias}: {model.info.summary()}\n"
@@ -246,6 +250,10 @@ class RocmMagics(Magics):
                    f"(default {DEFAULT_SPECULATIVE}; the server verifies every draft)")
     @argument("--draft-gpu-layers", type=int, default=None,
               help="the draft model's layers on the GPU (default: all on a GPU, none on the CPU)")
+    @argument("--backend", choices=["rocm", "cuda", "vulkan", "cpu"], default=None,
+              help="the backend to use instead of this machine's (vulkan also runs on Mesa's software device)")
+    @argument("--device", type=int, default=None, help="the one GPU to use: its HIP, CUDA or Vulkan index")
+    @argument("--gpu-memory", default=None, help="the most GPU memory the model may take, e.g. 6GiB or 64MiB")
     @line_magic
     def rocm_load(self, line: str) -> None:
         """Start (or reuse) a model and make it the current one.
@@ -289,6 +297,9 @@ class RocmMagics(Magics):
             rpc=args.rpc or (),
             speculative=args.speculative,
             draft_gpu_layers=args.draft_gpu_layers,
+            backend=args.backend,
+            device=args.device,
+            gpu_memory=args.gpu_memory,
         )
 
     @magic_arguments()

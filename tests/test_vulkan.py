@@ -33,13 +33,15 @@ from rocm_nb.binary._vulkan_sdk import fetch_debian_headers
 from rocm_nb.cli import main
 from rocm_nb.hardware import detect
 from rocm_nb.hardware._vulkan import version_in
+from tests.support.metrics import busy_slots
 
 pytestmark = pytest.mark.vulkan
 
 CTX = 512
 LAVAPIPE = re.compile(r"^llvmpipe \(LLVM [\d.]+, \d+ bits\)$")
-PROMPTS = ("The capital of France is", "1, 2, 3, 4,", "Water is made of")
-"""Short prompts (a handful of tokens each: prefill runs at about a token a second on lavapipe)."""
+PROMPTS = ("The capital of France is", "Once upon a time", "The sun rises in the")
+"""Short prompts (a handful of tokens each: prefill runs at about a token a second on lavapipe) whose greedy texts
+part between the backends within six tokens (measured), so the test sees how they part."""
 
 
 def load(**options: object) -> LocalModel:
@@ -157,28 +159,36 @@ def test_the_monitor_shows_the_device_memory_the_server_reported(vulkan: LocalMo
 
 
 def test_greedy_text_agrees_with_the_cpu_backend(vulkan: LocalModel, cpu: LocalModel) -> None:
-    """The first tokens of fixed prompts are the same; along the CPU's continuation, the device's top-1 agrees."""
-    agree = total = 0
+    """The same first tokens; where the two greedy texts part, it is a swap of two near-tied candidates.
+
+    Measured on lavapipe (docs/vulkan.md): the backends' log-probabilities
+    differ by up to about 0.2 nats, so a CPU top-1 that leads its runner-up by
+    less than that may lose on the device. Each prompt here parts within six
+    tokens, always as such a swap.
+    """
     for prompt in PROMPTS:
-        reference = cpu.generate(prompt, max_tokens=6, temperature=0, logprobs=True)
-        device = vulkan.generate(prompt, max_tokens=6, temperature=0, logprobs=True)
-        assert reference.tokens and device.tokens
-        assert device.tokens[0].text == reference.tokens[0].text, prompt
-        for ours, theirs in zip(device.tokens, reference.tokens, strict=True):
-            total += 1
-            agree += ours.text == theirs.text
-            if ours.text != theirs.text:
-                break
-    assert agree / total >= 0.8, f"{agree} of {total} tokens agree"
-    assert vulkan.generate("The capital of France is", max_tokens=2, temperature=0).text.startswith(" Paris")
+        reference = cpu.generate(prompt, max_tokens=6, temperature=0, logprobs=True).tokens
+        device = vulkan.generate(prompt, max_tokens=6, temperature=0, logprobs=True).tokens
+        assert reference and device and len(reference) == len(device) == 6
+        same = [a.text == b.text for a, b in zip(reference, device, strict=True)]
+        k = same.index(False) if False in same else len(same)
+        assert k >= 1, f"{prompt!r}: the first token differs: {reference[0].text!r} vs {device[0].text!r}"
+        if k < len(same):
+            for ours, theirs in ((device[k], reference[k]), (reference[k], device[k])):
+                (first, lead), (second, runner_up) = ours.top[:2]
+                assert (first, second) == (ours.text, theirs.text), f"{prompt!r} token {k}: not a swap of the top two"
+                assert lead - runner_up < 0.5, f"{prompt!r} token {k}: {lead - runner_up:.2f} nats apart"
+    assert cpu.generate("The capital of France is", max_tokens=2, temperature=0).text == " Paris."
+    assert vulkan.generate("The capital of France is", max_tokens=2, temperature=0).text == " Paris."
 
 
 def test_streaming_chat_and_logprobs_on_the_device(vulkan: LocalModel) -> None:
     pieces = list(vulkan.stream("The capital of France is", max_tokens=4, temperature=0))
     whole = vulkan.generate("The capital of France is", max_tokens=4, temperature=0)
     assert len(pieces) >= 2 and "".join(pieces) == whole.text
-    reply = vulkan.chat([{"role": "user", "content": "Say hi."}], max_tokens=4, temperature=0, logprobs=True,
-                        top_logprobs=2)
+    reply = vulkan.chat([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi."}],
+                        max_tokens=4, temperature=0, logprobs=True, top_logprobs=2)  # a short system prompt:
+    # prefill costs about a second a token here, and the template's default one is about 20 tokens
     assert reply.text and reply.finish_reason in ("stop", "length") and reply.tokens
     for token in reply.tokens:
         assert token.top[0][0] == token.text and math.isclose(token.top[0][1], token.logprob, abs_tol=1e-4)
@@ -186,9 +196,11 @@ def test_streaming_chat_and_logprobs_on_the_device(vulkan: LocalModel) -> None:
 
 
 def test_map_runs_over_the_devices_slots(vulkan: LocalModel) -> None:
-    results = vulkan.map(["Name a colour.", "Name a fruit."], max_tokens=3, temperature=0, progress=False)
+    before = vulkan.metrics()
+    results = vulkan.map(["Red, green and", "Apples, pears and"], chat=False, max_tokens=3, temperature=0,
+                         progress=False)
     assert all(isinstance(r, Completion) and r.text for r in results)
-    assert vulkan.metrics().get("llamacpp:n_decode_total", 0) > 0
+    assert busy_slots(vulkan, before) > 1.5  # both slots decoded together, on the device
 
 
 def test_embeddings_on_the_device_match_the_cpus() -> None:
@@ -210,6 +222,6 @@ def test_debian_13_headers_are_fetched_without_touching_the_systems_apt(tmp_path
     lists = sorted(p.name for p in Path("/var/lib/apt/lists").iterdir())
     status = Path("/var/lib/dpkg/status").stat().st_mtime_ns
     include = fetch_debian_headers({**os.environ, "ROCM_NB_CACHE": str(tmp_path / "cache")})
-    assert version_in(include) == 309 and (include.parents[1] / "lib").is_dir()
+    assert version_in(include) == 309 and (include.parent / "lib").is_dir()
     assert sorted(p.name for p in Path("/var/lib/apt/lists").iterdir()) == lists
     assert Path("/var/lib/dpkg/status").stat().st_mtime_ns == status  # nothing was installed system-wide

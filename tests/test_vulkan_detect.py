@@ -19,6 +19,7 @@ import pytest
 from rocm_nb._options import device_options
 from rocm_nb._units import human_bytes
 from rocm_nb.binary import ServerBinary
+from rocm_nb.binary._report import parse_report
 from rocm_nb.binary._smoke import write_smoke_model
 from rocm_nb.hardware import GPU, Hardware, describe, detect, device_names, forced_backend, select_device
 from rocm_nb.hardware._hsa import server_env
@@ -193,3 +194,21 @@ def test_a_gpu_without_a_live_reading_keeps_its_total_and_says_where_it_comes_fr
     [usage] = gpu_usage(Hardware("vulkan", (lavapipe,), "0", ()), root=Path("/nonexistent"))
     assert (usage.vram_used, usage.vram_total, usage.source) == (None, 2 * GIB, "total from vulkaninfo")
     assert GPU(0, "x", "", "amd", None, None, False).device_type == "discrete"
+
+
+def test_the_servers_own_report_is_read_from_its_log() -> None:
+    """Recorded logs (tests/fixtures/server-logs/SOURCES.md): lavapipe with every layer, and the CPU build."""
+    logs = FIXTURES.parent / "server-logs"
+    vulkan = parse_report((logs / "vulkan-lavapipe-smollm2-lv4.log").read_text().splitlines())
+    assert (vulkan.offloaded_layers, vulkan.layers) == (31, 31)
+    [device] = vulkan.gpu_devices
+    assert device.device == "Vulkan0"
+    assert [round(device.bytes_of(kind) / MIB, 2) for kind in ("model", "KV", "compute")] == [92.10, 22.50, 12.26]
+    assert vulkan.vram_bytes == device.total  # Vulkan_Host and CPU_Mapped buffers are host memory
+    [projected] = vulkan.projected  # the --fit projection before loading, not the table printed at exit
+    assert (projected.device, projected.description) == ("Vulkan0", LAVAPIPE)
+    assert (projected.total, projected.self, projected.model, projected.context, projected.compute) == (
+        2048 * MIB, 126 * MIB, 92 * MIB, 22 * MIB, 12 * MIB)
+    cpu = parse_report((logs / "cpu-smollm2-lv4.log").read_text().splitlines())
+    assert cpu.offloaded_layers == 31 and cpu.complete  # a CPU build says "offloaded" too: its "GPU" is the CPU
+    assert cpu.gpu_devices == () and cpu.vram_bytes == 0 and cpu.projected_vram_bytes is None

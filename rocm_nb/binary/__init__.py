@@ -61,7 +61,7 @@ MANIFEST = "manifest.json"
 _PROBE_TIMEOUT = 15.0
 _DEVICE_PREFIXES: tuple[tuple[str, Backend], ...] = (("ROCm", "rocm"), ("CUDA", "cuda"), ("Vulkan", "vulkan"))
 
-# (path, mtime_ns, flag) -> what the binary printed; a binary is asked once per process.
+# (path, mtime_ns, flag and device visibility) -> what the binary printed; asked once per process.
 _probed: dict[tuple[str, int, str], str] = {}
 
 
@@ -243,27 +243,36 @@ def version_of(path: Path, env: Mapping[str, str]) -> str:
 
 
 def _device_backend(path: Path, env: Mapping[str, str]) -> Backend:
-    """The backend of a build from its ``--list-devices`` (``ROCm0: ...`` → rocm); ``cpu`` if none."""
-    try:
-        output = _ask(path, "--list-devices", env)
-    except Unusable:
-        return "cpu"
-    for line in output.splitlines():
-        for prefix, backend in _DEVICE_PREFIXES:
-            if line.strip().startswith(prefix):
-                return backend
+    """The backend of a build from its ``--list-devices`` (``ROCm0: ...`` → rocm); ``cpu`` if none.
+
+    A Vulkan build lists no device on a machine whose only Vulkan device is a
+    software one (llama.cpp ignores those unless ``GGML_VK_VISIBLE_DEVICES``
+    names them), so a build that lists none is asked again with device 0
+    made visible: a Vulkan build then shows it, or says the index is invalid.
+    """
+    for extra in ({}, {"GGML_VK_VISIBLE_DEVICES": "0"}):
+        try:
+            output = _ask(path, "--list-devices", {**env, **extra})
+        except Unusable:
+            return "cpu"
+        for line in output.splitlines():
+            for prefix, backend in _DEVICE_PREFIXES:
+                if line.strip().startswith(prefix):
+                    return backend
+        if "Vulkan device index" in output:
+            return "vulkan"
     return "cpu"
 
 
 def _ask(path: Path, flag: str, env: Mapping[str, str]) -> str:
-    """Run ``path flag`` once per process (per binary and mtime); return stdout and stderr."""
+    """Run ``path flag`` once per process (per binary, mtime and device visibility); return stdout and stderr."""
     if not path.exists():
         raise Unusable("does not exist")
     if path.is_dir():
         raise Unusable("is a directory; name the llama-server program inside it")
     if not os.access(path, os.X_OK):
         raise Unusable(f"is not executable (chmod +x {path})")
-    key = (str(path), path.stat().st_mtime_ns, flag)
+    key = (str(path), path.stat().st_mtime_ns, f"{flag} {env.get('GGML_VK_VISIBLE_DEVICES', '')}")
     if key not in _probed:
         try:
             done = subprocess.run([str(path), flag], capture_output=True, text=True, errors="replace",

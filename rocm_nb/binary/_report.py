@@ -47,8 +47,8 @@ __all__ = ["DeviceBuffers", "MemoryReport", "Projection", "offload_counts", "par
 _OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
 _BUFFER = re.compile(r"\s(\S+)\s+(model|KV|compute|output|RS) buffer size =\s*([\d.]+) MiB")
 _PROJECTION = re.compile(
-    r"common_memory_breakdown_print: \|\s+-\s+(\S+) \((.*)\)\s*\|\s*(\d+) = (\d+) \+ \((\d+) = (\d+) \+ (\d+) \+ "
-    r"(\d+)\) \+ (-?\d+)\s*\|")
+    r"common_memory_breakdown_print: \|\s+-\s+(\S+) \((.*)\)\s*\|\s*(\d+)\s*=\s*(\d+)\s*\+\s*\(\s*(\d+)\s*=\s*(\d+)"
+    r"\s*\+\s*(\d+)\s*\+\s*(\d+)\s*\)\s*\+\s*(-?\d+)\s*\|")
 _GPU_DEVICE = re.compile(r"^(?:Vulkan|ROCm|CUDA)\d+$")
 _MIB = 2**20
 

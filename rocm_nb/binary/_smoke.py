@@ -204,13 +204,11 @@ def smoke_test(binary: Path, *, gpu: bool = False, environ: Mapping[str, str] | 
 
 def _offload_problem(report: MemoryReport) -> str | None:
     """Why a GPU smoke test did not run on a GPU device (``None``: every layer's weights are on one)."""
-    if report.offloaded_layers is None:
-        return "the log does not say how many layers were offloaded (was -lv 4 ignored?)"
-    if report.offloaded_layers != report.layers:
-        return f"only {report.offloaded_layers} of {report.layers} layers were offloaded"
     if not any(device.bytes_of("model") for device in report.gpu_devices):
         return ("no model buffer on a GPU device: the build found no GPU to use (a software Vulkan device is used "
                 "only when GGML_VK_VISIBLE_DEVICES names it)")
+    if report.offloaded_layers != report.layers or report.offloaded_layers is None:
+        return f"only {report.offloaded_layers} of {report.layers} layers were offloaded"
     return None
 
 

@@ -27,6 +27,7 @@ from rocm_nb.binary._rocwmma import build_options
 from rocm_nb.binary._smoke import smoke_test
 from rocm_nb.errors import RocmNbError, describe_exit
 from rocm_nb.hardware import Hardware, describe, describe_gpu, detect
+from rocm_nb.hardware._hsa import server_env
 from rocm_nb.hardware._tools import run_tool
 from rocm_nb.hardware._vulkan_devices import auto_usable, vulkan_gpus
 from rocm_nb.modelfiles.catalog import CATALOGUE, DEFAULT_MODEL, models_dir, pull, read_info
@@ -49,11 +50,11 @@ def _doctor(args: argparse.Namespace) -> int:
         print(f"  {line}")
     print("\nllama-server")
     try:
-        binary = find_server()
+        binary = find_server(backend=hardware.backend)
         print(f"  {binary.path}  ({binary.source}, {binary.backend}, {binary.version})")
         if binary.rpc_path is not None:
             print(f"  RPC worker: {binary.rpc_path}")
-        problems += _smoke(binary)
+        problems += _smoke(binary, hardware)
     except RocmNbError as exc:
         problems += 1
         print(f"  missing: {exc}")
@@ -101,14 +102,16 @@ def _vulkan(hardware: Hardware) -> list[str]:
     return [*lines, f"(read from {source})"]
 
 
-def _smoke(binary: ServerBinary) -> int:
-    """Smoke-test the binary doctor found (load a tiny model, decode, check); 1 if it failed."""
+def _smoke(binary: ServerBinary, hardware: Hardware) -> int:
+    """Smoke-test the binary doctor found (load a tiny model, decode, check) on the devices LocalModel would use;
+    1 if it failed."""
     manifest = binary.path.with_name("manifest.json")
     if binary.source == "cache" and manifest.is_file():
         data = json.loads(manifest.read_text())
         print(f"  build: {data.get('variant', 'unknown')} ({data.get('kept_because', 'no reason recorded')}), "
               f"for CPU features {' '.join(data.get('cpu_features', [])) or 'of any x86-64'}")
-    result = smoke_test(binary.path, gpu=binary.backend != "cpu")
+    result = smoke_test(binary.path, gpu=binary.backend != "cpu",
+                        environ={**os.environ, **server_env(hardware, os.environ)})
     if result.passed:
         print(f"  smoke test: passed in {result.seconds:.1f} s ({result.detail})")
         return 0

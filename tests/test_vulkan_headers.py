@@ -8,16 +8,23 @@ in tests/test_vulkan.py (the ``vulkan`` tier) and in ``make test``'s setup.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
+from rocm_nb.binary._build import install_server
+from rocm_nb.binary._smoke import SmokeResult
 from rocm_nb.binary._vulkan_sdk import DEBIAN_SOURCES, fetch_debian_headers, find_vulkan_sdk
 from rocm_nb.errors import BuildError
+from rocm_nb.hardware import Hardware
 from rocm_nb.hardware._vulkan import MIN_HEADER, version_in
+from rocm_nb.hardware._vulkan_devices import parse_vulkaninfo
 from tests.support.sdist import pinned_source
+from tests.support.sysfs import FIXTURES
+from tests.test_binary import tiny_llama_cpp
 
 pytestmark = pytest.mark.unit
 
@@ -144,3 +151,35 @@ def test_fetching_uses_apts_own_folders_and_renames_the_tree_into_place_once(tmp
     assert fetch_debian_headers(env, run=run) == sdk.include and len(calls) == 3  # once only
     assert [p.name for p in (tmp_path / "cache").iterdir()] == ["vulkan-headers"]  # no scratch left behind
     assert os.access(sdk.include / "vulkan" / "vulkan_core.h", os.R_OK)
+
+
+def test_a_vulkan_build_uses_the_headers_found_and_is_proven_on_the_vulkan_device(tmp_path: Path) -> None:
+    """The tiny CMake stand-in for llama.cpp (tests/test_binary.py), built with a LunarG-style $VULKAN_SDK."""
+    sdk = tmp_path / "sdk"
+    headers(sdk / "include", 309)
+    (sdk / "share" / "cmake" / "SPIRV-Headers").mkdir(parents=True)
+    (sdk / "bin").mkdir()
+    (sdk / "bin" / "glslc").write_text("#!/bin/sh\n")
+    (sdk / "bin" / "glslc").chmod(0o755)
+    environ = {**os.environ, "ROCM_NB_CACHE": str(tmp_path / "cache"), "VULKAN_SDK": str(sdk)}
+    environ.pop("GGML_VK_VISIBLE_DEVICES", None)
+    [lavapipe] = parse_vulkaninfo((FIXTURES / "vulkaninfo-debian12-lavapipe.txt").read_text())
+    source = tiny_llama_cpp(tmp_path / "llama.cpp", 'std::puts("version: 0.0.1 (tiny)"); return 0;')
+    proven: list[tuple[bool, str | None]] = []
+
+    def smoke(binary: Path, *, gpu: bool, environ: dict[str, str]) -> SmokeResult:
+        proven.append((gpu, environ.get("GGML_VK_VISIBLE_DEVICES")))
+        return SmokeResult(True, 0.0, "stand-in")
+
+    with pytest.raises(BuildError, match=r"no Vulkan device was found to prove the build on before it is installed"):
+        install_server("vulkan", environ=environ, source_dir=source, progress=False, smoke=smoke,
+                       hardware=Hardware("cpu", (), None, ()))
+    assert proven == [] and not list((tmp_path / "cache").glob("servers/vulkan-*"))  # refused before building
+    built = install_server("vulkan", environ=environ, source_dir=source, progress=False, smoke=smoke,
+                           hardware=Hardware("vulkan", (lavapipe,), "0", ()))
+    assert proven == [(True, "0")]  # every layer offloaded, on lavapipe, which llama.cpp uses only when named
+    assert built.backend == "vulkan" and built.path.parent.name.startswith("vulkan-native-")
+    manifest = json.loads((built.path.parent / "manifest.json").read_text())
+    assert {"-DGGML_VULKAN=ON", f"-DVulkan_INCLUDE_DIR={sdk / 'include'}"} <= set(manifest["flags"])
+    assert manifest["vulkan_headers"] == f"Vulkan headers 1.3.309 ($VULKAN_SDK={sdk})"
+    assert manifest["smoke_device"] == "llvmpipe (LLVM 15.0.6, 256 bits)"

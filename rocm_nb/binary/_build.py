@@ -229,6 +229,9 @@ def install_server(
     log = servers / f"build-{name}.log"
     log.write_text("")
     say = _Reporter(name, progress)
+    if recorded:
+        visible = "".join(f", named in {k}={v}" for k, v in smoke_env.items() if k == "GGML_VK_VISIBLE_DEVICES")
+        say.line(f"with {recorded['vulkan_headers']}; to be proven on {recorded['smoke_device']}{visible}")
     failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix=f".build-{name}-", dir=servers) as work:
         src = source_dir or _sources(servers, Path(work), log, env, say)

@@ -107,6 +107,8 @@ def test_the_install_was_proven_on_the_device_and_is_keyed_by_the_backend(vulkan
     assert any(flag.startswith("-DVulkan_INCLUDE_DIR=") for flag in manifest["flags"])
     if os.uname().machine == "x86_64" and manifest["variant"] == "native":  # the AMX-safe flags of the CPU part
         assert "-DCMAKE_CXX_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" in manifest["flags"]
+    # given by path (no manifest read), it is still known for a Vulkan build, though it lists no device by default
+    assert find_server(vulkan_binary.path).backend == "vulkan"
     device = {**os.environ, "GGML_VK_VISIBLE_DEVICES": "0"}
     assert smoke_test(vulkan_binary.path, gpu=True, environ=device).passed
     hidden = {k: v for k, v in os.environ.items() if k != "GGML_VK_VISIBLE_DEVICES"}

@@ -100,7 +100,10 @@ def test_doctor_prints_the_vulkan_device_and_says_it_is_not_auto_selected(
     assert "never auto-selected: a software device runs on the CPU, slower than the CPU backend" in vulkan
 
 
-def test_the_install_was_proven_on_the_device_and_is_keyed_by_the_backend(vulkan_binary: ServerBinary) -> None:
+def test_the_install_was_proven_on_the_device_and_is_keyed_by_the_backend(
+        vulkan_binary: ServerBinary, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["server", "install", "--backend", "vulkan", "--fetch-vulkan-headers"]) == 0  # installed: no build
+    assert capsys.readouterr().out == f"llama-server ready: {vulkan_binary.path} (vulkan, {vulkan_binary.version})\n"
     manifest = json.loads((vulkan_binary.path.parent / "manifest.json").read_text())
     assert vulkan_binary.path.parent.name.startswith("vulkan-") and manifest["backend"] == "vulkan"
     assert "-DGGML_VULKAN=ON" in manifest["flags"] and LAVAPIPE.match(manifest["smoke_device"])
@@ -140,6 +143,7 @@ def test_a_gpu_memory_cap_offloads_only_what_fits_and_the_server_agrees() -> Non
         assert "gpu_memory=64 MiB allows" in fit.note
         assert status.offloaded_layers == fit.gpu_layers  # the server's `offloaded N/M layers`: N as planned
         assert status.vram_bytes is not None and within(fit.estimate.vram, status.vram_bytes)
+        assert status.projected_vram_bytes is not None and within(status.projected_vram_bytes, status.vram_bytes)
         assert model.generate("The capital of France is", max_tokens=3, temperature=0).text.strip()
     finally:
         model.close()

@@ -212,3 +212,15 @@ def test_the_servers_own_report_is_read_from_its_log() -> None:
     cpu = parse_report((logs / "cpu-smollm2-lv4.log").read_text().splitlines())
     assert cpu.offloaded_layers == 31 and cpu.complete  # a CPU build says "offloaded" too: its "GPU" is the CPU
     assert cpu.gpu_devices == () and cpu.vram_bytes == 0 and cpu.projected_vram_bytes is None
+
+
+def test_an_intel_integrated_gpu_is_used_only_when_asked(tmp_path: Path) -> None:
+    """The Arc summary with its device type changed to integrated, as Mesa reports an Intel iGPU."""
+    summary = fixture("vulkaninfo-summary-arc-a770.txt").replace("DISCRETE_GPU", "INTEGRATED_GPU")
+    run = runner({"vulkaninfo": summary})
+    root = machine(tmp_path, render_node=True)
+    auto = detect(runner=run, environ={}, root=root)
+    assert auto.backend == "cpu" and any("is an integrated intel GPU: not chosen automatically" in n
+                                         for n in auto.notes)
+    asked = detect(runner=run, environ={}, root=root, backend="vulkan")
+    assert asked.backend == "vulkan" and asked.visible_devices is None  # llama.cpp uses integrated GPUs by itself

@@ -7,11 +7,12 @@ GPU node); names and gfx targets come from ``rocminfo``, VRAM from ``rocm-smi
 --json``, failing that amdgpu's sysfs files (``mem_info_vram_total`` and
 ``mem_info_vram_used`` of ``/sys/class/drm/card*/device``). CUDA:
 ``nvidia-smi --query-gpu`` answers. Vulkan (:mod:`rocm_nb.hardware._vulkan_devices`):
-a discrete or integrated GPU that ``vulkaninfo`` lists, looked for when the
-kernel has a GPU render node and neither ROCm nor CUDA serves the machine,
-or when ROCm finds only GPUs it cannot run (no kernels for their gfx
-target, nor a sibling's to borrow). Otherwise the CPU: a software Vulkan
-device (Mesa's llvmpipe) is never chosen without being asked.
+a discrete GPU, or an AMD integrated one, that ``vulkaninfo`` lists, looked
+for when the kernel has a GPU render node and neither ROCm nor CUDA serves
+the machine, or when ROCm finds only GPUs it cannot run (no kernels for their
+gfx target, nor a sibling's to borrow). Otherwise the CPU: a software Vulkan
+device (Mesa's llvmpipe) is never chosen without being asked, nor is another
+vendor's integrated GPU (an Intel laptop keeps its CPU build unless asked).
 ``backend=`` (or ``ROCM_NB_BACKEND``) forces a backend; a forced Vulkan
 with only a software device uses it, and says what it is.
 
@@ -146,7 +147,10 @@ def _detect_vulkan(runner: Runner, notes: list[str], root: Path, *, forced: bool
                    server: Path | None) -> Hardware | None:
     """The Vulkan GPUs to use: the discrete and integrated ones; software ones only when Vulkan was asked for."""
     gpus, source = vulkan_gpus(runner, server)
-    usable = tuple(g for g in gpus if auto_usable(g))
+    usable = tuple(g for g in gpus if auto_usable(g) and (forced or g.device_type == "discrete" or g.vendor == "amd"))
+    notes += [f"Vulkan device {g.index}, {g.name}, is an integrated {g.vendor} GPU: not chosen automatically (rocm_nb "
+              "keeps the CPU build there unless asked; whether the GPU is faster depends on the chip and the model); "
+              "backend='vulkan' uses it" for g in gpus if auto_usable(g) and g not in usable]
     if usable:
         if not (root / "dev" / "kfd").exists():
             notes += [f"ROCm cannot use {g.name}: /dev/kfd (amdgpu's compute interface, which ROCm needs) is "

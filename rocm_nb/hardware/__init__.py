@@ -159,7 +159,8 @@ def _detect_vulkan(runner: Runner, notes: list[str], root: Path, *, forced: bool
     if forced and gpus:
         notes += [_software_note(g) + f"; used because the Vulkan backend was asked for ({VISIBLE_ENV} names it, "
                                       "as llama.cpp ignores such devices otherwise)" for g in gpus]
-        return Hardware("vulkan", gpus, ",".join(str(g.index) for g in gpus), (*notes, f"read from {source}"))
+        visible = ",".join(str(g.index) for g in gpus)
+        return Hardware("vulkan", gpus, visible, (*notes, f"Vulkan devices read from {source}"))
     notes += [_software_note(g) + "; never chosen automatically: backend='vulkan' uses it" for g in gpus]
     return None
 

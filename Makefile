@@ -10,7 +10,7 @@ RNB := $(VENV)/bin/rocm-nb
 STAMP := $(VENV)/.installed-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup build-deps test-deps vulkan-deps server server-vulkan model demo test check lint bench clean
+.PHONY: setup build-deps test-deps vulkan-deps server server-vulkan model demo test check lint docs screenshots bench clean
 
 ## Debian packages. build-deps: the tools that build llama-server (make demo needs only these);
 ## test-deps: Chromium for the browser tests, and rocminfo/rocm-smi (the tests check they are
@@ -89,16 +89,26 @@ demo: setup
 	$(PY) notebooks/run_demo.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check rocm_nb tests benchmarks
+	$(VENV)/bin/ruff check rocm_nb tests benchmarks docs
 	$(VENV)/bin/mypy --strict rocm_nb
 	$(VENV)/bin/lint-imports
 
-test: setup test-deps server-vulkan lint
+## The docs site (mkdocs.yml) into site/; --strict: a broken link, reference or generated page fails the build
+## (not --quiet: it hides the warnings that --strict counts).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+## Refresh the screenshots in docs/images/ from the browser tests (which write test-artifacts/browser/).
+screenshots: setup test-deps
+	$(VENV)/bin/pytest -q tests/test_browser.py tests/test_browser_widgets.py
+	for png in docs/images/*.png; do cp "test-artifacts/browser/$$(basename "$$png")" "$$png"; done
+
+test: setup test-deps server-vulkan lint docs
 	$(VENV)/bin/pytest -q
 
-## The quick loop, in under a minute: lint and the unit tier (pytest -m unit), with no
+## The quick loop, in under a minute: lint, the docs build and the unit tier (pytest -m unit), with no
 ## llama-server build, no model and an empty rocm_nb cache (the unit tier must not need one).
-check: lint
+check: lint docs
 	cache=$$(mktemp -d) && trap 'rm -rf "$$cache"' EXIT && ROCM_NB_CACHE="$$cache" $(VENV)/bin/pytest -q -m unit
 
 ## rocm_nb against raw llama-server, same run; writes benchmarks/README.md.
@@ -106,4 +116,4 @@ bench: setup
 	$(PY) benchmarks/bench.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache test-artifacts demo-output
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache test-artifacts demo-output site

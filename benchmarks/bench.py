@@ -51,6 +51,7 @@ from common import (
     spread,
 )
 from defaults import bench_defaults
+from import_cost import bench_import
 from speculative import bench_speculative
 from token_probs import bench_logprobs
 
@@ -112,21 +113,6 @@ def bench_start(path: Path) -> list[Row]:
             spread(attach, " ms"), statistics.median(attach) <= 20),
         Row("teardown: `close()` → process gone", "≤ 1 s", spread(teardown, " s"), max(teardown) <= 1.0),
     ]
-
-
-def bench_import() -> list[Row]:
-    code = (
-        "import time, sys; t = time.perf_counter(); import rocm_nb; "
-        "print(time.perf_counter() - t, 'ipywidgets' in sys.modules, 'IPython' in sys.modules)"
-    )
-    times, widgets = [], []
-    for _ in range(REPS):
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-        times.append(float(out[0]) * 1000)
-        widgets.append(out[1] == "True" or out[2] == "True")
-    return [Row("`import rocm_nb` wall time (ipywidgets and IPython not imported)", "≤ 150 ms",
-                spread(times, " ms") + ("" if not any(widgets) else " — ipywidgets imported!"),
-                statistics.median(times) <= 150 and not any(widgets))]
 
 
 def bench_memory(model: LocalModel) -> list[Row]:

@@ -23,9 +23,10 @@ Example:
 from __future__ import annotations
 
 import functools
-import html
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
+
+from rocm_nb._escape import html_text
 
 if TYPE_CHECKING:
     from markdown_it import MarkdownIt
@@ -42,7 +43,7 @@ def _image_as_text(
     token = tokens[idx]
     alt = renderer.renderInlineAsText(token.children or [], options, env)
     src = str(token.attrGet("src") or "")
-    return f'<span class="rocm-nb-image">{html.escape(f"[image: {alt}]({src})")}</span>'
+    return f'<span class="rocm-nb-image">{html_text(f"[image: {alt}]({src})")}</span>'
 
 
 @functools.cache

@@ -33,7 +33,7 @@ computed with slightly different rounding than one token at a time
   layers on the GPU (default: all on a GPU backend, none on the CPU). Its
   memory is counted in ``model.fit``.
 
-The default is :data:`DEFAULT_SPECULATIVE`; the README says why.
+The default is :data:`DEFAULT_SPECULATIVE`; docs/speculative.md says why.
 
 Example:
     >>> kv_options(True, "q8_0", None, None)

@@ -61,8 +61,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import psutil
-
 from rocm_nb._paths import private_folder, runtime_root
 from rocm_nb.errors import RuntimeDirError
 
@@ -234,6 +232,8 @@ class LogRing:
 
 
 def _create_time(pid: int) -> float | None:
+    import psutil  # imported here: `import rocm_nb` stays cheap
+
     try:
         return psutil.Process(pid).create_time()
     except psutil.Error:
@@ -253,6 +253,8 @@ def _is_recorded(data: Mapping[str, Any]) -> bool:
     process group (as :func:`launch` starts it) must all match: pid and start
     time are public, so they alone would let a record name any process.
     """
+    import psutil
+
     pid = int(data["server_pid"])
     try:
         process = psutil.Process(pid)

@@ -18,68 +18,84 @@ import platform
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 from rocm_nb import __version__
+from rocm_nb._escape import printable
 from rocm_nb._process import running_records
 from rocm_nb.binary import ServerBinary, find_server
 from rocm_nb.binary._build import install_server
 from rocm_nb.binary._rocwmma import build_options
 from rocm_nb.binary._smoke import smoke_test
-from rocm_nb.errors import RocmNbError, describe_exit
+from rocm_nb.errors import InvalidModel, ModelNotFound, RocmNbError, describe_exit
 from rocm_nb.hardware import Hardware, describe, describe_gpu, detect
 from rocm_nb.hardware._hsa import server_env
 from rocm_nb.hardware._tools import run_tool
 from rocm_nb.hardware._vulkan_devices import auto_usable, vulkan_gpus
-from rocm_nb.modelfiles.catalog import CATALOGUE, DEFAULT_MODEL, models_dir, pull, read_info
+from rocm_nb.modelfiles.catalog import CATALOGUE, DEFAULT_MODEL, models_dir, pull, read_info, verify
 from rocm_nb.modelfiles.library import models
 
 __all__ = ["main"]
 
 
+def _print(text: object = "", *, file: TextIO | None = None) -> None:
+    """``print`` with control characters escaped: file names, GGUF strings and server logs reach the terminal."""
+    print(printable(text, lines=True), file=file)
+
+
 def _doctor(args: argparse.Namespace) -> int:
     problems = 0
-    print(f"rocm_nb {__version__} · Python {platform.python_version()} · {platform.platform()}")
-    print("\nHardware")
+    _print(f"rocm_nb {__version__} · Python {platform.python_version()} · {platform.platform()}")
+    _print("\nHardware")
     hardware = detect()
     for line in describe(hardware):
-        print(f"  {line}")
+        _print(f"  {line}")
     if os.environ.get("HSA_OVERRIDE_GFX_VERSION"):
-        print(f"  HSA_OVERRIDE_GFX_VERSION={os.environ['HSA_OVERRIDE_GFX_VERSION']} is set: llama-server inherits it")
-    print("\nVulkan")
+        _print(f"  HSA_OVERRIDE_GFX_VERSION={os.environ['HSA_OVERRIDE_GFX_VERSION']} is set: llama-server inherits it")
+    _print("\nVulkan")
     for line in _vulkan(hardware):
-        print(f"  {line}")
-    print("\nllama-server")
+        _print(f"  {line}")
+    _print("\nllama-server")
     try:
         binary = find_server(backend=hardware.backend)
-        print(f"  {binary.path}  ({binary.source}, {binary.backend}, {binary.version})")
+        _print(f"  {binary.path}  ({binary.source}, {binary.backend}, {binary.version})")
         if binary.rpc_path is not None:
-            print(f"  RPC worker: {binary.rpc_path}")
+            _print(f"  RPC worker: {binary.rpc_path}")
         problems += _smoke(binary, hardware)
     except RocmNbError as exc:
         problems += 1
-        print(f"  missing: {exc}")
+        _print(f"  missing: {exc}")
     for line in build_options(hardware):
-        print(f"  {line}")
-    print("\nRunning on this machine")
+        _print(f"  {line}")
+    _print("\nRunning on this machine")
     records = running_records()
     for record in records:
         if "rpc" in record and "model" not in record:
-            print(f"  RPC worker pid {record['server_pid']} on {record['rpc']} (owner pid {record['owner_pid']})")
+            _print(f"  RPC worker pid {record['server_pid']} on {record['rpc']} (owner pid {record['owner_pid']})")
         else:
             workers = f", layers split over RPC workers {', '.join(record['rpc'])}" if record.get("rpc") else ""
-            print(f"  llama-server pid {record['server_pid']} on port {record.get('port')}: "
-                  f"{record.get('model')} (owner pid {record['owner_pid']}){workers}")
+            _print(f"  llama-server pid {record['server_pid']} on port {record.get('port')}: "
+                  f"{printable(record.get('model'))} (owner pid {record['owner_pid']}){workers}")
     if not records:
-        print("  nothing")
-    print("\nDefault model")
+        _print("  nothing")
+    _print("\nDefault model")
     entry = CATALOGUE[DEFAULT_MODEL]
     path = models_dir() / entry.filename
     if path.is_file():
-        print(f"  {read_info(path).summary()}\n  {path}")
+        _print(f"  {read_info(path).summary()}\n  {path}")
     else:
         problems += 1
-        print(f"  {DEFAULT_MODEL} is not downloaded yet. Next step: rocm-nb pull {DEFAULT_MODEL}")
-    print("\nAll good." if not problems else f"\n{problems} thing(s) to fix, see above.")
+        _print(f"  {DEFAULT_MODEL} is not downloaded yet. Next step: rocm-nb pull {DEFAULT_MODEL}")
+    _print("\nCatalogue models (SHA-256)")
+    for name in CATALOGUE:
+        try:
+            _print(f"  {name}: {verify(name)}")
+        except ModelNotFound:
+            _print(f"  {name}: not downloaded")
+        except InvalidModel as exc:
+            problems += 1
+            _print(f"  {name}: CHANGED: {exc}")
+    _print("\nAll good." if not problems else f"\n{problems} thing(s) to fix, see above.")
     return 0 if not problems else 1
 
 
@@ -108,17 +124,17 @@ def _smoke(binary: ServerBinary, hardware: Hardware) -> int:
     manifest = binary.path.with_name("manifest.json")
     if binary.source == "cache" and manifest.is_file():
         data = json.loads(manifest.read_text())
-        print(f"  build: {data.get('variant', 'unknown')} ({data.get('kept_because', 'no reason recorded')}), "
+        _print(f"  build: {data.get('variant', 'unknown')} ({data.get('kept_because', 'no reason recorded')}), "
               f"for CPU features {' '.join(data.get('cpu_features', [])) or 'of any x86-64'}")
     result = smoke_test(binary.path, gpu=binary.backend != "cpu",
                         environ={**os.environ, **server_env(hardware, os.environ)})
     if result.passed:
-        print(f"  smoke test: passed in {result.seconds:.1f} s ({result.detail})")
+        _print(f"  smoke test: passed in {result.seconds:.1f} s ({result.detail})")
         return 0
     step = describe_exit(result.returncode)[1] if result.returncode is not None else ""
-    print(f"  smoke test: FAILED after {result.seconds:.1f} s: {result.detail}")
-    print("  " + "\n  ".join(result.log_tail.splitlines()[-8:]))
-    print(f"  Next step: {step or 'rebuild it: rocm-nb server install --rebuild'}; if a rebuild fails the same way, "
+    _print(f"  smoke test: FAILED after {result.seconds:.1f} s: {result.detail}")
+    _print("  " + "\n  ".join(result.log_tail.splitlines()[-8:]))
+    _print(f"  Next step: {step or 'rebuild it: rocm-nb server install --rebuild'}; if a rebuild fails the same way, "
           "try a portable build: rocm-nb server install --rebuild --portable")
     return 1
 
@@ -127,21 +143,21 @@ def _install(args: argparse.Namespace) -> int:
     binary = install_server(args.backend, rpc=args.rpc, force=args.rebuild, portable=args.portable,
                             jobs=args.jobs, rocwmma_fattn=args.rocwmma_fattn, vulkan_headers=args.vulkan_headers,
                             fetch_vulkan_headers=args.fetch_vulkan_headers)
-    print(f"llama-server ready: {binary.path} ({binary.backend}, {binary.version})")
+    _print(f"llama-server ready: {binary.path} ({binary.backend}, {binary.version})")
     return 0
 
 
 def _pull(args: argparse.Namespace) -> int:
-    print(pull(args.name))
+    _print(pull(args.name))
     return 0
 
 
 def _models(args: argparse.Namespace) -> int:
-    print(models(args.dirs or None))
+    _print(models(args.dirs or None))
     directory = models_dir()
     for name, entry in sorted(CATALOGUE.items()):
         if not (directory / entry.filename).is_file():
-            print(f"\nnot downloaded yet: {name}  {entry.description}\n  next step: rocm-nb pull {name}")
+            _print(f"\nnot downloaded yet: {name}  {entry.description}\n  next step: rocm-nb pull {name}")
     return 0
 
 
@@ -196,10 +212,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status: int = args.run(args)
     except RocmNbError as exc:
-        print(f"rocm-nb: {exc}", file=sys.stderr)
+        _print(f"rocm-nb: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("rocm-nb: interrupted", file=sys.stderr)
+        _print("rocm-nb: interrupted", file=sys.stderr)
         return 130
     return status
 

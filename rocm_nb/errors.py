@@ -281,13 +281,19 @@ class GenerationError(RocmNbError):
     Raised as itself when the server refused a request (a non-2xx answer,
     or an error event mid-stream); the subclasses name the other causes.
     ``.status_code`` is the HTTP status (``None`` when the failure was not an
-    HTTP error), ``.body`` the server's answer, ``.partial`` the text streamed
-    before the failure.
+    HTTP error), ``.body`` the start of the server's answer (at most
+    :attr:`body_limit` characters: a hostile server's 400 MB error page is
+    not kept whole), ``.partial`` the text streamed before the failure.
 
     Example:
         >>> GenerationError("bad request", status_code=400, body="{}").status_code
         400
+        >>> len(GenerationError("huge", body="x" * 10**6).body) < 17_000
+        True
     """
+
+    body_limit = 16 * 1024
+    """The most characters of a server's answer an error keeps (and the most bytes of an error body read)."""
 
     def __init__(
         self,
@@ -299,7 +305,8 @@ class GenerationError(RocmNbError):
     ) -> None:
         super().__init__(message)
         self.status_code = status_code
-        self.body = body
+        self.body = body if len(body) <= self.body_limit else (
+            f"{body[: self.body_limit]}… ({len(body) - self.body_limit:,} more characters not kept)")
         self.partial = partial
 
 

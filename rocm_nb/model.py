@@ -35,9 +35,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Literal, Unpack
 
-import psutil
-
 from rocm_nb._callbacks import CloseCallbacks
+from rocm_nb._escape import printable
 from rocm_nb._exposure import check_extra_args, is_loopback
 from rocm_nb._lease import ModelState, OwnServer, ServerLease
 from rocm_nb._options import DEFAULT_SPECULATIVE, device_options, plan_server, server_mode
@@ -138,11 +137,11 @@ class LocalModel(OwnServer, GenerationAPI):
             (default: yes where ROCm 6.4+ or Vulkan can use it), ``"on"`` or
             ``"off"``; ``model.fit.note`` says which memory was used and why.
         speculative: speculative decoding: ``"off"`` (the default, chosen by
-            measurement: see the README), ``"ngram"`` (drafts from text the
+            measurement: see docs/speculative.md), ``"ngram"`` (drafts from text the
             conversation already holds; no second model), or a draft model's
             ``.gguf`` path or catalogue name (a smaller model with the same
             vocabulary). The output distribution is the model's either way
-            (the server verifies every draft; see the README for greedy text
+            (the server verifies every draft; see docs/speculative.md for greedy text
             over long replies); ``completion.timings.acceptance`` says how
             many drafted tokens were kept.
         draft_gpu_layers: the draft model's layers on the GPU (default: all on
@@ -395,6 +394,8 @@ class LocalModel(OwnServer, GenerationAPI):
         gpus = report.gpu_devices if report is not None else ()
         rss = decode_tps = None
         if running and server is not None and server.pid is not None:
+            import psutil  # imported here: `import rocm_nb` stays cheap
+
             with contextlib.suppress(psutil.Error):
                 rss = psutil.Process(server.pid).memory_info().rss
             with contextlib.suppress(RocmNbError):
@@ -512,7 +513,7 @@ class LocalModel(OwnServer, GenerationAPI):
         state = self.state
         server = self._server
         where = f" pid={server.pid} {server.base_url}" if state is ModelState.RUNNING and server else ""
-        return (
+        return printable(  # the file's name is anyone's: no escape sequence reaches a terminal
             f"<LocalModel {self.path.name} backend={self.backend} ctx={self.config.ctx_size} "
             f"ngl={self.config.gpu_layers} state={state.value}{where}>"
         )

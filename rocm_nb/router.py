@@ -48,6 +48,7 @@ from typing import Any
 
 import psutil
 
+from rocm_nb._escape import printable
 from rocm_nb._lease import ModelState, OwnServer, ServerLease
 from rocm_nb._paths import private_folder, runtime_root
 from rocm_nb.binary import ServerBinary, find_server
@@ -342,7 +343,7 @@ class LocalRouter(OwnServer, GenerationAPI):
         return {child.name: child.status(self.binary.backend) for child in self.loaded()}
 
     def __repr__(self) -> str:
-        return f"<LocalRouter {self.folder} max_loaded={self.config.models_max} state={self.state.value}>"
+        return printable(f"<LocalRouter {self.folder} max_loaded={self.config.models_max} state={self.state.value}>")
 
 
 def _port(argv: Sequence[str]) -> int | None:

@@ -120,7 +120,10 @@ def test_a_deeply_nested_reply_is_a_schema_mismatch() -> None:
     deep = "[" * 100_000 + "]" * 100_000
     with pytest.raises(SchemaMismatch, match="nests too deeply to parse") as caught:
         Completion(deep, "stop", None).json()
-    assert caught.value.body == deep
+    assert caught.value.partial == deep  # the reply is kept whole where it belongs; .body is only its start
+    kept = caught.value.body_limit
+    assert caught.value.body.startswith(deep[:kept]) and caught.value.body.endswith(
+        f"({len(deep) - kept:,} more characters not kept)")
     with pytest.raises(SchemaMismatch, match="nests too deeply to check"):
         Completion("[" * 900 + "]" * 900, "stop", None).json({"type": "array", "items": {"$ref": "#"}})
 

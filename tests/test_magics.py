@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,6 +71,21 @@ def test_probs_shows_a_token_view_instead_of_the_text(shell: InteractiveShell) -
     assert "application/vnd.jupyter.widget-view+json" in shown.data
     with pytest.raises(UsageError, match="does not go with --format json"):
         shell.run_cell_magic("rocm_generate", "--probs --format json", "Hi")
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("name", ["__builtins__", "__name__", "In", "Out", "_ih", "_oh", "_dh", "_", "__", "___",
+                                  "_i", "_ii", "_iii", "_4", "_i4", "exit", "quit", "get_ipython"])
+def test_out_refuses_the_names_python_and_ipython_keep(shell: InteractiveShell, name: str) -> None:
+    """Issue 21, item 11: ``--out __builtins__`` broke every later cell until a restart; ``In``, ``_ih`` replaced
+    IPython's history. Refused before anything is generated, with a name to use instead; the shell works on."""
+    missing = object()
+    before = shell.user_ns.get(name, missing)
+    with capture_output() as out, pytest.raises(UsageError, match=rf"^--out {re.escape(name)}\b.*such as reply"):
+        shell.run_cell_magic("rocm_generate", f"--max-tokens 2 --temperature 0 --out {name}", "Say hi.")
+    assert out.outputs == [], "nothing is generated for a name that is refused"
+    assert shell.user_ns.get(name, missing) is before
+    assert shell.run_cell("after = sum(range(7))").success and shell.user_ns["after"] == 21
 
 
 @pytest.mark.server

@@ -19,7 +19,7 @@ from rocm_nb.client.logprobs import Progress, TokenProb
 from rocm_nb.client.stream import Delta
 from rocm_nb.modelfiles.catalog import DEFAULT_MODEL
 from rocm_nb.notebook._format import show
-from rocm_nb.notebook._widget_kit import MAX_RATE, Throttle, token_dicts
+from rocm_nb.notebook._widget_kit import FRAGMENT, MAX_RATE, WHOLE_CHARACTER, Throttle, token_dicts
 from rocm_nb.notebook.chat import ChatPanel
 from rocm_nb.notebook.display import StreamDisplay
 from rocm_nb.notebook.explore import NextTokenExplorer, with_temperature
@@ -168,6 +168,47 @@ def test_the_playground_redraws_the_servers_post_sampling_distribution(model: Lo
     assert len(samples) == 3 and all(isinstance(s, str) for s in samples) and playground.samples == samples
     with pytest.raises(TypeError, match="unknown sampler setting"):
         playground.set(topk=3)
+
+
+@pytest.mark.server
+@pytest.mark.parametrize(("prompt", "whole_in_top_2"), [("Party time! 🎉", True), ("こんにちは、", False)])
+def test_the_explorer_and_playground_show_the_distribution_where_the_next_token_is_part_of_a_character(
+        model: LocalModel, prompt: str, whole_in_top_2: bool) -> None:
+    """Issue 21, item 7: SmolLM2's likeliest next token here is part of a character, which the server holds back
+    (one token: no token and no probabilities at all). The explorer and the playground show the distribution
+    anyway, or say why not; a fragment cannot be picked."""
+    held = model.generate(prompt, max_tokens=1, temperature=0.0, logprobs=True, top_logprobs=5)
+    assert held.tokens == [] and held.finish_reason == "length", "the server no longer holds fragments back"
+
+    explorer = NextTokenExplorer(model, prompt, k=5)
+    first = explorer.candidates
+    assert explorer.error == "" and len(first) == 5
+    assert [p for _, p in first] == sorted((p for _, p in first), reverse=True) and 0 < sum(p for _, p in first) <= 1
+    assert first[0][0] == FRAGMENT, first
+    with pytest.raises(ValueError, match="part of a character"):
+        explorer.pick(0)
+    assert "part of a character" in explorer.error and explorer.added == [] and explorer.candidates == first
+
+    playground = SamplerPlayground(model, prompt, k=5, temperature=1.0, top_k=2, top_p=1.0, min_p=0.0)
+    assert [t for t, _ in playground.raw] == [t for t, _ in first]
+    assert [p for _, p in playground.raw] == pytest.approx([p for _, p in first], abs=1e-3)
+    if whole_in_top_2:  # "\n" (43 % of the two): one of the seeded draws is whole
+        assert len(playground.post) == 2 and sum(p for _, p in playground.post) == pytest.approx(1.0, abs=1e-3)
+        assert playground.error == ""
+    else:  # two kana fragments: every draw is one, and the view says so
+        assert playground.post == [] and "part of a character" in playground.error
+    assert playground.set(top_k=1).post == [] and "part of a character" in playground.error  # every draw: a fragment
+
+
+@pytest.mark.server
+def test_the_grammar_that_makes_the_draw_whole_leaves_the_models_probabilities_alone(model: LocalModel) -> None:
+    """What ``next_tokens`` relies on: the probabilities before sampling are the model's, grammar or not."""
+    asked = {"max_tokens": 1, "temperature": 0.0, "logprobs": True, "top_logprobs": 8}
+    free = model.generate("The capital of France is", **asked).tokens
+    bound = model.generate("The capital of France is", grammar=WHOLE_CHARACTER, **asked).tokens
+    assert free and bound and free[0].text == " Paris" and len(bound[0].text) == 1  # one ASCII character drawn
+    assert [t for t, _ in bound[0].top] == [t for t, _ in free[0].top]
+    assert [lp for _, lp in bound[0].top] == pytest.approx([lp for _, lp in free[0].top], abs=1e-3)
 
 
 @pytest.mark.server

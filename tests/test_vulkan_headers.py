@@ -183,3 +183,14 @@ def test_a_vulkan_build_uses_the_headers_found_and_is_proven_on_the_vulkan_devic
     assert {"-DGGML_VULKAN=ON", f"-DVulkan_INCLUDE_DIR={sdk / 'include'}"} <= set(manifest["flags"])
     assert manifest["vulkan_headers"] == f"Vulkan headers 1.3.309 ($VULKAN_SDK={sdk})"
     assert manifest["smoke_device"] == "llvmpipe (LLVM 15.0.6, 256 bits)"
+
+
+def test_fetched_headers_another_user_could_change_are_not_built_with(tmp_path: Path) -> None:
+    """They are compiled into a program you run: the same rule as for cached installs (rocm_nb.binary._trust)."""
+    root, env = debian(tmp_path, 239)
+    fetched = headers(tmp_path / "cache" / "vulkan-headers" / "usr" / "include", 309)
+    assert find_vulkan_sdk(FLAGS, env, root=root).include == fetched
+    (fetched / "vulkan" / "vulkan_core.h").chmod(0o666)
+    with pytest.raises(BuildError, match=r"the fetched headers at .* were not used: .*vulkan_core\.h is writable by "
+                                         r"every user \(chmod go-w .*\)"):
+        find_vulkan_sdk(FLAGS, env, root=root)

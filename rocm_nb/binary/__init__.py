@@ -22,6 +22,11 @@ takes the install of the backend asked for (this machine's, for
 ``LocalModel``), and a CPU install where no GPU build is there; never a GPU
 build the caller did not ask for.
 
+An install another user could have planted or changed (its folder, manifest
+or programs, or a folder above it up to the cache root, owned by someone
+else or writable by others: :mod:`rocm_nb.binary._trust`) is never run: it
+is skipped with a ``UserWarning`` that names the path and the fix.
+
 Example:
     >>> binary = find_server()  # doctest: +SKIP
     >>> binary.source, binary.backend  # doctest: +SKIP
@@ -34,17 +39,19 @@ import json
 import os
 import shutil
 import subprocess
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, cast, get_args
 
 from rocm_nb._paths import cache_root
+from rocm_nb.binary._trust import Untrusted, vet_install
 from rocm_nb.errors import BinaryNotFound
 from rocm_nb.hardware import Backend, detect
 from rocm_nb.hardware._cpu import missing, this_cpu
 
-__all__ = ["LLAMA_CPP_PYTHON_VERSION", "ServerBinary", "find_server"]
+__all__ = ["LLAMA_CPP_PYTHON_SHA256", "LLAMA_CPP_PYTHON_VERSION", "ServerBinary", "find_server"]
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 """The pinned ``llama-cpp-python`` sdist whose ``vendor/llama.cpp`` is built.
@@ -52,6 +59,18 @@ LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 Example:
     >>> LLAMA_CPP_PYTHON_VERSION
     '0.3.36'
+"""
+
+LLAMA_CPP_PYTHON_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+"""The SHA-256 of that sdist as PyPI publishes it: pip checks it when it downloads, rocm_nb before every build.
+
+Bump it with :data:`LLAMA_CPP_PYTHON_VERSION` (PyPI's file page lists it,
+or ``pip download --no-deps --no-binary :all: llama-cpp-python==V`` then
+``sha256sum``).
+
+Example:
+    >>> len(LLAMA_CPP_PYTHON_SHA256)
+    64
 """
 
 _ENV_VAR = "ROCM_NB_LLAMA_SERVER"
@@ -209,6 +228,11 @@ def scan(servers: Path, cpu: frozenset[str]) -> tuple[list[Install], list[str]]:
     """
     found, skipped = [], []
     for manifest in servers.glob(f"[!.]*/{MANIFEST}"):
+        distrust = vet_install(manifest.parent, (MANIFEST, SERVER, RPC_SERVER), root=servers.parent)
+        if distrust is not None:
+            skipped.append(_distrusted(manifest.parent, distrust))
+            warnings.warn(skipped[-1], UserWarning, stacklevel=3)
+            continue
         try:
             data = json.loads(manifest.read_text())
             if data["backend"] not in get_args(Backend):
@@ -230,6 +254,13 @@ def scan(servers: Path, cpu: frozenset[str]) -> tuple[list[Install], list[str]]:
     found.sort(key=lambda install: install.built_at, reverse=True)
     found.sort(key=lambda install: install.portable)  # stable: native first, each newest first
     return found, skipped
+
+
+def _distrusted(directory: Path, reason: Untrusted) -> str:
+    """Why an install was skipped for its owner or mode, and how to use it (or another) after all."""
+    return (f"{directory} was not used: {reason}, so another user could have put or changed the programs in it. "
+            f"If you trust what is there: {reason.fix}; or build your own in a cache of yours: "
+            "ROCM_NB_CACHE=~/.cache/rocm_nb-own rocm-nb server install")
 
 
 def version_of(path: Path, env: Mapping[str, str]) -> str:

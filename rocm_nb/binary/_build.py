@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 
 from rocm_nb._paths import cache_root
 from rocm_nb.binary import (
+    LLAMA_CPP_PYTHON_SHA256,
     LLAMA_CPP_PYTHON_VERSION,
     MANIFEST,
     RPC_SERVER,
@@ -71,6 +72,7 @@ from rocm_nb.binary import (
 )
 from rocm_nb.binary._rocwmma import ROCWMMA_FLAG, require_option, rocwmma_flag
 from rocm_nb.binary._smoke import SmokeResult, smoke_test
+from rocm_nb.binary._trust import untrusted
 from rocm_nb.binary._vulkan_sdk import find_vulkan_sdk
 from rocm_nb.errors import BuildError, describe_exit
 from rocm_nb.hardware import Backend, Hardware, detect
@@ -205,6 +207,7 @@ def install_server(
         gfx_targets = build_targets(hardware)
     base_flags = _cmake_flags(backend, rpc, gfx_targets, env, rocwmma_fattn=rocwmma_fattn)
     servers = cache_root(env) / "servers"
+    _require_trusted(servers, base_flags)  # what another user could change is neither reused nor built into
     if not force:
         for install in scan(servers, cpu)[0]:
             if install.backend == backend and (install.rpc or not rpc) and (install.portable or not portable) and (
@@ -234,7 +237,10 @@ def install_server(
         say.line(f"with {recorded['vulkan_headers']}; to be proven on {recorded['smoke_device']}{visible}")
     failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix=f".build-{name}-", dir=servers) as work:
-        src = source_dir or _sources(servers, Path(work), log, env, say)
+        try:
+            src = source_dir or _sources(servers, Path(work), log, env, say, base_flags)
+        except _StepFailed as exc:  # pip could not fetch the sources, or they were not the pinned file
+            raise _build_error(backend, base_flags, log, exc.step, f"exit status {exc.returncode}") from None
         if rocwmma_fattn:
             require_option(src, base_flags)
         for variant in variants(backend, cpu, machine=machine, portable=portable):
@@ -368,16 +374,51 @@ def _require_tools(flags: Sequence[str], env: Mapping[str, str]) -> str:
     )
 
 
-def _sources(servers: Path, work: Path, log: Path, env: Mapping[str, str], say: _Reporter) -> Path:
-    """Extract ``vendor/llama.cpp`` of the pinned sdist (downloaded with pip if missing) into ``work``."""
+def _require_trusted(servers: Path, flags: Sequence[str]) -> None:
+    """Refuse to build into a cache folder another user could change: :func:`~rocm_nb.binary.find_server` would
+    (rightly) never run what was built there."""
+    reason = untrusted(servers, up_to=servers.parent)
+    if reason is not None:
+        raise BuildError(
+            f"Not building llama-server into {servers}: {reason}, so another user could replace what is built, "
+            f"and rocm_nb would not run it.\nNext step: {reason.fix}, or build into a cache of your own: "
+            "ROCM_NB_CACHE=~/.cache/rocm_nb-own rocm-nb server install", flags=flags)
+
+
+def _verified_copy(sdist: Path, work: Path, flags: Sequence[str]) -> Path:
+    """A private copy of ``sdist`` in ``work``, whose SHA-256 is the pinned one, else a :class:`BuildError`.
+
+    The copy is what is extracted: the file in the (perhaps shared) cache
+    cannot change between the check and the build.
+    """
+    digest = hashlib.sha256()
+    copy = work / sdist.name
+    with sdist.open("rb") as source, copy.open("wb") as target:
+        for block in iter(lambda: source.read(1 << 20), b""):
+            digest.update(block)
+            target.write(block)
+    if digest.hexdigest() != LLAMA_CPP_PYTHON_SHA256:
+        raise BuildError(
+            f"{sdist} has SHA-256 {digest.hexdigest()}, not the {LLAMA_CPP_PYTHON_SHA256} that PyPI publishes for "
+            f"llama-cpp-python {LLAMA_CPP_PYTHON_VERSION}: the download was damaged, or someone changed the file. "
+            f"Nothing was built.\nNext step: delete it (rm {sdist}) and run `rocm-nb server install` again; it is "
+            "downloaded afresh and checked.", flags=flags)
+    return copy
+
+
+def _sources(servers: Path, work: Path, log: Path, env: Mapping[str, str], say: _Reporter,
+             flags: Sequence[str]) -> Path:
+    """Extract ``vendor/llama.cpp`` of the pinned sdist (downloaded with pip if missing, verified) into ``work``."""
     sdist_dir = servers / "sdist"
     pattern = f"llama[_-]cpp[_-]python-{LLAMA_CPP_PYTHON_VERSION}.tar.gz"
     if not any(sdist_dir.glob(pattern)):
         say.line(f"fetching the llama.cpp sources (the llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} sdist) with pip")
+        pinned = work / "llama-cpp-python.txt"  # --require-hashes: pip refuses a file whose hash differs
+        pinned.write_text(f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION} --hash=sha256:{LLAMA_CPP_PYTHON_SHA256}\n")
         pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "llama-cpp-python",
-               f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}", "-d", str(sdist_dir)]
+               "--require-hashes", "-r", str(pinned), "-d", str(sdist_dir)]
         _run_step("downloading the llama-cpp-python sdist with pip", pip, log, env)
-    sdist = next(sdist_dir.glob(pattern))
+    sdist = _verified_copy(next(sdist_dir.glob(pattern)), work, flags)
     with tarfile.open(sdist) as tar:
         vendored = [member for member in tar.getmembers() if "/vendor/llama.cpp/" in member.name]
         tar.extractall(work / "src", members=vendored, filter="data")

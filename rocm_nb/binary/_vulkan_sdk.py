@@ -4,8 +4,10 @@
 (:mod:`rocm_nb.hardware._vulkan` says why). They are looked for, in this
 order: the folder given (``--vulkan-headers DIR``), ``$VULKAN_SDK/include``
 (the LunarG SDK), the system's (``/usr/local/include``, ``/usr/include``),
-then headers fetched earlier into the rocm_nb cache. The first that is new
-enough is used; older ones are passed over and named if nothing suits.
+then headers fetched earlier into the rocm_nb cache (only if no other user
+could have changed them: :mod:`rocm_nb.binary._trust`, as for installs). The
+first that is new enough is used; older ones are passed over and named if
+nothing suits.
 
 **Fetching Debian 13's headers.** Debian 12 ships 1.3.239. With
 ``fetch=True`` (``rocm-nb server install --backend vulkan
@@ -41,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rocm_nb._paths import cache_root
+from rocm_nb.binary._trust import Untrusted, untrusted
 from rocm_nb.errors import BuildError
 from rocm_nb.hardware._vulkan import MIN_HEADER, version_in
 
@@ -145,9 +148,13 @@ def find_vulkan_sdk(flags: Sequence[str], environ: Mapping[str, str], *, headers
     """
     _require_tools(flags, environ, root)
     seen = []
+    fetched_root = cache_root(environ) / _FETCHED
     for folder, source in _candidates(environ, headers, root):
         version = version_in(folder)
         if version is None:
+            continue
+        if folder.is_relative_to(fetched_root) and (reason := _tampered(fetched_root, cache_root(environ))):
+            seen.append(f"the fetched headers at {folder} were not used: {reason} ({reason.fix} makes them safe)")
             continue
         if version >= MIN_HEADER:
             return VulkanSdk(folder, version, source, _loader(environ, root))
@@ -168,6 +175,11 @@ def find_vulkan_sdk(flags: Sequence[str], environ: Mapping[str, str], *, headers
         f"Cannot build llama-server for Vulkan: {found}, and the pinned llama.cpp needs 1.3.{MIN_HEADER} or later "
         f"(it uses vk::LayerSettingEXT, new in 1.3.{MIN_HEADER}; Debian 12 ships 1.3.239).\n"
         f"Next step: `{fix}; or point --vulkan-headers at newer headers.", flags=flags)
+
+
+def _tampered(fetched: Path, cache: Path) -> Untrusted | None:
+    """Why another user could have changed the fetched headers (they are compiled into a program you run)."""
+    return next(filter(None, (untrusted(path, up_to=cache) for path in [fetched, *sorted(fetched.rglob("*"))])), None)
 
 
 def _run(argv: Sequence[str], cwd: Path) -> None:

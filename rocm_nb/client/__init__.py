@@ -36,6 +36,7 @@ from rocm_nb.client.request import build_payload, check_options
 from rocm_nb.client.status import ServerStatus
 from rocm_nb.client.stream import (
     DEFAULT_DEADLINE_S,
+    MAX_BODY_BYTES,
     MAX_EVENT_BYTES,
     FailureHook,
     TokenStream,
@@ -118,7 +119,8 @@ class Client(GenerationAPI):
     ``timeout`` is the longest silence tolerated while reading (seconds);
     ``deadline`` the longest a whole request may take (seconds, ``None``:
     no limit), however steadily bytes arrive; ``max_event_bytes`` the largest
-    server-sent event accepted (:mod:`rocm_nb.client._transports`: a broken or hostile
+    server-sent event accepted and ``max_body_bytes`` the largest other answer,
+    both counted decoded (:mod:`rocm_nb.client._transports`: a broken or hostile
     server can hold neither the kernel's memory nor a request for ever).
     ``model``, ``headers`` and ``verify`` are :func:`connect`'s.
     ``transport``/``async_transport`` are httpx transport seams for tests;
@@ -160,6 +162,7 @@ class Client(GenerationAPI):
         timeout: float = 600.0,
         deadline: float | None = DEFAULT_DEADLINE_S,
         max_event_bytes: int = MAX_EVENT_BYTES,
+        max_body_bytes: int = MAX_BODY_BYTES,
         transport: httpx.BaseTransport | None = None,
         async_transport: httpx.AsyncBaseTransport | None = None,
         on_failure: FailureHook = _no_better_error,
@@ -172,6 +175,7 @@ class Client(GenerationAPI):
         self._base_url = root_url(base_url)
         self._api_key = api_key
         self._timeout = timeout
+        self._max_body_bytes = max_body_bytes
         self._deadline, self._max_event_bytes = deadline, max_event_bytes
         self._on_failure = on_failure
         self._headers = {**({"Authorization": f"Bearer {api_key}"} if api_key else {}), **(headers or {})}
@@ -185,7 +189,7 @@ class Client(GenerationAPI):
             base_url=self._base_url, headers=self._headers, timeout=self._http_timeout,
             transport=Limited(transport or Redial(httpx.HTTPTransport(verify=_ssl_context(self._verify),
                                                                       limits=limits)),
-                              deadline=deadline, max_event_bytes=max_event_bytes),
+                              deadline=deadline, max_event_bytes=max_event_bytes, max_body_bytes=max_body_bytes),
         )
         self._async_transport = async_transport
         self._asyncs: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
@@ -317,7 +321,7 @@ class Client(GenerationAPI):
             transport=AsyncLimited(
                 self._async_transport or httpx.AsyncHTTPTransport(
                     verify=_ssl_context(self._verify), limits=httpx.Limits(max_keepalive_connections=0)),
-                deadline=self._deadline, max_event_bytes=self._max_event_bytes),
+                deadline=self._deadline, max_event_bytes=self._max_event_bytes, max_body_bytes=self._max_body_bytes),
         )
 
     def _ahttp(self) -> httpx.AsyncClient:
@@ -485,6 +489,7 @@ def connect(
     timeout: float = 600.0,
     deadline: float | None = DEFAULT_DEADLINE_S,
     max_event_bytes: int = MAX_EVENT_BYTES,
+    max_body_bytes: int = MAX_BODY_BYTES,
 ) -> Client:
     """A :class:`Client` for a server that is already running (never starts one).
 
@@ -496,9 +501,11 @@ def connect(
     (``True``), trusts a CA bundle (its path) or checks nothing (``False``).
     ``timeout`` bounds each silence while reading (s), ``deadline`` a whole
     request (s; one hour by default, ``None`` for none), ``max_event_bytes``
-    one server-sent event (16 MiB by default): a server that breaks them
+    one server-sent event and ``max_body_bytes`` any other answer (16 MiB
+    each by default, counted after decompression): a server that breaks them
     raises :class:`~rocm_nb.errors.GenerationTimeout` (``phase`` ``"read"``
-    or ``"total"``) or :class:`~rocm_nb.errors.StreamProtocolError`.
+    or ``"total"``) or :class:`~rocm_nb.errors.StreamProtocolError`. An
+    error answer is read only up to its first 16 KiB.
 
     Nothing is sent until the first request, which also finds out, once,
     which kind of server this is (:mod:`rocm_nb.client.engines`).
@@ -512,4 +519,4 @@ def connect(
         'Qwen/Qwen3-8B'
     """
     return Client(base_url, api_key, model=model, headers=headers, verify=verify, timeout=timeout,
-                  deadline=deadline, max_event_bytes=max_event_bytes)
+                  deadline=deadline, max_event_bytes=max_event_bytes, max_body_bytes=max_body_bytes)

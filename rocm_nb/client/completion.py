@@ -13,12 +13,12 @@ Example:
 
 from __future__ import annotations
 
-import html
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from rocm_nb._escape import html_text
 from rocm_nb._markdown import render as render_markdown
 from rocm_nb.client.logprobs import ContextUse, TokenProb
 from rocm_nb.client.timings import Timings, Usage
@@ -183,7 +183,7 @@ class Completion:
 
     def _repr_html_(self) -> str:
         stats = self.stats()
-        return render_markdown(self.text) + (f"<p><sub>{html.escape(stats)}</sub></p>" if stats else "")
+        return render_markdown(self.text) + (f"<p><sub>{html_text(stats)}</sub></p>" if stats else "")
 
     def code(self) -> str:
         """The code in the reply: the first fenced block's content, else the whole text.

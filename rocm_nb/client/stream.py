@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_DEADLINE_S",
+    "MAX_BODY_BYTES",
     "MAX_EVENT_BYTES",
     "AsyncTokenStream",
     "Delta",
@@ -53,10 +54,19 @@ FailureHook = Callable[[Exception, str], "RocmNbError | None"]
 """Given a transport error and the partial text, return a better error (or None)."""
 
 MAX_EVENT_BYTES = 16 * 2**20
-"""The most bytes one server-sent event may have (16 MiB; a llama-server event has a few hundred).
+"""The most bytes (decoded) one server-sent event may have (16 MiB; a llama-server event has a few hundred).
 
 A larger one is refused as it arrives, never buffered whole
 (:mod:`rocm_nb.client._transports`); ``connect(..., max_event_bytes=N)`` changes it.
+"""
+
+MAX_BODY_BYTES = 16 * 2**20
+"""The most bytes (decoded) one answer that is not an event stream may have: 16 MiB.
+
+``/v1/models``, ``/props``, ``/tokenize`` and embeddings answer in well under
+that. A larger one is refused as it arrives (:mod:`rocm_nb.client._transports`);
+``connect(..., max_body_bytes=N)`` changes it. Error bodies are read only
+up to :attr:`~rocm_nb.errors.GenerationError.body_limit` (16 KiB).
 """
 
 DEFAULT_DEADLINE_S: float | None = 3600.0

@@ -20,17 +20,17 @@ Example:
 from __future__ import annotations
 
 import functools
-import hashlib
+import math
 import os
 import struct
 import subprocess
 import sys
 import tempfile
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rocm_nb._escape import html_text, printable
 from rocm_nb._extras import needs_extra
 from rocm_nb._paths import cache_root
 from rocm_nb._units import human_count
@@ -47,6 +47,7 @@ __all__ = [
     "pull",
     "read_info",
     "resolve_model",
+    "verify",
 ]
 
 
@@ -143,7 +144,19 @@ class ModelInfo:
     tensors: tuple[TensorInfo, ...] = field(default=(), repr=False)
 
     def summary(self) -> str:
-        """One line: name, architecture, parameters, quantisation, context, size."""
+        """One line: name, architecture, parameters, quantisation, context, size.
+
+        The GGUF's strings are untrusted: control characters in them (an
+        escape sequence, a newline) are shown as escapes
+        (:func:`rocm_nb._escape.printable`), so the line stays one line and
+        cannot drive the terminal that prints it.
+
+        Example:
+            >>> info = ModelInfo(Path("m.gguf"), "Evil\\x1b]0;title\\x07", "llama", 135_000_000, "Q4_1", 8192,
+            ...                  30, 576, 9, 3, None, 98_362_432)
+            >>> info.summary()
+            'Evil\\\\x1b]0;title\\\\x07 · llama · 135M params · Q4_1 · ctx 8192 · 94 MiB'
+        """
         parts = [self.name, self.architecture]
         if self.parameters:
             parts.append(f"{human_count(self.parameters)} params")
@@ -151,18 +164,56 @@ class ModelInfo:
         if self.context_length:
             parts.append(f"ctx {self.context_length}")
         parts.append(f"{self.file_size / 2**20:.0f} MiB")
-        return " · ".join(parts)
+        return printable(" · ".join(parts))
 
-    def _repr_markdown_(self) -> str:
+    def _repr_html_(self) -> str:
+        """A notebook's view: the name, then a table; every string from the file escaped (:func:`html_text`).
+
+        HTML and not Markdown: a Markdown renderer would keep raw HTML and
+        links from the file's metadata or its name, and a notebook does not
+        sanitise the output of its own session.
+
+        Example:
+            >>> info = ModelInfo(Path("<b>.gguf"), "<img src=x onerror=alert(1)>", "llama", None, "F16", None,
+            ...                  None, None, None, None, None, 0)
+            >>> info._repr_html_()[:60]
+            '<strong>&lt;img src=x onerror=alert(1)&gt;</strong><table><t'
+        """
         rows = [
-            ("file", f"`{self.path.name}`"), ("architecture", self.architecture),
+            ("file", f"<code>{html_text(self.path.name)}</code>"), ("architecture", html_text(self.architecture)),
             ("parameters", human_count(self.parameters) if self.parameters else "?"),
-            ("quantisation", self.quantization), ("trained context", str(self.context_length or "?")),
+            ("quantisation", html_text(self.quantization)), ("trained context", str(self.context_length or "?")),
             ("layers", str(self.block_count or "?")), ("size", f"{self.file_size / 2**20:.0f} MiB"),
             ("chat template", "yes" if self.chat_template else "no"),
         ]
-        body = "\n".join(f"| {k} | {v} |" for k, v in rows)
-        return f"**{self.name}**\n\n| | |\n| --- | --- |\n{body}"
+        body = "".join(f'<tr><th style="text-align:left">{k}</th><td style="text-align:left">{v}</td></tr>'
+                       for k, v in rows)
+        return f"<strong>{html_text(self.name)}</strong><table><tbody>{body}</tbody></table>"
+
+
+_MAX_LAYERS = 512
+"""llama.cpp's ``LLAMA_MAX_LAYERS`` at the pinned version: a GGUF with more layers cannot be loaded."""
+
+
+def _whole_number(path: Path, key: str, value: object) -> int | None:
+    """A size or count from the metadata: ``None`` if absent or not a number, else a whole number >= 0.
+
+    A NaN, an infinity, a negative or a fractional value is an
+    :class:`~rocm_nb.errors.InvalidModel` naming the key and the file.
+
+    Example:
+        >>> _whole_number(Path("m.gguf"), "llama.context_length", 4096.0)
+        4096
+        >>> _whole_number(Path("m.gguf"), "llama.context_length", float("nan"))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        rocm_nb.errors.InvalidModel: m.gguf: llama.context_length is nan, not a whole number of 0 or more; ...
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if (isinstance(value, float) and not (math.isfinite(value) and value.is_integer())) or value < 0:
+        raise InvalidModel(f"{path}: {key} is {value!r}, not a whole number of 0 or more; the file is corrupt")
+    return int(value)
 
 
 @functools.lru_cache(maxsize=64)
@@ -181,8 +232,12 @@ def _read_info_cached(path: Path, size: int, mtime_ns: int) -> ModelInfo:
     arch = str(meta.get("general.architecture") or "unknown")
 
     def number(key: str) -> int | None:
-        value = meta.get(f"{arch}.{key}")
-        return int(value) if isinstance(value, int | float) else None
+        return _whole_number(path, f"{arch}.{key}", meta.get(f"{arch}.{key}"))
+
+    layers = number("block_count")
+    if layers is not None and layers > _MAX_LAYERS:
+        raise InvalidModel(f"{path}: {arch}.block_count is {layers:,}, but llama.cpp loads at most {_MAX_LAYERS} "
+                           "layers; the file is corrupt or not a model llama.cpp can run")
 
     file_type = meta.get("general.file_type")
     try:
@@ -198,7 +253,7 @@ def _read_info_cached(path: Path, size: int, mtime_ns: int) -> ModelInfo:
         parameters=parameters or None,
         quantization=quantization,
         context_length=number("context_length"),
-        block_count=number("block_count"),
+        block_count=layers,
         embedding_length=number("embedding_length"),
         head_count=number("attention.head_count"),
         head_count_kv=number("attention.head_count_kv"),
@@ -250,6 +305,9 @@ def read_info(path: str | os.PathLike[str]) -> ModelInfo:
 
 def _extract(wheel: Path, entry: CatalogueEntry, target: Path, progress: bool) -> None:
     """Copy the entry's member out of the wheel to ``target``, verified and atomic."""
+    import hashlib  # imported here, as zipfile and tqdm: `import rocm_nb` stays cheap
+    import zipfile
+
     from tqdm.auto import tqdm
 
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -279,14 +337,13 @@ def _extract(wheel: Path, entry: CatalogueEntry, target: Path, progress: bool) -
 
 def _convert(wheel: Path, entry: CatalogueEntry, target: Path) -> None:
     """Check the wheel's SHA-256, convert the model folder in it to ``target`` (atomic), and mark it."""
+    import zipfile
+
     from rocm_nb.modelfiles.convert import convert_bert
 
-    digest = hashlib.sha256()
-    with wheel.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != entry.sha256:
-        raise InvalidModel(f"{wheel.name} has SHA-256 {digest.hexdigest()}, expected {entry.sha256}; "
+    digest = _sha256(wheel)
+    if digest != entry.sha256:
+        raise InvalidModel(f"{wheel.name} has SHA-256 {digest}, expected {entry.sha256}; "
                            f"nothing was converted. Try again (rocm-nb pull {entry.name})")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="rocm_nb-convert-") as tmp, zipfile.ZipFile(wheel) as archive:
@@ -299,6 +356,51 @@ def _convert(wheel: Path, entry: CatalogueEntry, target: Path) -> None:
         finally:
             part.unlink(missing_ok=True)
     target.with_name(target.name + ".sha256").write_text(entry.sha256 + "\n")
+
+
+def _sha256(path: Path) -> str:
+    import hashlib  # imported here: `import rocm_nb` stays cheap
+
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify(name: str, *, environ: Mapping[str, str] | None = None) -> str:
+    """Check the pulled file of catalogue model ``name`` against its pinned SHA-256; say what was checked.
+
+    ``rocm-nb doctor`` runs it for every pulled catalogue model: ``pull``
+    checks a file once, when it arrives, and a shared or long-lived cache may
+    change after that. A file that differs is an
+    :class:`~rocm_nb.errors.InvalidModel` naming both hashes and the fix; one
+    not pulled yet is a :class:`~rocm_nb.errors.ModelNotFound`. A converted
+    model (``minilm``) has no pinned hash of its own (its wheel's was checked
+    before conversion), which the answer says.
+
+    Example:
+        >>> verify("smollm2-135m")  # doctest: +SKIP
+        '/home/me/.cache/rocm_nb/models/SmolLM2-135M-Instruct.Q4_1.gguf: SHA-256 b179c952... as pinned'
+        >>> verify("smollm2-135m", environ={"ROCM_NB_CACHE": "/nonexistent"})
+        Traceback (most recent call last):
+        ...
+        rocm_nb.errors.ModelNotFound: smollm2-135m is not downloaded yet: rocm-nb pull smollm2-135m
+    """
+    entry = CATALOGUE.get(name)
+    if entry is None:
+        raise ModelNotFound(f"{name!r} is not in the catalogue; known: {', '.join(sorted(CATALOGUE))}")
+    path = models_dir(environ) / entry.filename
+    if not path.is_file():
+        raise ModelNotFound(f"{name} is not downloaded yet: rocm-nb pull {name}")
+    if entry.convert:
+        return (f"{path}: converted here from {entry.wheel}, whose SHA-256 was checked before conversion; "
+                "the converted file has no published hash to check")
+    digest = _sha256(path)
+    if digest != entry.sha256:
+        raise InvalidModel(f"{path} has SHA-256 {digest}, not the {entry.sha256} pinned for {name}: it was damaged "
+                           f"or changed after it was pulled. Next step: rm {path} && rocm-nb pull {name}")
+    return f"{path}: SHA-256 {digest[:8]}... as pinned"
 
 
 def pull(name: str, *, progress: bool = True, environ: Mapping[str, str] | None = None) -> Path:

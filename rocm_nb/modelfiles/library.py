@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import html
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -53,6 +52,7 @@ from typing import Literal, overload
 
 import psutil
 
+from rocm_nb._escape import html_text, printable, text_table
 from rocm_nb._extras import needs_extra
 from rocm_nb._units import human_bytes, human_count
 from rocm_nb.errors import RocmNbError
@@ -122,7 +122,10 @@ class ModelLibrary(Sequence[LibraryEntry]):
 
     ``str()`` (and the REPL) give a text table, a notebook shows an HTML
     table; ``notes`` say what was scanned and what the "fits" column
-    (titled ``fits_title``) compares against.
+    (titled ``fits_title``) compares against. File names and what the files
+    say are escaped in both (:mod:`rocm_nb._escape`): HTML as text, and
+    control characters as escapes, so a name can neither run a script in the
+    notebook nor drive the terminal or split a row.
 
     Example:
         >>> lib = ModelLibrary([], notes=["nothing here"])
@@ -173,33 +176,24 @@ class ModelLibrary(Sequence[LibraryEntry]):
         return rows
 
     def __str__(self) -> str:
-        rows = self._rows()
-        cells = [[name, *body] for name, body in rows if isinstance(body, list)]
-        widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(self.headers)]
-        lines = ["  ".join(h.ljust(w) for h, w in zip(self.headers, widths, strict=True)).rstrip()]
-        for name, body in rows:
-            if isinstance(body, list):
-                lines.append("  ".join(c.ljust(w) for c, w in zip([name, *body], widths, strict=True)).rstrip())
-            else:
-                lines.append(f"{name.ljust(widths[0])}  {body}")
-        if not rows:
-            lines = []
-        return "\n".join([*lines, *([""] if lines and self.notes else []), *self.notes])
+        rows = [[name, *body] if isinstance(body, list) else [name, body] for name, body in self._rows()]
+        lines = text_table(self.headers, rows) if rows else []  # every cell printable: no escape reaches a terminal
+        return "\n".join([*lines, *([""] if lines and self.notes else []), *(printable(n) for n in self.notes)])
 
     __repr__ = __str__
 
     def _repr_html_(self) -> str:
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in self.headers)
+        head = "".join(f"<th>{html_text(h)}</th>" for h in self.headers)
         body = ""
         for entry, (name, cells) in zip(self.entries, self._rows(), strict=True):
-            first = f'<td title="{html.escape(str(entry.path))}"><code>{html.escape(name)}</code></td>'
+            first = f'<td title="{html_text(entry.path)}"><code>{html_text(name)}</code></td>'
             if isinstance(cells, list):
-                rest = "".join(f"<td>{html.escape(c)}</td>" for c in cells)
+                rest = "".join(f"<td>{html_text(c)}</td>" for c in cells)
             else:
-                rest = f'<td colspan="{len(self.headers) - 1}">{html.escape(cells)}</td>'
+                rest = f'<td colspan="{len(self.headers) - 1}">{html_text(cells)}</td>'
             body += f"<tr>{first}{rest}</tr>"
         table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>" if self.entries else ""
-        notes = "".join(f"<li>{html.escape(n)}</li>" for n in self.notes)
+        notes = "".join(f"<li>{html_text(n)}</li>" for n in self.notes)
         return f"{table}<ul>{notes}</ul>"
 
 
@@ -364,8 +358,6 @@ def _memory(info: ModelInfo, budget: _Budget) -> tuple[int, bool | None]:
 
 def _describe(found: _Found, budget: _Budget) -> LibraryEntry:
     size = sum(_size(p) for p in found.files)
-    error = None
-    info = None
     if found.missing:
         missing = ", ".join(str(i) for i in found.missing)
         error = (f"shard {missing} of {found.count} missing next to {found.files[0].name}: "
@@ -373,9 +365,6 @@ def _describe(found: _Found, budget: _Budget) -> LibraryEntry:
     else:
         try:
             parts = [read_info(p) for p in found.files]
-        except (RocmNbError, OSError) as exc:
-            error = str(exc)
-        else:
             info = parts[0]
             if len(parts) > 1:
                 info = dataclasses.replace(
@@ -383,8 +372,16 @@ def _describe(found: _Found, budget: _Budget) -> LibraryEntry:
                     parameters=sum(p.parameters or 0 for p in parts) or None,
                     tensors=tuple(t for p in parts for t in p.tensors),
                 )
-    memory, fits = _memory(info, budget) if info is not None else (None, None)
-    return LibraryEntry(found.name, found.files[0], found.source, size, len(found.files), info, error, memory, fits)
+            memory, fits = _memory(info, budget)
+        except (RocmNbError, OSError) as exc:
+            error = str(exc)
+        except Exception as exc:  # one file never breaks the table: the module docstring's promise
+            error = (f"could not be described ({type(exc).__name__}: {exc}); if llama.cpp loads this "
+                                 "file, please report it as a rocm_nb bug")
+        else:
+            return LibraryEntry(found.name, found.files[0], found.source, size, len(found.files), info, None,
+                                memory, fits)
+    return LibraryEntry(found.name, found.files[0], found.source, size, len(found.files), None, error)
 
 
 def model_names(dirs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None = None, *,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import builtins
 import keyword
+import re
 from dataclasses import dataclass
 
 from rocm_nb._extras import needs_extra
@@ -93,20 +94,49 @@ class GenerateArgs(SamplingArgs):
         return [*system, {"role": "user", "content": prompt}]
 
 
+_IPYTHON_NAMES = {
+    "In": "the list of this session's inputs", "Out": "the dict of this session's outputs",
+    "_ih": "the list of inputs", "_oh": "the dict of outputs", "_dh": "the list of working directories",
+    "_": "the last output", "__": "the output before the last", "___": "the third-last output",
+    "_i": "the last input", "_ii": "the input before the last", "_iii": "the third-last input",
+    "exit": "the command that ends the session", "quit": "the command that ends the session",
+    "get_ipython": "the function that returns the shell",
+}
+"""The names IPython keeps in the user's namespace, and what each holds: ``--out`` must not replace them."""
+_NUMBERED = re.compile(r"_i?\d+")
+"""``_5`` and ``_i5``: IPython's output and input of cell 5."""
+
+
 def _check_variable_name(name: str) -> None:
-    """Refuse an ``--out`` name that is no Python variable name, or that would hide a keyword or built-in.
+    """Refuse an ``--out`` name that is no Python variable name, or that would replace what Python or IPython needs.
+
+    Refused: keywords, built-ins (``print``), dunder names (``__builtins__``,
+    ``__name__``: replacing ``__builtins__`` breaks every later cell until the
+    kernel restarts) and the names IPython keeps in the namespace (``In``,
+    ``Out``, ``_ih``, ``_oh``, ``_dh``, ``_``, ``__``, ``___``, ``_i``,
+    ``_5``, ``_i5``, ``exit``, ``quit``, ``get_ipython``).
 
     Example:
         >>> _check_variable_name("reply")
-        >>> _check_variable_name("print")
+        >>> _check_variable_name("print")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        IPython.core.error.UsageError: --out print would hide Python's built-in print; choose another name
+        IPython.core.error.UsageError: --out print would hide Python's built-in print; choose another name, ...
+        >>> _check_variable_name("In")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        IPython.core.error.UsageError: --out In would replace IPython's In (the list of this session's inputs); ...
     """
     if not name.isidentifier() or keyword.iskeyword(name):
         raise UsageError(f"--out {name!r} is not a Python variable name; use letters, digits and _ (reply_1)")
+    if name.startswith("__") and name.endswith("__") and name.strip("_"):
+        raise UsageError(f"--out {name}: Python keeps __dunder__ names for itself (replacing __builtins__ breaks "
+                         "every later cell until the kernel restarts); choose another name, such as reply")
+    if name in _IPYTHON_NAMES or _NUMBERED.fullmatch(name):
+        held = _IPYTHON_NAMES.get(name) or ("an input" if name.startswith("_i") else "an output") + " of a cell"
+        raise UsageError(f"--out {name} would replace IPython's {name} ({held}); choose another name, such as reply")
     if hasattr(builtins, name):
-        raise UsageError(f"--out {name} would hide Python's built-in {name}; choose another name")
+        raise UsageError(f"--out {name} would hide Python's built-in {name}; choose another name, such as reply")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -25,7 +25,10 @@ if TYPE_CHECKING:
     from rocm_nb.client.completion import Completion, Message
     from rocm_nb.client.logprobs import TokenPiece, TokenProb
 
-__all__ = ["CSS", "MAX_RATE", "Throttle", "TokenSource", "alternatives", "esm", "prob", "token_dicts"]
+__all__ = [
+    "CSS", "FRAGMENT", "HELD_BACK", "MAX_RATE", "WHOLE_CHARACTER", "Throttle", "TokenSource", "alternatives", "esm",
+    "next_tokens", "prob", "token_dicts",
+]
 
 
 class TokenSource(Protocol):
@@ -95,6 +98,61 @@ def alternatives(top: Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
         [(' a', 1.0)]
     """
     return [(text, prob(lp)) for text, lp in top]
+
+
+WHOLE_CHARACTER = "root ::= [\\x00-\\x7f]"
+"""A grammar for one ASCII character: what :func:`next_tokens` makes the server draw when a draw was a fragment."""
+
+FRAGMENT = "\ufffd"
+"""How a candidate that is part of a character shows (its bytes are not UTF-8 on their own)."""
+
+HELD_BACK = ("part of a character (the model spells emoji and many other characters in several tokens), and "
+             "llama-server reports probabilities only once a character is whole")
+"""Why the server said nothing about a token it drew: the words :func:`next_tokens` uses."""
+
+
+def next_tokens(source: TokenSource, prompt: str, *, k: int, post_sampling: bool = False, seeds: int = 8,
+                **options: Any) -> tuple[list[tuple[str, float]], str]:
+    """The ``k`` most likely next tokens after ``prompt``, ``(text, probability)``, and a note ('' if none is due).
+
+    One request for one token (``max_tokens=1``) usually answers. But when the
+    token the server *draws* is part of a character (after "Party time! 🎉"
+    or "こんにちは、", SmolLM2's favourite next token is the first two bytes
+    of another emoji or kana), llama-server holds it back until the
+    character is whole, and with one token that is never: the reply has no
+    token and no probabilities. So:
+
+    * the model's own probabilities (``post_sampling=False``) are asked for
+      again with a grammar that admits one ASCII character
+      (:data:`WHOLE_CHARACTER`): the draw is then whole, and the
+      probabilities reported are still the model's, from its logits before
+      any sampler (a grammar only restricts the draw). Fragments stay among
+      the candidates, shown as :data:`FRAGMENT`;
+    * what the sampler chain leaves (``post_sampling=True``) would be cut
+      down by a grammar, so it is asked for again with seeds ``1`` to
+      ``seeds``: the chain's probabilities do not depend on the seed, only
+      the draw does, and the first whole draw reports them. When every draw
+      is a fragment (greedy, or top-k 1, on a fragment) the candidates are
+      empty and the note says why.
+
+    Example:
+        >>> next_tokens(model, "Party time! 🎉", k=3)  # doctest: +SKIP
+        ([('\\ufffd', 0.22), ('\\n', 0.17), (' I', 0.07)], '')
+    """
+    ask: dict[str, Any] = {"max_tokens": 1, "logprobs": True, "top_logprobs": k, "post_sampling": post_sampling,
+                           **options}
+    completion = source.generate(prompt, **ask)
+    retries = [{"seed": seed} for seed in range(1, seeds + 1)] if post_sampling else [{"grammar": WHOLE_CHARACTER}]
+    for retry in retries:
+        if completion.tokens or completion.finish_reason != "length":
+            break
+        completion = source.generate(prompt, **ask, **retry)
+    if completion.tokens:
+        return alternatives(completion.tokens[0].top), ""
+    if completion.finish_reason == "length":
+        return [], (f"no probabilities here: every one of {seeds} draws was {HELD_BACK}; the raw bars are the "
+                    "model's own" if post_sampling else f"no probabilities here: the token drawn was {HELD_BACK}")
+    return [], "the model gave no next token here (end of text?)"
 
 
 class Throttle:

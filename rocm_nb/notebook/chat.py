@@ -36,12 +36,12 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import html
 import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, Unpack, runtime_checkable
 
 from rocm_nb import _markdown
+from rocm_nb._escape import html_text
 from rocm_nb._extras import needs_extra
 from rocm_nb.client.completion import Completion, Message, ToolCall
 from rocm_nb.client.request import DEFAULT_MAX_TOKENS, Options, check_options
@@ -84,7 +84,7 @@ def _bubble_html(role: str, body_html: str) -> str:
 
 
 def _plain_html(text: str) -> str:
-    return f'<div style="white-space:pre-wrap">{html.escape(text)}</div>'
+    return f'<div style="white-space:pre-wrap">{html_text(text, lines=True)}</div>'
 
 
 def context_meter_html(context: ContextUse | None) -> str:
@@ -289,7 +289,7 @@ class ChatPanel:
                 view.finish(stream.completion, footer=stream.completion.stats() if self.show_probs else "")
             self._messages.append({"role": "assistant", "content": shown.text})
             self._add_bubbles(tool_bubbles(stream.completion.tool_calls))
-            self.stats.value = html.escape(self._stats(stream.completion)) + context_meter_html(
+            self.stats.value = html_text(self._stats(stream.completion)) + context_meter_html(
                 getattr(stream.completion, "context", None))
         except asyncio.CancelledError:
             shown.finish()
@@ -303,7 +303,7 @@ class ChatPanel:
             bubble.value = _bubble_html("error", _plain_html(f"{shown.text}\n\n⚠ {said}"))
             if self.show_probs:
                 self.transcript.children = (*self.transcript.children, bubble)
-            self.stats.value = f"<b>error:</b> {html.escape(type(exc).__name__)}"
+            self.stats.value = f"<b>error:</b> {html_text(type(exc).__name__)}"
         finally:
             self.send_button.disabled, self.stop_button.disabled = False, True
 

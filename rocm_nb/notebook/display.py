@@ -31,11 +31,11 @@ Example:
 
 from __future__ import annotations
 
-import html
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from rocm_nb._escape import html_text, printable, text_table
 from rocm_nb._markdown import render
 from rocm_nb._units import human_bytes
 from rocm_nb.client.status import ServerStatus
@@ -183,8 +183,8 @@ class StreamDisplay:
         ended = self._thought[1] if len(self._thought) > 1 else self._clock()
         title = (f"{'Thought' if done else 'Thinking…'} · {len(self._reasoning)} tokens"
                  f" · {ended - self._thought[0]:.1f} s")
-        body = html.escape("".join(self._reasoning))
-        block = (f'<details class="rocm-nb-thinking"{"" if done else " open"}><summary>{html.escape(title)}'
+        body = html_text("".join(self._reasoning), lines=True)
+        block = (f'<details class="rocm-nb-thinking"{"" if done else " open"}><summary>{html_text(title)}'
                  f'</summary><div style="white-space:pre-wrap;color:#555">{body}</div></details>')
         return title, block
 
@@ -198,10 +198,10 @@ class StreamDisplay:
             return {"text/plain": text}
         plain = "\n\n".join(x for x in (f"[{title}]" if title else "", "".join(self._reasoning), reading, text) if x)
         bar = "" if not reading else (
-            f'<div>{html.escape(reading)} <progress max="{p.total}" value="{p.processed}"></progress></div>'
+            f'<div>{html_text(reading)} <progress max="{p.total}" value="{p.processed}"></progress></div>'
             if p is not None else "")
         return {"text/plain": plain,
-                "text/html": f'{block}{bar}<div style="white-space:pre-wrap">{html.escape(text)}</div>'}
+                "text/html": f'{block}{bar}<div style="white-space:pre-wrap">{html_text(text, lines=True)}</div>'}
 
     def finish(self, footer: str = "", *, markdown: bool = True) -> None:
         """Show the whole text, rendered from Markdown unless ``markdown=False``, with a footer line.
@@ -213,9 +213,9 @@ class StreamDisplay:
         title, block = self._thinking(done=True)
         plain = f"{text}\n\n{footer}" if footer else text
         bundle: Bundle = {"text/plain": f"[{title}]\n{''.join(self._reasoning)}\n\n{plain}" if title else plain}
-        body = render(text) if markdown else f'<div style="white-space:pre-wrap">{html.escape(text)}</div>'
+        body = render(text) if markdown else f'<div style="white-space:pre-wrap">{html_text(text, lines=True)}</div>'
         if markdown or title:
-            bundle["text/html"] = block + body + (f"<p><sub>{html.escape(footer)}</sub></p>" if footer else "")
+            bundle["text/html"] = block + body + (f"<p><sub>{html_text(footer)}</sub></p>" if footer else "")
         self._send(bundle)
 
 
@@ -281,27 +281,17 @@ def status_bundle(statuses: Mapping[str, ServerStatus], *, current: str | None, 
     """
     rows = list(statuses.items())
     notes = [*(f"⚠ {alias}: {status.error}" for alias, status in rows if status.error), *notes]
-    cells = [[alias] + [fill(status) for _, fill in _STATUS_COLUMNS] for alias, status in rows]
-    marks = ["*" if alias == current else " " for alias, _ in rows]
-    headers = ["model"] + [title for title, _ in _STATUS_COLUMNS]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    lines = ["  " + "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
-    lines += [
-        f"{m} " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))
-        for m, r in zip(marks, cells, strict=True)
-    ]
-    if not rows:
-        lines = ["no model loaded in this notebook (%rocm_load MODEL)"]
-    html_rows = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in [m.strip(), *r]) + "</tr>"
-        for m, r in zip(marks, cells, strict=True)
-    )
+    cells = [["*" if alias == current else "", alias] + [fill(status) for _, fill in _STATUS_COLUMNS]
+             for alias, status in rows]
+    headers = ["", "model"] + [title for title, _ in _STATUS_COLUMNS]
+    lines = text_table(headers, cells) if rows else ["no model loaded in this notebook (%rocm_load MODEL)"]
+    html_rows = "".join("<tr>" + "".join(f"<td>{html_text(c)}</td>" for c in row) + "</tr>" for row in cells)
     table = (
-        "<table><thead><tr><th></th>" + "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+        "<table><thead><tr>" + "".join(f"<th>{html_text(h)}</th>" for h in headers)
         + f"</tr></thead><tbody>{html_rows}</tbody></table>"
-    ) if rows else f"<p>{html.escape(lines[0])}</p>"
-    notes_html = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+    ) if rows else f"<p>{html_text(lines[0])}</p>"
+    notes_html = "".join(f"<li>{html_text(n)}</li>" for n in notes)
     return {
-        "text/plain": "\n".join([*lines, "", *notes]),
+        "text/plain": "\n".join([*lines, "", *(printable(n) for n in notes)]),
         "text/html": f"{table}<ul>{notes_html}</ul>",
     }

@@ -19,6 +19,15 @@ top-k, top-p and min-p, use :meth:`~rocm_nb.LocalModel.playground`.
 Appended tokens are joined as text and the text is tokenised again on the
 next request, which usually, not always, gives the same tokens back.
 
+**Characters in several tokens.** SmolLM2 spells an emoji, or a kana, in
+two or three tokens, none of them a character on its own. Such a candidate
+shows as ``�`` (:data:`~rocm_nb.notebook._widget_kit.FRAGMENT`), with its
+probability, and cannot be picked: the explorer extends a text, and half a
+character is no text. When the server's own draw is such a fragment it
+reports nothing until the character is whole; the explorer then asks again
+so that the draw is whole, and the probabilities are the model's all the
+same (:func:`~rocm_nb.notebook._widget_kit.next_tokens` says how).
+
 Example:
     >>> explorer = NextTokenExplorer(model, "The capital of France is", k=8)  # doctest: +SKIP
     >>> explorer.candidates[0]  # doctest: +SKIP
@@ -34,7 +43,7 @@ import math
 from typing import Any
 
 from rocm_nb._extras import needs_extra
-from rocm_nb.notebook._widget_kit import CSS, TokenSource, alternatives, esm
+from rocm_nb.notebook._widget_kit import CSS, FRAGMENT, HELD_BACK, TokenSource, esm, next_tokens
 
 with needs_extra("notebook"):
     import anywidget
@@ -123,9 +132,17 @@ class NextTokenExplorer(anywidget.AnyWidget):
         return list(zip([t for t, _ in candidates], with_temperature(candidates, self.temperature), strict=True))
 
     def pick(self, index: int) -> NextTokenExplorer:
-        """Append candidate ``index`` (0 = the most likely) and ask for the next position."""
+        """Append candidate ``index`` (0 = the most likely) and ask for the next position.
+
+        A candidate that is part of a character (``�``) is refused with a
+        ``ValueError`` that says so (also shown in the view).
+        """
         if not 0 <= index < len(self.options):
             raise IndexError(f"there are {len(self.options)} candidates here; pick 0 to {len(self.options) - 1}")
+        if FRAGMENT in self.candidates[index][0]:
+            self.error = (f"candidate {index + 1} ({FRAGMENT}) is {HELD_BACK}: the explorer extends the text, "
+                          "and half a character is no text; pick a whole token")
+            raise ValueError(self.error)
         self.added = [*self.added, self.candidates[index][0]]
         self._ask()
         return self
@@ -143,10 +160,7 @@ class NextTokenExplorer(anywidget.AnyWidget):
     def _ask(self) -> None:
         self.busy = True
         try:
-            completion = self._source.generate(self.text, max_tokens=1, temperature=0.0, logprobs=True,
-                                               top_logprobs=self.k)
-            tokens = completion.tokens or []
-            candidates = alternatives(tokens[0].top) if tokens else []
+            candidates, note = next_tokens(self._source, self.text, k=self.k, temperature=0.0)
         except Exception as exc:
             self.error = f"{type(exc).__name__}: {exc}"
             raise
@@ -155,7 +169,7 @@ class NextTokenExplorer(anywidget.AnyWidget):
         self._steps.append(candidates)
         with self.hold_sync():
             self.options = [list(c) for c in candidates]
-            self.error = "" if candidates else "the model gave no next token here (end of text?)"
+            self.error = note
 
     def _on_view_message(self, _widget: Any, content: Any, _buffers: Any) -> None:
         if not isinstance(content, dict):

@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from rocm_nb._escape import printable
 from rocm_nb._extras import needs_extra
 from rocm_nb._lease import ModelState
 from rocm_nb._options import DEFAULT_SPECULATIVE
@@ -53,7 +54,7 @@ from rocm_nb.notebook._magic_args import (
     StopArgs,
     options_from,
 )
-from rocm_nb.notebook.display import ipython_publisher, progress_option, status_bundle
+from rocm_nb.notebook.display import Publisher, ipython_publisher, progress_option, status_bundle
 from rocm_nb.router import LocalRouter
 
 with needs_extra("notebook"):
@@ -130,8 +131,22 @@ def _gpu_layers(value: str) -> int | str:
 
 
 def _say(text: str) -> None:
-    """Show a line of text in the cell's output, the way the other magics show theirs."""
-    display({"text/plain": text}, raw=True)
+    """Show a line of text in the cell's output, the way the other magics show theirs.
+
+    The line names models, files and servers, and what they call themselves is
+    not trusted: every control character is escaped (:func:`~rocm_nb._escape.printable`).
+    """
+    display({"text/plain": printable(text)}, raw=True)
+
+
+def _plain(publish: Publisher) -> Publisher:
+    """``publish`` for text that names models, files and servers, or quotes a server's log: none of it is
+    trusted, so its control characters are escaped (:func:`~rocm_nb._escape.printable`) as it is shown.
+
+    Newlines are kept (the text's own lines): a name that belongs on one line is
+    :func:`~rocm_nb._escape.printable` where it is put into the text.
+    """
+    return lambda bundle, update: publish({kind: printable(text, lines=True) for kind, text in bundle.items()}, update)
 
 
 def parse_args(magic: str, line: str, into: Callable[..., A]) -> A:
@@ -196,11 +211,12 @@ class RocmMagics(Magics):
     def _load(self, spec: str, *, alias: str, **kwargs: Any) -> LocalModel:
         old = self.models.get(alias)
         model = LocalModel(spec, **kwargs)  # an equal config attaches to the running server
-        publish = ipython_publisher()
-        publish({"text/plain": f"… loading {model.path.name} …"}, False)
+        publish = _plain(ipython_publisher())
+        name = printable(model.path.name)
+        publish({"text/plain": f"… loading {name} …"}, False)
 
         def progress(elapsed: float, line: str) -> None:
-            publish({"text/plain": f"… loading {model.path.name} … {elapsed:.1f} s  {line[:100]}"}, True)
+            publish({"text/plain": f"… loading {name} … {elapsed:.1f} s  {printable(line[:100])}"}, True)
 
         began = time.perf_counter()
         try:
@@ -223,7 +239,7 @@ class RocmMagics(Magics):
             f"✓ {alias}: {model.info.summary()}\n"
             f"  backend {model.backend} · {offload} · ctx {model.config.ctx_size} · "
             f"ready in {time.perf_counter() - began:.2f} s · pid {model.pid}\n"
-            f"  memory: {model.fit.note}"
+            f"  memory: {printable(model.fit.note)}"
         )}, True)
         return model
 

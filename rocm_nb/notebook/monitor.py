@@ -76,6 +76,7 @@ from typing import Any, Protocol
 
 import psutil
 
+from rocm_nb._escape import printable
 from rocm_nb._extras import needs_extra
 from rocm_nb._units import human_bytes
 from rocm_nb.errors import RocmNbError
@@ -369,7 +370,7 @@ class GpuMonitor(anywidget.AnyWidget):
         for section in self.sections:
             lines.append(f"  {section['title']}" + (f": {section['note']}" if section["note"] else ""))
             lines += [f"    {bar['label']:<5} {bar['text']}" for bar in section["bars"]]
-        return "\n".join(lines)
+        return printable("\n".join(lines), lines=True)  # a file's and a GPU tool's names: escaped
 
     # -- views ------------------------------------------------------------------------------
 

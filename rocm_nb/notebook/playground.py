@@ -8,6 +8,11 @@ re-implementation). Moving a slider asks the server again (one request for one
 token). **Sample** draws ``n`` continuations of ``max_tokens`` tokens with
 those settings, each with its own random seed.
 
+Where the model's likely next tokens are parts of a character (an emoji,
+a kana), the server reports nothing for a draw of such a part: the bars are
+then asked for again (:func:`~rocm_nb.notebook._widget_kit.next_tokens` says
+how), and when every draw is a part, the view says so instead of going blank.
+
 Why ``n`` requests and not one with ``n_cmpl``: the pinned llama-server has
 ``n_cmpl`` but caps it at the server's slots (``--parallel``; 1 by default),
 and a :class:`~rocm_nb.client.completion.Completion` holds one text. The
@@ -31,7 +36,7 @@ from typing import Any
 
 from rocm_nb._extras import needs_extra
 from rocm_nb.client.completion import Completion
-from rocm_nb.notebook._widget_kit import CSS, TokenSource, alternatives, esm
+from rocm_nb.notebook._widget_kit import CSS, TokenSource, esm, next_tokens
 
 with needs_extra("notebook"):
     import anywidget
@@ -88,7 +93,8 @@ class SamplerPlayground(anywidget.AnyWidget):
         super().__init__(prompt=text, n=n)
         self._source = source
         self.k, self.max_tokens = k, max_tokens
-        self.raw_options = [list(c) for c in self._next(post_sampling=False, temperature=1.0)]
+        raw, self._raw_note = next_tokens(source, text, k=k, temperature=1.0)  # a note if even these failed
+        self.raw_options = [list(c) for c in raw]
         self.observe(lambda _change: self._redraw(), names="settings")
         self.on_msg(self._on_view_message)
         self.settings = settings  # draws the post-sampling bars
@@ -131,20 +137,14 @@ class SamplerPlayground(anywidget.AnyWidget):
         return {"temperature": float(s["temperature"]), "top_k": int(s["top_k"]), "top_p": float(s["top_p"]),
                 "min_p": float(s["min_p"])}
 
-    def _next(self, *, post_sampling: bool, **options: Any) -> list[tuple[str, float]]:
-        completion = self._source.generate(self.prompt, max_tokens=1, logprobs=True, top_logprobs=self.k,
-                                           post_sampling=post_sampling, **options)
-        tokens = completion.tokens or []
-        return alternatives(tokens[0].top) if tokens else []
-
     def _redraw(self) -> None:
         self.busy = True
         try:
-            post = self._next(post_sampling=True, **self._options())
+            post, note = next_tokens(self._source, self.prompt, k=self.k, post_sampling=True, **self._options())
             with self.hold_sync():
                 self.post_options = [list(c) for c in post]
                 self.drawn_for = dict(self.settings)
-                self.error = ""
+                self.error = note or self._raw_note
         except Exception as exc:
             self.error = f"{type(exc).__name__}: {exc}"
             raise

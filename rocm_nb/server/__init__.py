@@ -32,9 +32,7 @@ Example:
 
 from __future__ import annotations
 
-import http.client
 import os
-import secrets
 import subprocess
 import time
 import weakref
@@ -321,6 +319,8 @@ class LlamaServer(_ChildProcess):
         bind_attempts: int = 5,
         port_picker: Callable[[str], int] = free_port,
     ) -> None:
+        import secrets  # imported here, as http.client below: `import rocm_nb` stays cheap
+
         self.config = config
         self.api_key = secrets.token_urlsafe(24)
         self.port: int | None = None
@@ -420,6 +420,8 @@ class LlamaServer(_ChildProcess):
 
     def _healthy(self) -> bool:
         """One ``/health`` probe over plain HTTP (stdlib: no TLS set-up on the start path)."""
+        import http.client
+
         connection = http.client.HTTPConnection(connect_host(self.config.host), self.port, timeout=2.0)
         try:
             connection.request("GET", "/health")

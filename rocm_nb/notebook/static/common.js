@@ -9,6 +9,9 @@ const add = (parent, tag, cls, text) => {
 const pct = (p) => (p >= 0.995 ? "100" : p <= 0 ? "0" : p < 0.0005 ? "<0.1" : (100 * p).toFixed(p < 0.1 ? 1 : 0)) + " %";
 // Visible whitespace for a token's text, so that " " and "\n" can be seen and hovered.
 const show = (text) => (text === "" ? "∅" : text.replace(/\n/g, "↵\n").replace(/\t/g, "→"));
+// A legend's addition when some of the candidates are parts of a character (rocm_nb.notebook._widget_kit.FRAGMENT).
+const fragments = (options) =>
+  (options.some(([text]) => text.includes("\ufffd")) ? " · �: part of a character the model spells in several tokens" : "");
 // Shade from probability: likely tokens pale, unlikely ones strong orange-red.
 const shade = (p) => `hsla(${Math.round(120 * p)}, 85%, 55%, ${(0.15 + 0.55 * (1 - p)).toFixed(2)})`;
 // One token: shaded, focusable, with a tooltip of its alternatives (shown on hover and on keyboard focus).

@@ -35,10 +35,10 @@ function render({ model, el }) {
     back.disabled = model.get("added").length === 0 || model.get("busy");
     root.dataset.busy = String(model.get("busy"));
     root.dataset.steps = String(model.get("added").length);
-    status.textContent = model.get("busy") ? "asking…" : model.get("error")
-      || "bars: at this temperature, over these tokens; faint: the model's own probability";
-    chart.replaceChildren();
     const options = model.get("options");
+    status.textContent = model.get("busy") ? "asking…" : model.get("error")
+      || "bars: at this temperature, over these tokens; faint: the model's own probability" + fragments(options);
+    chart.replaceChildren();
     const ps = scaled(options, t);
     bars(chart, options.map(([label, p], i) => ({ label, p: ps[i], raw: p })),
          model.get("busy") ? null : (i) => model.send({ event: "pick", index: i }));

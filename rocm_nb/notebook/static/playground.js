@@ -34,7 +34,7 @@ function render({ model, el }) {
     const busy = model.get("busy");
     root.dataset.busy = String(busy);
     status.textContent = busy ? "asking the server…" : model.get("error")
-      || "faint: the model's own probability; solid: what the sampler chain leaves";
+      || "faint: the model's own probability; solid: what the sampler chain leaves" + fragments(model.get("raw_options"));
     sample.textContent = `Sample ${model.get("n")} continuations`;
     sample.disabled = busy;
     const kept = new Map(model.get("post_options"));

@@ -113,7 +113,8 @@ def test_the_install_was_proven_on_the_device_and_is_keyed_by_the_backend(
     # given by path (no manifest read), it is still known for a Vulkan build, though it lists no device by default
     assert find_server(vulkan_binary.path).backend == "vulkan"
     device = {**os.environ, "GGML_VK_VISIBLE_DEVICES": "0"}
-    assert smoke_test(vulkan_binary.path, gpu=True, environ=device).passed
+    proof = smoke_test(vulkan_binary.path, gpu=True, environ=device)
+    assert proof.passed and proof.detail == "decoded 6 tokens as expected with 3/3 layers on Vulkan0"
     hidden = {k: v for k, v in os.environ.items() if k != "GGML_VK_VISIBLE_DEVICES"}
     refused = smoke_test(vulkan_binary.path, gpu=True, environ=hidden)  # llama.cpp ignores a CPU-type device
     assert not refused.passed and "no model buffer on a GPU device" in refused.detail

@@ -192,12 +192,15 @@ def smoke_test(binary: Path, *, gpu: bool = False, environ: Mapping[str, str] | 
                 _stop(proc)
         text = log_path.read_text(errors="replace")
         tail = "\n".join(text.splitlines()[-25:])
+        report = parse_report(text.splitlines())
         if detail is None and gpu:
-            detail = _offload_problem(parse_report(text.splitlines()))
+            detail = _offload_problem(report)
         elapsed = time.monotonic() - began
         died = proc.returncode if proc.returncode is not None and proc.returncode < 0 else None
         if detail is None:
-            return SmokeResult(True, elapsed, f"decoded {_PREDICT} tokens as expected", log_tail=tail)
+            where = (f" with {report.offloaded_layers}/{report.layers} layers on "
+                     + ", ".join(device.device for device in report.gpu_devices)) if gpu else ""
+            return SmokeResult(True, elapsed, f"decoded {_PREDICT} tokens as expected{where}", log_tail=tail)
         return SmokeResult(False, elapsed, detail, returncode=died if died is not None else proc.returncode,
                            log_tail=tail)
 

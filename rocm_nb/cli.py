@@ -31,7 +31,7 @@ from rocm_nb.errors import InvalidModel, ModelNotFound, RocmNbError, describe_ex
 from rocm_nb.hardware import Hardware, describe, describe_gpu, detect
 from rocm_nb.hardware._hsa import server_env
 from rocm_nb.hardware._tools import run_tool
-from rocm_nb.hardware._vulkan_devices import auto_usable, vulkan_gpus
+from rocm_nb.hardware._vulkan_devices import vulkan_gpus, why_not_chosen
 from rocm_nb.modelfiles.catalog import CATALOGUE, DEFAULT_MODEL, models_dir, pull, read_info, verify
 from rocm_nb.modelfiles.library import models
 
@@ -100,21 +100,22 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _vulkan(hardware: Hardware) -> list[str]:
-    """Every Vulkan device vulkaninfo lists, with its type and memory, and whether rocm_nb would choose it."""
+    """Every Vulkan device vulkaninfo lists, with its type and memory, and whether rocm_nb would use it."""
     gpus, source = vulkan_gpus(run_tool)
     if not gpus:
         return [source]
     lines = []
     for gpu in gpus:
-        if not auto_usable(gpu):
-            why = (f"never auto-selected: a {gpu.device_type} device"
-                   + (" runs on the CPU, slower than the CPU backend" if gpu.device_type == "software" else "")
-                   + "; LocalModel(..., backend='vulkan') or ROCM_NB_BACKEND=vulkan uses it, with a warning")
+        why = why_not_chosen(gpu)
+        if why is not None:
+            use = (f"never auto-selected: {why}; LocalModel(..., backend='vulkan') or ROCM_NB_BACKEND=vulkan uses "
+                   "it, with a warning" if gpu.device_type == "software" else
+                   f"never auto-selected: {why}; LocalModel(..., backend='vulkan') uses it")
         elif hardware.backend == "vulkan":
-            why = "used: the Vulkan backend is this machine's"
+            use = "used: Vulkan serves this machine"
         else:
-            why = f"not used: the {hardware.backend} backend serves this machine; backend='vulkan' would use it"
-        lines += [describe_gpu(gpu), f"  {why}"]
+            use = f"not used: the {hardware.backend} backend serves this machine; backend='vulkan' would use it"
+        lines += [describe_gpu(gpu), f"  {use}"]
     return [*lines, f"(read from {source})"]
 
 

@@ -97,7 +97,8 @@ def test_doctor_prints_the_vulkan_device_and_says_it_is_not_auto_selected(
     vulkan = out.split("\nVulkan\n")[1].split("\n\n")[0]
     assert re.search(r"Vulkan 0: llvmpipe \(LLVM [\d.]+, \d+ bits\) \(software, mesa\) · 2\.0 GiB of device memory, "
                      r"2\.0 GiB free", vulkan)
-    assert "never auto-selected: a software device runs on the CPU, slower than the CPU backend" in vulkan
+    assert "never auto-selected: a software device: it runs on the CPU, more slowly than llama.cpp's own CPU " \
+           "backend" in vulkan
 
 
 def test_the_install_was_proven_on_the_device_and_is_keyed_by_the_backend(

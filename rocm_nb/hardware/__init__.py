@@ -75,7 +75,7 @@ from rocm_nb.hardware._tools import (
 )
 from rocm_nb.hardware._types import GPU, Backend, GpuUsage, Hardware
 from rocm_nb.hardware._unified import decide
-from rocm_nb.hardware._vulkan_devices import VISIBLE_ENV, auto_usable, has_render_node, vulkan_gpus
+from rocm_nb.hardware._vulkan_devices import VISIBLE_ENV, has_render_node, llama_default, vulkan_gpus, why_not_chosen
 
 __all__ = [
     "GPU",
@@ -136,33 +136,24 @@ def _visible(gpus: tuple[GPU, ...], notes: list[str]) -> str | None:
     return ",".join(str(g.index) for g in discrete)
 
 
-def _software_note(gpu: GPU) -> str:
-    """What a software Vulkan device is, for notes and warnings."""
-    return (f"Vulkan device {gpu.index}, {gpu.name}, is a {gpu.device_type} device: it runs on the CPU, more "
-            "slowly than llama.cpp's own CPU backend (see benchmarks/README.md), so it is for trying the GPU path, "
-            "not for speed")
-
-
 def _detect_vulkan(runner: Runner, notes: list[str], root: Path, *, forced: bool,
                    server: Path | None) -> Hardware | None:
-    """The Vulkan GPUs to use: the discrete and integrated ones; software ones only when Vulkan was asked for."""
+    """The Vulkan GPUs to use (see the module docstring); ``None`` when none is chosen."""
     gpus, source = vulkan_gpus(runner, server)
-    usable = tuple(g for g in gpus if auto_usable(g) and (forced or g.device_type == "discrete" or g.vendor == "amd"))
-    notes += [f"Vulkan device {g.index}, {g.name}, is an integrated {g.vendor} GPU: not chosen automatically (rocm_nb "
-              "keeps the CPU build there unless asked; whether the GPU is faster depends on the chip and the model); "
-              "backend='vulkan' uses it" for g in gpus if auto_usable(g) and g not in usable]
-    if usable:
-        if not (root / "dev" / "kfd").exists():
-            notes += [f"ROCm cannot use {g.name}: /dev/kfd (amdgpu's compute interface, which ROCm needs) is "
-                      "missing; llama-server's Vulkan build runs it" for g in usable if g.vendor == "amd"]
-        return Hardware("vulkan", usable, None, (*notes, f"Vulkan devices read from {source}"))
-    if forced and gpus:
-        notes += [_software_note(g) + f"; used because the Vulkan backend was asked for ({VISIBLE_ENV} names it, "
-                                      "as llama.cpp ignores such devices otherwise)" for g in gpus]
+    usable = tuple(g for g in gpus if (llama_default(g) if forced else why_not_chosen(g) is None))
+    if forced and not usable and gpus:  # only software (or virtual) devices: named for llama.cpp, and said what
+        notes += [f"Vulkan device {g.index}, {g.name}, is {why_not_chosen(g)}; used because the Vulkan backend was "
+                  f"asked for ({VISIBLE_ENV} names it)" for g in gpus]
         visible = ",".join(str(g.index) for g in gpus)
         return Hardware("vulkan", gpus, visible, (*notes, f"Vulkan devices read from {source}"))
-    notes += [_software_note(g) + "; never chosen automatically: backend='vulkan' uses it" for g in gpus]
-    return None
+    notes += [f"Vulkan device {g.index}, {g.name}, is never chosen automatically: it is {why}; backend='vulkan' "
+              "uses it" for g in gpus if g not in usable and (why := why_not_chosen(g))]
+    if not usable:
+        return None
+    if not (root / "dev" / "kfd").exists():
+        notes += [f"ROCm cannot use {g.name}: /dev/kfd (amdgpu's compute interface, which ROCm needs) is "
+                  "missing; llama-server's Vulkan build runs it" for g in usable if g.vendor == "amd"]
+    return Hardware("vulkan", usable, None, (*notes, f"Vulkan devices read from {source}"))
 
 
 def detect(

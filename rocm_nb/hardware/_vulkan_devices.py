@@ -52,8 +52,8 @@ from pathlib import Path
 from rocm_nb.hardware._tools import Runner
 from rocm_nb.hardware._types import GPU, DeviceType, Vendor
 
-__all__ = ["AUTO_TYPES", "VISIBLE_ENV", "VULKANINFO", "auto_usable", "has_render_node", "parse_list_devices",
-           "parse_vulkaninfo", "vulkan_gpus"]
+__all__ = ["LLAMA_DEFAULT_TYPES", "VISIBLE_ENV", "VULKANINFO", "has_render_node", "llama_default",
+           "parse_list_devices", "parse_vulkaninfo", "vulkan_gpus", "why_not_chosen"]
 
 VULKANINFO = ("vulkaninfo",)
 """The call :func:`parse_vulkaninfo` reads (the full report: ``--summary`` leaves the memory heaps out)."""
@@ -61,8 +61,9 @@ VULKANINFO = ("vulkaninfo",)
 VISIBLE_ENV = "GGML_VK_VISIBLE_DEVICES"
 """llama.cpp's list of the Vulkan indices it may use; the only way it uses a software device."""
 
-AUTO_TYPES: frozenset[DeviceType] = frozenset({"discrete", "integrated"})
-"""The device types llama.cpp (and rocm_nb's auto-detection) use without ``GGML_VK_VISIBLE_DEVICES``."""
+LLAMA_DEFAULT_TYPES: frozenset[DeviceType] = frozenset({"discrete", "integrated"})
+"""The device types llama.cpp uses without ``GGML_VK_VISIBLE_DEVICES``; rocm_nb's auto-detection takes fewer
+(:func:`why_not_chosen`)."""
 
 _TYPES: dict[str, DeviceType] = {
     "PHYSICAL_DEVICE_TYPE_DISCRETE_GPU": "discrete", "PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU": "integrated",
@@ -177,14 +178,35 @@ def parse_list_devices(text: str) -> list[GPU]:
     return gpus
 
 
-def auto_usable(gpu: GPU) -> bool:
-    """Whether a Vulkan device is one llama.cpp and rocm_nb use without being asked: a discrete or integrated GPU.
+def llama_default(gpu: GPU) -> bool:
+    """Whether llama.cpp uses a Vulkan device without ``GGML_VK_VISIBLE_DEVICES``: a discrete or integrated GPU.
 
     Example:
-        >>> auto_usable(GPU(0, "llvmpipe", "", "mesa", None, None, False, vulkan_type="software"))
+        >>> llama_default(GPU(0, "llvmpipe", "", "mesa", None, None, False, vulkan_type="software"))
         False
     """
-    return gpu.device_type in AUTO_TYPES
+    return gpu.device_type in LLAMA_DEFAULT_TYPES
+
+
+def why_not_chosen(gpu: GPU) -> str | None:
+    """Why auto-detection does not choose a Vulkan device (``None``: it does): a software, virtual or "other"
+    device, or an integrated GPU of a vendor other than AMD.
+
+    Example:
+        >>> why_not_chosen(GPU(0, "Arc A770", "", "intel", None, None, False, vulkan_type="discrete")) is None
+        True
+        >>> why_not_chosen(GPU(1, "llvmpipe", "", "mesa", None, None, False, vulkan_type="software"))[:40]
+        'a software device: it runs on the CPU, m'
+    """
+    if gpu.device_type == "software":
+        return ("a software device: it runs on the CPU, more slowly than llama.cpp's own CPU backend "
+                "(benchmarks/README.md), so it is for trying the GPU path, not for speed")
+    if not llama_default(gpu):
+        return f"a {gpu.device_type} device, which llama.cpp uses only when {VISIBLE_ENV} names it"
+    if gpu.device_type == "integrated" and gpu.vendor != "amd":
+        return (f"an integrated {gpu.vendor} GPU: rocm_nb keeps the CPU build there unless asked (whether the GPU "
+                "is faster depends on the chip and the model)")
+    return None
 
 
 def has_render_node(root: Path = Path("/")) -> bool:

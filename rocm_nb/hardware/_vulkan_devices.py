@@ -17,12 +17,16 @@ size. A budget above the heap's size (RADV's small BAR heap reports
 16 EiB) is capped at the size. So the fit plan sees the free memory the
 server itself will see.
 
-**Software devices are never chosen without being asked.** Mesa's lavapipe
-(``llvmpipe``, ``PHYSICAL_DEVICE_TYPE_CPU``) is a conformant Vulkan device
-that runs on the CPU, slower than llama.cpp's own CPU backend (benchmarks/README.md).
-The pinned llama.cpp ignores it, and virtual and "other" devices, unless
-``GGML_VK_VISIBLE_DEVICES`` names them; :func:`~rocm_nb.hardware.detect` does
-the same unless ``backend="vulkan"`` asks for Vulkan.
+**Which devices are chosen without being asked** (:func:`why_not_chosen`).
+Mesa's lavapipe (``llvmpipe``, ``PHYSICAL_DEVICE_TYPE_CPU``) is a conformant
+Vulkan device that runs on the CPU, about 50 times slower than llama.cpp's own
+CPU backend (benchmarks/README.md). The pinned llama.cpp ignores it, and
+virtual and "other" devices, unless ``GGML_VK_VISIBLE_DEVICES`` names them;
+:func:`~rocm_nb.hardware.detect` never chooses them either unless
+``backend="vulkan"`` asks for Vulkan, nor an integrated GPU of another vendor
+than AMD (a laptop keeps its CPU build: whether its iGPU is faster was not
+measured here). Discrete GPUs of every vendor and AMD's integrated ones are
+chosen.
 
 **Sources.** ``vulkaninfo`` in full (its ``--summary`` has no memory; this
 parser reads both forms, the summary's devices with memory unknown). Without

@@ -25,7 +25,7 @@ from common import NO_TARGET, RAW, REPS, Row, spread
 
 from rocm_nb import LocalModel
 from rocm_nb.client.embeddings import CHUNK
-from rocm_nb.client.tools import run_tools
+from rocm_nb.client.tool_loop import run_tools
 
 TEXTS = 64
 SENTENCE = "the quick brown fox jumps over a lazy dog while seven bright stars watch quietly from above"

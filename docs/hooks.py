@@ -43,53 +43,30 @@ def _first_sentence(doc: str | None) -> str:
     return ROLE.sub(r"\1", sentence).replace("``", "").rstrip(".")
 
 
-def _error_classes() -> list[tuple[str, type]]:
-    """``RocmNbError`` and its public subclasses in tree order, each with its tree prefix (``├── `` …)."""
-    from rocm_nb.errors import RocmNbError
-
-    def public(cls: type) -> Iterator[type]:  # a private base (``_ProcessError``) hands its subclasses on
-        for sub in cls.__subclasses__():
-            if sub.__name__.startswith("_"):
-                yield from public(sub)
-            else:
-                yield sub
-
-    found: list[tuple[str, type]] = [("", RocmNbError)]
-
-    def walk(cls: type, indent: str) -> None:
-        children = list(public(cls))
-        for i, child in enumerate(children):
-            last = i == len(children) - 1
-            found.append((f"{indent}{'└── ' if last else '├── '}", child))
-            walk(child, indent + ("    " if last else "│   "))
-
-    walk(RocmNbError, "")
-    return found
-
-
 def error_tree() -> str:
     """The tree of ``RocmNbError`` and its public subclasses, then a table: each one's built-in bases and meaning.
 
-    Drawn here, in one place, from the classes themselves: ``rocm_nb.errors`` has no function for it yet.
+    Both come from ``rocm_nb.errors`` (``error_tree()`` draws the tree from the classes, ``error_classes()``
+    lists them in its order), so this page, the module's docstring and the classes cannot disagree.
     """
-    from rocm_nb.errors import RocmNbError
+    from rocm_nb.errors import RocmNbError, error_classes
+    from rocm_nb.errors import error_tree as drawn
 
     def builtins(cls: type) -> list[str]:
         return [b.__name__ for b in cls.__bases__ if not issubclass(b, RocmNbError) and b is not Exception]
 
-    classes = _error_classes()
-    tree = "\n".join(prefix + cls.__name__ + (f" ({', '.join(builtins(cls))})" if builtins(cls) else "")
-                     for prefix, cls in classes)
     rows = "\n".join(f"| [`{cls.__name__}`](#rocm_nb.errors.{cls.__name__}) | "
                      f"{', '.join(f'`{b}`' for b in builtins(cls))} | {_first_sentence(cls.__doc__)} |"
-                     for _, cls in classes)
-    return f"```text\n{tree}\n```\n\n| error | also a | what it means |\n| --- | --- | --- |\n{rows}"
+                     for cls in error_classes())
+    return f"```text\n{drawn()}\n```\n\n| error | also a | what it means |\n| --- | --- | --- |\n{rows}"
 
 
 def error_reference() -> str:
     """A mkdocstrings block per exception, in the tree's order (the module's own docstring is not repeated)."""
+    from rocm_nb.errors import error_classes
+
     return "\n\n".join(f"::: rocm_nb.errors.{cls.__name__}\n    options:\n      heading_level: 3"
-                         for _, cls in _error_classes())
+                         for cls in error_classes())
 
 
 def magic_help() -> str:

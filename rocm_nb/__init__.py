@@ -26,10 +26,12 @@ from rocm_nb.errors import (
     BuildError,
     GenerationError,
     GenerationTimeout,
+    ImagesNotSupported,
     InvalidModel,
     ModelClosed,
     ModelNotFound,
     ModelNotStarted,
+    ProjectorMismatch,
     RocmNbError,
     SchemaMismatch,
     ServerCrashed,
@@ -54,7 +56,7 @@ if TYPE_CHECKING:
     from rocm_nb.client.status import ServerStatus
     from rocm_nb.client.stream import AsyncTokenStream, Delta, TokenStream
     from rocm_nb.client.timings import Timings, Usage
-    from rocm_nb.client.tools import ToolRun
+    from rocm_nb.client.tool_loop import ToolRun
     from rocm_nb.hardware import GpuUsage, gpu_usage
     from rocm_nb.model import LocalModel
     from rocm_nb.modelfiles.fit import FitPlan, MemoryEstimate
@@ -86,6 +88,7 @@ __all__ = [
     "GenerationTimeout",
     "GpuMonitor",
     "GpuUsage",
+    "ImagesNotSupported",
     "InvalidModel",
     "LocalModel",
     "LocalRouter",
@@ -98,6 +101,7 @@ __all__ = [
     "NextTokenExplorer",
     "ProcessUsage",
     "Progress",
+    "ProjectorMismatch",
     "Prompt",
     "ReplyView",
     "RocmNbError",
@@ -171,7 +175,7 @@ _LAZY = {
     "TokenStream": "rocm_nb.client.stream",
     "TokenView": "rocm_nb.notebook.token_view",
     "ToolCall": "rocm_nb.client.completion",
-    "ToolRun": "rocm_nb.client.tools",
+    "ToolRun": "rocm_nb.client.tool_loop",
     "Usage": "rocm_nb.client.timings",
     "connect": "rocm_nb.client",
     "gpu_usage": "rocm_nb.hardware",

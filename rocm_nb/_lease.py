@@ -33,11 +33,14 @@ import enum
 import sys
 import threading
 from collections.abc import Callable
+from typing import Self
 
+from rocm_nb._callbacks import CloseCallbacks
 from rocm_nb.client import Client
 from rocm_nb.client.stream import FailureHook
+from rocm_nb.errors import ModelClosed, ModelNotStarted, RocmNbError
 from rocm_nb.server import LlamaServer, LoadProgress, ServerConfig
-from rocm_nb.server._registry import ServerRegistry
+from rocm_nb.server._registry import ServerRegistry, default_registry
 
 __all__ = ["ModelState", "OwnServer", "ServerLease"]
 
@@ -136,7 +139,7 @@ class ServerLease:
                 self._config, lambda: LlamaServer(self._config, start_timeout=self._start_timeout).start(progress)
             )
             try:
-                api = Client(server.base_url, server.api_key, timeout=self._timeout, on_failure=self._on_failure,
+                api = Client(server.base_url, server.api_key, timeout=self._timeout, _on_failure=self._on_failure,
                              deadline=None)  # our own server: a long reply on a slow CPU may take hours
             except BaseException:  # Ctrl-C just after the load: nobody holds this share, so give it back
                 self._registry.release(self._config, server)
@@ -220,23 +223,161 @@ class ServerLease:
 
 
 class OwnServer:
-    """What :class:`~rocm_nb.LocalModel` and :class:`~rocm_nb.LocalRouter` say alike of the server they hold.
+    """The life of a server of one's own, written once for ``LocalModel`` and ``LocalRouter``.
 
-    Each provides ``_lease`` and ``server`` (which raises
-    :class:`~rocm_nb.errors.ModelNotStarted` before ``start()``); none of
-    these starts a server.
+    A subclass makes its :class:`ServerLease` with :meth:`_hold` and says
+    what it is (``_what``, for messages: ``"this LocalModel (smollm2-135m)"``)
+    and how to make a fresh one (``_again``); it may add ``_after_close``
+    (the router removes its folder of links there). Everything else is here:
+    ``start``, ``close``/``aclose``, ``with`` and ``async with``,
+    close callbacks, the ``_client``/``_aclient`` hooks of the generation API,
+    ``state``, ``server`` (which raises
+    :class:`~rocm_nb.errors.ModelNotStarted` before ``start()``),
+    ``base_url``, ``api_key``, ``pid`` and ``logs``. None of the properties
+    starts a server.
 
     Example:
         >>> from rocm_nb import LocalModel, LocalRouter
-        >>> issubclass(LocalModel, OwnServer) and issubclass(LocalRouter, OwnServer)
-        True
+        >>> [cls.close is OwnServer.close for cls in (LocalModel, LocalRouter)]
+        [True, True]
     """
 
     _lease: ServerLease
+    _on_close: CloseCallbacks
+    _what: str
+    """What this is, for messages: ``this LocalModel (smollm2-135m)``."""
+    _again: str
+    """How to get a fresh one, for messages: ``create a new one with LocalModel('smollm2-135m')``."""
+
+    def _hold(self, config: ServerConfig, registry: ServerRegistry[ServerConfig, LlamaServer] | None, *,
+              start_timeout: float, timeout: float) -> None:
+        """Make the lease on ``config``'s server (not started) and the close callbacks."""
+        self._lease = ServerLease(config, default_registry if registry is None else registry,
+                                  start_timeout=start_timeout, timeout=timeout, on_failure=self._better_error,
+                                  closed_error=self._closed_error)
+        self._on_close = CloseCallbacks(self._what, lambda: self.state is ModelState.CLOSED)
+
+    # -- lifetime ---------------------------------------------------------------------------
+
+    def start(self, progress: LoadProgress | None = None) -> Self:
+        """Start the server (or attach to a running one with the same configuration); returns ``self``.
+
+        A server that crashed is replaced by a fresh one.
+        ``progress(elapsed_seconds, last_log_line)`` is called while loading.
+        It blocks while the model loads: async code gets the same from its
+        first request (or ``async with``) without blocking its loop.
+
+        Example:
+            >>> model = LocalModel().start()  # doctest: +SKIP
+        """
+        self._lease.start(progress)
+        return self
+
+    def close(self) -> None:
+        """Stop using the server; it stops when its last user closes. Idempotent.
+
+        The close callbacks run first (a GPU monitor stops sampling), then
+        streams that other threads are reading end (with
+        :class:`~rocm_nb.errors.ModelClosed`), then the server is let go.
+
+        Example:
+            >>> model.close()  # doctest: +SKIP
+        """
+        self._lease.close(before=self._on_close.run)
+        self._after_close()
+
+    async def aclose(self) -> None:
+        """:meth:`close` for async code: the async connections close on this loop, the server off it.
+
+        Example:
+            >>> await model.aclose()  # doctest: +SKIP
+        """
+        import asyncio
+
+        await self._lease.aclose(before=self._on_close.run)
+        await asyncio.to_thread(self._after_close)
+
+    def _after_close(self) -> None:
+        """What a subclass does once its server is let go (nothing here)."""
+
+    def add_close_callback(self, fn: Callable[[], object]) -> None:
+        """Call ``fn()`` once when this is closed; at once if it already is.
+
+        As with ``Future.add_done_callback``: what watches the model (a GPU
+        monitor) registers here, so the model needs to know nothing of it. A
+        callback that raises is reported as a ``RuntimeWarning``; the others
+        still run, and the model still closes.
+
+        Example:
+            >>> model.add_close_callback(lambda: print("closed"))  # doctest: +SKIP
+            >>> model.close()  # doctest: +SKIP
+            closed
+        """
+        self._on_close.add(fn)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        import asyncio
+
+        return await asyncio.to_thread(self.start)
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def _closed_error(self) -> ModelClosed:
+        return ModelClosed(f"{self._what} was closed; {self._again}")
+
+    def _better_error(self, exc: Exception, partial: str) -> RocmNbError | None:
+        """A transport failure, explained: this was closed while a request was running (else nothing to add)."""
+        if self.state is ModelState.CLOSED:
+            return ModelClosed(f"{self._what} was closed while a request was running; the request was cut off. "
+                               f"{self._again[0].upper()}{self._again[1:]}")
+        return None
+
+    def _client(self) -> Client:
+        return self._lease.client()
+
+    async def _aclient(self) -> Client:
+        return await self._lease.aclient()
+
+    # -- what notebooks show ----------------------------------------------------------------
+
+    @property
+    def state(self) -> ModelState:
+        """Where this is in its life (no I/O: a look at the process).
+
+        Example:
+            >>> LocalModel("smollm2-135m").state.value  # doctest: +SKIP
+            'new'
+        """
+        return self._lease.state
 
     @property
     def server(self) -> LlamaServer:
-        raise NotImplementedError
+        """The :class:`~rocm_nb.server.LlamaServer` in use (never starts one).
+
+        Raises :class:`~rocm_nb.errors.ModelNotStarted` before ``start()`` and
+        :class:`~rocm_nb.errors.ModelClosed` after ``close()``; after a crash
+        it is the server that died.
+
+        Example:
+            >>> LocalModel("smollm2-135m").server  # doctest: +SKIP
+            Traceback (most recent call last):
+            rocm_nb.errors.ModelNotStarted: this LocalModel (smollm2-135m) has not started; call model.start() ...
+        """
+        if self.state is ModelState.CLOSED:
+            raise self._closed_error()
+        server = self._lease.server
+        if server is None:
+            handle = type(self).__name__.removeprefix("Local").lower()  # model, router
+            raise ModelNotStarted(f"{self._what} has not started; call {handle}.start() (or use "
+                                  f"`with {type(self).__name__}(...)`) first: properties never start a server")
+        return server
 
     @property
     def base_url(self) -> str:
@@ -253,3 +394,12 @@ class OwnServer:
         """The server's process id, or ``None`` when it is not running."""
         server = self._lease.server
         return server.pid if server is not None and server.alive else None
+
+    def logs(self, n: int | None = None) -> list[str]:
+        """The server's last ``n`` log lines (all kept lines by default; none before the first start).
+
+        Example:
+            >>> print("\\n".join(model.logs(5)))  # doctest: +SKIP
+        """
+        server = self._lease.server
+        return [] if server is None else server.logs(n)

@@ -32,7 +32,7 @@ from rocm_nb.hardware import Hardware, describe, describe_gpu, detect
 from rocm_nb.hardware._hsa import server_env
 from rocm_nb.hardware._tools import run_tool
 from rocm_nb.hardware._vulkan_devices import vulkan_gpus, why_not_chosen
-from rocm_nb.modelfiles.catalog import CATALOGUE, DEFAULT_MODEL, models_dir, pull, read_info, verify
+from rocm_nb.modelfiles.catalog import CATALOGUE, DEFAULT_MODEL, models_dir, pull, read_info, resolve_model, verify
 from rocm_nb.modelfiles.library import models
 
 __all__ = ["main"]
@@ -82,7 +82,7 @@ def _doctor(args: argparse.Namespace) -> int:
     entry = CATALOGUE[DEFAULT_MODEL]
     path = models_dir() / entry.filename
     if path.is_file():
-        _print(f"  {read_info(path).summary()}\n  {path}")
+        _print(f"  {read_info(path).summary(DEFAULT_MODEL)}\n  {path}")
     else:
         problems += 1
         _print(f"  {DEFAULT_MODEL} is not downloaded yet. Next step: rocm-nb pull {DEFAULT_MODEL}")
@@ -155,9 +155,10 @@ def _pull(args: argparse.Namespace) -> int:
 
 def _models(args: argparse.Namespace) -> int:
     _print(models(args.dirs or None))
-    directory = models_dir()
     for name, entry in sorted(CATALOGUE.items()):
-        if not (directory / entry.filename).is_file():
+        try:
+            resolve_model(name, download=False)  # a hub entry: in the Hugging Face cache, or not
+        except (ModelNotFound, ModuleNotFoundError):
             _print(f"\nnot downloaded yet: {name}  {entry.description}\n  next step: rocm-nb pull {name}")
     return 0
 

@@ -1,24 +1,29 @@
 """Every exception rocm_nb raises, in one tree.
 
-::
+The drawing is :func:`error_tree`'s, made from the classes themselves (their
+other built-in base, and each one's one-line summary); a test keeps this copy
+equal to it, and the documentation draws it the same way::
 
-    RocmNbError
-    ├── BinaryNotFound (FileNotFoundError)   no usable llama-server; says how to get one
-    ├── BuildError                           building llama-server failed: flags, log tail
-    ├── ModelNotFound (FileNotFoundError)    path/name/repo does not resolve
-    ├── InvalidModel (ValueError)            not a GGUF, truncated, unsupported arch
-    ├── RuntimeDirError (OSError)            no private, writable folder for run records; says which to set
-    ├── ServerStartError                     exited while loading: .returncode, .log_tail, hint
-    ├── ServerStartTimeout (TimeoutError)    still not ready after the start timeout
-    ├── ServerCrashed                        died after it was ready: .returncode, .log_tail
-    ├── GenerationError                      the server refused a request (non-2xx): .status_code, .body
-    │   ├── ServerUnavailable (ConnectionError)  nothing answers, or the connection was lost
-    │   ├── GenerationTimeout (TimeoutError)     a timeout ran out: .phase connect/read/write/pool/total
-    │   ├── StreamProtocolError                  not an event stream, a malformed event, a truncated stream
-    │   ├── SchemaMismatch (ValueError)          the reply is not the JSON asked for (or breaks its schema)
-    │   └── TextTooLong (ValueError)             a text is longer than the embedding server's context: .index
-    ├── ModelClosed (RuntimeError)           used after close()
-    └── ModelNotStarted (RuntimeError)       asked for what only a started model has (base_url, api_key)
+    RocmNbError                                  Base class of every rocm_nb error.
+    ├── BinaryNotFound (FileNotFoundError)       No usable llama-server was found (or the one named does not work).
+    ├── BuildError                               Building llama-server from source failed.
+    ├── ModelNotFound (FileNotFoundError)        A model path, catalogue name or hub reference does not resolve.
+    ├── AmbiguousModel (ValueError)              A server offers several models and the request named none: pass model=.
+    ├── InvalidModel (ValueError)                The file is not a usable GGUF (bad magic, truncated, unsupported).
+    ├── RuntimeDirError (OSError)                The folder for run records (ROCM_NB_RUNTIME_DIR) cannot be used.
+    ├── ServerStartError                         llama-server exited while it was loading the model.
+    │   └── ProjectorMismatch                    llama-server refused the image projector (mmproj=) for this model.
+    ├── ServerCrashed                            llama-server died after it was ready (for example during a generation).
+    ├── ServerStartTimeout (TimeoutError)        llama-server did not report ready within the start timeout.
+    ├── GenerationError                          A generation failed: the base of every failure to get a reply.
+    │   ├── ServerUnavailable (ConnectionError)  Nothing answers at the server's address, or the connection was lost.
+    │   ├── GenerationTimeout (TimeoutError)     A timeout ran out; .phase says which, .timeout its value (s).
+    │   ├── StreamProtocolError                  The server's answer is not a well-formed event stream.
+    │   ├── SchemaMismatch (ValueError)          The reply is not the JSON asked for (not JSON, or against its schema).
+    │   ├── ImagesNotSupported (ValueError)      An image for a model without a projector, or a server that takes none.
+    │   └── TextTooLong (ValueError)             A text longer than the embedding server's context; .index says which.
+    ├── ModelClosed (RuntimeError)               The model (or client) was used after close().
+    └── ModelNotStarted (RuntimeError)           What only a running server has (base_url, api_key) was asked too early.
 
 Every error says what happened, what was tried and what to do next. The
 generation and server-process errors keep ``str(exc)`` short: the next step
@@ -36,8 +41,9 @@ Example:
 
 from __future__ import annotations
 
+import re
 import signal
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal, TypeVar
 
 __all__ = [
@@ -46,10 +52,12 @@ __all__ = [
     "BuildError",
     "GenerationError",
     "GenerationTimeout",
+    "ImagesNotSupported",
     "InvalidModel",
     "ModelClosed",
     "ModelNotFound",
     "ModelNotStarted",
+    "ProjectorMismatch",
     "RocmNbError",
     "RuntimeDirError",
     "SchemaMismatch",
@@ -61,6 +69,8 @@ __all__ = [
     "TextTooLong",
     "TimeoutPhase",
     "describe_exit",
+    "error_classes",
+    "error_tree",
     "with_notes",
 ]
 
@@ -149,7 +159,7 @@ class RocmNbError(Exception):
 
 
 class BinaryNotFound(RocmNbError, FileNotFoundError):
-    """No usable ``llama-server`` was found (or the one named does not work).
+    """No usable llama-server was found (or the one named does not work).
 
     Example:
         >>> raise BinaryNotFound("no llama-server")  # doctest: +SKIP
@@ -180,7 +190,7 @@ class ModelNotFound(RocmNbError, FileNotFoundError):
 
 
 class AmbiguousModel(RocmNbError, ValueError):
-    """A server offers several models and the request did not say which: pass ``model=``.
+    """A server offers several models and the request named none: pass ``model=``.
 
     ``.models`` lists the ids the server offers.
 
@@ -196,7 +206,7 @@ class AmbiguousModel(RocmNbError, ValueError):
 
 
 class InvalidModel(RocmNbError, ValueError):
-    """The file is not a usable GGUF model (wrong magic, truncated, unsupported).
+    """The file is not a usable GGUF (bad magic, truncated, unsupported).
 
     Example:
         >>> issubclass(InvalidModel, ValueError)
@@ -205,9 +215,9 @@ class InvalidModel(RocmNbError, ValueError):
 
 
 class RuntimeDirError(RocmNbError, OSError):
-    """The folder for run records (see :func:`rocm_nb._paths.runtime_root`) cannot be used.
+    """The folder for run records (``ROCM_NB_RUNTIME_DIR``) cannot be used.
 
-    Raised before any server starts: it is not a folder, it belongs to
+    See :func:`rocm_nb._paths.runtime_root`. Raised before any server starts: it is not a folder, it belongs to
     another user, or it cannot be created or written. The message names
     the folder and says what to do (``ROCM_NB_RUNTIME_DIR``).
 
@@ -245,6 +255,21 @@ class ServerStartError(_ProcessError):
         self.hint = hint
 
 
+class ProjectorMismatch(ServerStartError):
+    """llama-server refused the image projector (mmproj=) for this model.
+
+    The projector must come with the model: it projects images into that
+    model's embedding space, so one made for another model (another width,
+    another architecture) is refused while loading. The message quotes the
+    server's reason; ``.log_tail`` holds its last log lines.
+
+    Example:
+        >>> e = ProjectorMismatch("refused", returncode=1, log_tail="mismatch between text model ...")
+        >>> isinstance(e, ServerStartError), e.log_tail
+        (True, 'mismatch between text model ...')
+    """
+
+
 class ServerStartTimeout(RocmNbError, TimeoutError):
     """llama-server did not report ready within the start timeout.
 
@@ -276,7 +301,7 @@ class ServerCrashed(_ProcessError):
 
 
 class GenerationError(RocmNbError):
-    """A generation failed: the base of every failure to get a reply from a server.
+    """A generation failed: the base of every failure to get a reply.
 
     Raised as itself when the server refused a request (a non-2xx answer,
     or an error event mid-stream); the subclasses name the other causes.
@@ -311,7 +336,7 @@ class GenerationError(RocmNbError):
 
 
 class ServerUnavailable(GenerationError, ConnectionError):
-    """Nothing answers at the server's address, or the connection was lost mid-request.
+    """Nothing answers at the server's address, or the connection was lost.
 
     Example:
         >>> issubclass(ServerUnavailable, (GenerationError, ConnectionError))
@@ -320,7 +345,7 @@ class ServerUnavailable(GenerationError, ConnectionError):
 
 
 class GenerationTimeout(GenerationError, TimeoutError):
-    """One of the HTTP timeouts ran out; ``.phase`` says which, ``.timeout`` its value (s).
+    """A timeout ran out; ``.phase`` says which, ``.timeout`` its value (s).
 
     ``connect``: no connection within the connect timeout; ``read``: the
     server sent nothing for that long mid-reply (it looks hung); ``write``:
@@ -356,7 +381,7 @@ class StreamProtocolError(GenerationError):
 
 
 class SchemaMismatch(GenerationError, ValueError):
-    """The reply is not the JSON that was asked for: not JSON at all, or breaking its schema.
+    """The reply is not the JSON asked for (not JSON, or against its schema).
 
     The raw reply is in ``.body``.
 
@@ -366,8 +391,21 @@ class SchemaMismatch(GenerationError, ValueError):
     """
 
 
+class ImagesNotSupported(GenerationError, ValueError):
+    """An image for a model without a projector, or a server that takes none.
+
+    A :class:`~rocm_nb.LocalModel` without ``mmproj=`` refuses before any
+    request (``.status_code`` is ``None``); a server you ``connect()`` to
+    refuses itself, and the message quotes what it said.
+
+    Example:
+        >>> issubclass(ImagesNotSupported, (GenerationError, ValueError))
+        True
+    """
+
+
 class TextTooLong(GenerationError, ValueError):
-    """A text is longer than the embedding server's context; ``.index`` says which.
+    """A text longer than the embedding server's context; ``.index`` says which.
 
     Example:
         >>> TextTooLong("text 3 is too long", index=3).index
@@ -389,7 +427,7 @@ class ModelClosed(RocmNbError, RuntimeError):
 
 
 class ModelNotStarted(RocmNbError, RuntimeError):
-    """Something only a running server has (``base_url``, ``api_key``) was asked of a model not started.
+    """What only a running server has (``base_url``, ``api_key``) was asked too early.
 
     Properties never start a server (that may take minutes): call
     ``model.start()``, or use ``with LocalModel(...) as model``, first.
@@ -398,3 +436,55 @@ class ModelNotStarted(RocmNbError, RuntimeError):
         >>> issubclass(ModelNotStarted, RuntimeError)
         True
     """
+
+
+def _children(cls: type[BaseException]) -> list[type[BaseException]]:
+    """The public subclasses of ``cls`` in this module, in the order defined (a private one is skipped over)."""
+    found: list[type[BaseException]] = []
+    for sub in cls.__subclasses__():
+        if sub.__module__ == __name__:
+            found += _children(sub) if sub.__name__.startswith("_") else [sub]
+    return found
+
+
+def _rows(cls: type[BaseException], indent: str, branch: str) -> Iterator[tuple[str, str]]:
+    others = [base.__name__ for base in cls.__bases__ if not issubclass(base, RocmNbError)]
+    name = cls.__name__ + (f" ({', '.join(others)})" if others and cls is not RocmNbError else "")
+    summary = (cls.__doc__ or "").strip().splitlines()[0]
+    yield indent + branch + name, re.sub(r"``([^`]*)``", r"\1", summary)
+    children = _children(cls)
+    below = indent + {"": "", "├── ": "│   ", "└── ": "    "}[branch]
+    for i, child in enumerate(children):
+        yield from _rows(child, below, "└── " if i == len(children) - 1 else "├── ")
+
+
+def error_classes() -> list[type[RocmNbError]]:
+    """``RocmNbError`` and every public exception under it, in the order :func:`error_tree` draws them.
+
+    Example:
+        >>> [cls.__name__ for cls in error_classes()][:3]
+        ['RocmNbError', 'BinaryNotFound', 'BuildError']
+    """
+    def below(cls: type[BaseException]) -> Iterator[type[RocmNbError]]:
+        for child in _children(cls):
+            assert issubclass(child, RocmNbError)
+            yield child
+            yield from below(child)
+
+    return [RocmNbError, *below(RocmNbError)]
+
+
+def error_tree() -> str:
+    """The tree of rocm_nb's exceptions, drawn from the classes: each with its other built-in base and summary.
+
+    Every public exception class of this module is in it (a private base
+    such as the process errors' is skipped over). The module docstring holds
+    a copy, and the documentation's errors page is drawn by this function.
+
+    Example:
+        >>> print(error_tree().splitlines()[1])  # doctest: +NORMALIZE_WHITESPACE
+        ├── BinaryNotFound (FileNotFoundError)  No usable llama-server was found (or the one named does not work).
+    """
+    rows = list(_rows(RocmNbError, "", ""))
+    width = max(len(left) for left, _ in rows)
+    return "\n".join(f"{left:<{width}}  {summary}".rstrip() for left, summary in rows)

@@ -35,29 +35,37 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Literal, Unpack
 
-from rocm_nb._callbacks import CloseCallbacks
 from rocm_nb._escape import printable
-from rocm_nb._exposure import check_extra_args, is_loopback
-from rocm_nb._lease import ModelState, OwnServer, ServerLease
-from rocm_nb._options import DEFAULT_SPECULATIVE, device_options, plan_server, server_mode
-from rocm_nb.binary import ServerBinary, find_server
-from rocm_nb.client import Client
+from rocm_nb._exposure import is_loopback
+from rocm_nb._lease import ModelState, OwnServer
+from rocm_nb._options import DEFAULT_SPECULATIVE, LoadOptions, choose_machine, plan_server
+from rocm_nb.binary import ServerBinary
 from rocm_nb.client._generation import GenerationAPI
+from rocm_nb.client.engines import Capabilities
+from rocm_nb.client.images import ImageLimit
 from rocm_nb.client.request import Options
 from rocm_nb.client.status import ServerStatus
 from rocm_nb.errors import (
-    ModelClosed,
-    ModelNotStarted,
+    ImagesNotSupported,
+    InvalidModel,
     RocmNbError,
     ServerCrashed,
     describe_exit,
     with_notes,
 )
-from rocm_nb.hardware import Backend, GpuUsage, Hardware, detect, device_names, forced_backend, gpu_usage
+from rocm_nb.hardware import Backend, GpuUsage, Hardware, device_names, gpu_usage
 from rocm_nb.hardware._unified import UnifiedMemory
-from rocm_nb.modelfiles.catalog import DEFAULT_MODEL, ModelInfo, read_info, resolve_model
+from rocm_nb.modelfiles.catalog import (
+    DEFAULT_MODEL,
+    ModelInfo,
+    default_projector,
+    model_name,
+    read_info,
+    resolve_model,
+)
 from rocm_nb.modelfiles.fit import FitPlan
-from rocm_nb.server import LlamaServer, LoadProgress, ServerConfig
+from rocm_nb.modelfiles.projector import ProjectorInfo, read_projector
+from rocm_nb.server import LlamaServer, ServerConfig
 from rocm_nb.server._registry import ServerRegistry, default_registry
 
 if TYPE_CHECKING:
@@ -77,33 +85,19 @@ def running_servers() -> list[LlamaServer]:
     return default_registry.running()
 
 
-def _binary_for(server: str | os.PathLike[str] | None, hardware: Hardware | None,
-                wanted: Backend | None) -> tuple[ServerBinary, Hardware]:
-    """The llama-server build to run and the hardware it runs on: this machine's backend, or the one asked for.
-
-    A Vulkan build is found first when Vulkan is asked for, so that its
-    ``--list-devices`` can stand in for a missing ``vulkaninfo``. A backend
-    asked for that this machine cannot serve is a :class:`ValueError`.
-    """
-    if wanted == "vulkan" and hardware is None:
-        binary = find_server(server, backend="vulkan", strict=True)
-        found = detect(backend="vulkan", vulkan_server=binary.path)
-    else:
-        found = hardware if hardware is not None else detect(backend=wanted)
-        binary = find_server(server, backend=found.backend, strict=wanted is not None)
-    if wanted is not None and found.backend != wanted:
-        raise ValueError(f"backend={wanted!r} was asked for, but this machine has no device for it: "
-                         f"{'; '.join(found.notes)}. Next step: `rocm-nb doctor` shows what was found; leave "
-                         "backend= out to use this machine's")
-    return binary, found
-
-
 class LocalModel(OwnServer, GenerationAPI):
     """A local llama-server for one model, started for this Python session.
 
     Args:
         model: a ``.gguf`` path, a catalogue name (default ``smollm2-135m``)
             or ``hf:owner/repo/file.gguf``.
+        mmproj: the image projector that makes it a vision model (a
+            ``mmproj-….gguf`` path, ``hf:owner/repo/mmproj-….gguf``, or a
+            catalogue name for that entry's projector); a catalogue vision
+            model (``smolvlm-256m``) brings its own. With one, ``chat()``
+            takes images (:mod:`rocm_nb.client.images`); its memory counts in
+            :attr:`fit`. A projector made for another model is refused by the
+            server while loading (:class:`~rocm_nb.errors.ProjectorMismatch`).
         ctx_size: context length; default min(trained context, 8192).
         gpu_layers: layers to offload; ``None``/``"auto"`` means as many as
             fit in the free VRAM on a GPU backend (lowering the default
@@ -113,12 +107,16 @@ class LocalModel(OwnServer, GenerationAPI):
         server: path to a llama-server binary (else found or built).
         extra_args: further llama-server arguments, passed as they are; ``--host``,
             ``--port``, ``--api-key`` and ``--api-key-file`` are refused
-            (:class:`ValueError`), since rocm_nb sets them to keep the server private.
+            (:class:`ValueError`), since rocm_nb sets them to keep the server private,
+            and so is every flag that changes the server's memory (``-c``,
+            ``--cache-type-k``, ``-ub``…: :data:`~rocm_nb._options.MEMORY_FLAGS`), with
+            the keyword to use instead, since the memory plan is made before the server starts.
         host: the address llama-server listens on (default ``127.0.0.1``:
             this machine only). Any other address, such as ``"0.0.0.0"``,
             warns (:class:`UserWarning`): every machine that can reach this
             one can use the server with its API key (``model.api_key``).
-        env: extra environment for the server only.
+        env: extra environment for the server only (the ``LLAMA_ARG_*`` variables
+            that would change its memory are refused, as in ``extra_args``).
         rpc: ``host:port`` of llama.cpp RPC workers (see :func:`~rocm_nb.server.rpc.rpc_worker`) to
             split the model's layers over; all layers are offloaded by default.
         hsa_override: ``HSA_OVERRIDE_GFX_VERSION`` for the server only: ``None``
@@ -132,6 +130,10 @@ class LocalModel(OwnServer, GenerationAPI):
             the memory of the default ``"f16"``); ``cache_type_k`` and
             ``cache_type_v`` set them one by one. A quantised V cache needs
             flash attention.
+        batch_size, ubatch_size: llama-server's logical batch and micro-batch
+            (``-b``, ``-ub``; default 2048 and 512, or a slot's whole context on an
+            embedding or reranking server). The micro-batch sizes the compute buffer,
+            which the plan counts.
         unified_memory: on an AMD APU, whether the plan counts GTT (system
             RAM the GPU maps) beside the firmware's carve-out: ``"auto"``
             (default: yes where ROCm 6.4+ or Vulkan can use it), ``"on"`` or
@@ -197,6 +199,8 @@ class LocalModel(OwnServer, GenerationAPI):
         cache_type: str | None = None,
         cache_type_k: str | None = None,
         cache_type_v: str | None = None,
+        batch_size: int | None = None,
+        ubatch_size: int | None = None,
         registry: ServerRegistry[ServerConfig, LlamaServer] | None = None,
         host: str = "127.0.0.1",
         unified_memory: UnifiedMemory = "auto",
@@ -205,172 +209,93 @@ class LocalModel(OwnServer, GenerationAPI):
         reranking: bool = False,
         speculative: str | os.PathLike[str] = DEFAULT_SPECULATIVE,
         draft_gpu_layers: int | None = None,
+        mmproj: str | os.PathLike[str] | None = None,
         backend: Backend | None = None,
         device: int | None = None,
         gpu_memory: int | str | None = None,
     ) -> None:
-        extra = check_extra_args(extra_args)  # before anything is resolved, downloaded or started
+        self.load_options: LoadOptions = LoadOptions.of(  # checked before anything is resolved, downloaded or started
+            ctx_size=ctx_size, gpu_layers=gpu_layers, parallel=parallel, flash_attn=flash_attn, cache_type=cache_type,
+            cache_type_k=cache_type_k, cache_type_v=cache_type_v, batch_size=batch_size, ubatch_size=ubatch_size,
+            embedding=embedding, pooling=pooling, reranking=reranking, unified_memory=unified_memory,
+            speculative=speculative, draft_gpu_layers=draft_gpu_layers, rpc=rpc, hsa_override=hsa_override,
+            host=host, extra_args=extra_args, env=env,
+            mmproj=mmproj if mmproj is not None else default_projector(model),  # a catalogue model brings its own
+            backend=backend, device=device, gpu_memory=gpu_memory)
+        """The load options, checked: what :func:`~rocm_nb._options.plan_server` planned with."""
         if not is_loopback(host):
             warnings.warn(f"llama-server will listen on {host}: every machine that can reach this one can use "
                           "it with its API key (model.api_key); keep host='127.0.0.1' unless you mean that",
                           UserWarning, stacklevel=2)
         self._spec = os.fspath(model)
         self.path = resolve_model(model)
+        self.name: str = model_name(model, self.path)
+        """The name this model is known by: the catalogue name given, else the file's stem (``info.name`` is the
+        GGUF's own)."""
         self.info: ModelInfo = read_info(self.path)
         """GGUF metadata: architecture, parameters, quantisation, context, chat template."""
-        self.binary, found = _binary_for(server, hardware, forced_backend(backend))
+        if self.info.architecture == "clip":
+            raise InvalidModel(f"{self.path.name} is an image projector, not a model: load the model it belongs to "
+                               f"and give this file as mmproj={os.fspath(model)!r}")
+        self.binary: ServerBinary
         self.hardware: Hardware
-        self.hardware, cap = device_options(found, self.binary, device, gpu_memory, {**os.environ, **(env or {})})
-        plan = plan_server(self.info, self.path, self.binary, self.hardware, ctx_size=ctx_size,
-                           gpu_layers=gpu_layers, parallel=parallel, extra_args=extra, env=env, host=host,
-                           rpc=rpc, hsa_override=hsa_override, flash_attn=flash_attn, cache_type=cache_type,
-                           cache_type_k=cache_type_k, cache_type_v=cache_type_v, unified_memory=unified_memory,
-                           speculative=speculative, draft_gpu_layers=draft_gpu_layers, gpu_memory=cap)
-        self.fit: FitPlan = plan[0]
+        self.binary, self.hardware = choose_machine(server, hardware, self.load_options)
+        self.fit: FitPlan
         """The memory estimate and the offload decision (``model.fit.note`` says it in one sentence)."""
-        self.config: ServerConfig = server_mode(plan[1], embedding=embedding, pooling=pooling, reranking=reranking,
-                                                ctx_given=ctx_size is not None)
+        self.config: ServerConfig
+        """The server's configuration: what the plan decided, and the command line it gives."""
+        self.fit, self.config = plan_server(self.info, self.path, self.binary, self.hardware, self.load_options,
+                                            name=self.name)
+        self.projector: ProjectorInfo | None = None if self.config.mmproj is None else read_projector(
+            self.config.mmproj)
+        """The image projector's GGUF metadata (``mmproj=``), or ``None`` for a model that takes no images."""
         if not self.fit.fits:
             warnings.warn(self.fit.note, RuntimeWarning, stacklevel=2)
-        self._lease = ServerLease(
-            self.config, default_registry if registry is None else registry, start_timeout=start_timeout,
-            timeout=timeout, on_failure=self._better_error, closed_error=self._closed_error,
-        )
-        self._on_close = CloseCallbacks(self.path.name, lambda: self.state is ModelState.CLOSED)
-
-    # -- lifetime ---------------------------------------------------------------------------
-
-    def start(self, progress: LoadProgress | None = None) -> LocalModel:
-        """Start the server (or attach to a running one with the same config).
-
-        A server that crashed is replaced by a fresh one. Returns ``self``.
-        ``progress(elapsed_seconds, last_log_line)`` is called while loading.
-        It blocks while the model loads: async code gets the same from its
-        first request (or ``async with``) without blocking its loop.
-
-        Example:
-            >>> model = LocalModel().start()  # doctest: +SKIP
-        """
-        self._lease.start(progress)
-        return self
-
-    def close(self) -> None:
-        """Stop using the server; it stops when its last user closes. Idempotent.
-
-        Streams that other threads are reading from this model end (with
-        :class:`~rocm_nb.errors.ModelClosed`) before the server is signalled.
-
-        Example:
-            >>> model.close()  # doctest: +SKIP
-        """
-        self._lease.close(before=self._on_close.run)  # before the server goes: a monitor stops sampling first
-
-    async def aclose(self) -> None:
-        """:meth:`close` for async code: the async connections close on this loop, the server off it.
-
-        Example:
-            >>> await model.aclose()  # doctest: +SKIP
-        """
-        await self._lease.aclose(before=self._on_close.run)
-
-    def add_close_callback(self, fn: Callable[[], object]) -> None:
-        """Call ``fn()`` once when this model is closed; at once if it already is.
-
-        As with ``Future.add_done_callback``: what watches the model (a GPU
-        monitor) registers here, so the model needs to know nothing of it. A
-        callback that raises is reported as a ``RuntimeWarning``; the others
-        still run, and the model still closes.
-
-        Example:
-            >>> model.add_close_callback(lambda: print("closed"))  # doctest: +SKIP
-            >>> model.close()  # doctest: +SKIP
-            closed
-        """
-        self._on_close.add(fn)
-
-    def __enter__(self) -> LocalModel:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    async def __aenter__(self) -> LocalModel:
-        import asyncio
-
-        return await asyncio.to_thread(self.start)
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    def _closed_error(self) -> ModelClosed:
-        return ModelClosed(
-            f"this LocalModel ({self.path.name}) was closed; create a new one with "
-            f"LocalModel({self._spec!r})"
-        )
-
-    def _client(self) -> Client:
-        return self._lease.client()
-
-    async def _aclient(self) -> Client:
-        return await self._lease.aclient()
-
-    @property
-    def _server(self) -> LlamaServer | None:
-        return self._lease.server
+        self._what, self._again = f"this LocalModel ({self.name})", f"create a new one with LocalModel({self._spec!r})"
+        self._hold(self.config, registry, start_timeout=start_timeout, timeout=timeout)
 
     def _better_error(self, exc: Exception, partial: str) -> RocmNbError | None:
         """A transport failure, explained: this model was closed, or its server died (ServerCrashed)."""
-        if self.state is ModelState.CLOSED:
-            return ModelClosed(
-                f"this LocalModel ({self.path.name}) was closed while a request was running; "
-                f"the request was cut off. Create a new one with LocalModel({self._spec!r})"
-            )
-        server, returncode = self._server, self._lease.exit_status()
+        closed = super()._better_error(exc, partial)
+        if closed is not None:
+            return closed
+        server, returncode = self._lease.server, self._lease.exit_status()
         if server is None or returncode is None:
             return None
         what, step = describe_exit(returncode, loading=False)
         return with_notes(ServerCrashed(
-            f"llama-server (pid {server.pid}) {what} while serving {self.path.name}",
+            f"llama-server (pid {server.pid}) {what} while serving {self.name}",
             returncode=server.returncode,
             log_tail=server.log_tail(40),
             partial=partial,
         ), "The text received so far is in the error's .partial.", f"Last log lines:\n{server.log_tail(15)}",
             "Next step: " + (f"{step}; then " if step else "") + "call model.start() for a fresh server.")
 
+    def _image_limit(self) -> ImageLimit:
+        """The projector's image size; without a projector, images are refused here, before any request."""
+        if self.projector is None:
+            raise ImagesNotSupported(
+                f"{self.name} was loaded without an image projector, so it takes no images: load a vision "
+                "model with its projector, LocalModel('smolvlm-256m') or LocalModel('model.gguf', "
+                "mmproj='mmproj-model.gguf') (%rocm_load MODEL --mmproj FILE), or send text only")
+        return ImageLimit(self.projector.max_edge, self.projector.max_pixels)
+
     # -- what notebooks show ----------------------------------------------------------------
 
     @property
-    def state(self) -> ModelState:
-        """Where this model is in its life (no I/O: a look at the process).
+    def capabilities(self) -> Capabilities:
+        """What the running server says it supports; ``.images`` is true when it loaded a projector.
+
+        Asked of the server once (``/props``); like :attr:`server`, raises
+        :class:`~rocm_nb.errors.ModelNotStarted` before ``start()``.
+        :attr:`projector` says the same without a server.
 
         Example:
-            >>> LocalModel("smollm2-135m").state.value
-            'new'
+            >>> model.capabilities.images  # doctest: +SKIP
+            True
         """
-        return self._lease.state
-
-    @property
-    def server(self) -> LlamaServer:
-        """The :class:`LlamaServer` in use (never starts one).
-
-        Raises :class:`~rocm_nb.errors.ModelNotStarted` before ``start()`` and
-        :class:`~rocm_nb.errors.ModelClosed` after ``close()``; after a crash
-        it is the server that died.
-
-        Example:
-            >>> LocalModel("smollm2-135m").server  # doctest: +ELLIPSIS
-            Traceback (most recent call last):
-            rocm_nb.errors.ModelNotStarted: SmolLM2-135M-Instruct.Q4_1.gguf has not started...
-        """
-        if self.state is ModelState.CLOSED:
-            raise self._closed_error()
-        server = self._server
-        if server is None:
-            raise ModelNotStarted(
-                f"{self.path.name} has not started; call model.start() (or use `with LocalModel(...)`) "
-                "first: properties never start a server"
-            )
-        return server
+        self.server  # noqa: B018  (raises before start() and after close())
+        return self._client().capabilities
 
     @property
     def backend(self) -> Backend:
@@ -388,7 +313,7 @@ class LocalModel(OwnServer, GenerationAPI):
             >>> model.status().state  # doctest: +SKIP
             'running'
         """
-        server = self._server
+        server = self._lease.server
         running = server is not None and server.alive
         report = server.memory_report() if server is not None else None
         gpus = report.gpu_devices if report is not None else ()
@@ -402,7 +327,7 @@ class LocalModel(OwnServer, GenerationAPI):
                 speed = self.metrics().get("llamacpp:predicted_tokens_seconds")
                 decode_tps = speed if speed else None
         return ServerStatus(
-            model=self.info.name,
+            model=self.name,
             file=self.path.name,
             backend=self.backend,
             state={ModelState.NEW: "stopped"}.get(self.state, self.state.value),  # new, running, crashed, closed
@@ -422,6 +347,7 @@ class LocalModel(OwnServer, GenerationAPI):
             vram_total_bytes=sum(g.vram_total or 0 for g in self.hardware.visible_gpus) or None,
             decode_tps=decode_tps,
             rpc=self.config.rpc,
+            images=self.projector is not None,
             error=(f"llama-server {describe_exit(server.returncode, loading=False)[0]}"
                    if self.state is ModelState.CRASHED and server is not None else None),
         )
@@ -435,7 +361,7 @@ class LocalModel(OwnServer, GenerationAPI):
             [('llvmpipe (LLVM 15.0.6, 256 bits)', 133431787, "this model's buffers (llama-server's report); ...")]
         """
         usage = gpu_usage(self.hardware)
-        server = self._server
+        server = self._lease.server
         if server is None or not server.alive:
             return usage
         allocated = {device.device: device.total for device in server.memory_report().gpu_devices}
@@ -487,33 +413,25 @@ class LocalModel(OwnServer, GenerationAPI):
 
     @property
     def label(self) -> str:
-        """What a display calls this model: its file and backend.
+        """What a display calls this model: its name and backend.
 
         Example:
             >>> LocalModel("smollm2-135m").label  # doctest: +ELLIPSIS
-            '... · backend ...'
+            'smollm2-135m · backend ...'
         """
-        return f"{self.path.name} · backend {self.backend}"
-
-    def logs(self, n: int | None = None) -> list[str]:
-        """The server's last ``n`` log lines (all kept lines by default).
-
-        Example:
-            >>> print("\\n".join(model.logs(5)))  # doctest: +SKIP
-        """
-        return [] if self._server is None else self._server.logs(n)
+        return f"{self.name} · backend {self.backend}"
 
     def __repr__(self) -> str:
         """The model, its configuration and its :class:`ModelState`.
 
         Example:
             >>> LocalModel("smollm2-135m", ctx_size=2048)  # doctest: +ELLIPSIS
-            <LocalModel SmolLM2-135M-Instruct.Q4_1.gguf backend=... ctx=2048 ngl=... state=new>
+            <LocalModel smollm2-135m file=SmolLM2-135M-Instruct.Q4_1.gguf backend=... ctx=2048 ngl=... state=new>
         """
         state = self.state
-        server = self._server
+        server = self._lease.server
         where = f" pid={server.pid} {server.base_url}" if state is ModelState.RUNNING and server else ""
         return printable(  # the file's name is anyone's: no escape sequence reaches a terminal
-            f"<LocalModel {self.path.name} backend={self.backend} ctx={self.config.ctx_size} "
+            f"<LocalModel {self.name} file={self.path.name} backend={self.backend} ctx={self.config.ctx_size} "
             f"ngl={self.config.gpu_layers} state={state.value}{where}>"
         )

@@ -10,8 +10,8 @@ request``. This is how a notebook holds a chat model, an embedding model and
 a draft model under one memory budget.
 
 :class:`LocalRouter` runs one with every guarantee of
-:class:`~rocm_nb.LocalModel` (it holds the same
-:class:`~rocm_nb._lease.ServerLease`): its own session and process group,
+:class:`~rocm_nb.LocalModel` (it shares its lifecycle,
+:class:`~rocm_nb._lease.OwnServer`, ``async with`` included, and its planner): its own session and process group,
 a per-session API key in its environment, teardown on ``close()``, at exit
 and when the kernel is killed (the parent-death signal and the run record
 of :mod:`rocm_nb._process`). The children are the router's: they share its
@@ -42,23 +42,26 @@ import shutil
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import psutil
 
 from rocm_nb._escape import printable
-from rocm_nb._lease import ModelState, OwnServer, ServerLease
+from rocm_nb._lease import ModelState, OwnServer
+from rocm_nb._options import LoadOptions, plan_server
 from rocm_nb._paths import private_folder, runtime_root
 from rocm_nb.binary import ServerBinary, find_server
 from rocm_nb.client import Client
 from rocm_nb.client._generation import GenerationAPI
 from rocm_nb.client.status import ServerStatus
-from rocm_nb.errors import GenerationError, ModelClosed, ModelNotStarted, RocmNbError
-from rocm_nb.modelfiles.catalog import resolve_model
-from rocm_nb.server import LlamaServer, LoadProgress, ServerConfig
-from rocm_nb.server._registry import ServerRegistry, default_registry
+from rocm_nb.errors import GenerationError, RocmNbError
+from rocm_nb.hardware import Hardware, detect
+from rocm_nb.modelfiles.catalog import read_info, resolve_model
+from rocm_nb.modelfiles.fit import FitPlan
+from rocm_nb.server import LlamaServer, ServerConfig
+from rocm_nb.server._registry import ServerRegistry
 
 __all__ = ["LocalRouter", "RouterChild"]
 
@@ -111,6 +114,34 @@ def _model_folder(models: ModelSpec | Sequence[ModelSpec] | Mapping[str, ModelSp
     return folder, True
 
 
+_DRAFT_PREFIXES = ("mtp-", "dspark-", "dflash-")
+
+
+def _files(folder: Path) -> dict[str, Path]:
+    """The models a router over ``folder`` serves, by name, as the pinned server finds them.
+
+    Each ``.gguf`` file is a model named by its file name without
+    ``.gguf``, and each sub-folder a model named by the folder (its first
+    shard, or its one model file); projector (``mmproj``) and draft
+    (``mtp-``, ``dspark-``, ``dflash-``) files are companions, not models
+    (``common/preset.cpp``, ``load_from_models_dir``).
+
+    Example:
+        >>> _files(Path("/nowhere"))
+        {}
+    """
+    def model(path: Path) -> bool:
+        return path.suffix == ".gguf" and "mmproj" not in path.name and not path.name.startswith(_DRAFT_PREFIXES)
+
+    found = {path.stem: path.resolve() for path in sorted(folder.glob("*.gguf")) if model(path)}
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else ():
+        files = sorted(p for p in sub.glob("*.gguf") if model(p))
+        first = [p for p in files if "-00001-of-" in p.name] or files[-1:]
+        if first:
+            found[sub.name] = first[0].resolve()
+    return found
+
+
 class LocalRouter(OwnServer, GenerationAPI):
     """llama-server in router mode over your GGUFs: many models, each request routed by ``model=``.
 
@@ -120,14 +151,22 @@ class LocalRouter(OwnServer, GenerationAPI):
             ``.gguf``) or a dict ``{name: model}``.
         max_loaded: the most models loaded at once (``--models-max``); loading
             one more unloads the least recently used.
-        ctx_size, parallel: each child's context and slots.
-        gpu_layers: layers each child offloads (default: all on a GPU
-            backend, none on the CPU backend).
-        server, extra_args, env, timeout, start_timeout, registry: as for
-            :class:`~rocm_nb.LocalModel`.
+        ctx_size, parallel, gpu_layers: each child's context, slots and layers
+            on the GPU, planned as ``LocalModel`` plans them: every model is
+            planned on its own (its default context is min(trained, 8192), its
+            layers what fits the free VRAM), and each child gets the smallest
+            context and the fewest layers of those plans (``router.fits`` has
+            them), since a router passes one ``-c`` and one ``-ngl`` to all.
+        flash_attn, cache_type, cache_type_k, cache_type_v: as for
+            :class:`~rocm_nb.LocalModel`, for every child.
+        server, extra_args, env, timeout, start_timeout, registry, hardware: as
+            for :class:`~rocm_nb.LocalModel` (``extra_args`` that change memory
+            are refused the same way).
 
-    A request without ``model=`` raises :class:`~rocm_nb.errors.AmbiguousModel`
-    naming the models when there are several; ``router("name")`` is a
+    Its lifecycle is ``LocalModel``'s (:class:`~rocm_nb._lease.OwnServer`):
+    ``with``, ``async with``, ``start``, ``close``, ``aclose``. A request
+    without ``model=`` raises :class:`~rocm_nb.errors.AmbiguousModel` naming
+    the models when there are several; ``router("name")`` is a
     :class:`~rocm_nb.client.Client` whose requests all go to that model.
 
     Example:
@@ -141,80 +180,56 @@ class LocalRouter(OwnServer, GenerationAPI):
         models: ModelSpec | Sequence[ModelSpec] | Mapping[str, ModelSpec],
         *,
         max_loaded: int = 1,
-        ctx_size: int = 4096,
-        gpu_layers: int | None = None,
+        ctx_size: int | None = None,
+        gpu_layers: int | Literal["auto"] | None = None,
         parallel: int = 1,
+        flash_attn: str | bool | None = None,
+        cache_type: str | None = None,
+        cache_type_k: str | None = None,
+        cache_type_v: str | None = None,
         server: ModelSpec | None = None,
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         timeout: float = 600.0,
         start_timeout: float = 300.0,
         registry: ServerRegistry[ServerConfig, LlamaServer] | None = None,
+        hardware: Hardware | None = None,
     ) -> None:
         if isinstance(max_loaded, bool) or not isinstance(max_loaded, int) or max_loaded < 1:
             raise ValueError(f"max_loaded must be a positive integer, got {max_loaded!r}")
+        options = LoadOptions.of(ctx_size=ctx_size, gpu_layers=gpu_layers, parallel=parallel, flash_attn=flash_attn,
+                                 cache_type=cache_type, cache_type_k=cache_type_k, cache_type_v=cache_type_v,
+                                 extra_args=extra_args, env=env)
         self.binary: ServerBinary = find_server(server)
         self.folder, self._own_folder = _model_folder(models)
-        layers = gpu_layers if gpu_layers is not None else (0 if self.binary.backend == "cpu" else 999)
-        self.config = ServerConfig(
-            self.binary.path, self.folder, ctx_size, gpu_layers=layers, parallel=parallel,
-            extra_args=tuple(extra_args), env=tuple(sorted((env or {}).items())),
-            models_dir=self.folder, models_max=max_loaded,
-        )
+        files = _files(self.folder)
+        if not files:
+            self._after_close()
+            raise ValueError(f"{self.folder} holds no .gguf file: a router needs at least one model")
+        machine = hardware if hardware is not None else detect()
+        planned = {name: plan_server(read_info(path), path, self.binary, machine, options, name=name)
+                   for name, path in files.items()}
+        self.fits: dict[str, FitPlan] = {name: fit for name, (fit, _) in planned.items()}
+        """Each model's memory plan, by its name (each child gets the smallest context and fewest layers)."""
+        first = next(iter(planned.values()))[1]
+        self.config = replace(first, model=self.folder, models_dir=self.folder, models_max=max_loaded,
+                              ctx_size=min(config.ctx_size for _, config in planned.values()),
+                              gpu_layers=min(config.gpu_layers for _, config in planned.values()))
         self._start_timeout = start_timeout
         self._views: dict[str, Client] = {}
-        self._lease = ServerLease(
-            self.config, default_registry if registry is None else registry, start_timeout=start_timeout,
-            timeout=timeout, on_failure=self._better_error, closed_error=self._closed_error,
-        )
-
-    # -- lifetime (LocalModel's) -----------------------------------------------------------
-
-    def start(self, progress: LoadProgress | None = None) -> LocalRouter:
-        """Start the router (no model loads until asked for). Returns ``self``."""
-        self._lease.start(progress)
-        return self
-
-    def close(self) -> None:
-        """Stop the router and with it every child; remove the private folder of links. Idempotent."""
-        self._lease.close(before=self._close_views)
-        if self._own_folder:
-            shutil.rmtree(self.folder, ignore_errors=True)  # links only: the models are elsewhere
+        self._what, self._again = f"this router over {self.folder}", "create a new LocalRouter"
+        self._hold(self.config, registry, start_timeout=start_timeout, timeout=timeout)
+        self.add_close_callback(self._close_views)
 
     def _close_views(self) -> None:
         for view in self._views.values():
             view.close()
         self._views.clear()
 
-    def __enter__(self) -> LocalRouter:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _closed_error(self) -> ModelClosed:
-        return ModelClosed(f"this router over {self.folder} was closed; create a new LocalRouter")
-
-    def _client(self) -> Client:
-        return self._lease.client()
-
-    async def _aclient(self) -> Client:
-        return await self._lease.aclient()
-
-    @property
-    def state(self) -> ModelState:
-        """The router's :class:`~rocm_nb.ModelState`."""
-        return self._lease.state
-
-    @property
-    def server(self) -> LlamaServer:
-        """The router's :class:`~rocm_nb.server.LlamaServer` (after ``start()``)."""
-        server = self._lease.server
-        if self.state is ModelState.CLOSED:
-            raise self._closed_error()
-        if server is None:
-            raise ModelNotStarted("the router has not started; call router.start() first")
-        return server
+    def _after_close(self) -> None:
+        """Remove the private folder of links (links only: the models themselves are elsewhere)."""
+        if self._own_folder:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
     # -- models -----------------------------------------------------------------------------
 
@@ -227,7 +242,7 @@ class LocalRouter(OwnServer, GenerationAPI):
         if name not in self._views:
             api = self._client()
             self._views[name] = Client(api.base_url, api.api_key, model=name, deadline=None,
-                                       on_failure=self._better_error)
+                                       _on_failure=self._better_error)
         return self._views[name]
 
     def load(self, name: str, *, wait: bool = True) -> None:
@@ -315,11 +330,6 @@ class LocalRouter(OwnServer, GenerationAPI):
             time.sleep(0.1)
 
     # -- what notebooks show ----------------------------------------------------------------
-
-    def logs(self, n: int | None = None) -> list[str]:
-        """The router's last ``n`` log lines (its children's lines are in them, prefixed by their port)."""
-        server = self._lease.server
-        return [] if server is None else server.logs(n)
 
     def status(self) -> ServerStatus:
         """The router as a ``%rocm_status`` row (its children: :meth:`children_status`)."""

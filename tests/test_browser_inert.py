@@ -54,7 +54,7 @@ def cells(evil: Path, folder: Path) -> list[str]:
         "rocm_nb.models(FOLDER)",
         "LocalModel(EVIL)",
         "%load_ext rocm_nb\n"
-        "get_ipython().run_line_magic('rocm_load', shlex.quote(str(EVIL)) + ' --ctx 1024 --name evil')\n"
+        "get_ipython().run_line_magic('rocm_load', shlex.quote(str(EVIL)) + ' --ctx 1024 --alias evil')\n"
         "%rocm_status",
         "display({'text/markdown': '<img src=x onerror=\"window.__rocm_nb_control=1\">'}, raw=True)",
     ]
@@ -130,7 +130,9 @@ def test_hostile_metadata_and_file_names_run_nothing_and_show_as_text(page: Page
         expect(cell(page, SETUP).locator(".jp-OutputArea")).to_contain_text("ready")
         for index in SHOWN:
             run_to_end(page, index)
-        expect(cell(page, MAGICS).locator(".jp-OutputArea")).to_contain_text("✓ evil: Evil <img src=x")
+        # the name typed (the file's stem) leads the load line; the GGUF's own name follows, as text
+        expect(cell(page, MAGICS).locator(".jp-OutputArea")).to_contain_text('✓ evil: <img src=x')
+        expect(cell(page, MAGICS).locator(".jp-OutputArea")).to_contain_text('GGUF name "Evil <img src=x')
         run_to_end(page, CONTROL)
         # The control's script runs: this page runs what it is given as Markdown, as ModelInfo's used to be.
         page.wait_for_function("() => window.__rocm_nb_control === 1")

@@ -13,7 +13,7 @@ import pytest
 from rocm_nb.client import Client
 from rocm_nb.client._generation import parse_metrics
 from rocm_nb.client.completion import Completion
-from rocm_nb.client.request import build_payload
+from rocm_nb.client.request import check_request
 from rocm_nb.errors import (
     GenerationError,
     GenerationTimeout,
@@ -266,7 +266,7 @@ def test_failure_hook_gives_a_better_error() -> None:
     def hook(exc: Exception, partial: str) -> GenerationError:
         return GenerationError("the server died", partial=partial)
 
-    client = Client("http://test", transport=httpx.MockTransport(handler), on_failure=hook, server=LLAMA_CPP,
+    client = Client("http://test", transport=httpx.MockTransport(handler), _on_failure=hook, server=LLAMA_CPP,
                     model="m")
     with pytest.raises(GenerationError, match="the server died"):
         client.generate("x")
@@ -289,7 +289,7 @@ def test_a_failure_hook_is_not_asked_about_a_timeout() -> None:
     def hook(exc: Exception, partial: str) -> GenerationError:
         raise AssertionError("asked")
 
-    client = Client("http://test", transport=httpx.MockTransport(handler), on_failure=hook, server=LLAMA_CPP,
+    client = Client("http://test", transport=httpx.MockTransport(handler), _on_failure=hook, server=LLAMA_CPP,
                     model="m")
     with pytest.raises(GenerationTimeout):
         client.generate("x")
@@ -307,13 +307,13 @@ async def test_async_twin() -> None:
 
 def test_option_checks() -> None:
     with pytest.raises(TypeError, match=r"unknown option.*temprature"):
-        build_payload("completion", "x", {"temprature": 1})
+        check_request("completion", "x", {"temprature": 1}).body("llama.cpp")
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="max_tokens must be a positive integer"):
-            build_payload("completion", "x", {"max_tokens": bad})
+            check_request("completion", "x", {"max_tokens": bad}).body("llama.cpp")
     with pytest.raises(TypeError, match="list of messages"):
-        build_payload("chat", "x", {})
-    assert build_payload("completion", "x", {})["max_tokens"] == 512
+        check_request("chat", "x", {}).body("llama.cpp")
+    assert check_request("completion", "x", {}).body("llama.cpp")["max_tokens"] == 512
 
 
 def test_closed_client() -> None:

@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 
 from rocm_nb import LocalModel, TextTooLong, search
-from rocm_nb._options import server_mode
+from rocm_nb._options import LoadOptions, plan_server
+from rocm_nb.binary import ServerBinary
 from rocm_nb.client.embeddings import cosine
 from rocm_nb.errors import InvalidModel
+from rocm_nb.hardware import Hardware
 from rocm_nb.modelfiles.catalog import CATALOGUE, read_info, resolve_model
-from rocm_nb.server import ServerConfig
+from tests.support.gguf_files import write_gguf
 from tests.support.minibert import MiniBert, WordPiece, source_folder
 
 PAIRS = [  # (sentence, paraphrase): each pair means the same, the pairs are about different things
@@ -44,14 +46,18 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.unit
-def test_server_mode_sets_flags_and_gives_each_slot_the_whole_context() -> None:
-    config = ServerConfig(Path("s"), Path("m.gguf"), 512, parallel=4)
-    argv = server_mode(config, embedding=True, pooling="cls", reranking=False, ctx_given=False).argv(1)
-    assert argv[argv.index("-c") + 1] == "2048"
-    assert argv[-7:] == ["--embedding", "--pooling", "cls", "-ub", "512", "-b", "512"]
-    rerank = server_mode(config, embedding=False, pooling=None, reranking=True, ctx_given=True).argv(1)
-    assert rerank[-5:] == ["--rerank", "-ub", "128", "-b", "128"]
-    assert server_mode(config, embedding=False, pooling=None, reranking=False, ctx_given=False) == config
+def test_a_pooled_server_gets_each_slot_the_whole_context_and_a_batch_as_large(tmp_path: Path) -> None:
+    """Embedding and reranking are decided with the other load options, before the plan (tests/test_load_options)."""
+    [path] = write_gguf(tmp_path / "bert.gguf", "Bert", arch="bert", ctx=512)
+    binary, cpu = ServerBinary(Path("s"), "0", "cpu", "argument", rpc=False), Hardware("cpu", (), None, ())
+    fit, config = plan_server(read_info(path), path, binary, cpu, LoadOptions.of(embedding=True, pooling="cls",
+                                                                               parallel=4))
+    argv = config.argv(1)
+    assert argv[argv.index("-c") + 1] == "2048" == str(fit.ctx_size)
+    assert argv[-7:] == ["-b", "512", "-ub", "512", "--embedding", "--pooling", "cls"]
+    _, rerank = plan_server(read_info(path), path, binary, cpu, LoadOptions.of(reranking=True, ctx_size=512,
+                                                                               parallel=4))
+    assert rerank.argv(1)[-5:] == ["-b", "128", "-ub", "128", "--rerank"]
 
 
 @pytest.mark.unit
@@ -60,9 +66,9 @@ def test_server_mode_sets_flags_and_gives_each_slot_the_whole_context() -> None:
     ({"embedding": True, "pooling": None, "reranking": True}, "not both"),
     ({"embedding": False, "pooling": "mean", "reranking": False}, "add embedding=True"),
 ])
-def test_server_mode_refuses_what_the_server_cannot_do(kwargs: dict[str, object], message: str) -> None:
+def test_the_load_options_refuse_what_the_server_cannot_do(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        server_mode(ServerConfig(Path("s"), Path("m.gguf"), 512), ctx_given=False, **kwargs)  # type: ignore[arg-type]
+        LoadOptions.of(**kwargs)  # type: ignore[arg-type]
 
 
 @pytest.mark.unit

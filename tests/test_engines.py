@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from rocm_nb import AmbiguousModel, Completion, GenerationError, ServerUnavailable, connect
-from rocm_nb.client.engines import translate
+from rocm_nb.client.engines import refuse, translate
 from tests.support.fake_engines import OLLAMA, REPLY, VLLM, Engine, Log, self_signed, serve
 
 pytestmark = pytest.mark.unit
@@ -116,7 +116,7 @@ def test_translation_table() -> None:
     assert translate({"repeat_penalty": 1.2}, "sglang", "chat") == {"repetition_penalty": 1.2}
     assert translate({"cache_prompt": False, "top_k": 5}, "openai", "chat") == {"top_k": 5}
     with pytest.raises(ValueError, match="json_schema is not supported by Ollama's /v1/completions"):
-        translate({"json_schema": {}}, "ollama", "completion")
+        refuse({"json_schema": {}}, "ollama", "completion")
 
 
 def test_tls_is_verified_against_the_system_a_ca_bundle_or_not_at_all(tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ from rocm_nb.cli import main
 from rocm_nb.client import Client
 from rocm_nb.client.completion import Completion, ToolCall
 from rocm_nb.client.status import ServerStatus
-from rocm_nb.client.tools import ToolRun
+from rocm_nb.client.tool_loop import ToolRun
 from rocm_nb.hardware import Hardware
 from rocm_nb.modelfiles.catalog import DEFAULT_MODEL, ModelInfo, read_info, resolve_model
 from rocm_nb.modelfiles.library import models
@@ -223,10 +223,10 @@ def test_a_served_model_with_a_hostile_name_and_file_is_inert(evil: Path, shell:
     """%rocm_load's lines (they quote the server's log, which prints the name), %rocm_status, %rocm_models,
     and the model's and a router's reprs."""
     model = LocalModel(evil)
-    assert inert_text(repr(model)).startswith(f"<LocalModel {printable(evil.name)} ")
+    assert inert_text(repr(model)).startswith(f"<LocalModel {printable(evil.stem)} file={printable(evil.name)} ")
     assert printable(HOSTILE) in inert_html(bundle(model.info)["text/html"])
     with capture_output() as out:
-        shell.run_line_magic("rocm_load", f"{shlex.quote(str(evil))} --ctx 1024 --name evil")
+        shell.run_line_magic("rocm_load", f"{shlex.quote(str(evil))} --ctx 1024 --alias evil")
         shell.run_line_magic("rocm_status", "")
     outputs = [o.data for o in out.outputs if "text/plain" in o.data or "text/html" in o.data]
     assert outputs, "nothing was shown"

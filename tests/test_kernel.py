@@ -380,14 +380,14 @@ def test_load_interrupted_just_after_ready_leaves_no_server(kernel: Kernel) -> N
 
 
 def test_rocm_load_url_with_a_model_from_a_real_kernel(kernel: Kernel, model_path: str) -> None:
-    """``%rocm_load --url … --model …``: the /v1 form engines document, a model named, then the magics use it."""
+    """``%rocm_load MODEL --url …``: the /v1 form engines document, a remote model named, then the magics use it."""
     from rocm_nb import LocalModel
 
     with LocalModel(model_path, ctx_size=512) as served:
         name = served.models()[0]
         shown = json.dumps([m["content"]["data"] for m in displays(kernel.run(
-            f"%load_ext rocm_nb\n%rocm_load --url {served.base_url}/v1/ --api-key {served.api_key} "
-            f"--model {name} --name remote"))])
+            f"%load_ext rocm_nb\n%rocm_load {name} --url {served.base_url}/v1/ --api-key {served.api_key} "
+            "--alias remote"))])
         assert "remote" in shown and "llama.cpp" in shown and f"using {name}" in shown
         reply = stdout(kernel.run(
             "magics = get_ipython().magics_manager.registry['RocmMagics']\n"

@@ -16,7 +16,8 @@ import pytest
 
 from rocm_nb import ContextUse, Delta, LocalModel, Progress, TokenPiece, TokenProb
 from rocm_nb.client._accumulator import Accumulator
-from rocm_nb.client.request import build_payload, check_options
+from rocm_nb.client.request import check_options, check_request
+from tests.support.decoding import FRESH_PROMPT
 from tests.support.processes import wait_until
 
 EMOJI_GRAMMAR = 'root ::= "Stars: 🌟🌟, Tokyo: 東京, café." [a-z ]*'
@@ -48,8 +49,8 @@ RECORDED_CHAT = [
 @pytest.mark.unit
 @pytest.mark.parametrize(("options", "message"), [
     ({"top_logprobs": 3}, "top_logprobs needs logprobs=True"),
-    ({"logprobs": True, "top_logprobs": 0}, "top_logprobs must be an integer from 1 to 100"),
-    ({"logprobs": True, "top_logprobs": 101}, "top_logprobs must be an integer from 1 to 100"),
+    ({"logprobs": True, "top_logprobs": 0}, "top_logprobs must be an integer from 1 to 20"),
+    ({"logprobs": True, "top_logprobs": 21}, "top_logprobs must be an integer from 1 to 20"),
     ({"logprobs": 1}, "logprobs must be True or False"),
     ({"post_sampling": True}, "post_sampling needs logprobs=True"),
     ({"return_progress": "yes"}, "return_progress must be True or False"),
@@ -65,19 +66,19 @@ def test_bad_insight_options_are_refused_with_the_reason(options: dict[str, obje
 
 @pytest.mark.unit
 def test_payloads_use_each_endpoints_names() -> None:
-    chat = build_payload("chat", [{"role": "user", "content": "Hi"}],
+    chat = check_request("chat", [{"role": "user", "content": "Hi"}],
                          {"logprobs": True, "top_logprobs": 3, "post_sampling": True, "reasoning_budget": 0,
                           "reasoning_effort": "low", "chat_template_kwargs": {"enable_thinking": True},
-                          "return_progress": True})
+                          "return_progress": True}).body("llama.cpp")
     assert {k: chat[k] for k in ("logprobs", "top_logprobs", "post_sampling_probs", "reasoning_budget_tokens",
                                  "reasoning_effort", "chat_template_kwargs", "return_progress")} == {
         "logprobs": True, "top_logprobs": 3, "post_sampling_probs": True, "reasoning_budget_tokens": 0,
         "reasoning_effort": "low", "chat_template_kwargs": {"enable_thinking": True}, "return_progress": True}
-    completion = build_payload("completion", "Hi", {"logprobs": True})
+    completion = check_request("completion", "Hi", {"logprobs": True}).body("llama.cpp")
     assert completion["logprobs"] == 5 and "top_logprobs" not in completion  # llama-server's alias of n_probs
-    assert "logprobs" not in build_payload("completion", "Hi", {"logprobs": False})
+    assert "logprobs" not in check_request("completion", "Hi", {"logprobs": False}).body("llama.cpp")
     with pytest.raises(ValueError, match="only chat"):
-        build_payload("completion", "Hi", {"reasoning_effort": "high"})
+        check_request("completion", "Hi", {"reasoning_effort": "high"}).body("llama.cpp")
 
 
 # -- unit: reading recorded chunks ----------------------------------------------------------------
@@ -212,7 +213,7 @@ def test_stop_during_prefill_frees_the_slot(model: LocalModel) -> None:
     stream.close()  # the Stop button, or Kernel → Interrupt leaving the `with` block
     wait_until(lambda: not busy(), timeout=120)
     assert stream.completion is None and stream.text == ""
-    assert model.generate("Hi", max_tokens=2).text  # the slot is usable again
+    assert model.generate("Hi", max_tokens=2, temperature=0.0).text  # the slot is usable again
 
 
 @pytest.mark.server
@@ -245,5 +246,5 @@ def test_apply_template_gives_the_prompt_chat_sends(model: LocalModel) -> None:
     assert prompt.startswith("<|im_start|>") and prompt.endswith("<|im_start|>assistant\n")
     assert "What is 2 + 2?" in prompt and not model.apply_template(messages, add_generation_prompt=False).endswith(
         "assistant\n")
-    greedy = {"max_tokens": 12, "temperature": 0.0}
+    greedy = {"max_tokens": 12, "temperature": 0.0, **FRESH_PROMPT}  # the same batch shapes: the same text
     assert model.generate(prompt, **greedy).text == model.chat(messages, **greedy).text  # type: ignore[arg-type]

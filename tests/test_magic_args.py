@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 from typing import Any
 from unittest import mock
@@ -9,7 +10,7 @@ from unittest import mock
 import pytest
 from IPython.core.error import UsageError
 
-from rocm_nb import Completion, GenerationError
+from rocm_nb import Completion, GenerationError, LocalModel
 from rocm_nb._extras import needs_extra
 from rocm_nb.client.request import DEFAULT_MAX_TOKENS
 from rocm_nb.client.stream import Delta
@@ -31,10 +32,10 @@ pytestmark = pytest.mark.unit
 
 
 def test_generate_line_parses_into_typed_arguments() -> None:
-    args = parse_args("rocm_generate", '-m small --max-tokens 8 --temperature 0.5 --seed 3 --stop "\\n\\n" '
+    args = parse_args("rocm_generate", '-a small --max-tokens 8 --temperature 0.5 --seed 3 --stop "\\n\\n" '
                       '--stop END --system "Be brief." --out r --no-stream --json-schema pet --format json',
                       GenerateArgs)
-    assert args == GenerateArgs(model="small", max_tokens=8, temperature=0.5, seed=3, stop=["\\n\\n", "END"],
+    assert args == GenerateArgs(alias="small", max_tokens=8, temperature=0.5, seed=3, stop=["\\n\\n", "END"],
                                 system="Be brief.", out="r", no_stream=True, json_schema="pet", format="json")
     assert parse_args("rocm_generate", "", GenerateArgs) == GenerateArgs()
     assert parse_args("rocm_generate", "--raw", GenerateArgs).raw
@@ -47,9 +48,10 @@ def test_the_default_max_tokens_is_defined_once() -> None:
 
 
 def test_other_magics_parse_into_their_arguments() -> None:
-    assert parse_args("rocm_load", "m.gguf --ctx 2048 --gpu-layers 10 --rpc a:1 --rpc b:2 --name x", LoadArgs) \
-        == LoadArgs(model="m.gguf", ctx=2048, gpu_layers=10, rpc=["a:1", "b:2"], name="x")
+    assert parse_args("rocm_load", "m.gguf --ctx 2048 --gpu-layers 10 --rpc a:1 --rpc b:2 --alias x", LoadArgs) \
+        == LoadArgs(model="m.gguf", ctx_size=2048, gpu_layers=10, rpc=["a:1", "b:2"], alias="x")
     assert parse_args("rocm_load", "", LoadArgs) == LoadArgs()
+    assert parse_args("rocm_generate", "--alias small", GenerateArgs).alias == "small"
     assert parse_args("rocm_chat", "small --max-tokens 32", ChatArgs) == ChatArgs(alias="small", max_tokens=32)
     assert parse_args("rocm_models", "", ModelsArgs) == ModelsArgs(dirs=[])
     assert parse_args("rocm_stop", "small", StopArgs) == StopArgs(alias="small", all=False)
@@ -171,3 +173,31 @@ def test_needs_extra_converts_only_its_own_modules() -> None:
     assert info.value.name == "ipywidgets" and 'pip install "rocm_nb[notebook]"' in str(info.value)
     with pytest.raises(ModuleNotFoundError, match="No module named 'no_such_module'"), needs_extra("hub"):
         import no_such_module  # type: ignore[import-not-found]  # noqa: F401
+
+
+def test_rocm_load_speaks_local_models_vocabulary() -> None:
+    """A model is a model, an alias an alias, and each memory option is LocalModel's keyword."""
+    args = parse_args("rocm_load", "minilm --alias vectors --ctx-size 2048 --parallel 4 --embedding --pooling mean "
+                      "--cache-type q8_0 --flash-attn on --unified-memory off --ubatch-size 256 --batch-size 256",
+                      LoadArgs)
+    assert (args.local_model, args.alias) == ("minilm", "vectors")
+    keywords = args.load_keywords()
+    assert {k: keywords[k] for k in ("ctx_size", "parallel", "embedding", "pooling", "cache_type", "flash_attn",
+                                     "unified_memory", "ubatch_size", "batch_size")} == {
+        "ctx_size": 2048, "parallel": 4, "embedding": True, "pooling": "mean", "cache_type": "q8_0",
+        "flash_attn": "on", "unified_memory": "off", "ubatch_size": 256, "batch_size": 256}
+    assert set(keywords) <= set(inspect.signature(LocalModel).parameters)  # every one is LocalModel's own name
+    split = parse_args("rocm_load", "m.gguf --cache-type-k q8_0 --cache-type-v f16 --reranking", LoadArgs)
+    assert (split.cache_type_k, split.cache_type_v, split.reranking) == ("q8_0", "f16", True)
+    assert parse_args("rocm_load", "m.gguf --ctx 512", LoadArgs).ctx_size == 512  # the short form
+    remote = parse_args("rocm_load", "Qwen/Qwen3-8B --url http://box:8000/v1 --alias box", LoadArgs)
+    assert (remote.model, remote.url, remote.alias) == ("Qwen/Qwen3-8B", "http://box:8000/v1", "box")
+    with pytest.raises(ValueError, match="remote model id"):
+        _ = remote.local_model
+    for gone in ("--name x", "--ctx-size 512 --model y"):  # the old words are gone, not quietly kept
+        with pytest.raises(UsageError, match="unrecognized arguments"):
+            parse_args("rocm_load", f"m.gguf {gone}", LoadArgs)
+    with pytest.raises(UsageError, match="unrecognized arguments"):
+        parse_args("rocm_generate", "-m small", GenerateArgs)
+    with pytest.raises(UsageError, match="invalid choice: 'q3'"):
+        parse_args("rocm_load", "m.gguf --cache-type q3", LoadArgs)

@@ -193,17 +193,15 @@ def test_the_library_fits_column_counts_carve_out_and_gtt(tmp_path: Path) -> Non
 def test_a_rocm_builds_server_config_gets_what_unified_memory_needs(tmp_path: Path, info: ModelInfo,
                                                                    model_path: str) -> None:
     """LocalModel's planning step for a ROCm build of llama-server (none runs here: nothing is started)."""
-    from rocm_nb._options import plan_server
+    from rocm_nb._options import LoadOptions, plan_server
     from rocm_nb.binary import ServerBinary
 
     rocm_build = ServerBinary(Path("/opt/llama/llama-server"), "0.5.0", "rocm", "argument", rpc=False)
     old = machine(tmp_path, "sysfs-strix-halo-512m", rocm="rocm-tree-6.2")
 
     def planned(unified: str, env: dict[str, str] | None = None) -> tuple[FitPlan, dict[str, str]]:
-        fit, config = plan_server(info, Path(model_path), rocm_build, old, ctx_size=None, gpu_layers="auto",
-                                  parallel=1, extra_args=(), env=env, host="127.0.0.1", rpc=(), hsa_override=None,
-                                  flash_attn=None, cache_type=None, cache_type_k=None, cache_type_v=None,
-                                  unified_memory=unified)  # type: ignore[arg-type]
+        options = LoadOptions.of(unified_memory=unified, env=env)  # type: ignore[arg-type]
+        fit, config = plan_server(info, Path(model_path), rocm_build, old, options)
         return fit, dict(config.env)
 
     fit, env = planned("on")

@@ -33,6 +33,7 @@ from rocm_nb.binary._vulkan_sdk import fetch_debian_headers
 from rocm_nb.cli import main
 from rocm_nb.hardware import detect
 from rocm_nb.hardware._vulkan import version_in
+from tests.support.decoding import NEAR_TIE
 from tests.support.metrics import busy_slots
 
 pytestmark = pytest.mark.vulkan
@@ -185,7 +186,7 @@ def test_greedy_text_agrees_with_the_cpu_backend(vulkan: LocalModel, cpu: LocalM
             for ours, theirs in ((device[k], reference[k]), (reference[k], device[k])):
                 (first, lead), (second, runner_up) = ours.top[:2]
                 assert (first, second) == (ours.text, theirs.text), f"{prompt!r} token {k}: not a swap of the top two"
-                assert lead - runner_up < 0.5, f"{prompt!r} token {k}: {lead - runner_up:.2f} nats apart"
+                assert lead - runner_up <= NEAR_TIE, f"{prompt!r} token {k}: {lead - runner_up:.2f} nats apart"
     assert cpu.generate("The capital of France is", max_tokens=2, temperature=0).text == " Paris."
     assert vulkan.generate("The capital of France is", max_tokens=2, temperature=0).text == " Paris."
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import re
 import shutil
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from rocm_nb._options import device_options
+from rocm_nb._options import LoadOptions, devices_for
 from rocm_nb._units import human_bytes
 from rocm_nb.binary import ServerBinary
 from rocm_nb.binary._report import parse_report
@@ -102,7 +101,7 @@ def test_asking_for_vulkan_uses_lavapipe_and_names_it_for_llama_cpp(tmp_path: Pa
     binary = ServerBinary(Path("llama-server"), "1", "vulkan", "cache", False)
     with pytest.warns(UserWarning, match=rf"Vulkan device 0, {re.escape(LAVAPIPE)}, is a software device .* "
                                          r"slower than the CPU backend"):
-        device_options(hw, binary, None, None, {})
+        devices_for(hw, binary, LoadOptions(), {})
 
 
 def test_an_amd_gpu_rocm_cannot_run_gets_vulkan_and_doctor_says_why(tmp_path: Path) -> None:
@@ -161,7 +160,7 @@ def test_device_picks_one_gpu_by_its_index() -> None:
         select_device(hw, 3)
     binary = ServerBinary(Path("llama-server"), "1", "vulkan", "cache", False)
     with pytest.raises(ValueError, match=r"device=0 contradicts GGML_VK_VISIBLE_DEVICES=1 in your environment"):
-        device_options(hw, binary, 0, None, {"GGML_VK_VISIBLE_DEVICES": "1"})
+        devices_for(hw, binary, LoadOptions(device=0), {"GGML_VK_VISIBLE_DEVICES": "1"})
     with pytest.raises(ValueError, match=r"backend='opencl' is not one of rocm, cuda, vulkan, cpu"):
         forced_backend("opencl")  # type: ignore[arg-type]
 
@@ -174,18 +173,31 @@ def test_the_plan_uses_the_devices_free_memory_and_gpu_memory_caps_it(tmp_path: 
     whole = plan_load(info, hw, "vulkan", ctx_size=256, free_ram_bytes=8 * GIB)
     assert whole.gpu_layers == 3 and "of the 2.0 GiB of free VRAM" in whole.note
     two = estimate(info, ctx_size=256, gpu_layers=2).vram  # the output layer and one repeating layer
-    binary = ServerBinary(Path("llama-server"), "1", "vulkan", "cache", False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the software device's warning, tested above
-        _, cap = device_options(hw, binary, None, f"{two}B", {})
+    cap = LoadOptions.of(gpu_memory=f"{two}B").gpu_memory
     part = plan_load(info, hw, "vulkan", ctx_size=256, free_ram_bytes=8 * GIB, gpu_memory=cap)
     assert (part.gpu_layers, part.estimate.vram) == (2, two)
     assert "only 2 of 3 layers" in part.note and f"gpu_memory={human_bytes(two)} allows" in part.note
     with pytest.raises(ValueError, match=r"gpu_memory='lots' is not a size"):
-        device_options(hw, binary, None, "lots", {})
+        LoadOptions.of(gpu_memory="lots")
+    with pytest.raises(ValueError, match=r"give gpu_layers= or gpu_memory=, not both"):
+        LoadOptions.of(gpu_memory="1GiB", gpu_layers=3)
+    with pytest.raises(ValueError, match=r"backend='cpu' uses none"):
+        LoadOptions.of(gpu_memory="1GiB", backend="cpu")
     cpu = ServerBinary(Path("llama-server"), "1", "cpu", "cache", False)
-    with pytest.warns(UserWarning, match=r"gpu_memory='1MiB' has no effect: .* is a CPU build"):
-        device_options(Hardware("cpu", (), None, ()), cpu, None, "1MiB", {})
+    with pytest.warns(UserWarning, match=r"gpu_memory=1 MiB has no effect: .* is a CPU build"):
+        devices_for(Hardware("cpu", (), None, ()), cpu, LoadOptions.of(gpu_memory="1MiB"), {})
+
+
+def test_raw_device_flags_point_to_device() -> None:
+    for flag in ("-dev", "--device", "-mg", "--main-gpu"):
+        with pytest.raises(ValueError, match=rf"extra_args may not contain {flag}: .*; use device= instead"):
+            LoadOptions.of(extra_args=[flag, "Vulkan0"])
+    with pytest.raises(ValueError, match=r"env may not set LLAMA_ARG_DEVICE: .*; use device= instead"):
+        LoadOptions.of(env={"LLAMA_ARG_DEVICE": "Vulkan0"})
+    with pytest.raises(ValueError, match=r"device must be an integer ≥ 0"):
+        LoadOptions.of(device=-1)
+    with pytest.raises(ValueError, match=r"backend='opencl' is not one of rocm, cuda, vulkan, cpu"):
+        LoadOptions.of(backend="opencl")  # type: ignore[arg-type]
 
 
 def test_a_gpu_without_a_live_reading_keeps_its_total_and_says_where_it_comes_from() -> None:

@@ -13,9 +13,10 @@ import pytest
 from rocm_nb import Client, LocalModel
 from rocm_nb.client._accumulator import Accumulator
 from rocm_nb.client.completion import Message
-from rocm_nb.client.request import build_payload
+from rocm_nb.client.request import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, check_request
 from rocm_nb.client.stream import AsyncTokenStream
 from rocm_nb.notebook.chat import ChatPanel, ChatSource, _bubble_html, _plain_html, render_markdown
+from tests.support.decoding import assert_decoding_stopped
 
 
 class ScriptedSource:
@@ -24,10 +25,12 @@ class ScriptedSource:
     def __init__(self, *pieces: str) -> None:
         self.pieces = pieces
         self.asked: list[list[dict[str, Any]]] = []
+        self.bodies: list[dict[str, Any]] = []
 
     def achat_stream(self, messages: Sequence[Message], **options: Any) -> AsyncTokenStream:
-        payload = build_payload("chat", messages, options)  # checks the options, as a Client does
+        payload = check_request("chat", messages, options).body("llama.cpp")  # checks the options, as a Client does
         self.asked.append(payload["messages"])
+        self.bodies.append(payload)
         events = "".join(f"data: {json.dumps({'choices': [{'delta': {'content': p}}]})}\n\n" for p in self.pieces)
         body = (events + 'data: {"choices": [{"delta": {}, "finish_reason": "stop"}]}\n\ndata: [DONE]\n\n').encode()
 
@@ -48,6 +51,22 @@ async def test_the_panel_takes_any_chat_source() -> None:
     assert source.asked[0] == [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi, I am Ada."}]
     await panel.send("Again?")
     assert [m["role"] for m in source.asked[1]] == ["system", "user", "assistant", "user"]
+
+
+@pytest.mark.unit
+async def test_the_temperature_is_the_servers_until_it_is_given_or_moved() -> None:
+    """One default: the slider starts at llama-server's temperature and sends nothing until the user sets one."""
+    source = ScriptedSource("Hi")
+    panel = ChatPanel(source)
+    assert panel.temperature.value == DEFAULT_TEMPERATURE == 0.8
+    await panel.send("Hello")
+    assert "temperature" not in source.bodies[-1] and source.bodies[-1]["max_tokens"] == DEFAULT_MAX_TOKENS
+    panel.temperature.value = 0.3
+    await panel.send("Again")
+    assert source.bodies[-1]["temperature"] == 0.3
+    given = ScriptedSource("Hi")
+    await ChatPanel(given, temperature=0.0).send("Hello")
+    assert given.bodies[-1]["temperature"] == 0.0
 
 
 @pytest.mark.unit
@@ -96,7 +115,7 @@ async def test_stop_cancels_the_reply_on_the_server(model: LocalModel) -> None:
     assert panel.busy and not panel.stop_button.disabled
     bubble_start = None
     empty_bubble = _bubble_html("assistant", _plain_html("▌"))
-    for _ in range(200):
+    for _ in range(3000):  # until the first tokens show (a hang guard of a minute, not a measurement)
         await asyncio.sleep(0.02)
         if len(panel.transcript.children) == 2 and panel.transcript.children[1].value != empty_bubble:
             bubble_start = panel.transcript.children[1].value
@@ -106,11 +125,7 @@ async def test_stop_cancels_the_reply_on_the_server(model: LocalModel) -> None:
     await task
     assert "stopped" in panel.stats.value
     assert panel.send_button.disabled is False and panel.stop_button.disabled is True
-    for _ in range(100):
-        if model.metrics()["llamacpp:requests_processing"] == 0:
-            break
-        await asyncio.sleep(0.02)
-    assert model.metrics()["llamacpp:requests_processing"] == 0
+    await asyncio.to_thread(assert_decoding_stopped, model, 60)  # the server decodes nothing more for it
 
 
 @pytest.mark.unit

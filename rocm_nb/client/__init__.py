@@ -7,9 +7,11 @@ and time to first token is always measured.
 
 The client layer is this module (the ``Client``: connections, requests,
 lifetime), :mod:`rocm_nb.client._generation` (the generation API it shares with
-``LocalModel``), :mod:`rocm_nb.client.completion` (options, payloads,
-``Completion``), :mod:`rocm_nb.client.stream` (reading one event stream) and
-:mod:`rocm_nb.client._batch` (``map``); this module re-exports their public names.
+``LocalModel``), :mod:`rocm_nb.client.request` (options, checked once into a
+request, translated once into its body), :mod:`rocm_nb.client.completion`
+(``Completion``), :mod:`rocm_nb.client.stream` (reading one event stream),
+:mod:`rocm_nb.client.images` (images into messages) and
+:mod:`rocm_nb.client._batch` (``map``).
 
 Example:
     >>> client = connect("http://127.0.0.1:8080", api_key="secret")  # doctest: +SKIP
@@ -24,15 +26,15 @@ import functools
 import os
 import threading
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
 from rocm_nb.client._accumulator import Accumulator
 from rocm_nb.client._generation import GenerationAPI
-from rocm_nb.client.completion import Kind, Message
-from rocm_nb.client.engines import Capabilities, ServerFacts, ServerInfo, root_url, unless_fatal
+from rocm_nb.client.completion import Kind
+from rocm_nb.client.engines import Capabilities, Engine, ServerFacts, ServerInfo, refuse, root_url, unless_fatal
 from rocm_nb.client.logprobs import SlotContext
-from rocm_nb.client.request import build_payload, check_options
+from rocm_nb.client.request import Request
 from rocm_nb.client.status import ServerStatus
 from rocm_nb.client.stream import (
     DEFAULT_DEADLINE_S,
@@ -125,7 +127,10 @@ class Client(GenerationAPI):
     ``model``, ``headers`` and ``verify`` are :func:`connect`'s.
     ``transport``/``async_transport`` are httpx transport seams for tests;
     ``server`` says what kind of server this is when that is known (a
-    ``LocalModel``'s own llama-server), so it is not detected.
+    ``LocalModel``'s own llama-server), so it is not detected. ``_on_failure``
+    is not for users: it is the hook through which the owner of the server
+    (a ``LocalModel`` or ``LocalRouter``) explains a transport failure, such
+    as :class:`~rocm_nb.errors.ServerCrashed` when its server died.
 
     To a server on this machine (127.0.0.1, ``::1``, ``localhost``) every
     request opens a fresh connection, so no request can meet a kept-alive
@@ -165,8 +170,8 @@ class Client(GenerationAPI):
         max_body_bytes: int = MAX_BODY_BYTES,
         transport: httpx.BaseTransport | None = None,
         async_transport: httpx.AsyncBaseTransport | None = None,
-        on_failure: FailureHook = _no_better_error,
         server: ServerInfo | None = None,
+        _on_failure: FailureHook = _no_better_error,
     ) -> None:
         import httpx
 
@@ -177,7 +182,7 @@ class Client(GenerationAPI):
         self._timeout = timeout
         self._max_body_bytes = max_body_bytes
         self._deadline, self._max_event_bytes = deadline, max_event_bytes
-        self._on_failure = on_failure
+        self._on_failure = _on_failure
         self._headers = {**({"Authorization": f"Bearer {api_key}"} if api_key else {}), **(headers or {})}
         self._verify: bool | str = verify if isinstance(verify, bool) else os.fspath(verify)
         self._facts = ServerFacts(self._probe_json, self.models, model=model, where=self._base_url, info=server)
@@ -246,21 +251,25 @@ class Client(GenerationAPI):
         """
         return self.server_info.capabilities
 
-    def _payload(self, kind: Kind, prompt: str | Sequence[Message], options: Mapping[str, Any]) -> dict[str, Any]:
+    def _payload(self, request: Request) -> dict[str, Any]:
         """The request body: the default model named, the options said the way this server's kind takes them."""
-        check_options(options)  # bad options fail before any I/O, detection included
-        model = options.get("model") or self._facts.model()
-        return build_payload(kind, prompt, {**options, "model": model} if model else options, self.server_info.engine)
+        model = None if "model" in request.options else self._facts.model()
+        return request.body(self.server_info.engine, model)
 
-    async def _apayload(
-        self, kind: Kind, prompt: str | Sequence[Message], options: Mapping[str, Any],
-    ) -> dict[str, Any]:
+    async def _apayload(self, request: Request) -> dict[str, Any]:
         """:meth:`_payload` for async code: the first call's probes run in a worker thread, off the loop."""
         import asyncio
 
-        if self._facts.known and ("model" in options or self._facts.model_known):
-            return self._payload(kind, prompt, options)
-        return await asyncio.to_thread(self._payload, kind, prompt, options)
+        if self._facts.known and ("model" in request.options or self._facts.model_known):
+            return self._payload(request)
+        return await asyncio.to_thread(self._payload, request)
+
+    def _accept(self, options: Mapping[str, Any], kinds: Collection[Kind]) -> Engine:
+        """The server's kind, once it has refused what it cannot honour at ``kinds``' endpoints (a batch's check)."""
+        engine = self.server_info.engine
+        for kind in sorted(kinds):
+            refuse(options, engine, kind)
+        return engine
 
     def _probe_json(self, path: str) -> Any:
         """GET ``path`` for :func:`~rocm_nb.client.engines.detect_engine`: its JSON, or ``None`` if not JSON."""
@@ -337,23 +346,23 @@ class Client(GenerationAPI):
                 self._asyncs[loop] = self._new_ahttp()
             return self._asyncs[loop]
 
-    def _open_stream(self, kind: Kind, prompt: str | Sequence[Message], options: Mapping[str, Any]) -> TokenStream:
-        payload = self._payload(kind, prompt, options)
+    def _open_stream(self, request: Request) -> TokenStream:
+        payload = self._payload(request)
         http = self._http()
-        request = http.build_request("POST", self._endpoint(kind), json=payload)
+        sent = http.build_request("POST", self._endpoint(request.kind), json=payload)
         stream: weakref.ref[TokenStream] | None = None  # weak: a dropped stream must still close at once
 
         def send() -> httpx.Response:
             self._close_held_streams()
-            response = http.send(request, stream=True)
+            response = http.send(sent, stream=True)
             this = stream() if stream is not None else None
             if this is not None:
                 with self._held_lock:
                     self._held[this] = threading.get_ident()
             return response
 
-        opened = TokenStream(send, Accumulator(kind, logprobs=bool(options.get("logprobs"))), self._better_error,
-                             self._slot_ctx)
+        opened = TokenStream(send, Accumulator(request.kind, logprobs=bool(request.options.get("logprobs"))),
+                             self._better_error, self._slot_ctx)
         stream = weakref.ref(opened)
         return opened
 
@@ -416,13 +425,15 @@ class Client(GenerationAPI):
             >>> connect("http://127.0.0.1:9").status().state
             'unreachable'
         """
+        images = None
         try:
             names, state, error = self.models(), "running", None
+            images = self.capabilities.images
         except RocmNbError as exc:
             names, error = [], str(exc)
             state = "unreachable" if isinstance(exc, ServerUnavailable | GenerationTimeout) else "error"
         return ServerStatus(model=", ".join(names) or "?", file=self._base_url, backend="remote", state=state,
-                            error=error)
+                            error=error, images=images)
 
     # -- lifetime ---------------------------------------------------------------------------
 

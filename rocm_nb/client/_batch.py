@@ -12,7 +12,7 @@ What a request is, is the caller's: it passes ``open_stream(job, http)``,
 which returns the :class:`~rocm_nb.client.stream.AsyncTokenStream` of one item.
 
 Example:
-    >>> plan(["Name a colour.", [{"role": "user", "content": "Hi"}]], chat=False, options={})
+    >>> plan(["Name a colour.", [{"role": "user", "content": "Hi"}]], chat=False, options={})[0]
     [('completion', 'Name a colour.'), ('chat', [{'role': 'user', 'content': 'Hi'}])]
 """
 
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from rocm_nb._units import positive_int
 from rocm_nb.client.completion import Completion, Kind, Message
 from rocm_nb.client.engines import DEFAULT_CONCURRENCY
-from rocm_nb.client.request import build_payload
+from rocm_nb.client.request import check_options
 from rocm_nb.errors import RocmNbError
 
 if TYPE_CHECKING:
@@ -48,20 +48,19 @@ Result = Completion | Exception
 OpenStream = Callable[[Job, "httpx.AsyncClient | None"], "AsyncTokenStream"]
 
 
-def plan(prompts: Iterable[Prompt], *, chat: bool, options: Mapping[str, Any],
-         check: Callable[[Kind, str, Mapping[str, Any]], object] = build_payload) -> list[Job]:
-    """The jobs of a batch; bad ``options`` would fail every item alike, so they raise now.
+def plan(prompts: Iterable[Prompt], *, chat: bool, options: Mapping[str, Any]) -> tuple[list[Job], dict[str, Any]]:
+    """The jobs of a batch, and its options checked once: bad ones would fail every item alike, so they raise now.
 
     A string is sent as a user message (``chat=True``) or as a plain prompt.
-    ``check(kind, prompt, options)`` checks the options (a client passes the
-    one that knows its server's kind).
+    An item that is not a prompt fails alone, when its request is made.
 
     Example:
         >>> plan(["Hi"], chat=True, options={"max_tokens": 8})
-        [('chat', [{'role': 'user', 'content': 'Hi'}])]
+        ([('chat', [{'role': 'user', 'content': 'Hi'}])], {'max_tokens': 8})
     """
-    check("completion", "", options)
-    return [_job(prompt, chat) for prompt in prompts]
+    jobs = [_job(prompt, chat) for prompt in prompts]
+    kinds = {kind for kind, _ in jobs}
+    return jobs, check_options(options, "completion" if "completion" in kinds else "chat" if kinds else None)
 
 
 def _job(prompt: Prompt, chat: bool) -> Job:

@@ -2,7 +2,8 @@
 
 :class:`GenerationAPI` holds every public method that talks to a server:
 generation (``generate``, ``stream``, ``chat``, ``chat_stream``, their async
-twins, ``map``/``amap``), embeddings, reranking and tools, and the server's
+twins, ``map``/``amap``, with images for a vision model:
+:mod:`rocm_nb.client.images`), embeddings, reranking and tools, and the server's
 own utilities (``tokenize``, ``detokenize``, ``apply_template``, ``n_ctx``,
 ``props``, ``metrics``, ``models``, ``health``). Each reaches the server
 through one of two hooks: ``_client()`` for sync code and ``await
@@ -26,18 +27,21 @@ from typing import TYPE_CHECKING, Any, Literal, Unpack, overload
 from rocm_nb.client._accumulator import Accumulator
 from rocm_nb.client._batch import Prompt, adrain
 from rocm_nb.client.completion import Completion, Kind, Message
+from rocm_nb.client.images import ImageInput, ImageLimit, has_images, with_images
 from rocm_nb.client.logprobs import TokenPiece, read_pieces
-from rocm_nb.client.request import Options, build_payload, check_options
+from rocm_nb.client.request import Options, Request, check_options, check_request
 from rocm_nb.client.stream import AsyncTokenStream, TokenStream
 from rocm_nb.errors import GenerationError, RocmNbError, StreamProtocolError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import httpx
     import numpy as np
     import numpy.typing as npt
 
     from rocm_nb.client._session import Session
-    from rocm_nb.client.tools import ToolRun
+    from rocm_nb.client.tool_loop import ToolRun
 
 __all__ = ["GenerationAPI", "parse_metrics"]
 
@@ -94,6 +98,29 @@ class GenerationAPI:
     def _client(self) -> Session:
         raise NotImplementedError
 
+    def _image_limit(self) -> ImageLimit:
+        """How large an image is worth sending; a model that takes no images raises here, before any request.
+
+        A ``Client`` does not know its server's projector: the default limit,
+        and the server says itself when it takes no images.
+        """
+        return ImageLimit()
+
+    def _messages(self, messages: str | Sequence[Message], images: Sequence[ImageInput]) -> Sequence[Message]:
+        """The messages to send: a string as the user's message, images encoded (:func:`with_images`)."""
+        if isinstance(messages, str) or images or has_images(messages):
+            listed = [{"role": "user", "content": messages}] if isinstance(messages, str) else messages
+            return with_images(listed, images, self._image_limit() if images or has_images(listed) else None)
+        return messages
+
+    def _batch_prompts(self, prompts: Iterable[Prompt]) -> list[Prompt]:
+        """A batch's prompts with their images encoded: a model that takes none refuses the batch first.
+
+        Only lists of messages are touched; anything else that is not a prompt
+        fails alone, as its item's result, when its request is made.
+        """
+        return [self._messages(p, ()) if isinstance(p, list) else p for p in prompts]
+
     async def _aclient(self) -> Session:
         return self._client()
 
@@ -106,27 +133,20 @@ class GenerationAPI:
     def _endpoint(kind: Kind) -> str:
         return "/v1/chat/completions" if kind == "chat" else "/v1/completions"
 
-    def _open_astream(
-        self,
-        kind: Kind,
-        prompt: str | Sequence[Message],
-        options: Mapping[str, Any],
-        http: httpx.AsyncClient | None = None,
-    ) -> AsyncTokenStream:
+    def _open_astream(self, request: Request, http: httpx.AsyncClient | None = None) -> AsyncTokenStream:
         """A stream that starts nothing until it is iterated; ``http`` is a batch's own async client."""
-        build_payload(kind, prompt, options)  # a bad prompt or options fail here, before any I/O
-        endpoint = self._endpoint(kind)
+        endpoint = self._endpoint(request.kind)
 
         async def open_response() -> httpx.Response:
             client = await self._aclient()
-            payload = await client._apayload(kind, prompt, options)
+            payload = await client._apayload(request)
             client._close_held_streams()  # a sync stream this thread left open ends first (see stream())
-            stream.slot_ctx = client._slot_ctx
+            stream.slot_ctx = client._slot_ctx  # known only now: the stream was made before its client
             session = http or client._ahttp()
             return await session.send(session.build_request("POST", endpoint, json=payload), stream=True)
 
-        stream = AsyncTokenStream(open_response, Accumulator(kind, logprobs=bool(options.get("logprobs"))),
-                                  self._better_error)
+        stream = AsyncTokenStream(open_response, Accumulator(request.kind, logprobs=bool(request.options.get(
+            "logprobs"))), self._better_error)
         return stream
 
     @staticmethod
@@ -160,7 +180,8 @@ class GenerationAPI:
             >>> for piece in model.stream("The sky is", max_tokens=8):  # doctest: +SKIP
             ...     print(piece, end="")
         """
-        return self._client()._open_stream("completion", prompt, options)
+        request = check_request("completion", prompt, options)  # bad options fail here: no server starts for them
+        return self._client()._open_stream(request)
 
     def generate(self, prompt: str, **options: Unpack[Options]) -> Completion:
         """Continue ``prompt`` and return the whole :class:`Completion`.
@@ -171,23 +192,49 @@ class GenerationAPI:
         """
         return self._drain(self.stream(prompt, **options))
 
-    def chat_stream(self, messages: Sequence[Message], **options: Unpack[Options]) -> TokenStream:
+    def chat_stream(self, messages: str | Sequence[Message], *, images: Sequence[ImageInput] = (),
+                    **options: Unpack[Options]) -> TokenStream:
         """Stream the assistant's reply to ``messages`` as text pieces (what closes it: :meth:`stream`).
+
+        ``messages`` may be one string (the user's message); ``images`` join
+        the last (the user's) message, as :meth:`chat` says.
 
         Example:
             >>> for piece in model.chat_stream([{"role": "user", "content": "Hi"}]):  # doctest: +SKIP
             ...     print(piece, end="")
         """
-        return self._client()._open_stream("chat", messages, options)
+        request = check_request("chat", self._messages(messages, images), options)  # no server starts for bad ones
+        return self._client()._open_stream(request)
 
-    def chat(self, messages: Sequence[Message], **options: Unpack[Options]) -> Completion:
-        """Return the assistant's reply to ``messages``.
+    def chat(self, messages: str | Sequence[Message], *, images: Sequence[ImageInput] = (),
+             **options: Unpack[Options]) -> Completion:
+        """Return the assistant's reply to ``messages`` (a list of messages, or one string: the user's message).
+
+        ``images`` (file paths, bytes, PIL images, NumPy arrays, matplotlib
+        figures, IPython images: :mod:`rocm_nb.client.images`) join the last
+        message, which must be the user's; image parts inside messages
+        (``{"type": "image", "image": fig}``, or OpenAI's ``image_url`` parts)
+        are encoded too. Each image is scaled to what the model's projector
+        uses; :meth:`user_message` gives the message as it is sent, for a
+        history. A model loaded without a projector refuses images before any
+        request (:class:`~rocm_nb.errors.ImagesNotSupported`).
 
         Example:
             >>> model.chat([{"role": "user", "content": "Hi!"}]).text  # doctest: +SKIP
             'Hello! How can I help you today?'
+            >>> model.chat("What trend does this show?", images=[fig]).text  # doctest: +SKIP
         """
-        return self._drain(self.chat_stream(messages, **options))
+        return self._drain(self.chat_stream(messages, images=images, **options))
+
+    def user_message(self, text: str, *, images: Sequence[ImageInput] = ()) -> Message:
+        """The user's message of ``text`` and ``images`` exactly as :meth:`chat` sends it: keep it in a history.
+
+        Example:
+            >>> history = [model.user_message("What is on this plot?", images=[fig])]  # doctest: +SKIP
+            >>> reply = model.chat(history)  # doctest: +SKIP
+            >>> history.append({"role": "assistant", "content": reply.text})  # doctest: +SKIP
+        """
+        return self._messages(text, images)[0]
 
     def astream(self, prompt: str, **options: Unpack[Options]) -> AsyncTokenStream:
         """Async twin of :meth:`stream`.
@@ -196,7 +243,7 @@ class GenerationAPI:
             >>> async for piece in model.astream("The sky is"):  # doctest: +SKIP
             ...     print(piece, end="")
         """
-        return self._open_astream("completion", prompt, options)
+        return self._open_astream(check_request("completion", prompt, options))
 
     async def agenerate(self, prompt: str, **options: Unpack[Options]) -> Completion:
         """Async twin of :meth:`generate`.
@@ -206,22 +253,24 @@ class GenerationAPI:
         """
         return await adrain(self.astream(prompt, **options))
 
-    def achat_stream(self, messages: Sequence[Message], **options: Unpack[Options]) -> AsyncTokenStream:
-        """Async twin of :meth:`chat_stream`.
+    def achat_stream(self, messages: str | Sequence[Message], *, images: Sequence[ImageInput] = (),
+                     **options: Unpack[Options]) -> AsyncTokenStream:
+        """Async twin of :meth:`chat_stream` (its images are encoded here, on the calling thread).
 
         Example:
             >>> async for piece in model.achat_stream([{"role": "user", "content": "Hi"}]):  # doctest: +SKIP
             ...     print(piece, end="")
         """
-        return self._open_astream("chat", messages, options)
+        return self._open_astream(check_request("chat", self._messages(messages, images), options))
 
-    async def achat(self, messages: Sequence[Message], **options: Unpack[Options]) -> Completion:
+    async def achat(self, messages: str | Sequence[Message], *, images: Sequence[ImageInput] = (),
+                    **options: Unpack[Options]) -> Completion:
         """Async twin of :meth:`chat`.
 
         Example:
             >>> (await model.achat([{"role": "user", "content": "Hi"}])).text  # doctest: +SKIP
         """
-        return await adrain(self.achat_stream(messages, **options))
+        return await adrain(self.achat_stream(messages, images=images, **options))
 
     # -- batches (the engine is rocm_nb.client._batch) --------------------------------------------
 
@@ -258,12 +307,14 @@ class GenerationAPI:
             ['Blue.', 'Apple.']
         """
         from rocm_nb.client import _batch
+        prompts = self._batch_prompts(prompts)
+        jobs, checked = _batch.plan(prompts, chat=chat, options=options)  # bad options raise now, before any I/O
         client = self._client()
         client._close_held_streams()  # here: the requests go out from the batch's own thread
-        jobs = _batch.plan(prompts, chat=chat, options=options, check=client._payload)
+        engine = client._accept(checked, {kind for kind, _ in jobs})  # the server's kind refuses once, for all
         return _batch.run(
-            jobs, lambda job, http: client._open_astream(*job, options, http),
-            _batch.workers(concurrency, lambda: client._slots(options.get("model"))), progress=progress,
+            jobs, lambda job, http: client._open_astream(Request(*job, checked, accepted_by=engine), http),
+            _batch.workers(concurrency, lambda: client._slots(checked.get("model"))), progress=progress,
             new_http=client._new_ahttp,
         )
 
@@ -284,11 +335,14 @@ class GenerationAPI:
         import asyncio
 
         from rocm_nb.client import _batch
+        prompts = self._batch_prompts(prompts)
+        jobs, checked = _batch.plan(prompts, chat=chat, options=options)  # bad options raise now, before any I/O
         client = await self._aclient()
-        jobs = await asyncio.to_thread(_batch.plan, prompts, chat=chat, options=options, check=client._payload)
-        slots = await asyncio.to_thread(_batch.workers, concurrency, lambda: client._slots(options.get("model")))
-        return await _batch.arun(jobs, lambda job, http: self._open_astream(*job, options, http), slots,
-                                 progress=progress)
+        engine = await asyncio.to_thread(client._accept, checked, {kind for kind, _ in jobs})
+        slots = await asyncio.to_thread(_batch.workers, concurrency, lambda: client._slots(checked.get("model")))
+        return await _batch.arun(
+            jobs, lambda job, http: self._open_astream(Request(*job, checked, accepted_by=engine), http), slots,
+            progress=progress)
 
     # -- embeddings, reranking, tools (the engines: rocm_nb.client.embeddings, rocm_nb.client.tools) ---------
 
@@ -342,11 +396,11 @@ class GenerationAPI:
         from rocm_nb.client import embeddings
         return embeddings.rerank(self._client(), query, documents, top_n)
 
-    def run_tools(self, messages: Sequence[Message], tools: Sequence[Any], *, max_steps: int = 5,
-                  **options: Any) -> ToolRun:
+    def run_tools(self, messages: Sequence[Message], tools: Sequence[Callable[..., Any]], /, *, max_steps: int = 5,
+                  mode: Literal["auto", "native", "json"] = "auto", **options: Unpack[Options]) -> ToolRun:
         """Chat with ``tools`` until the model answers: call what it asks for, feed the results back.
 
-        See :func:`rocm_nb.client.tools.run_tools`. Returns a :class:`~rocm_nb.client.tools.ToolRun`
+        See :func:`rocm_nb.client.tool_loop.run_tools`. Returns a :class:`~rocm_nb.client.tool_loop.ToolRun`
         (``.answer``, ``.messages``: the whole transcript, ``.steps``).
 
         Example:
@@ -354,8 +408,8 @@ class GenerationAPI:
             >>> run.answer  # doctest: +SKIP
             '6 * 7 is 42.'
         """
-        from rocm_nb.client import tools as tool_calls
-        return tool_calls.run_tools(self, messages, tools, max_steps=max_steps, **options)
+        from rocm_nb.client.tool_loop import run_tools
+        return run_tools(self, messages, tools, max_steps=max_steps, mode=mode, **options)
 
     # -- the server's own utilities (llama-server's endpoints, or the OpenAI ones) ----------------
 

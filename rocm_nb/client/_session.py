@@ -14,14 +14,16 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
     import httpx
 
-    from rocm_nb.client.completion import Kind, Message
+    from rocm_nb.client.completion import Kind
+    from rocm_nb.client.engines import Engine
     from rocm_nb.client.logprobs import SlotContext
+    from rocm_nb.client.request import Request
     from rocm_nb.client.stream import AsyncTokenStream, TokenStream
 
 __all__ = ["Session"]
@@ -46,15 +48,15 @@ class Session(Protocol):
 
     def _new_ahttp(self) -> httpx.AsyncClient: ...
 
-    def _payload(self, kind: Kind, prompt: str | Sequence[Message], options: Mapping[str, Any]) -> dict[str, Any]: ...
+    def _payload(self, request: Request) -> dict[str, Any]: ...
 
-    async def _apayload(self, kind: Kind, prompt: str | Sequence[Message],
-                        options: Mapping[str, Any]) -> dict[str, Any]: ...
+    async def _apayload(self, request: Request) -> dict[str, Any]: ...
 
-    def _open_stream(self, kind: Kind, prompt: str | Sequence[Message], options: Mapping[str, Any]) -> TokenStream: ...
+    def _accept(self, options: Mapping[str, Any], kinds: Collection[Kind]) -> Engine: ...
 
-    def _open_astream(self, kind: Kind, prompt: str | Sequence[Message], options: Mapping[str, Any],
-                      http: httpx.AsyncClient | None = None) -> AsyncTokenStream: ...
+    def _open_stream(self, request: Request) -> TokenStream: ...
+
+    def _open_astream(self, request: Request, http: httpx.AsyncClient | None = None) -> AsyncTokenStream: ...
 
     def _close_held_streams(self) -> None: ...
 

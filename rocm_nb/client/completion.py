@@ -97,7 +97,7 @@ class ToolCall:
     """One call the model asked for: ``.id``, ``.name`` and ``.arguments`` (a dict).
 
     ``raw_arguments`` is the arguments' text as the server sent it; when it
-    is not a JSON object, ``arguments`` is empty and :func:`~rocm_nb.client.tools.run_tools`
+    is not a JSON object, ``arguments`` is empty and :func:`~rocm_nb.client.tool_loop.run_tools`
     tells the model so.
 
     Example:

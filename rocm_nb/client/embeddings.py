@@ -4,8 +4,8 @@ In the pinned llama-server ``--embedding`` restricts a server to embeddings,
 so an embedding model is a server of its own:
 ``LocalModel("minilm", embedding=True)`` (pooling: the model's own, or
 ``pooling="mean"``…); reranking is ``LocalModel(path, reranking=True)``
-(``--rerank``). :func:`rocm_nb._options.server_mode` turns those options into
-the server's configuration.
+(``--rerank``). :class:`rocm_nb._options.LoadOptions` turns those options into
+the server's configuration and its memory plan.
 
 ``embed`` sends the texts in chunks of :data:`CHUNK` over the server's slots
 at once (a progress bar past :data:`PROGRESS_AFTER` texts) and returns a NumPy

@@ -3,9 +3,10 @@
 A notebook that outgrows its GPU moves to a shared engine: a bigger
 llama-server (or its router mode), vLLM, SGLang, Ollama, or any other
 OpenAI-compatible server. :func:`detect_engine` finds out which, once per client,
-from the one endpoint each kind is known by; :func:`translate` (called from
-:func:`~rocm_nb.client.completion.build_payload`) turns rocm_nb's options into what
-that kind takes. The decisions, in one place:
+from the one endpoint each kind is known by; :func:`refuse` and :func:`translate`
+(called from :meth:`~rocm_nb.client.request.Request.body`, once per request) refuse
+what that kind cannot honour and turn rocm_nb's options into what it takes.
+The decisions, in one place:
 
 * ``json_schema`` becomes OpenAI's ``response_format`` (``{"type":
   "json_schema", ...}``), which llama-server's chat endpoint takes too; only
@@ -35,7 +36,7 @@ fields, ``/api/version``) and SGLang's ``/get_server_info``.
 Example:
     >>> translate({"json_schema": {"type": "object"}, "cache_prompt": True}, "vllm", "chat")
     {'response_format': {'type': 'json_schema', 'json_schema': {'name': 'reply', 'schema': {'type': 'object'}}}}
-    >>> translate({"grammar": "root ::= [a-z]+"}, "ollama", "chat")  # doctest: +ELLIPSIS
+    >>> refuse({"grammar": "root ::= [a-z]+"}, "ollama", "chat")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
     ValueError: grammar is not supported by Ollama (a GBNF grammar is llama.cpp's); use json_schema= ...
@@ -59,6 +60,7 @@ __all__ = [
     "ServerFacts",
     "ServerInfo",
     "detect_engine",
+    "refuse",
     "root_url",
     "translate",
 ]
@@ -107,7 +109,10 @@ class Capabilities:
 
     ``slots`` is how many requests it serves at once (llama.cpp; ``None``:
     it does not say); ``embeddings`` is ``None`` when the server does not
-    say (llama-server tells it only by answering ``/v1/embeddings``).
+    say (llama-server tells it only by answering ``/v1/embeddings``);
+    ``images`` says whether it takes images (llama-server: ``modalities``
+    in ``/props``, true when it was started with a projector; ``None``: the
+    server does not say).
 
     Example:
         >>> Capabilities(logprobs=True, tools=False, grammar=True, slots=4, embeddings=None).grammar
@@ -119,6 +124,7 @@ class Capabilities:
     grammar: bool
     slots: int | None
     embeddings: bool | None
+    images: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -169,10 +175,28 @@ def root_url(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, parts.query, "")).rstrip("/")
 
 
-def translate(payload: Mapping[str, Any], engine: Engine, kind: Literal["completion", "chat"]) -> dict[str, Any]:
-    """``payload`` with rocm_nb's option names said the way ``engine`` takes them (the table: module docstring).
+def refuse(options: Mapping[str, Any], engine: Engine, kind: Literal["completion", "chat"]) -> None:
+    """A ``ValueError`` for the first option ``engine`` cannot honour at ``kind``'s endpoint (see the table above).
 
-    Raises ``ValueError`` for an option the engine cannot honour.
+    Example:
+        >>> refuse({"post_sampling": True}, "ollama", "chat")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: post_sampling is not supported by Ollama; leave it out: ...
+        >>> refuse({"grammar": "root ::= [a-z]+"}, "llama.cpp", "completion")
+    """
+    refused = sorted(set(options) & set(_REFUSED.get(engine, {})))
+    if refused:
+        name = refused[0]
+        raise ValueError(f"{name} is not supported by {ENGINE_NAMES[engine]}{_WHY.get(name, '')}; "
+                         f"{_REFUSED[engine][name]}")
+    if engine == "ollama" and kind == "completion" and "json_schema" in options:
+        raise ValueError("json_schema is not supported by Ollama's /v1/completions; use chat() for a "
+                         "reply constrained by a schema")
+
+
+def translate(options: Mapping[str, Any], engine: Engine, kind: Literal["completion", "chat"]) -> dict[str, Any]:
+    """``options`` said the way ``engine`` takes them (see the table above), once :func:`refuse` let them pass.
 
     Example:
         >>> translate({"repeat_penalty": 1.1, "top_k": 40}, "vllm", "completion")
@@ -181,22 +205,10 @@ def translate(payload: Mapping[str, Any], engine: Engine, kind: Literal["complet
         {'json_schema': {}, 'cache_prompt': False}
         >>> translate({"return_progress": True, "logprobs": True}, "vllm", "chat")
         {'logprobs': True}
-        >>> translate({"post_sampling": True}, "ollama", "chat")  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        ...
-        ValueError: post_sampling is not supported by Ollama; leave it out: ...
     """
-    refused = sorted(set(payload) & set(_REFUSED.get(engine, {})))
-    if refused:
-        name = refused[0]
-        raise ValueError(f"{name} is not supported by {ENGINE_NAMES[engine]}{_WHY.get(name, '')}; "
-                         f"{_REFUSED[engine][name]}")
-    out = {_RENAMED.get(engine, {}).get(key, key): value for key, value in payload.items()
+    out = {_RENAMED.get(engine, {}).get(key, key): value for key, value in options.items()
            if key not in _MEANINGLESS_ELSEWHERE or engine == "llama.cpp"}
     if "json_schema" in out and not (engine == "llama.cpp" and kind == "completion"):
-        if engine == "ollama" and kind == "completion":
-            raise ValueError("json_schema is not supported by Ollama's /v1/completions; use chat() for a "
-                             "reply constrained by a schema")
         schema = out.pop("json_schema")
         out["response_format"] = {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}}
     return out
@@ -220,7 +232,7 @@ def detect_engine(probe: Probe) -> ServerInfo:
         >>> detect_engine(lambda path: {"total_slots": 2, "default_generation_settings": {},
         ...                      "chat_template_caps": {"supports_tools": True}} if path == "/props" else None)
         ServerInfo(engine='llama.cpp', version=None, capabilities=Capabilities(logprobs=True, tools=True, \
-grammar=True, slots=2, embeddings=None), router=False)
+grammar=True, slots=2, embeddings=None, images=None), router=False)
         >>> detect_engine(lambda path: None).engine
         'openai'
     """
@@ -230,9 +242,11 @@ grammar=True, slots=2, embeddings=None), router=False)
         caps = props.get("chat_template_caps")
         tools = bool(caps.get("supports_tools", True)) if isinstance(caps, dict) else True
         build = props.get("build_info")
+        modalities = props.get("modalities")
+        images = modalities.get("vision") if isinstance(modalities, dict) else None
         return ServerInfo("llama.cpp", build if isinstance(build, str) else None, Capabilities(
             logprobs=True, tools=tools, grammar=True, slots=slots if isinstance(slots, int) and slots > 0 else None,
-            embeddings=None), router=props.get("role") == "router")
+            embeddings=None, images=images if isinstance(images, bool) else None), router=props.get("role") == "router")
     candidates: tuple[tuple[str, Engine], ...] = (("/api/version", "ollama"), ("/version", "vllm"))
     for path, engine in candidates:
         reply = probe(path)

@@ -5,7 +5,8 @@ The value types (:class:`TokenProb`, :class:`TokenPiece`, :class:`Progress`,
 answers live here; :mod:`rocm_nb.client._accumulator` calls one function per field.
 The options that ask for them (``logprobs``, ``top_logprobs``,
 ``post_sampling``, ``reasoning_effort``, ``reasoning_budget``,
-``chat_template_kwargs``, ``return_progress``) are checked by
+``chat_template_kwargs``, ``return_progress``: :data:`INSIGHT_OPTIONS`) are
+this module's family of options (:mod:`rocm_nb.client.request`): checked by
 :func:`check_insight_options` and put in the server's own names by
 :func:`translate_options`.
 
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_TOP_LOGPROBS",
+    "INSIGHT_OPTIONS",
     "MAX_TOP_LOGPROBS",
     "ContextUse",
     "Progress",
@@ -63,10 +65,22 @@ __all__ = [
 ]
 
 DEFAULT_TOP_LOGPROBS = 5
-"""Alternatives per token when ``logprobs=True`` is given without ``top_logprobs``."""
+"""Alternatives per token when ``logprobs=True`` is given without ``top_logprobs`` (and the notebook's default)."""
 
-MAX_TOP_LOGPROBS = 100
-"""The most alternatives per token: each is a few dozen bytes in every event, and the server sorts for them."""
+MAX_TOP_LOGPROBS = 20
+"""The most alternatives per token anywhere in rocm_nb (options, magics, widgets).
+
+OpenAI's API refuses ``top_logprobs`` above 20, and so does vLLM by default
+(``--max-logprobs 20``); the pinned llama-server takes any number (it
+caps ``n_probs`` at the vocabulary, ``populate_token_probs`` in
+``tools/server/server-context.cpp``, and defaults to 20 when
+``logprobs`` comes without ``top_logprobs``). 20 is what every server
+``connect()`` reaches can answer.
+"""
+
+INSIGHT_OPTIONS = frozenset({"logprobs", "top_logprobs", "post_sampling", "return_progress", "reasoning_effort",
+                             "reasoning_budget", "chat_template_kwargs"})
+"""This module's family of options (:data:`rocm_nb.client.request.FAMILIES`)."""
 
 _CHAT_ONLY = ("reasoning_effort", "reasoning_budget", "chat_template_kwargs")
 
@@ -190,8 +204,12 @@ class SlotContext:
 # -- options ------------------------------------------------------------------------------------
 
 
-def check_insight_options(options: Mapping[str, Any]) -> None:
+def check_insight_options(options: Mapping[str, Any], kind: str | None = None) -> None:
     """Check the options of this module; a ``ValueError`` names the first bad one.
+
+    The reasoning options shape the chat template, so a plain completion
+    (``kind="completion"``: :meth:`generate` sends its prompt as it is)
+    refuses them.
 
     Example:
         >>> check_insight_options({"logprobs": True, "top_logprobs": 3})
@@ -203,7 +221,16 @@ def check_insight_options(options: Mapping[str, Any]) -> None:
         Traceback (most recent call last):
         ...
         ValueError: reasoning_budget must be an integer ≥ -1 (-1: no limit, 0: no thinking), got -2
+        >>> check_insight_options({"reasoning_effort": "low"}, "completion")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: reasoning_effort shape(s) the chat template, so only chat() and chat_stream() take them; ...
     """
+    if kind == "completion":
+        given = [name for name in _CHAT_ONLY if name in options]
+        if given:
+            raise ValueError(f"{', '.join(given)} shape(s) the chat template, so only chat() and chat_stream() "
+                             "take them; generate() sends its prompt as it is")
     for name in ("logprobs", "post_sampling", "return_progress"):
         if name in options and not isinstance(options[name], bool):
             raise ValueError(f"{name} must be True or False, got {options[name]!r}")
@@ -237,8 +264,7 @@ def translate_options(kind: str, payload: dict[str, Any]) -> None:
     number as ``logprobs`` (OpenAI's legacy name, llama-server's alias of
     ``n_probs``: it reads ``top_logprobs`` only in chat). ``post_sampling``
     is ``post_sampling_probs``, ``reasoning_budget``
-    ``reasoning_budget_tokens``. The reasoning options shape the chat
-    template, so :meth:`generate` (a plain prompt) refuses them.
+    ``reasoning_budget_tokens``.
 
     Example:
         >>> payload = {"logprobs": True, "post_sampling": True}
@@ -248,11 +274,6 @@ def translate_options(kind: str, payload: dict[str, Any]) -> None:
         >>> translate_options("chat", payload); payload
         {'logprobs': True, 'top_logprobs': 2, 'reasoning_budget_tokens': 64}
     """
-    if kind != "chat":
-        given = [name for name in _CHAT_ONLY if name in payload]
-        if given:
-            raise ValueError(f"{', '.join(given)} shape(s) the chat template, so only chat() and chat_stream() "
-                             "take them; generate() sends its prompt as it is")
     if payload.get("logprobs"):
         top = payload.pop("top_logprobs", DEFAULT_TOP_LOGPROBS)
         if kind == "chat":

@@ -25,6 +25,21 @@
   vocabulary tables, threads, work buffers), measured from the server's RSS
   after its first prompt.
 
+Embedding and reranking servers (``pooled``) compute every token of a
+micro-batch as an output, and their micro-batch is a slot's whole context
+(an input is embedded in one batch):
+
+* a decoder with an output head (SmolLM2 with ``--embedding --pooling last``)
+  computes the head's logits for every token, so its compute buffer is
+  ``ubatch × n_vocab × 4 B`` plus ``ubatch × 4 B × 3 n_embd``: measured
+  49.3, 98.8, 198.5 and 401.1 MiB at ``-ub`` 256, 512, 1024 and 2048 against
+  49.7, 99.4, 198.8 and 397.5 MiB here;
+* an encoder (BERT and the other architectures in :data:`ENCODER_ARCHS`, such
+  as MiniLM) has no KV cache at all (llama.cpp's ``create_memory`` makes
+  none: the server logs no KV buffer) and no output head; its compute buffer
+  is ``ubatch × 4 B × (n_ff + 4 n_embd)``: measured 1.35, 2.75 and 5.76 MiB
+  for MiniLM at ``-ub`` 128, 256 and 512 against 1.5, 3.0 and 6.0 here.
+
 Mixture-of-experts and sliding-window models get the same formulas, so
 their compute buffer and KV cache are only approximate (the KV cache is
 overestimated for sliding-window layers: the safe side).
@@ -52,6 +67,29 @@ prompts' KV state in a host-RAM prompt cache (``--cache-ram``, up to 8 GiB by
 default): RSS grows by about 13.6 MiB per distinct 600-token prompt here,
 which is host memory, never VRAM, and not in the estimate.
 
+**Image projectors** (``mmproj=``, :func:`estimate_projector`) add their
+weights (the tensors' sizes in the file, exactly what llama-server logs as
+the projector's model size) and a compute buffer for one image at the
+projector's ``image_size``, which llama-server reserves at load. For a ViT of
+``n`` patches (``(image_size / patch_size)²``), width ``E``, feed-forward
+width ``F`` and ``H`` heads, with flash attention (``auto`` resolves to on):
+``n × 4 B × (3 patch_size² + F + 2E)`` (the image's pixels, then the widest
+layer); without it, the larger of that and the f32 attention scores,
+``n² × H × 4 B + n × 4 B × 4E``. Measured against the buffer sizes
+llama-server logs (``reserve_compute_meta``) for ``mlp`` projectors of four
+shapes (tests/support/vision.py's writer)::
+
+    image/patch  E    F     H   flash auto: estimate / logged   flash off: estimate / logged
+    32/8         32   64    2       0.02 / 0.04 MiB                 0.02 / 0.04 MiB
+    224/14       256  1024  4       2.07 / 1.83 MiB                 2.07 / 2.08 MiB
+    336/14       512  2048  8       8.04 / 8.05 MiB                14.63 / 14.80 MiB
+    512/16       768  3072  12     21.00 / 21.01 MiB               60.00 / 60.01 MiB
+
+Other projector types build other graphs (a merger after the ViT, tiles
+encoded one at a time), so for them the figure is the same ViT's and only
+approximate. The projector runs on the GPU when any layer does (llama-server
+offloads it by default), else in host memory.
+
 Example:
     >>> from rocm_nb.modelfiles.catalog import read_info, resolve_model
     >>> info = read_info(resolve_model("smollm2-135m"))  # doctest: +SKIP
@@ -67,17 +105,22 @@ from dataclasses import dataclass
 
 from rocm_nb._units import human_bytes
 from rocm_nb.modelfiles.catalog import ModelInfo
+from rocm_nb.modelfiles.projector import ProjectorInfo
 
 __all__ = [
     "CACHE_TYPES",
+    "DEFAULT_BATCH",
+    "ENCODER_ARCHS",
     "FLASH_ATTN",
     "RUNTIME_BYTES",
     "UBATCH",
     "MemoryEstimate",
+    "ProjectorEstimate",
     "Shape",
     "check_cache_options",
     "checked_shape",
     "estimate",
+    "estimate_projector",
     "estimate_shape",
 ]
 
@@ -89,6 +132,15 @@ FLASH_ATTN = ("on", "off", "auto")
 
 UBATCH = 512
 """llama-server's default micro-batch (``-ub``): the tokens one compute step holds."""
+
+DEFAULT_BATCH = 2048
+"""llama-server's default logical batch (``-b``); the micro-batch is never larger than it."""
+
+ENCODER_ARCHS = frozenset({
+    "bert", "modern-bert", "nomic-bert", "nomic-bert-moe", "neo-bert", "jina-bert-v2", "jina-bert-v3", "eurobert",
+    "gemma-embedding", "wavtokenizer-dec", "dream", "llada", "llada-moe", "rnd1",
+})
+"""Architectures for which the pinned llama.cpp allocates no KV cache (``llama_model::create_memory``)."""
 
 RUNTIME_BYTES = 32 * 2**20
 """Host memory of the server program itself (measured RSS less weights, KV cache and buffers)."""
@@ -165,6 +217,7 @@ class Shape:
     n_head: int
     k_width: int  # KV heads × K head size
     v_width: int
+    encoder: bool = False  # an architecture with no KV cache and no output head (ENCODER_ARCHS)
 
     @classmethod
     def of(cls, info: ModelInfo) -> Shape:
@@ -190,10 +243,12 @@ class Shape:
         n_embd = info.embedding_length or 0
         head_k, head_v = _head_sizes(info)
         kv_heads = info.head_count_kv or info.head_count or 0
+        encoder = info.architecture in ENCODER_ARCHS
         return cls(
             layer_bytes=tuple(layers), input_bytes=input_bytes, output_bytes=output_bytes,
-            tied_bytes=0 if has_head else input_bytes, n_embd=n_embd, n_ff=n_ff or 4 * n_embd,
-            n_vocab=n_vocab, n_head=info.head_count or 0, k_width=kv_heads * head_k, v_width=kv_heads * head_v,
+            tied_bytes=0 if has_head or encoder else input_bytes, n_embd=n_embd, n_ff=n_ff or 4 * n_embd,
+            n_vocab=n_vocab, n_head=info.head_count or 0, k_width=0 if encoder else kv_heads * head_k,
+            v_width=0 if encoder else kv_heads * head_v, encoder=encoder,
         )
 
 
@@ -255,7 +310,7 @@ class MemoryEstimate:
 
 
 def estimate_shape(shape: Shape, *, ctx_size: int, parallel: int, gpu_layers: int, cache_type_k: str,
-                   cache_type_v: str, flash: bool, ubatch: int) -> MemoryEstimate:
+                   cache_type_v: str, flash: bool, ubatch: int, pooled: bool = False) -> MemoryEstimate:
     """:func:`estimate` for a model's :class:`Shape`, with ``flash`` the flash attention llama-server will use.
 
     Example:
@@ -286,11 +341,15 @@ def estimate_shape(shape: Shape, *, ctx_size: int, parallel: int, gpu_layers: in
     kv_ram = kv_layer * (n_layer - sum(on_gpu))
 
     tokens = min(n_ctx, ubatch)
-    if flash:
+    if shape.encoder:
+        compute = tokens * 4 * (shape.n_ff + 4 * shape.n_embd)
+    elif flash:
         compute = tokens * 4 * (3 * shape.n_ff + 4 * shape.n_embd) + tokens * per_slot * 2
     else:
         attention = tokens * per_slot * 4 * (shape.n_head + 1) + tokens * 4 * (5 * shape.n_embd + 2 * shape.k_width)
         compute = max(attention, tokens * 4 * (3 * shape.n_ff + 4 * shape.n_embd) + tokens * per_slot * 4)
+    if pooled and not shape.encoder:  # every token is an output: the head's logits for the whole micro-batch
+        compute = max(compute, tokens * 4 * (shape.n_vocab + 3 * shape.n_embd))
     logits = shape.n_vocab * 4 * parallel  # one row of logits per slot, kept in host memory
     if ngl == 0:
         compute_vram, compute_ram = 0, compute + logits
@@ -331,12 +390,15 @@ def estimate(
     cache_type_v: str = "f16",
     flash_attn: str | None = None,
     ubatch: int = UBATCH,
+    pooled: bool = False,
 ) -> MemoryEstimate:
     """Estimate the memory llama-server needs to load ``info`` with these options.
 
     ``gpu_layers`` is ``-ngl`` (the output layer counts as one);
     ``flash_attn`` ``None`` means the server's default, ``auto``, which the
-    CPU, CUDA, ROCm and Vulkan backends all resolve to on.
+    CPU, CUDA, ROCm and Vulkan backends all resolve to on. ``ubatch`` is the
+    micro-batch (``-ub``, no larger than ``-b``); ``pooled`` an embedding or
+    reranking server (see the module docstring).
 
     Example:
         >>> e = estimate(info, ctx_size=4096, parallel=2, gpu_layers=31)  # doctest: +SKIP
@@ -345,6 +407,63 @@ def estimate(
     """
     shape = checked_shape(info, ctx_size, parallel, flash_attn, cache_type_k, cache_type_v)
     return estimate_shape(shape, ctx_size=ctx_size, parallel=parallel, gpu_layers=gpu_layers,
-                     cache_type_k=cache_type_k, cache_type_v=cache_type_v,
-                     flash=flash_attn != "off", ubatch=ubatch)
+                          cache_type_k=cache_type_k, cache_type_v=cache_type_v,
+                          flash=flash_attn != "off", ubatch=ubatch, pooled=pooled)
 
+
+
+@dataclass(frozen=True)
+class ProjectorEstimate:
+    """What an image projector adds to a load: its weights and its compute buffer, on the GPU or in RAM.
+
+    Example:
+        >>> ProjectorEstimate(weights=100 << 20, compute=21 << 20, on_gpu=False).summary()
+        'about 121 MiB: weights 100 MiB, compute 21 MiB (in RAM)'
+    """
+
+    weights: int
+    compute: int
+    on_gpu: bool
+
+    @property
+    def total(self) -> int:
+        """Bytes in all."""
+        return self.weights + self.compute
+
+    @property
+    def vram(self) -> int:
+        """Bytes on the GPU."""
+        return self.total if self.on_gpu else 0
+
+    @property
+    def ram(self) -> int:
+        """Bytes in host memory."""
+        return 0 if self.on_gpu else self.total
+
+    def summary(self) -> str:
+        """One line: the total and its parts, and where they are."""
+        where = "on the GPU" if self.on_gpu else "in RAM"
+        return (f"about {human_bytes(self.total)}: weights {human_bytes(self.weights)}, "
+                f"compute {human_bytes(self.compute)} ({where})")
+
+
+def estimate_projector(projector: ProjectorInfo, *, on_gpu: bool, flash_attn: str | None = None) -> ProjectorEstimate:
+    """The memory an image projector needs (the formula and its measurements: the module docstring).
+
+    Example:
+        >>> from pathlib import Path
+        >>> p = ProjectorInfo(Path("m.gguf"), "mlp", vision=True, audio=False, image_size=512, patch_size=16,
+        ...                   file_size=0, embedding_length=768, feed_forward_length=3072, head_count=12)
+        >>> estimate_projector(p, on_gpu=False).compute // 2**20, estimate_projector(p, on_gpu=False,
+        ...                                                                         flash_attn="off").compute // 2**20
+        (21, 60)
+    """
+    patch = projector.patch_size or 14
+    side = (projector.image_size or 0) // patch
+    n = side * side
+    width = projector.embedding_length or 0
+    ff = projector.feed_forward_length or 4 * width
+    compute = n * 4 * (3 * patch * patch + ff + 2 * width)
+    if flash_attn == "off":
+        compute = max(compute, n * n * (projector.head_count or 1) * 4 + n * 4 * 4 * width)
+    return ProjectorEstimate(weights=projector.weights_bytes, compute=compute, on_gpu=on_gpu)

@@ -29,23 +29,30 @@ from rocm_nb.hardware import Backend, Hardware
 from rocm_nb.hardware._unified import UnifiedMemory, gpu_budget
 from rocm_nb.modelfiles._estimate import (
     CACHE_TYPES,
+    DEFAULT_BATCH,
     FLASH_ATTN,
     UBATCH,
     MemoryEstimate,
+    ProjectorEstimate,
     check_cache_options,
     checked_shape,
     estimate,
+    estimate_projector,
     estimate_shape,
 )
 from rocm_nb.modelfiles.catalog import ModelInfo
+from rocm_nb.modelfiles.projector import ProjectorInfo
 
 __all__ = [
     "CACHE_TYPES",
+    "DEFAULT_BATCH",
     "FLASH_ATTN",
     "GPU_MARGIN",
     "MIN_CTX",
+    "UBATCH",
     "FitPlan",
     "MemoryEstimate",
+    "ProjectorEstimate",
     "check_cache_options",
     "estimate",
     "free_vram",
@@ -65,8 +72,9 @@ class FitPlan:
 
     ``fits`` is False when even the plan is expected to run out of memory;
     ``note`` is the one-line explanation ``%rocm_load`` prints. ``draft`` is
-    the speculative draft model's share (``None`` without one): its memory is
-    taken from the budget before the main model's layers are placed.
+    the speculative draft model's share (``None`` without one), ``projector``
+    the image projector's (``mmproj=``): their memory is taken from the
+    budget before the main model's layers are placed.
 
     Example:
         >>> e = MemoryEstimate(0, 31, 4096, 1, 0, 92 << 20, 0, 90 << 20, 0, 18 << 20, 32 << 20)
@@ -80,6 +88,7 @@ class FitPlan:
     fits: bool
     note: str
     draft: MemoryEstimate | None = None
+    projector: ProjectorEstimate | None = None
 
     def __str__(self) -> str:
         return self.note
@@ -102,6 +111,10 @@ def plan(
     memory: str = "VRAM",
     draft: MemoryEstimate | None = None,
     cap: int | None = None,
+    ubatch: int = UBATCH,
+    pooled: bool = False,
+    name: str | None = None,
+    projector: ProjectorEstimate | None = None,
 ) -> FitPlan:
     """Choose ``gpu_layers`` (and, if allowed, a smaller context) that fit the free VRAM.
 
@@ -115,9 +128,13 @@ def plan(
     what ``free_vram_bytes`` counts in the note (an APU's "carve-out + GTT").
     A ``draft`` model's estimate (speculative decoding) is set aside first:
     its VRAM leaves less for the main model's layers, its RAM counts in the
-    check, and the note says how much it takes. ``cap`` (``gpu_memory=``)
-    is the most GPU memory the model may take, whatever is free: the budget
-    is the smaller of the two, and the note says which one decided.
+    check, and the note says how much it takes. An image ``projector``'s
+    estimate is set aside the same way. ``ubatch`` and ``pooled`` are
+    :func:`estimate`'s (the micro-batch; an embedding or reranking server).
+    ``name`` is what the note calls the model (default: the GGUF's own name).
+    ``cap`` (``gpu_memory=``) is the most GPU memory the model may take,
+    whatever is free: the budget is the smaller of the two, and the note
+    says which one decided.
 
     Example:
         >>> p = plan(info, 6 * 2**30, ctx_size=8192)  # doctest: +SKIP
@@ -126,27 +143,29 @@ def plan(
     """
     shape = checked_shape(info, ctx_size, parallel, flash_attn, cache_type_k, cache_type_v)
     layers = len(shape.layer_bytes) + 1
+    called = name or info.name
 
     def fitting(ngl: int, ctx: int) -> MemoryEstimate:
         return estimate_shape(shape, ctx_size=ctx, parallel=parallel, gpu_layers=ngl, cache_type_k=cache_type_k,
-                         cache_type_v=cache_type_v, flash=flash_attn != "off", ubatch=UBATCH)
+                              cache_type_v=cache_type_v, flash=flash_attn != "off", ubatch=ubatch, pooled=pooled)
 
-    draft_vram, draft_ram = (0, 0) if draft is None else (draft.vram, draft.ram)
+    draft_vram = (0 if draft is None else draft.vram) + (0 if projector is None else projector.vram)
+    draft_ram = (0 if draft is None else draft.ram) + (0 if projector is None else projector.ram)
     if free_vram_bytes is not None:
         free_vram_bytes = max(0, free_vram_bytes - draft_vram)
     if free_ram_bytes is not None:
         free_ram_bytes = max(0, free_ram_bytes - draft_ram)
     budget = None if free_vram_bytes is None else free_vram_bytes - margin
-    if cap is not None and (budget is None or cap < budget):
-        budget, margin = cap, 0
-        free_vram_bytes, memory = cap, f"{memory} that gpu_memory={human_bytes(cap)} allows"
+    if cap is not None and (budget is None or cap - draft_vram < budget):  # the cap holds draft and projector too
+        budget = free_vram_bytes = max(0, cap - draft_vram)
+        margin, memory = 0, f"{memory} that gpu_memory={human_bytes(cap)} allows"
     free = "" if free_vram_bytes is None else human_bytes(free_vram_bytes)
     ctx = ctx_size
     if gpu_layers is not None:
         chosen = fitting(gpu_layers, ctx)
         fits = free_vram_bytes is None or chosen.vram <= free_vram_bytes
         if chosen.gpu_layers == 0:
-            note = f"{info.name} runs on the CPU: {chosen.summary()}"
+            note = f"{called} runs on the CPU: {chosen.summary()}"
             if free_ram_bytes is not None and chosen.ram <= free_ram_bytes:
                 note += f"; {human_bytes(free_ram_bytes)} of RAM is available"
         elif fits:
@@ -158,7 +177,7 @@ def plan(
     elif budget is None:
         chosen = fitting(layers, ctx)
         fits = True
-        note = f"free VRAM unknown: offloading all {layers} layers of {info.name}, {chosen.summary()}"
+        note = f"free VRAM unknown: offloading all {layers} layers of {called}, {chosen.summary()}"
     else:
         chosen = fitting(layers, ctx)
         while chosen.vram > budget and shrink_ctx and ctx > min_ctx:
@@ -166,10 +185,10 @@ def plan(
             chosen = fitting(layers, ctx)
         fits = True
         if chosen.vram <= budget:
-            note = (f"all {layers} layers of {info.name} on the GPU: "
+            note = (f"all {layers} layers of {called} on the GPU: "
                     f"{human_bytes(chosen.vram)} of the {free} of free {memory}")
             if ctx != ctx_size:
-                note = (f"ctx_size lowered from {ctx_size} to {ctx} so that all {layers} layers of {info.name} "
+                note = (f"ctx_size lowered from {ctx_size} to {ctx} so that all {layers} layers of {called} "
                         f"fit on the GPU ({human_bytes(chosen.vram)} of the {free} of free {memory}); pass ctx_size= "
                         "to choose another")
         else:
@@ -178,10 +197,10 @@ def plan(
             lowered = f" at ctx_size {ctx} (lowered from {ctx_size})" if ctx != ctx_size else ""
             kept = f", and {human_bytes(margin)} is kept free" if margin else ""
             if chosen.gpu_layers == 0:
-                note = (f"none of {info.name}'s layers fit in the {free} of free {memory} (all {layers} need "
+                note = (f"none of {called}'s layers fit in the {free} of free {memory} (all {layers} need "
                         f"{human_bytes(whole)}{kept}){lowered}: it runs on the CPU, slowly")
             else:
-                note = (f"only {chosen.gpu_layers} of {layers} layers of {info.name} fit in the {free} of free "
+                note = (f"only {chosen.gpu_layers} of {layers} layers of {called} fit in the {free} of free "
                         f"{memory} (all need {human_bytes(whole)}{kept}){lowered}: gpu_layers={chosen.gpu_layers} "
                         "(about " + human_bytes(chosen.vram) + " on the GPU), the rest run on the CPU, more slowly; "
                         "a smaller ctx_size or quantisation lets more layers fit")
@@ -191,7 +210,10 @@ def plan(
                  "available: the load will probably fail; use a smaller quantisation or ctx_size")
     if draft is not None:
         note += f"; set aside first for the draft model: {draft.summary()}"
-    return FitPlan(gpu_layers=chosen.gpu_layers, ctx_size=ctx, estimate=chosen, fits=fits, note=note, draft=draft)
+    if projector is not None:
+        note += f"; set aside first for the image projector: {projector.summary()}"
+    return FitPlan(gpu_layers=chosen.gpu_layers, ctx_size=ctx, estimate=chosen, fits=fits, note=note, draft=draft,
+                   projector=projector)
 
 
 def _largest_fit(fitting: Callable[[int, int], MemoryEstimate], layers: int, ctx: int, budget: int) -> int:
@@ -239,6 +261,10 @@ def plan_load(
     draft: ModelInfo | None = None,
     draft_gpu_layers: int | None = None,
     gpu_memory: int | None = None,
+    ubatch: int = UBATCH,
+    pooled: bool = False,
+    name: str | None = None,
+    projector: ProjectorInfo | None = None,
 ) -> FitPlan:
     """:func:`plan` for this machine, as ``LocalModel`` asks it.
 
@@ -251,12 +277,17 @@ def plan_load(
     :mod:`rocm_nb.hardware._unified`) decides whether its GTT counts beside the
     carve-out; the note then says which memory the plan used and why, and a
     plan whose GTT and host parts together exceed the free RAM does not fit.
-    ``f16``. A speculative ``draft`` model is estimated at the same context
+    A speculative ``draft`` model is estimated at the same context
     (llama-server gives the draft the main model's context), with
     ``draft_gpu_layers`` of its layers on the GPU (default: all of them, none
     on a CPU build), f16 caches and no runtime of its own (it shares the
-    server's process); :func:`plan` sets it aside first. ``gpu_memory`` caps
-    the GPU memory the load may take (see :func:`plan`'s ``cap``).
+    server's process); :func:`plan` sets it aside first. An image
+    ``projector`` (:func:`~rocm_nb.modelfiles._estimate.estimate_projector`)
+    is set aside too: on the GPU of a GPU build unless ``gpu_layers=0`` (where
+    llama-server is told to keep it in RAM), in RAM otherwise. ``ubatch``,
+    ``pooled`` and ``name`` are :func:`plan`'s.
+    ``gpu_memory`` caps the GPU memory the load may take (see :func:`plan`'s
+    ``cap``).
 
     Example:
         >>> p = plan_load(info, Hardware("cpu", (), None, ()), "cpu", ctx_size=8192)  # doctest: +SKIP
@@ -275,12 +306,15 @@ def plan_load(
         draft_share = replace(estimate(draft, ctx_size=ctx_size, parallel=parallel, flash_attn=flash_attn,
                                        gpu_layers=0 if backend == "cpu" else draft_layers), runtime_ram=0)
 
+    vision = None if projector is None else estimate_projector(
+        projector, on_gpu=backend not in ("cpu", "rpc") and gpu_layers != 0, flash_attn=flash_attn)
+
     def planned(free_vram_bytes: int | None, layers: int | None, shrink: bool = False,
                 memory: str = "VRAM") -> FitPlan:
         return plan(info, free_vram_bytes, ctx_size=ctx_size, parallel=parallel, gpu_layers=layers,
                     shrink_ctx=shrink, flash_attn=flash_attn, cache_type_k=cache_type_k or "f16",
                     cache_type_v=cache_type_v or "f16", free_ram_bytes=ram, memory=memory, draft=draft_share,
-                    cap=gpu_memory)
+                    ubatch=ubatch, pooled=pooled, name=name, projector=vision, cap=gpu_memory)
 
     if backend == "cpu":
         return planned(None, 0)
@@ -288,7 +322,7 @@ def plan_load(
         return planned(None, (info.block_count or 0) + 1 if gpu_layers is None else gpu_layers)
     host = estimate(info, ctx_size=ctx_size, parallel=parallel, gpu_layers=(info.block_count or 0) + 1,
                     cache_type_k=cache_type_k or "f16", cache_type_v=cache_type_v or "f16",
-                    flash_attn=flash_attn).ram
+                    flash_attn=flash_attn, ubatch=ubatch, pooled=pooled).ram
     budget = gpu_budget(hardware, backend, unified_memory, free_ram=ram, host_bytes=host)
     fit = planned(budget.free, gpu_layers, shrink_ctx, budget.memory)
     if not budget.reason:

@@ -19,10 +19,12 @@ import builtins
 import keyword
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from rocm_nb._extras import needs_extra
 from rocm_nb._options import DEFAULT_SPECULATIVE
 from rocm_nb.client.completion import Message
+from rocm_nb.client.logprobs import MAX_TOP_LOGPROBS
 from rocm_nb.client.request import Options, check_options
 from rocm_nb.hardware import Backend
 from rocm_nb.modelfiles.catalog import DEFAULT_MODEL
@@ -53,9 +55,12 @@ class SamplingArgs:
 class GenerateArgs(SamplingArgs):
     """``%%rocm_generate``'s options, typed (see ``%%rocm_generate?``).
 
+    ``alias`` names a loaded model (``%rocm_load ... --alias NAME``; default:
+    the current one).
+
     Example:
         >>> args = GenerateArgs(raw=True, max_tokens=8)
-        >>> args.raw, args.max_tokens, args.format, args.model
+        >>> args.raw, args.max_tokens, args.format, args.alias
         (True, 8, 'markdown', None)
         >>> GenerateArgs(raw=True, system="Be brief.")
         Traceback (most recent call last):
@@ -63,7 +68,7 @@ class GenerateArgs(SamplingArgs):
         IPython.core.error.UsageError: --system needs chat mode; drop --raw
     """
 
-    model: str | None = None
+    alias: str | None = None
     system: str | None = None
     raw: bool = False
     out: str | None = None
@@ -71,13 +76,18 @@ class GenerateArgs(SamplingArgs):
     json_schema: str | None = None
     format: Format = FORMATS[0]
     probs: int | None = None
-    """``--probs [K]``: shade each token by its probability, with its top-K alternatives (default 5)."""
+    """``--probs [K]``: shade each token by its probability, with its top-K alternatives (default
+    :data:`~rocm_nb.client.logprobs.DEFAULT_TOP_LOGPROBS`)."""
+    image: list[str] | None = None
+    """``--image NAME`` (repeatable): variables holding images to send with the prompt (a vision model)."""
 
     def __post_init__(self) -> None:
         if self.raw and self.system:
             raise UsageError("--system needs chat mode; drop --raw")
-        if self.probs is not None and not 1 <= self.probs <= 20:
-            raise UsageError(f"--probs takes 1 to 20 alternatives per token, got {self.probs}")
+        if self.raw and self.image:
+            raise UsageError("--image needs chat mode (images go in the user's message); drop --raw")
+        if self.probs is not None and not 1 <= self.probs <= MAX_TOP_LOGPROBS:
+            raise UsageError(f"--probs takes 1 to {MAX_TOP_LOGPROBS} alternatives per token, got {self.probs}")
         if self.probs is not None and self.format in ("json", "code"):
             raise UsageError(f"--probs shows the reply's tokens; it does not go with --format {self.format}")
         if self.out is not None:
@@ -154,30 +164,79 @@ class ChatArgs(SamplingArgs):
 
 @dataclass(frozen=True, kw_only=True)
 class LoadArgs:
-    """``%rocm_load``'s options, typed (see ``%rocm_load?``).
+    """``%rocm_load``'s options, typed (see ``%rocm_load?``), named as ``LocalModel``'s keywords are.
+
+    ``model`` is a model: a ``.gguf`` path or catalogue name (default
+    ``smollm2-135m``), a folder with ``router``, or with ``url`` the remote
+    model id every request names (default: the server's only model).
+    ``alias`` is the name the other magics use for it (default: ``model``,
+    the URL, or ``router``).
 
     Example:
-        >>> LoadArgs(ctx=4096).model
+        >>> LoadArgs(ctx_size=4096).local_model
         'smollm2-135m'
+        >>> LoadArgs(url="http://box:8000/v1").local_model
+        Traceback (most recent call last):
+        ...
+        ValueError: with --url the model is a remote model id, not a file to load
     """
 
-    model: str = DEFAULT_MODEL
-    ctx: int | None = None
+    model: str | None = None
+    alias: str | None = None
+    ctx_size: int | None = None
     gpu_layers: int | str | None = None
     parallel: int = 1
-    name: str | None = None
     server: str | None = None
     rpc: list[str] | None = None
     url: str | None = None
     api_key: str | None = None
-    url_model: str | None = None
     router: bool = False
     max_loaded: int = 1
     speculative: str = DEFAULT_SPECULATIVE
     draft_gpu_layers: int | None = None
+    mmproj: str | None = None
+    cache_type: str | None = None
+    cache_type_k: str | None = None
+    cache_type_v: str | None = None
+    flash_attn: str | None = None
+    unified_memory: str = "auto"
+    embedding: bool = False
+    pooling: str | None = None
+    reranking: bool = False
     backend: Backend | None = None
     device: int | None = None
     gpu_memory: str | None = None
+    batch_size: int | None = None
+    ubatch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.url is not None and self.router:
+            raise UsageError("--url uses a running server and --router starts one: give one of them")
+        if self.url is None and self.api_key is not None:
+            raise UsageError("--api-key goes with --url (a model of your own gets a key of its own)")
+
+    @property
+    def local_model(self) -> str:
+        """The model to load here: ``model``, or the default one (never with ``url``)."""
+        if self.url is not None:
+            raise ValueError("with --url the model is a remote model id, not a file to load")
+        return self.model or DEFAULT_MODEL
+
+    def load_keywords(self) -> dict[str, Any]:
+        """The ``LocalModel`` keywords these arguments give (the memory options included).
+
+        Example:
+            >>> LoadArgs(ctx_size=2048, cache_type="q8_0", embedding=True).load_keywords()["cache_type"]
+            'q8_0'
+        """
+        return {"ctx_size": self.ctx_size, "gpu_layers": self.gpu_layers, "parallel": self.parallel,
+                "server": self.server, "rpc": self.rpc or (), "speculative": self.speculative,
+                "draft_gpu_layers": self.draft_gpu_layers, "cache_type": self.cache_type,
+                "cache_type_k": self.cache_type_k, "cache_type_v": self.cache_type_v, "flash_attn": self.flash_attn,
+                "unified_memory": self.unified_memory, "embedding": self.embedding, "pooling": self.pooling,
+                "reranking": self.reranking, "batch_size": self.batch_size, "ubatch_size": self.ubatch_size,
+                "mmproj": self.mmproj, "backend": self.backend, "device": self.device,
+                "gpu_memory": self.gpu_memory}
 
 
 @dataclass(frozen=True)
@@ -209,7 +268,10 @@ def options_from(args: SamplingArgs) -> Options:
     """The generation options the arguments set (unset ones are left out), checked before any request.
 
     A value out of range is a ``UsageError`` naming the option, the value and
-    what is allowed (:func:`~rocm_nb.client.completion.check_options`).
+    what is allowed (:func:`~rocm_nb.client.request.check_options`): the
+    magic's own input, checked before it loads a model (the default one when
+    none is loaded), since the generation API's own check, at its entry,
+    comes only once the magic has a model to call.
 
     Example:
         >>> options_from(GenerateArgs(temperature=0.0, seed=1))

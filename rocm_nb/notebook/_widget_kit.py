@@ -17,13 +17,14 @@ from __future__ import annotations
 import importlib.resources
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Unpack
 
 if TYPE_CHECKING:
     from rocm_nb.client._batch import Prompt
     from rocm_nb.client.completion import Completion, Message
     from rocm_nb.client.logprobs import TokenPiece, TokenProb
+    from rocm_nb.client.request import Options
 
 __all__ = [
     "CSS", "FRAGMENT", "HELD_BACK", "MAX_RATE", "WHOLE_CHARACTER", "Throttle", "TokenSource", "alternatives", "esm",
@@ -38,15 +39,19 @@ class TokenSource(Protocol):
     alternatives) and ``apply_template``; the sampler playground ``generate``
     and ``map``; the token view ``tokenize`` and ``apply_template``. Any
     object with these methods will do (a wrapper that logs, a fake in a test).
+
+    Example:
+        >>> from rocm_nb.client import Client
+        >>> source: TokenSource = Client("http://127.0.0.1:9")  # a Client (and a LocalModel) is one
     """
 
-    def generate(self, prompt: str, **options: Any) -> Completion: ...
+    def generate(self, prompt: str, **options: Unpack[Options]) -> Completion: ...
 
     def map(self, prompts: Iterable[Prompt], *, chat: bool = True, concurrency: int | None = None,
-            progress: bool = True, **options: Any) -> list[Completion | Exception]: ...
+            progress: bool = True, **options: Unpack[Options]) -> list[Completion | Exception]: ...
 
     def apply_template(self, messages: Sequence[Message], *, add_generation_prompt: bool = True,
-                       chat_template_kwargs: Any = None) -> str: ...
+                       chat_template_kwargs: Mapping[str, Any] | None = None) -> str: ...
 
     def tokenize(self, text: str, *, add_special: bool = False, pieces: Literal[True]) -> list[TokenPiece]: ...
 

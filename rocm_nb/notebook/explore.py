@@ -43,6 +43,7 @@ import math
 from typing import Any
 
 from rocm_nb._extras import needs_extra
+from rocm_nb.client.logprobs import MAX_TOP_LOGPROBS
 from rocm_nb.notebook._widget_kit import CSS, FRAGMENT, HELD_BACK, TokenSource, esm, next_tokens
 
 with needs_extra("notebook"):
@@ -79,7 +80,8 @@ class NextTokenExplorer(anywidget.AnyWidget):
     Args:
         source: the model (a :class:`~rocm_nb.LocalModel` or :class:`~rocm_nb.Client`).
         prompt: the text to continue (with ``chat=True``: the user's message).
-        k: how many candidates to show (1-20, llama-server's ``n_probs``).
+        k: how many candidates to show (1 to
+            :data:`~rocm_nb.client.logprobs.MAX_TOP_LOGPROBS`, 20: ``top_logprobs``).
         temperature: the starting temperature of the slider.
         chat: wrap ``prompt`` in the model's chat template first.
 
@@ -104,8 +106,8 @@ class NextTokenExplorer(anywidget.AnyWidget):
 
     def __init__(self, source: TokenSource, prompt: str, *, k: int = 10, temperature: float = 1.0,
                  chat: bool = False) -> None:
-        if not 1 <= k <= 20:
-            raise ValueError(f"k must be between 1 and 20 next tokens, got {k!r}")
+        if not 1 <= k <= MAX_TOP_LOGPROBS:
+            raise ValueError(f"k must be between 1 and {MAX_TOP_LOGPROBS} next tokens, got {k!r}")
         if temperature < 0:
             raise ValueError(f"temperature must be 0 (greedy) or more, got {temperature!r}")
         text = source.apply_template([{"role": "user", "content": prompt}]) if chat else prompt

@@ -2,11 +2,14 @@
 
 ``%load_ext rocm_nb`` registers:
 
-* ``%rocm_load MODEL [--ctx N] [--gpu-layers N|auto] [--name ALIAS] [--server PATH]
+* ``%rocm_load [MODEL] [--alias ALIAS] [--ctx-size N] [--gpu-layers N|auto] [--cache-type T]
+  [--flash-attn on|off|auto] [--embedding [--pooling P]] [--reranking] [--server PATH]
   [--backend rocm|cuda|vulkan|cpu] [--device N] [--gpu-memory SIZE]
-  [--speculative off|ngram|DRAFT] [--draft-gpu-layers N] [-- ARGS]``
-* ``%%rocm_generate [options]`` — the cell is the prompt; ``{name}`` is filled
-  from the user namespace (``{{`` and ``}}`` for literal braces)
+  [--speculative off|ngram|DRAFT] [--mmproj FILE] [--url URL [--api-key KEY]] [--router] [-- ARGS]``
+  — the options are ``LocalModel``'s keywords (``--ctx`` is short for ``--ctx-size``)
+* ``%%rocm_generate [-a ALIAS] [options]`` — the cell is the prompt; ``{name}`` is filled
+  from the user namespace (``{{`` and ``}}`` for literal braces); ``--image NAME``
+  sends the image a variable holds (a figure, an array, a file path…)
 * ``%rocm_chat [ALIAS] [--system TEXT] [--temperature T] [--max-tokens N] [--seed N]``
   — a chat panel starting with those settings
 * ``%rocm_status``, ``%rocm_stop [ALIAS|--all]``
@@ -14,12 +17,15 @@
   tab-completes their names
 
 Each magic documents its options: ``%%rocm_generate?``. Option values are
-quoted as in a shell (``--system "Be brief."``).
+quoted as in a shell (``--system "Be brief."``). The words mean one thing
+each: a *model* is a model file or catalogue name (or, with ``--url``, a
+remote model id); an *alias* is the name a loaded model goes by in this
+notebook (``--alias``, and the ALIAS of ``-a``, ``%rocm_chat`` and ``%rocm_stop``).
 
 Example (in a notebook)::
 
     %load_ext rocm_nb
-    %rocm_load smollm2-135m --ctx 4096
+    %rocm_load smollm2-135m --ctx-size 4096
     %%rocm_generate --max-tokens 64 --temperature 0
     Explain {topic} to a ten year old.
 """
@@ -36,14 +42,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from rocm_nb._escape import printable
 from rocm_nb._extras import needs_extra
 from rocm_nb._lease import ModelState
-from rocm_nb._options import DEFAULT_SPECULATIVE
+from rocm_nb._options import DEFAULT_CTX_CAP, DEFAULT_SPECULATIVE, POOLINGS
 from rocm_nb.client import Client, connect
+from rocm_nb.client.logprobs import DEFAULT_TOP_LOGPROBS, MAX_TOP_LOGPROBS
 from rocm_nb.client.request import DEFAULT_MAX_TOKENS
 from rocm_nb.client.status import ServerStatus
 from rocm_nb.errors import RocmNbError, ServerCrashed, describe_exit
 from rocm_nb.hardware import describe, detect
 from rocm_nb.model import LocalModel
 from rocm_nb.modelfiles.catalog import DEFAULT_MODEL
+from rocm_nb.modelfiles.fit import CACHE_TYPES, FLASH_ATTN
 from rocm_nb.modelfiles.library import ModelLibrary, model_names, models
 from rocm_nb.notebook._format import FORMATS, formatted, json_schema, show
 from rocm_nb.notebook._magic_args import (
@@ -159,8 +167,8 @@ def parse_args(magic: str, line: str, into: Callable[..., A]) -> A:
     Example:
         >>> parse_args("rocm_chat", '--system "Be brief." --temperature 0', ChatArgs).system
         'Be brief.'
-        >>> parse_args("rocm_load", "smollm2-135m --ctx 4096 --gpu-layers auto", LoadArgs).gpu_layers
-        'auto'
+        >>> parse_args("rocm_load", "smollm2-135m --ctx 4096 --gpu-layers auto", LoadArgs).ctx_size
+        4096
         >>> parse_args("rocm_stop", "--all", StopArgs)
         StopArgs(alias=None, all=True)
     """
@@ -212,7 +220,7 @@ class RocmMagics(Magics):
         old = self.models.get(alias)
         model = LocalModel(spec, **kwargs)  # an equal config attaches to the running server
         publish = _plain(ipython_publisher())
-        name = printable(model.path.name)
+        name = printable(model.name)
         publish({"text/plain": f"… loading {name} …"}, False)
 
         def progress(elapsed: float, line: str) -> None:
@@ -235,8 +243,9 @@ class RocmMagics(Magics):
             if status.offloaded_layers is not None
             else f"{model.config.gpu_layers} of {layers + 1 if layers else '?'} layers on the GPU"
         )
+        about = model.info.summary(model.name)  # the name typed leads; the GGUF's own name is detail
         publish({"text/plain": (
-            f"✓ {alias}: {model.info.summary()}\n"
+            f"✓ {about if alias == model.name else f'{alias}: {about}'}\n"
             f"  backend {model.backend} · {offload} · ctx {model.config.ctx_size} · "
             f"ready in {time.perf_counter() - began:.2f} s · pid {model.pid}\n"
             f"  memory: {printable(model.fit.note)}"
@@ -246,18 +255,33 @@ class RocmMagics(Magics):
     # -- magics -----------------------------------------------------------------------------
 
     @magic_arguments()
-    @argument("model", nargs="?", default=DEFAULT_MODEL, help="a .gguf path, catalogue name or hf:owner/repo/file.gguf")
-    @argument("--ctx", type=int, default=None, help="context size (default: min(trained, 8192))")
+    @argument("model", nargs="?", default=None,
+              help=f"a .gguf path, catalogue name or hf:owner/repo/file.gguf (default {DEFAULT_MODEL}); with --router "
+                   "a folder of them; with --url the remote model id every request names (default: its only one)")
+    @argument("--alias", default=None,
+              help="the name the other magics use for it (default: the model, the URL, or 'router')")
+    @argument("--ctx-size", "--ctx", dest="ctx_size", type=int, default=None,
+              help=f"context size, all slots together (default: min(trained, {DEFAULT_CTX_CAP}))")
     @argument("--gpu-layers", type=_gpu_layers, default=None,
-              help="layers to offload to the GPU, or 'auto' (all on a GPU)")
+              help="layers to offload to the GPU, or 'auto' (as many as fit: the memory plan's choice)")
     @argument("--parallel", type=int, default=1, help="server slots (concurrent generations)")
-    @argument("--name", default=None, help="alias to refer to this model (default: the model argument)")
+    @argument("--cache-type", choices=CACHE_TYPES, default=None,
+              help="KV cache type of K and V (q8_0 takes half the memory of the default f16)")
+    @argument("--cache-type-k", choices=CACHE_TYPES, default=None, help="KV cache type of K alone")
+    @argument("--cache-type-v", choices=CACHE_TYPES, default=None,
+              help="KV cache type of V alone (a quantised V needs flash attention)")
+    @argument("--flash-attn", choices=FLASH_ATTN, default=None, help="flash attention (default: the server's, auto)")
+    @argument("--unified-memory", choices=("auto", "on", "off"), default="auto",
+              help="on an AMD APU, whether the plan counts GTT (system RAM the GPU maps) beside the carve-out")
+    @argument("--batch-size", type=int, default=None, help="logical batch (-b; default 2048)")
+    @argument("--ubatch-size", type=int, default=None, help="micro-batch (-ub; default 512): sizes the compute buffer")
+    @argument("--embedding", action="store_true", help="an embeddings-only server (model.embed)")
+    @argument("--pooling", choices=POOLINGS, default=None, help="with --embedding: the pooling (default: the model's)")
+    @argument("--reranking", action="store_true", help="a reranking server (model.rerank)")
     @argument("--server", default=None, help="path of the llama-server binary to use")
     @argument("--rpc", action="append", default=None, help="host:port of an RPC worker (repeatable)")
     @argument("--url", default=None, help="use a running llama-server or OpenAI-compatible server instead")
     @argument("--api-key", default=None, help="API key for --url")
-    @argument("--model", dest="url_model", default=None,
-              help="with --url: the model every request names (needed when the server offers several)")
     @argument("--router", action="store_true",
               help="serve every GGUF in the folder given as the model, one child llama-server per model")
     @argument("--max-loaded", type=int, default=1, help="with --router: the most models loaded at once")
@@ -270,56 +294,52 @@ class RocmMagics(Magics):
               help="the backend to use instead of this machine's (vulkan also runs on Mesa's software device)")
     @argument("--device", type=int, default=None, help="the one GPU to use: its HIP, CUDA or Vulkan index")
     @argument("--gpu-memory", default=None, help="the most GPU memory the model may take, e.g. 6GiB or 64MiB")
+    @argument("--mmproj", default=None,
+              help="the image projector (mmproj-….gguf path, hf: reference or catalogue name) that makes the model "
+                   "take images; a catalogue vision model brings its own")
     @line_magic
     def rocm_load(self, line: str) -> None:
         """Start (or reuse) a model and make it the current one.
 
-        Arguments after ``--`` go to llama-server as they are. With ``--url``
-        nothing is started: the magics talk to that server.
+        The options are ``LocalModel``'s keywords (``--ctx-size`` is
+        ``ctx_size=``; ``--ctx`` is its short form). Arguments after ``--``
+        go to llama-server as they are, except those that change its memory,
+        which have options here (the memory plan is made before the server
+        starts). With ``--url`` nothing is started: the magics talk to that
+        server, and MODEL is the remote model id.
         """
         whole = line.strip()
         line, _, extra = line.partition(" -- ")
         args = parse_args("rocm_load", line, LoadArgs)
         if args.url:
-            client = connect(args.url, api_key=args.api_key, model=args.url_model)
+            client = connect(args.url, api_key=args.api_key, model=args.model)
             offered = client.models()  # fails loudly here if the server is unreachable
-            kind, using = client.server_info.name, client.model  # several models without --model: says so here
-            alias = args.name or args.url
+            kind, using = client.server_info.name, client.model  # several models without a MODEL: says so here
+            alias = args.alias or args.url
             self.models[alias] = client
             self.current = alias
             _say(f"✓ {alias}: {args.url} ({kind}, offers {', '.join(offered) or 'no model list'}"
                  f"{f'; using {using}' if using else ''})")
             return
         if args.router:
-            router = LocalRouter(args.model, max_loaded=args.max_loaded, ctx_size=args.ctx or 4096,
+            router = LocalRouter(args.local_model, max_loaded=args.max_loaded, ctx_size=args.ctx_size,
                                  gpu_layers=args.gpu_layers if isinstance(args.gpu_layers, int) else None,
-                                 parallel=args.parallel, server=args.server, extra_args=shlex.split(extra)).start()
-            alias = args.name or "router"
+                                 parallel=args.parallel, flash_attn=args.flash_attn, cache_type=args.cache_type,
+                                 cache_type_k=args.cache_type_k, cache_type_v=args.cache_type_v, server=args.server,
+                                 extra_args=shlex.split(extra)).start()
+            alias = args.alias or "router"
             old, self.models[alias], self.current = self.models.get(alias), router, alias
             if old is not None:
                 old.close()
             _say(f"✓ {alias}: router over {router.folder} (models: {', '.join(router.models())}; "
                  f"at most {args.max_loaded} loaded); pick one per request with model=")
             return
-        self._load_lines[args.name or args.model] = whole
-        self._load(
-            args.model,
-            alias=args.name or args.model,
-            ctx_size=args.ctx,
-            gpu_layers=args.gpu_layers,
-            parallel=args.parallel,
-            server=args.server,
-            extra_args=shlex.split(extra),
-            rpc=args.rpc or (),
-            speculative=args.speculative,
-            draft_gpu_layers=args.draft_gpu_layers,
-            backend=args.backend,
-            device=args.device,
-            gpu_memory=args.gpu_memory,
-        )
+        self._load_lines[args.alias or args.local_model] = whole
+        self._load(args.local_model, alias=args.alias or args.local_model, extra_args=shlex.split(extra),
+                   **args.load_keywords())
 
     @magic_arguments()
-    @argument("-m", "--model", default=None, help="alias of a loaded model (default: the current one)")
+    @argument("-a", "--alias", default=None, help="the loaded model to use, by its alias (default: the current one)")
     @argument("--max-tokens", type=int, default=None, help=f"most tokens to generate (default {DEFAULT_MAX_TOKENS})")
     @argument("--temperature", type=float, default=None, help="sampling temperature (0 = greedy)")
     @argument("--seed", type=int, default=None, help="sampling seed, for repeatable output")
@@ -330,9 +350,12 @@ class RocmMagics(Magics):
     @argument("--out", default=None, help="store the Completion (with --format json: the data) in this variable")
     @argument("--no-stream", action="store_true", help="show the result only when complete")
     @argument("--json-schema", default=None, help="name of a variable holding a JSON schema the output must match")
-    @argument("--probs", type=int, nargs="?", const=5, default=None, metavar="K",
-              help="shade each token by its probability; hover or Tab shows its top K alternatives (default 5), "
-                   "with a before/after sampling toggle")
+    @argument("--probs", type=int, nargs="?", const=DEFAULT_TOP_LOGPROBS, default=None, metavar="K",
+              help=f"shade each token by its probability; hover or Tab shows its top K alternatives (default "
+                   f"{DEFAULT_TOP_LOGPROBS}, at most {MAX_TOP_LOGPROBS}), with a before/after sampling toggle")
+    @argument("--image", action="append", default=None, metavar="NAME",
+              help="a variable holding an image to send with the prompt (repeatable): a matplotlib figure, a NumPy "
+                   "array, a PIL or IPython image, bytes or a file path; needs a vision model")
     @argument("--format", choices=FORMATS, default=FORMATS[0],
               help="markdown (default) or text: how the reply is shown; code: its code goes into a new cell "
                    "below, not run; json: parsed (and checked against --json-schema) and returned")
@@ -361,9 +384,12 @@ class RocmMagics(Magics):
         prompt = fill_placeholders(cell.strip(), user_ns)
         schema = json_schema(args.format, args.json_schema, user_ns)
         options = options_from(args) | ({"json_schema": schema} if schema is not None else {})  # bad ones: first
-        model = self._model(args.model)
+        images = [_variable(user_ns, name, "--image") for name in args.image or ()]
+        model = self._model(args.alias)
         options = progress_option(model) | options  # a bar while a long prompt is read
         messages = args.messages(prompt)
+        if images:  # encoded once, here: a model without a projector refuses before any request
+            messages[-1] = model.user_message(prompt, images=images)
         view, publish = None, None
         if args.probs is not None:
             from rocm_nb.notebook.reply_view import (
@@ -441,6 +467,14 @@ class RocmMagics(Magics):
                 self.current = next(iter(self.models), None)
 
 
+def _variable(namespace: Mapping[str, Any], name: str, option: str) -> Any:
+    """The value of the variable ``name`` an option names; a ``UsageError`` when there is none."""
+    if name not in namespace:
+        raise UsageError(f"{option} {name}: no variable {name!r} is defined; assign the image to it first "
+                         f"({name} = plt.gcf(), say)")
+    return namespace[name]
+
+
 def _busy(model: Client | LocalModel | LocalRouter) -> bool:
     """Whether the server is still working on a request (``/metrics``: requests being processed)."""
     return model.metrics().get("llamacpp:requests_processing", 0.0) > 0
@@ -452,7 +486,7 @@ def _status(model: Client | LocalModel | LocalRouter) -> ServerStatus:
         return model.status()
     except Exception as exc:
         where = (model.base_url if isinstance(model, Client) else str(model.folder) if isinstance(model, LocalRouter)
-                 else model.path.name)
+                 else model.name)
         return ServerStatus(model="?", file=where, backend="?", state="error", error=f"{type(exc).__name__}: {exc}")
 
 

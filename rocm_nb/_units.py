@@ -7,7 +7,13 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["human_bytes", "human_count", "positive_int"]
+import re
+
+__all__ = ["human_bytes", "human_count", "parse_bytes", "positive_int"]
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_UNITS = {"B": 1, **{f"{p}IB": 1024 ** (i + 1) for i, p in enumerate("KMGT")},
+          **{f"{p}B": 1000 ** (i + 1) for i, p in enumerate("KMGT")}}
 
 
 def human_bytes(n: int) -> str:
@@ -47,3 +53,32 @@ def positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return value
+
+
+def parse_bytes(name: str, value: object) -> int:
+    """A size in bytes from an ``int`` or a string such as ``"64MiB"``, ``"1.5 GiB"`` or ``"500MB"``.
+
+    IEC units (KiB, MiB, GiB, TiB) are powers of 1024, SI units (KB, MB, GB,
+    TB) powers of 1000; a bare number is bytes. Anything else, or a size
+    that is not positive, is a ``ValueError`` naming ``name``.
+
+    Example:
+        >>> parse_bytes("gpu_memory", "64MiB"), parse_bytes("gpu_memory", "1.5 GiB"), parse_bytes("gpu_memory", 4096)
+        (67108864, 1610612736, 4096)
+        >>> parse_bytes("gpu_memory", "64M")
+        Traceback (most recent call last):
+        ...
+        ValueError: gpu_memory='64M' is not a size: use bytes (an int) or a number with a unit, such as '64MiB', \
+'8 GiB' or '500MB'
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    else:
+        match = _SIZE.match(value) if isinstance(value, str) else None
+        if match is None:
+            raise ValueError(f"{name}={value!r} is not a size: use bytes (an int) or a number with a unit, such as "
+                             "'64MiB', '8 GiB' or '500MB'")
+        size = int(float(match.group(1)) * _UNITS[(match.group(2) or "B").upper()])
+    if size <= 0:
+        raise ValueError(f"{name} must be a positive size, got {value!r}")
+    return size

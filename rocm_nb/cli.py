@@ -17,6 +17,7 @@ import os
 import platform
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TextIO
 
 from rocm_nb import __version__
@@ -27,7 +28,10 @@ from rocm_nb.binary._build import install_server
 from rocm_nb.binary._rocwmma import build_options
 from rocm_nb.binary._smoke import smoke_test
 from rocm_nb.errors import InvalidModel, ModelNotFound, RocmNbError, describe_exit
-from rocm_nb.hardware import describe, detect
+from rocm_nb.hardware import Hardware, describe, describe_gpu, detect
+from rocm_nb.hardware._hsa import server_env
+from rocm_nb.hardware._tools import run_tool
+from rocm_nb.hardware._vulkan_devices import vulkan_gpus, why_not_chosen
 from rocm_nb.modelfiles.catalog import CATALOGUE, DEFAULT_MODEL, models_dir, pull, read_info, resolve_model, verify
 from rocm_nb.modelfiles.library import models
 
@@ -48,13 +52,16 @@ def _doctor(args: argparse.Namespace) -> int:
         _print(f"  {line}")
     if os.environ.get("HSA_OVERRIDE_GFX_VERSION"):
         _print(f"  HSA_OVERRIDE_GFX_VERSION={os.environ['HSA_OVERRIDE_GFX_VERSION']} is set: llama-server inherits it")
+    _print("\nVulkan")
+    for line in _vulkan(hardware):
+        _print(f"  {line}")
     _print("\nllama-server")
     try:
-        binary = find_server()
+        binary = find_server(backend=hardware.backend)
         _print(f"  {binary.path}  ({binary.source}, {binary.backend}, {binary.version})")
         if binary.rpc_path is not None:
             _print(f"  RPC worker: {binary.rpc_path}")
-        problems += _smoke(binary)
+        problems += _smoke(binary, hardware)
     except RocmNbError as exc:
         problems += 1
         _print(f"  missing: {exc}")
@@ -92,14 +99,36 @@ def _doctor(args: argparse.Namespace) -> int:
     return 0 if not problems else 1
 
 
-def _smoke(binary: ServerBinary) -> int:
-    """Smoke-test the binary doctor found (load a tiny model, decode, check); 1 if it failed."""
+def _vulkan(hardware: Hardware) -> list[str]:
+    """Every Vulkan device vulkaninfo lists, with its type and memory, and whether rocm_nb would use it."""
+    gpus, source = vulkan_gpus(run_tool)
+    if not gpus:
+        return [source]
+    lines = []
+    for gpu in gpus:
+        why = why_not_chosen(gpu)
+        if why is not None:
+            use = (f"never auto-selected: {why}; LocalModel(..., backend='vulkan') or ROCM_NB_BACKEND=vulkan uses "
+                   "it, with a warning" if gpu.device_type == "software" else
+                   f"never auto-selected: {why}; LocalModel(..., backend='vulkan') uses it")
+        elif hardware.backend == "vulkan":
+            use = "used: Vulkan serves this machine"
+        else:
+            use = f"not used: the {hardware.backend} backend serves this machine; backend='vulkan' would use it"
+        lines += [describe_gpu(gpu), f"  {use}"]
+    return [*lines, f"(read from {source})"]
+
+
+def _smoke(binary: ServerBinary, hardware: Hardware) -> int:
+    """Smoke-test the binary doctor found (load a tiny model, decode, check) on the devices LocalModel would use;
+    1 if it failed."""
     manifest = binary.path.with_name("manifest.json")
     if binary.source == "cache" and manifest.is_file():
         data = json.loads(manifest.read_text())
         _print(f"  build: {data.get('variant', 'unknown')} ({data.get('kept_because', 'no reason recorded')}), "
               f"for CPU features {' '.join(data.get('cpu_features', [])) or 'of any x86-64'}")
-    result = smoke_test(binary.path, gpu=binary.backend != "cpu")
+    result = smoke_test(binary.path, gpu=binary.backend != "cpu",
+                        environ={**os.environ, **server_env(hardware, os.environ)})
     if result.passed:
         _print(f"  smoke test: passed in {result.seconds:.1f} s ({result.detail})")
         return 0
@@ -113,7 +142,8 @@ def _smoke(binary: ServerBinary) -> int:
 
 def _install(args: argparse.Namespace) -> int:
     binary = install_server(args.backend, rpc=args.rpc, force=args.rebuild, portable=args.portable,
-                            jobs=args.jobs, rocwmma_fattn=args.rocwmma_fattn)
+                            jobs=args.jobs, rocwmma_fattn=args.rocwmma_fattn, vulkan_headers=args.vulkan_headers,
+                            fetch_vulkan_headers=args.fetch_vulkan_headers)
     _print(f"llama-server ready: {binary.path} ({binary.backend}, {binary.version})")
     return 0
 
@@ -153,6 +183,12 @@ def _parser() -> argparse.ArgumentParser:
                          help="build for a baseline CPU (AVX2/FMA/F16C, or SSE4.2) rather than this CPU only")
     install.add_argument("--rocwmma-fattn", action="store_true",
                          help="ROCm on RDNA3+ or CDNA: flash attention with rocWMMA (-DGGML_HIP_ROCWMMA_FATTN=ON)")
+    install.add_argument("--vulkan-headers", type=Path, default=None, metavar="DIR",
+                         help="Vulkan: headers 1.3.272 or later to build with (a folder holding vulkan/vulkan_core.h, "
+                              "or a prefix with include/ or usr/include/)")
+    install.add_argument("--fetch-vulkan-headers", action="store_true",
+                         help="Vulkan: if no headers new enough are found, fetch Debian 13's libvulkan-dev into the "
+                              "rocm_nb cache (apt-get download; nothing is installed system-wide)")
     install.add_argument("-j", "--jobs", type=int, default=None, help="parallel build jobs")
     install.set_defaults(run=_install)
 

@@ -32,13 +32,14 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Literal, Unpack
 
 from rocm_nb._escape import printable
 from rocm_nb._exposure import is_loopback
 from rocm_nb._lease import ModelState, OwnServer
-from rocm_nb._options import DEFAULT_SPECULATIVE, LoadOptions, plan_server
-from rocm_nb.binary import ServerBinary, find_server
+from rocm_nb._options import DEFAULT_SPECULATIVE, LoadOptions, choose_machine, plan_server
+from rocm_nb.binary import ServerBinary
 from rocm_nb.client._generation import GenerationAPI
 from rocm_nb.client.engines import Capabilities
 from rocm_nb.client.images import ImageLimit
@@ -52,7 +53,7 @@ from rocm_nb.errors import (
     describe_exit,
     with_notes,
 )
-from rocm_nb.hardware import Backend, Hardware, detect
+from rocm_nb.hardware import Backend, GpuUsage, Hardware, device_names, gpu_usage
 from rocm_nb.hardware._unified import UnifiedMemory
 from rocm_nb.modelfiles.catalog import (
     DEFAULT_MODEL,
@@ -68,7 +69,6 @@ from rocm_nb.server import LlamaServer, ServerConfig
 from rocm_nb.server._registry import ServerRegistry, default_registry
 
 if TYPE_CHECKING:
-    from rocm_nb.hardware import GpuUsage
     from rocm_nb.notebook.chat import ChatPanel
     from rocm_nb.notebook.monitor import GpuMonitor
 
@@ -148,6 +148,17 @@ class LocalModel(OwnServer, GenerationAPI):
             many drafted tokens were kept.
         draft_gpu_layers: the draft model's layers on the GPU (default: all on
             a GPU backend, none on the CPU); its memory counts in :attr:`fit`.
+        backend: ``"rocm"``, ``"cuda"``, ``"vulkan"`` or ``"cpu"`` to choose the
+            backend instead of detecting it (``$ROCM_NB_BACKEND`` does the same);
+            the llama-server build for it must be installed (``rocm-nb server
+            install --backend vulkan``). A software Vulkan device (Mesa's
+            lavapipe) is used only this way, with a :class:`UserWarning`: it
+            runs on the CPU, slower than the CPU backend (docs/vulkan.md).
+        device: the index of the one GPU to use where there are several (its
+            HIP, CUDA or Vulkan index, as ``rocm-nb doctor`` lists them).
+        gpu_memory: the most GPU memory this model may take, such as
+            ``"6GiB"`` or ``"64MiB"`` (room for your other GPU work): the plan
+            offloads only the layers that fit in it.
         timeout: longest silence tolerated while reading a stream (s).
         start_timeout: how long loading may take (s).
         embedding, pooling, reranking: an embeddings-only server (``embedding=True``,
@@ -199,6 +210,9 @@ class LocalModel(OwnServer, GenerationAPI):
         speculative: str | os.PathLike[str] = DEFAULT_SPECULATIVE,
         draft_gpu_layers: int | None = None,
         mmproj: str | os.PathLike[str] | None = None,
+        backend: Backend | None = None,
+        device: int | None = None,
+        gpu_memory: int | str | None = None,
     ) -> None:
         self.load_options: LoadOptions = LoadOptions.of(  # checked before anything is resolved, downloaded or started
             ctx_size=ctx_size, gpu_layers=gpu_layers, parallel=parallel, flash_attn=flash_attn, cache_type=cache_type,
@@ -206,7 +220,8 @@ class LocalModel(OwnServer, GenerationAPI):
             embedding=embedding, pooling=pooling, reranking=reranking, unified_memory=unified_memory,
             speculative=speculative, draft_gpu_layers=draft_gpu_layers, rpc=rpc, hsa_override=hsa_override,
             host=host, extra_args=extra_args, env=env,
-            mmproj=mmproj if mmproj is not None else default_projector(model))  # a catalogue model brings its own
+            mmproj=mmproj if mmproj is not None else default_projector(model),  # a catalogue model brings its own
+            backend=backend, device=device, gpu_memory=gpu_memory)
         """The load options, checked: what :func:`~rocm_nb._options.plan_server` planned with."""
         if not is_loopback(host):
             warnings.warn(f"llama-server will listen on {host}: every machine that can reach this one can use "
@@ -222,8 +237,9 @@ class LocalModel(OwnServer, GenerationAPI):
         if self.info.architecture == "clip":
             raise InvalidModel(f"{self.path.name} is an image projector, not a model: load the model it belongs to "
                                f"and give this file as mmproj={os.fspath(model)!r}")
-        self.binary: ServerBinary = find_server(server)
-        self.hardware: Hardware = hardware if hardware is not None else detect()
+        self.binary: ServerBinary
+        self.hardware: Hardware
+        self.binary, self.hardware = choose_machine(server, hardware, self.load_options)
         self.fit: FitPlan
         """The memory estimate and the offload decision (``model.fit.note`` says it in one sentence)."""
         self.config: ServerConfig
@@ -289,12 +305,18 @@ class LocalModel(OwnServer, GenerationAPI):
     def status(self) -> ServerStatus:
         """What ``%rocm_status`` shows: process, backend, memory (measured and estimated), speed.
 
+        On a GPU build the layers offloaded and the GPU memory allocated are
+        the server's own report (its log at ``-lv 4``: ``offloaded N/M
+        layers``, its buffers per device), beside the plan's estimate.
+
         Example:
             >>> model.status().state  # doctest: +SKIP
             'running'
         """
         server = self._lease.server
         running = server is not None and server.alive
+        report = server.memory_report() if server is not None else None
+        gpus = report.gpu_devices if report is not None else ()
         rss = decode_tps = None
         if running and server is not None and server.pid is not None:
             import psutil  # imported here: `import rocm_nb` stays cheap
@@ -318,12 +340,35 @@ class LocalModel(OwnServer, GenerationAPI):
             rss_bytes=rss,
             estimate_bytes=self.fit.estimate.ram,
             estimate_vram_bytes=self.fit.estimate.vram,
+            offloaded_layers=report.offloaded_layers if report is not None and gpus else None,
+            layers=report.layers if report is not None and gpus else None,
+            vram_bytes=report.vram_bytes if report is not None and gpus else None,
+            projected_vram_bytes=report.projected_vram_bytes if report is not None else None,
+            vram_total_bytes=sum(g.vram_total or 0 for g in self.hardware.visible_gpus) or None,
             decode_tps=decode_tps,
             rpc=self.config.rpc,
             images=self.projector is not None,
             error=(f"llama-server {describe_exit(server.returncode, loading=False)[0]}"
                    if self.state is ModelState.CRASHED and server is not None else None),
         )
+
+    def gpu_usage(self) -> list[GpuUsage]:
+        """Each GPU's memory now, as :func:`~rocm_nb.hardware.gpu_usage` reads it; where it can read none (a
+        Vulkan device without sysfs, such as lavapipe), what this model's server reported allocating there.
+
+        Example:
+            >>> [(u.name, u.vram_used, u.source) for u in model.gpu_usage()]  # doctest: +SKIP
+            [('llvmpipe (LLVM 15.0.6, 256 bits)', 133431787, "this model's buffers (llama-server's report); ...")]
+        """
+        usage = gpu_usage(self.hardware)
+        server = self._lease.server
+        if server is None or not server.alive:
+            return usage
+        allocated = {device.device: device.total for device in server.memory_report().gpu_devices}
+        by_gpu = {gpu.index: allocated[name] for name, gpu in device_names(self.hardware).items() if name in allocated}
+        return [replace(u, vram_used=by_gpu[u.index], source="this model's buffers (llama-server's report)"
+                        + (f"; {u.source}" if u.source else "")) if u.vram_used is None and u.index in by_gpu else u
+                for u in usage]
 
     def monitor(
         self,
@@ -347,7 +392,8 @@ class LocalModel(OwnServer, GenerationAPI):
 
         if self.state is ModelState.CLOSED:
             raise self._closed_error()
-        return GpuMonitor(self, interval=interval, idle_interval=idle_interval, gpus=gpus)
+        return GpuMonitor(self, interval=interval, idle_interval=idle_interval,
+                          gpus=gpus if gpus is not None else self.gpu_usage)
 
     def panel(self, *, system: str = "", show_probs: bool = False, **options: Unpack[Options]) -> ChatPanel:
         """A chat panel (ipywidgets) on this model: history, Send, Stop, Clear, stats; ``show_probs`` shades tokens.

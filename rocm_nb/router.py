@@ -50,14 +50,14 @@ import psutil
 
 from rocm_nb._escape import printable
 from rocm_nb._lease import ModelState, OwnServer
-from rocm_nb._options import LoadOptions, plan_server
+from rocm_nb._options import LoadOptions, choose_machine, plan_server
 from rocm_nb._paths import private_folder, runtime_root
-from rocm_nb.binary import ServerBinary, find_server
+from rocm_nb.binary import ServerBinary
 from rocm_nb.client import Client
 from rocm_nb.client._generation import GenerationAPI
 from rocm_nb.client.status import ServerStatus
 from rocm_nb.errors import GenerationError, RocmNbError
-from rocm_nb.hardware import Hardware, detect
+from rocm_nb.hardware import Hardware
 from rocm_nb.modelfiles.catalog import read_info, resolve_model
 from rocm_nb.modelfiles.fit import FitPlan
 from rocm_nb.server import LlamaServer, ServerConfig
@@ -200,13 +200,13 @@ class LocalRouter(OwnServer, GenerationAPI):
         options = LoadOptions.of(ctx_size=ctx_size, gpu_layers=gpu_layers, parallel=parallel, flash_attn=flash_attn,
                                  cache_type=cache_type, cache_type_k=cache_type_k, cache_type_v=cache_type_v,
                                  extra_args=extra_args, env=env)
-        self.binary: ServerBinary = find_server(server)
+        self.binary: ServerBinary
+        self.binary, machine = choose_machine(server, hardware, options)
         self.folder, self._own_folder = _model_folder(models)
         files = _files(self.folder)
         if not files:
             self._after_close()
             raise ValueError(f"{self.folder} holds no .gguf file: a router needs at least one model")
-        machine = hardware if hardware is not None else detect()
         planned = {name: plan_server(read_info(path), path, self.binary, machine, options, name=name)
                    for name, path in files.items()}
         self.fits: dict[str, FitPlan] = {name: fit for name, (fit, _) in planned.items()}

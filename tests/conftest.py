@@ -8,8 +8,11 @@ Every test belongs to exactly one tier (markers registered in pyproject.toml):
 ``unit`` needs no llama-server, no model, no kernel and no browser (``make
 check`` runs it); ``server`` needs the real llama-server or the real model;
 ``kernel`` starts a Jupyter kernel or runs notebooks with nbclient;
-``browser`` drives JupyterLab in Chromium. A test with no tier or with more
-than one stops the run before anything executes, so the tiers cannot rot.
+``browser`` drives JupyterLab in Chromium; ``vulkan`` runs the Vulkan build of
+llama-server on a Vulkan device (``make test`` builds it and, without a GPU,
+uses Mesa's software device lavapipe: about a second a token, so these tests
+use small contexts and few tokens). A test with no tier or with more than one
+stops the run before anything executes, so the tiers cannot rot.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from tests.support.thinking import THINK_TEMPLATE
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
 
-TIERS = ("unit", "server", "kernel", "browser")
+TIERS = ("unit", "server", "kernel", "browser", "vulkan")
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects: an untiered test is an error whatever is selected

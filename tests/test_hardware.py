@@ -139,7 +139,9 @@ def test_kfd_without_gpu_agents_falls_back_to_cpu(kfd_root: Path) -> None:
 def test_nvidia_and_overrides(tmp_path: Path) -> None:
     _, run = runner_for({"nvidia-smi": fixture("nvidia-smi-h100.csv")})
     assert detect(runner=run, environ={}, root=tmp_path).backend == "cuda"  # type: ignore[arg-type]
-    assert detect(runner=run, environ={"ROCM_NB_BACKEND": "vulkan"}, root=tmp_path).backend == "vulkan"  # type: ignore[arg-type]
+    # Vulkan asked for: its devices come from vulkaninfo (not installed here), never from nvidia-smi's CUDA list
+    vulkan = detect(runner=run, environ={"ROCM_NB_BACKEND": "vulkan"}, root=tmp_path)  # type: ignore[arg-type]
+    assert vulkan.backend == "cpu" and "backend 'vulkan' asked for, but no such GPU was found" in vulkan.notes
     forced = detect(runner=run, environ={"ROCM_NB_BACKEND": "cpu"}, root=tmp_path)  # type: ignore[arg-type]
     assert forced.backend == "cpu" and forced.gpus == ()
     odd = detect(runner=run, environ={"ROCM_NB_BACKEND": "tpu"}, root=tmp_path)  # type: ignore[arg-type]
@@ -202,8 +204,8 @@ def test_gpu_usage_reads_busy_percent_and_vram_from_sysfs(tmp_path: Path) -> Non
     _, run = runner_for({"rocminfo": fixture("rocminfo-ryzen7600-rx7900gre.txt")})
     hw = detect(runner=run, environ={}, root=root)  # type: ignore[arg-type]
     assert gpu_usage(hw, root=root) == [
-        GpuUsage(0, RX7900GRE, GIB, 17163091968, 37),
-        GpuUsage(1, RAPHAEL, 32 * 2**20, 512 * 2**20, 0),
+        GpuUsage(0, RX7900GRE, GIB, 17163091968, 37, source="amdgpu sysfs"),
+        GpuUsage(1, RAPHAEL, 32 * 2**20, 512 * 2**20, 0, source="amdgpu sysfs"),
     ]
     card = root / "sys/class/drm/card1/device"
     (card / "gpu_busy_percent").write_text("99\n")
@@ -220,7 +222,7 @@ def test_gpu_usage_on_nvidia_and_on_the_cpu(tmp_path: Path) -> None:
     calls, run = runner_for({"nvidia-smi": fixture("nvidia-smi-usage-h100.csv")})
     [h100] = parse_nvidia_smi(fixture("nvidia-smi-h100.csv"))
     [usage] = gpu_usage([h100], runner=run, root=tmp_path)  # type: ignore[arg-type]
-    assert usage == GpuUsage(0, "NVIDIA H100 80GB HBM3", 4 * 2**20, 81559 * 2**20, 0)
+    assert usage == GpuUsage(0, "NVIDIA H100 80GB HBM3", 4 * 2**20, 81559 * 2**20, 0, source="nvidia-smi")
     assert calls == [["nvidia-smi", "--query-gpu=index,name,memory.used,memory.total,utilization.gpu",
                       "--format=csv,noheader,nounits"]]
     assert gpu_usage(Hardware("cpu", (), None, ()), runner=run, root=tmp_path) == []  # type: ignore[arg-type]
@@ -230,7 +232,7 @@ def test_gpu_usage_on_nvidia_and_on_the_cpu(tmp_path: Path) -> None:
         GpuUsage(0, "NVIDIA H100 80GB HBM3", None, 81559 * 2**20, None)
     ]
     assert parse_nvidia_usage("0, NVIDIA H100 80GB HBM3, [N/A], 81559, [N/A]\n") == [
-        GpuUsage(0, "NVIDIA H100 80GB HBM3", None, 81559 * 2**20, None)
+        GpuUsage(0, "NVIDIA H100 80GB HBM3", None, 81559 * 2**20, None, source="nvidia-smi")
     ]
 
 

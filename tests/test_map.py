@@ -13,6 +13,7 @@ import pytest
 from rocm_nb import Client, Completion, GenerationError, LocalModel, connect
 from rocm_nb.modelfiles.catalog import DEFAULT_MODEL
 from tests.support.decoding import REFERENCE, assert_greedy_agrees
+from tests.support.metrics import busy_slots
 from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.server
@@ -30,15 +31,6 @@ def wide() -> Iterator[LocalModel]:
     """The default model on 4 slots of 1024 tokens each."""
     with LocalModel(DEFAULT_MODEL, ctx_size=4096, parallel=4) as m:
         yield m
-
-
-def busy_slots(client: Client, before: dict[str, float]) -> float:
-    """Average busy slots per decode since ``before`` (a metrics snapshot)."""
-    after = client.metrics()
-    decodes = after["llamacpp:n_decode_total"] - before["llamacpp:n_decode_total"]
-    busy = (after["llamacpp:n_busy_slots_per_decode"] * after["llamacpp:n_decode_total"]
-            - before["llamacpp:n_busy_slots_per_decode"] * before["llamacpp:n_decode_total"])
-    return busy / decodes
 
 
 def texts(results: list[Completion | Exception]) -> list[str]:

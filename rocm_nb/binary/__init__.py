@@ -16,7 +16,11 @@ cache holds one install per backend and kind of CPU::
 A cache install is used only on a CPU that has every feature its manifest
 says the build assumed (``cpu_features``); installs made for another CPU, and
 installs from before rocm_nb recorded features, are skipped and said so.
-Native installs come before portable ones, newer before older.
+Native installs come before portable ones, newer before older. A cache holds
+one install per backend (the backend is part of the name): ``find_server``
+takes the install of the backend asked for (this machine's, for
+``LocalModel``), and a CPU install where no GPU build is there; never a GPU
+build the caller did not ask for.
 
 An install another user could have planted or changed (its folder, manifest
 or programs, or a folder above it up to the cache root, owned by someone
@@ -44,7 +48,7 @@ from typing import NamedTuple, cast, get_args
 from rocm_nb._paths import cache_root
 from rocm_nb.binary._trust import Untrusted, vet_install
 from rocm_nb.errors import BinaryNotFound
-from rocm_nb.hardware import Backend
+from rocm_nb.hardware import Backend, detect
 from rocm_nb.hardware._cpu import missing, this_cpu
 
 __all__ = ["LLAMA_CPP_PYTHON_SHA256", "LLAMA_CPP_PYTHON_VERSION", "ServerBinary", "find_server"]
@@ -76,7 +80,7 @@ MANIFEST = "manifest.json"
 _PROBE_TIMEOUT = 15.0
 _DEVICE_PREFIXES: tuple[tuple[str, Backend], ...] = (("ROCm", "rocm"), ("CUDA", "cuda"), ("Vulkan", "vulkan"))
 
-# (path, mtime_ns, flag) -> what the binary printed; a binary is asked once per process.
+# (path, mtime_ns, flag and device visibility) -> what the binary printed; asked once per process.
 _probed: dict[tuple[str, int, str], str] = {}
 
 
@@ -127,14 +131,18 @@ class Install(NamedTuple):
 
 def find_server(
     server: str | os.PathLike[str] | None = None, *, environ: Mapping[str, str] | None = None,
-    cpu: frozenset[str] | None = None,
+    cpu: frozenset[str] | None = None, backend: Backend | None = None, strict: bool = False,
 ) -> ServerBinary:
     """Return a working ``llama-server``: the argument, ``$ROCM_NB_LLAMA_SERVER``, the cache, then ``$PATH``.
 
     A binary named by the argument or the environment variable must work: if it
     does not, :class:`BinaryNotFound` says why rather than falling back. Cache
     installs built for CPU features this machine lacks are skipped (``cpu``,
-    default this CPU's features, is a seam for tests).
+    default this CPU's features, is a seam for tests). From the cache comes
+    the install for ``backend`` (default: this machine's,
+    :func:`~rocm_nb.hardware.detect`), else (unless ``strict``: the backend
+    was asked for by name) a CPU install; from ``$PATH``, any build unless
+    ``strict``.
 
     Example:
         >>> find_server("/opt/llama.cpp/build/bin/llama-server").source  # doctest: +SKIP
@@ -150,6 +158,12 @@ def find_server(
     servers = cache_root(env) / "servers"
     usable, skipped = scan(servers, this_cpu() if cpu is None else cpu)
     tried += [f"the rocm_nb cache: {reason}" for reason in skipped]
+    backend = backend or detect(environ=env).backend
+    wanted = (backend,) if strict or backend == "cpu" else (backend, "cpu")
+    others = sorted({install.backend for install in usable} - set(wanted))
+    if others:
+        tried.append(f"the rocm_nb cache: {', '.join(others)} install(s) not used: the {backend} backend was asked for")
+    usable = sorted((i for i in usable if i.backend in wanted), key=lambda install: wanted.index(install.backend))
     for install in usable:
         try:
             return from_install(install, env)
@@ -163,13 +177,17 @@ def find_server(
         tried.append("$PATH: no llama-server on it")
     else:
         try:
-            return _probe(Path(on_path), "PATH", env)
+            found = _probe(Path(on_path), "PATH", env)
+            if found.backend in wanted or not strict:
+                return found
+            tried.append(f"$PATH: {on_path} is a {found.backend} build, not {' or '.join(wanted)}")
         except Unusable as exc:
             tried.append(f"$PATH: {on_path} {exc}")
+    command = "rocm-nb server install" + ("" if backend == "cpu" and not strict else f" --backend {backend}")
     raise BinaryNotFound(
-        "No usable llama-server was found. Tried:\n"
+        f"No usable llama-server{'' if backend == 'cpu' else f' for the {backend} backend'} was found. Tried:\n"
         + "".join(f"  - {line}\n" for line in tried)
-        + "Next step: run `rocm-nb server install` (or rocm_nb.install_server() in Python) to build one for "
+        + f"Next step: run `{command}` (or rocm_nb.install_server() in Python) to build one for "
         f"this machine, or set {_ENV_VAR}=/path/to/llama-server to use one you already have."
     )
 
@@ -256,27 +274,36 @@ def version_of(path: Path, env: Mapping[str, str]) -> str:
 
 
 def _device_backend(path: Path, env: Mapping[str, str]) -> Backend:
-    """The backend of a build from its ``--list-devices`` (``ROCm0: ...`` → rocm); ``cpu`` if none."""
-    try:
-        output = _ask(path, "--list-devices", env)
-    except Unusable:
-        return "cpu"
-    for line in output.splitlines():
-        for prefix, backend in _DEVICE_PREFIXES:
-            if line.strip().startswith(prefix):
-                return backend
+    """The backend of a build from its ``--list-devices`` (``ROCm0: ...`` → rocm); ``cpu`` if none.
+
+    A Vulkan build lists no device on a machine whose only Vulkan device is a
+    software one (llama.cpp ignores those unless ``GGML_VK_VISIBLE_DEVICES``
+    names them), so a build that lists none is asked again with device 0
+    made visible: a Vulkan build then shows it, or says the index is invalid.
+    """
+    for extra in ({}, {"GGML_VK_VISIBLE_DEVICES": "0"}):
+        try:
+            output = _ask(path, "--list-devices", {**env, **extra})
+        except Unusable:
+            return "cpu"
+        for line in output.splitlines():
+            for prefix, backend in _DEVICE_PREFIXES:
+                if line.strip().startswith(prefix):
+                    return backend
+        if "Vulkan device index" in output:
+            return "vulkan"
     return "cpu"
 
 
 def _ask(path: Path, flag: str, env: Mapping[str, str]) -> str:
-    """Run ``path flag`` once per process (per binary and mtime); return stdout and stderr."""
+    """Run ``path flag`` once per process (per binary, mtime and device visibility); return stdout and stderr."""
     if not path.exists():
         raise Unusable("does not exist")
     if path.is_dir():
         raise Unusable("is a directory; name the llama-server program inside it")
     if not os.access(path, os.X_OK):
         raise Unusable(f"is not executable (chmod +x {path})")
-    key = (str(path), path.stat().st_mtime_ns, flag)
+    key = (str(path), path.stat().st_mtime_ns, f"{flag} {env.get('GGML_VK_VISIBLE_DEVICES', '')}")
     if key not in _probed:
         try:
             done = subprocess.run([str(path), flag], capture_output=True, text=True, errors="replace",

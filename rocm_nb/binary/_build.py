@@ -73,11 +73,11 @@ from rocm_nb.binary import (
 from rocm_nb.binary._rocwmma import ROCWMMA_FLAG, require_option, rocwmma_flag
 from rocm_nb.binary._smoke import SmokeResult, smoke_test
 from rocm_nb.binary._trust import untrusted
+from rocm_nb.binary._vulkan_sdk import find_vulkan_sdk
 from rocm_nb.errors import BuildError, describe_exit
 from rocm_nb.hardware import Backend, Hardware, detect
 from rocm_nb.hardware._cpu import AMX_FEATURES, this_cpu
-from rocm_nb.hardware._hsa import build_targets
-from rocm_nb.hardware._vulkan import require_headers
+from rocm_nb.hardware._hsa import build_targets, server_env
 
 __all__ = ["NO_AMX", "BuildVariant", "install_server", "variants"]
 
@@ -95,7 +95,8 @@ _BACKEND_FLAGS: dict[Backend, tuple[str, ...]] = {
 _BACKEND_HINTS: dict[Backend, str] = {
     "rocm": "check that ROCm with the HIP SDK is installed (hipconfig, hipcc, rocminfo)",
     "cuda": "check that the CUDA toolkit (nvcc) matching your driver is installed",
-    "vulkan": "check that the Vulkan SDK is installed (libvulkan-dev, glslc)",
+    "vulkan": "check that glslc, SPIRV-Headers and a Vulkan driver are installed (`vulkaninfo --summary` lists "
+              "the device; mesa-vulkan-drivers gives the software device lavapipe)",
     "cpu": f"check that cmake and a C++17 compiler are installed ({_INSTALL_HINT})",
 }
 _PROGRESS = re.compile(r"^\[\s*(\d+)(?:/(\d+)|%)\]")  # ninja "[12/218]" or make "[ 45%]"
@@ -166,6 +167,8 @@ def install_server(
     cpu: frozenset[str] | None = None,
     machine: str | None = None,
     smoke: Smoke = smoke_test,
+    vulkan_headers: Path | None = None,
+    fetch_vulkan_headers: bool = False,
 ) -> ServerBinary:
     """Build ``llama-server`` for ``backend`` (default: this machine's), prove it, install it and return it.
 
@@ -180,9 +183,13 @@ def install_server(
     only with sources that still have the option). The sources are the
     ``llama-cpp-python`` sdist pinned by
     :data:`~rocm_nb.binary.LLAMA_CPP_PYTHON_VERSION`, fetched with pip;
-    ``source_dir`` builds another llama.cpp checkout. A Vulkan build of the
-    pinned sources first checks the system's Vulkan headers
-    (:func:`rocm_nb.hardware._vulkan.require_headers`: 1.3.272 or later). ``cpu`` (default: this
+    ``source_dir`` builds another llama.cpp checkout. A Vulkan build first
+    finds Vulkan headers 1.3.272 or later, glslc and SPIRV-Headers
+    (:mod:`rocm_nb.binary._vulkan_sdk`: ``vulkan_headers``, ``$VULKAN_SDK``,
+    the system's, or with ``fetch_vulkan_headers`` Debian 13's fetched into the
+    cache) and a Vulkan device to prove it on (``hardware``, default
+    ``detect(backend="vulkan")``; a software device such as lavapipe is named
+    in ``GGML_VK_VISIBLE_DEVICES`` for the smoke test). ``cpu`` (default: this
     CPU's features), ``machine`` (default: this architecture) and ``smoke``
     are seams for tests. Failures raise
     :class:`BuildError` and leave the cache as it was.
@@ -214,12 +221,20 @@ def install_server(
     name = backend + ("-rpc" if rpc else "") + ("-rocwmma" if rocwmma_fattn else "")
     build_env = {**env, **_hip_env(env)} if backend == "rocm" else dict(env)
     cmake = _require_tools(base_flags, build_env)
-    if backend == "vulkan" and source_dir is None:
-        require_headers(base_flags, env)  # the pinned sources need Vulkan headers 1.3.272+
+    smoke_env, recorded = build_env, {}
+    if backend == "vulkan":
+        sdk = find_vulkan_sdk(base_flags, env, headers=vulkan_headers, fetch=fetch_vulkan_headers)
+        base_flags += sdk.flags()
+        device = _vulkan_device(hardware or detect(environ=env, backend="vulkan"), base_flags)
+        smoke_env = {**build_env, **server_env(device, build_env)}
+        recorded = {"vulkan_headers": sdk.label, "smoke_device": device.visible_gpus[0].name}
     servers.mkdir(parents=True, exist_ok=True)
     log = servers / f"build-{name}.log"
     log.write_text("")
     say = _Reporter(name, progress)
+    if recorded:
+        visible = "".join(f", named in {k}={v}" for k, v in smoke_env.items() if k == "GGML_VK_VISIBLE_DEVICES")
+        say.line(f"with {recorded['vulkan_headers']}; to be proven on {recorded['smoke_device']}{visible}")
     failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix=f".build-{name}-", dir=servers) as work:
         try:
@@ -238,17 +253,28 @@ def install_server(
                 raise _build_error(backend, flags, log, exc.step, f"exit status {exc.returncode}") from None
             except Unusable as exc:
                 raise _build_error(backend, flags, log, "checking the result", f"the new llama-server {exc}") from None
-            result = smoke(built[0], gpu=backend != "cpu", environ=build_env)
+            result = smoke(built[0], gpu=backend != "cpu", environ=smoke_env)
             _log_smoke(log, variant, result)
             if result.passed:
                 why = (f"kept the {variant.name} build; " + "; ".join(failures)) if failures else \
                     f"kept the {variant.name} build"
                 say.line(f"smoke test passed in {result.seconds:.1f} s: {why}")
                 return _install(built, servers / f"{name}-{variant.label}", backend, flags, rpc, version, variant,
-                                result, why, env)
+                                result, why, env, recorded)
             failures.append(f"the {variant.name} build failed its smoke test ({result.detail})")
             say.line(f"the {variant.name} build failed its smoke test: {result.detail}")
     raise _smoke_error(backend, flags, log, failures, result)
+
+
+def _vulkan_device(hardware: Hardware, flags: Sequence[str]) -> Hardware:
+    """The Vulkan device a new build is proven on, or a :class:`BuildError` when there is none."""
+    if hardware.backend == "vulkan" and hardware.gpus:
+        return hardware
+    raise BuildError(
+        "Cannot build llama-server for Vulkan here: no Vulkan device was found to prove the build on before it is "
+        "installed (`vulkaninfo` lists none, or is not installed).\nNext step: `sudo apt-get install vulkan-tools "
+        "mesa-vulkan-drivers` (Mesa's software device, lavapipe, is enough to prove it), or install your GPU's "
+        "Vulkan driver; then run `rocm-nb server install --backend vulkan` again.", flags=flags)
 
 
 class _Reporter:
@@ -449,8 +475,10 @@ def _run_step(step: str, cmd: Sequence[str], log: Path, env: Mapping[str, str], 
 
 
 def _install(built: Sequence[Path], final: Path, backend: Backend, flags: Sequence[str], rpc: bool, version: str,
-             variant: BuildVariant, result: SmokeResult, why: str, env: Mapping[str, str]) -> ServerBinary:
-    """Copy the proven binaries and then the manifest into a hidden directory, and rename it to ``final``."""
+             variant: BuildVariant, result: SmokeResult, why: str, env: Mapping[str, str],
+             recorded: Mapping[str, str]) -> ServerBinary:
+    """Copy the proven binaries and then the manifest (with ``recorded`` in it) into a hidden directory, and rename
+    it to ``final``."""
     staging = Path(tempfile.mkdtemp(prefix=f".install-{final.name}-", dir=final.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; an install is as readable as the rest of the cache
     try:
@@ -460,7 +488,7 @@ def _install(built: Sequence[Path], final: Path, backend: Backend, flags: Sequen
                     "variant": variant.name, "cpu_features": sorted(variant.features), "kept_because": why,
                     "smoke_test": {"passed": True, "seconds": round(result.seconds, 2), "detail": result.detail},
                     "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                    "llama_cpp_python": LLAMA_CPP_PYTHON_VERSION}
+                    "llama_cpp_python": LLAMA_CPP_PYTHON_VERSION, **recorded}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         if final.exists():
             old = Path(tempfile.mkdtemp(prefix=f".old-{final.name}-", dir=final.parent))

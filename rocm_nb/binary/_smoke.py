@@ -11,9 +11,13 @@ values (quantised to Q8_0 and Q4_0, the kernels real models use), so every
 matrix product of a real forward pass runs without being able to change that
 answer. A crash, a hang or a wrong count is a failed smoke test.
 
-For a GPU backend all layers are offloaded (``-ngl 99``) and the log must say
-so, which is where "no kernel image for this GPU" or "invalid device
-function" (a gfx target that was not compiled) shows up.
+For a GPU backend all layers are offloaded (``-ngl 99``, logged at verbosity
+4) and the log must say so (``offloaded 3/3 layers to GPU``: the two layers
+and the output layer), which is where "no kernel image for this GPU" or
+"invalid device function" (a gfx target that was not compiled) shows up; a
+GPU build that found no device to offload to fails, as it should. The
+caller's ``environ`` decides which device that is (``GGML_VK_VISIBLE_DEVICES``
+for a software Vulkan device, which llama.cpp ignores otherwise).
 
 Example:
     >>> import tempfile
@@ -39,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rocm_nb._exposure import free_port
+from rocm_nb.binary._report import MemoryReport, parse_report
 
 __all__ = ["SMOKE_PROMPT", "SmokeResult", "expected_tokens", "smoke_test", "write_smoke_model"]
 
@@ -49,6 +54,7 @@ _FIRST_WORD = _SPECIAL + _BYTES
 _DIM, _FF, _HEADS, _LAYERS, _CTX = 256, 512, 4, 2, 256
 _PREDICT = 6
 _TIMEOUT = 60.0
+_GPU_TIMEOUT = 300.0  # a first GPU load compiles its shader pipelines: lavapipe took 19 s on a quiet 2-core machine
 SMOKE_PROMPT = [300, 301, 302]
 """The token ids the smoke test sends; the model must continue ``303, 304, …``."""
 
@@ -151,11 +157,12 @@ def write_smoke_model(path: Path, *, seed: int = 20261130) -> Path:
 
 
 def smoke_test(binary: Path, *, gpu: bool = False, environ: Mapping[str, str] | None = None,
-               timeout: float = _TIMEOUT) -> SmokeResult:
+               timeout: float | None = None) -> SmokeResult:
     """Start ``binary`` on the smoke model, decode :data:`SMOKE_PROMPT` greedily and check the count.
 
     ``gpu`` offloads every layer and requires the log to confirm it. Never
-    raises for a failing binary: the result says what went wrong.
+    raises for a failing binary: the result says what went wrong. ``timeout``
+    (default 60 s, 300 s with ``gpu``) bounds the load and the decode.
 
     Example:
         >>> result = smoke_test(Path("/usr/bin/false"))
@@ -170,7 +177,8 @@ def smoke_test(binary: Path, *, gpu: bool = False, environ: Mapping[str, str] | 
         key = secrets.token_urlsafe(16)
         port = free_port()
         argv = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "-c", str(_CTX),
-                "-ngl", "99" if gpu else "0", "--parallel", "1", "--threads", "2", "--no-warmup"]
+                "-ngl", "99" if gpu else "0", "--parallel", "1", "--threads", "2", "--no-warmup",
+                *(["-lv", "4"] if gpu else [])]
         with log_path.open("wb") as log:
             try:
                 proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -178,21 +186,36 @@ def smoke_test(binary: Path, *, gpu: bool = False, environ: Mapping[str, str] | 
             except OSError as exc:
                 return SmokeResult(False, time.monotonic() - began, f"could not run {binary}: {exc.strerror or exc}")
             try:
-                detail = _decode(proc, port, key, began + timeout)
+                limit = timeout if timeout is not None else _GPU_TIMEOUT if gpu else _TIMEOUT
+                detail = _decode(proc, port, key, began + limit, limit)
             finally:
                 _stop(proc)
-        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-25:])
-        if detail is None and gpu and "offloaded" in tail and "layers to GPU" not in tail:
-            detail = "the layers were not offloaded to the GPU"
+        text = log_path.read_text(errors="replace")
+        tail = "\n".join(text.splitlines()[-25:])
+        report = parse_report(text.splitlines())
+        if detail is None and gpu:
+            detail = _offload_problem(report)
         elapsed = time.monotonic() - began
         died = proc.returncode if proc.returncode is not None and proc.returncode < 0 else None
         if detail is None:
-            return SmokeResult(True, elapsed, f"decoded {_PREDICT} tokens as expected", log_tail=tail)
+            where = (f" with {report.offloaded_layers}/{report.layers} layers on "
+                     + ", ".join(device.device for device in report.gpu_devices)) if gpu else ""
+            return SmokeResult(True, elapsed, f"decoded {_PREDICT} tokens as expected{where}", log_tail=tail)
         return SmokeResult(False, elapsed, detail, returncode=died if died is not None else proc.returncode,
                            log_tail=tail)
 
 
-def _decode(proc: subprocess.Popen[bytes], port: int, key: str, deadline: float) -> str | None:
+def _offload_problem(report: MemoryReport) -> str | None:
+    """Why a GPU smoke test did not run on a GPU device (``None``: every layer's weights are on one)."""
+    if not any(device.bytes_of("model") for device in report.gpu_devices):
+        return ("no model buffer on a GPU device: the build found no GPU to use (a software Vulkan device is used "
+                "only when GGML_VK_VISIBLE_DEVICES names it)")
+    if report.offloaded_layers != report.layers or report.offloaded_layers is None:
+        return f"only {report.offloaded_layers} of {report.layers} layers were offloaded"
+    return None
+
+
+def _decode(proc: subprocess.Popen[bytes], port: int, key: str, deadline: float, limit: float) -> str | None:
     """Wait for readiness, decode, compare; ``None`` when all went well, else what went wrong."""
     from rocm_nb.errors import describe_exit
 
@@ -207,7 +230,7 @@ def _decode(proc: subprocess.Popen[bytes], port: int, key: str, deadline: float)
             pass
         time.sleep(0.05)
     else:
-        return f"llama-server was not ready within {_TIMEOUT:.0f} s"
+        return f"llama-server was not ready within {limit:.0f} s"
     body = json.dumps({"prompt": SMOKE_PROMPT, "n_predict": _PREDICT, "temperature": 0, "return_tokens": True,
                        "cache_prompt": False}).encode()
     request = urllib.request.Request(f"http://127.0.0.1:{port}/completion", data=body, method="POST",

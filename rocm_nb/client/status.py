@@ -51,7 +51,18 @@ class ServerStatus:
     estimate_bytes: int | None = None
     """What the load was estimated to need in host memory: the figure to hold against ``rss_bytes``."""
     estimate_vram_bytes: int | None = None
-    """What the load was estimated to need on the GPU."""
+    """What the load was estimated to need on the GPU (``model.fit.estimate.vram``)."""
+    offloaded_layers: int | None = None
+    """Layers the server put on GPU devices, from its own log (``offloaded N/M layers to GPU``); ``None``:
+    not reported (a CPU build, or a server that has not loaded)."""
+    layers: int | None = None
+    """The model's layers as the server counts them (the ``M`` of ``offloaded N/M``: the output layer is one)."""
+    vram_bytes: int | None = None
+    """Bytes the server allocated on GPU devices (model, KV cache and compute buffers), from its own log."""
+    projected_vram_bytes: int | None = None
+    """What the server's own ``--fit`` step projected for the GPU devices before loading, from its log."""
+    vram_total_bytes: int | None = None
+    """The total memory of the GPU devices the server uses, from detection (Vulkan: vulkaninfo's heaps)."""
     decode_tps: float | None = None
     """Average decode speed the server reports; ``None`` before the first generation."""
     rpc: tuple[str, ...] = ()

@@ -6,8 +6,15 @@ GPU node); names and gfx targets come from ``rocminfo``, VRAM from ``rocm-smi
 --showmeminfo vram --json``, failing that ``amd-smi metric --mem-usage
 --json``, failing that amdgpu's sysfs files (``mem_info_vram_total`` and
 ``mem_info_vram_used`` of ``/sys/class/drm/card*/device``). CUDA:
-``nvidia-smi --query-gpu`` answers. Otherwise the CPU. ``ROCM_NB_BACKEND``
-forces a backend.
+``nvidia-smi --query-gpu`` answers. Vulkan (:mod:`rocm_nb.hardware._vulkan_devices`):
+a discrete GPU, or an AMD integrated one, that ``vulkaninfo`` lists, looked
+for when the kernel has a GPU render node and neither ROCm nor CUDA serves
+the machine, or when ROCm finds only GPUs it cannot run (no kernels for their
+gfx target, nor a sibling's to borrow). Otherwise the CPU: a software Vulkan
+device (Mesa's llvmpipe) is never chosen without being asked, nor is another
+vendor's integrated GPU (an Intel laptop keeps its CPU build unless asked).
+``backend=`` (or ``ROCM_NB_BACKEND``) forces a backend; a forced Vulkan
+with only a software device uses it, and says what it is.
 
 HIP numbers the GPU nodes of the KFD topology in node order (CPU nodes have
 ``simd_count 0`` and are skipped), which is also the order of rocminfo's GPU
@@ -51,7 +58,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import get_args
 
-from rocm_nb.hardware._hsa import HSA_OVERRIDES, decide_override, hsa_override_for
+from rocm_nb.hardware._hsa import HSA_OVERRIDES, VISIBILITY_ENV, decide_override, hsa_override_for, rocm_cannot_run
 from rocm_nb.hardware._rocm_install import find_rocm
 from rocm_nb.hardware._sysfs import agent_slot, amdgpu_cards, card_gtt, card_vram, kfd_gpu_nodes, read_int
 from rocm_nb.hardware._tools import (
@@ -68,6 +75,7 @@ from rocm_nb.hardware._tools import (
 )
 from rocm_nb.hardware._types import GPU, Backend, GpuUsage, Hardware
 from rocm_nb.hardware._unified import decide
+from rocm_nb.hardware._vulkan_devices import VISIBLE_ENV, has_render_node, llama_default, vulkan_gpus, why_not_chosen
 
 __all__ = [
     "GPU",
@@ -77,9 +85,13 @@ __all__ = [
     "Hardware",
     "Runner",
     "describe",
+    "describe_gpu",
     "detect",
+    "device_names",
+    "forced_backend",
     "gpu_usage",
     "hsa_override_for",
+    "select_device",
 ]
 
 
@@ -124,41 +136,145 @@ def _visible(gpus: tuple[GPU, ...], notes: list[str]) -> str | None:
     return ",".join(str(g.index) for g in discrete)
 
 
+def _detect_vulkan(runner: Runner, notes: list[str], root: Path, *, forced: bool,
+                   server: Path | None) -> Hardware | None:
+    """The Vulkan GPUs to use (see the module docstring); ``None`` when none is chosen."""
+    gpus, source = vulkan_gpus(runner, server)
+    usable = tuple(g for g in gpus if (llama_default(g) if forced else why_not_chosen(g) is None))
+    if forced and not usable and gpus:  # only software (or virtual) devices: named for llama.cpp, and said what
+        notes += [f"Vulkan device {g.index}, {g.name}, is {why_not_chosen(g)}; used because the Vulkan backend was "
+                  f"asked for ({VISIBLE_ENV} names it)" for g in gpus]
+        visible = ",".join(str(g.index) for g in gpus)
+        return Hardware("vulkan", gpus, visible, (*notes, f"Vulkan devices read from {source}"))
+    notes += [f"Vulkan device {g.index}, {g.name}, is never chosen automatically: it is {why}; backend='vulkan' "
+              "uses it" for g in gpus if g not in usable and (why := why_not_chosen(g))]
+    if not usable:
+        return None
+    if not (root / "dev" / "kfd").exists():
+        notes += [f"ROCm cannot use {g.name}: /dev/kfd (amdgpu's compute interface, which ROCm needs) is "
+                  "missing; llama-server's Vulkan build runs it" for g in usable if g.vendor == "amd"]
+    return Hardware("vulkan", usable, None, (*notes, f"Vulkan devices read from {source}"))
+
+
 def detect(
     *,
     runner: Runner = run_tool,
     environ: Mapping[str, str] | None = None,
     root: Path = Path("/"),
+    backend: Backend | None = None,
+    vulkan_server: Path | None = None,
 ) -> Hardware:
     """Find the backend and GPUs of this machine.
 
-    ``runner``, ``environ`` and ``root`` are seams: tests replay recorded
-    tool outputs and fake ``/dev/kfd`` and the sysfs tree (``root/sys``).
+    ``backend`` forces one (else ``$ROCM_NB_BACKEND``, else auto-detection;
+    see the module docstring). ``vulkan_server``, a Vulkan llama-server,
+    lists the Vulkan devices when ``vulkaninfo`` is missing. ``runner``,
+    ``environ`` and ``root`` are seams: tests replay recorded tool outputs
+    and fake ``/dev/kfd``, ``/dev/dri`` and the sysfs tree (``root/sys``).
 
     Example:
         >>> detect(environ={"ROCM_NB_BACKEND": "cpu"}).backend
         'cpu'
+        >>> detect(backend="cpu", environ={"ROCM_NB_BACKEND": "rocm"}).notes
+        ('backend forced: cpu',)
     """
     env = os.environ if environ is None else environ
     notes: list[str] = []
-    forced = env.get("ROCM_NB_BACKEND", "").strip().lower() or None
-    if forced is not None and forced not in get_args(Backend):
-        notes.append(f"ignored ROCM_NB_BACKEND={forced!r} (use one of {', '.join(get_args(Backend))})")
-        forced = None
+    forced = forced_backend(backend, env)
+    asked = env.get("ROCM_NB_BACKEND", "").strip().lower()
+    if backend is None and asked and forced is None:
+        notes.append(f"ignored ROCM_NB_BACKEND={asked!r} (use one of {', '.join(get_args(Backend))})")
     if forced == "cpu":
-        return Hardware("cpu", (), None, ("backend forced by ROCM_NB_BACKEND=cpu",))
+        return Hardware("cpu", (), None, ("backend forced: cpu" if backend else
+                                          "backend forced by ROCM_NB_BACKEND=cpu",))
     if forced in (None, "rocm") and (root / "dev" / "kfd").exists():
         gpus = _detect_rocm(runner, notes, root)
         if gpus:
-            return Hardware("rocm", gpus, _visible(gpus, notes), tuple(notes), find_rocm(root, env))
-    if forced in (None, "cuda", "vulkan"):
+            hardware = Hardware("rocm", gpus, _visible(gpus, notes), tuple(notes), find_rocm(root, env))
+            refusal = rocm_cannot_run(hardware.gfx_targets, hardware.rocm)
+            if forced == "rocm" or refusal is None:
+                return hardware
+            notes.append(refusal)
+    if forced in (None, "cuda"):
         nvidia = parse_nvidia_smi(runner(NVIDIA_GPUS) or "")
         if nvidia:
-            return Hardware("vulkan" if forced == "vulkan" else "cuda", tuple(nvidia), None, tuple(notes))
+            return Hardware("cuda", tuple(nvidia), None, tuple(notes))
+    if forced == "vulkan" or (forced is None and has_render_node(root)):
+        vulkan = _detect_vulkan(runner, notes, root, forced=forced == "vulkan", server=vulkan_server)
+        if vulkan is not None:
+            return vulkan
     if forced is not None:
-        notes.append(f"ROCM_NB_BACKEND={forced} asked for, but no such GPU was found")
+        notes.append(f"backend {forced!r} asked for, but no such GPU was found")
     notes.append("no GPU found: llama-server runs on the CPU")
     return Hardware("cpu", (), None, tuple(notes))
+
+
+def device_names(hw: Hardware) -> dict[str, GPU]:
+    """llama.cpp's name for each GPU it will use (``Vulkan0``, ``ROCm1``, ``CUDA0``): it numbers the visible
+    devices from 0, in the order of ``visible_devices`` (all of ``hw``'s GPUs when that is unset).
+
+    Example:
+        >>> gpus = (GPU(0, "RX 7900 XTX", "gfx1100", "amd", None, None, False),
+        ...         GPU(2, "Arc A770", "", "intel", None, None, False, vulkan_type="discrete"))
+        >>> {name: gpu.name for name, gpu in device_names(Hardware("vulkan", gpus, "2", ())).items()}
+        {'Vulkan0': 'Arc A770'}
+    """
+    prefix = {"rocm": "ROCm", "cuda": "CUDA", "vulkan": "Vulkan"}.get(hw.backend)
+    if prefix is None:
+        return {}
+    by_index = {gpu.index: gpu for gpu in hw.gpus}
+    order = ([int(i) for i in hw.visible_devices.split(",") if i.strip().isdigit()] if hw.visible_devices
+             else [gpu.index for gpu in hw.gpus])
+    return {f"{prefix}{k}": by_index[i] for k, i in enumerate(i for i in order if i in by_index)}
+
+
+def forced_backend(backend: str | None, environ: Mapping[str, str] | None = None) -> Backend | None:
+    """The backend asked for: ``backend`` (checked), else a valid ``$ROCM_NB_BACKEND``, else ``None`` (detect).
+
+    Example:
+        >>> forced_backend(None, {"ROCM_NB_BACKEND": "Vulkan"}), forced_backend("cpu", {})
+        ('vulkan', 'cpu')
+        >>> forced_backend("metal", {})
+        Traceback (most recent call last):
+        ...
+        ValueError: backend='metal' is not one of rocm, cuda, vulkan, cpu (or None: detect this machine's)
+    """
+    if backend is not None:
+        if backend not in get_args(Backend):
+            raise ValueError(f"backend={backend!r} is not one of {', '.join(get_args(Backend))} (or None: detect "
+                             "this machine's)")
+        return backend  # type: ignore[return-value]
+    env = os.environ if environ is None else environ
+    value = env.get("ROCM_NB_BACKEND", "").strip().lower()
+    return value if value in get_args(Backend) else None  # type: ignore[return-value]
+
+
+def select_device(hw: Hardware, device: int | None) -> Hardware:
+    """``hw`` with only GPU ``device`` (its HIP, CUDA or Vulkan index) visible to llama-server; ``hw`` for ``None``.
+
+    Example:
+        >>> gpus = (GPU(0, "RX 7900 XTX", "gfx1100", "amd", None, None, False),
+        ...         GPU(1, "RX 6600", "gfx1032", "amd", None, None, False))
+        >>> select_device(Hardware("rocm", gpus, None, ()), 1).visible_gpus[0].name
+        'RX 6600'
+        >>> select_device(Hardware("cpu", (), None, ()), 0)
+        Traceback (most recent call last):
+        ...
+        ValueError: device=0, but the cpu backend has no GPUs; leave device out, or pick a backend with GPUs
+    """
+    if device is None:
+        return hw
+    if isinstance(device, bool) or not isinstance(device, int):
+        raise ValueError(f"device= takes a GPU's index (an int, see `rocm-nb doctor`), got {device!r}")
+    if not hw.gpus:
+        raise ValueError(f"device={device}, but the {hw.backend} backend has no GPUs; leave device out, or pick a "
+                         "backend with GPUs")
+    chosen = [g for g in hw.gpus if g.index == device]
+    if not chosen:
+        listed = ", ".join(f"{g.index} ({g.name})" for g in hw.gpus)
+        raise ValueError(f"device={device} is not one of the {hw.backend} devices: {listed}; see `rocm-nb doctor`")
+    note = f"device={device}: llama-server sees {chosen[0].name} only"
+    return Hardware(hw.backend, hw.gpus, str(device), (*hw.notes, note), hw.rocm)
 
 
 def _gib(used: int | None, total: int) -> str:
@@ -178,6 +294,24 @@ def _memory(gpu: GPU) -> str:
     return memory
 
 
+def describe_gpu(gpu: GPU) -> str:
+    """One line for a GPU: its index, name, kind and memory (a Vulkan device's type and Vulkan index).
+
+    Example:
+        >>> describe_gpu(GPU(0, "llvmpipe (LLVM 15.0.6, 256 bits)", "", "mesa", 2**31, 0, False,
+        ...                  vulkan_type="software"))
+        'Vulkan 0: llvmpipe (LLVM 15.0.6, 256 bits) (software, mesa) · 2.0 GiB of device memory, 2.0 GiB free'
+    """
+    if gpu.vulkan_type is not None:
+        free = gpu.vram_free
+        memory = "device memory unknown" if gpu.vram_total is None else (
+            f"{gpu.vram_total / 2**30:.1f} GiB of device memory"
+            + ("" if free is None else f", {free / 2**30:.1f} GiB free"))
+        return f"Vulkan {gpu.index}: {gpu.name} ({gpu.device_type}, {gpu.vendor}) · {memory}"
+    kind = "integrated" if gpu.is_apu else gpu.vendor
+    return f"GPU {gpu.index}: {gpu.name} ({gpu.arch or '?'}, {kind}) · {_memory(gpu)}"
+
+
 def describe(hw: Hardware) -> list[str]:
     """Human-readable lines for ``rocm-nb doctor`` and ``%rocm_status``.
 
@@ -191,11 +325,9 @@ def describe(hw: Hardware) -> list[str]:
         ['backend: cpu', 'no GPU found']
     """
     lines = [f"backend: {hw.backend}"]
-    for gpu in hw.gpus:
-        kind = "integrated" if gpu.is_apu else gpu.vendor
-        lines.append(f"GPU {gpu.index}: {gpu.name} ({gpu.arch or '?'}, {kind}) · {_memory(gpu)}")
+    lines += [describe_gpu(gpu) for gpu in hw.gpus]
     if hw.visible_devices is not None:
-        lines.append(f"HIP_VISIBLE_DEVICES={hw.visible_devices} for llama-server")
+        lines.append(f"{VISIBILITY_ENV.get(hw.backend, ('visible devices',))[0]}={hw.visible_devices} for llama-server")
     if hw.backend != "rocm":
         return lines + list(hw.notes)
     if hw.rocm is not None:
@@ -220,13 +352,16 @@ def gpu_usage(
     ``mem_info_vram_total``; an integrated GPU's ``mem_info_gtt_used`` and
     ``mem_info_gtt_total`` too) of the card at the GPU's PCI address: cheap enough
     to read a few times a second. NVIDIA: one ``nvidia-smi --query-gpu`` call.
-    No GPU (the CPU backend): an empty list. ``root`` and ``runner`` are the
-    seams of :func:`~rocm_nb.hardware.detect`.
+    No GPU (the CPU backend): an empty list. A GPU with neither (a Vulkan
+    device without sysfs, such as lavapipe): its total from detection, its use
+    unknown (a ``LocalModel`` fills it in from its server's own report). Each
+    sample's ``source`` says where its numbers come from. ``root`` and
+    ``runner`` are the seams of :func:`~rocm_nb.hardware.detect`.
 
     Example:
         >>> gpu_usage([GPU(0, "RX 7900 XTX", "gfx1100", "amd", 24 * 2**30, None, False)], root=Path("/nonexistent"))
         [GpuUsage(index=0, name='RX 7900 XTX', vram_used=None, vram_total=25769803776, busy_percent=None, \
-gtt_used=None, gtt_total=None)]
+gtt_used=None, gtt_total=None, source='')]
         >>> gpu_usage(Hardware("cpu", (), None, ()))
         []
         >>> [u.busy_percent for u in gpu_usage(detect())]  # doctest: +SKIP
@@ -234,19 +369,20 @@ gtt_used=None, gtt_total=None)]
     """
     gpus = hw_or_gpus.gpus if isinstance(hw_or_gpus, Hardware) else tuple(hw_or_gpus)
     nvidia: dict[int, GpuUsage] = {}
-    if any(gpu.vendor == "nvidia" for gpu in gpus):
+    if any(gpu.vendor == "nvidia" and gpu.vulkan_type is None for gpu in gpus):
         nvidia = {usage.index: usage for usage in parse_nvidia_usage(runner(NVIDIA_USAGE) or "")}
     cards = amdgpu_cards(root) if any(gpu.vendor == "amd" for gpu in gpus) else {}
     usage = []
     for gpu in gpus:
         device = cards.get(gpu.pci_slot or "")
-        if gpu.vendor == "nvidia":
+        if gpu.vendor == "nvidia" and gpu.vulkan_type is None:  # nvidia-smi numbers GPUs as CUDA does
             usage.append(nvidia.get(gpu.index, GpuUsage(gpu.index, gpu.name, None, gpu.vram_total, None)))
         elif device is None:
-            usage.append(GpuUsage(gpu.index, gpu.name, None, gpu.vram_total, None))
+            source = "total from vulkaninfo" if gpu.vulkan_type is not None and gpu.vram_total is not None else ""
+            usage.append(GpuUsage(gpu.index, gpu.name, None, gpu.vram_total, None, source=source))
         else:
             total, used = card_vram(device)
             gtt_total, gtt_used = card_gtt(device) if gpu.is_apu else (None, None)
             usage.append(GpuUsage(gpu.index, gpu.name, used, total, read_int(device / "gpu_busy_percent"),
-                                  gtt_used, gtt_total))
+                                  gtt_used, gtt_total, "amdgpu sysfs"))
     return usage

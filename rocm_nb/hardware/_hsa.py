@@ -31,8 +31,8 @@ from rocm_nb.hardware._rocm_install import RocmInstall
 if TYPE_CHECKING:
     from rocm_nb.hardware._types import Hardware
 
-__all__ = ["HSA_OVERRIDES", "OverrideDecision", "build_targets", "decide_override", "gfx_name", "hsa_override_for",
-           "server_env", "target_version", "version_target"]
+__all__ = ["HSA_OVERRIDES", "VISIBILITY_ENV", "OverrideDecision", "build_targets", "decide_override", "gfx_name",
+           "hsa_override_for", "rocm_cannot_run", "server_env", "target_version", "version_target"]
 
 HSA_OVERRIDES: Mapping[str, str] = {
     **dict.fromkeys(("gfx1031", "gfx1032", "gfx1033", "gfx1034", "gfx1035", "gfx1036"), "10.3.0"),
@@ -148,6 +148,28 @@ def decide_override(gfx_targets: Iterable[str], rocm: RocmInstall | None) -> Ove
                                               "set HIP_VISIBLE_DEVICES to the GPUs of one kind"))
 
 
+def rocm_cannot_run(gfx_targets: Iterable[str], rocm: RocmInstall | None) -> str | None:
+    """Why ``rocm`` can run none of these targets (no kernels of their own, nor a sibling's to borrow); else ``None``.
+
+    Unknown (no install found, or no target) is not a refusal: ROCm is tried.
+
+    Example:
+        >>> from pathlib import Path
+        >>> rocm7 = RocmInstall(Path("/opt/rocm"), (7, 0, 0), frozenset({"gfx1030", "gfx1100"}), frozenset())
+        >>> print(rocm_cannot_run(["gfx1010"], rocm7))  # doctest: +ELLIPSIS
+        ROCm 7.0.0 at /opt/rocm ships no rocBLAS kernels for gfx1010: llama-server's ROCm build cannot run there; ...
+        >>> rocm_cannot_run(["gfx1032"], rocm7) is None  # HSA_OVERRIDE_GFX_VERSION=10.3.0 runs it as gfx1030
+        True
+    """
+    targets = sorted({t.split(":")[0] for t in gfx_targets})
+    if rocm is None or not targets:
+        return None
+    needs = [_needs(target, rocm) for target in targets]
+    if any(version is not None or rocm.ships(target) for target, (version, _) in zip(targets, needs, strict=True)):
+        return None
+    return "; ".join(evidence for _, evidence in needs)
+
+
 def hsa_override_for(gfx_targets: Iterable[str], rocm: RocmInstall | None = None) -> str | None:
     """The ``HSA_OVERRIDE_GFX_VERSION`` that lets ``rocm`` run all of these targets, if one is needed and one fits.
 
@@ -184,6 +206,19 @@ def build_targets(hw: Hardware) -> tuple[str, ...]:
     return tuple(sorted(set(hw.gfx_targets) | extra))
 
 
+VISIBILITY_ENV: Mapping[str, tuple[str, ...]] = {
+    "rocm": ("HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES"),
+    "cuda": ("CUDA_VISIBLE_DEVICES",),
+    "vulkan": ("GGML_VK_VISIBLE_DEVICES",),
+}
+"""Per backend, the variable that says which GPUs llama-server sees (set from ``Hardware.visible_devices``), then
+others the user may have set instead; a user's own setting always wins.
+
+Example:
+    >>> VISIBILITY_ENV["vulkan"]
+    ('GGML_VK_VISIBLE_DEVICES',)
+"""
+
 _CALLER = 4
 """The warnings point at the line that made the ``LocalModel``: this function, ``_options.plan_server``,
 ``LocalModel.__init__``, then the caller (a test checks it)."""
@@ -214,10 +249,9 @@ def server_env(hw: Hardware, environ: Mapping[str, str] | None = None, *,
     """
     env = os.environ if environ is None else environ
     result = {}
-    if hw.backend == "rocm" and hw.visible_devices is not None and not (
-        "HIP_VISIBLE_DEVICES" in env or "ROCR_VISIBLE_DEVICES" in env
-    ):
-        result["HIP_VISIBLE_DEVICES"] = hw.visible_devices
+    names = VISIBILITY_ENV.get(hw.backend, ())
+    if names and hw.visible_devices is not None and not any(name in env for name in names):
+        result[names[0]] = hw.visible_devices
     if hsa_override is None:
         return result
     version = hsa_override_for(hw.gfx_targets, hw.rocm) if hsa_override == "auto" else hsa_override

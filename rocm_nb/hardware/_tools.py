@@ -217,5 +217,5 @@ def parse_nvidia_usage(text: str) -> list[GpuUsage]:
         >>> parse_nvidia_usage("0, NVIDIA H100 80GB HBM3, 4, 81559, 0\\n")[0].vram_total
         85520809984
     """
-    return [GpuUsage(index, cells[1], _mib(cells[2]), _mib(cells[3]), parse_int(cells[4]))
+    return [GpuUsage(index, cells[1], _mib(cells[2]), _mib(cells[3]), parse_int(cells[4]), source="nvidia-smi")
             for index, cells in _nvidia_rows(text)]

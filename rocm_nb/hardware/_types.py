@@ -15,14 +15,19 @@ from typing import Literal
 
 from rocm_nb.hardware._rocm_install import RocmInstall
 
-__all__ = ["GPU", "Backend", "GpuUsage", "Hardware"]
+__all__ = ["GPU", "Backend", "DeviceType", "GpuUsage", "Hardware", "Vendor"]
 
 Backend = Literal["rocm", "cuda", "vulkan", "cpu"]
+Vendor = Literal["amd", "nvidia", "intel", "mesa", "other"]
+"""Who made a GPU: from ROCm or CUDA's tools, or a Vulkan device's ``vendorID`` (Mesa: its software devices)."""
+DeviceType = Literal["discrete", "integrated", "software", "virtual", "other"]
+"""A Vulkan device's ``deviceType``: a ``software`` one (``PHYSICAL_DEVICE_TYPE_CPU``, Mesa's llvmpipe) runs on
+the CPU; only ``discrete`` and ``integrated`` ones are GPUs llama.cpp and rocm_nb use without being asked."""
 
 
 @dataclass(frozen=True)
 class GPU:
-    """One GPU as the backend numbers it.
+    """One GPU as the backend numbers it (a Vulkan device by its Vulkan index, as ``vulkaninfo`` lists it).
 
     Example:
         >>> GPU(0, "Radeon RX 7900 XTX", "gfx1100", "amd", 24 * 2**30, 2**30, False).vram_free
@@ -32,7 +37,7 @@ class GPU:
     index: int
     name: str
     arch: str
-    vendor: Literal["amd", "nvidia"]
+    vendor: Vendor
     vram_total: int | None
     vram_used: int | None
     is_apu: bool
@@ -42,6 +47,19 @@ class GPU:
     """An integrated GPU's GTT: the system RAM it may map beyond its carve-out (amdgpu's ``mem_info_gtt_total``)."""
     gtt_used: int | None = None
     """GTT in use (``mem_info_gtt_used``); read for integrated GPUs only, ``None`` for discrete ones."""
+    vulkan_type: DeviceType | None = None
+    """The Vulkan ``deviceType`` of a device found through Vulkan; ``None`` for ROCm and CUDA GPUs."""
+
+    @property
+    def device_type(self) -> DeviceType:
+        """``discrete``, ``integrated``, ``software``, ``virtual`` or ``other`` (see :data:`DeviceType`).
+
+        Example:
+            >>> GPU(0, "llvmpipe (LLVM 15.0.6, 256 bits)", "", "mesa", 2**31, 0, False,
+            ...     vulkan_type="software").device_type
+            'software'
+        """
+        return self.vulkan_type or ("integrated" if self.is_apu else "discrete")
 
     @property
     def vram_free(self) -> int | None:
@@ -137,3 +155,5 @@ class GpuUsage:
     gtt_used: int | None = None
     """An integrated GPU's GTT in use (``None`` for discrete GPUs): shown beside its carve-out."""
     gtt_total: int | None = None
+    source: str = ""
+    """Where the memory figures come from (``amdgpu sysfs``, ``nvidia-smi``, a server's own report…); empty: unknown."""

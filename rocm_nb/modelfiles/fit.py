@@ -110,6 +110,7 @@ def plan(
     margin: int = GPU_MARGIN,
     memory: str = "VRAM",
     draft: MemoryEstimate | None = None,
+    cap: int | None = None,
     ubatch: int = UBATCH,
     pooled: bool = False,
     name: str | None = None,
@@ -131,6 +132,9 @@ def plan(
     estimate is set aside the same way. ``ubatch`` and ``pooled`` are
     :func:`estimate`'s (the micro-batch; an embedding or reranking server).
     ``name`` is what the note calls the model (default: the GGUF's own name).
+    ``cap`` (``gpu_memory=``) is the most GPU memory the model may take,
+    whatever is free: the budget is the smaller of the two, and the note
+    says which one decided.
 
     Example:
         >>> p = plan(info, 6 * 2**30, ctx_size=8192)  # doctest: +SKIP
@@ -152,6 +156,9 @@ def plan(
     if free_ram_bytes is not None:
         free_ram_bytes = max(0, free_ram_bytes - draft_ram)
     budget = None if free_vram_bytes is None else free_vram_bytes - margin
+    if cap is not None and (budget is None or cap - draft_vram < budget):  # the cap holds draft and projector too
+        budget = free_vram_bytes = max(0, cap - draft_vram)
+        margin, memory = 0, f"{memory} that gpu_memory={human_bytes(cap)} allows"
     free = "" if free_vram_bytes is None else human_bytes(free_vram_bytes)
     ctx = ctx_size
     if gpu_layers is not None:
@@ -188,15 +195,15 @@ def plan(
             whole = chosen.vram
             chosen = fitting(_largest_fit(fitting, layers, ctx, budget), ctx)
             lowered = f" at ctx_size {ctx} (lowered from {ctx_size})" if ctx != ctx_size else ""
+            kept = f", and {human_bytes(margin)} is kept free" if margin else ""
             if chosen.gpu_layers == 0:
                 note = (f"none of {called}'s layers fit in the {free} of free {memory} (all {layers} need "
-                        f"{human_bytes(whole)}, and {human_bytes(margin)} is kept free){lowered}: "
-                        "it runs on the CPU, slowly")
+                        f"{human_bytes(whole)}{kept}){lowered}: it runs on the CPU, slowly")
             else:
                 note = (f"only {chosen.gpu_layers} of {layers} layers of {called} fit in the {free} of free "
-                        f"{memory} (all need {human_bytes(whole)}, and {human_bytes(margin)} is kept free){lowered}: "
-                        f"gpu_layers={chosen.gpu_layers}, the rest run on the CPU, more slowly; a smaller "
-                        "ctx_size or quantisation lets more layers fit")
+                        f"{memory} (all need {human_bytes(whole)}{kept}){lowered}: gpu_layers={chosen.gpu_layers} "
+                        "(about " + human_bytes(chosen.vram) + " on the GPU), the rest run on the CPU, more slowly; "
+                        "a smaller ctx_size or quantisation lets more layers fit")
     if free_ram_bytes is not None and chosen.ram > free_ram_bytes:
         fits = False
         note += (f"; and the {human_bytes(chosen.ram)} it needs in RAM is more than the {human_bytes(free_ram_bytes)} "
@@ -253,6 +260,7 @@ def plan_load(
     unified_memory: UnifiedMemory = "auto",
     draft: ModelInfo | None = None,
     draft_gpu_layers: int | None = None,
+    gpu_memory: int | None = None,
     ubatch: int = UBATCH,
     pooled: bool = False,
     name: str | None = None,
@@ -278,6 +286,8 @@ def plan_load(
     is set aside too: on the GPU of a GPU build unless ``gpu_layers=0`` (where
     llama-server is told to keep it in RAM), in RAM otherwise. ``ubatch``,
     ``pooled`` and ``name`` are :func:`plan`'s.
+    ``gpu_memory`` caps the GPU memory the load may take (see :func:`plan`'s
+    ``cap``).
 
     Example:
         >>> p = plan_load(info, Hardware("cpu", (), None, ()), "cpu", ctx_size=8192)  # doctest: +SKIP
@@ -304,7 +314,7 @@ def plan_load(
         return plan(info, free_vram_bytes, ctx_size=ctx_size, parallel=parallel, gpu_layers=layers,
                     shrink_ctx=shrink, flash_attn=flash_attn, cache_type_k=cache_type_k or "f16",
                     cache_type_v=cache_type_v or "f16", free_ram_bytes=ram, memory=memory, draft=draft_share,
-                    ubatch=ubatch, pooled=pooled, name=name, projector=vision)
+                    ubatch=ubatch, pooled=pooled, name=name, projector=vision, cap=gpu_memory)
 
     if backend == "cpu":
         return planned(None, 0)

@@ -26,6 +26,7 @@ from rocm_nb._options import DEFAULT_SPECULATIVE
 from rocm_nb.client.completion import Message
 from rocm_nb.client.logprobs import MAX_TOP_LOGPROBS
 from rocm_nb.client.request import Options, check_options
+from rocm_nb.hardware import Backend
 from rocm_nb.modelfiles.catalog import DEFAULT_MODEL
 from rocm_nb.notebook._format import FORMATS, Format
 
@@ -202,6 +203,9 @@ class LoadArgs:
     embedding: bool = False
     pooling: str | None = None
     reranking: bool = False
+    backend: Backend | None = None
+    device: int | None = None
+    gpu_memory: str | None = None
     batch_size: int | None = None
     ubatch_size: int | None = None
 
@@ -231,7 +235,8 @@ class LoadArgs:
                 "cache_type_k": self.cache_type_k, "cache_type_v": self.cache_type_v, "flash_attn": self.flash_attn,
                 "unified_memory": self.unified_memory, "embedding": self.embedding, "pooling": self.pooling,
                 "reranking": self.reranking, "batch_size": self.batch_size, "ubatch_size": self.ubatch_size,
-                "mmproj": self.mmproj}
+                "mmproj": self.mmproj, "backend": self.backend, "device": self.device,
+                "gpu_memory": self.gpu_memory}
 
 
 @dataclass(frozen=True)

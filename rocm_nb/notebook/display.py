@@ -225,12 +225,24 @@ def _uptime(seconds: float) -> str:
 
 
 def _memory(status: ServerStatus) -> str:
-    """Measured RSS beside the load's estimate ("estimated X, measured Y"), plus the estimated VRAM."""
+    """Measured RSS beside the load's estimate ("estimated X, measured Y"), then the GPU's: estimated, and what the
+    server reported allocating (of the devices' total)."""
     measured, estimated, vram = status.rss_bytes, status.estimate_bytes, status.estimate_vram_bytes
     if estimated is None:
         return "–" if measured is None else human_bytes(measured)
     text = f"estimated {human_bytes(estimated)}, measured {'–' if measured is None else human_bytes(measured)}"
+    if status.vram_bytes is not None:
+        total = f" of {human_bytes(status.vram_total_bytes)}" if status.vram_total_bytes else ""
+        return (f"{text}; GPU estimated {human_bytes(vram or 0)}, allocated {human_bytes(status.vram_bytes)}{total} "
+                "(llama-server's report)")
     return f"{text}; VRAM estimated {human_bytes(vram)}" if vram else text
+
+
+def _layers(status: ServerStatus) -> str:
+    """The GPU layers the server reported offloading (``N/M``), else the number asked for."""
+    if status.offloaded_layers is not None and status.layers is not None:
+        return f"{status.offloaded_layers}/{status.layers}"
+    return _known(status.gpu_layers)
 
 
 def _known(value: object) -> str:
@@ -245,7 +257,7 @@ _STATUS_COLUMNS: tuple[tuple[str, Callable[[ServerStatus], str]], ...] = (
     ("port", lambda s: _known(s.port)),
     ("uptime", lambda s: "–" if s.uptime_s is None else _uptime(s.uptime_s)),
     ("memory", _memory),
-    ("GPU layers", lambda s: _known(s.gpu_layers)),
+    ("GPU layers", _layers),
     ("ctx", lambda s: _known(s.ctx_size)),
     ("tok/s", lambda s: "–" if s.decode_tps is None else f"{s.decode_tps:.1f}"),
     ("images", lambda s: "–" if s.images is None else "yes" if s.images else "no"),

@@ -4,6 +4,7 @@
 
 * ``%rocm_load [MODEL] [--alias ALIAS] [--ctx-size N] [--gpu-layers N|auto] [--cache-type T]
   [--flash-attn on|off|auto] [--embedding [--pooling P]] [--reranking] [--server PATH]
+  [--backend rocm|cuda|vulkan|cpu] [--device N] [--gpu-memory SIZE]
   [--speculative off|ngram|DRAFT] [--mmproj FILE] [--url URL [--api-key KEY]] [--router] [-- ARGS]``
   — the options are ``LocalModel``'s keywords (``--ctx`` is short for ``--ctx-size``)
 * ``%%rocm_generate [-a ALIAS] [options]`` — the cell is the prompt; ``{name}`` is filled
@@ -235,9 +236,12 @@ class RocmMagics(Magics):
         if old is not None:
             old.close()
         layers = model.info.block_count
+        status = model.status()
         offload = (
-            f"{model.config.gpu_layers} of {layers + 1 if layers else '?'} layers on the GPU"
-            if model.backend != "cpu" else "CPU only"
+            "CPU only" if model.backend == "cpu"
+            else f"{status.offloaded_layers} of {status.layers} layers on the GPU (the server's report)"
+            if status.offloaded_layers is not None
+            else f"{model.config.gpu_layers} of {layers + 1 if layers else '?'} layers on the GPU"
         )
         about = model.info.summary(model.name)  # the name typed leads; the GGUF's own name is detail
         publish({"text/plain": (
@@ -286,6 +290,10 @@ class RocmMagics(Magics):
                    f"(default {DEFAULT_SPECULATIVE}; the server verifies every draft)")
     @argument("--draft-gpu-layers", type=int, default=None,
               help="the draft model's layers on the GPU (default: all on a GPU, none on the CPU)")
+    @argument("--backend", choices=["rocm", "cuda", "vulkan", "cpu"], default=None,
+              help="the backend to use instead of this machine's (vulkan also runs on Mesa's software device)")
+    @argument("--device", type=int, default=None, help="the one GPU to use: its HIP, CUDA or Vulkan index")
+    @argument("--gpu-memory", default=None, help="the most GPU memory the model may take, e.g. 6GiB or 64MiB")
     @argument("--mmproj", default=None,
               help="the image projector (mmproj-….gguf path, hf: reference or catalogue name) that makes the model "
                    "take images; a catalogue vision model brings its own")

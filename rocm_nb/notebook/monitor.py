@@ -3,8 +3,13 @@
 ``model.monitor()`` (and ``%rocm_status``) shows, per GPU, a VRAM used/total
 bar and a busy % bar (from :func:`rocm_nb.hardware.gpu_usage`: sysfs on AMD,
 ``nvidia-smi`` on NVIDIA), and a line for the llama-server process: its
-resident memory and CPU %. Without a GPU the GPU section says so and the
-process line, labelled "CPU stand-in", is what there is to watch.
+resident memory and CPU %. A GPU with neither (a Vulkan device such as Mesa's
+lavapipe, or any Vulkan GPU whose driver has no sysfs files) shows the
+device memory the model's server reported allocating there (its own log) of
+the total Vulkan reports (:meth:`LocalModel.gpu_usage
+<rocm_nb.model.LocalModel.gpu_usage>`); each GPU's note says where its
+numbers come from. Without a GPU the GPU section says so and the process
+line, labelled "CPU stand-in", is what there is to watch.
 
 It refreshes every ``interval`` seconds while the server is generating
 (``llamacpp:requests_processing`` in ``/metrics``, so generations from the
@@ -210,7 +215,7 @@ def _sections(sample: MonitorSample, *, running: bool, stopped: str = "not runni
         busy = (_bar("busy", "unknown", None) if gpu.busy_percent is None
                 else _bar("busy", f"{gpu.busy_percent:.0f} %", gpu.busy_percent / 100))
         sections.append({"kind": "gpu", "title": f"GPU {gpu.index} · {gpu.name}", "bars": [*memory, busy],
-                         "note": ""})
+                         "note": f"memory: {gpu.source}" if gpu.source else ""})
     if not sample.gpus:
         sections.append({"kind": "gpu", "title": "GPU", "bars": [],
                          "note": "no GPU found: llama-server runs on the CPU (process below)"})

@@ -43,6 +43,7 @@ from typing import Literal
 
 from rocm_nb._exposure import GUARDED_ENV, check_env, check_extra_args, connect_host, free_port
 from rocm_nb._process import Child, Escalation, launch, reap_stale_servers
+from rocm_nb.binary._report import MemoryReport, parse_report
 from rocm_nb.errors import ProjectorMismatch, ServerStartError, ServerStartTimeout, describe_exit, with_notes
 
 __all__ = [
@@ -138,6 +139,8 @@ class ServerConfig:
     reranking: bool = False
     speculative: tuple[str, ...] = ()
     """llama-server's speculative decoding flags (``--spec-type …``), from :mod:`rocm_nb._options`."""
+    log_verbosity: int | None = None
+    """``-lv N``; 4 makes the server report its layers and buffers per device (:mod:`rocm_nb.binary._report`)."""
     mmproj: Path | None = None
     """The image projector (``--mmproj``): the model then takes images (:mod:`rocm_nb.modelfiles.projector`)."""
     mmproj_offload: bool = True
@@ -181,6 +184,7 @@ class ServerConfig:
             *self.speculative,
             *(["--mmproj", str(self.mmproj)] if self.mmproj else []),
             *(["--no-mmproj-offload"] if self.mmproj and not self.mmproj_offload else []),
+            *(["-lv", str(self.log_verbosity)] if self.log_verbosity is not None else []),
             *self.extra_args,
         ]
 
@@ -343,6 +347,7 @@ class LlamaServer(_ChildProcess):
         self._environ = os.environ if environ is None else environ
         self._bind_attempts = bind_attempts
         self._port_picker = port_picker
+        self._report: MemoryReport | None = None
 
     # -- state ------------------------------------------------------------------------------
 
@@ -376,6 +381,8 @@ class LlamaServer(_ChildProcess):
                 raise
             if outcome == "ready":
                 self.load_seconds = time.perf_counter() - began
+                self._report = None
+                self.memory_report()  # read while the load's lines are surely in the log ring
                 return self
             if outcome == "timeout":
                 tail = self.log_tail()
@@ -393,6 +400,25 @@ class LlamaServer(_ChildProcess):
                 continue  # another process took the port between probe and bind
             raise error
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def memory_report(self) -> MemoryReport:
+        """What the server reported about its memory while loading: layers offloaded, buffers per device.
+
+        Read from its log (:mod:`rocm_nb.binary._report`) and kept once complete,
+        so later log lines cannot push it out. Empty (``complete`` false) when
+        the server logs below verbosity 4, which rocm_nb asks for on GPU
+        backends only.
+
+        Example:
+            >>> server.memory_report().offloaded_layers  # doctest: +SKIP
+            31
+        """
+        if self._report is not None:
+            return self._report
+        report = parse_report(self.logs())
+        if report.complete:
+            self._report = report
+        return report
 
     def _spawn(self, port: int) -> Child:
         inherited = {k: v for k, v in self._environ.items() if k not in GUARDED_ENV}

@@ -7,6 +7,7 @@ fixtures lives here, one small module per kind of thing:
 * :mod:`tests.support.gguf_files`: real GGUF files and Hugging Face caches written for a test;
 * :mod:`tests.support.sysfs`: the recorded hardware trees in ``tests/fixtures/hardware``;
 * :mod:`tests.support.decoding`: what greedy decoding and cancellation may be expected to do;
+* :mod:`tests.support.metrics`: what a server's ``/metrics`` says about its slots;
 * :mod:`tests.support.sockets`: raw HTTP over a socket, for servers written in a test;
 * :mod:`tests.support.jupyter`: a Jupyter server and a Chromium page of the test's own (browser tests);
 * :mod:`tests.support.widgets`: counting the messages a widget sends to the browser;

@@ -51,7 +51,8 @@ __all__ = [
 ]
 
 FailureHook = Callable[[Exception, str], "RocmNbError | None"]
-"""Given a transport error and the partial text, return a better error (or None)."""
+"""Given a transport error (or the error of a stream cut off before the server finished) and the partial text,
+return a better error (or None)."""
 
 MAX_EVENT_BYTES = 16 * 2**20
 """The most bytes (decoded) one server-sent event may have (16 MiB; a llama-server event has a few hundred).
@@ -239,7 +240,13 @@ class _StreamBase:
         if self._wants_ctx():
             assert self.slot_ctx is not None
             self._acc.n_ctx = self.slot_ctx()
-        self.completion = self._acc.finish()
+        try:
+            self.completion = self._acc.finish()
+        except StreamProtocolError as exc:  # cut off before the server finished: its owner may know why
+            better = self._on_failure(exc, self._acc.partial)  # (a router's model unloaded, a crashed server)
+            if better is None:
+                raise
+            raise better from exc
 
 
 class TokenStream(_StreamBase):

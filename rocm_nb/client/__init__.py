@@ -251,8 +251,22 @@ class Client(GenerationAPI):
         return self.server_info.capabilities
 
     def _payload(self, request: Request) -> dict[str, Any]:
-        """The request body: the default model named, the options said the way this server's kind takes them."""
+        """The request body: the default model named, the options said the way this server's kind takes them.
+
+        A chat that must call a tool (``tool_choice="required"`` or a named
+        function) on a server that cannot call tools is a ``ValueError``:
+        the pinned llama-server would answer in prose without a word.
+        """
         model = None if "model" in request.options else self._facts.model()
+        choice = request.options.get("tool_choice")
+        if request.options.get("tools") and (choice == "required" or isinstance(choice, Mapping)) \
+                and not self.capabilities.tools:
+            raise ValueError(
+                f"tool_choice={choice!r} needs a chat template that can call tools, and this model's cannot "
+                "(llama-server's /props: chat_template_caps), so the server would answer in prose; use "
+                "run_tools(messages, tools), which constrains the reply to a call with a JSON schema on any "
+                "model, or load it with a template that knows tools: "
+                "LocalModel(..., extra_args=['--chat-template-file', rocm_nb.client.tools.TOOL_TEMPLATE])")
         return request.body(self.server_info.engine, model)
 
     async def _apayload(self, request: Request) -> dict[str, Any]:

@@ -107,9 +107,12 @@ _WHY = {"grammar": " (a GBNF grammar is llama.cpp's)"}
 class Capabilities:
     """What a server can do, so a notebook can grey out what will not work.
 
-    ``slots`` is how many requests it serves at once (llama.cpp; ``None``:
-    it does not say); ``embeddings`` is ``None`` when the server does not
-    say (llama-server tells it only by answering ``/v1/embeddings``).
+    ``tools`` is whether it can make tool calls (a llama-server only when
+    its model's chat template knows tools and calls: ``/props``'
+    ``chat_template_caps``); ``slots`` is how many requests it serves at
+    once (llama.cpp; ``None``: it does not say); ``embeddings`` is ``None``
+    when the server does not say (llama-server tells it only by answering
+    ``/v1/embeddings``).
 
     Example:
         >>> Capabilities(logprobs=True, tools=False, grammar=True, slots=4, embeddings=None).grammar
@@ -236,7 +239,8 @@ grammar=True, slots=2, embeddings=None), router=False)
     if isinstance(props, dict) and ("default_generation_settings" in props or props.get("role") == "router"):
         slots = props.get("total_slots")
         caps = props.get("chat_template_caps")
-        tools = bool(caps.get("supports_tools", True)) if isinstance(caps, dict) else True
+        tools = bool(caps.get("supports_tools", True) and caps.get("supports_tool_calls", True)) \
+            if isinstance(caps, dict) else True
         build = props.get("build_info")
         return ServerInfo("llama.cpp", build if isinstance(build, str) else None, Capabilities(
             logprobs=True, tools=tools, grammar=True, slots=slots if isinstance(slots, int) and slots > 0 else None,

@@ -207,13 +207,20 @@ class CallParts:
                 call[key] = call[key] + value if key == "arguments" else call[key] or value
 
     def calls(self) -> tuple[ToolCall, ...]:
-        """The calls so far, each with its arguments parsed (``{}`` when they are not a JSON object)."""
+        """The calls so far, each with its arguments parsed (``{}`` when they are not a JSON object it can read).
+
+        Example:
+            >>> parts, digits = CallParts(), '{"n": ' + "9" * 5000 + "}"
+            >>> parts.read({"tool_calls": [{"index": 0, "function": {"name": "f", "arguments": digits}}]})
+            >>> parts.calls()[0].arguments, len(parts.calls()[0].raw_arguments)
+            ({}, 5007)
+        """
         done = []
         for index in sorted(self._calls):
             call = self._calls[index]
             try:
                 arguments = json.loads(call["arguments"] or "{}")
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # not JSON, or JSON Python will not read (a 5,000-digit integer)
                 arguments = None
             done.append(ToolCall(call["id"] or f"call_{index}", call["name"],
                                  arguments if isinstance(arguments, dict) else {}, call["arguments"]))

@@ -28,12 +28,11 @@ import weakref
 from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
-from rocm_nb.client._accumulator import Accumulator
 from rocm_nb.client._generation import GenerationAPI
 from rocm_nb.client.completion import Kind
 from rocm_nb.client.engines import Capabilities, Engine, ServerFacts, ServerInfo, refuse, root_url, unless_fatal
 from rocm_nb.client.logprobs import SlotContext
-from rocm_nb.client.request import Request
+from rocm_nb.client.request import Request, check_utf8
 from rocm_nb.client.status import ServerStatus
 from rocm_nb.client.stream import (
     DEFAULT_DEADLINE_S,
@@ -94,6 +93,46 @@ def _on_this_machine(base_url: str) -> bool:
     from rocm_nb._exposure import is_loopback
 
     return is_loopback(urllib.parse.urlsplit(base_url).hostname or "")
+
+
+_SECRET_HEADERS = frozenset({"authorization", "x-api-key", "api-key"})
+
+
+def _outside_rocm_nb() -> int:
+    """The ``stacklevel`` at which a warning names the first caller outside rocm_nb (the user's line)."""
+    import sys
+
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith("rocm_nb"):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _warn_if_exposed(base_url: str, secret: bool, verify: bool | str) -> None:
+    """A ``UserWarning`` when a key would cross a network in clear, or a server's certificate goes unchecked.
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as said:
+        ...     warnings.simplefilter("always")
+        ...     _warn_if_exposed("http://gpu-box:8000", True, True)
+        >>> str(said[0].message)  # doctest: +ELLIPSIS
+        'the API key goes to gpu-box over plain http://: anyone on the network between can read it ...'
+    """
+    import urllib.parse
+    import warnings
+
+    parts = urllib.parse.urlsplit(base_url)
+    if secret and parts.scheme == "http" and not _on_this_machine(base_url):
+        warnings.warn(f"the API key goes to {parts.hostname} over plain http://: anyone on the network between can "
+                      "read it (and use the server as you); use its https:// address, or reach it through an SSH "
+                      "tunnel (ssh -L 8080:127.0.0.1:8080 host, then http://127.0.0.1:8080)", UserWarning,
+                      stacklevel=_outside_rocm_nb())
+    if verify is False and parts.scheme == "https" and not _on_this_machine(base_url):
+        warnings.warn(f"verify=False: the TLS certificate of {parts.hostname} is not checked, so anyone on the network "
+                      "between can pose as it and read what you send (the API key too); pass "
+                      "verify='/path/to/ca.pem' with the CA that signed it instead", UserWarning,
+                      stacklevel=_outside_rocm_nb())
 
 
 _closing: set[asyncio.Task[None]] = set()
@@ -184,6 +223,8 @@ class Client(GenerationAPI):
         self._on_failure = _on_failure
         self._headers = {**({"Authorization": f"Bearer {api_key}"} if api_key else {}), **(headers or {})}
         self._verify: bool | str = verify if isinstance(verify, bool) else os.fspath(verify)
+        _warn_if_exposed(self._base_url, bool(api_key) or bool(_SECRET_HEADERS & {h.lower() for h in headers or {}}),
+                         self._verify)
         self._facts = ServerFacts(self._probe_json, self.models, model=model, where=self._base_url, info=server)
         self._http_timeout = httpx.Timeout(timeout, connect=10.0)
         local = _on_this_machine(self._base_url)
@@ -374,7 +415,7 @@ class Client(GenerationAPI):
                     self._held[this] = threading.get_ident()
             return response
 
-        opened = TokenStream(send, Accumulator(request.kind, logprobs=bool(request.options.get("logprobs"))),
+        opened = TokenStream(send, request.accumulator(),
                              self._better_error, self._slot_ctx)
         stream = weakref.ref(opened)
         return opened
@@ -400,6 +441,9 @@ class Client(GenerationAPI):
 
         try:
             response = self._http().request(method, path, **kwargs)
+        except UnicodeEncodeError:  # a lone surrogate in a text sent (tokenize, rerank…): say which
+            check_utf8(kwargs.get("json"), f"{method} {path}'s body")
+            raise
         except httpx.HTTPError as exc:
             better = None if isinstance(exc, httpx.TimeoutException) else self._better_error(exc, "")
             raise (better or transport_error(exc)) from exc
@@ -520,7 +564,10 @@ def connect(
     model every request uses (else the server's only one; see
     :attr:`Client.model`); ``headers`` are sent with every request (a
     gateway's ``X-API-Key``); ``verify`` checks the server's TLS certificate
-    (``True``), trusts a CA bundle (its path) or checks nothing (``False``).
+    (``True``), trusts a CA bundle (its path) or checks nothing (``False``, which warns: anyone on the
+    network between could pose as the server). A key (``api_key`` or an
+    ``Authorization``/``X-API-Key`` header) sent over plain ``http://`` to
+    another machine warns too: it crosses the network in clear.
     ``timeout`` bounds each silence while reading (s), ``deadline`` a whole
     request (s; one hour by default, ``None`` for none), ``max_event_bytes``
     one server-sent event and ``max_body_bytes`` any other answer (16 MiB

@@ -25,7 +25,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from rocm_nb.client.completion import Completion, Kind
-from rocm_nb.client.logprobs import Progress, TokenProb, read_context, read_progress, read_reasoning, read_tokens
+from rocm_nb.client.logprobs import (
+    MAX_TOP_LOGPROBS,
+    Progress,
+    TokenProb,
+    read_context,
+    read_progress,
+    read_reasoning,
+    read_tokens,
+)
 from rocm_nb.client.timings import Timings, Usage
 from rocm_nb.client.tools import CallParts
 from rocm_nb.errors import GenerationError, StreamProtocolError, with_notes
@@ -72,10 +80,12 @@ class Accumulator:
         ('', True, 'Hello')
     """
 
-    def __init__(self, kind: Kind, *, logprobs: bool = False) -> None:
+    def __init__(self, kind: Kind, *, logprobs: bool = False, top: int = MAX_TOP_LOGPROBS) -> None:
         self.kind = kind
         self.logprobs = logprobs
         """Whether token probabilities were asked for: ``Completion.tokens`` is then a list, else ``None``."""
+        self.top = top
+        """The alternatives per token asked for: no more are read, whatever the server sends."""
         self._text = io.StringIO()  # grows by the text's own size per token, not an object per piece
         self._reasoning = io.StringIO()
         self.tokens: list[TokenProb] = []
@@ -168,7 +178,7 @@ class Accumulator:
                 raise TypeError(f"its text is {type(text).__name__}, not a string")
             piece += text or ""
             thought += read_reasoning(choice)
-            tokens += read_tokens(chunk, choice)
+            tokens += read_tokens(chunk, choice, self.top)
         progress = read_progress(chunk)
         if not (piece or thought or tokens or progress):
             return _NOTHING

@@ -23,7 +23,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Unpack, overload
 
-from rocm_nb.client._accumulator import Accumulator
 from rocm_nb.client._batch import Prompt, adrain
 from rocm_nb.client.completion import Completion, Kind, Message
 from rocm_nb.client.logprobs import TokenPiece, read_pieces
@@ -121,8 +120,7 @@ class GenerationAPI:
             session = http or client._ahttp()
             return await session.send(session.build_request("POST", endpoint, json=payload), stream=True)
 
-        stream = AsyncTokenStream(open_response, Accumulator(request.kind, logprobs=bool(request.options.get(
-            "logprobs"))), self._better_error)
+        stream = AsyncTokenStream(open_response, request.accumulator(), self._better_error)
         return stream
 
     @staticmethod

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, TypedDict
 
 from rocm_nb.client import logprobs, tools
+from rocm_nb.client._accumulator import Accumulator
 from rocm_nb.client.completion import Kind, Message, check_schema_shape
 from rocm_nb.client.engines import Engine, refuse, translate
 
@@ -46,6 +47,7 @@ __all__ = [
     "Request",
     "check_options",
     "check_request",
+    "check_utf8",
 ]
 
 DEFAULT_MAX_TOKENS = 512
@@ -250,6 +252,19 @@ class Request:
             raise TypeError("chat() takes a list of messages; use generate() for a plain prompt")
         if self.kind != "chat" and not isinstance(self.prompt, str):
             raise TypeError("generate() takes a prompt string; use chat() for messages")
+        check_utf8(self.prompt, "the prompt" if isinstance(self.prompt, str) else "messages")
+        check_utf8(dict(self.options), "options")
+
+    def accumulator(self) -> Accumulator:
+        """The state its stream is read into: token probabilities kept when asked for, as many as were asked.
+
+        Example:
+            >>> check_request("chat", [], {"logprobs": True, "top_logprobs": 3}).accumulator().top
+            3
+        """
+        asked = bool(self.options.get("logprobs"))
+        top = self.options.get("top_logprobs") or logprobs.DEFAULT_TOP_LOGPROBS
+        return Accumulator(self.kind, logprobs=asked, top=top if asked else 0)
 
     def body(self, engine: Engine, model: str | None = None) -> dict[str, Any]:
         """The JSON body for a server of kind ``engine``, naming ``model`` unless the options name one.
@@ -277,6 +292,44 @@ class Request:
         else:
             body["messages"] = [dict(m) for m in self.prompt]
         return body
+
+
+def _surrogate(value: object, where: str) -> tuple[str, int, str] | None:
+    """The first string in ``value`` (nested in lists, tuples and dicts) with a lone surrogate: where, index, char."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return where, exc.start, value[exc.start]
+        return None
+    items = value.items() if isinstance(value, Mapping) else enumerate(value) \
+        if isinstance(value, list | tuple) else ()
+    for key, item in items:
+        found = _surrogate(item, f"{where}[{key!r}]")
+        if found is not None:
+            return found
+    return None
+
+
+def check_utf8(value: object, where: str) -> None:
+    """A ``ValueError`` naming the text in ``value`` that UTF-8 cannot carry (a lone surrogate), and what to do.
+
+    Every request goes as UTF-8 JSON, which has no way to say half of a
+    surrogate pair: such a string could reach no server, and would otherwise
+    fail deep in the HTTP library as a bare ``UnicodeEncodeError``.
+
+    Example:
+        >>> check_utf8(["fine", "half \\ud83c of an emoji"], "texts")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: texts[1] holds a lone surrogate ('\\ud83c' at index 5), which UTF-8 cannot carry: ...
+    """
+    found = _surrogate(value, where)
+    if found is not None:
+        at, index, char = found
+        raise ValueError(f"{at} holds a lone surrogate ({char!r} at index {index}), which UTF-8 cannot carry: "
+                         "such text comes from bytes decoded with errors='surrogateescape', or half of an emoji; "
+                         "repair it first, e.g. text.encode('utf-8', 'replace').decode('utf-8')")
 
 
 def check_request(kind: Kind, prompt: str | Sequence[Message], options: Mapping[str, Any]) -> Request:

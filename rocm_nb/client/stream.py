@@ -140,11 +140,33 @@ def transport_error(exc: Exception, partial: str = "") -> GenerationError:
                                       partial=partial), so_far)
 
 
+_SAID: tuple[tuple[str, str], ...] = (  # what llama-server says, and what it means for a rocm_nb user
+    ("does not support logits computation",
+     "this server computes embeddings (or reranking scores) only, so it cannot generate text: call embed() on it, "
+     "or load a chat model (without embedding=True or reranking=True) to generate"),
+    ("does not support embeddings",
+     "this server does not compute embeddings: load an embedding model, LocalModel('minilm', embedding=True), "
+     "and call embed() on that one"),
+)
+"""llama-server's words for a request its mode cannot serve (``tools/server``), said as what to do here (its
+own words, which name its command-line flags, stay in the error's ``.body``)."""
+
+
 def http_error(response: httpx.Response, body: str) -> GenerationError:
+    """The :class:`GenerationError` for an error answer: its status, the request, and what the server said.
+
+    Example:
+        >>> import httpx
+        >>> request = httpx.Request("POST", "http://127.0.0.1:8080/v1/embeddings")
+        >>> said = '{"error": {"message": "This server does not support embeddings. Start it with `--embeddings`"}}'
+        >>> print(http_error(httpx.Response(501, request=request), said))  # doctest: +ELLIPSIS
+        the server answered 501 to POST /v1/embeddings: this server does not compute embeddings: load ...
+    """
     try:
         detail = json.loads(body)["error"]["message"]
     except (ValueError, KeyError, TypeError):
         detail = body[:500]
+    detail = next((meaning for said, meaning in _SAID if said in str(detail)), detail)
     return GenerationError(
         f"the server answered {response.status_code} to {response.request.method} "
         f"{response.request.url.path}: {detail}",

@@ -69,10 +69,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from rocm_nb._paths import private_folder, runtime_root
 from rocm_nb.errors import RuntimeDirError
+
+if TYPE_CHECKING:
+    import psutil
 
 __all__ = [
     "Child",
@@ -253,10 +256,11 @@ class LinkFolder:
 
     Example:
         >>> import tempfile
-        >>> folder = LinkFolder(Path(tempfile.mkdtemp()) / "router-x", (("a.gguf", Path("/etc/hostname")),))
-        >>> folder.make(); sorted(p.name for p in folder.path.iterdir())
-        ['a.gguf']
-        >>> folder.remove(); folder.path.exists(), Path("/etc/hostname").exists()
+        >>> model = Path(tempfile.mkdtemp()) / "model.gguf"; model.touch()
+        >>> folder = LinkFolder(model.parent / "router-x", (("a.gguf", model),))
+        >>> folder.make(); [(p.name, p.resolve() == model) for p in folder.path.iterdir()]
+        [('a.gguf', True)]
+        >>> folder.remove(); folder.path.exists(), model.exists()
         (False, True)
     """
 
@@ -389,7 +393,7 @@ def running_records(environ: Mapping[str, str] | None = None) -> list[dict[str, 
     return [record.data for record in read_records(environ) if record.server_alive]
 
 
-def _left_of_group(data: Mapping[str, Any]) -> list[Any]:
+def _left_of_group(data: Mapping[str, Any]) -> list[psutil.Process]:
     """The processes left in the group of a recorded server that is gone (a router's children still loading).
 
     Only when the recorded pid is free (a pid in use as a group id is never

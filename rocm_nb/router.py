@@ -111,7 +111,7 @@ class RouterChild:
 _DRAFT_PREFIXES = ("mtp-", "dspark-", "dflash-")
 """Names the pinned server's folder scan takes for speculative-decoding drafts (``common/preset.cpp``)."""
 
-Served = dict[str, tuple[Path, Path]]
+_Served = dict[str, tuple[Path, Path]]
 """The models a router serves: name -> (what its link points to: a file or a sub-folder, the model file)."""
 
 
@@ -148,20 +148,21 @@ def _check_name(name: object, fix: str) -> str:
     return name
 
 
-def _given(models: Sequence[ModelSpec] | Mapping[str, ModelSpec]) -> Served:
+def _given(models: Sequence[ModelSpec] | Mapping[str, ModelSpec]) -> _Served:
     """The models of a list (named by file name without ``.gguf``) or a dict, each name checked, none twice."""
-    served: Served = {}
+    served: _Served = {}
+    given: dict[str, Path] = {}
     pairs = models.items() if isinstance(models, Mapping) else ((None, spec) for spec in models)
     for key, spec in pairs:
-        path = resolve_model(spec).resolve()
+        path = resolve_model(spec)  # named by the path given (a link's own name), linked to the file itself
         if key is None:
             name = _check_name(path.stem, f"name it yourself with a dict: LocalRouter({{'chat': {str(path)!r}}})")
         else:
             name = _check_name(key, "choose another name")
-        if name in served:
-            raise ValueError(f"two models would be called {name!r}: {served[name][1]} and {path}; name them "
+        if name in given:
+            raise ValueError(f"two models would be called {name!r}: {given[name]} and {path}; name them "
                              "yourself with a dict: LocalRouter({'a': ..., 'b': ...})")
-        served[name] = (path, path)
+        given[name], served[name] = path, (path.resolve(), path.resolve())
     return served
 
 
@@ -176,7 +177,7 @@ def _first_model(sub: Path) -> Path | None:
     return candidates[0] if candidates else None
 
 
-def _scan(folder: Path) -> Served:
+def _scan(folder: Path) -> _Served:
     """The models a router over ``folder`` serves, by name, as the pinned server finds them.
 
     Each ``.gguf`` file is a model named by its file name without any
@@ -191,7 +192,7 @@ def _scan(folder: Path) -> Served:
         >>> _scan(Path("/nowhere"))
         {}
     """
-    served: Served = {}
+    served: _Served = {}
     for entry in sorted(folder.iterdir()) if folder.is_dir() else ():
         if entry.is_dir():
             name, model = entry.name, _first_model(entry)
@@ -374,8 +375,8 @@ class LocalRouter(OwnServer, GenerationAPI):
         if not _on_event_loop():
             try:
                 now = {child.name: child.pid for child in self.loaded()}
-            except RocmNbError:
-                now = {}
+            except RocmNbError:  # the router itself does not answer: the unload is not the likely cause
+                return None
             gone = {name: pid for name, pid in gone.items() if now.get(name, pid) == pid}  # the same child, or none
         if not gone:
             return None

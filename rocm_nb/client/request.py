@@ -45,6 +45,7 @@ __all__ = [
     "Family",
     "Options",
     "Request",
+    "check_content",
     "check_options",
     "check_request",
     "check_utf8",
@@ -254,6 +255,8 @@ class Request:
             raise TypeError("generate() takes a prompt string; use chat() for messages")
         check_utf8(self.prompt, "the prompt" if isinstance(self.prompt, str) else "messages")
         check_utf8(dict(self.options), "options")
+        if not isinstance(self.prompt, str):
+            check_content(self.prompt)
 
     def accumulator(self) -> Accumulator:
         """The state its stream is read into: token probabilities kept when asked for, as many as were asked.
@@ -330,6 +333,37 @@ def check_utf8(value: object, where: str) -> None:
         raise ValueError(f"{at} holds a lone surrogate ({char!r} at index {index}), which UTF-8 cannot carry: "
                          "such text comes from bytes decoded with errors='surrogateescape', or half of an emoji; "
                          "repair it first, e.g. text.encode('utf-8', 'replace').decode('utf-8')")
+
+
+def check_content(messages: Sequence[Message]) -> None:
+    """The content parts' shape: a message's ``content`` list holds typed parts, images already encoded.
+
+    Every OpenAI-compatible engine takes ``text`` and ``image_url`` parts as
+    they are, so parts need no translation; an image the caller has not had
+    encoded (rocm_nb's ``{"type": "image", ...}``, which ``chat()`` encodes:
+    :mod:`rocm_nb.client.images`) or an ``image_url`` part without a URL is
+    refused here, before any request.
+
+    Example:
+        >>> check_content([{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}])
+        Traceback (most recent call last):
+        ...
+        ValueError: an image_url part needs {"image_url": {"url": "data:image/png;base64,…"}}; got {'type': ...}
+    """
+    for message in messages:
+        content = message.get("content")
+        for part in content if isinstance(content, list) else ():
+            kind = part.get("type") if isinstance(part, Mapping) else None
+            if not isinstance(kind, str):
+                raise TypeError(f"a message's content list holds parts like {{'type': 'text', 'text': ...}}; "
+                                f"got {part!r:.80}")
+            if kind == "image":
+                raise TypeError('an {"type": "image"} part is encoded by chat(), chat_stream() and user_message(); '
+                                "pass the messages through one of them")
+            where = part.get("image_url")
+            if kind == "image_url" and not (isinstance(where, Mapping) and isinstance(where.get("url"), str)):
+                raise ValueError('an image_url part needs {"image_url": {"url": "data:image/png;base64,…"}}; '
+                                 f"got {part!r:.80}")
 
 
 def check_request(kind: Kind, prompt: str | Sequence[Message], options: Mapping[str, Any]) -> Request:

@@ -56,5 +56,7 @@ class ServerStatus:
     """Average decode speed the server reports; ``None`` before the first generation."""
     rpc: tuple[str, ...] = ()
     """``host:port`` of the RPC workers the model is split over."""
+    images: bool | None = None
+    """Whether the model takes images (a projector is loaded, or the server says it takes them); ``None``: unknown."""
     error: str | None = None
     """Why the server's state could not be learnt or is bad (a proxy's HTML page, a crash), in one line."""

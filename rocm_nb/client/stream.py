@@ -26,6 +26,7 @@ from rocm_nb.client.logprobs import Progress, SlotContext, TokenProb
 from rocm_nb.errors import (
     GenerationError,
     GenerationTimeout,
+    ImagesNotSupported,
     RocmNbError,
     ServerUnavailable,
     StreamProtocolError,
@@ -151,9 +152,16 @@ _SAID: tuple[tuple[str, str], ...] = (  # what llama-server says, and what it me
 """llama-server's words for a request its mode cannot serve (``tools/server``), said as what to do here (its
 own words, which name its command-line flags, stay in the error's ``.body``)."""
 
+_NO_IMAGES = "image input is not supported"
+"""How llama-server refuses an image part when it was started without a projector."""
+
 
 def http_error(response: httpx.Response, body: str) -> GenerationError:
-    """The :class:`GenerationError` for an error answer: its status, the request, and what the server said.
+    """The error for a non-2xx answer: its status, the request, and what the server said (or what it means).
+
+    A refused image is :class:`ImagesNotSupported`; a request the server's
+    mode cannot serve (chat on an embedding server, embeddings on a chat
+    server) says what to do in rocm_nb's terms.
 
     Example:
         >>> import httpx
@@ -161,11 +169,19 @@ def http_error(response: httpx.Response, body: str) -> GenerationError:
         >>> said = '{"error": {"message": "This server does not support embeddings. Start it with `--embeddings`"}}'
         >>> print(http_error(httpx.Response(501, request=request), said))  # doctest: +ELLIPSIS
         the server answered 501 to POST /v1/embeddings: this server does not compute embeddings: load ...
+        >>> body = '{"error": {"message": "image input is not supported - hint: provide the mmproj"}}'
+        >>> str(http_error(httpx.Response(500, request=request), body))  # doctest: +ELLIPSIS
+        'this server takes no images; it said: "image input is not supported - hint: provide the mmproj". ...'
     """
     try:
         detail = json.loads(body)["error"]["message"]
     except (ValueError, KeyError, TypeError):
         detail = body[:500]
+    if isinstance(detail, str) and _NO_IMAGES in detail:
+        return ImagesNotSupported(
+            f'this server takes no images; it said: "{detail}". Send text only, or use a vision model: a '
+            "llama-server started with its projector (--mmproj), or LocalModel(model, mmproj=...)",
+            status_code=response.status_code, body=body)
     detail = next((meaning for said, meaning in _SAID if said in str(detail)), detail)
     return GenerationError(
         f"the server answered {response.status_code} to {response.request.method} "

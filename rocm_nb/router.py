@@ -377,7 +377,9 @@ class LocalRouter(OwnServer, GenerationAPI):
                 now = {child.name: child.pid for child in self.loaded()}
             except RocmNbError:  # the router itself does not answer: the unload is not the likely cause
                 return None
-            gone = {name: pid for name, pid in gone.items() if now.get(name, pid) == pid}  # the same child, or none
+            # a new child (another process) serves it again: not this unload's doing; the same child, none,
+            # or one whose process is already gone (listed without a pid while the router catches up) is
+            gone = {name: pid for name, pid in gone.items() if now.get(name) in (None, pid)}
         if not gone:
             return None
         names = ", ".join(sorted(gone))

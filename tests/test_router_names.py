@@ -26,8 +26,8 @@ import pytest
 from rocm_nb import LocalRouter
 from rocm_nb._process import Child, launch, reap_stale_servers
 from rocm_nb.binary import find_server
-from rocm_nb.errors import InvalidModel, ModelNotFound, ServerStartError, ServerUnavailable
-from rocm_nb.router import _check_name, _scan
+from rocm_nb.errors import InvalidModel, ModelNotFound, ServerStartError, ServerUnavailable, StreamProtocolError
+from rocm_nb.router import RouterChild, _check_name, _scan
 from rocm_nb.server import LlamaServer, ServerConfig
 from rocm_nb.server._registry import ServerRegistry
 from tests.support.processes import gone, llama_servers, wait_until
@@ -207,6 +207,22 @@ def test_unloading_a_model_under_another_threads_stream_says_it_was_unloaded(two
     assert "router.load('a')" in "\n".join(error.__notes__)
     two.load("a")  # loaded again: a later failure is not blamed on the old unload
     assert "a" not in two._unloaded
+
+
+@pytest.mark.server
+def test_an_unload_is_named_while_the_router_still_lists_its_child_without_a_process(
+        two: LocalRouter, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The race the test above meets about one run in two here: the child has exited, the router lists it."""
+    two.load("b")
+    (served,) = [c for c in two.loaded() if c.name == "b"]
+    two.unload("b")
+    cut = StreamProtocolError("the stream ended before the server finished (no finish_reason, no [DONE])")
+    for pid in (None, served.pid):  # listed without a process, or still the same child: the unload cut it
+        monkeypatch.setattr(two, "loaded", lambda pid=pid: [RouterChild("b", "loaded", pid, None, None, None)])
+        assert isinstance(two._better_error(cut, "Once"), ServerUnavailable)
+    monkeypatch.setattr(two, "loaded", lambda: [RouterChild("b", "loaded", 2**22 + 1, None, None, None)])
+    assert two._better_error(cut, "Once") is None  # another child serves it now: not this unload's doing
+    two.load("b")
 
 
 _LEADER = ("import subprocess, sys, time\n"

@@ -18,7 +18,11 @@ import httpx
 import pytest
 
 from rocm_nb import Client, LocalModel
+from rocm_nb.client.completion import Completion
 from rocm_nb.client.tool_loop import MAX_CALLS_PER_STEP, run_tools
+from rocm_nb.client.tools import read_arguments
+from rocm_nb.errors import SchemaMismatch, StreamProtocolError
+from rocm_nb.notebook.chat import run_bubbles
 from tests.test_tools import _bytewise, _client, _events, lookup
 
 ASK = [{"role": "user", "content": "Look these up."}]
@@ -142,6 +146,19 @@ def test_a_five_thousand_digit_argument_is_kept_raw_and_answered_as_unreadable()
     assert call.arguments == {} and call.raw_arguments.endswith(digits + "}")
     run = run_tools(client, ASK, [lookup], mode="native", max_steps=1)
     assert _answers(run.messages)["c1"].startswith("error: the arguments are not a JSON object that can be read")
+    bubbles = "".join(run_bubbles(run))  # the chat panel shows the run, with what the model wrote
+    assert "🔧 lookup({&quot;word&quot;: 999" in bubbles and "…)" in bubbles
+
+
+@pytest.mark.unit
+def test_json_python_will_not_read_is_a_clear_error_wherever_it_arrives() -> None:
+    digits = "9" * 5000
+    with pytest.raises(SchemaMismatch, match=r"the reply holds a number too long to read \(Exceeds the limit"):
+        Completion('{"n": ' + digits + "}", "stop", None).json()
+    events = [json.dumps({"choices": [{"index": 0, "delta": {"content": "Hi"}}]})[:-1] + ', "n": ' + digits + "}"]
+    with pytest.raises(StreamProtocolError, match="an event with a number too long or nesting too deep to read"):
+        _client(lambda body: [*events, "[DONE]"]).chat(ASK)
+    assert read_arguments("[" * 100_000) == {} and read_arguments('{"a": [1]}') == {"a": [1]}
 
 
 @pytest.mark.unit

@@ -128,6 +128,12 @@ class Accumulator:
                 body=data,
                 partial=self.partial,
             ) from None
+        except (ValueError, RecursionError):  # JSON, but Python will not read it: over 4,300 digits, too deep
+            raise StreamProtocolError(
+                f"the server sent an event with a number too long or nesting too deep to read: {data[:200]!r}",
+                body=data,
+                partial=self.partial,
+            ) from None
         if not isinstance(chunk, dict):
             raise StreamProtocolError(
                 f"the server sent an unexpected event: {data[:200]!r}", body=data, partial=self.partial

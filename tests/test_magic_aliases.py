@@ -28,13 +28,12 @@ HANG_GUARD_S = 30.0
 
 
 @pytest.fixture
-def shell() -> Iterator[InteractiveShell]:
-    ip = InteractiveShell.instance()
-    ip.run_line_magic("load_ext", "rocm_nb")
-    yield ip
+def shell(bare_shell: InteractiveShell) -> Iterator[InteractiveShell]:
+    """The shared shell with no model loaded; what the test loads is stopped after it."""
+    yield bare_shell
     with capture_output():
-        if _magics(ip).models:
-            ip.run_line_magic("rocm_stop", "--all")
+        if _magics(bare_shell).models:
+            bare_shell.run_line_magic("rocm_stop", "--all")
 
 
 def _magics(shell: InteractiveShell) -> RocmMagics:

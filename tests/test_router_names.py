@@ -11,6 +11,7 @@ leaves nothing behind.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -223,6 +224,21 @@ def test_an_unload_is_named_while_the_router_still_lists_its_child_without_a_pro
     monkeypatch.setattr(two, "loaded", lambda: [RouterChild("b", "loaded", 2**22 + 1, None, None, None)])
     assert two._better_error(cut, "Once") is None  # another child serves it now: not this unload's doing
     two.load("b")
+
+
+@pytest.mark.server
+def test_required_on_a_routed_model_whose_template_cannot_call_tools_is_refused(two: LocalRouter) -> None:
+    """The router's own /props says nothing of its models' templates: the model's is asked (smollm2's cannot)."""
+    tools = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]
+    ask = [{"role": "user", "content": "The weather in Paris?"}]
+    refused = r"tool_choice='required' needs a chat template that can call tools.*use run_tools"
+    with pytest.raises(ValueError, match=refused):
+        two("a").chat(ask, tools=tools, tool_choice="required", max_tokens=8)
+    with pytest.raises(ValueError, match=refused):
+        two.chat(ask, model="b", tools=tools, tool_choice="required", max_tokens=8)
+    with pytest.raises(ValueError, match=refused):
+        asyncio.run(two("a").achat(ask, tools=tools, tool_choice="required", max_tokens=8))
+    assert two("a").chat(ask, tools=tools, tool_choice="auto", max_tokens=8).finish_reason in ("length", "stop")
 
 
 _LEADER = ("import subprocess, sys, time\n"

@@ -31,7 +31,16 @@ from typing import TYPE_CHECKING, Any
 
 from rocm_nb.client._generation import GenerationAPI
 from rocm_nb.client.completion import Kind
-from rocm_nb.client.engines import Capabilities, Engine, ServerFacts, ServerInfo, refuse, root_url, unless_fatal
+from rocm_nb.client.engines import (
+    Capabilities,
+    Engine,
+    ServerFacts,
+    ServerInfo,
+    calls_tools,
+    refuse,
+    root_url,
+    unless_fatal,
+)
 from rocm_nb.client.logprobs import SlotContext
 from rocm_nb.client.request import Request, check_utf8
 from rocm_nb.client.status import ServerStatus
@@ -94,6 +103,12 @@ def _on_this_machine(base_url: str) -> bool:
     from rocm_nb._exposure import is_loopback
 
     return is_loopback(urllib.parse.urlsplit(base_url).hostname or "")
+
+
+def _forces_a_call(options: Mapping[str, Any]) -> bool:
+    """Whether a request with ``options`` must answer with a tool call (``tool_choice="required"`` or a function)."""
+    choice = options.get("tool_choice")
+    return bool(options.get("tools")) and (choice == "required" or isinstance(choice, Mapping))
 
 
 _SECRET_HEADERS = frozenset({"authorization", "x-api-key", "api-key"})
@@ -301,8 +316,7 @@ class Client(GenerationAPI):
         """
         model = None if "model" in request.options else self._facts.model()
         choice = request.options.get("tool_choice")
-        if request.options.get("tools") and (choice == "required" or isinstance(choice, Mapping)) \
-                and not self.capabilities.tools:
+        if _forces_a_call(request.options) and not self._calls_tools(request.options.get("model") or model):
             raise ValueError(
                 f"tool_choice={choice!r} needs a chat template that can call tools, and this model's cannot "
                 "(llama-server's /props: chat_template_caps), so the server would answer in prose; use "
@@ -311,11 +325,24 @@ class Client(GenerationAPI):
                 "LocalModel(..., extra_args=['--chat-template-file', rocm_nb.client.tools.TOOL_TEMPLATE])")
         return request.body(self.server_info.engine, model)
 
+    def _calls_tools(self, model: object) -> bool:
+        """Whether ``model``'s chat template can call tools: a router's model says so in its own ``/props``.
+
+        Asking a router loads the model, as the request about to go would.
+        """
+        if not self.server_info.router:
+            return self.capabilities.tools
+        with contextlib.suppress(RocmNbError):  # a router that cannot say: the request tells
+            if isinstance(model, str):
+                return calls_tools(self._request_json("GET", "/props", params={"model": model}))
+        return True
+
     async def _apayload(self, request: Request) -> dict[str, Any]:
-        """:meth:`_payload` for async code: the first call's probes run in a worker thread, off the loop."""
+        """:meth:`_payload` for async code: probes (the first call's, a router's model's) run off the loop."""
         import asyncio
 
-        if self._facts.known and ("model" in request.options or self._facts.model_known):
+        if self._facts.known and ("model" in request.options or self._facts.model_known) \
+                and not (self.server_info.router and _forces_a_call(request.options)):
             return self._payload(request)
         return await asyncio.to_thread(self._payload, request)
 

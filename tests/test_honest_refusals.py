@@ -110,7 +110,7 @@ def test_a_lone_surrogate_is_named_before_any_request() -> None:
 
 
 @pytest.mark.server
-def test_chat_on_an_embedding_server_and_embed_on_a_chat_server_say_what_to_do(model: LocalModel) -> None:
+def test_chat_on_an_embedding_server_and_embed_or_rerank_on_a_chat_server_say_what_to_do(model: LocalModel) -> None:
     with LocalModel("minilm", embedding=True, ctx_size=512) as embedder, pytest.raises(GenerationError) as chatted:
         embedder.chat(HI, max_tokens=4)
     said = str(chatted.value)
@@ -121,6 +121,11 @@ def test_chat_on_an_embedding_server_and_embed_on_a_chat_server_say_what_to_do(m
     said = str(embedded.value)
     assert "does not compute embeddings: load an embedding model, LocalModel('minilm', embedding=True)" in said
     assert "--embeddings" not in said and "--embeddings" in str(embedded.value.body)
+    with pytest.raises(GenerationError) as reranked:
+        model.rerank("guitar music", ["A man plays guitar."])
+    said = str(reranked.value)
+    assert "does not rerank: load a model as a reranker, LocalModel(..., reranking=True)" in said
+    assert "--reranking" not in said and "--reranking" in str(reranked.value.body)
 
 
 # -- keys in clear, certificates unchecked -----------------------------------------------------------------

@@ -148,6 +148,9 @@ _SAID: tuple[tuple[str, str], ...] = (  # what llama-server says, and what it me
     ("does not support embeddings",
      "this server does not compute embeddings: load an embedding model, LocalModel('minilm', embedding=True), "
      "and call embed() on that one"),
+    ("does not support reranking",
+     "this server does not rerank: load a model as a reranker, LocalModel(..., reranking=True), and call rerank() "
+     "on that one"),
 )
 """llama-server's words for a request its mode cannot serve (``tools/server``), said as what to do here (its
 own words, which name its command-line flags, stay in the error's ``.body``)."""

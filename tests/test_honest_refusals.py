@@ -102,6 +102,16 @@ def test_a_lone_surrogate_is_named_before_any_request() -> None:
         client.embed(["fine", "half \ud83c of an emoji"])
     with pytest.raises(ValueError, match=r"POST /tokenize's body\['content'\] holds a lone surrogate"):
         client.tokenize("x\udc80")
+    with pytest.raises(ValueError, match=r"messages\[0\] holds a lone surrogate \('\\udc80' at index 0"):
+        client.chat([{"role": "user", "content": "Hi", "\udc80name": "x"}])  # a key is text sent too
+    deep: list[Any] = ["\ud800"]
+    nested: list[Any] = []
+    for _ in range(10_000):  # nesting far past Python's recursion limit: walked, not recursed
+        deep, nested = [deep], [nested]
+    with pytest.raises(ValueError, match=r"^x\['k'\](\[0\]){5}…9992 more…(\[0\]){4} holds a lone surrogate"):
+        check_utf8({"k": deep}, "x")
+    with pytest.raises(TypeError, match=r"content list holds parts like .*; got \[\[\[\[\[\[\[\.\.\.\]"):
+        client.chat([{"role": "user", "content": nested}])
     assert [r.url.path for r in seen if r.method == "POST"] == []  # nothing was sent
     check_utf8({"fine": ["🎉", "こんにちは"]}, "x")
 

@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict
@@ -297,20 +298,35 @@ class Request:
         return body
 
 
+_Path = tuple["_Path | None", object] | None
+"""Where a value sits in what :func:`check_utf8` walks: (its container's path, its key or index), built up only
+when a string there fails (a deep structure costs no string per level)."""
+
+
 def _surrogate(value: object, where: str) -> tuple[str, int, str] | None:
-    """The first string in ``value`` (nested in lists, tuples and dicts) with a lone surrogate: where, index, char."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            return where, exc.start, value[exc.start]
-        return None
-    items = value.items() if isinstance(value, Mapping) else enumerate(value) \
-        if isinstance(value, list | tuple) else ()
-    for key, item in items:
-        found = _surrogate(item, f"{where}[{key!r}]")
-        if found is not None:
-            return found
+    """The first string in ``value`` (nested in lists, tuples and dicts, keys too) with a lone surrogate: where,
+    index, char. Walked with a stack of its own: nesting of any depth is no ``RecursionError`` here."""
+    stack: list[tuple[_Path, object]] = [(None, value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                keys = []
+                while path is not None:
+                    path, key = path
+                    keys.append(f"[{key!r}]")
+                keys.reverse()
+                if len(keys) > 10:  # a deep one is said short: its first and last steps
+                    keys[6:-4] = [f"…{len(keys) - 10} more…"]
+                return where + "".join(keys), exc.start, item[exc.start]
+        elif isinstance(item, Mapping):
+            for key, inner in reversed(list(item.items())):
+                stack.append(((path, key), inner))
+                stack.append((path, key))  # a key is text sent too (said as where its container is)
+        elif isinstance(item, list | tuple):
+            stack.extend(((path, index), inner) for index, inner in reversed(list(enumerate(item))))
     return None
 
 
@@ -348,7 +364,7 @@ def check_content(messages: Sequence[Message]) -> None:
         >>> check_content([{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}])
         Traceback (most recent call last):
         ...
-        ValueError: an image_url part needs {"image_url": {"url": "data:image/png;base64,…"}}; got {'type': ...}
+        ValueError: an image_url part needs {"image_url": {"url": "data:image/png;base64,…"}}; got {...}
     """
     for message in messages:
         content = message.get("content")
@@ -356,14 +372,14 @@ def check_content(messages: Sequence[Message]) -> None:
             kind = part.get("type") if isinstance(part, Mapping) else None
             if not isinstance(kind, str):
                 raise TypeError(f"a message's content list holds parts like {{'type': 'text', 'text': ...}}; "
-                                f"got {part!r:.80}")
+                                f"got {reprlib.repr(part)}")
             if kind == "image":
                 raise TypeError('an {"type": "image"} part is encoded by chat(), chat_stream() and user_message(); '
                                 "pass the messages through one of them")
             where = part.get("image_url")
             if kind == "image_url" and not (isinstance(where, Mapping) and isinstance(where.get("url"), str)):
                 raise ValueError('an image_url part needs {"image_url": {"url": "data:image/png;base64,…"}}; '
-                                 f"got {part!r:.80}")
+                                 f"got {reprlib.repr(part)}")
 
 
 def check_request(kind: Kind, prompt: str | Sequence[Message], options: Mapping[str, Any]) -> Request:

@@ -227,8 +227,7 @@ class OwnServer:
 
     A subclass makes its :class:`ServerLease` with :meth:`_hold` and says
     what it is (``_what``, for messages: ``"this LocalModel (smollm2-135m)"``)
-    and how to make a fresh one (``_again``); it may add ``_after_close``
-    (the router removes its folder of links there). Everything else is here:
+    and how to make a fresh one (``_again``). Everything else is here:
     ``start``, ``close``/``aclose``, ``with`` and ``async with``,
     close callbacks, the ``_client``/``_aclient`` hooks of the generation API,
     ``state``, ``server`` (which raises
@@ -284,7 +283,6 @@ class OwnServer:
             >>> model.close()  # doctest: +SKIP
         """
         self._lease.close(before=self._on_close.run)
-        self._after_close()
 
     async def aclose(self) -> None:
         """:meth:`close` for async code: the async connections close on this loop, the server off it.
@@ -292,13 +290,7 @@ class OwnServer:
         Example:
             >>> await model.aclose()  # doctest: +SKIP
         """
-        import asyncio
-
         await self._lease.aclose(before=self._on_close.run)
-        await asyncio.to_thread(self._after_close)
-
-    def _after_close(self) -> None:
-        """What a subclass does once its server is let go (nothing here)."""
 
     def add_close_callback(self, fn: Callable[[], object]) -> None:
         """Call ``fn()`` once when this is closed; at once if it already is.

@@ -97,6 +97,7 @@ from rocm_nb.server import ServerConfig
 __all__ = [
     "DEFAULT_CTX_CAP",
     "DEFAULT_SPECULATIVE",
+    "MAX_PARALLEL",
     "MEMORY_FLAGS",
     "NGRAM_FLAGS",
     "POOLINGS",
@@ -117,6 +118,13 @@ DEFAULT_CTX_CAP = 8192
 REPORT_VERBOSITY = 4
 """``-lv`` for servers on a GPU build: the level at which llama-server logs its offloaded layers and its buffers
 per device (what ``model.status()`` and the monitor read; :mod:`rocm_nb.binary._report`)."""
+
+MAX_PARALLEL = 256
+"""The most slots a llama-server takes: llama.cpp's ``LLAMA_MAX_SEQ`` (``src/llama-cparams.h``).
+
+Measured with the pinned build: ``--parallel 256`` loads, 257 fails to
+create its context, and 100000 aborts (SIGABRT) before it loads anything.
+"""
 
 
 def choose_machine(server: str | os.PathLike[str] | None, hardware: Hardware | None, options: LoadOptions,
@@ -336,7 +344,9 @@ class LoadOptions:
 
     def __post_init__(self) -> None:
         _whole("ctx_size", self.ctx_size)
-        positive_int("parallel", self.parallel)
+        if positive_int("parallel", self.parallel) > MAX_PARALLEL:
+            raise ValueError(f"parallel={self.parallel} is more slots than llama-server has ({MAX_PARALLEL}, "
+                             "llama.cpp's LLAMA_MAX_SEQ); use at most that many")
         _whole("gpu_layers", self.gpu_layers, least=0)
         _whole("batch_size", self.batch_size)
         _whole("ubatch_size", self.ubatch_size)

@@ -31,6 +31,16 @@ record that is not a regular file of this user holding valid JSON is ignored
 the run folder is checked before the spawn, and a failure after it (a full
 disk, Ctrl-C) kills the child before the error propagates.
 
+A child may read a :class:`LinkFolder` (a router's private folder of links to
+its models): it is made just before the spawn, named in the run record, and
+removed with the child, by the same :meth:`Child.stop` that the server's
+finaliser calls, or by the reaper from the record of an owner that is gone.
+The reaper also kills what is left of a stale record's process group when
+its leader is gone: a router's children that are still loading a model do
+not watch their pipe from the router yet, so they outlive a router killed
+with its kernel (each is checked as the leader is: this user's, the same
+executable, the same session and group, started after the leader).
+
 Example:
     >>> import subprocess, sys
     >>> proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
@@ -59,14 +69,18 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from rocm_nb._paths import private_folder, runtime_root
 from rocm_nb.errors import RuntimeDirError
 
+if TYPE_CHECKING:
+    import psutil
+
 __all__ = [
     "Child",
     "Escalation",
+    "LinkFolder",
     "LogRing",
     "Record",
     "launch",
@@ -228,6 +242,52 @@ class LogRing:
         self._thread.join(timeout)
 
 
+# -- a private folder of links a child reads ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LinkFolder:
+    """A private folder of symbolic links, ``name -> target``, that a child reads (a router's models).
+
+    :meth:`make` creates it afresh (0700; links only: the targets are never
+    copied, moved or changed) and :meth:`remove` deletes it, links and all,
+    never what they point to. It lives in the run folder
+    (:func:`rocm_nb._paths.runtime_root`), next to the run records.
+
+    Example:
+        >>> import tempfile
+        >>> model = Path(tempfile.mkdtemp()) / "model.gguf"; model.touch()
+        >>> folder = LinkFolder(model.parent / "router-x", (("a.gguf", model),))
+        >>> folder.make(); [(p.name, p.resolve() == model) for p in folder.path.iterdir()]
+        [('a.gguf', True)]
+        >>> folder.remove(); folder.path.exists(), model.exists()
+        (False, True)
+    """
+
+    path: Path
+    links: tuple[tuple[str, Path], ...]
+
+    def make(self) -> None:
+        """Create the folder and its links (a leftover of an earlier start is replaced)."""
+        self.remove()
+        self.path.mkdir(mode=0o700)
+        for name, target in self.links:
+            (self.path / name).symlink_to(target)
+
+    def remove(self) -> None:
+        """Delete the folder and its links (nothing they point to). Idempotent."""
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _stale_links(data: Mapping[str, Any], run_dir: Path) -> LinkFolder | None:
+    """The link folder a run record names, if it is one :func:`launch` would make: directly in the run folder."""
+    named = data.get("links")
+    if not isinstance(named, str):
+        return None
+    path = Path(named)
+    return LinkFolder(path, ()) if path.parent == run_dir else None
+
+
 # -- run records ------------------------------------------------------------------------------
 
 
@@ -333,31 +393,74 @@ def running_records(environ: Mapping[str, str] | None = None) -> list[dict[str, 
     return [record.data for record in read_records(environ) if record.server_alive]
 
 
+def _left_of_group(data: Mapping[str, Any]) -> list[psutil.Process]:
+    """The processes left in the group of a recorded server that is gone (a router's children still loading).
+
+    Only when the recorded pid is free (a pid in use as a group id is never
+    given to a new process, so a member of that group is one the server
+    started), and only members that are this user's, run the recorded
+    executable, are in the session and group the server led, and started
+    after it.
+    """
+    import psutil
+
+    leader = int(data["server_pid"])
+    try:
+        if psutil.Process(leader).status() != psutil.STATUS_ZOMBIE:
+            return []  # the pid is in use again: that group is not this record's
+    except psutil.NoSuchProcess:
+        pass
+    left = []
+    for process in psutil.process_iter():
+        try:
+            with process.oneshot():
+                if (os.getpgid(process.pid) == leader and os.getsid(process.pid) == leader
+                        and process.pid != leader and process.uids().real == os.getuid()
+                        and process.exe() == data["exe"] and process.create_time() >= data["server_created"]):
+                    left.append(process)
+        except (psutil.Error, OSError):
+            continue
+    return left
+
+
 def reap_stale_servers(environ: Mapping[str, str] | None = None) -> list[int]:
-    """Kill servers whose owning process is gone; return their pids.
+    """Kill servers whose owning process is gone, and what is left of their groups; return their pids.
 
     Belt and braces for platforms or sandboxes where the parent-death signal
-    does not apply. A process is only killed when it is exactly the one its
-    record describes (:func:`read_records`); a record whose process is gone or
-    different is removed, one that is not this user's or is malformed is left
-    alone. Never raises: cleanup must not stop a start.
+    does not apply, and for a router's children that are still loading when
+    their router dies with its kernel (they watch their pipe from the router
+    only once loaded). A process is only killed when it is exactly the one
+    its record describes (:func:`read_records`), or a member of its group
+    once it is gone (see :func:`_left_of_group`); a record whose process is
+    gone or different is removed, with the link folder it names; one that
+    is not this user's or is malformed is left alone. Never raises: cleanup
+    must not stop a start.
 
     Example:
         >>> reap_stale_servers({"ROCM_NB_RUNTIME_DIR": "/nonexistent"})
         []
     """
+    import psutil
+
     reaped: list[int] = []
     try:
         for record in read_records(environ):
             if record.owner_alive:
                 continue
+            pid = int(record.data["server_pid"])
             if record.server_alive:
-                pid = int(record.data["server_pid"])
                 with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
                     os.killpg(pid, signal.SIGKILL)
                 reaped.append(pid)
+            for left in _left_of_group(record.data):
+                with contextlib.suppress(psutil.Error):
+                    left.kill()  # psutil checks it is still the process found (not a reused pid)
+                    reaped.append(left.pid)
+            links = _stale_links(record.data, record.path.parent)
+            if links is not None:
+                links.remove()
             record.path.unlink(missing_ok=True)
-    except (OSError, ValueError, TypeError) as exc:
+    except (OSError, ValueError, TypeError, KeyError) as exc:
         _log.debug("stale-server cleanup stopped: %r", exc)
     return reaped
 
@@ -378,23 +481,26 @@ class Child:
     proc: _Popen
     record: Path
     logs: LogRing
+    links: LinkFolder | None = None
     stopped: Escalation | None = field(default=None)
 
     def stop(self, grace: float = 0.5, kill_wait: float = 5.0) -> Escalation:
-        """Terminate the process group, close the output, remove the record. Idempotent."""
+        """Terminate the process group, close the output, remove the record and the link folder. Idempotent."""
         if self.stopped is not None:
             return self.stopped
         self.stopped = terminate(self.proc, grace=grace, kill_wait=kill_wait, group=True)
         self.logs.join(1.0)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
-        if self.stopped is not Escalation.GAVE_UP:
-            self.record.unlink(missing_ok=True)  # else: the next start's reaper tries again
+        if self.stopped is not Escalation.GAVE_UP:  # else: the next start's reaper tries again
+            if self.links is not None:
+                self.links.remove()
+            self.record.unlink(missing_ok=True)
         return self.stopped
 
 
 def launch(argv: Sequence[str], env: Mapping[str, str], environ: Mapping[str, str], log_lines: int,
-           **record: object) -> Child:
+           links: LinkFolder | None = None, **record: object) -> Child:
     """Start a child the rocm_nb way: own session, parent-death signal, drained output, a run record.
 
     ``env`` is the child's whole environment, ``environ`` says where the run
@@ -405,7 +511,8 @@ def launch(argv: Sequence[str], env: Mapping[str, str], environ: Mapping[str, st
     The run folder is 0700, the record 0600. A run folder that cannot be
     used is a :class:`~rocm_nb.errors.RuntimeDirError` before anything is
     spawned; a record that cannot be written (a full disk) is one after the
-    child has been killed.
+    child has been killed. ``links`` is made just before the spawn and goes
+    with the child (:meth:`Child.stop`, or the reaper from the record).
 
     Example:
         >>> import os, sys, tempfile
@@ -415,7 +522,14 @@ def launch(argv: Sequence[str], env: Mapping[str, str], environ: Mapping[str, st
         (0, <Escalation.EXITED: 'exited'>, 'hi', False)
     """
     run_dir = private_folder(runtime_root(environ))  # before the spawn: a folder we cannot use leaks nothing
-    proc = _launcher.popen(argv, env)
+    try:
+        if links is not None:
+            links.make()
+        proc = _launcher.popen(argv, env)
+    except BaseException:
+        if links is not None:
+            links.remove()
+        raise
     assert proc.stdout is not None
     try:  # the child is ours from here: any failure, Ctrl-C included, kills it before propagating
         path = _write_record(run_dir, proc.pid, {
@@ -425,17 +539,20 @@ def launch(argv: Sequence[str], env: Mapping[str, str], environ: Mapping[str, st
             "server_created": _create_time(proc.pid),
             "exe": _executable(argv[0], env),
             "argv": list(argv),
+            **({"links": str(links.path)} if links is not None else {}),
             **record,
         })
     except BaseException as exc:
         terminate(proc, group=True)
         proc.stdout.close()
+        if links is not None:
+            links.remove()
         if isinstance(exc, OSError):
             raise RuntimeDirError(f"cannot write a run record in {run_dir}: {exc.strerror or exc} (the process "
                                   "was stopped); free some space there, or set ROCM_NB_RUNTIME_DIR to a folder "
                                   "of your own") from exc
         raise
-    return Child(proc, path, LogRing(proc.stdout, log_lines))
+    return Child(proc, path, LogRing(proc.stdout, log_lines), links)
 
 
 def _write_record(run_dir: Path, pid: int, data: Mapping[str, Any]) -> Path:

@@ -20,9 +20,22 @@ stdin, a pipe from the router, and exits when that pipe closes, so even a
 router killed outright leaves no child behind (checked with the pinned
 build: ``tools/server/server-models.cpp``, ``server_child::setup``).
 
-Given a list or a dict of models rather than a folder, the router serves a
-private folder of symbolic links to them (removed on close): the model files
-themselves are never copied, moved or changed.
+The server reads a private folder of symbolic links to the models (the
+model files themselves are never copied, moved or changed), whether it was
+given a folder, a list or a dict: so it serves exactly the models that were
+checked here. Each name is checked against the pinned server's folder scan
+(``common/preset.cpp``, ``load_from_models_dir``), which would otherwise drop
+or rename some silently: it removes every ``.gguf`` from a file's name
+(``v1.gguf.gguf`` is listed as ``v1``), takes names holding ``mmproj`` or
+starting with ``mtp-``, ``dspark-`` or ``dflash-`` for companions, and keeps
+one of two entries with one name. A name it would change, or two models under
+one name, are a ``ValueError`` naming both files; each file's header is read
+(a file that is no GGUF is :class:`~rocm_nb.errors.InvalidModel`); and once
+started the router must list exactly the models it was given (``/v1/models``),
+or its start fails. The folder of links is made when the server starts and
+goes with it: removed by the same ``close()`` or finaliser that stops it, and
+after a kernel killed outright by the next start's reaper, which also kills
+children that were still loading (:mod:`rocm_nb._process`).
 
 Example:
     >>> router = LocalRouter({"chat": "smollm2-135m", "small": "smollm2-135m"}, max_loaded=2)  # doctest: +SKIP
@@ -38,8 +51,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import shutil
-import tempfile
+import secrets
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -49,14 +61,15 @@ from typing import Any, Literal
 import psutil
 
 from rocm_nb._escape import printable
-from rocm_nb._lease import ModelState, OwnServer
+from rocm_nb._lease import ModelState, OwnServer, _on_event_loop
 from rocm_nb._options import LoadOptions, choose_machine, plan_server
-from rocm_nb._paths import private_folder, runtime_root
+from rocm_nb._paths import runtime_root
 from rocm_nb.binary import ServerBinary
 from rocm_nb.client import Client
+from rocm_nb.client._accumulator import SO_FAR
 from rocm_nb.client._generation import GenerationAPI
 from rocm_nb.client.status import ServerStatus
-from rocm_nb.errors import GenerationError, RocmNbError
+from rocm_nb.errors import GenerationError, ModelNotFound, RocmNbError, ServerUnavailable, with_notes
 from rocm_nb.hardware import Hardware
 from rocm_nb.modelfiles.catalog import read_info, resolve_model
 from rocm_nb.modelfiles.fit import FitPlan
@@ -95,51 +108,107 @@ class RouterChild:
                             port=self.port, rss_bytes=self.rss_bytes)
 
 
-def _model_folder(models: ModelSpec | Sequence[ModelSpec] | Mapping[str, ModelSpec]) -> tuple[Path, bool]:
-    """The folder the router serves, and whether it is a private one of links that close() removes."""
-    if isinstance(models, str | os.PathLike) and Path(models).expanduser().is_dir():
-        return Path(models).expanduser().resolve(), False
-    if isinstance(models, str | os.PathLike):
-        models = [models]
-    named = dict(models) if isinstance(models, Mapping) else {resolve_model(m).stem: m for m in models}
-    if not named:
-        raise ValueError("a router needs at least one model: a folder of .gguf files, a list of models or "
-                         "a dict of name -> model")
-    for name in named:
-        if not name or "/" in name or name.startswith("."):
-            raise ValueError(f"{name!r} cannot name a router model: use letters, digits, '-', '_' or '.'")
-    folder = Path(tempfile.mkdtemp(prefix="router-", dir=private_folder(runtime_root())))
-    for name, spec in named.items():
-        (folder / f"{name}.gguf").symlink_to(resolve_model(spec))
-    return folder, True
-
-
 _DRAFT_PREFIXES = ("mtp-", "dspark-", "dflash-")
+"""Names the pinned server's folder scan takes for speculative-decoding drafts (``common/preset.cpp``)."""
+
+_Served = dict[str, tuple[Path, Path]]
+"""The models a router serves: name -> (what its link points to: a file or a sub-folder, the model file)."""
 
 
-def _files(folder: Path) -> dict[str, Path]:
+def _companion(file_name: str) -> bool:
+    """Whether the server's folder scan takes this ``.gguf`` for a projector or a draft, never a model."""
+    return "mmproj" in file_name or file_name.startswith(_DRAFT_PREFIXES)
+
+
+def _check_name(name: object, fix: str) -> str:
+    """``name`` if the server would list a ``NAME.gguf`` file as ``NAME``, else a ``ValueError`` ending in ``fix``.
+
+    The pinned server's folder scan (``common/preset.cpp``,
+    ``load_from_models_dir``) names a file by its name with *every*
+    ``.gguf`` removed, and skips projector and draft files.
+
+    Example:
+        >>> _check_name("chat", "")
+        'chat'
+        >>> _check_name("v1.gguf", "name it 'v1'")
+        Traceback (most recent call last):
+        ...
+        ValueError: 'v1.gguf' cannot name a router model: the server removes every '.gguf' from a model's name \
+(it would list this one as 'v1'); name it 'v1'
+    """
+    if not isinstance(name, str) or not name or "/" in name or "\0" in name or name.startswith("."):
+        raise ValueError(f"{name!r} cannot name a router model: use letters, digits, '-', '_' or '.' "
+                         f"(not first); {fix}")
+    if ".gguf" in name:
+        raise ValueError(f"{name!r} cannot name a router model: the server removes every '.gguf' from a model's "
+                         f"name (it would list this one as {name.replace('.gguf', '')!r}); {fix}")
+    if _companion(f"{name}.gguf"):
+        raise ValueError(f"{name!r} cannot name a router model: the server takes a file whose name holds 'mmproj' or "
+                         f"starts with {', '.join(_DRAFT_PREFIXES)} for a projector or a draft, never a model; {fix}")
+    return name
+
+
+def _given(models: Sequence[ModelSpec] | Mapping[str, ModelSpec]) -> _Served:
+    """The models of a list (named by file name without ``.gguf``) or a dict, each name checked, none twice."""
+    served: _Served = {}
+    given: dict[str, Path] = {}
+    pairs = models.items() if isinstance(models, Mapping) else ((None, spec) for spec in models)
+    for key, spec in pairs:
+        path = resolve_model(spec)  # named by the path given (a link's own name), linked to the file itself
+        if key is None:
+            name = _check_name(path.stem, f"name it yourself with a dict: LocalRouter({{'chat': {str(path)!r}}})")
+        else:
+            name = _check_name(key, "choose another name")
+        if name in given:
+            raise ValueError(f"two models would be called {name!r}: {given[name]} and {path}; name them "
+                             "yourself with a dict: LocalRouter({'a': ..., 'b': ...})")
+        given[name], served[name] = path, (path.resolve(), path.resolve())
+    return served
+
+
+def _first_model(sub: Path) -> Path | None:
+    """The model the server loads from sub-folder ``sub``: its first shard, or its one model file."""
+    files = sorted(p for p in sub.iterdir() if p.name.endswith(".gguf") and p.is_file() and not _companion(p.name))
+    candidates = [p for p in files if "-00001-of-" in p.name] or files
+    if len(candidates) > 1:
+        raise ValueError(f"{sub} holds several models ({', '.join(p.name for p in candidates)}); the server would "
+                         "load whichever it happens to list last: keep one model (or one set of shards) per "
+                         "sub-folder, with its projector and draft")
+    return candidates[0] if candidates else None
+
+
+def _scan(folder: Path) -> _Served:
     """The models a router over ``folder`` serves, by name, as the pinned server finds them.
 
-    Each ``.gguf`` file is a model named by its file name without
+    Each ``.gguf`` file is a model named by its file name without any
     ``.gguf``, and each sub-folder a model named by the folder (its first
     shard, or its one model file); projector (``mmproj``) and draft
     (``mtp-``, ``dspark-``, ``dflash-``) files are companions, not models
-    (``common/preset.cpp``, ``load_from_models_dir``).
+    (``common/preset.cpp``, ``load_from_models_dir``). Two entries the server
+    would list under one name are a ``ValueError`` naming both (the server
+    keeps one of them), as is a name it would list empty.
 
     Example:
-        >>> _files(Path("/nowhere"))
+        >>> _scan(Path("/nowhere"))
         {}
     """
-    def model(path: Path) -> bool:
-        return path.suffix == ".gguf" and "mmproj" not in path.name and not path.name.startswith(_DRAFT_PREFIXES)
-
-    found = {path.stem: path.resolve() for path in sorted(folder.glob("*.gguf")) if model(path)}
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else ():
-        files = sorted(p for p in sub.glob("*.gguf") if model(p))
-        first = [p for p in files if "-00001-of-" in p.name] or files[-1:]
-        if first:
-            found[sub.name] = first[0].resolve()
-    return found
+    served: _Served = {}
+    for entry in sorted(folder.iterdir()) if folder.is_dir() else ():
+        if entry.is_dir():
+            name, model = entry.name, _first_model(entry)
+        elif entry.name.endswith(".gguf") and entry.is_file() and not _companion(entry.name):
+            name, model = entry.name.replace(".gguf", ""), entry
+        else:
+            continue
+        if model is None:
+            continue
+        if not name:
+            raise ValueError(f"the server would list {entry} as a model with an empty name; rename it")
+        if name in served:
+            raise ValueError(f"the server would list {served[name][0].name} and {entry.name} in {folder} as one "
+                             f"model, {name!r}, and serve only one of them; rename one")
+        served[name] = (entry.resolve(), model.resolve())
+    return served
 
 
 class LocalRouter(OwnServer, GenerationAPI):
@@ -202,19 +271,32 @@ class LocalRouter(OwnServer, GenerationAPI):
                                  extra_args=extra_args, env=env)
         self.binary: ServerBinary
         self.binary, machine = choose_machine(server, hardware, options)
-        self.folder, self._own_folder = _model_folder(models)
-        files = _files(self.folder)
-        if not files:
-            self._after_close()
-            raise ValueError(f"{self.folder} holds no .gguf file: a router needs at least one model")
+        folder = None
+        if isinstance(models, str | os.PathLike):
+            if Path(models).expanduser().is_dir():
+                folder = Path(models).expanduser().resolve()
+            models = [models]
+        served = _scan(folder) if folder is not None else _given(models)
+        if not served:
+            raise ValueError(f"{folder} holds no .gguf model: a router needs at least one" if folder is not None else
+                             "a router needs at least one model: a folder of .gguf files, a list of models or "
+                             "a dict of name -> model")
+        links = runtime_root() / f"router-{secrets.token_hex(8)}"
+        self.folder: Path = folder or links
+        """The folder of models: yours, or for a list or dict the private folder of links made for them."""
         planned = {name: plan_server(read_info(path), path, self.binary, machine, options, name=name)
-                   for name, path in files.items()}
+                   for name, (_, path) in served.items()}  # read_info: a file that is no GGUF fails here
         self.fits: dict[str, FitPlan] = {name: fit for name, (fit, _) in planned.items()}
         """Each model's memory plan, by its name (each child gets the smallest context and fewest layers)."""
         first = next(iter(planned.values()))[1]
-        self.config = replace(first, model=self.folder, models_dir=self.folder, models_max=max_loaded,
+        self.config = replace(first, model=links, models_dir=links, models_max=max_loaded,
+                              models_links=tuple((name if target.is_dir() else f"{name}.gguf", target)
+                                                 for name, (target, _) in served.items()),
                               ctx_size=min(config.ctx_size for _, config in planned.values()),
                               gpu_layers=min(config.gpu_layers for _, config in planned.values()))
+        self._unloaded: dict[str, int | None] = {}
+        """Models unloaded with :meth:`unload` (not loaded again with :meth:`load`), with the child that served
+        each: a reply cut off is explained by them (:meth:`_better_error`)."""
         self._start_timeout = start_timeout
         self._views: dict[str, Client] = {}
         self._what, self._again = f"this router over {self.folder}", "create a new LocalRouter"
@@ -226,11 +308,6 @@ class LocalRouter(OwnServer, GenerationAPI):
             view.close()
         self._views.clear()
 
-    def _after_close(self) -> None:
-        """Remove the private folder of links (links only: the models themselves are elsewhere)."""
-        if self._own_folder:
-            shutil.rmtree(self.folder, ignore_errors=True)
-
     # -- models -----------------------------------------------------------------------------
 
     def __call__(self, name: str) -> Client:
@@ -239,6 +316,7 @@ class LocalRouter(OwnServer, GenerationAPI):
         Example:
             >>> router("chat").chat([{"role": "user", "content": "Hi"}]).text  # doctest: +SKIP
         """
+        self._known(name)
         if name not in self._views:
             api = self._client()
             self._views[name] = Client(api.base_url, api.api_key, model=name, deadline=None,
@@ -251,6 +329,8 @@ class LocalRouter(OwnServer, GenerationAPI):
         Example:
             >>> router.load("chat")  # doctest: +SKIP
         """
+        self._known(name)
+        self._unloaded.pop(name, None)
         try:
             self._client()._request_json("POST", "/models/load", json={"model": name})
         except GenerationError as exc:
@@ -266,12 +346,46 @@ class LocalRouter(OwnServer, GenerationAPI):
         Example:
             >>> router.unload("chat")  # doctest: +SKIP
         """
+        self._known(name)
         child = next((c for c in self.loaded() if c.name == name), None)
+        self._unloaded[name] = child.pid if child is not None else None  # before it goes: its replies end here
         self._client()._request_json("POST", "/models/unload", json={"model": name})
         if child is not None and child.pid is not None:
             with contextlib.suppress(psutil.Error):
                 psutil.Process(child.pid).wait(self._start_timeout)
         self._wait(lambda: self._states().get(name) not in ("loaded", "loading", "unloading"), f"{name} to unload")
+
+    def _known(self, name: str) -> None:
+        """A :class:`~rocm_nb.errors.ModelNotFound` listing the models, unless this router serves ``name``."""
+        if name not in self.fits:
+            raise ModelNotFound(f"this router serves no model called {printable(repr(name))}; it serves "
+                                f"{', '.join(self.fits)}")
+
+    def _better_error(self, exc: Exception, partial: str) -> RocmNbError | None:
+        """A failed or cut-off reply, explained: the router was closed, or a model was unloaded meanwhile.
+
+        The models this router unloaded (:meth:`unload`) are named, unless a
+        new child serves one again since (the server is asked, except on an
+        event loop's thread, which must not wait for it).
+        """
+        closed = super()._better_error(exc, partial)
+        if closed is not None or not self._unloaded:
+            return closed
+        gone = dict(self._unloaded)
+        if not _on_event_loop():
+            try:
+                now = {child.name: child.pid for child in self.loaded()}
+            except RocmNbError:  # the router itself does not answer: the unload is not the likely cause
+                return None
+            # a new child (another process) serves it again: not this unload's doing; the same child, none,
+            # or one whose process is already gone (listed without a pid while the router catches up) is
+            gone = {name: pid for name, pid in gone.items() if now.get(name) in (None, pid)}
+        if not gone:
+            return None
+        names = ", ".join(sorted(gone))
+        return with_notes(ServerUnavailable(
+            f"the reply was cut off: this router unloaded {names} (router.unload) while it ran", partial=partial),
+            SO_FAR if partial else "", f"Load it again (router.load({sorted(gone)[0]!r})) and ask again.")
 
     def loaded(self) -> list[RouterChild]:
         """The models loaded (or loading) now, with each child's process and memory.

@@ -47,7 +47,7 @@ def sse_client(
             seen.append(request)
         return httpx.Response(status, headers={"content-type": content_type}, content=iter(parts))
 
-    return Client("http://test", "key", transport=httpx.MockTransport(handler), server=LLAMA_CPP, model="m")
+    return Client("http://127.0.0.1:9", "key", transport=httpx.MockTransport(handler), server=LLAMA_CPP, model="m")
 
 
 def stream_of(text: str) -> list[bytes]:

@@ -395,3 +395,58 @@ def test_rocm_load_url_with_a_model_from_a_real_kernel(kernel: Kernel, model_pat
             "print(client.model, '|', client.chat([{'role': 'user', 'content': 'Hi'}], max_tokens=4, "
             "temperature=0.0).text)"))
         assert reply.startswith(f"{name} | ") and reply.split(" | ", 1)[1].strip()
+
+
+# -- a router's children and links (issue 21, item 10) ----------------------------------------------
+
+
+def _router_in(kernel: Kernel, runtime: Path, models: str) -> tuple[int, Path]:
+    """Start ``LocalRouter(models)`` in the kernel, its run records in ``runtime``; its pid and link folder."""
+    out = stdout(kernel.run(
+        f"import json, os\nos.environ['ROCM_NB_RUNTIME_DIR'] = {str(runtime)!r}\n"
+        f"from rocm_nb import LocalRouter\nrouter = LocalRouter({models}, ctx_size=512).start()\n"
+        "print(json.dumps({'pid': router.pid, 'links': str(router.config.models_dir)}))"))
+    info = json.loads(out.strip().splitlines()[-1])
+    kernel.server_pids.append(int(info["pid"]))
+    return int(info["pid"]), Path(info["links"])
+
+
+def test_a_router_child_still_loading_goes_with_a_killed_kernel(kernel: Kernel, model_path: str,
+                                                                tmp_path: Path) -> None:
+    """SIGKILL while a child loads: the child outlives its router (it watches its pipe only once loaded),
+    so the next start's reaper kills it from the router's stale record, and removes the link folder."""
+    import shutil
+
+    runtime, model = tmp_path / "run", tmp_path / "x.gguf"
+    shutil.copy(model_path, model)
+    router, links = _router_in(kernel, runtime, f"{{'x': {str(model)!r}}}")
+    model.unlink()
+    os.mkfifo(model)  # the child blocks opening it: a load that never ends (a big model on a GPU, made certain)
+    kernel.run("router.load('x', wait=False)")
+    wait_until(lambda: bool(psutil.Process(router).children()), timeout=HANG_GUARD_S)
+    (child,) = psutil.Process(router).children()
+    kernel.server_pids.append(child.pid)
+
+    os.kill(kernel.pid, signal.SIGKILL)
+    wait_until(gone(router), timeout=HANG_GUARD_S)  # the parent-death signal
+    assert not gone(child.pid)() and links.is_dir()  # still loading, and its links still there
+
+    kernel.km.restart_kernel(now=True)
+    kernel.kc.wait_for_ready(timeout=60)
+    kernel.server(f"import os\nos.environ['ROCM_NB_RUNTIME_DIR'] = {str(runtime)!r}\n"
+                  "from rocm_nb import LocalModel\nm = LocalModel('smollm2-135m', ctx_size=512).start()\n"
+                  + SERVER_INFO)
+    wait_until(gone(child.pid), timeout=HANG_GUARD_S)
+    assert not links.exists()
+
+
+def test_a_restarted_kernel_leaves_no_router_link_folder(kernel: Kernel, model_path: str, tmp_path: Path) -> None:
+    """A restart runs the finalisers: the one that stops the router also removes its folder of links."""
+    router, links = _router_in(kernel, tmp_path / "run", f"{{'x': {model_path!r}}}")
+    kernel.run("router.load('x')")
+    (child,) = psutil.Process(router).children()
+    assert links.is_dir()
+    kernel.km.restart_kernel(now=False)
+    for pid in (router, child.pid):
+        wait_until(gone(pid), timeout=HANG_GUARD_S)
+    assert not links.exists()

@@ -179,11 +179,12 @@ def test_a_router_plans_its_children_as_local_model_plans_a_model(model_path: st
 @pytest.mark.unit
 def test_a_router_plans_the_models_its_server_will_find(tmp_path: Path) -> None:
     """The pinned router's own listing: files and sub-folders, companions left out (common/preset.cpp)."""
-    from rocm_nb.router import _files
+    from rocm_nb.router import _scan
 
     for name in ("chat.gguf", "mmproj-chat.gguf", "mtp-chat.gguf", "big/big-00001-of-00002.gguf",
                  "big/big-00002-of-00002.gguf", "vision/model.gguf", "vision/mmproj-model.gguf", "notes.txt"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).touch()
-    assert _files(tmp_path) == {"chat": tmp_path / "chat.gguf", "big": tmp_path / "big/big-00001-of-00002.gguf",
-                                "vision": tmp_path / "vision/model.gguf"}
+    assert {name: model for name, (_, model) in _scan(tmp_path).items()} == {
+        "chat": tmp_path / "chat.gguf", "big": tmp_path / "big/big-00001-of-00002.gguf",
+        "vision": tmp_path / "vision/model.gguf"}

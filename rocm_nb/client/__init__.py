@@ -29,12 +29,20 @@ import weakref
 from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
-from rocm_nb.client._accumulator import Accumulator
 from rocm_nb.client._generation import GenerationAPI
 from rocm_nb.client.completion import Kind
-from rocm_nb.client.engines import Capabilities, Engine, ServerFacts, ServerInfo, refuse, root_url, unless_fatal
+from rocm_nb.client.engines import (
+    Capabilities,
+    Engine,
+    ServerFacts,
+    ServerInfo,
+    calls_tools,
+    refuse,
+    root_url,
+    unless_fatal,
+)
 from rocm_nb.client.logprobs import SlotContext
-from rocm_nb.client.request import Request
+from rocm_nb.client.request import Request, check_utf8
 from rocm_nb.client.status import ServerStatus
 from rocm_nb.client.stream import (
     DEFAULT_DEADLINE_S,
@@ -95,6 +103,52 @@ def _on_this_machine(base_url: str) -> bool:
     from rocm_nb._exposure import is_loopback
 
     return is_loopback(urllib.parse.urlsplit(base_url).hostname or "")
+
+
+def _forces_a_call(options: Mapping[str, Any]) -> bool:
+    """Whether a request with ``options`` must answer with a tool call (``tool_choice="required"`` or a function)."""
+    choice = options.get("tool_choice")
+    return bool(options.get("tools")) and (choice == "required" or isinstance(choice, Mapping))
+
+
+_SECRET_HEADERS = frozenset({"authorization", "x-api-key", "api-key"})
+
+
+def _outside_rocm_nb() -> int:
+    """The ``stacklevel`` at which a warning names the first caller outside rocm_nb (the user's line)."""
+    import sys
+
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith("rocm_nb"):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _warn_if_exposed(base_url: str, secret: bool, verify: bool | str) -> None:
+    """A ``UserWarning`` when a key would cross a network in clear, or a server's certificate goes unchecked.
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as said:
+        ...     warnings.simplefilter("always")
+        ...     _warn_if_exposed("http://gpu-box:8000", True, True)
+        >>> str(said[0].message)  # doctest: +ELLIPSIS
+        'the API key goes to gpu-box over plain http://: anyone on the network between can read it ...'
+    """
+    import urllib.parse
+    import warnings
+
+    parts = urllib.parse.urlsplit(base_url)
+    if secret and parts.scheme == "http" and not _on_this_machine(base_url):
+        warnings.warn(f"the API key goes to {parts.hostname} over plain http://: anyone on the network between can "
+                      "read it (and use the server as you); use its https:// address, or reach it through an SSH "
+                      "tunnel (ssh -L 8080:127.0.0.1:8080 host, then http://127.0.0.1:8080)", UserWarning,
+                      stacklevel=_outside_rocm_nb())
+    if verify is False and parts.scheme == "https" and not _on_this_machine(base_url):
+        warnings.warn(f"verify=False: the TLS certificate of {parts.hostname} is not checked, so anyone on the network "
+                      "between can pose as it and read what you send (the API key too); pass "
+                      "verify='/path/to/ca.pem' with the CA that signed it instead", UserWarning,
+                      stacklevel=_outside_rocm_nb())
 
 
 _closing: set[asyncio.Task[None]] = set()
@@ -185,6 +239,8 @@ class Client(GenerationAPI):
         self._on_failure = _on_failure
         self._headers = {**({"Authorization": f"Bearer {api_key}"} if api_key else {}), **(headers or {})}
         self._verify: bool | str = verify if isinstance(verify, bool) else os.fspath(verify)
+        _warn_if_exposed(self._base_url, bool(api_key) or bool(_SECRET_HEADERS & {h.lower() for h in headers or {}}),
+                         self._verify)
         self._facts = ServerFacts(self._probe_json, self.models, model=model, where=self._base_url, info=server)
         self._http_timeout = httpx.Timeout(timeout, connect=10.0)
         local = _on_this_machine(self._base_url)
@@ -252,15 +308,41 @@ class Client(GenerationAPI):
         return self.server_info.capabilities
 
     def _payload(self, request: Request) -> dict[str, Any]:
-        """The request body: the default model named, the options said the way this server's kind takes them."""
+        """The request body: the default model named, the options said the way this server's kind takes them.
+
+        A chat that must call a tool (``tool_choice="required"`` or a named
+        function) on a server that cannot call tools is a ``ValueError``:
+        the pinned llama-server would answer in prose without a word.
+        """
         model = None if "model" in request.options else self._facts.model()
+        choice = request.options.get("tool_choice")
+        if _forces_a_call(request.options) and not self._calls_tools(request.options.get("model") or model):
+            raise ValueError(
+                f"tool_choice={choice!r} needs a chat template that can call tools, and this model's cannot "
+                "(llama-server's /props: chat_template_caps), so the server would answer in prose; use "
+                "run_tools(messages, tools), which constrains the reply to a call with a JSON schema on any "
+                "model, or load it with a template that knows tools: "
+                "LocalModel(..., extra_args=['--chat-template-file', rocm_nb.client.tools.TOOL_TEMPLATE])")
         return request.body(self.server_info.engine, model)
 
+    def _calls_tools(self, model: object) -> bool:
+        """Whether ``model``'s chat template can call tools: a router's model says so in its own ``/props``.
+
+        Asking a router loads the model, as the request about to go would.
+        """
+        if not self.server_info.router:
+            return self.capabilities.tools
+        with contextlib.suppress(RocmNbError):  # a router that cannot say: the request tells
+            if isinstance(model, str):
+                return calls_tools(self._request_json("GET", "/props", params={"model": model}))
+        return True
+
     async def _apayload(self, request: Request) -> dict[str, Any]:
-        """:meth:`_payload` for async code: the first call's probes run in a worker thread, off the loop."""
+        """:meth:`_payload` for async code: probes (the first call's, a router's model's) run off the loop."""
         import asyncio
 
-        if self._facts.known and ("model" in request.options or self._facts.model_known):
+        if self._facts.known and ("model" in request.options or self._facts.model_known) \
+                and not (self.server_info.router and _forces_a_call(request.options)):
             return self._payload(request)
         return await asyncio.to_thread(self._payload, request)
 
@@ -361,7 +443,7 @@ class Client(GenerationAPI):
                     self._held[this] = threading.get_ident()
             return response
 
-        opened = TokenStream(send, Accumulator(request.kind, logprobs=bool(request.options.get("logprobs"))),
+        opened = TokenStream(send, request.accumulator(),
                              self._better_error, self._slot_ctx)
         stream = weakref.ref(opened)
         return opened
@@ -387,6 +469,9 @@ class Client(GenerationAPI):
 
         try:
             response = self._http().request(method, path, **kwargs)
+        except UnicodeEncodeError:  # a lone surrogate in a text sent (tokenize, rerank…): say which
+            check_utf8(kwargs.get("json"), f"{method} {path}'s body")
+            raise
         except httpx.HTTPError as exc:
             better = None if isinstance(exc, httpx.TimeoutException) else self._better_error(exc, "")
             raise (better or transport_error(exc)) from exc
@@ -509,7 +594,10 @@ def connect(
     model every request uses (else the server's only one; see
     :attr:`Client.model`); ``headers`` are sent with every request (a
     gateway's ``X-API-Key``); ``verify`` checks the server's TLS certificate
-    (``True``), trusts a CA bundle (its path) or checks nothing (``False``).
+    (``True``), trusts a CA bundle (its path) or checks nothing (``False``, which warns: anyone on the
+    network between could pose as the server). A key (``api_key`` or an
+    ``Authorization``/``X-API-Key`` header) sent over plain ``http://`` to
+    another machine warns too: it crosses the network in clear.
     ``timeout`` bounds each silence while reading (s), ``deadline`` a whole
     request (s; one hour by default, ``None`` for none), ``max_event_bytes``
     one server-sent event and ``max_body_bytes`` any other answer (16 MiB

@@ -25,7 +25,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from rocm_nb.client.completion import Completion, Kind
-from rocm_nb.client.logprobs import Progress, TokenProb, read_context, read_progress, read_reasoning, read_tokens
+from rocm_nb.client.logprobs import (
+    MAX_TOP_LOGPROBS,
+    Progress,
+    TokenProb,
+    read_context,
+    read_progress,
+    read_reasoning,
+    read_tokens,
+)
 from rocm_nb.client.timings import Timings, Usage
 from rocm_nb.client.tools import CallParts
 from rocm_nb.errors import GenerationError, StreamProtocolError, with_notes
@@ -72,10 +80,12 @@ class Accumulator:
         ('', True, 'Hello')
     """
 
-    def __init__(self, kind: Kind, *, logprobs: bool = False) -> None:
+    def __init__(self, kind: Kind, *, logprobs: bool = False, top: int = MAX_TOP_LOGPROBS) -> None:
         self.kind = kind
         self.logprobs = logprobs
         """Whether token probabilities were asked for: ``Completion.tokens`` is then a list, else ``None``."""
+        self.top = top
+        """The alternatives per token asked for: no more are read, whatever the server sends."""
         self._text = io.StringIO()  # grows by the text's own size per token, not an object per piece
         self._reasoning = io.StringIO()
         self.tokens: list[TokenProb] = []
@@ -115,6 +125,12 @@ class Accumulator:
         except json.JSONDecodeError as exc:
             raise StreamProtocolError(
                 f"the server sent a malformed event ({exc.msg}): {data[:200]!r}",
+                body=data,
+                partial=self.partial,
+            ) from None
+        except (ValueError, RecursionError):  # JSON, but Python will not read it: over 4,300 digits, too deep
+            raise StreamProtocolError(
+                f"the server sent an event with a number too long or nesting too deep to read: {data[:200]!r}",
                 body=data,
                 partial=self.partial,
             ) from None
@@ -168,7 +184,7 @@ class Accumulator:
                 raise TypeError(f"its text is {type(text).__name__}, not a string")
             piece += text or ""
             thought += read_reasoning(choice)
-            tokens += read_tokens(chunk, choice)
+            tokens += read_tokens(chunk, choice, self.top)
         progress = read_progress(chunk)
         if not (piece or thought or tokens or progress):
             return _NOTHING

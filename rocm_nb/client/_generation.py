@@ -24,13 +24,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Unpack, overload
 
-from rocm_nb.client._accumulator import Accumulator
 from rocm_nb.client._batch import Prompt, adrain
 from rocm_nb.client.completion import Completion, Kind, Message
 from rocm_nb.client.images import ImageInput, ImageLimit, has_images, with_images
 from rocm_nb.client.logprobs import TokenPiece, read_pieces
 from rocm_nb.client.request import Options, Request, check_options, check_request
 from rocm_nb.client.stream import AsyncTokenStream, TokenStream
+from rocm_nb.client.tool_loop import MAX_CALLS, MAX_CALLS_PER_STEP
 from rocm_nb.errors import GenerationError, RocmNbError, StreamProtocolError
 
 if TYPE_CHECKING:
@@ -145,8 +145,7 @@ class GenerationAPI:
             session = http or client._ahttp()
             return await session.send(session.build_request("POST", endpoint, json=payload), stream=True)
 
-        stream = AsyncTokenStream(open_response, Accumulator(request.kind, logprobs=bool(request.options.get(
-            "logprobs"))), self._better_error)
+        stream = AsyncTokenStream(open_response, request.accumulator(), self._better_error)
         return stream
 
     @staticmethod
@@ -397,10 +396,12 @@ class GenerationAPI:
         return embeddings.rerank(self._client(), query, documents, top_n)
 
     def run_tools(self, messages: Sequence[Message], tools: Sequence[Callable[..., Any]], /, *, max_steps: int = 5,
+                  max_calls_per_step: int = MAX_CALLS_PER_STEP, max_calls: int = MAX_CALLS,
                   mode: Literal["auto", "native", "json"] = "auto", **options: Unpack[Options]) -> ToolRun:
         """Chat with ``tools`` until the model answers: call what it asks for, feed the results back.
 
-        See :func:`rocm_nb.client.tool_loop.run_tools`. Returns a :class:`~rocm_nb.client.tool_loop.ToolRun`
+        See :func:`rocm_nb.client.tool_loop.run_tools` (``max_calls_per_step`` and ``max_calls`` bound the
+        tool runs of one reply and of all). Returns a :class:`~rocm_nb.client.tool_loop.ToolRun`
         (``.answer``, ``.messages``: the whole transcript, ``.steps``).
 
         Example:
@@ -409,7 +410,8 @@ class GenerationAPI:
             '6 * 7 is 42.'
         """
         from rocm_nb.client.tool_loop import run_tools
-        return run_tools(self, messages, tools, max_steps=max_steps, mode=mode, **options)
+        return run_tools(self, messages, tools, max_steps=max_steps, max_calls_per_step=max_calls_per_step,
+                         max_calls=max_calls, mode=mode, **options)
 
     # -- the server's own utilities (llama-server's endpoints, or the OpenAI ones) ----------------
 

@@ -236,6 +236,10 @@ class Completion:
                 body=self.text,
                 partial=self.text,
             ), "Allow more tokens (max_tokens=)." if cut else "", _RAW) from None
+        except ValueError as exc:  # valid JSON that Python will not read: an integer over 4,300 digits
+            raise with_notes(SchemaMismatch(
+                f"the reply holds a number too long to read ({str(exc).split(':')[0]})", body=self.text,
+                partial=self.text), "Ask for the number as a string in the schema, or shorter.", _RAW) from None
         if schema is not None:
             from jsonschema import SchemaError, validators  # imported here: `import rocm_nb` stays cheap
             from jsonschema.exceptions import best_match

@@ -28,6 +28,7 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from rocm_nb.client.request import check_utf8
 from rocm_nb.errors import GenerationError, StreamProtocolError, TextTooLong, with_notes
 
 if TYPE_CHECKING:
@@ -142,6 +143,7 @@ def _embed_chunk(client: Session, chunk: Sequence[str], start: int, normalize: b
 def _chunks(texts: Sequence[str]) -> list[tuple[int, Sequence[str]]]:
     if any(not isinstance(t, str) for t in texts):
         raise TypeError("embed() takes a string or a list of strings")
+    check_utf8(list(texts), "texts")
     return [(i, texts[i:i + CHUNK]) for i in range(0, len(texts), CHUNK)]
 
 

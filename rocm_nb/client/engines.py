@@ -59,6 +59,7 @@ __all__ = [
     "Engine",
     "ServerFacts",
     "ServerInfo",
+    "calls_tools",
     "detect_engine",
     "refuse",
     "root_url",
@@ -107,12 +108,14 @@ _WHY = {"grammar": " (a GBNF grammar is llama.cpp's)"}
 class Capabilities:
     """What a server can do, so a notebook can grey out what will not work.
 
-    ``slots`` is how many requests it serves at once (llama.cpp; ``None``:
-    it does not say); ``embeddings`` is ``None`` when the server does not
-    say (llama-server tells it only by answering ``/v1/embeddings``);
-    ``images`` says whether it takes images (llama-server: ``modalities``
-    in ``/props``, true when it was started with a projector; ``None``: the
-    server does not say).
+    ``tools`` is whether it can make tool calls (a llama-server only when
+    its model's chat template knows tools and calls: ``/props``'
+    ``chat_template_caps``); ``slots`` is how many requests it serves at
+    once (llama.cpp; ``None``: it does not say); ``embeddings`` is ``None``
+    when the server does not say (llama-server tells it only by answering
+    ``/v1/embeddings``); ``images`` says whether it takes images
+    (llama-server: ``modalities`` in ``/props``, true when it was started
+    with a projector; ``None``: the server does not say).
 
     Example:
         >>> Capabilities(logprobs=True, tools=False, grammar=True, slots=4, embeddings=None).grammar
@@ -218,6 +221,23 @@ Probe = Callable[[str], Any]
 """``probe(path)``: the JSON a GET of ``path`` answers, or ``None`` when it fails in any way."""
 
 
+def calls_tools(props: object) -> bool:
+    """Whether a llama-server's ``/props`` says its chat template can call tools (``True`` when it does not say).
+
+    A template that cannot (``chat_template_caps``: ``supports_tools`` or
+    ``supports_tool_calls`` false) makes the pinned server answer in prose
+    whatever ``tool_choice`` says. A router's own ``/props`` says nothing of
+    its models': ask it with ``?model=``.
+
+    Example:
+        >>> calls_tools({"chat_template_caps": {"supports_tools": False}}), calls_tools({})
+        (False, True)
+    """
+    caps = props.get("chat_template_caps") if isinstance(props, dict) else None
+    return bool(caps.get("supports_tools", True) and caps.get("supports_tool_calls", True)) \
+        if isinstance(caps, dict) else True
+
+
 def detect_engine(probe: Probe) -> ServerInfo:
     """Find which kind of server answers ``probe``, from the endpoint each kind is known by.
 
@@ -239,8 +259,7 @@ grammar=True, slots=2, embeddings=None, images=None), router=False)
     props = probe("/props")
     if isinstance(props, dict) and ("default_generation_settings" in props or props.get("role") == "router"):
         slots = props.get("total_slots")
-        caps = props.get("chat_template_caps")
-        tools = bool(caps.get("supports_tools", True)) if isinstance(caps, dict) else True
+        tools = calls_tools(props)
         build = props.get("build_info")
         modalities = props.get("modalities")
         images = modalities.get("vision") if isinstance(modalities, dict) else None

@@ -301,27 +301,43 @@ def _text_of(entry: Mapping[str, Any]) -> tuple[str, bytes]:
     return text, text.encode("utf-8")
 
 
+_ROUNDING = 1e-4
+"""How far past 0 (a log-probability) or 1 (a probability) a server's float rounding may reach."""
+
+
 def _logprob_of(entry: Mapping[str, Any]) -> float:
-    """``logprob``, or ``log(prob)`` for post-sampling entries (``-inf`` for a probability of 0)."""
+    """``logprob``, or ``log(prob)`` for post-sampling entries (``-inf`` for a probability of 0).
+
+    A number that is no log of a probability (NaN, infinite, or above 0,
+    beyond rounding) is a ``ValueError``: a broken or hostile server's, never
+    shown as a probability.
+    """
     if "logprob" in entry:
-        return float(entry["logprob"])
+        value = float(entry["logprob"])
+        if not math.isfinite(value) or value > _ROUNDING:
+            raise ValueError(f"a logprob of {value} is not the log of a probability")
+        return min(value, 0.0)
     prob = float(entry["prob"])
-    return math.log(prob) if prob > 0 else -math.inf
+    if not 0.0 <= prob <= 1.0 + _ROUNDING:  # NaN fails this too
+        raise ValueError(f"a probability of {prob} is not one")
+    return math.log(min(prob, 1.0)) if prob > 0 else -math.inf
 
 
-def read_token(entry: Mapping[str, Any]) -> TokenProb:
+def read_token(entry: Mapping[str, Any], top: int = MAX_TOP_LOGPROBS) -> TokenProb:
     """One entry of ``logprobs.content`` (or llama.cpp's ``completion_probabilities``) as a :class:`TokenProb`.
 
     The token's text is the server's ``token`` (the text it sent, a
     character held back until whole); alternatives are read from their
-    bytes, so a byte fragment shows as U+FFFD.
+    bytes, so a byte fragment shows as U+FFFD. Only the first ``top``
+    alternatives are read (what was asked for: a server may send
+    thousands), and a number that is no (log) probability is a ``ValueError``.
 
     Example:
         >>> read_token({"token": "🌟", "bytes": [240, 159, 140, 159], "prob": 0.5,
         ...             "top_probs": [{"token": "\\ufffd", "bytes": [159], "prob": 0.5}]}).top
         [('\\ufffd', -0.6931471805599453)]
     """
-    alternatives = entry.get("top_logprobs", entry.get("top_probs")) or ()
+    alternatives = (entry.get("top_logprobs", entry.get("top_probs")) or ())[:top]
     raw = entry.get("bytes")
     text = entry.get("token")
     if not isinstance(text, str):
@@ -336,8 +352,10 @@ def read_token(entry: Mapping[str, Any]) -> TokenProb:
     )
 
 
-def read_tokens(chunk: Mapping[str, Any], choice: Mapping[str, Any]) -> list[TokenProb]:
+def read_tokens(chunk: Mapping[str, Any], choice: Mapping[str, Any], top: int = MAX_TOP_LOGPROBS) -> list[TokenProb]:
     """The tokens one streamed chunk reports: ``choice.logprobs.content`` (OpenAI) or ``completion_probabilities``.
+
+    Each with at most ``top`` alternatives (see :func:`read_token`).
 
     Example:
         >>> read_tokens({}, {"logprobs": {"content": [{"token": "Hi", "logprob": 0.0, "top_logprobs": []}]}})
@@ -347,7 +365,7 @@ def read_tokens(chunk: Mapping[str, Any], choice: Mapping[str, Any]) -> list[Tok
     """
     logprobs = choice.get("logprobs")
     entries = logprobs.get("content") if isinstance(logprobs, Mapping) else chunk.get("completion_probabilities")
-    return [read_token(entry) for entry in entries or ()]
+    return [read_token(entry, top) for entry in entries or ()]
 
 
 def read_reasoning(choice: Mapping[str, Any]) -> str:

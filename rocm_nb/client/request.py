@@ -27,11 +27,13 @@ Example:
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
 from rocm_nb.client import logprobs, tools
+from rocm_nb.client._accumulator import Accumulator
 from rocm_nb.client.completion import Kind, Message, check_schema_shape
 from rocm_nb.client.engines import Engine, refuse, translate
 
@@ -47,6 +49,7 @@ __all__ = [
     "check_content",
     "check_options",
     "check_request",
+    "check_utf8",
 ]
 
 DEFAULT_MAX_TOKENS = 512
@@ -251,8 +254,21 @@ class Request:
             raise TypeError("chat() takes a list of messages; use generate() for a plain prompt")
         if self.kind != "chat" and not isinstance(self.prompt, str):
             raise TypeError("generate() takes a prompt string; use chat() for messages")
+        check_utf8(self.prompt, "the prompt" if isinstance(self.prompt, str) else "messages")
+        check_utf8(dict(self.options), "options")
         if not isinstance(self.prompt, str):
             check_content(self.prompt)
+
+    def accumulator(self) -> Accumulator:
+        """The state its stream is read into: token probabilities kept when asked for, as many as were asked.
+
+        Example:
+            >>> check_request("chat", [], {"logprobs": True, "top_logprobs": 3}).accumulator().top
+            3
+        """
+        asked = bool(self.options.get("logprobs"))
+        top = self.options.get("top_logprobs") or logprobs.DEFAULT_TOP_LOGPROBS
+        return Accumulator(self.kind, logprobs=asked, top=top if asked else 0)
 
     def body(self, engine: Engine, model: str | None = None) -> dict[str, Any]:
         """The JSON body for a server of kind ``engine``, naming ``model`` unless the options name one.
@@ -282,6 +298,59 @@ class Request:
         return body
 
 
+_Path = tuple["_Path | None", object] | None
+"""Where a value sits in what :func:`check_utf8` walks: (its container's path, its key or index), built up only
+when a string there fails (a deep structure costs no string per level)."""
+
+
+def _surrogate(value: object, where: str) -> tuple[str, int, str] | None:
+    """The first string in ``value`` (nested in lists, tuples and dicts, keys too) with a lone surrogate: where,
+    index, char. Walked with a stack of its own: nesting of any depth is no ``RecursionError`` here."""
+    stack: list[tuple[_Path, object]] = [(None, value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                keys = []
+                while path is not None:
+                    path, key = path
+                    keys.append(f"[{key!r}]")
+                keys.reverse()
+                if len(keys) > 10:  # a deep one is said short: its first and last steps
+                    keys[6:-4] = [f"…{len(keys) - 10} more…"]
+                return where + "".join(keys), exc.start, item[exc.start]
+        elif isinstance(item, Mapping):
+            for key, inner in reversed(list(item.items())):
+                stack.append(((path, key), inner))
+                stack.append((path, key))  # a key is text sent too (said as where its container is)
+        elif isinstance(item, list | tuple):
+            stack.extend(((path, index), inner) for index, inner in reversed(list(enumerate(item))))
+    return None
+
+
+def check_utf8(value: object, where: str) -> None:
+    """A ``ValueError`` naming the text in ``value`` that UTF-8 cannot carry (a lone surrogate), and what to do.
+
+    Every request goes as UTF-8 JSON, which has no way to say half of a
+    surrogate pair: such a string could reach no server, and would otherwise
+    fail deep in the HTTP library as a bare ``UnicodeEncodeError``.
+
+    Example:
+        >>> check_utf8(["fine", "half \\ud83c of an emoji"], "texts")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: texts[1] holds a lone surrogate ('\\ud83c' at index 5), which UTF-8 cannot carry: ...
+    """
+    found = _surrogate(value, where)
+    if found is not None:
+        at, index, char = found
+        raise ValueError(f"{at} holds a lone surrogate ({char!r} at index {index}), which UTF-8 cannot carry: "
+                         "such text comes from bytes decoded with errors='surrogateescape', or half of an emoji; "
+                         "repair it first, e.g. text.encode('utf-8', 'replace').decode('utf-8')")
+
+
 def check_content(messages: Sequence[Message]) -> None:
     """The content parts' shape: a message's ``content`` list holds typed parts, images already encoded.
 
@@ -295,7 +364,7 @@ def check_content(messages: Sequence[Message]) -> None:
         >>> check_content([{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}])
         Traceback (most recent call last):
         ...
-        ValueError: an image_url part needs {"image_url": {"url": "data:image/png;base64,…"}}; got {'type': ...}
+        ValueError: an image_url part needs {"image_url": {"url": "data:image/png;base64,…"}}; got {...}
     """
     for message in messages:
         content = message.get("content")
@@ -303,14 +372,14 @@ def check_content(messages: Sequence[Message]) -> None:
             kind = part.get("type") if isinstance(part, Mapping) else None
             if not isinstance(kind, str):
                 raise TypeError(f"a message's content list holds parts like {{'type': 'text', 'text': ...}}; "
-                                f"got {part!r:.80}")
+                                f"got {reprlib.repr(part)}")
             if kind == "image":
                 raise TypeError('an {"type": "image"} part is encoded by chat(), chat_stream() and user_message(); '
                                 "pass the messages through one of them")
             where = part.get("image_url")
             if kind == "image_url" and not (isinstance(where, Mapping) and isinstance(where.get("url"), str)):
                 raise ValueError('an image_url part needs {"image_url": {"url": "data:image/png;base64,…"}}; '
-                                 f"got {part!r:.80}")
+                                 f"got {reprlib.repr(part)}")
 
 
 def check_request(kind: Kind, prompt: str | Sequence[Message], options: Mapping[str, Any]) -> Request:

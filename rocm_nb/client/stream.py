@@ -52,7 +52,8 @@ __all__ = [
 ]
 
 FailureHook = Callable[[Exception, str], "RocmNbError | None"]
-"""Given a transport error and the partial text, return a better error (or None)."""
+"""Given a transport error (or the error of a stream cut off before the server finished) and the partial text,
+return a better error (or None)."""
 
 MAX_EVENT_BYTES = 16 * 2**20
 """The most bytes (decoded) one server-sent event may have (16 MiB; a llama-server event has a few hundred).
@@ -140,16 +141,37 @@ def transport_error(exc: Exception, partial: str = "") -> GenerationError:
                                       partial=partial), so_far)
 
 
+_SAID: tuple[tuple[str, str], ...] = (  # what llama-server says, and what it means for a rocm_nb user
+    ("does not support logits computation",
+     "this server computes embeddings (or reranking scores) only, so it cannot generate text: call embed() on it, "
+     "or load a chat model (without embedding=True or reranking=True) to generate"),
+    ("does not support embeddings",
+     "this server does not compute embeddings: load an embedding model, LocalModel('minilm', embedding=True), "
+     "and call embed() on that one"),
+    ("does not support reranking",
+     "this server does not rerank: load a model as a reranker, LocalModel(..., reranking=True), and call rerank() "
+     "on that one"),
+)
+"""llama-server's words for a request its mode cannot serve (``tools/server``), said as what to do here (its
+own words, which name its command-line flags, stay in the error's ``.body``)."""
+
 _NO_IMAGES = "image input is not supported"
 """How llama-server refuses an image part when it was started without a projector."""
 
 
 def http_error(response: httpx.Response, body: str) -> GenerationError:
-    """The error for a non-2xx answer, with the server's message; a refused image is :class:`ImagesNotSupported`.
+    """The error for a non-2xx answer: its status, the request, and what the server said (or what it means).
+
+    A refused image is :class:`ImagesNotSupported`; a request the server's
+    mode cannot serve (chat on an embedding server, embeddings on a chat
+    server) says what to do in rocm_nb's terms.
 
     Example:
         >>> import httpx
-        >>> request = httpx.Request("POST", "http://127.0.0.1:8080/v1/chat/completions")
+        >>> request = httpx.Request("POST", "http://127.0.0.1:8080/v1/embeddings")
+        >>> said = '{"error": {"message": "This server does not support embeddings. Start it with `--embeddings`"}}'
+        >>> print(http_error(httpx.Response(501, request=request), said))  # doctest: +ELLIPSIS
+        the server answered 501 to POST /v1/embeddings: this server does not compute embeddings: load ...
         >>> body = '{"error": {"message": "image input is not supported - hint: provide the mmproj"}}'
         >>> str(http_error(httpx.Response(500, request=request), body))  # doctest: +ELLIPSIS
         'this server takes no images; it said: "image input is not supported - hint: provide the mmproj". ...'
@@ -163,6 +185,7 @@ def http_error(response: httpx.Response, body: str) -> GenerationError:
             f'this server takes no images; it said: "{detail}". Send text only, or use a vision model: a '
             "llama-server started with its projector (--mmproj), or LocalModel(model, mmproj=...)",
             status_code=response.status_code, body=body)
+    detail = next((meaning for said, meaning in _SAID if said in str(detail)), detail)
     return GenerationError(
         f"the server answered {response.status_code} to {response.request.method} "
         f"{response.request.url.path}: {detail}",
@@ -258,7 +281,13 @@ class _StreamBase:
         if self._wants_ctx():
             assert self.slot_ctx is not None
             self._acc.n_ctx = self.slot_ctx()
-        self.completion = self._acc.finish()
+        try:
+            self.completion = self._acc.finish()
+        except StreamProtocolError as exc:  # cut off before the server finished: its owner may know why
+            better = self._on_failure(exc, self._acc.partial)  # (a router's model unloaded, a crashed server)
+            if better is None:
+                raise
+            raise better from exc
 
 
 class TokenStream(_StreamBase):

@@ -39,7 +39,7 @@ from rocm_nb.client.request import Options
 from rocm_nb.client.tools import tool_schemas
 from rocm_nb.errors import RocmNbError
 
-__all__ = ["ToolChat", "ToolRun", "call_tool", "run_tools"]
+__all__ = ["MAX_CALLS", "MAX_CALLS_PER_STEP", "ToolChat", "ToolRun", "call_tool", "run_tools"]
 
 
 class ToolChat(Protocol):
@@ -94,7 +94,7 @@ def call_tool(call: ToolCall, functions: Mapping[str, Callable[..., Any]],
     if call.name not in functions:
         return f"error: there is no tool called {call.name}; the tools are: {', '.join(functions) or '(none)'}"
     if call.raw_arguments and not call.arguments and call.raw_arguments.strip() not in ("{}", ""):
-        return f"error: the arguments are not a JSON object: {call.raw_arguments[:200]}"
+        return f"error: the arguments are not a JSON object that can be read: {call.raw_arguments[:200]}"
     problem = _errors(schemas[call.name], call.arguments)
     if problem:
         return f"error: the arguments do not match {call.name}'s schema {problem}"
@@ -139,9 +139,15 @@ def _ask_json(source: ToolChat, messages: list[dict[str, Any]], schemas: Sequenc
         data = json.loads(reply.text)
     except json.JSONDecodeError:  # the grammar holds, so only a cut-off reply is not JSON
         return reply.text, None, "your reply was cut off at max_tokens; reply again, shorter"
+    except (ValueError, RecursionError):  # JSON that Python will not read: a 5,000-digit integer, deep nesting
+        return reply.text, None, "your reply has a number too long or nesting too deep to read; reply again"
+    if not isinstance(data, dict):  # a server that does not hold to the schema (not every one takes it)
+        return reply.text, None, 'reply with one JSON object: {"tool": ..., "arguments": {...}} or {"answer": ...}'
     if "tool" in data:
         arguments = data.get("arguments") or {}
-        return reply.text, ToolCall(f"call_{step}", str(data["tool"]), dict(arguments), json.dumps(arguments)), ""
+        if not isinstance(arguments, dict) or not isinstance(data["tool"], str):
+            return reply.text, None, 'the tool must be a name and its "arguments" a JSON object; reply again'
+        return reply.text, ToolCall(f"call_{step}", data["tool"], arguments, json.dumps(arguments)), ""
     return str(data.get("answer", "")), None, ""
 
 
@@ -154,9 +160,20 @@ def _native_tools(source: ToolChat) -> bool:
     return not isinstance(caps, dict) or bool(caps.get("supports_tool_calls"))
 
 
+MAX_CALLS_PER_STEP = 8
+""":func:`run_tools`' default for the calls run from one reply; a reply may ask for more, which are not run."""
+
+MAX_CALLS = 20
+""":func:`run_tools`' default for the tool runs of one conversation, all replies together."""
+
+def _call_key(call: ToolCall) -> str:
+    """What makes two calls the same: the tool and its arguments."""
+    return f"{call.name} {json.dumps(call.arguments, sort_keys=True)}"
+
+
 def run_tools(source: ToolChat, messages: Sequence[Message], tools: Sequence[Callable[..., Any]], /, *,
-              max_steps: int = 5, mode: Literal["auto", "native", "json"] = "auto",
-              **options: Unpack[Options]) -> ToolRun:
+              max_steps: int = 5, max_calls_per_step: int = MAX_CALLS_PER_STEP, max_calls: int = MAX_CALLS,
+              mode: Literal["auto", "native", "json"] = "auto", **options: Unpack[Options]) -> ToolRun:
     """Chat with ``tools`` until the model answers, running each call it asks for.
 
     Only the given Python functions are called, and only with arguments
@@ -174,6 +191,14 @@ def run_tools(source: ToolChat, messages: Sequence[Message], tools: Sequence[Cal
     :class:`~rocm_nb.client.request.Options` for each reply, except ``tools``
     and ``json_schema``, which the loop sets itself.
 
+    What the model asks for is bounded, since a model (or a hostile server)
+    may ask for thousands of calls in one reply: only a reply's first
+    ``max_calls_per_step`` calls are kept (the model is told how many more
+    were not run); the same call (tool and arguments) asked for twice in
+    one reply runs once, and each call id gets its result; and once
+    ``max_calls`` tools have run in all, the loop stops, unfinished, with
+    every call of the last reply answered (those not run, with why).
+
     Example:
         >>> def multiply(a: float, b: float) -> float:
         ...     '''Multiply two numbers.'''
@@ -182,8 +207,10 @@ def run_tools(source: ToolChat, messages: Sequence[Message], tools: Sequence[Cal
         >>> run.answer, run.steps  # doctest: +SKIP
         ('42', 2)
     """
-    if max_steps < 1:
-        raise ValueError(f"max_steps must be at least 1, got {max_steps}")
+    for name, value in (("max_steps", max_steps), ("max_calls_per_step", max_calls_per_step),
+                        ("max_calls", max_calls)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value!r}")
     tool_choice = options.pop("tool_choice", "auto")
     if tool_choice not in ("auto", "required"):
         raise ValueError(f"tool_choice must be 'auto' or 'required', got {tool_choice!r}")
@@ -200,7 +227,9 @@ def run_tools(source: ToolChat, messages: Sequence[Message], tools: Sequence[Cal
     transcript = [dict(m) for m in messages]
     choice: Choice = "required" if tool_choice == "required" else "auto"
     seen: set[str] = set()
+    ran, refused = 0, f"error: not run: {max_calls} tools have run in this conversation (max_calls={max_calls})"
     for step in range(1, max_steps + 1):
+        unasked = 0
         if mode == "json":
             text, call, problem = _ask_json(source, transcript, schemas, step, choice, options)
             calls: tuple[ToolCall, ...] = (call,) if call else ()
@@ -212,16 +241,21 @@ def run_tools(source: ToolChat, messages: Sequence[Message], tools: Sequence[Cal
         else:
             asked: Options = {**options, "tools": schemas, "tool_choice": choice}
             reply = source.chat(transcript, **asked)
-            text, calls = reply.text, reply.tool_calls
+            text, calls = reply.text, reply.tool_calls[:max_calls_per_step]
+            unasked = len(reply.tool_calls) - len(calls)
             transcript.append({"role": "assistant", "content": text,
                                **({"tool_calls": [c.message() for c in calls]} if calls else {})})
         if not calls:
             return ToolRun(text, transcript, step, True)
         choice = "auto"
+        earlier, results = set(seen), {}
         for call in calls:
-            result = call_tool(call, functions, parameters)
-            key = f"{call.name} {json.dumps(call.arguments, sort_keys=True)}"
-            again = key in seen  # a model that repeats a call is looping: it answers next, with what it has
+            key = _call_key(call)
+            if key not in results:  # the same call twice in one reply runs once
+                results[key] = call_tool(call, functions, parameters) if ran < max_calls else refused
+                ran = min(ran + 1, max_calls)
+            result = results[key]
+            again = key in earlier  # a model that repeats a call is looping: it answers next, with what it has
             choice = "none" if again else choice
             seen.add(key)
             if mode == "json":
@@ -232,5 +266,11 @@ def run_tools(source: ToolChat, messages: Sequence[Message], tools: Sequence[Cal
                 transcript.append({"role": "tool", "tool_call_id": call.id, "name": call.name,
                                    "content": f"{result}\n(You made this call before: answer now.)" if again
                                    else result})
+        if unasked:
+            transcript.append({"role": "user", "content": f"({unasked} more tool calls in that reply were not run: "
+                                                          f"at most {max_calls_per_step} per reply.)"})
+        if refused in results.values():
+            return ToolRun(f"(no answer: the model asked for more than max_calls={max_calls} tool runs; raise "
+                           "max_calls or simplify the question)", transcript, step, False)
     return ToolRun(f"(no answer: the model was still calling tools after max_steps={max_steps}; "
                    "raise max_steps or simplify the question)", transcript, max_steps, False)

@@ -36,8 +36,8 @@ from typing import Any, Literal
 
 from rocm_nb.client.completion import Kind, ToolCall
 
-__all__ = ["TOOL_OPTIONS", "TOOL_TEMPLATE", "CallParts", "Tool", "check_tool_options", "tool_schema", "tool_schemas",
-           "translate_tool_options"]
+__all__ = ["TOOL_OPTIONS", "TOOL_TEMPLATE", "CallParts", "Tool", "check_tool_options", "read_arguments", "tool_schema",
+           "tool_schemas", "translate_tool_options"]
 
 Tool = Callable[..., Any] | Mapping[str, Any]
 """A tool: a Python function, or a ready OpenAI tool schema (a dict)."""
@@ -207,14 +207,32 @@ class CallParts:
                 call[key] = call[key] + value if key == "arguments" else call[key] or value
 
     def calls(self) -> tuple[ToolCall, ...]:
-        """The calls so far, each with its arguments parsed (``{}`` when they are not a JSON object)."""
-        done = []
-        for index in sorted(self._calls):
-            call = self._calls[index]
-            try:
-                arguments = json.loads(call["arguments"] or "{}")
-            except json.JSONDecodeError:
-                arguments = None
-            done.append(ToolCall(call["id"] or f"call_{index}", call["name"],
-                                 arguments if isinstance(arguments, dict) else {}, call["arguments"]))
-        return tuple(done)
+        """The calls so far, each with its arguments parsed (``{}`` when they are not a JSON object it can read).
+
+        Example:
+            >>> parts, digits = CallParts(), '{"n": ' + "9" * 5000 + "}"
+            >>> parts.read({"tool_calls": [{"index": 0, "function": {"name": "f", "arguments": digits}}]})
+            >>> parts.calls()[0].arguments, len(parts.calls()[0].raw_arguments)
+            ({}, 5007)
+        """
+        return tuple(ToolCall(call["id"] or f"call_{index}", call["name"], read_arguments(call["arguments"]),
+                              call["arguments"]) for index, call in sorted(self._calls.items()))
+
+
+def read_arguments(raw: str) -> dict[str, Any]:
+    """A tool call's arguments as the model wrote them (JSON), read as an object; ``{}`` when they are not one.
+
+    Model output is untrusted: not JSON, JSON that is no object, and JSON
+    Python refuses to read (an integer over 4,300 digits, nesting deeper
+    than the interpreter's stack) all give ``{}``, never an exception; the
+    raw text stays in :attr:`~rocm_nb.client.completion.ToolCall.raw_arguments`.
+
+    Example:
+        >>> read_arguments('{"a": 1}'), read_arguments("[1]"), read_arguments("9" * 5000), read_arguments("")
+        ({'a': 1}, {}, {}, {})
+    """
+    try:
+        arguments = json.loads(raw or "{}")
+    except (ValueError, RecursionError):  # not JSON, or JSON Python will not read (a 5,000-digit integer)
+        return {}
+    return arguments if isinstance(arguments, dict) else {}

@@ -59,6 +59,7 @@ from rocm_nb.client.completion import Completion, Message, ToolCall
 from rocm_nb.client.logprobs import DEFAULT_TOP_LOGPROBS
 from rocm_nb.client.request import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, Options, check_options
 from rocm_nb.client.tool_loop import ToolRun
+from rocm_nb.client.tools import read_arguments
 from rocm_nb.notebook.display import Bundle, Publisher, StreamDisplay, long_prefill, progress_option
 
 with needs_extra("notebook"):
@@ -459,8 +460,14 @@ def tool_bubbles(calls: Sequence[ToolCall]) -> list[str]:
         >>> tool_bubbles([ToolCall("1", "add", {"a": 1})])[0].count("add({&quot;a&quot;: 1})")
         1
     """
-    return [_bubble_html("tool", _plain_html(f"🔧 {c.name}({json.dumps(c.arguments, ensure_ascii=False)})"))
-            for c in calls]
+    return [_bubble_html("tool", _plain_html(f"🔧 {c.name}({_shown_arguments(c)})")) for c in calls]
+
+
+def _shown_arguments(call: ToolCall) -> str:
+    """A call's arguments as read, or what the model wrote when they could not be read (its first 200 characters)."""
+    if call.arguments or not call.raw_arguments.strip():
+        return json.dumps(call.arguments, ensure_ascii=False)
+    return call.raw_arguments[:200] + ("…" if len(call.raw_arguments) > 200 else "")
 
 
 def run_bubbles(run: ToolRun) -> list[str]:
@@ -476,8 +483,8 @@ def run_bubbles(run: ToolRun) -> list[str]:
     bubbles = []
     for message in run.messages[1:]:
         calls = message.get("tool_calls") or ()
-        bubbles += tool_bubbles([ToolCall(c["id"], c["function"]["name"], json.loads(c["function"]["arguments"]))
-                                 for c in calls])
+        bubbles += tool_bubbles([ToolCall(c["id"], c["function"]["name"], read_arguments(c["function"]["arguments"]),
+                                          c["function"]["arguments"]) for c in calls])
         if message.get("role") == "tool":
             bubbles.append(_bubble_html("tool", _plain_html(f"↩ {message.get('name', 'tool')}: {message['content']}")))
         elif message.get("role") == "user" or (message.get("role") == "assistant" and not calls

@@ -35,8 +35,9 @@ from __future__ import annotations
 import contextlib
 import re
 import shlex
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from rocm_nb._escape import printable
@@ -189,6 +190,21 @@ class RocmMagics(Magics):
         self.models: dict[str, Client | LocalModel | LocalRouter] = {}
         self.current: str | None = None
         self._load_lines: dict[str, str] = {}  # alias -> the %rocm_load line that loaded it (to reload a crash)
+        self._loading = threading.RLock()
+        """One load (or stop) at a time per shell: two ``%rocm_load --alias a`` from two threads would each
+        replace the other's model without closing it."""
+
+    def _adopt(self, alias: str, model: Client | LocalModel | LocalRouter) -> None:
+        """Make ``model`` the one ``alias`` names and the current one, and close what ``alias`` held before.
+
+        Every load goes through here (a local model, a router, a ``--url``
+        server), so no server is left running without a name: the one it
+        replaces stops when nobody else uses it.
+        """
+        with self._loading:
+            old, self.models[alias], self.current = self.models.get(alias), model, alias
+            if old is not None and old is not model:
+                old.close()
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -205,8 +221,9 @@ class RocmMagics(Magics):
                 known = ", ".join(self.models) or "none yet"
                 raise UsageError(f"no model called {alias!r} is loaded (loaded: {known}); use %rocm_load")
         else:
-            if self.current is None:
-                self._load(DEFAULT_MODEL, alias=DEFAULT_MODEL)
+            with self._loading:
+                if self.current is None:
+                    self._load(DEFAULT_MODEL, alias=DEFAULT_MODEL)
             assert self.current is not None
             alias = self.current
         model = self.models[alias]
@@ -217,8 +234,8 @@ class RocmMagics(Magics):
         return model
 
     def _load(self, spec: str, *, alias: str, **kwargs: Any) -> LocalModel:
-        old = self.models.get(alias)
-        model = LocalModel(spec, **kwargs)  # an equal config attaches to the running server
+        with _usage():
+            model = LocalModel(spec, **kwargs)  # an equal config attaches to the running server
         publish = _plain(ipython_publisher())
         name = printable(model.name)
         publish({"text/plain": f"… loading {name} …"}, False)
@@ -232,9 +249,7 @@ class RocmMagics(Magics):
         except BaseException:  # Ctrl-C included: IPython keeps the traceback's frames, so nothing else would stop it
             model.close()
             raise
-        self.models[alias], self.current = model, alias  # ours, and in %rocm_status, before anything else can fail
-        if old is not None:
-            old.close()
+        self._adopt(alias, model)  # ours, and in %rocm_status, before anything else can fail
         layers = model.info.block_count
         status = model.status()
         offload = (
@@ -308,6 +323,10 @@ class RocmMagics(Magics):
         starts). With ``--url`` nothing is started: the magics talk to that
         server, and MODEL is the remote model id.
         """
+        with self._loading:
+            self._rocm_load(line)
+
+    def _rocm_load(self, line: str) -> None:
         whole = line.strip()
         line, _, extra = line.partition(" -- ")
         args = parse_args("rocm_load", line, LoadArgs)
@@ -316,21 +335,24 @@ class RocmMagics(Magics):
             offered = client.models()  # fails loudly here if the server is unreachable
             kind, using = client.server_info.name, client.model  # several models without a MODEL: says so here
             alias = args.alias or args.url
-            self.models[alias] = client
-            self.current = alias
+            self._adopt(alias, client)
             _say(f"✓ {alias}: {args.url} ({kind}, offers {', '.join(offered) or 'no model list'}"
                  f"{f'; using {using}' if using else ''})")
             return
         if args.router:
-            router = LocalRouter(args.local_model, max_loaded=args.max_loaded, ctx_size=args.ctx_size,
-                                 gpu_layers=args.gpu_layers if isinstance(args.gpu_layers, int) else None,
-                                 parallel=args.parallel, flash_attn=args.flash_attn, cache_type=args.cache_type,
-                                 cache_type_k=args.cache_type_k, cache_type_v=args.cache_type_v, server=args.server,
-                                 extra_args=shlex.split(extra)).start()
+            with _usage():
+                router = LocalRouter(args.local_model, max_loaded=args.max_loaded, ctx_size=args.ctx_size,
+                                     gpu_layers=args.gpu_layers if isinstance(args.gpu_layers, int) else None,
+                                     parallel=args.parallel, flash_attn=args.flash_attn, cache_type=args.cache_type,
+                                     cache_type_k=args.cache_type_k, cache_type_v=args.cache_type_v,
+                                     server=args.server, extra_args=shlex.split(extra))
+            try:
+                router.start()
+            except BaseException:  # as for a model: IPython keeps the traceback's frames, so stop it here
+                router.close()
+                raise
             alias = args.alias or "router"
-            old, self.models[alias], self.current = self.models.get(alias), router, alias
-            if old is not None:
-                old.close()
+            self._adopt(alias, router)
             _say(f"✓ {alias}: router over {router.folder} (models: {', '.join(router.models())}; "
                  f"at most {args.max_loaded} loaded); pick one per request with model=")
             return
@@ -457,14 +479,25 @@ class RocmMagics(Magics):
     def rocm_stop(self, line: str) -> None:
         """Stop a model (its server stops when no one else uses it)."""
         args = parse_args("rocm_stop", line, StopArgs)
-        aliases = list(self.models) if args.all else [args.alias or self.current]
-        for alias in aliases:
-            if alias is None or alias not in self.models:
-                raise UsageError(f"no model called {alias!r} is loaded")
-            self.models.pop(alias).close()
-            _say(f"stopped {alias}")
-            if self.current == alias:
-                self.current = next(iter(self.models), None)
+        with self._loading:
+            aliases = list(self.models) if args.all else [args.alias or self.current]
+            for alias in aliases:
+                if alias is None or alias not in self.models:
+                    raise UsageError(f"no model called {alias!r} is loaded")
+                self.models.pop(alias).close()
+                _say(f"stopped {alias}")
+                if self.current == alias:
+                    self.current = next(iter(self.models), None)
+
+
+@contextlib.contextmanager
+def _usage() -> Iterator[None]:
+    """A ``ValueError`` about what was asked for (an option out of range, a name a router cannot serve, a file that
+    is no GGUF) as a ``UsageError``: IPython shows it as one line, not a traceback into rocm_nb."""
+    try:
+        yield
+    except ValueError as exc:
+        raise UsageError("\n".join([str(exc), *getattr(exc, "__notes__", ())])) from None
 
 
 def _variable(namespace: Mapping[str, Any], name: str, option: str) -> Any:

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Literal
 
 from rocm_nb._exposure import GUARDED_ENV, check_env, check_extra_args, connect_host, free_port
-from rocm_nb._process import Child, Escalation, launch, reap_stale_servers
+from rocm_nb._process import Child, Escalation, LinkFolder, launch, reap_stale_servers
 from rocm_nb.binary._report import MemoryReport, parse_report
 from rocm_nb.errors import ProjectorMismatch, ServerStartError, ServerStartTimeout, describe_exit, with_notes
 
@@ -130,6 +130,10 @@ class ServerConfig:
     """Router mode (:mod:`rocm_nb.router`): serve the GGUFs in this folder, one child per model, instead of ``-m``."""
     models_max: int = 0
     """Router mode: the most models loaded at once (``--models-max``; 0: no limit)."""
+    models_links: tuple[tuple[str, Path], ...] = ()
+    """Router mode: ``models_dir`` is a private folder of these links (``name.gguf`` or a sub-folder's name ->
+    what it points to), made when the server starts and removed with it (:class:`~rocm_nb._process.LinkFolder`);
+    the server must list exactly the models they name, or its start fails."""
     batch_size: int | None = None
     """``-b``, the logical batch (``None``: the server's default, 2048)."""
     ubatch_size: int | None = None
@@ -380,6 +384,11 @@ class LlamaServer(_ChildProcess):
                 child.stop()
                 raise
             if outcome == "ready":
+                try:
+                    self._check_listed()
+                except BaseException:  # a router that lists other models, or Ctrl-C while asking it
+                    child.stop()
+                    raise
                 self.load_seconds = time.perf_counter() - began
                 self._report = None
                 self.memory_report()  # read while the load's lines are surely in the log ring
@@ -425,7 +434,9 @@ class LlamaServer(_ChildProcess):
         env = {**inherited, **dict(self.config.env), "LLAMA_API_KEY": self.api_key}
         argv = self.config.argv(port)
         self.port, self.started_at = port, time.time()  # before the spawn: nothing runs between it and _adopt
-        child = launch(argv, env, self._environ, self._log_lines, model=str(self.config.model), port=port,
+        links = LinkFolder(self.config.models_dir, self.config.models_links) \
+            if self.config.models_dir is not None and self.config.models_links else None
+        child = launch(argv, env, self._environ, self._log_lines, links, model=str(self.config.model), port=port,
                        rpc=list(self.config.rpc))
         self._adopt(child)
         return child
@@ -446,6 +457,37 @@ class LlamaServer(_ChildProcess):
             return False
         finally:
             connection.close()
+
+    def _listed(self) -> set[str]:
+        """The model ids ``/v1/models`` lists (a router's), over plain HTTP with the key; read up to 1 MiB."""
+        import http.client
+        import json
+
+        connection = http.client.HTTPConnection(connect_host(self.config.host), self.port, timeout=10.0)
+        try:
+            connection.request("GET", "/v1/models", headers={"Authorization": f"Bearer {self.api_key}"})
+            data = json.loads(connection.getresponse().read(2**20)).get("data")
+        except (OSError, ValueError, AttributeError):
+            return set()
+        finally:
+            connection.close()
+        return {str(entry.get("id")) for entry in data if isinstance(entry, dict)} if isinstance(data, list) else set()
+
+    def _check_listed(self) -> None:
+        """A router must list exactly the models it was given (its folder scan skips or renames some names)."""
+        if not self.config.models_links:
+            return
+        asked = {name.removesuffix(".gguf") for name, _ in self.config.models_links}
+        listed = self._listed()
+        if listed == asked:
+            return
+        tail = self.log_tail(40)
+        missing, extra = ", ".join(sorted(asked - listed)) or "none", ", ".join(sorted(listed - asked)) or "none"
+        hint = ("this llama-server scans a models folder by other rules than rocm_nb expects (a newer build?); "
+                "rename the models it left out, or install the pinned build with `rocm-nb server install --force`")
+        raise with_notes(ServerStartError(
+            f"the router lists other models than it was given (left out: {missing}; not asked for: {extra})",
+            returncode=None, log_tail=tail, hint=hint), f"Hint: {hint}")
 
     def _start_error(self, returncode: int | None) -> ServerStartError:
         tail = self.log_tail(40)

@@ -80,6 +80,7 @@ from pathlib import Path
 from typing import Literal
 
 from rocm_nb._exposure import check_env, check_extra_args
+from rocm_nb._paths import warm_root
 from rocm_nb._units import positive_int
 from rocm_nb.binary import ServerBinary
 from rocm_nb.hardware import Hardware
@@ -237,6 +238,8 @@ class LoadOptions:
     host: str = "127.0.0.1"
     extra_args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
+    warm_cache: bool = True
+    """Keep each slot's prompt cache across restarts (:mod:`rocm_nb.server.warm`; never for a pooled server)."""
 
     def __post_init__(self) -> None:
         _whole("ctx_size", self.ctx_size)
@@ -266,6 +269,11 @@ class LoadOptions:
         check_extra_args(self.extra_args)
         check_env(name for name, _ in self.env)
         check_memory_args(self.extra_args, [name for name, _ in self.env])
+        if not isinstance(self.warm_cache, bool):
+            raise ValueError(f"warm_cache must be True or False, got {self.warm_cache!r}")
+        if any(str(arg).split("=", 1)[0] == "--slot-save-path" for arg in self.extra_args):
+            raise ValueError("extra_args may not contain --slot-save-path: rocm_nb keeps the prompt cache in a "
+                             "private folder of its own (ROCM_NB_WARM_DIR); turn it off with warm_cache=False")
 
     @classmethod
     def of(
@@ -291,6 +299,7 @@ class LoadOptions:
         host: str = "127.0.0.1",
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
+        warm_cache: bool = True,
     ) -> LoadOptions:
         """The options from ``LocalModel``'s keywords, in the form the plan takes.
 
@@ -319,6 +328,7 @@ class LoadOptions:
             embedding=embedding, pooling=pooling, reranking=reranking, unified_memory=unified_memory,
             speculative=speculative, draft_gpu_layers=draft_gpu_layers, rpc=tuple(rpc), hsa_override=hsa_override,
             host=host, extra_args=tuple(map(str, extra_args)), env=tuple(sorted((env or {}).items())),
+            warm_cache=warm_cache,
         )
 
     @property
@@ -412,7 +422,9 @@ def plan_server(info: ModelInfo, path: Path, binary: ServerBinary, hardware: Har
     may download it) and read here, and its memory goes into the fit plan,
     with ``draft_gpu_layers`` of its layers on the GPU (default: all; none on
     a CPU build, which gets no ``--spec-draft-ngl``). ``name`` is what the
-    plan's note calls the model (default: the GGUF's own name).
+    plan's note calls the model (default: the GGUF's own name). With
+    ``warm_cache`` (and not pooled) the server keeps its prompt cache in
+    :func:`~rocm_nb._paths.warm_root` (``ROCM_NB_WARM_BUDGET``, if set, is checked here).
 
     Example:
         >>> fit, config = plan_server(info, path, binary, detect(), LoadOptions())  # doctest: +SKIP
@@ -456,5 +468,16 @@ def plan_server(info: ModelInfo, path: Path, binary: ServerBinary, hardware: Har
         pooling=options.pooling,
         reranking=options.reranking,
         speculative=speculation_flags(options.speculative, draft_path, draft_layers),
+        slot_save_path=_warm_folder(options),
     )
     return fit, config
+
+
+def _warm_folder(options: LoadOptions) -> Path | None:
+    """Where the server keeps its prompt cache, or ``None``: off, or a pooled server (its slots keep nothing)."""
+    if not options.warm_cache or options.pooled:
+        return None
+    from rocm_nb.server._warm_store import budget_from  # hashlib and friends load with the first such server
+
+    budget_from(os.environ)  # a bad ROCM_NB_WARM_BUDGET is said now, not when the model closes
+    return warm_root()

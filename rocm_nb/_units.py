@@ -7,7 +7,9 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["human_bytes", "human_count", "positive_int"]
+import re
+
+__all__ = ["human_bytes", "human_count", "parse_bytes", "positive_int"]
 
 
 def human_bytes(n: int) -> str:
@@ -47,3 +49,25 @@ def positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return value
+
+
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", re.IGNORECASE)
+
+
+def parse_bytes(text: str, name: str) -> int:
+    """A size as people write it (``2GiB``, ``512M``, ``1.5 G``, ``0``) in bytes (binary multiples).
+
+    Anything else is a ``ValueError`` naming ``name``.
+
+    Example:
+        >>> parse_bytes("2GiB", "budget"), parse_bytes("512 MB", "budget"), parse_bytes("0", "budget")
+        (2147483648, 536870912, 0)
+        >>> parse_bytes("lots", "ROCM_NB_WARM_BUDGET")
+        Traceback (most recent call last):
+        ...
+        ValueError: ROCM_NB_WARM_BUDGET must be a size such as 2GiB, 512MiB or 0, got 'lots'
+    """
+    match = _SIZE.fullmatch(text)
+    if match is None:
+        raise ValueError(f"{name} must be a size such as 2GiB, 512MiB or 0, got {text!r}")
+    return int(float(match[1]) * 1024 ** " KMGT".index(match[2].upper() or " "))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -38,6 +39,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             "is which); mark the module with `pytestmark = pytest.mark.<tier>` or the test itself:\n"
             + "\n".join(wrong)
         )
+
+
+@pytest.fixture(autouse=True)
+def warm_folder(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test keeps its saved prompt caches (``rocm_nb.server.warm``) in a folder of its own.
+
+    A model closed by one test would otherwise warm the next test's server
+    with the same configuration, and a cache that test did not ask for
+    changes its batch shapes (and so, on the CPU, its greedy text). Kernels a
+    test starts inherit the folder.
+    """
+    folder = tmp_path_factory.mktemp("warm")
+    monkeypatch.setenv("ROCM_NB_WARM_DIR", str(folder))
+    return folder
 
 
 @pytest.fixture

@@ -56,5 +56,8 @@ class ServerStatus:
     """Average decode speed the server reports; ``None`` before the first generation."""
     rpc: tuple[str, ...] = ()
     """``host:port`` of the RPC workers the model is split over."""
+    restored_tokens: int | None = None
+    """Prompt tokens the server's start restored from the saved prompt cache, proved reused
+    (:mod:`rocm_nb.server.warm`); ``None`` for a server that keeps none."""
     error: str | None = None
     """Why the server's state could not be learnt or is bad (a proxy's HTML page, a crash), in one line."""

@@ -199,6 +199,7 @@ class LoadArgs:
     reranking: bool = False
     batch_size: int | None = None
     ubatch_size: int | None = None
+    warm_cache: bool = True
 
     def __post_init__(self) -> None:
         if self.url is not None and self.router:
@@ -225,7 +226,8 @@ class LoadArgs:
                 "draft_gpu_layers": self.draft_gpu_layers, "cache_type": self.cache_type,
                 "cache_type_k": self.cache_type_k, "cache_type_v": self.cache_type_v, "flash_attn": self.flash_attn,
                 "unified_memory": self.unified_memory, "embedding": self.embedding, "pooling": self.pooling,
-                "reranking": self.reranking, "batch_size": self.batch_size, "ubatch_size": self.ubatch_size}
+                "reranking": self.reranking, "batch_size": self.batch_size, "ubatch_size": self.ubatch_size,
+                "warm_cache": self.warm_cache}
 
 
 @dataclass(frozen=True)

@@ -244,6 +244,7 @@ class RocmMagics(Magics):
             f"  backend {model.backend} · {offload} · ctx {model.config.ctx_size} · "
             f"ready in {time.perf_counter() - began:.2f} s · pid {model.pid}\n"
             f"  memory: {printable(model.fit.note)}"
+            + (f"\n  prompt cache: {model.warm_start}" if model.warm_start and model.warm_start.note else "")
         )}, True)
         return model
 
@@ -285,6 +286,9 @@ class RocmMagics(Magics):
                    f"(default {DEFAULT_SPECULATIVE}; the server verifies every draft)")
     @argument("--draft-gpu-layers", type=int, default=None,
               help="the draft model's layers on the GPU (default: all on a GPU, none on the CPU)")
+    @argument("--no-warm-cache", dest="warm_cache", action="store_false",
+              help="do not keep the prompt cache across restarts (default: saved when the model closes, restored "
+                   "when it starts again)")
     @line_magic
     def rocm_load(self, line: str) -> None:
         """Start (or reuse) a model and make it the current one.

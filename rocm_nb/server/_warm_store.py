@@ -172,9 +172,12 @@ class Fingerprint:
             >>> a.differences({**a.saved(), "model_identity": [1, 2, 9, 9], "cache_type_k": "q8_0"})
             ['the model file has changed since', 'its K cache type was q8_0 (this server: f16)']
         """
-        mine = self.saved()
-        return [_DIFFERENCES[name](saved.get(name), value) for name, value in mine.items()
-                if saved.get(name) != value]
+        mine, said = self.saved(), []
+        for name, value in mine.items():
+            path = name.removesuffix("_identity")  # another path says the file is another already
+            if saved.get(name) != value and (path == name or saved.get(path) == mine[path]):
+                said.append(_DIFFERENCES[name](saved.get(name), value))
+        return said
 
 
 _DIFFERENCES: dict[str, Callable[[Any, Any], str]] = {
@@ -369,6 +372,14 @@ class WarmStore:
         """The saved cache of ``slot`` for exactly this fingerprint, if any."""
         path = self.root / f"{fingerprint.digest}-{slot}.json"
         return next((entry for entry in self.entries() if entry.manifest == path), None)
+
+    def stranger(self, fingerprint: Fingerprint, slot: int) -> str | None:
+        """Why the manifest where ``slot``'s would be was not read (it is not a private file of yours), or ``None``."""
+        path = self.root / f"{fingerprint.digest}-{slot}.json"
+        try:
+            return _private_file(path)
+        except OSError:
+            return None
 
     def others(self, fingerprint: Fingerprint) -> list[Entry]:
         """Caches of the same model file (same path, or device and inode) with another fingerprint, newest first."""

@@ -166,28 +166,38 @@ class SlotAPI:
         self._call("POST", f"/slots/{slot}?action=erase", {}, timeout=timeout)
 
     def probe(self, slot: int, tokens: Sequence[int], *, timeout: float) -> tuple[int, int]:
-        """Send ``tokens`` to slot ``slot``, cut off at the first progress report: ``(taken from the cache, total)``.
+        """Send ``tokens`` to slot ``slot`` for one token: ``(tokens taken from the cache, tokens in all)``.
 
         llama-server decides what it can reuse before it computes anything,
-        and says so in that report; closing the stream then cancels the request.
+        and says so in its first progress report. When that is not all of
+        them the request is cut off there (closing the stream cancels it), so a
+        cache that cannot be reused costs at most one batch; when it is, the
+        request runs to its end, one token, and must end without an error.
         """
         body = {"prompt": list(tokens), "n_predict": 1, "temperature": 0.0, "stream": True, "return_progress": True,
                 "cache_prompt": True, "id_slot": slot}
         connection, response = self._open("POST", "/completion", body, timeout)
+        taken: tuple[int, int] | None = None
         with contextlib.closing(connection):
             if response.status != 200:
                 raise SlotRefused(response.read(2000).decode("utf-8", "replace"))
-            for _ in range(64):
-                line = response.readline(1 << 16).strip()
+            for _ in range(256):
+                line = response.readline(1 << 16)
+                if not line:
+                    break
                 if not line.startswith(b"data:"):
                     continue
                 event = json.loads(line[5:])
-                progress = event.get("prompt_progress") if isinstance(event, dict) else None
-                if isinstance(progress, dict):
-                    return int(progress["cache"]), int(progress["total"])
-                if not isinstance(event, dict) or "error" in event or event.get("stop"):
-                    raise SlotRefused(f"no progress report, but {str(event)[:200]}")
-        raise SlotRefused("no progress report in the first 64 lines")
+                if not isinstance(event, dict) or "error" in event:
+                    raise SlotRefused(f"the first request after the restore failed: {str(event)[:200]}")
+                progress = event.get("prompt_progress")
+                if taken is None and isinstance(progress, dict):
+                    taken = int(progress["cache"]), int(progress["total"])
+                    if taken[0] + 1 < taken[1]:
+                        return taken  # not reused: cut off before the server reads it all again
+                if event.get("stop") and taken is not None:
+                    return taken
+        raise SlotRefused("the first request after the restore ended without its progress report and its answer")
 
 
 @dataclass(frozen=True)
@@ -258,6 +268,9 @@ def restore_slots(api: SlotAPI, config: ServerConfig, store: WarmStore, *, died:
     notes: list[str] = []
     entries = [(slot, store.entry(fingerprint, slot)) for slot in range(config.parallel)]
     for slot, entry in entries:
+        stranger = store.stranger(fingerprint, slot) if entry is None else None
+        if stranger is not None:
+            notes.append(f"saved prompt cache of slot {slot} not restored: {stranger}")
         if entry is None:
             continue
         refusal = store.check(entry, fingerprint, slot_ctx)
@@ -288,7 +301,7 @@ def restore_slots(api: SlotAPI, config: ServerConfig, store: WarmStore, *, died:
                                     "for it with this llama-server",))
         store.touch(entry)
         restored, size = restored + tokens, size + read
-    if not any(entry for _, entry in entries):
+    if not any(entry for _, entry in entries) and not notes:
         other = store.others(fingerprint)
         if other:
             notes.append("saved prompt cache not restored: "

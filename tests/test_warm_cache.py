@@ -226,9 +226,9 @@ def test_a_file_others_can_write_is_not_restored(saved: Saved, warm_folder: Path
         assert model.warm_start is not None and model.warm_start.tokens == 0
         assert model.warm_start.note == (f"saved prompt cache of slot 0 not restored: {entry.file.name} can be "
                                          "written by other users (mode 666)")
+        assert oct(entry.file.stat().st_mode & 0o777) == "0o666"  # left where it is, not set aside
         reply = model.generate(PREFIX, **GREEDY)
     assert reply.timings is not None and reply.timings.cached_tokens == 0
-    assert entry.file.exists() and oct(entry.file.stat().st_mode & 0o777) == "0o666"  # left alone, not set aside
 
 
 @as_root

@@ -187,6 +187,8 @@ def test_rocm_load_speaks_local_models_vocabulary() -> None:
         "ctx_size": 2048, "parallel": 4, "embedding": True, "pooling": "mean", "cache_type": "q8_0",
         "flash_attn": "on", "unified_memory": "off", "ubatch_size": 256, "batch_size": 256}
     assert set(keywords) <= set(inspect.signature(LocalModel).parameters)  # every one is LocalModel's own name
+    assert keywords["warm_cache"] is True  # the prompt cache is kept across restarts unless told otherwise
+    assert parse_args("rocm_load", "m.gguf --no-warm-cache", LoadArgs).load_keywords()["warm_cache"] is False
     split = parse_args("rocm_load", "m.gguf --cache-type-k q8_0 --cache-type-v f16 --reranking", LoadArgs)
     assert (split.cache_type_k, split.cache_type_v, split.reranking) == ("q8_0", "f16", True)
     assert parse_args("rocm_load", "m.gguf --ctx 512", LoadArgs).ctx_size == 512  # the short form

@@ -262,7 +262,7 @@ def read_tokens(path: Path, limit: int) -> list[int]:
         >>> read_tokens(path, 4096)
         Traceback (most recent call last):
         ...
-        ValueError: it is not a llama.cpp slot file (its header is 0x20746f6e, version 1931501856)
+        ValueError: it is not a llama.cpp slot file (its header is 0x20746f6e, version 1819484257)
     """
     with path.open("rb") as source:
         size = os.fstat(source.fileno()).st_size

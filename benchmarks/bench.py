@@ -54,6 +54,7 @@ from defaults import bench_defaults
 from import_cost import bench_import
 from speculative import bench_speculative
 from token_probs import bench_logprobs
+from warm import bench_warm
 
 README = Path(__file__).with_name("README.md")
 
@@ -354,6 +355,8 @@ def write_readme(table: str) -> None:
 
 def run() -> None:
     began = time.perf_counter()
+    # the prompt caches the figures' models save stay out of the user's own (~/.cache/rocm_nb/warm)
+    os.environ.setdefault("ROCM_NB_WARM_DIR", tempfile.mkdtemp(prefix="rocm_nb-bench-warm-"))
     path = resolve_model(DEFAULT_MODEL)
     rows: list[Row] = []
     with LocalModel(path, ctx_size=4096) as model:
@@ -373,6 +376,7 @@ def run() -> None:
             "retrieval": lambda: retrieval.bench_embeddings() + retrieval.bench_tool_loop(model),
             "logprobs": lambda: bench_logprobs(model),
             "widget_rate": lambda: __import__("widget_rate").bench_widget_rate(model),  # benchmarks/widget_rate.py
+            "warm": lambda: bench_warm(path),
         }
         only = [name for name in os.environ.get("BENCH_ONLY", "").split(",") if name]
         unknown = set(only) - set(figures)

@@ -176,6 +176,7 @@ class ServerConfig:
             "-c", str(self.ctx_size),
             "-ngl", str(self.gpu_layers),
             "--parallel", str(self.parallel),
+            *(["--slot-save-path", str(self.slot_save_path)] if self.slot_save_path else []),
             "--jinja",
             "--metrics",
             *(["--rpc", ",".join(self.rpc)] if self.rpc else []),
@@ -188,7 +189,6 @@ class ServerConfig:
             *(["--pooling", self.pooling] if self.pooling else []),
             *(["--rerank"] if self.reranking else []),
             *self.speculative,
-            *(["--slot-save-path", str(self.slot_save_path)] if self.slot_save_path else []),
             *self.extra_args,
         ]
 

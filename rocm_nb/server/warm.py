@@ -131,10 +131,10 @@ class SlotAPI:
             connection.close()
             raise
 
-    def _call(self, method: str, path: str, body: object = None, *, timeout: float) -> Any:
+    def _call(self, method: str, path: str, body: object = None, *, timeout: float, limit: int = 1 << 20) -> Any:
         connection, response = self._open(method, path, body, timeout)
         with contextlib.closing(connection):
-            data = response.read(1 << 20)
+            data = response.read(limit)
         try:
             answer = json.loads(data)
         except ValueError:
@@ -146,7 +146,7 @@ class SlotAPI:
 
     def slots(self, *, timeout: float) -> list[dict[str, Any]]:
         """``GET /slots``: each slot's id and, once it has served, its token count (``n_prompt_tokens``)."""
-        answer = self._call("GET", "/slots", timeout=timeout)
+        answer = self._call("GET", "/slots", timeout=timeout, limit=1 << 24)  # --slots-debug adds each prompt
         return [slot for slot in answer if isinstance(slot, dict)] if isinstance(answer, list) else []
 
     def save(self, slot: int, filename: str, *, timeout: float) -> dict[str, Any]:

@@ -39,6 +39,7 @@ Example:
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import subprocess
@@ -260,9 +261,14 @@ def _stop_child(running: Child, before_stop: BeforeStop | None, grace: float = S
     return stopped
 
 
-_AT_EXIT = False
 _KEPT: weakref.WeakSet[LlamaServer] = weakref.WeakSet()
 """The servers of this process that save their prompt cache when they stop (closed at exit, saving first)."""
+
+
+@functools.cache
+def _close_kept_at_exit_registered() -> None:
+    """Register :func:`_close_kept_at_exit` with ``atexit``, once."""
+    atexit.register(_close_kept_at_exit)
 
 
 def _close_kept_at_exit() -> None:
@@ -510,10 +516,7 @@ class LlamaServer(_ChildProcess):
             return None
         from rocm_nb.server.warm import SlotAPI, save_slots
 
-        global _AT_EXIT
-        if not _AT_EXIT:
-            atexit.register(_close_kept_at_exit)
-            _AT_EXIT = True
+        _close_kept_at_exit_registered()
         _KEPT.add(self)
         api, config = (self._slot_api or SlotAPI)(self.base_url, self.api_key), self.config
         return lambda until: save_slots(api, config, store, until=until)

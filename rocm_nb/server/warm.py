@@ -230,13 +230,13 @@ class WarmStart:
         return self.note
 
 
-def _restore_one(api: SlotAPI, store: WarmStore, entry: Entry, slot: int, slot_ctx: int) -> tuple[int, int, int]:
-    """Restore ``entry`` into ``slot`` and prove it: ``(tokens restored, bytes read, tokens taken from the cache)``."""
+def _restore_one(api: SlotAPI, entry: Entry, slot: int, slot_ctx: int) -> tuple[int, int, int, int]:
+    """Restore ``entry`` into ``slot`` and probe it: ``(tokens restored, bytes read, probe tokens from the cache,
+    probe tokens)``."""
     tokens = read_tokens(entry.file, slot_ctx)[:max(slot_ctx - 2, 1)]  # a probe must leave room for a token
     answer = api.restore(slot, entry.file.name, timeout=RESTORE_TIMEOUT)
     cached, total = api.probe(slot, tokens, timeout=PROBE_TIMEOUT)
-    reused = cached + 1 >= total  # llama-server always computes a prompt's last token again
-    return int(answer.get("n_restored", 0)), int(answer.get("n_read", 0)), total if reused else cached
+    return int(answer.get("n_restored", 0)), int(answer.get("n_read", 0)), cached, total
 
 
 def restore_slots(api: SlotAPI, config: ServerConfig, store: WarmStore, *, died: Callable[[], bool],
@@ -280,7 +280,7 @@ def restore_slots(api: SlotAPI, config: ServerConfig, store: WarmStore, *, died:
             notes.append(f"saved prompt cache of slot {slot} not restored: {refusal.why}")
             continue
         try:
-            tokens, read, reused = _restore_one(api, store, entry, slot, slot_ctx)
+            tokens, read, cached, total = _restore_one(api, entry, slot, slot_ctx)
         except (OSError, http.client.HTTPException, ValueError, SlotRefused) as exc:
             if died():
                 store.quarantine(entry, f"llama-server crashed restoring it ({exc})")
@@ -291,14 +291,13 @@ def restore_slots(api: SlotAPI, config: ServerConfig, store: WarmStore, *, died:
             _erase(api, slot)
             notes.append(f"saved prompt cache of slot {slot} ignored: llama-server refused it ({exc}); set aside")
             continue
-        if reused < tokens - 1:
+        if cached + 1 < total:  # llama-server always computes a prompt's last token again: one is fine
             _erase(api, slot)
-            why = (f"a restored cache was not reused: llama-server read {tokens - reused:,} of {tokens:,} tokens "
-                   "again (sliding-window or hybrid attention?)")
-            store.mark_not_reusable(fingerprint, why)
-            return WarmStart(notes=(f"restored but not reusable with this model: llama-server read "
-                                    f"{tokens - reused:,} of {tokens:,} tokens again; no prompt cache will be kept "
-                                    "for it with this llama-server",))
+            again = f"llama-server read {total - cached:,} of {total:,} tokens again"
+            store.mark_not_reusable(fingerprint, f"a restored cache was not reused: {again} (sliding-window or "
+                                                 "hybrid attention?)")
+            return WarmStart(notes=(f"restored but not reusable with this model: {again}; no prompt cache will be "
+                                    "kept for it with this llama-server",))
         store.touch(entry)
         restored, size = restored + tokens, size + read
     if not any(entry for _, entry in entries) and not notes:

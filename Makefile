@@ -35,7 +35,7 @@ test-deps:
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
-	$(PY) -m pip install -q -e '.[notebook,hub,test]'
+	$(PY) -m pip install -q -e '.[notebook,hub,vision,test]'
 	touch $(STAMP)
 
 ## llama-server for this machine's backend, built once into the rocm_nb cache.

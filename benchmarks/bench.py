@@ -34,7 +34,7 @@ from rocm_nb import Completion, LocalModel
 from rocm_nb._exposure import free_port
 from rocm_nb.modelfiles.catalog import DEFAULT_MODEL, resolve_model
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support: the files the tests write, written once
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support, written once for both
 
 import retrieval
 from chat_turns import bench_chat_turns
@@ -44,7 +44,6 @@ from common import (
     PROMPT,
     REPS,
     Row,
-    gone,
     ours_stream,
     raw_start,
     raw_stream,
@@ -55,6 +54,8 @@ from import_cost import bench_import
 from speculative import bench_speculative
 from token_probs import bench_logprobs
 from warm import bench_warm
+
+from tests.support.processes import gone
 
 README = Path(__file__).with_name("README.md")
 
@@ -104,7 +105,8 @@ def bench_start(path: Path) -> list[Row]:
             pid = first.pid
             assert pid is not None
             began = time.perf_counter()
-        while not gone(pid):
+        ended = gone(pid)
+        while not ended():
             time.sleep(0.001)
         teardown.append(time.perf_counter() - began)
     return [
@@ -186,7 +188,8 @@ def bench_kernel(path: Path) -> list[Row]:
             iopub(msg_id, idle)
         began = time.perf_counter()
         km.shutdown_kernel(now=False)
-        while not gone(int(pid)):
+        ended = gone(int(pid))
+        while not ended():
             time.sleep(0.001)
         teardown = time.perf_counter() - began
     finally:
@@ -376,6 +379,7 @@ def run() -> None:
             "retrieval": lambda: retrieval.bench_embeddings() + retrieval.bench_tool_loop(model),
             "logprobs": lambda: bench_logprobs(model),
             "widget_rate": lambda: __import__("widget_rate").bench_widget_rate(model),  # benchmarks/widget_rate.py
+            "vision": lambda: __import__("vision").bench_vision(),  # benchmarks/vision.py: its own tiny vision model
             "warm": lambda: bench_warm(path),
         }
         only = [name for name in os.environ.get("BENCH_ONLY", "").split(",") if name]

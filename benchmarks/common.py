@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import httpx
-import psutil
 
 from rocm_nb import LocalModel
 
@@ -94,13 +93,6 @@ def raw_start(argv: list[str]) -> tuple[float, subprocess.Popen[bytes]]:
         except httpx.HTTPError:
             pass
         time.sleep(0.001)
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def raw_server(flags: Sequence[str], ctx: int = 4096) -> tuple[subprocess.Popen[bytes], str]:

@@ -2,7 +2,8 @@
 
 The core (``import rocm_nb``, ``LocalModel``, ``connect``) needs only the
 runtime dependencies. The magics, the chat panel and the GPU monitor need the
-``notebook`` extra; ``hf:owner/repo/file.gguf`` models need the ``hub`` extra.
+``notebook`` extra; ``hf:owner/repo/file.gguf`` models need the ``hub`` extra;
+images in chats (:mod:`rocm_nb.client.images`) need the ``vision`` extra (Pillow).
 
 Example:
     >>> import sys
@@ -22,12 +23,13 @@ from typing import Literal
 
 __all__ = ["EXTRAS", "Extra", "needs_extra"]
 
-Extra = Literal["notebook", "hub"]
+Extra = Literal["notebook", "hub", "vision"]
 
 EXTRAS: dict[Extra, tuple[str, frozenset[str]]] = {
     "notebook": ("the magics, the chat panel and the GPU monitor",
                  frozenset({"IPython", "ipywidgets", "anywidget", "traitlets"})),
     "hub": ("hf: models", frozenset({"huggingface_hub"})),
+    "vision": ("images in chats", frozenset({"PIL"})),
 }
 """Each extra: what needs it, and the top-level modules it provides."""
 

@@ -88,6 +88,7 @@ from rocm_nb.hardware._hsa import server_env
 from rocm_nb.hardware._unified import UnifiedMemory, check_unified, decide
 from rocm_nb.modelfiles.catalog import ModelInfo, read_info, resolve_model
 from rocm_nb.modelfiles.fit import CACHE_TYPES, DEFAULT_BATCH, FLASH_ATTN, UBATCH, FitPlan, plan_load
+from rocm_nb.modelfiles.projector import read_projector, resolve_projector
 from rocm_nb.server import ServerConfig
 
 __all__ = [
@@ -158,8 +159,11 @@ _MEMORY = (  # (llama-server's flags, the LLAMA_ARG_ variables that say the same
      "speculative= and draft_gpu_layers= (the plan gives the draft f16 caches and whole layers)"),
     (("-fit", "--fit", "-fitt", "--fit-target", "-fitc", "--fit-ctx"), ("FIT", "FIT_TARGET", "FIT_CTX"),
      "ctx_size= and gpu_layers= (rocm_nb plans the fit itself: model.fit says what it chose)"),
-    (("-mm", "--mmproj", "-mmu", "--mmproj-url", "--mmproj-auto", "--lora", "--lora-scaled", "--control-vector",
-      "--control-vector-scaled"), ("MMPROJ", "MMPROJ_URL", "MMPROJ_AUTO"), _UNPLANNED),
+    (("-mm", "--mmproj", "-mmu", "--mmproj-url", "--mmproj-auto", "--no-mmproj"), ("MMPROJ", "MMPROJ_URL",
+     "MMPROJ_AUTO"), "mmproj= (the plan counts the projector, and images are checked before any request)"),
+    (("--mmproj-offload", "--no-mmproj-offload"), ("MMPROJ_OFFLOAD",),
+     "gpu_layers= (the projector goes where the layers go: on the GPU unless gpu_layers=0)"),
+    (("--lora", "--lora-scaled", "--control-vector", "--control-vector-scaled"), (), _UNPLANNED),
 )
 
 MEMORY_FLAGS: dict[str, str] = {flag: instead for flags, _, instead in _MEMORY for flag in flags}
@@ -233,6 +237,8 @@ class LoadOptions:
     unified_memory: UnifiedMemory = "auto"
     speculative: str | os.PathLike[str] = DEFAULT_SPECULATIVE
     draft_gpu_layers: int | None = None
+    mmproj: str | None = None
+    """The image projector: a ``mmproj-….gguf`` path, ``hf:`` reference or catalogue name (its projector)."""
     rpc: tuple[str, ...] = ()
     hsa_override: str | None = None
     host: str = "127.0.0.1"
@@ -263,6 +269,8 @@ class LoadOptions:
         if self.pooling is not None and not self.embedding:
             raise ValueError("pooling= applies to embedding servers: add embedding=True")
         check_unified(self.unified_memory)
+        if self.mmproj is not None and not self.mmproj:
+            raise ValueError("mmproj= takes a projector's .gguf path, hf: reference or catalogue name, or None; got ''")
         if draft_spec(self.speculative) is None and self.draft_gpu_layers is not None:
             raise ValueError("draft_gpu_layers needs a draft model: pass speculative='path/to/draft.gguf' "
                              "(or a catalogue name)")
@@ -299,6 +307,7 @@ class LoadOptions:
         host: str = "127.0.0.1",
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
+        mmproj: str | os.PathLike[str] | None = None,
         warm_cache: bool = True,
     ) -> LoadOptions:
         """The options from ``LocalModel``'s keywords, in the form the plan takes.
@@ -328,6 +337,7 @@ class LoadOptions:
             embedding=embedding, pooling=pooling, reranking=reranking, unified_memory=unified_memory,
             speculative=speculative, draft_gpu_layers=draft_gpu_layers, rpc=tuple(rpc), hsa_override=hsa_override,
             host=host, extra_args=tuple(map(str, extra_args)), env=tuple(sorted((env or {}).items())),
+            mmproj=None if mmproj is None else os.fspath(mmproj),
             warm_cache=warm_cache,
         )
 
@@ -421,8 +431,12 @@ def plan_server(info: ModelInfo, path: Path, binary: ServerBinary, hardware: Har
     ``env``, which wins. A draft model (``speculative``) is resolved (which
     may download it) and read here, and its memory goes into the fit plan,
     with ``draft_gpu_layers`` of its layers on the GPU (default: all; none on
-    a CPU build, which gets no ``--spec-draft-ngl``). ``name`` is what the
-    plan's note calls the model (default: the GGUF's own name). With
+    a CPU build, which gets no ``--spec-draft-ngl``). An image projector
+    (``mmproj``) is resolved and read here too (a file that is no vision
+    projector is an :class:`~rocm_nb.errors.InvalidModel`); the plan counts
+    it, and it is loaded with ``--mmproj``, kept off the GPU
+    (``--no-mmproj-offload``) when the plan keeps it in RAM. ``name`` is what
+    the plan's note calls the model (default: the GGUF's own name). With
     ``warm_cache`` (and not pooled) the server keeps its prompt cache in
     :func:`~rocm_nb._paths.warm_root` (``ROCM_NB_WARM_BUDGET``, if set, is checked here).
 
@@ -432,6 +446,7 @@ def plan_server(info: ModelInfo, path: Path, binary: ServerBinary, hardware: Har
     named_draft = draft_spec(options.speculative)
     draft_path = None if named_draft is None else resolve_model(named_draft)
     draft_info = None if draft_path is None else read_info(draft_path)
+    projector = None if options.mmproj is None else read_projector(resolve_projector(options.mmproj))
     backend = "rpc" if options.rpc else binary.backend
     ctx = context_size(info, options, name)
     batch, ubatch, micro = _batches(options, ctx)
@@ -441,7 +456,7 @@ def plan_server(info: ModelInfo, path: Path, binary: ServerBinary, hardware: Har
         shrink_ctx=options.ctx_size is None and not options.pooled,  # a pooled slot needs the context a text needs
         flash_attn=options.flash_attn, cache_type_k=options.cache_type_k, cache_type_v=options.cache_type_v,
         draft=draft_info, draft_gpu_layers=options.draft_gpu_layers, ubatch=micro, pooled=options.pooled,
-        name=name,
+        name=name, projector=projector,
     )
     draft_layers = fit.draft.gpu_layers if fit.draft is not None and binary.backend != "cpu" else None
     env = dict(options.env)
@@ -468,6 +483,8 @@ def plan_server(info: ModelInfo, path: Path, binary: ServerBinary, hardware: Har
         pooling=options.pooling,
         reranking=options.reranking,
         speculative=speculation_flags(options.speculative, draft_path, draft_layers),
+        mmproj=None if projector is None else projector.path,
+        mmproj_offload=binary.backend == "cpu" or fit.projector is None or fit.projector.on_gpu,
         slot_save_path=_warm_folder(options),
     )
     return fit, config

@@ -28,7 +28,7 @@ from rocm_nb.binary._rocwmma import build_options
 from rocm_nb.binary._smoke import smoke_test
 from rocm_nb.errors import InvalidModel, ModelNotFound, RocmNbError, describe_exit
 from rocm_nb.hardware import describe, detect
-from rocm_nb.modelfiles.catalog import CATALOGUE, DEFAULT_MODEL, models_dir, pull, read_info, verify
+from rocm_nb.modelfiles.catalog import CATALOGUE, DEFAULT_MODEL, models_dir, pull, read_info, resolve_model, verify
 from rocm_nb.modelfiles.library import models
 from rocm_nb.server.warm import clear_saved_caches, saved_caches
 
@@ -126,9 +126,10 @@ def _pull(args: argparse.Namespace) -> int:
 
 def _models(args: argparse.Namespace) -> int:
     _print(models(args.dirs or None))
-    directory = models_dir()
     for name, entry in sorted(CATALOGUE.items()):
-        if not (directory / entry.filename).is_file():
+        try:
+            resolve_model(name, download=False)  # a hub entry: in the Hugging Face cache, or not
+        except (ModelNotFound, ModuleNotFoundError):
             _print(f"\nnot downloaded yet: {name}  {entry.description}\n  next step: rocm-nb pull {name}")
     return 0
 

@@ -12,6 +12,7 @@ equal to it, and the documentation draws it the same way::
     ├── InvalidModel (ValueError)                The file is not a usable GGUF (bad magic, truncated, unsupported).
     ├── RuntimeDirError (OSError)                The folder for run records (ROCM_NB_RUNTIME_DIR) cannot be used.
     ├── ServerStartError                         llama-server exited while it was loading the model.
+    │   └── ProjectorMismatch                    llama-server refused the image projector (mmproj=) for this model.
     ├── ServerCrashed                            llama-server died after it was ready (for example during a generation).
     ├── ServerStartTimeout (TimeoutError)        llama-server did not report ready within the start timeout.
     ├── GenerationError                          A generation failed: the base of every failure to get a reply.
@@ -19,6 +20,7 @@ equal to it, and the documentation draws it the same way::
     │   ├── GenerationTimeout (TimeoutError)     A timeout ran out; .phase says which, .timeout its value (s).
     │   ├── StreamProtocolError                  The server's answer is not a well-formed event stream.
     │   ├── SchemaMismatch (ValueError)          The reply is not the JSON asked for (not JSON, or against its schema).
+    │   ├── ImagesNotSupported (ValueError)      An image for a model without a projector, or a server that takes none.
     │   └── TextTooLong (ValueError)             A text longer than the embedding server's context; .index says which.
     ├── ModelClosed (RuntimeError)               The model (or client) was used after close().
     └── ModelNotStarted (RuntimeError)           What only a running server has (base_url, api_key) was asked too early.
@@ -50,10 +52,12 @@ __all__ = [
     "BuildError",
     "GenerationError",
     "GenerationTimeout",
+    "ImagesNotSupported",
     "InvalidModel",
     "ModelClosed",
     "ModelNotFound",
     "ModelNotStarted",
+    "ProjectorMismatch",
     "RocmNbError",
     "RuntimeDirError",
     "SchemaMismatch",
@@ -251,6 +255,21 @@ class ServerStartError(_ProcessError):
         self.hint = hint
 
 
+class ProjectorMismatch(ServerStartError):
+    """llama-server refused the image projector (mmproj=) for this model.
+
+    The projector must come with the model: it projects images into that
+    model's embedding space, so one made for another model (another width,
+    another architecture) is refused while loading. The message quotes the
+    server's reason; ``.log_tail`` holds its last log lines.
+
+    Example:
+        >>> e = ProjectorMismatch("refused", returncode=1, log_tail="mismatch between text model ...")
+        >>> isinstance(e, ServerStartError), e.log_tail
+        (True, 'mismatch between text model ...')
+    """
+
+
 class ServerStartTimeout(RocmNbError, TimeoutError):
     """llama-server did not report ready within the start timeout.
 
@@ -368,6 +387,19 @@ class SchemaMismatch(GenerationError, ValueError):
 
     Example:
         >>> issubclass(SchemaMismatch, (GenerationError, ValueError))
+        True
+    """
+
+
+class ImagesNotSupported(GenerationError, ValueError):
+    """An image for a model without a projector, or a server that takes none.
+
+    A :class:`~rocm_nb.LocalModel` without ``mmproj=`` refuses before any
+    request (``.status_code`` is ``None``); a server you ``connect()`` to
+    refuses itself, and the message quotes what it said.
+
+    Example:
+        >>> issubclass(ImagesNotSupported, (GenerationError, ValueError))
         True
     """
 

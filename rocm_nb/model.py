@@ -40,9 +40,13 @@ from rocm_nb._lease import ModelState, OwnServer
 from rocm_nb._options import DEFAULT_SPECULATIVE, LoadOptions, plan_server
 from rocm_nb.binary import ServerBinary, find_server
 from rocm_nb.client._generation import GenerationAPI
+from rocm_nb.client.engines import Capabilities
+from rocm_nb.client.images import ImageLimit
 from rocm_nb.client.request import Options
 from rocm_nb.client.status import ServerStatus
 from rocm_nb.errors import (
+    ImagesNotSupported,
+    InvalidModel,
     RocmNbError,
     ServerCrashed,
     describe_exit,
@@ -50,8 +54,16 @@ from rocm_nb.errors import (
 )
 from rocm_nb.hardware import Backend, Hardware, detect
 from rocm_nb.hardware._unified import UnifiedMemory
-from rocm_nb.modelfiles.catalog import DEFAULT_MODEL, ModelInfo, model_name, read_info, resolve_model
+from rocm_nb.modelfiles.catalog import (
+    DEFAULT_MODEL,
+    ModelInfo,
+    default_projector,
+    model_name,
+    read_info,
+    resolve_model,
+)
 from rocm_nb.modelfiles.fit import FitPlan
+from rocm_nb.modelfiles.projector import ProjectorInfo, read_projector
 from rocm_nb.server import LlamaServer, ServerConfig
 from rocm_nb.server._registry import ServerRegistry, default_registry
 
@@ -80,6 +92,13 @@ class LocalModel(OwnServer, GenerationAPI):
     Args:
         model: a ``.gguf`` path, a catalogue name (default ``smollm2-135m``)
             or ``hf:owner/repo/file.gguf``.
+        mmproj: the image projector that makes it a vision model (a
+            ``mmproj-….gguf`` path, ``hf:owner/repo/mmproj-….gguf``, or a
+            catalogue name for that entry's projector); a catalogue vision
+            model (``smolvlm-256m``) brings its own. With one, ``chat()``
+            takes images (:mod:`rocm_nb.client.images`); its memory counts in
+            :attr:`fit`. A projector made for another model is refused by the
+            server while loading (:class:`~rocm_nb.errors.ProjectorMismatch`).
         ctx_size: context length; default min(trained context, 8192).
         gpu_layers: layers to offload; ``None``/``"auto"`` means as many as
             fit in the free VRAM on a GPU backend (lowering the default
@@ -186,6 +205,7 @@ class LocalModel(OwnServer, GenerationAPI):
         reranking: bool = False,
         speculative: str | os.PathLike[str] = DEFAULT_SPECULATIVE,
         draft_gpu_layers: int | None = None,
+        mmproj: str | os.PathLike[str] | None = None,
         warm_cache: bool = True,
     ) -> None:
         self.load_options: LoadOptions = LoadOptions.of(  # checked before anything is resolved, downloaded or started
@@ -193,7 +213,8 @@ class LocalModel(OwnServer, GenerationAPI):
             cache_type_k=cache_type_k, cache_type_v=cache_type_v, batch_size=batch_size, ubatch_size=ubatch_size,
             embedding=embedding, pooling=pooling, reranking=reranking, unified_memory=unified_memory,
             speculative=speculative, draft_gpu_layers=draft_gpu_layers, rpc=rpc, hsa_override=hsa_override,
-            host=host, extra_args=extra_args, env=env, warm_cache=warm_cache)
+            host=host, extra_args=extra_args, env=env, warm_cache=warm_cache,
+            mmproj=mmproj if mmproj is not None else default_projector(model))  # a catalogue model brings its own
         """The load options, checked: what :func:`~rocm_nb._options.plan_server` planned with."""
         if not is_loopback(host):
             warnings.warn(f"llama-server will listen on {host}: every machine that can reach this one can use "
@@ -206,6 +227,9 @@ class LocalModel(OwnServer, GenerationAPI):
         GGUF's own)."""
         self.info: ModelInfo = read_info(self.path)
         """GGUF metadata: architecture, parameters, quantisation, context, chat template."""
+        if self.info.architecture == "clip":
+            raise InvalidModel(f"{self.path.name} is an image projector, not a model: load the model it belongs to "
+                               f"and give this file as mmproj={os.fspath(model)!r}")
         self.binary: ServerBinary = find_server(server)
         self.hardware: Hardware = hardware if hardware is not None else detect()
         self.fit: FitPlan
@@ -214,6 +238,9 @@ class LocalModel(OwnServer, GenerationAPI):
         """The server's configuration: what the plan decided, and the command line it gives."""
         self.fit, self.config = plan_server(self.info, self.path, self.binary, self.hardware, self.load_options,
                                             name=self.name)
+        self.projector: ProjectorInfo | None = None if self.config.mmproj is None else read_projector(
+            self.config.mmproj)
+        """The image projector's GGUF metadata (``mmproj=``), or ``None`` for a model that takes no images."""
         if not self.fit.fits:
             warnings.warn(self.fit.note, RuntimeWarning, stacklevel=2)
         self._what, self._again = f"this LocalModel ({self.name})", f"create a new one with LocalModel({self._spec!r})"
@@ -236,7 +263,31 @@ class LocalModel(OwnServer, GenerationAPI):
         ), "The text received so far is in the error's .partial.", f"Last log lines:\n{server.log_tail(15)}",
             "Next step: " + (f"{step}; then " if step else "") + "call model.start() for a fresh server.")
 
+    def _image_limit(self) -> ImageLimit:
+        """The projector's image size; without a projector, images are refused here, before any request."""
+        if self.projector is None:
+            raise ImagesNotSupported(
+                f"{self.name} was loaded without an image projector, so it takes no images: load a vision "
+                "model with its projector, LocalModel('smolvlm-256m') or LocalModel('model.gguf', "
+                "mmproj='mmproj-model.gguf') (%rocm_load MODEL --mmproj FILE), or send text only")
+        return ImageLimit(self.projector.max_edge, self.projector.max_pixels)
+
     # -- what notebooks show ----------------------------------------------------------------
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What the running server says it supports; ``.images`` is true when it loaded a projector.
+
+        Asked of the server once (``/props``); like :attr:`server`, raises
+        :class:`~rocm_nb.errors.ModelNotStarted` before ``start()``.
+        :attr:`projector` says the same without a server.
+
+        Example:
+            >>> model.capabilities.images  # doctest: +SKIP
+            True
+        """
+        self.server  # noqa: B018  (raises before start() and after close())
+        return self._client().capabilities
 
     @property
     def backend(self) -> Backend:
@@ -293,6 +344,7 @@ class LocalModel(OwnServer, GenerationAPI):
             decode_tps=decode_tps,
             rpc=self.config.rpc,
             restored_tokens=server.warm_start.tokens if server is not None and server.warm_start else None,
+            images=self.projector is not None,
             error=(f"llama-server {describe_exit(server.returncode, loading=False)[0]}"
                    if self.state is ModelState.CRASHED and server is not None else None),
         )

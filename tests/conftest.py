@@ -17,11 +17,17 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from rocm_nb import LocalModel
+from rocm_nb.binary import ServerBinary, find_server
 from rocm_nb.modelfiles.catalog import DEFAULT_MODEL, resolve_model
+from tests.support.thinking import THINK_TEMPLATE
+
+if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
 
 TIERS = ("unit", "server", "kernel", "browser")
 
@@ -73,3 +79,42 @@ def model() -> Iterator[LocalModel]:
     """One running server for the session: the default model on 2 slots."""
     with LocalModel(DEFAULT_MODEL, ctx_size=4096, parallel=2) as m:
         yield m
+
+
+@pytest.fixture(scope="session")
+def real() -> ServerBinary:
+    """The llama-server that ``rocm-nb server install`` put in the default cache (not ``$ROCM_NB_LLAMA_SERVER``)."""
+    return find_server(environ={k: v for k, v in os.environ.items() if k != "ROCM_NB_LLAMA_SERVER"})
+
+
+@pytest.fixture(scope="module")
+def thinker() -> Iterator[LocalModel]:
+    """The default model served with a thinking chat template (:mod:`tests.support.thinking`)."""
+    with LocalModel(DEFAULT_MODEL, ctx_size=2048, extra_args=("--chat-template-file", str(THINK_TEMPLATE))) as model:
+        yield model
+
+
+@pytest.fixture
+def bare_shell() -> Iterator[InteractiveShell]:
+    """IPython's shell with the rocm_nb magics and no model loaded: for tests of what the magics refuse.
+
+    The shell is IPython's one instance: models that a module's fixture loaded into it are set
+    aside for the test and put back after it.
+    """
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from rocm_nb.notebook.magics import RocmMagics
+
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "rocm_nb")
+    magics = ip.magics_manager.registry["RocmMagics"]
+    assert isinstance(magics, RocmMagics)
+    loaded, current = dict(magics.models), magics.current
+    magics.models.clear()
+    magics.current = None
+    try:
+        yield ip
+    finally:
+        magics.models.clear()
+        magics.models.update(loaded)
+        magics.current = current

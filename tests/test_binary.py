@@ -34,13 +34,6 @@ from tests.support.sysfs import sysfs_root
 ENV_VAR = "ROCM_NB_LLAMA_SERVER"
 
 
-@pytest.fixture(scope="module")
-def real() -> ServerBinary:
-    """The llama-server that ``rocm-nb server install`` put in the default cache."""
-    environ = {key: value for key, value in os.environ.items() if key != ENV_VAR}
-    return find_server(environ=environ)
-
-
 @pytest.fixture
 def empty_env(tmp_path: Path) -> dict[str, str]:
     """An empty cache and a PATH without llama-server (nor cmake)."""

@@ -141,8 +141,8 @@ def panel(page: Page) -> Locator:
 
 
 def stats(panel: Locator) -> Locator:
-    """The statistics line: the panel's own HTML child (the bubbles sit deeper)."""
-    return panel.locator(":scope > .widget-html")
+    """The statistics line under the panel (its class, not its place: the attachments sit beside it)."""
+    return panel.locator(".rocm-nb-stats")
 
 
 def set_max_tokens(panel: Locator, n: int) -> None:

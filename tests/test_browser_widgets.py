@@ -20,20 +20,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 from playwright.sync_api import Locator, Page, expect
 
 from tests.support.jupyter import (
-    LAB_OPTIONS,
-    Lab,
+    FRONT_ENDS,
+    FrontEnd,
     notebook_page,
     run,
-    serve,
+    serve_notebook,
     shoot,
     shot_on_failure,
-    write_notebook,
 )
 
 NOTEBOOK = "widgets.ipynb"
@@ -51,32 +49,11 @@ CELLS = [
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
 
-@dataclass(frozen=True)
-class FrontEnd:
-    """A Jupyter front end serving ``widgets.ipynb``: its app, its server, where a notebook opens."""
-
-    app: str
-    server: Lab
-    path: str
-
-    def log_tail(self) -> str:
-        return self.server.log_tail()
-
-
-FRONT_ENDS = {"notebook": ("notebooks", ()), "jupyterlab": ("lab/tree", LAB_OPTIONS)}  # app -> (path, options)
-
-
 @pytest.fixture(scope="module", params=sorted(FRONT_ENDS))
 def front_end(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrontEnd]:
     """Notebook 7 or JupyterLab, of the test's own, serving a temporary root that holds ``widgets.ipynb``."""
-    app: str = request.param
-    base = tmp_path_factory.mktemp(app)
-    root = base / "root"
-    root.mkdir()
-    write_notebook(root / NOTEBOOK, CELLS)
-    path, options = FRONT_ENDS[app]
-    with serve(app, root, base, options) as server:
-        yield FrontEnd(app, server, path)
+    with serve_notebook(request.param, tmp_path_factory.mktemp(request.param), NOTEBOOK, CELLS) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")

@@ -39,12 +39,6 @@ SIGNALS = {  # signal -> words its next step must contain
 }
 
 
-@pytest.fixture(scope="module")
-def real() -> ServerBinary:
-    """The llama-server that ``rocm-nb server install`` put in the default cache."""
-    return find_server(environ={k: v for k, v in os.environ.items() if k != "ROCM_NB_LLAMA_SERVER"})
-
-
 # -- crashes are named --------------------------------------------------------------------------
 
 

@@ -106,7 +106,8 @@ def test_pull_is_idempotent_and_verified(model_path: str, monkeypatch: pytest.Mo
 
     monkeypatch.setattr(catalog, "subprocess", SimpleNamespace(run=refuse))
     monkeypatch.setattr(catalog, "_extract", refuse)
-    monkeypatch.setattr(catalog, "hashlib", SimpleNamespace(sha256=refuse))
+    monkeypatch.setattr(catalog, "_convert", refuse)
+    monkeypatch.setattr(catalog, "_sha256", refuse)
     assert pull(DEFAULT_MODEL) == Path(model_path)
     entry = CATALOGUE[DEFAULT_MODEL]
     marker = Path(model_path).with_name(entry.filename + ".sha256")

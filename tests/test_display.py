@@ -10,16 +10,9 @@ import pytest
 from rocm_nb.client import Client
 from rocm_nb.client.status import ServerStatus
 from rocm_nb.notebook.display import Bundle, StreamDisplay, status_bundle
+from tests.support.clock import FakeClock
 
 pytestmark = pytest.mark.unit
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_updates_are_coalesced_and_nothing_is_lost() -> None:

@@ -30,6 +30,7 @@ from rocm_nb.errors import ModelClosed, SchemaMismatch, StreamProtocolError
 from rocm_nb.notebook.chat import ChatPanel
 from rocm_nb.notebook.display import status_bundle
 from rocm_nb.notebook.magics import RocmMagics
+from tests.support.threads import StreamReader
 
 pytestmark = pytest.mark.unit
 
@@ -253,26 +254,13 @@ def trickle() -> Iterator[str]:
 
 def test_closing_a_client_while_another_thread_streams_says_it_was_closed(trickle: str) -> None:
     client = Client(trickle)
-    streaming = threading.Event()
-    outcome: list[BaseException | str] = []
-
-    def reader() -> None:
-        try:
-            for i, _ in enumerate(client.stream("Hi")):
-                if i == 3:
-                    streaming.set()
-            outcome.append("finished")
-        except Exception as exc:
-            outcome.append(exc)
-
-    thread = threading.Thread(target=reader)
-    thread.start()
-    assert streaming.wait(60)
+    reader = StreamReader(lambda: client.stream("Hi"))
+    reader.wait_started()
     client.close()
-    thread.join(60)
-    assert len(outcome) == 1 and isinstance(outcome[0], ModelClosed), outcome
-    assert "was closed while a request was running" in str(outcome[0])
-    assert "Bad file descriptor" not in str(outcome[0])
+    outcome = reader.outcome()
+    assert isinstance(outcome, ModelClosed), outcome
+    assert "was closed while a request was running" in str(outcome)
+    assert "Bad file descriptor" not in str(outcome)
 
 
 async def test_closing_a_client_while_a_task_streams_says_it_was_closed(trickle: str) -> None:
@@ -304,17 +292,6 @@ async def test_the_chat_panel_says_its_client_was_closed(trickle: str) -> None:
 
 
 # -- the magics, in an IPython shell with no model -------------------------------------------------
-
-@pytest.fixture
-def bare_shell() -> Iterator[InteractiveShell]:
-    ip = InteractiveShell.instance()
-    ip.run_line_magic("load_ext", "rocm_nb")
-    yield ip
-    found = ip.magics_manager.registry["RocmMagics"]
-    assert isinstance(found, RocmMagics)
-    found.models.clear()
-    found.current = None
-
 
 @pytest.mark.parametrize(("line", "cell", "message"), [
     ("--max-tokens 8", "   \n\t\n", "%%rocm_generate has no prompt"),

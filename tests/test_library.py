@@ -1,4 +1,10 @@
-"""The model library: real GGUF files in temporary caches and directories, and the real default model."""
+"""The model library: real GGUF files in temporary caches and directories.
+
+The library reads headers only, so the default model's place in the rocm_nb
+cache holds a GGUF with its header and no tensor data
+(:func:`tests.support.gguf_files.write_default_model_header`): these tests
+run in the unit tier, with no model downloaded.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +20,22 @@ import numpy as np
 import pytest
 
 from rocm_nb import models
+from rocm_nb._units import human_bytes
 from rocm_nb.hardware import GPU, Hardware
 from rocm_nb.modelfiles.catalog import CATALOGUE, DEFAULT_MODEL, read_info, resolve_model
 from rocm_nb.modelfiles.fit import GPU_MARGIN, estimate
 from rocm_nb.modelfiles.library import LibraryEntry, ModelLibrary, hf_hub_cache, model_names
-from tests.support.gguf_files import HUGE_COUNT, HUGE_SHAPE, hf_snapshot, write_gguf, write_huge_gguf
+from tests.support.gguf_files import (
+    DEFAULT_PARAMETERS,
+    HUGE_COUNT,
+    HUGE_SHAPE,
+    hf_snapshot,
+    write_default_model_header,
+    write_gguf,
+    write_huge_gguf,
+)
+
+pytestmark = pytest.mark.unit
 
 TEMPLATE = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}"
 CPU_ONLY = Hardware("cpu", (), None, ())
@@ -31,14 +48,14 @@ class Machine:
     hub: Path
     mine: Path
     more: Path
+    default: Path
 
 
 @pytest.fixture
-def machine(tmp_path: Path, model_path: str) -> Machine:
+def machine(tmp_path: Path) -> Machine:
     """A machine's worth of model files: the rocm_nb cache, a Hugging Face cache, two model directories."""
     cache, hub, mine, more, src = (tmp_path / n for n in ("cache", "hub", "mine", "more", "src"))
-    (cache / "models").mkdir(parents=True)
-    (cache / "models" / CATALOGUE[DEFAULT_MODEL].filename).symlink_to(model_path)
+    default = write_default_model_header(cache / "models" / CATALOGUE[DEFAULT_MODEL].filename)
 
     tiny = write_gguf(src / "tiny.Q8_0.gguf", "Tiny", template=TEMPLATE)[0]
     shards = write_gguf(src / "split" / "big.gguf", "Big", arch="qwen2", ctx=32768, tensors=5, split_max_tensors=2)
@@ -60,15 +77,14 @@ def machine(tmp_path: Path, model_path: str) -> Machine:
 
     env = {"ROCM_NB_CACHE": str(cache), "HF_HUB_CACHE": str(hub),
            "ROCM_NB_MODEL_DIR": os.pathsep.join([str(mine), str(more), str(tmp_path / "absent")])}
-    return Machine(env, hub, mine, more)
+    return Machine(env, hub, mine, more, default)
 
 
 def by_name(library: ModelLibrary) -> dict[str, LibraryEntry]:
     return {entry.name: entry for entry in library}
 
 
-@pytest.mark.server
-def test_finds_every_model_once_in_the_three_places(machine: Machine, model_path: str) -> None:
+def test_finds_every_model_once_in_the_three_places(machine: Machine) -> None:
     library = models(environ=machine.env)
     mine = str(machine.mine)
     assert [e.name for e in library] == [
@@ -84,9 +100,9 @@ def test_finds_every_model_once_in_the_three_places(machine: Machine, model_path
     ]
     entries = by_name(library)
     default = entries[DEFAULT_MODEL]
-    assert default.source == "rocm_nb" and default.path.resolve() == Path(model_path).resolve()
+    assert default.source == "rocm_nb" and default.path == machine.default
     assert default.info is not None and default.info.quantization == "Q4_1" and default.info.chat_template
-    assert default.size == CATALOGUE[DEFAULT_MODEL].size
+    assert default.info.parameters == DEFAULT_PARAMETERS and default.size == machine.default.stat().st_size
 
     tiny = entries["hf:acme/tiny-GGUF/tiny.Q8_0.gguf"]
     assert tiny.source == "huggingface" and tiny.path.is_symlink() and tiny.shards == 1
@@ -100,7 +116,6 @@ def test_finds_every_model_once_in_the_three_places(machine: Machine, model_path
     assert any(note.startswith(f"{machine.mine.parent / 'absent'} is not a directory") for note in library.notes)
 
 
-@pytest.mark.server
 def test_shards_are_one_entry_with_summed_size_and_parameters(machine: Machine) -> None:
     big = by_name(models(environ=machine.env))["hf:acme/tiny-GGUF/F16/big-00001-of-00003.gguf"]
     files = sorted(big.path.parent.glob("big-*.gguf"))
@@ -112,7 +127,6 @@ def test_shards_are_one_entry_with_summed_size_and_parameters(machine: Machine) 
     assert read_info(big.path).parameters == 2 * 4 * 8
 
 
-@pytest.mark.server
 def test_unreadable_files_are_entries_with_the_error(machine: Machine) -> None:
     entries = by_name(models(environ=machine.env))
     mine = str(machine.mine)
@@ -127,7 +141,6 @@ def test_unreadable_files_are_entries_with_the_error(machine: Machine) -> None:
     assert odd.info is None and odd.error is not None and "cannot be read" in odd.error
 
 
-@pytest.mark.server
 def test_every_name_loads_the_file_it_lists(machine: Machine, monkeypatch: pytest.MonkeyPatch) -> None:
     import huggingface_hub.constants as constants
 
@@ -140,7 +153,6 @@ def test_every_name_loads_the_file_it_lists(machine: Machine, monkeypatch: pytes
         assert resolve_model(entry.name, download=False, environ=machine.env).resolve() == entry.path.resolve()
 
 
-@pytest.mark.server
 def test_text_and_html_tables(machine: Machine) -> None:
     library = models(environ=machine.env, hardware=CPU_ONLY)
     text = str(library)
@@ -149,8 +161,8 @@ def test_text_and_html_tables(machine: Machine) -> None:
     row = next(line for line in lines if line.startswith(DEFAULT_MODEL))
     memory = by_name(library)[DEFAULT_MODEL].memory
     assert memory is not None
-    assert row.split() == [DEFAULT_MODEL, "llama", "135M", "Q4_1", "94", "MiB", "8192", "yes", "yes",
-                           f"({memory / 2**20:.0f}", "MiB)"]
+    assert row.split() == [DEFAULT_MODEL, "llama", "135M", "Q4_1", *human_bytes(machine.default.stat().st_size).split(),
+                           "8192", "yes", "yes", f"({memory / 2**20:.0f}", "MiB)"]
     big = next(line for line in lines if line.startswith("hf:acme/tiny-GGUF/F16/big"))
     assert "(3 shards)" in big and "qwen2" in big and "32768" in big
     notes = next(line for line in lines if line.startswith(f"{machine.mine}/notes.gguf"))
@@ -166,7 +178,6 @@ def test_text_and_html_tables(machine: Machine) -> None:
     assert f'title="{machine.more}/other.gguf"' in page
 
 
-@pytest.mark.unit
 @pytest.mark.parametrize("variables", [{}, {"HF_HOME": "/data/hf"}, {"XDG_CACHE_HOME": "/xdg"},
                                        {"HF_HUB_CACHE": "/hub", "HF_HOME": "/data/hf"}], ids=str)
 def test_the_hub_cache_is_where_huggingface_hub_downloads_to(variables: dict[str, str]) -> None:
@@ -178,7 +189,6 @@ def test_the_hub_cache_is_where_huggingface_hub_downloads_to(variables: dict[str
     assert hf_hub_cache(environ) == Path(theirs)
 
 
-@pytest.mark.server
 def test_hf_home_and_an_empty_machine(tmp_path: Path, machine: Machine) -> None:
     home = tmp_path / "hf-home"
     home.mkdir()
@@ -190,14 +200,12 @@ def test_hf_home_and_an_empty_machine(tmp_path: Path, machine: Machine) -> None:
     assert len(empty) == 0 and "rocm-nb pull" in str(empty) and "ROCM_NB_MODEL_DIR" in empty._repr_html_()
 
 
-@pytest.mark.server
 def test_dirs_replace_the_environment_variable(machine: Machine) -> None:
     only_more = models(str(machine.more), environ=machine.env)
     assert [e.source for e in only_more].count("directory") == 1
     assert f"{machine.more}/other.gguf" in by_name(only_more)
 
 
-@pytest.mark.server
 def test_names_for_completion_read_no_header(machine: Machine) -> None:
     names = model_names(environ=machine.env)
     assert names[0] == DEFAULT_MODEL and names.count(DEFAULT_MODEL) == 1
@@ -205,7 +213,6 @@ def test_names_for_completion_read_no_header(machine: Machine) -> None:
     assert set(names[1:]) == ({e.name for e in models(environ=machine.env)} | set(CATALOGUE)) - {DEFAULT_MODEL}
 
 
-@pytest.mark.server
 def test_metadata_is_cached_by_path_size_and_mtime(machine: Machine) -> None:
     other = machine.more / "other.gguf"
     first = by_name(models(environ=machine.env))[str(other)].info
@@ -215,7 +222,6 @@ def test_metadata_is_cached_by_path_size_and_mtime(machine: Machine) -> None:
     assert changed is not None and (changed.name, changed.context_length) == ("Other, retrained", 16384)
 
 
-@pytest.mark.unit
 def test_a_40_gb_model_is_described_from_its_header_alone(tmp_path: Path) -> None:
     """A file as big as a 70B Q4 model, sparse: its tensor data does not exist on disk."""
     path = tmp_path / "huge" / "huge-70b.Q4_0.gguf"
@@ -251,7 +257,6 @@ def resident_bytes(path: Path, start: int) -> int:
     return int((pages[start // page + 1:] & 1).sum()) * page
 
 
-@pytest.mark.server
 def test_fits_on_the_cpu_compares_everything_with_available_ram(machine: Machine) -> None:
     import psutil
 
@@ -272,7 +277,6 @@ def rocm(*gpus: GPU, visible: str | None = None) -> Hardware:
     return Hardware("rocm", gpus, visible, ())
 
 
-@pytest.mark.server
 def test_fits_on_a_gpu_uses_the_visible_gpu_with_the_most_free_vram(machine: Machine) -> None:
     apu = GPU(0, "AMD Radeon 780M", "gfx1103", "amd", 32 * GiB, 0, True)  # the most "VRAM", but masked
     small = GPU(1, "AMD Radeon RX 7600", "gfx1102", "amd", 8 * GiB, 7 * GiB, False)
@@ -287,7 +291,6 @@ def test_fits_on_a_gpu_uses_the_visible_gpu_with_the_most_free_vram(machine: Mac
     assert f"yes ({default.memory / 2**20:.0f} MiB)" in str(library)
 
 
-@pytest.mark.server
 def test_fits_answers_no_when_the_free_vram_is_too_small(machine: Machine) -> None:
     default_vram = by_name(models(environ=machine.env, hardware=rocm(
         GPU(0, "AMD Radeon RX 6600", "gfx1032", "amd", 8 * GiB, 0, False))))[DEFAULT_MODEL].memory

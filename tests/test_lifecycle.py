@@ -18,7 +18,8 @@ from rocm_nb.errors import ModelNotStarted
 from rocm_nb.server import LlamaServer, ServerConfig
 from rocm_nb.server._registry import ServerRegistry
 from tests.support.engines import LLAMA_CPP
-from tests.support.processes import gone, wait_until
+from tests.support.processes import gone, spin_until, wait_until
+from tests.support.threads import StreamReader
 
 GREEDY = {"temperature": 0.0, "seed": 7}
 LONG = "Once upon a time, in a faraway kingdom, there lived"
@@ -107,27 +108,13 @@ def test_close_while_another_thread_streams_ends_the_server_within_a_second(
 ) -> None:
     m = LocalModel(model_path, registry=registry).start()
     pid = m.pid
-    streaming = threading.Event()
-    outcome: list[BaseException | str] = []
-
-    def reader() -> None:
-        try:
-            for i, _ in enumerate(m.stream(LONG, max_tokens=4000, **GREEDY)):
-                if i == 3:
-                    streaming.set()
-            outcome.append("finished")  # would mean close() did not cut it off
-        except Exception as exc:
-            outcome.append(exc)
-
-    thread = threading.Thread(target=reader)
-    thread.start()
-    assert streaming.wait(60)
+    reader = StreamReader(lambda: m.stream(LONG, max_tokens=4000, **GREEDY))
+    reader.wait_started()
     began = time.monotonic()
     m.close()
-    wait_until(gone(pid), timeout=1.0)  # the promise under test, not a measurement
+    assert gone(pid)(), "close() returns once the server is gone, without waiting for the stream"
     print(f"close() mid-stream to server gone: {time.monotonic() - began:.3f} s")
-    thread.join(10)
-    assert len(outcome) == 1 and isinstance(outcome[0], ModelClosed)
+    assert isinstance(reader.outcome(), ModelClosed)  # "finished" would mean close() did not cut it off
 
 
 @pytest.mark.server
@@ -173,7 +160,7 @@ async def test_close_while_a_task_streams_says_the_model_was_closed(
     await asyncio.to_thread(m.close)  # another cell's close(), from another thread
     with pytest.raises(ModelClosed, match="was closed while a request was running"):
         await asyncio.wait_for(task, 60)
-    assert wait_until(gone(pid), timeout=30) >= 0
+    assert gone(pid)(), "close() returned once the server was gone"
 
 
 @pytest.mark.server
@@ -198,7 +185,7 @@ async def test_close_while_the_chat_panel_replies_shows_model_closed(
     bubble = panel.transcript.children[-1].value
     assert "ModelClosed" in panel.stats.value and "was closed while a request was running" in bubble
     assert "Bad file descriptor" not in bubble and "start()" not in bubble
-    assert wait_until(gone(pid), timeout=30) >= 0
+    assert gone(pid)(), "close() returned once the server was gone"
 
 
 @pytest.mark.server
@@ -263,8 +250,7 @@ def test_each_event_loop_gets_its_own_async_client_and_close_reaches_them_all() 
         assert on_first is not on_second and len(client._asyncs) == 2  # the ended loops' clients are gone
         second.run_until_complete(client.aclose())
         assert on_second.is_closed
-        first.run_until_complete(asyncio.sleep(0.05))  # the first loop runs the close scheduled on it
-        assert on_first.is_closed
+        first.run_until_complete(spin_until(lambda: on_first.is_closed))  # the close scheduled on the first loop
     finally:
         first.close()
         second.close()
@@ -294,8 +280,4 @@ async def test_close_from_another_thread_closes_the_async_client_on_its_loop() -
     await client.agenerate("Hi")
     http = client._ahttp()
     await asyncio.to_thread(client.close)
-    for _ in range(100):  # the close was handed to this loop: let it run
-        if http.is_closed:
-            break
-        await asyncio.sleep(0.01)
-    assert http.is_closed
+    await spin_until(lambda: http.is_closed)  # the close was handed to this loop: let it run

@@ -26,6 +26,7 @@ import pytest
 from nbformat import NotebookNode
 
 from tests.support.processes import llama_servers, wait_until
+from tests.support.vision import IMAGE_TOKENS, write_tiny_vlm
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -97,24 +98,28 @@ def servers_marked(value: str) -> list[int]:
 
 
 @pytest.fixture(scope="session")
-def executed() -> Callable[[str], NotebookNode]:
+def executed(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], NotebookNode]:
     """Execute a notebook (once per session) and return it with its outputs.
 
     Also checks that no llama-server the notebook started outlives its kernel
-    (each kernel's environment carries a mark its servers inherit).
+    (each kernel's environment carries a mark its servers inherit). A vision
+    notebook gets the tiny vision model (tests/support/vision.py) through
+    ``ROCM_NB_VISION_MODEL`` and ``ROCM_NB_VISION_MMPROJ``.
     """
     cache: dict[str, NotebookNode] = {}
+    model, mmproj = write_tiny_vlm(tmp_path_factory.mktemp("vision"))
+    vision = {"ROCM_NB_VISION_MODEL": str(model), "ROCM_NB_VISION_MMPROJ": str(mmproj)}
 
     def run(name: str) -> NotebookNode:
         if name not in cache:
             mark = {MARK: f"{name}-{uuid.uuid4().hex}"}
             began = time.perf_counter()
-            nb = run_demo.execute(NOTEBOOKS / name, timeout=120, env=mark)
+            nb = run_demo.execute(NOTEBOOKS / name, timeout=120, env={**mark, **vision})
             elapsed = time.perf_counter() - began
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             nbformat.write(nb, ARTIFACTS / name)
             print(f"\n{name}: executed in {elapsed:.1f} s")
-            wait_until(lambda: not servers_marked(mark[MARK]), timeout=5.0)
+            wait_until(lambda: not servers_marked(mark[MARK]))  # left alone they would serve on for good
             cache[name] = nb
         return cache[name]
 
@@ -145,6 +150,7 @@ def test_all_notebooks_are_tested() -> None:
     assert {p.name for p in NOTEBOOKS.glob("*.ipynb")} == {
         "01-quickstart.ipynb", "02-chat-panel.ipynb", "03-sampling.ipynb", "04-tokens-and-templates.ipynb",
         "05-gpu-memory.ipynb", "06-retrieval-and-tools.ipynb", "07-what-the-model-is-thinking.ipynb",
+        "08-ask-about-a-figure.ipynb",
     }
 
 
@@ -361,3 +367,28 @@ def test_what_the_model_is_thinking(executed: Callable[[str], NotebookNode]) -> 
     parts = stdout(cell(nb, "template"))
     assert parts.startswith("system ") and " + user " in parts and " + generation prompt " in parts
     assert data(cell(nb, "template"), WIDGET_VIEW)
+
+
+# -- 08: ask about a figure -----------------------------------------------------------------------
+
+
+@pytest.mark.kernel
+def test_ask_about_a_figure(executed: Callable[[str], NotebookNode]) -> None:
+    nb = executed("08-ask-about-a-figure.ipynb")
+    loaded = stdout(cell(nb, "load"))
+    assert "mmproj-tiny.gguf · mlp projector, images up to 32 pixels" in loaded
+    assert "set aside first for the image projector" in loaded and "takes images: True" in loaded
+    assert data(cell(nb, "figure"), "image/png"), "the plot is drawn"
+    tokens = re.search(r"prompt tokens: (\d+) with the figure, (\d+) without", stdout(cell(nb, "ask")))
+    assert tokens is not None and int(tokens.group(1)) - int(tokens.group(2)) == IMAGE_TOKENS
+    assert data(cell(nb, "ask"), "text/html"), "the reply is shown"
+    sent = stdout(cell(nb, "sent"))
+    assert re.search(r"sent as a 32×\d+ PNG", sent) and "follow-up:" in sent  # scaled to the projector's 32
+    assert "✓ eyes:" in "".join(data(cell(nb, "magic-load"), "text/plain"))
+    assert "tok/s" in "".join(data(cell(nb, "magic-generate"), "text/html"))
+    status = "".join(data(cell(nb, "status"), "text/plain"))
+    header, row = status.splitlines()[:2]
+    assert "eyes" in row and row[header.index(" images ") + 1:].split()[0] == "yes"
+    panel = cell(nb, "panel")
+    assert "['image_url', 'text']" in stdout(panel) and data(panel, WIDGET_VIEW)
+    assert "llama-server" not in stdout(cell(nb, "close"))

@@ -62,7 +62,7 @@ def test_a_whole_process_group_is_signalled() -> None:
     grandchild = int(proc.stdout.readline())
     proc.stdout.close()
     assert terminate(proc, grace=5.0, group=True) is Escalation.SIGTERM
-    wait_until(gone(grandchild), timeout=10)  # the signal reached it; it may take a moment to exit
+    wait_until(gone(grandchild))  # the signal reached it; it may take a moment to exit
 
 
 def test_a_launched_child_is_recorded_until_stopped(tmp_path: Path) -> None:
@@ -134,24 +134,23 @@ def test_a_second_configuration_starts_while_the_first_is_still_starting(
 
 def test_callers_for_one_configuration_join_one_start(registry: ServerRegistry[str, FakeServer]) -> None:
     starts: list[int] = []
-    gate = threading.Barrier(4)
+    may_finish = threading.Event()
 
     def start() -> FakeServer:
         starts.append(1)
-        time.sleep(0.2)  # long enough for every caller to arrive while it starts
+        assert may_finish.wait(60)
         return FakeServer("one")
 
     got: list[FakeServer] = []
-
-    def use() -> None:
-        gate.wait()
-        got.append(registry.acquire("a", start))
-
-    threads = [threading.Thread(target=use) for _ in range(4)]
+    threads = [threading.Thread(target=lambda: got.append(registry.acquire("a", start))) for _ in range(4)]
     for t in threads:
         t.start()
+    # the start ends only once all four callers are in: one starting, three waiting on it (not a sleep that a
+    # busy machine could outlast)
+    wait_until(lambda: "a" in registry._entries and registry._entries["a"].users == 4)
+    may_finish.set()
     for t in threads:
-        t.join(10)
+        t.join(60)
     assert len(starts) == 1 and len(got) == 4 and all(s is got[0] for s in got)
     for server in got[:3]:
         registry.release("a", server)

@@ -13,26 +13,15 @@ recorded or faked: every stream comes from the real server and model.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from rocm_nb import Delta, LocalModel
-from rocm_nb.modelfiles.catalog import DEFAULT_MODEL
+from tests.support.thinking import THINK_THEN_ANSWER
 
 pytestmark = pytest.mark.server
 
-TEMPLATE = Path(__file__).parent / "fixtures" / "templates" / "think.jinja"
-THINK_THEN_ANSWER = r'root ::= [^<\n]+ "\n</think>\n\n" [^<]+'
-"""A thought of one line, the end-of-thinking tag, then the answer."""
 QUESTION = [{"role": "user", "content": "What is 2 + 2?"}]
-
-
-@pytest.fixture(scope="module")
-def thinker() -> Iterator[LocalModel]:
-    with LocalModel(DEFAULT_MODEL, ctx_size=2048, extra_args=("--chat-template-file", str(TEMPLATE))) as model:
-        yield model
 
 
 def test_the_thinking_is_kept_apart_from_the_answer(thinker: LocalModel) -> None:

@@ -20,7 +20,7 @@ from rocm_nb import GenerationError, LocalModel, connect, rpc_worker
 from rocm_nb._exposure import free_port
 from rocm_nb.notebook.chat import ChatPanel
 from rocm_nb.server import LlamaServer
-from tests.support.decoding import assert_same_greedy
+from tests.support.decoding import FRESH_PROMPT, REFERENCE, assert_greedy_agrees
 from tests.support.processes import gone, wait_until
 
 pytestmark = pytest.mark.server
@@ -40,8 +40,9 @@ def test_connect_gives_the_same_api_over_a_running_llama_server(
     second_server: LlamaServer, model: LocalModel
 ) -> None:
     with connect(second_server.base_url, api_key=second_server.api_key) as remote:
-        assert remote.generate(PROMPT, max_tokens=16, **GREEDY).text == model.generate(
-            PROMPT, max_tokens=16, **GREEDY
+        # two servers of one configuration, each computing the prompt afresh: the same shapes, the same text
+        assert remote.generate(PROMPT, max_tokens=16, **GREEDY, **FRESH_PROMPT).text == model.generate(
+            PROMPT, max_tokens=16, **GREEDY, **FRESH_PROMPT
         ).text
         assert "".join(remote.chat_stream([{"role": "user", "content": "Hi"}], max_tokens=8, **GREEDY))
         assert remote.tokenize("Hello world") == model.tokenize("Hello world")
@@ -132,22 +133,22 @@ def test_magics_with_url(second_server: LlamaServer, fake_openai: str) -> None:
 
 
 def test_two_rpc_workers_give_the_single_process_output(model_path: str, model: LocalModel) -> None:
-    single = model.generate(PROMPT, max_tokens=24, **GREEDY).text
+    single = model.generate(PROMPT, max_tokens=24, **GREEDY, **REFERENCE)
     with rpc_worker() as a, rpc_worker() as b:
         assert a.address != b.address and a.address.startswith("127.0.0.1:")
         before = [psutil.Process(w.pid).memory_info().rss for w in (a, b)]
         with LocalModel(model_path, ctx_size=1024, rpc=[a.address, b.address]) as split:
             assert ["--rpc", f"{a.address},{b.address}"] == split.config.argv(1)[-2:]
             assert split.config.gpu_layers == 31  # every layer goes to the workers
-            # the workers run the same binary's backend as the single process
-            assert_same_greedy([split.generate(PROMPT, max_tokens=24, **GREEDY).text], [single], model.backend,
-                               "2 RPC workers against one process")
+            # the workers run the same binary's backend as the single process, but the graph is split between
+            # them and the attention may take another kernel: compared up to a near-tie (tests/support/decoding.py)
+            assert_greedy_agrees([split.generate(PROMPT, max_tokens=24, **GREEDY).text], [single], model.backend,
+                                 "2 RPC workers against one process")
             grown = [psutil.Process(w.pid).memory_info().rss - b0 for w, b0 in zip((a, b), before, strict=True)]
             assert all(g > 20 * 2**20 for g in grown)  # each worker holds part of the weights
             assert split.status().rpc == (a.address, b.address)
         pids = [a.pid, b.pid]
-    for pid in pids:
-        wait_until(gone(pid), timeout=2)
+    assert all(gone(pid)() for pid in pids), "leaving the block stops both workers, and waits for them"
 
 
 def test_rpc_worker_dies_with_its_owner() -> None:
@@ -158,7 +159,7 @@ def test_rpc_worker_dies_with_its_owner() -> None:
     owner.kill()
     owner.wait()
     began = time.monotonic()
-    wait_until(gone(pid), timeout=2)
+    wait_until(gone(pid))  # the kernel kills it with its owner (PDEATHSIG); left alone it would serve on for good
     print(f"RPC worker gone {time.monotonic() - began:.3f} s after its owner was killed")
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from rocm_nb import AmbiguousModel, LocalRouter, ModelClosed, ModelState
 from rocm_nb.server._registry import ServerRegistry
+from tests.support.decoding import FRESH_PROMPT
 from tests.support.processes import gone, wait_until
 
 pytestmark = pytest.mark.server
@@ -34,9 +35,9 @@ def test_a_request_without_a_model_names_both(router: LocalRouter) -> None:
 
 
 def test_both_models_route_on_every_path(router: LocalRouter) -> None:
-    a = router.chat(HI, model="smol-a", **GREEDY)
-    b = router("smol-b").chat(HI, **GREEDY)
-    assert a.text and a.text == b.text  # the same weights under two names, greedy
+    a = router.chat(HI, model="smol-a", **GREEDY, **FRESH_PROMPT)
+    b = router("smol-b").chat(HI, **GREEDY, **FRESH_PROMPT)
+    assert a.text and a.text == b.text  # the same weights under two names, greedy, each prompt computed afresh
     assert a.usage is not None and a.usage.completion_tokens > 0
     assert "".join(router("smol-b").stream("The sky is", **GREEDY))
     assert router("smol-a").tokenize("Hello") == router("smol-b").tokenize("Hello") != []
@@ -69,8 +70,8 @@ def test_closing_the_router_leaves_no_child(model_path: str) -> None:
     assert len(pids) == 2 and all(pids)
     folder = router.folder
     router.close()
-    for pid in pids:
-        wait_until(gone(pid), timeout=10)
+    for pid in pids:  # the router process goes in close(); its child exits once the router's pipe closes
+        wait_until(gone(pid))
     assert not folder.exists() and Path(model_path).exists()
     with pytest.raises(ModelClosed):
         router(name)
@@ -84,7 +85,7 @@ def test_a_router_killed_outright_takes_its_children(model_path: str) -> None:
         child = router.loaded()[0].pid
         assert router.pid is not None and child is not None
         psutil.Process(router.pid).kill()
-        wait_until(gone(child), timeout=15)
+        wait_until(gone(child))  # left alone it would serve on for good
     finally:
         router.close()
 
@@ -110,7 +111,7 @@ def test_magics_load_a_router_and_status_shows_its_children(model_path: str, tmp
     assert "many › smol-b" in out.outputs[-1].data["text/plain"]
     child = router.loaded()[0].pid
     shell.run_line_magic("rocm_stop", "many")
-    wait_until(gone(child), timeout=10)
+    wait_until(gone(child))
 
 
 async def test_async_with_starts_and_closes_a_router_as_a_local_model(model_path: str) -> None:
@@ -122,6 +123,6 @@ async def test_async_with_starts_and_closes_a_router_as_a_local_model(model_path
         pid, folder = router.pid, router.folder
         assert pid is not None and folder.exists()
     assert router.state is ModelState.CLOSED and not folder.exists()
-    wait_until(gone(pid), timeout=10)
+    wait_until(gone(pid))
     with pytest.raises(ModelClosed, match=r"this router over .* was closed; create a new LocalRouter"):
         await router.achat(HI, **GREEDY)

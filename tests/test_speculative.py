@@ -18,7 +18,7 @@ from rocm_nb.notebook._magic_args import LoadArgs
 from rocm_nb.notebook.chat import ChatPanel
 from rocm_nb.notebook.magics import parse_args
 from rocm_nb.server import ServerConfig
-from tests.support.decoding import assert_same_greedy
+from tests.support.decoding import REFERENCE, assert_greedy_agrees
 
 PROMPTS = [
     "Repeat this list three times, exactly: apple, banana, cherry, damson, elderberry.",
@@ -94,19 +94,23 @@ def test_a_draft_model_is_planned_and_its_memory_counted(model_path: str) -> Non
 
 
 @pytest.fixture(scope="module")
-def greedy_off(model_path: str) -> Iterator[list[str]]:
+def greedy_off(model_path: str) -> Iterator[list[Completion]]:
+    """Plain greedy decoding of every prompt, with each token's alternatives (what speculation is compared with)."""
     with LocalModel(model_path, ctx_size=2048, speculative="off") as off:
-        yield [off.chat([{"role": "user", "content": p}], max_tokens=MAX_TOKENS, temperature=0.0, seed=1).text
+        yield [off.chat([{"role": "user", "content": p}], max_tokens=MAX_TOKENS, temperature=0.0, seed=1, **REFERENCE)
                for p in PROMPTS]
 
 
 @pytest.mark.server
 @pytest.mark.timeout(900)  # a draft model triples the work per step, on a CPU shared with other test runs
 @pytest.mark.parametrize("mode", ["ngram", "draft"])
-def test_greedy_output_is_the_same_with_speculation(mode: str, model_path: str, greedy_off: list[str]) -> None:
+def test_greedy_output_is_the_same_with_speculation(mode: str, model_path: str, greedy_off: list[Completion]) -> None:
     """Every shipped mode; the draft model is the model itself (the only GGUF here), so its drafts are right.
 
-    The draft mode runs the first three prompts (two with multi-byte text): each step costs a draft pass too.
+    Speculation checks the drafts as one batch, so its texts are compared with plain decoding up to a near-tie
+    (tests/support/decoding.py), not character for character: on an AVX2 CPU a batch of drafts tips a near-tie
+    in one of these prompts, where AVX-512 does not. The draft mode runs the first three prompts (two with
+    multi-byte text): each step costs a draft pass too.
     """
     speculative, prompts = (model_path, PROMPTS[:3]) if mode == "draft" else (mode, PROMPTS)
     with LocalModel(model_path, ctx_size=2048, speculative=speculative) as model:
@@ -116,11 +120,12 @@ def test_greedy_output_is_the_same_with_speculation(mode: str, model_path: str, 
         bundles: list[dict[str, str]] = []  # what %%rocm_generate shows: its footer is the last bundle's last line
         shown = show(model.chat_stream([{"role": "user", "content": prompts[drafting]}], max_tokens=MAX_TOKENS,
                                        temperature=0.0, seed=1), "text", publish=lambda b, _: bundles.append(b))
-    assert_same_greedy([r.text for r in replies], greedy_off[:len(prompts)], model.backend, f"speculative={mode}")
+    assert_greedy_agrees([r.text for r in replies], greedy_off[:len(prompts)], model.backend, f"speculative={mode}")
     drafted = [r.timings for r in replies if r.timings is not None and r.timings.draft_tokens]
     assert drafted, f"speculative={mode} drafted nothing on prompts that repeat themselves"
     accepted = sum(t.draft_accepted or 0 for t in drafted)
     assert accepted > 0 and any("accepted" in r.stats() for r in replies)
     footer = bundles[-1]["text/plain"].splitlines()[-1]
-    assert shown.text == greedy_off[drafting] and "% accepted (" in footer, footer
+    assert_greedy_agrees([shown.text], [greedy_off[drafting]], model.backend, f"speculative={mode}, the cell's stream")
+    assert "% accepted (" in footer, footer
     assert "% accepted (" in ChatPanel._stats(shown)  # the chat panel's stats line

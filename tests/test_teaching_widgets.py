@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from rocm_nb import LocalModel
 from rocm_nb.client.logprobs import Progress, TokenProb
 from rocm_nb.client.stream import Delta
-from rocm_nb.modelfiles.catalog import DEFAULT_MODEL
 from rocm_nb.notebook._format import show
 from rocm_nb.notebook._widget_kit import FRAGMENT, MAX_RATE, WHOLE_CHARACTER, Throttle, token_dicts
 from rocm_nb.notebook.chat import ChatPanel
@@ -26,17 +23,11 @@ from rocm_nb.notebook.explore import NextTokenExplorer, with_temperature
 from rocm_nb.notebook.playground import SamplerPlayground
 from rocm_nb.notebook.reply_view import ReplyView, live_view
 from rocm_nb.notebook.token_view import TokenView, is_special
+from tests.support.clock import FakeClock
+from tests.support.thinking import THINK_THEN_ANSWER
 from tests.support.widgets import counted
 
 CHAT = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name a colour."}]
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def token(text: str, p: float, *others: tuple[str, float]) -> TokenProb:
@@ -273,17 +264,7 @@ def test_the_reply_view_takes_a_real_stream_with_probabilities(model: LocalModel
 
 
 
-# -- thinking and prefill, against a server with a thinking chat template -----------------------
-
-TEMPLATE = Path(__file__).parent / "fixtures" / "templates" / "think.jinja"
-THINK_THEN_ANSWER = r'root ::= [^<\n]+ "\n</think>\n\n" [^<]+'
-"""A thought of one line, the end-of-thinking tag, then the answer (as in tests/test_reasoning.py)."""
-
-
-@pytest.fixture(scope="module")
-def thinker() -> Iterator[LocalModel]:
-    with LocalModel(DEFAULT_MODEL, ctx_size=2048, extra_args=("--chat-template-file", str(TEMPLATE))) as model:
-        yield model
+# -- thinking and prefill, against a server with a thinking chat template (the ``thinker`` fixture) ----
 
 
 @pytest.mark.server

@@ -9,7 +9,8 @@ The client layer is this module (the ``Client``: connections, requests,
 lifetime), :mod:`rocm_nb.client._generation` (the generation API it shares with
 ``LocalModel``), :mod:`rocm_nb.client.request` (options, checked once into a
 request, translated once into its body), :mod:`rocm_nb.client.completion`
-(``Completion``), :mod:`rocm_nb.client.stream` (reading one event stream) and
+(``Completion``), :mod:`rocm_nb.client.stream` (reading one event stream),
+:mod:`rocm_nb.client.images` (images into messages) and
 :mod:`rocm_nb.client._batch` (``map``).
 
 Example:
@@ -424,13 +425,15 @@ class Client(GenerationAPI):
             >>> connect("http://127.0.0.1:9").status().state
             'unreachable'
         """
+        images = None
         try:
             names, state, error = self.models(), "running", None
+            images = self.capabilities.images
         except RocmNbError as exc:
             names, error = [], str(exc)
             state = "unreachable" if isinstance(exc, ServerUnavailable | GenerationTimeout) else "error"
         return ServerStatus(model=", ".join(names) or "?", file=self._base_url, backend="remote", state=state,
-                            error=error)
+                            error=error, images=images)
 
     # -- lifetime ---------------------------------------------------------------------------
 

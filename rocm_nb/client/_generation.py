@@ -2,7 +2,8 @@
 
 :class:`GenerationAPI` holds every public method that talks to a server:
 generation (``generate``, ``stream``, ``chat``, ``chat_stream``, their async
-twins, ``map``/``amap``), embeddings, reranking and tools, and the server's
+twins, ``map``/``amap``, with images for a vision model:
+:mod:`rocm_nb.client.images`), embeddings, reranking and tools, and the server's
 own utilities (``tokenize``, ``detokenize``, ``apply_template``, ``n_ctx``,
 ``props``, ``metrics``, ``models``, ``health``). Each reaches the server
 through one of two hooks: ``_client()`` for sync code and ``await
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal, Unpack, overload
 from rocm_nb.client._accumulator import Accumulator
 from rocm_nb.client._batch import Prompt, adrain
 from rocm_nb.client.completion import Completion, Kind, Message
+from rocm_nb.client.images import ImageInput, ImageLimit, has_images, with_images
 from rocm_nb.client.logprobs import TokenPiece, read_pieces
 from rocm_nb.client.request import Options, Request, check_options, check_request
 from rocm_nb.client.stream import AsyncTokenStream, TokenStream
@@ -95,6 +97,29 @@ class GenerationAPI:
 
     def _client(self) -> Session:
         raise NotImplementedError
+
+    def _image_limit(self) -> ImageLimit:
+        """How large an image is worth sending; a model that takes no images raises here, before any request.
+
+        A ``Client`` does not know its server's projector: the default limit,
+        and the server says itself when it takes no images.
+        """
+        return ImageLimit()
+
+    def _messages(self, messages: str | Sequence[Message], images: Sequence[ImageInput]) -> Sequence[Message]:
+        """The messages to send: a string as the user's message, images encoded (:func:`with_images`)."""
+        if isinstance(messages, str) or images or has_images(messages):
+            listed = [{"role": "user", "content": messages}] if isinstance(messages, str) else messages
+            return with_images(listed, images, self._image_limit() if images or has_images(listed) else None)
+        return messages
+
+    def _batch_prompts(self, prompts: Iterable[Prompt]) -> list[Prompt]:
+        """A batch's prompts with their images encoded: a model that takes none refuses the batch first.
+
+        Only lists of messages are touched; anything else that is not a prompt
+        fails alone, as its item's result, when its request is made.
+        """
+        return [self._messages(p, ()) if isinstance(p, list) else p for p in prompts]
 
     async def _aclient(self) -> Session:
         return self._client()
@@ -167,24 +192,49 @@ class GenerationAPI:
         """
         return self._drain(self.stream(prompt, **options))
 
-    def chat_stream(self, messages: Sequence[Message], **options: Unpack[Options]) -> TokenStream:
+    def chat_stream(self, messages: str | Sequence[Message], *, images: Sequence[ImageInput] = (),
+                    **options: Unpack[Options]) -> TokenStream:
         """Stream the assistant's reply to ``messages`` as text pieces (what closes it: :meth:`stream`).
+
+        ``messages`` may be one string (the user's message); ``images`` join
+        the last (the user's) message, as :meth:`chat` says.
 
         Example:
             >>> for piece in model.chat_stream([{"role": "user", "content": "Hi"}]):  # doctest: +SKIP
             ...     print(piece, end="")
         """
-        request = check_request("chat", messages, options)  # bad options fail here: no server starts for them
+        request = check_request("chat", self._messages(messages, images), options)  # no server starts for bad ones
         return self._client()._open_stream(request)
 
-    def chat(self, messages: Sequence[Message], **options: Unpack[Options]) -> Completion:
-        """Return the assistant's reply to ``messages``.
+    def chat(self, messages: str | Sequence[Message], *, images: Sequence[ImageInput] = (),
+             **options: Unpack[Options]) -> Completion:
+        """Return the assistant's reply to ``messages`` (a list of messages, or one string: the user's message).
+
+        ``images`` (file paths, bytes, PIL images, NumPy arrays, matplotlib
+        figures, IPython images: :mod:`rocm_nb.client.images`) join the last
+        message, which must be the user's; image parts inside messages
+        (``{"type": "image", "image": fig}``, or OpenAI's ``image_url`` parts)
+        are encoded too. Each image is scaled to what the model's projector
+        uses; :meth:`user_message` gives the message as it is sent, for a
+        history. A model loaded without a projector refuses images before any
+        request (:class:`~rocm_nb.errors.ImagesNotSupported`).
 
         Example:
             >>> model.chat([{"role": "user", "content": "Hi!"}]).text  # doctest: +SKIP
             'Hello! How can I help you today?'
+            >>> model.chat("What trend does this show?", images=[fig]).text  # doctest: +SKIP
         """
-        return self._drain(self.chat_stream(messages, **options))
+        return self._drain(self.chat_stream(messages, images=images, **options))
+
+    def user_message(self, text: str, *, images: Sequence[ImageInput] = ()) -> Message:
+        """The user's message of ``text`` and ``images`` exactly as :meth:`chat` sends it: keep it in a history.
+
+        Example:
+            >>> history = [model.user_message("What is on this plot?", images=[fig])]  # doctest: +SKIP
+            >>> reply = model.chat(history)  # doctest: +SKIP
+            >>> history.append({"role": "assistant", "content": reply.text})  # doctest: +SKIP
+        """
+        return self._messages(text, images)[0]
 
     def astream(self, prompt: str, **options: Unpack[Options]) -> AsyncTokenStream:
         """Async twin of :meth:`stream`.
@@ -203,22 +253,24 @@ class GenerationAPI:
         """
         return await adrain(self.astream(prompt, **options))
 
-    def achat_stream(self, messages: Sequence[Message], **options: Unpack[Options]) -> AsyncTokenStream:
-        """Async twin of :meth:`chat_stream`.
+    def achat_stream(self, messages: str | Sequence[Message], *, images: Sequence[ImageInput] = (),
+                     **options: Unpack[Options]) -> AsyncTokenStream:
+        """Async twin of :meth:`chat_stream` (its images are encoded here, on the calling thread).
 
         Example:
             >>> async for piece in model.achat_stream([{"role": "user", "content": "Hi"}]):  # doctest: +SKIP
             ...     print(piece, end="")
         """
-        return self._open_astream(check_request("chat", messages, options))
+        return self._open_astream(check_request("chat", self._messages(messages, images), options))
 
-    async def achat(self, messages: Sequence[Message], **options: Unpack[Options]) -> Completion:
+    async def achat(self, messages: str | Sequence[Message], *, images: Sequence[ImageInput] = (),
+                    **options: Unpack[Options]) -> Completion:
         """Async twin of :meth:`chat`.
 
         Example:
             >>> (await model.achat([{"role": "user", "content": "Hi"}])).text  # doctest: +SKIP
         """
-        return await adrain(self.achat_stream(messages, **options))
+        return await adrain(self.achat_stream(messages, images=images, **options))
 
     # -- batches (the engine is rocm_nb.client._batch) --------------------------------------------
 
@@ -255,6 +307,7 @@ class GenerationAPI:
             ['Blue.', 'Apple.']
         """
         from rocm_nb.client import _batch
+        prompts = self._batch_prompts(prompts)
         jobs, checked = _batch.plan(prompts, chat=chat, options=options)  # bad options raise now, before any I/O
         client = self._client()
         client._close_held_streams()  # here: the requests go out from the batch's own thread
@@ -282,6 +335,7 @@ class GenerationAPI:
         import asyncio
 
         from rocm_nb.client import _batch
+        prompts = self._batch_prompts(prompts)
         jobs, checked = _batch.plan(prompts, chat=chat, options=options)  # bad options raise now, before any I/O
         client = await self._aclient()
         engine = await asyncio.to_thread(client._accept, checked, {kind for kind, _ in jobs})

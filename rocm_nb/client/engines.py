@@ -109,7 +109,10 @@ class Capabilities:
 
     ``slots`` is how many requests it serves at once (llama.cpp; ``None``:
     it does not say); ``embeddings`` is ``None`` when the server does not
-    say (llama-server tells it only by answering ``/v1/embeddings``).
+    say (llama-server tells it only by answering ``/v1/embeddings``);
+    ``images`` says whether it takes images (llama-server: ``modalities``
+    in ``/props``, true when it was started with a projector; ``None``: the
+    server does not say).
 
     Example:
         >>> Capabilities(logprobs=True, tools=False, grammar=True, slots=4, embeddings=None).grammar
@@ -121,6 +124,7 @@ class Capabilities:
     grammar: bool
     slots: int | None
     embeddings: bool | None
+    images: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -228,7 +232,7 @@ def detect_engine(probe: Probe) -> ServerInfo:
         >>> detect_engine(lambda path: {"total_slots": 2, "default_generation_settings": {},
         ...                      "chat_template_caps": {"supports_tools": True}} if path == "/props" else None)
         ServerInfo(engine='llama.cpp', version=None, capabilities=Capabilities(logprobs=True, tools=True, \
-grammar=True, slots=2, embeddings=None), router=False)
+grammar=True, slots=2, embeddings=None, images=None), router=False)
         >>> detect_engine(lambda path: None).engine
         'openai'
     """
@@ -238,9 +242,11 @@ grammar=True, slots=2, embeddings=None), router=False)
         caps = props.get("chat_template_caps")
         tools = bool(caps.get("supports_tools", True)) if isinstance(caps, dict) else True
         build = props.get("build_info")
+        modalities = props.get("modalities")
+        images = modalities.get("vision") if isinstance(modalities, dict) else None
         return ServerInfo("llama.cpp", build if isinstance(build, str) else None, Capabilities(
             logprobs=True, tools=tools, grammar=True, slots=slots if isinstance(slots, int) and slots > 0 else None,
-            embeddings=None), router=props.get("role") == "router")
+            embeddings=None, images=images if isinstance(images, bool) else None), router=props.get("role") == "router")
     candidates: tuple[tuple[str, Engine], ...] = (("/api/version", "ollama"), ("/version", "vllm"))
     for path, engine in candidates:
         reply = probe(path)

@@ -44,6 +44,7 @@ __all__ = [
     "Family",
     "Options",
     "Request",
+    "check_content",
     "check_options",
     "check_request",
 ]
@@ -250,6 +251,8 @@ class Request:
             raise TypeError("chat() takes a list of messages; use generate() for a plain prompt")
         if self.kind != "chat" and not isinstance(self.prompt, str):
             raise TypeError("generate() takes a prompt string; use chat() for messages")
+        if not isinstance(self.prompt, str):
+            check_content(self.prompt)
 
     def body(self, engine: Engine, model: str | None = None) -> dict[str, Any]:
         """The JSON body for a server of kind ``engine``, naming ``model`` unless the options name one.
@@ -277,6 +280,37 @@ class Request:
         else:
             body["messages"] = [dict(m) for m in self.prompt]
         return body
+
+
+def check_content(messages: Sequence[Message]) -> None:
+    """The content parts' shape: a message's ``content`` list holds typed parts, images already encoded.
+
+    Every OpenAI-compatible engine takes ``text`` and ``image_url`` parts as
+    they are, so parts need no translation; an image the caller has not had
+    encoded (rocm_nb's ``{"type": "image", ...}``, which ``chat()`` encodes:
+    :mod:`rocm_nb.client.images`) or an ``image_url`` part without a URL is
+    refused here, before any request.
+
+    Example:
+        >>> check_content([{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}])
+        Traceback (most recent call last):
+        ...
+        ValueError: an image_url part needs {"image_url": {"url": "data:image/png;base64,…"}}; got {'type': ...}
+    """
+    for message in messages:
+        content = message.get("content")
+        for part in content if isinstance(content, list) else ():
+            kind = part.get("type") if isinstance(part, Mapping) else None
+            if not isinstance(kind, str):
+                raise TypeError(f"a message's content list holds parts like {{'type': 'text', 'text': ...}}; "
+                                f"got {part!r:.80}")
+            if kind == "image":
+                raise TypeError('an {"type": "image"} part is encoded by chat(), chat_stream() and user_message(); '
+                                "pass the messages through one of them")
+            where = part.get("image_url")
+            if kind == "image_url" and not (isinstance(where, Mapping) and isinstance(where.get("url"), str)):
+                raise ValueError('an image_url part needs {"image_url": {"url": "data:image/png;base64,…"}}; '
+                                 f"got {part!r:.80}")
 
 
 def check_request(kind: Kind, prompt: str | Sequence[Message], options: Mapping[str, Any]) -> Request:

@@ -59,5 +59,7 @@ class ServerStatus:
     restored_tokens: int | None = None
     """Prompt tokens the server's start restored from the saved prompt cache, proved reused
     (:mod:`rocm_nb.server.warm`); ``None`` for a server that keeps none."""
+    images: bool | None = None
+    """Whether the model takes images (a projector is loaded, or the server says it takes them); ``None``: unknown."""
     error: str | None = None
     """Why the server's state could not be learnt or is bad (a proxy's HTML page, a crash), in one line."""

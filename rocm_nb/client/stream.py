@@ -26,6 +26,7 @@ from rocm_nb.client.logprobs import Progress, SlotContext, TokenProb
 from rocm_nb.errors import (
     GenerationError,
     GenerationTimeout,
+    ImagesNotSupported,
     RocmNbError,
     ServerUnavailable,
     StreamProtocolError,
@@ -139,11 +140,29 @@ def transport_error(exc: Exception, partial: str = "") -> GenerationError:
                                       partial=partial), so_far)
 
 
+_NO_IMAGES = "image input is not supported"
+"""How llama-server refuses an image part when it was started without a projector."""
+
+
 def http_error(response: httpx.Response, body: str) -> GenerationError:
+    """The error for a non-2xx answer, with the server's message; a refused image is :class:`ImagesNotSupported`.
+
+    Example:
+        >>> import httpx
+        >>> request = httpx.Request("POST", "http://127.0.0.1:8080/v1/chat/completions")
+        >>> body = '{"error": {"message": "image input is not supported - hint: provide the mmproj"}}'
+        >>> str(http_error(httpx.Response(500, request=request), body))  # doctest: +ELLIPSIS
+        'this server takes no images; it said: "image input is not supported - hint: provide the mmproj". ...'
+    """
     try:
         detail = json.loads(body)["error"]["message"]
     except (ValueError, KeyError, TypeError):
         detail = body[:500]
+    if isinstance(detail, str) and _NO_IMAGES in detail:
+        return ImagesNotSupported(
+            f'this server takes no images; it said: "{detail}". Send text only, or use a vision model: a '
+            "llama-server started with its projector (--mmproj), or LocalModel(model, mmproj=...)",
+            status_code=response.status_code, body=body)
     return GenerationError(
         f"the server answered {response.status_code} to {response.request.method} "
         f"{response.request.url.path}: {detail}",

@@ -67,6 +67,29 @@ prompts' KV state in a host-RAM prompt cache (``--cache-ram``, up to 8 GiB by
 default): RSS grows by about 13.6 MiB per distinct 600-token prompt here,
 which is host memory, never VRAM, and not in the estimate.
 
+**Image projectors** (``mmproj=``, :func:`estimate_projector`) add their
+weights (the tensors' sizes in the file, exactly what llama-server logs as
+the projector's model size) and a compute buffer for one image at the
+projector's ``image_size``, which llama-server reserves at load. For a ViT of
+``n`` patches (``(image_size / patch_size)²``), width ``E``, feed-forward
+width ``F`` and ``H`` heads, with flash attention (``auto`` resolves to on):
+``n × 4 B × (3 patch_size² + F + 2E)`` (the image's pixels, then the widest
+layer); without it, the larger of that and the f32 attention scores,
+``n² × H × 4 B + n × 4 B × 4E``. Measured against the buffer sizes
+llama-server logs (``reserve_compute_meta``) for ``mlp`` projectors of four
+shapes (tests/support/vision.py's writer)::
+
+    image/patch  E    F     H   flash auto: estimate / logged   flash off: estimate / logged
+    32/8         32   64    2       0.02 / 0.04 MiB                 0.02 / 0.04 MiB
+    224/14       256  1024  4       2.07 / 1.83 MiB                 2.07 / 2.08 MiB
+    336/14       512  2048  8       8.04 / 8.05 MiB                14.63 / 14.80 MiB
+    512/16       768  3072  12     21.00 / 21.01 MiB               60.00 / 60.01 MiB
+
+Other projector types build other graphs (a merger after the ViT, tiles
+encoded one at a time), so for them the figure is the same ViT's and only
+approximate. The projector runs on the GPU when any layer does (llama-server
+offloads it by default), else in host memory.
+
 Example:
     >>> from rocm_nb.modelfiles.catalog import read_info, resolve_model
     >>> info = read_info(resolve_model("smollm2-135m"))  # doctest: +SKIP
@@ -82,6 +105,7 @@ from dataclasses import dataclass
 
 from rocm_nb._units import human_bytes
 from rocm_nb.modelfiles.catalog import ModelInfo
+from rocm_nb.modelfiles.projector import ProjectorInfo
 
 __all__ = [
     "CACHE_TYPES",
@@ -91,10 +115,12 @@ __all__ = [
     "RUNTIME_BYTES",
     "UBATCH",
     "MemoryEstimate",
+    "ProjectorEstimate",
     "Shape",
     "check_cache_options",
     "checked_shape",
     "estimate",
+    "estimate_projector",
     "estimate_shape",
 ]
 
@@ -384,3 +410,60 @@ def estimate(
                           cache_type_k=cache_type_k, cache_type_v=cache_type_v,
                           flash=flash_attn != "off", ubatch=ubatch, pooled=pooled)
 
+
+
+@dataclass(frozen=True)
+class ProjectorEstimate:
+    """What an image projector adds to a load: its weights and its compute buffer, on the GPU or in RAM.
+
+    Example:
+        >>> ProjectorEstimate(weights=100 << 20, compute=21 << 20, on_gpu=False).summary()
+        'about 121 MiB: weights 100 MiB, compute 21 MiB (in RAM)'
+    """
+
+    weights: int
+    compute: int
+    on_gpu: bool
+
+    @property
+    def total(self) -> int:
+        """Bytes in all."""
+        return self.weights + self.compute
+
+    @property
+    def vram(self) -> int:
+        """Bytes on the GPU."""
+        return self.total if self.on_gpu else 0
+
+    @property
+    def ram(self) -> int:
+        """Bytes in host memory."""
+        return 0 if self.on_gpu else self.total
+
+    def summary(self) -> str:
+        """One line: the total and its parts, and where they are."""
+        where = "on the GPU" if self.on_gpu else "in RAM"
+        return (f"about {human_bytes(self.total)}: weights {human_bytes(self.weights)}, "
+                f"compute {human_bytes(self.compute)} ({where})")
+
+
+def estimate_projector(projector: ProjectorInfo, *, on_gpu: bool, flash_attn: str | None = None) -> ProjectorEstimate:
+    """The memory an image projector needs (the formula and its measurements: the module docstring).
+
+    Example:
+        >>> from pathlib import Path
+        >>> p = ProjectorInfo(Path("m.gguf"), "mlp", vision=True, audio=False, image_size=512, patch_size=16,
+        ...                   file_size=0, embedding_length=768, feed_forward_length=3072, head_count=12)
+        >>> estimate_projector(p, on_gpu=False).compute // 2**20, estimate_projector(p, on_gpu=False,
+        ...                                                                         flash_attn="off").compute // 2**20
+        (21, 60)
+    """
+    patch = projector.patch_size or 14
+    side = (projector.image_size or 0) // patch
+    n = side * side
+    width = projector.embedding_length or 0
+    ff = projector.feed_forward_length or 4 * width
+    compute = n * 4 * (3 * patch * patch + ff + 2 * width)
+    if flash_attn == "off":
+        compute = max(compute, n * n * (projector.head_count or 1) * 4 + n * 4 * 4 * width)
+    return ProjectorEstimate(weights=projector.weights_bytes, compute=compute, on_gpu=on_gpu)

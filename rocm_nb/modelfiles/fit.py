@@ -33,12 +33,15 @@ from rocm_nb.modelfiles._estimate import (
     FLASH_ATTN,
     UBATCH,
     MemoryEstimate,
+    ProjectorEstimate,
     check_cache_options,
     checked_shape,
     estimate,
+    estimate_projector,
     estimate_shape,
 )
 from rocm_nb.modelfiles.catalog import ModelInfo
+from rocm_nb.modelfiles.projector import ProjectorInfo
 
 __all__ = [
     "CACHE_TYPES",
@@ -49,6 +52,7 @@ __all__ = [
     "UBATCH",
     "FitPlan",
     "MemoryEstimate",
+    "ProjectorEstimate",
     "check_cache_options",
     "estimate",
     "free_vram",
@@ -68,8 +72,9 @@ class FitPlan:
 
     ``fits`` is False when even the plan is expected to run out of memory;
     ``note`` is the one-line explanation ``%rocm_load`` prints. ``draft`` is
-    the speculative draft model's share (``None`` without one): its memory is
-    taken from the budget before the main model's layers are placed.
+    the speculative draft model's share (``None`` without one), ``projector``
+    the image projector's (``mmproj=``): their memory is taken from the
+    budget before the main model's layers are placed.
 
     Example:
         >>> e = MemoryEstimate(0, 31, 4096, 1, 0, 92 << 20, 0, 90 << 20, 0, 18 << 20, 32 << 20)
@@ -83,6 +88,7 @@ class FitPlan:
     fits: bool
     note: str
     draft: MemoryEstimate | None = None
+    projector: ProjectorEstimate | None = None
 
     def __str__(self) -> str:
         return self.note
@@ -107,6 +113,7 @@ def plan(
     ubatch: int = UBATCH,
     pooled: bool = False,
     name: str | None = None,
+    projector: ProjectorEstimate | None = None,
 ) -> FitPlan:
     """Choose ``gpu_layers`` (and, if allowed, a smaller context) that fit the free VRAM.
 
@@ -120,7 +127,8 @@ def plan(
     what ``free_vram_bytes`` counts in the note (an APU's "carve-out + GTT").
     A ``draft`` model's estimate (speculative decoding) is set aside first:
     its VRAM leaves less for the main model's layers, its RAM counts in the
-    check, and the note says how much it takes. ``ubatch`` and ``pooled`` are
+    check, and the note says how much it takes. An image ``projector``'s
+    estimate is set aside the same way. ``ubatch`` and ``pooled`` are
     :func:`estimate`'s (the micro-batch; an embedding or reranking server).
     ``name`` is what the note calls the model (default: the GGUF's own name).
 
@@ -137,7 +145,8 @@ def plan(
         return estimate_shape(shape, ctx_size=ctx, parallel=parallel, gpu_layers=ngl, cache_type_k=cache_type_k,
                               cache_type_v=cache_type_v, flash=flash_attn != "off", ubatch=ubatch, pooled=pooled)
 
-    draft_vram, draft_ram = (0, 0) if draft is None else (draft.vram, draft.ram)
+    draft_vram = (0 if draft is None else draft.vram) + (0 if projector is None else projector.vram)
+    draft_ram = (0 if draft is None else draft.ram) + (0 if projector is None else projector.ram)
     if free_vram_bytes is not None:
         free_vram_bytes = max(0, free_vram_bytes - draft_vram)
     if free_ram_bytes is not None:
@@ -194,7 +203,10 @@ def plan(
                  "available: the load will probably fail; use a smaller quantisation or ctx_size")
     if draft is not None:
         note += f"; set aside first for the draft model: {draft.summary()}"
-    return FitPlan(gpu_layers=chosen.gpu_layers, ctx_size=ctx, estimate=chosen, fits=fits, note=note, draft=draft)
+    if projector is not None:
+        note += f"; set aside first for the image projector: {projector.summary()}"
+    return FitPlan(gpu_layers=chosen.gpu_layers, ctx_size=ctx, estimate=chosen, fits=fits, note=note, draft=draft,
+                   projector=projector)
 
 
 def _largest_fit(fitting: Callable[[int, int], MemoryEstimate], layers: int, ctx: int, budget: int) -> int:
@@ -244,6 +256,7 @@ def plan_load(
     ubatch: int = UBATCH,
     pooled: bool = False,
     name: str | None = None,
+    projector: ProjectorInfo | None = None,
 ) -> FitPlan:
     """:func:`plan` for this machine, as ``LocalModel`` asks it.
 
@@ -260,7 +273,10 @@ def plan_load(
     (llama-server gives the draft the main model's context), with
     ``draft_gpu_layers`` of its layers on the GPU (default: all of them, none
     on a CPU build), f16 caches and no runtime of its own (it shares the
-    server's process); :func:`plan` sets it aside first. ``ubatch``,
+    server's process); :func:`plan` sets it aside first. An image
+    ``projector`` (:func:`~rocm_nb.modelfiles._estimate.estimate_projector`)
+    is set aside too: on the GPU of a GPU build unless ``gpu_layers=0`` (where
+    llama-server is told to keep it in RAM), in RAM otherwise. ``ubatch``,
     ``pooled`` and ``name`` are :func:`plan`'s.
 
     Example:
@@ -280,12 +296,15 @@ def plan_load(
         draft_share = replace(estimate(draft, ctx_size=ctx_size, parallel=parallel, flash_attn=flash_attn,
                                        gpu_layers=0 if backend == "cpu" else draft_layers), runtime_ram=0)
 
+    vision = None if projector is None else estimate_projector(
+        projector, on_gpu=backend not in ("cpu", "rpc") and gpu_layers != 0, flash_attn=flash_attn)
+
     def planned(free_vram_bytes: int | None, layers: int | None, shrink: bool = False,
                 memory: str = "VRAM") -> FitPlan:
         return plan(info, free_vram_bytes, ctx_size=ctx_size, parallel=parallel, gpu_layers=layers,
                     shrink_ctx=shrink, flash_attn=flash_attn, cache_type_k=cache_type_k or "f16",
                     cache_type_v=cache_type_v or "f16", free_ram_bytes=ram, memory=memory, draft=draft_share,
-                    ubatch=ubatch, pooled=pooled, name=name)
+                    ubatch=ubatch, pooled=pooled, name=name, projector=vision)
 
     if backend == "cpu":
         return planned(None, 0)

@@ -392,7 +392,7 @@ def model_names(dirs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] 
 
     Example:
         >>> model_names(environ={"ROCM_NB_CACHE": "/nonexistent", "HF_HUB_CACHE": "/nonexistent"})
-        ['smollm2-135m', 'minilm']
+        ['smollm2-135m', 'minilm', 'smolvlm-256m']
 
     The default model comes first (what a bare ``%rocm_load`` loads), then
     the rest of the catalogue, then the files, each part sorted.

@@ -77,10 +77,14 @@ class GenerateArgs(SamplingArgs):
     probs: int | None = None
     """``--probs [K]``: shade each token by its probability, with its top-K alternatives (default
     :data:`~rocm_nb.client.logprobs.DEFAULT_TOP_LOGPROBS`)."""
+    image: list[str] | None = None
+    """``--image NAME`` (repeatable): variables holding images to send with the prompt (a vision model)."""
 
     def __post_init__(self) -> None:
         if self.raw and self.system:
             raise UsageError("--system needs chat mode; drop --raw")
+        if self.raw and self.image:
+            raise UsageError("--image needs chat mode (images go in the user's message); drop --raw")
         if self.probs is not None and not 1 <= self.probs <= MAX_TOP_LOGPROBS:
             raise UsageError(f"--probs takes 1 to {MAX_TOP_LOGPROBS} alternatives per token, got {self.probs}")
         if self.probs is not None and self.format in ("json", "code"):
@@ -189,6 +193,7 @@ class LoadArgs:
     max_loaded: int = 1
     speculative: str = DEFAULT_SPECULATIVE
     draft_gpu_layers: int | None = None
+    mmproj: str | None = None
     cache_type: str | None = None
     cache_type_k: str | None = None
     cache_type_v: str | None = None
@@ -227,7 +232,7 @@ class LoadArgs:
                 "cache_type_k": self.cache_type_k, "cache_type_v": self.cache_type_v, "flash_attn": self.flash_attn,
                 "unified_memory": self.unified_memory, "embedding": self.embedding, "pooling": self.pooling,
                 "reranking": self.reranking, "batch_size": self.batch_size, "ubatch_size": self.ubatch_size,
-                "warm_cache": self.warm_cache}
+                "mmproj": self.mmproj, "warm_cache": self.warm_cache}
 
 
 @dataclass(frozen=True)

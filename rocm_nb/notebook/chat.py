@@ -4,6 +4,16 @@ History as Markdown bubbles, a text box (Enter or Send), Stop, Clear, a
 system prompt, temperature and max-tokens controls, and per-reply statistics
 with a context meter (tokens in the slot against its context).
 
+**Images.** The Attach button uploads images (or :meth:`ChatPanel.attach`
+takes figures, arrays, files…); they show as thumbnails under the text box
+and go with the next message, encoded as the source's ``user_message``
+encodes them (scaled to what its projector uses: :mod:`rocm_nb.client.images`).
+The history and :meth:`ChatPanel.export` keep the images as they were sent
+(``image_url`` parts with ``data:`` URLs); a bubble shows small thumbnails
+made from them, and only from ``data:`` URLs of PNG or JPEG this panel made.
+A model without a projector refuses before any request; the error shows in
+the panel and the text and the images stay, so nothing is lost.
+
 A reply's reasoning shows live in a collapsible "Thinking" block above its
 bubble, and a long prompt shows a progress bar while the server reads it
 (a :class:`~rocm_nb.notebook.reply_view.ReplyView`, added only when there is
@@ -36,6 +46,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, Unpack, runtime_checkable
@@ -43,6 +54,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Unpack, runtime_checkable
 from rocm_nb import _markdown
 from rocm_nb._escape import html_text
 from rocm_nb._extras import needs_extra
+from rocm_nb.client import images as image_parts
 from rocm_nb.client.completion import Completion, Message, ToolCall
 from rocm_nb.client.logprobs import DEFAULT_TOP_LOGPROBS
 from rocm_nb.client.request import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, Options, check_options
@@ -56,7 +68,8 @@ if TYPE_CHECKING:
     from rocm_nb.client.logprobs import ContextUse
     from rocm_nb.client.stream import AsyncTokenStream
 
-__all__ = ["ChatPanel", "ChatSource", "context_meter_html", "render_markdown", "run_bubbles", "tool_bubbles"]
+__all__ = ["ChatPanel", "ChatSource", "context_meter_html", "message_html", "render_markdown", "run_bubbles",
+           "tool_bubbles"]
 
 _BUBBLE = {
     "user": "background:#e8f0fe;margin:4px 0 4px 15%;",
@@ -86,6 +99,34 @@ def _bubble_html(role: str, body_html: str) -> str:
 
 def _plain_html(text: str) -> str:
     return f'<div style="white-space:pre-wrap">{html_text(text, lines=True)}</div>'
+
+
+def _thumbnails_html(urls: Sequence[str]) -> str:
+    """Small images in a row, for a bubble or the attachments; a ``src`` is only ever a PNG/JPEG ``data:`` URL."""
+    shown = "".join(f'<img class="rocm-nb-thumbnail" src="{url}" alt="image {i}" '
+                    'style="max-height:96px;max-width:160px;margin:2px 4px 2px 0;border-radius:4px">'
+                    for i, url in enumerate(urls, 1) if image_parts.is_image_url(url))
+    return f'<div class="rocm-nb-images">{shown}</div>' if shown else ""
+
+
+def message_html(message: Message) -> str:
+    """A user's or assistant's message as bubble HTML: its text rendered safely, its images as thumbnails.
+
+    Example:
+        >>> message_html({"role": "user", "content": "**hi** <b>"})
+        '<p><strong>hi</strong> &lt;b&gt;</p>\\n'
+        >>> 'src="javascript' in message_html({"role": "user", "content": [
+        ...     {"type": "image_url", "image_url": {"url": "javascript:alert(1)"}}]})
+        False
+    """
+    content = message.get("content")
+    if not isinstance(content, list):
+        return render_markdown(str(content or ""))
+    text = "\n\n".join(str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text")
+    urls = [p["image_url"].get("url") for p in content if isinstance(p, dict) and p.get("type") == "image_url"
+            and isinstance(p.get("image_url"), dict)]
+    thumbs = [image_parts.thumbnail(url) for url in urls if image_parts.is_image_url(url)]
+    return _thumbnails_html(thumbs) + (render_markdown(text) if text else "")
 
 
 def context_meter_html(context: ContextUse | None) -> str:
@@ -161,7 +202,9 @@ class ChatPanel:
         self.show_probs = show_probs
         self._progress = progress_option(source)  # a bar while a long prompt is read, where the server can
         self._options: Options = check_options(options)  # type: ignore[assignment]  # bad ones raise here
-        self._messages: list[dict[str, str]] = []
+        self._messages: list[dict[str, Any]] = []
+        self._attached: list[Any] = []
+        self._thumbs: list[str] = []
         self._task: asyncio.Task[None] | None = None
         self.last: Completion | None = None
         """The :class:`Completion` of the last finished reply."""
@@ -183,17 +226,24 @@ class ChatPanel:
         self.stop_button = widgets.Button(description="Stop", button_style="warning", icon="stop",
                                           disabled=True)
         self.clear_button = widgets.Button(description="Clear", icon="trash")
+        self.attach_button = widgets.FileUpload(accept="image/*", multiple=True, description="Attach",
+                                                icon="paperclip")
+        self.attach_button.add_class("rocm-nb-attach")
+        self.attachments = widgets.HTML(value="")
+        self.attachments.add_class("rocm-nb-attachments")
         self.stats = widgets.HTML(value="")
         self.stats.add_class("rocm-nb-stats")
 
         self.prompt.observe(self._on_submit, names="value")
+        self.attach_button.observe(self._on_upload, names="value")
         self.send_button.on_click(lambda _: self._on_submit())
         self.stop_button.on_click(lambda _: self.stop())
         self.clear_button.on_click(lambda _: self.clear())
         self.widget = widgets.VBox([
             self.system,
             self.transcript,
-            widgets.HBox([self.prompt, self.send_button, self.stop_button, self.clear_button]),
+            widgets.HBox([self.prompt, self.attach_button, self.send_button, self.stop_button, self.clear_button]),
+            self.attachments,
             widgets.HBox([self.temperature, self.max_tokens]),
             self.stats,
         ], layout=widgets.Layout(border="1px solid #ddd", padding="6px"))
@@ -202,12 +252,12 @@ class ChatPanel:
     # -- what the user has ------------------------------------------------------------------
 
     @property
-    def history(self) -> list[dict[str, str]]:
-        """The conversation so far (user and assistant turns), as copies."""
-        return [dict(m) for m in self._messages]
+    def history(self) -> list[dict[str, Any]]:
+        """The conversation so far (user and assistant turns), as copies; images as they were sent."""
+        return copy.deepcopy(self._messages)
 
-    def export(self) -> list[dict[str, str]]:
-        """The conversation as JSON-serialisable messages, system prompt first.
+    def export(self) -> list[dict[str, Any]]:
+        """The conversation as JSON-serialisable messages, system prompt first, images included.
 
         Example:
             >>> json.dumps(panel.export())  # doctest: +SKIP
@@ -233,19 +283,71 @@ class ChatPanel:
         if not text or self.busy:
             return
         self.prompt.value = ""
-        self.send(text)
+        try:
+            self.send(text)
+        except Exception as exc:  # a click has no caller: the error shows, and the text and images stay
+            self.prompt.unobserve(self._on_submit, names="value")
+            self.prompt.value = text  # back in the box, not sent again
+            self.prompt.observe(self._on_submit, names="value")
+            self._show_error(exc)
+
+    def _on_upload(self, change: Any = None) -> None:
+        files = self.attach_button.value
+        if not files:
+            return
+        self.attach_button.value = ()  # taken: the same file can be chosen again
+        for upload in files:
+            try:
+                self.attach(bytes(upload["content"]))
+            except (TypeError, ValueError) as exc:  # not an image: said in the panel, the other files are kept
+                self._show_error(ValueError(f"{upload['name']}: {exc}"))
+
+    def _show_error(self, exc: BaseException) -> None:
+        said = "\n".join([f"{type(exc).__name__}: {exc}", *getattr(exc, "__notes__", ())])
+        self._add_bubbles([_bubble_html("error", _plain_html(f"⚠ {said}"))])
+
+    def attach(self, *images: Any) -> None:
+        """Add images to the next message (what the Attach button does with uploads); thumbnails show at once.
+
+        Each is anything ``chat(images=...)`` takes (:mod:`rocm_nb.client.images`):
+        a figure, an array, a PIL image, bytes, a file path. One that cannot be
+        read is refused here, naming it, and the others stay.
+
+        Example:
+            >>> panel.attach(fig)  # doctest: +SKIP
+            >>> await panel.send("What trend does this show?")  # doctest: +SKIP
+        """
+        thumbs = [image_parts.thumbnail(image) for image in images]  # a TypeError or ValueError names a bad one
+        self._attached += images
+        self._thumbs += thumbs
+        self.attachments.value = _thumbnails_html(self._thumbs)
+
+    def _user_message(self, text: str) -> Message:
+        """The user's message, images encoded as the source encodes them (its projector's size), else as a server's."""
+        if not self._attached:
+            return {"role": "user", "content": text}
+        encode = getattr(self._source, "user_message", None)  # LocalModel and Client have it; a fake need not
+        if callable(encode):
+            message: Message = encode(text, images=self._attached)
+            return message
+        return image_parts.user_message(text, self._attached)
 
     def send(self, text: str) -> asyncio.Task[None]:
-        """Add a user message and start the reply as a task on the running loop.
+        """Add a user message (with the attached images) and start the reply as a task on the running loop.
+
+        A model that takes no images refuses here, before any request; the
+        images stay attached.
 
         Example:
             >>> await panel.send("Hello")  # doctest: +SKIP
         """
         if self.busy:
             raise RuntimeError("a reply is still being generated: wait for it or press Stop")
-        self._messages.append({"role": "user", "content": text})
+        message = dict(self._user_message(text))
+        self._attached, self._thumbs, self.attachments.value = [], [], ""
+        self._messages.append(message)
         self.transcript.children = (*self.transcript.children,
-                                    widgets.HTML(_bubble_html("user", render_markdown(text))))
+                                    widgets.HTML(_bubble_html("user", message_html(message))))
         self.send_button.disabled, self.stop_button.disabled = True, False
         self.stats.value = "<i>generating…</i>"
         self._task = asyncio.get_running_loop().create_task(self._reply())
@@ -257,9 +359,10 @@ class ChatPanel:
             self._task.cancel()
 
     def clear(self) -> None:
-        """Stop any reply and forget the conversation (the system prompt stays)."""
+        """Stop any reply and forget the conversation and the attached images (the system prompt stays)."""
         self.stop()
         self._messages.clear()
+        self._attached, self._thumbs, self.attachments.value = [], [], ""
         self.transcript.children = ()
         self.stats.value = ""
 

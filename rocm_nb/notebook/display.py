@@ -248,6 +248,7 @@ _STATUS_COLUMNS: tuple[tuple[str, Callable[[ServerStatus], str]], ...] = (
     ("GPU layers", lambda s: _known(s.gpu_layers)),
     ("ctx", lambda s: _known(s.ctx_size)),
     ("tok/s", lambda s: "–" if s.decode_tps is None else f"{s.decode_tps:.1f}"),
+    ("images", lambda s: "–" if s.images is None else "yes" if s.images else "no"),
     ("RPC workers", lambda s: ", ".join(s.rpc) or "–"),
     ("restored", lambda s: "–" if s.restored_tokens is None else f"{s.restored_tokens:,} tokens"),
 )

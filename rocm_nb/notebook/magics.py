@@ -4,10 +4,11 @@
 
 * ``%rocm_load [MODEL] [--alias ALIAS] [--ctx-size N] [--gpu-layers N|auto] [--cache-type T]
   [--flash-attn on|off|auto] [--embedding [--pooling P]] [--reranking] [--server PATH]
-  [--speculative off|ngram|DRAFT] [--url URL [--api-key KEY]] [--router] [-- ARGS]``
+  [--speculative off|ngram|DRAFT] [--mmproj FILE] [--url URL [--api-key KEY]] [--router] [-- ARGS]``
   — the options are ``LocalModel``'s keywords (``--ctx`` is short for ``--ctx-size``)
 * ``%%rocm_generate [-a ALIAS] [options]`` — the cell is the prompt; ``{name}`` is filled
-  from the user namespace (``{{`` and ``}}`` for literal braces)
+  from the user namespace (``{{`` and ``}}`` for literal braces); ``--image NAME``
+  sends the image a variable holds (a figure, an array, a file path…)
 * ``%rocm_chat [ALIAS] [--system TEXT] [--temperature T] [--max-tokens N] [--seed N]``
   — a chat panel starting with those settings
 * ``%rocm_status``, ``%rocm_stop [ALIAS|--all]``
@@ -286,6 +287,9 @@ class RocmMagics(Magics):
                    f"(default {DEFAULT_SPECULATIVE}; the server verifies every draft)")
     @argument("--draft-gpu-layers", type=int, default=None,
               help="the draft model's layers on the GPU (default: all on a GPU, none on the CPU)")
+    @argument("--mmproj", default=None,
+              help="the image projector (mmproj-….gguf path, hf: reference or catalogue name) that makes the model "
+                   "take images; a catalogue vision model brings its own")
     @argument("--no-warm-cache", dest="warm_cache", action="store_false",
               help="do not keep the prompt cache across restarts (default: saved when the model closes, restored "
                    "when it starts again)")
@@ -345,6 +349,9 @@ class RocmMagics(Magics):
     @argument("--probs", type=int, nargs="?", const=DEFAULT_TOP_LOGPROBS, default=None, metavar="K",
               help=f"shade each token by its probability; hover or Tab shows its top K alternatives (default "
                    f"{DEFAULT_TOP_LOGPROBS}, at most {MAX_TOP_LOGPROBS}), with a before/after sampling toggle")
+    @argument("--image", action="append", default=None, metavar="NAME",
+              help="a variable holding an image to send with the prompt (repeatable): a matplotlib figure, a NumPy "
+                   "array, a PIL or IPython image, bytes or a file path; needs a vision model")
     @argument("--format", choices=FORMATS, default=FORMATS[0],
               help="markdown (default) or text: how the reply is shown; code: its code goes into a new cell "
                    "below, not run; json: parsed (and checked against --json-schema) and returned")
@@ -373,9 +380,12 @@ class RocmMagics(Magics):
         prompt = fill_placeholders(cell.strip(), user_ns)
         schema = json_schema(args.format, args.json_schema, user_ns)
         options = options_from(args) | ({"json_schema": schema} if schema is not None else {})  # bad ones: first
+        images = [_variable(user_ns, name, "--image") for name in args.image or ()]
         model = self._model(args.alias)
         options = progress_option(model) | options  # a bar while a long prompt is read
         messages = args.messages(prompt)
+        if images:  # encoded once, here: a model without a projector refuses before any request
+            messages[-1] = model.user_message(prompt, images=images)
         view, publish = None, None
         if args.probs is not None:
             from rocm_nb.notebook.reply_view import (
@@ -451,6 +461,14 @@ class RocmMagics(Magics):
             _say(f"stopped {alias}")
             if self.current == alias:
                 self.current = next(iter(self.models), None)
+
+
+def _variable(namespace: Mapping[str, Any], name: str, option: str) -> Any:
+    """The value of the variable ``name`` an option names; a ``UsageError`` when there is none."""
+    if name not in namespace:
+        raise UsageError(f"{option} {name}: no variable {name!r} is defined; assign the image to it first "
+                         f"({name} = plt.gcf(), say)")
+    return namespace[name]
 
 
 def _busy(model: Client | LocalModel | LocalRouter) -> bool:

@@ -260,6 +260,9 @@ class GpuMonitor(anywidget.AnyWidget):
         gpus: the GPU sampler (default: :func:`~rocm_nb.hardware.gpu_usage`
             on the model's hardware); a seam for tests and other sources.
         lease: seconds a view counts as visible without hearing from it.
+        clock: monotonic seconds, for leases and the idle pace (a seam for
+            tests: a lease then runs out when the test says, not when a busy
+            machine stalls the test).
 
     Example:
         >>> monitor = GpuMonitor(model, interval=0.5)  # doctest: +SKIP
@@ -288,6 +291,7 @@ class GpuMonitor(anywidget.AnyWidget):
         idle_interval: float = 5.0,
         gpus: Callable[[], Sequence[GpuUsage]] | None = None,
         lease: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._lock = threading.Lock()  # first: close() (also from __del__) needs it
         self._views: dict[str, float] = {}
@@ -300,6 +304,7 @@ class GpuMonitor(anywidget.AnyWidget):
         self.interval = float(interval)
         self.idle_interval = max(float(idle_interval), self.interval)
         self.lease = float(lease)
+        self._clock = clock
         self._source = source
         self._gpus = gpus if gpus is not None else lambda: gpu_usage(source.hardware)
         self._process = _ProcessProbe()
@@ -375,7 +380,7 @@ class GpuMonitor(anywidget.AnyWidget):
         view, event = content["view"], content.get("event")
         with self._lock:
             if event == "visible":
-                self._views[view] = time.monotonic()
+                self._views[view] = self._clock()
             elif event == "hidden":
                 self._views.pop(view, None)
             else:
@@ -448,7 +453,7 @@ class GpuMonitor(anywidget.AnyWidget):
         last = -math.inf
         while not halt.is_set():
             generating = self._generating()
-            now = time.monotonic()
+            now = self._clock()
             with self._lock:
                 if halt.is_set():
                     return

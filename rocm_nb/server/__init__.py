@@ -52,7 +52,14 @@ from typing import TYPE_CHECKING, Literal
 
 from rocm_nb._exposure import GUARDED_ENV, check_env, check_extra_args, connect_host, free_port
 from rocm_nb._process import Child, Escalation, launch, reap_stale_servers
-from rocm_nb.errors import RocmNbError, ServerStartError, ServerStartTimeout, describe_exit, with_notes
+from rocm_nb.errors import (
+    ProjectorMismatch,
+    RocmNbError,
+    ServerStartError,
+    ServerStartTimeout,
+    describe_exit,
+    with_notes,
+)
 
 if TYPE_CHECKING:
     from rocm_nb.server._warm_store import WarmStore
@@ -87,6 +94,7 @@ KILL_WAIT = 5.0
 """Seconds to wait for the process to be reaped after SIGKILL before giving up (logged)."""
 
 _BIND_FAILURES = ("couldn't bind", "address already in use", "failed to bind")
+_PROJECTOR_REFUSED = "failed to load multimodal model"
 _OOM_SIGNS = ("out of memory", "failed to allocate", "cudamalloc failed", "hipmalloc failed",
               "unable to allocate", "bad_alloc", "failed to load model")
 
@@ -152,17 +160,24 @@ class ServerConfig:
     reranking: bool = False
     speculative: tuple[str, ...] = ()
     """llama-server's speculative decoding flags (``--spec-type …``), from :mod:`rocm_nb._options`."""
+    mmproj: Path | None = None
+    """The image projector (``--mmproj``): the model then takes images (:mod:`rocm_nb.modelfiles.projector`)."""
+    mmproj_offload: bool = True
+    """Whether a GPU build puts the projector on the GPU (``False`` adds ``--no-mmproj-offload``)."""
     slot_save_path: Path | None = None
     """The private folder of saved prompt caches (``--slot-save-path``; :mod:`rocm_nb.server.warm`), or ``None``
     for a server that keeps none."""
-    model_identity: tuple[int, int, int, int] | None = field(default=None, init=False)
+    model_identity: tuple[int, ...] | None = field(default=None, init=False)
     """The model file's :func:`file_identity`, read when the config is made (``None`` if no file is there):
     a file replaced at the same path makes another configuration, so it gets a server of its own instead
-    of the one still serving the old weights."""
+    of the one still serving the old weights. The projector's identity is part of it too."""
 
     def __post_init__(self) -> None:
         if self.model.is_file():
-            object.__setattr__(self, "model_identity", file_identity(self.model))  # frozen: set once, here
+            identity: tuple[int, ...] = file_identity(self.model)
+            if self.mmproj is not None and self.mmproj.is_file():
+                identity = (*identity, *file_identity(self.mmproj))
+            object.__setattr__(self, "model_identity", identity)  # frozen: set once, here
         check_extra_args(self.extra_args)
         check_env(name for name, _ in self.env)
 
@@ -190,6 +205,8 @@ class ServerConfig:
             *(["--pooling", self.pooling] if self.pooling else []),
             *(["--rerank"] if self.reranking else []),
             *self.speculative,
+            *(["--mmproj", str(self.mmproj)] if self.mmproj else []),
+            *(["--no-mmproj-offload"] if self.mmproj and not self.mmproj_offload else []),
             *self.extra_args,
         ]
 
@@ -541,6 +558,8 @@ class LlamaServer(_ChildProcess):
     def _start_error(self, returncode: int | None) -> ServerStartError:
         tail = self.log_tail(40)
         lowered = tail.lower()
+        if self.config.mmproj is not None and _PROJECTOR_REFUSED in lowered:
+            return self._projector_error(returncode, tail)
         if any(s in lowered for s in _OOM_SIGNS):
             hint = (
                 "the model did not fit in memory: lower gpu_layers (offload fewer layers "
@@ -559,6 +578,20 @@ class LlamaServer(_ChildProcess):
             hint=hint,
         ), f"Command: {' '.join(self.config.argv(self.port or 0))}", f"Last log lines:\n{tail}",
             f"Hint: {hint}")
+
+    def _projector_error(self, returncode: int | None, tail: str) -> ProjectorMismatch:
+        """The server's refusal of the projector, with its reason quoted (the line that says why)."""
+        errors = [line.partition(" E ")[2] for line in tail.splitlines() if " E " in line
+                  and _PROJECTOR_REFUSED not in line.lower() and "exiting due to" not in line]
+        reason = errors[0].rpartition("error: ")[2].strip() if errors else "it logged no reason"
+        assert self.config.mmproj is not None
+        hint = ("use the projector published with this model (the mmproj file from the same repository and release): "
+                "a projector only fits the text model it was trained with")
+        return with_notes(ProjectorMismatch(
+            f"llama-server refused the image projector {self.config.mmproj.name} for {self.config.model.name}: "
+            f"{reason!r}",
+            returncode=returncode, log_tail=tail, hint=hint,
+        ), f"Last log lines:\n{tail}", f"Hint: {hint}")
 
     def __enter__(self) -> LlamaServer:
         return self.start()

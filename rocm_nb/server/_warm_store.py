@@ -103,8 +103,8 @@ class Fingerprint:
     """What a saved slot must have in common with a starting server to be restored into it.
 
     The same model file (its path and identity: device, inode, size,
-    modification time) and the same llama-server build (likewise), and the
-    same context, slots, KV cache types, flash attention, RPC workers,
+    modification time), the same image projector if any (likewise), the
+    same llama-server build (likewise), and the same context, slots, KV cache types, flash attention, RPC workers,
     speculative decoding, extra arguments and environment (which selects
     the devices, and so the backend). The GPU layers and batch sizes may
     differ: they change where the cache lives and how fast it is computed,
@@ -117,7 +117,7 @@ class Fingerprint:
     """
 
     model: str
-    model_identity: tuple[int, int, int, int] | None
+    model_identity: tuple[int, ...] | None
     server: str
     server_identity: tuple[int, int, int, int] | None
     ctx_size: int
@@ -130,6 +130,9 @@ class Fingerprint:
     extra_args: tuple[str, ...] = ()
     env: str = ""
     """A digest of the server's environment variables (their values stay out of the manifest)."""
+    mmproj: str = ""
+    """The image projector's path (``""``: none); with a projector, images' tokens are in the cache too."""
+    mmproj_identity: tuple[int, ...] | None = None
 
     @classmethod
     def of(cls, config: ServerConfig) -> Fingerprint:
@@ -140,11 +143,14 @@ class Fingerprint:
             4096
         """
         return cls(
-            model=str(config.model), model_identity=config.model_identity, server=str(config.binary),
+            model=str(config.model), model_identity=None if config.model_identity is None
+            else config.model_identity[:4], server=str(config.binary),
             server_identity=_identity(config.binary), ctx_size=config.ctx_size, parallel=config.parallel,
             cache_type_k=config.cache_type_k or "f16", cache_type_v=config.cache_type_v or "f16",
             flash_attn=config.flash_attn or "auto", rpc=config.rpc, speculative=config.speculative,
             extra_args=config.extra_args, env=hashlib.sha256(json.dumps(config.env).encode()).hexdigest()[:16],
+            mmproj="" if config.mmproj is None else str(config.mmproj),
+            mmproj_identity=None if config.mmproj is None else _identity(config.mmproj),
         )
 
     def saved(self) -> dict[str, Any]:
@@ -194,6 +200,10 @@ _DIFFERENCES: dict[str, Callable[[Any, Any], str]] = {
     "speculative": lambda was, now: "it was saved with other speculative decoding",
     "extra_args": lambda was, now: "it was saved with other extra llama-server arguments",
     "env": lambda was, now: "it was saved with another server environment (devices or backend)",
+    "mmproj": lambda was, now: (f"it was saved with the image projector {was}" if was else
+                                "it was saved without an image projector") + (f" (this server: {now})" if now else
+                                                                              " (this server has none)"),
+    "mmproj_identity": lambda was, now: "the image projector file has changed since",
 }
 
 

@@ -9,5 +9,6 @@ fixtures lives here, one small module per kind of thing:
 * :mod:`tests.support.decoding`: what greedy decoding and cancellation may be expected to do;
 * :mod:`tests.support.sockets`: raw HTTP over a socket, for servers written in a test;
 * :mod:`tests.support.jupyter`: a Jupyter server and a Chromium page of the test's own (browser tests);
-* :mod:`tests.support.widgets`: counting the messages a widget sends to the browser.
+* :mod:`tests.support.widgets`: counting the messages a widget sends to the browser;
+* :mod:`tests.support.vision`: a tiny vision model (the default model and a projector of random weights).
 """

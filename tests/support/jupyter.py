@@ -51,6 +51,9 @@ LAB_OPTIONS = (
 WAIT_MS = 60_000
 """Generous: the machine may be busy with other work (two cores)."""
 
+FRONT_ENDS = {"notebook": ("notebooks", ()), "jupyterlab": ("lab/tree", LAB_OPTIONS)}
+"""Each front end a test runs in: its app -> (where a notebook opens, the server's options)."""
+
 
 @dataclass(frozen=True)
 class Lab:
@@ -167,6 +170,29 @@ def serve(app: str, root: Path, base: Path, extra: Sequence[str] = ()) -> Iterat
         stop_tree(proc, url, token)
 
 
+@dataclass(frozen=True)
+class FrontEnd:
+    """A Jupyter front end serving a test's notebook: its app, its server, where a notebook opens."""
+
+    app: str
+    server: Lab
+    path: str
+
+    def log_tail(self) -> str:
+        return self.server.log_tail()
+
+
+@contextlib.contextmanager
+def serve_notebook(app: str, base: Path, notebook: str, cells: Sequence[str]) -> Iterator[FrontEnd]:
+    """``app`` (a key of :data:`FRONT_ENDS`) serving a root under ``base`` that holds ``notebook`` of ``cells``."""
+    root = base / "root"
+    root.mkdir()
+    write_notebook(root / notebook, cells)
+    path, options = FRONT_ENDS[app]
+    with serve(app, root, base, options) as server:
+        yield FrontEnd(app, server, path)
+
+
 @contextlib.contextmanager
 def open_page(profile: Path) -> Iterator[Page]:
     """A page in headless Chromium (a persistent profile under ``profile``), with generous timeouts."""
@@ -218,10 +244,12 @@ def shoot(page: Page, name: str) -> None:
 
 
 @contextlib.contextmanager
-def notebook_page(server: Lab, path: str, profile: Path, *, first: int, load: int, prefix: str) -> Iterator[Page]:
+def notebook_page(server: Lab, path: str, profile: Path, *, first: int, load: int, prefix: str,
+                  loaded: str = "smollm2-135m") -> Iterator[Page]:
     """``server``'s page at ``path`` (a notebook), its kernel idle and cell ``load`` (``%rocm_load``) run.
 
-    Waits for cell ``first`` to show; if setting up fails, keeps a screenshot
+    Waits for cell ``first`` to show and for ``load`` to say the model called
+    ``loaded`` is ready; if setting up fails, keeps a screenshot
     (``<prefix>failure-setup.png``) and prints the server's log.
     """
     with open_page(profile) as page:
@@ -230,7 +258,7 @@ def notebook_page(server: Lab, path: str, profile: Path, *, first: int, load: in
             expect(cell(page, first)).to_be_visible()
             expect(page.locator(".jp-Notebook-ExecutionIndicator")).to_have_attribute("data-status", "idle")
             run(page, load, idempotent=True)  # %rocm_load attaches if it already ran
-            expect(cell(page, load).locator(".jp-OutputArea")).to_contain_text("✓ smollm2-135m")
+            expect(cell(page, load).locator(".jp-OutputArea")).to_contain_text(f"✓ {loaded}")
         except BaseException:
             with contextlib.suppress(Exception):
                 shoot(page, f"{prefix}failure-setup.png")

@@ -20,3 +20,18 @@ def counted(widget: Any) -> list[int]:
 
     widget.comm.publish_msg = counting
     return sent
+
+
+def from_view(widget: Any, content: dict[str, Any]) -> None:
+    """Deliver ``content`` to ``widget`` as a message from one of its views, the way a kernel does.
+
+    A view's ``model.send(content)`` reaches the kernel as a comm message whose
+    data is ``{"method": "custom", "content": content}``; the kernel hands it to
+    the widget's comm, whose callback is ipywidgets' own dispatch, which calls
+    the widget's ``on_msg`` handlers. Outside a kernel the comm is a
+    ``DummyComm``, and this is that same path. A closed widget has no comm, and
+    a kernel drops messages for a comm it no longer has: so does this.
+    """
+    if widget.comm is None:
+        return
+    widget.comm.handle_msg({"content": {"data": {"method": "custom", "content": content}}, "buffers": []})

@@ -33,11 +33,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import NO_TARGET, REPS, Row, gone, spread
+from common import NO_TARGET, REPS, Row, spread
 
 from rocm_nb import LocalModel
 from rocm_nb.server._warm_store import WarmStore
 from rocm_nb.server.warm import SAVE_BUDGET
+from tests.support.processes import gone
 
 LONG_PROMPT = " ".join(f"Record {i}: on day {i} the harbour master logged {i * 7 % 50 + 3} ships, {i * 3 % 11} of "
                        "them late, and noted the tide." for i in range(93))
@@ -78,7 +79,8 @@ def _kernel_first_tokens(path: Path, folder: Path) -> tuple[dict[str, Any], dict
         cold = run(code)
         began = time.perf_counter()
         km.restart_kernel(now=False)
-        while not gone(int(cold["pid"])):
+        ended = gone(int(cold["pid"]))
+        while not ended():
             time.sleep(0.001)
         restart = time.perf_counter() - began
         kc.wait_for_ready(timeout=60)
@@ -98,7 +100,8 @@ def _teardown(path: Path, warm_cache: bool) -> float:
     assert pid is not None
     began = time.perf_counter()
     model.close()
-    while not gone(pid):
+    ended = gone(pid)
+    while not ended():
         time.sleep(0.001)
     return time.perf_counter() - began
 

@@ -23,6 +23,11 @@ plan, so that the plan is made for the server that starts:
   (``-t``, ``--top-k``, ``-lv``…) pass as they are. The prompt cache in host
   RAM (``--cache-ram``) is outside the estimate either way
   (:mod:`rocm_nb.modelfiles._estimate`), so it passes too.
+* ``--slot-save-path`` is refused too, pointing to ``warm_cache=``: it changes
+  no memory, but the folder of saved slots is rocm_nb's (private, within a
+  disk budget, every file checked before a restore:
+  :mod:`rocm_nb.server.warm`), and a second folder given raw would let
+  llama-server read and write files rocm_nb never checked.
 
 Adding a load option (the Vulkan ``device=``, say) takes four steps: a field
 of :class:`LoadOptions` with its default, its check in
@@ -185,15 +190,19 @@ def check_memory_args(extra_args: Sequence[str], env: Sequence[str] = ()) -> Non
         ...
         ValueError: env may not set LLAMA_ARG_CTX_SIZE: it changes the server's memory, ...; use ctx_size= instead
     """
-    flags = (arg.split("=", 1)[0] for arg in map(str, extra_args))
-    said = [(f"extra_args may not contain {flag}", MEMORY_FLAGS.get(flag)) for flag in
-            (flag.replace("_", "-") if flag.startswith("--") else flag for flag in flags)]
+    said = [(f"extra_args may not contain {flag}", MEMORY_FLAGS.get(flag)) for flag in _flags(extra_args)]
     said += [(f"env may not set {name}", _MEMORY_ENV.get(name)) for name in env]
     for what, instead in said:
         if instead is not None:
             keyword, _, why = instead.partition(" (")
             advice = instead if instead == _UNPLANNED else f"use {keyword} instead" + (f" ({why}" if why else "")
             raise ValueError(f"{what}: it changes the server's memory, which rocm_nb plans before it starts; {advice}")
+
+
+def _flags(extra_args: Sequence[str]) -> list[str]:
+    """The flags of ``extra_args`` as llama-server reads them: without ``=value``, ``--ctx_size`` as ``--ctx-size``."""
+    flags = (arg.split("=", 1)[0] for arg in map(str, extra_args))
+    return [flag.replace("_", "-") if flag.startswith("--") else flag for flag in flags]
 
 
 def _whole(name: str, value: int | None, *, least: int = 1) -> int | None:
@@ -279,7 +288,7 @@ class LoadOptions:
         check_memory_args(self.extra_args, [name for name, _ in self.env])
         if not isinstance(self.warm_cache, bool):
             raise ValueError(f"warm_cache must be True or False, got {self.warm_cache!r}")
-        if any(str(arg).split("=", 1)[0] == "--slot-save-path" for arg in self.extra_args):
+        if "--slot-save-path" in _flags(self.extra_args):
             raise ValueError("extra_args may not contain --slot-save-path: rocm_nb keeps the prompt cache in a "
                              "private folder of its own (ROCM_NB_WARM_DIR); turn it off with warm_cache=False")
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from rocm_nb import LocalModel, LocalRouter
+from rocm_nb import LocalModel, LocalRouter, ModelState, connect
 from rocm_nb.binary import find_server
 from rocm_nb.modelfiles.catalog import DEFAULT_MODEL, resolve_model
 from rocm_nb.server import LlamaServer
@@ -78,11 +78,17 @@ def copy_into(saved: Saved, folder: Path) -> WarmStore:
     return WarmStore(folder)
 
 
-def test_the_same_prompt_after_a_restart_reads_one_token(saved: Saved, warm_folder: Path) -> None:
+def test_the_same_prompt_after_a_restart_reads_one_token(saved: Saved, warm_folder: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
     copy_into(saved, warm_folder)
-    with LocalModel(DEFAULT_MODEL, ctx_size=2048) as model:
+    model, reports = LocalModel(DEFAULT_MODEL, ctx_size=2048), list[str]()
+    with caplog.at_level(logging.INFO, logger="rocm_nb"):
+        model.start(lambda _, line: reports.append(line))
+    with model:
         start = model.warm_start
         assert start is not None and RESTORED.match(start.note), start.note
+        assert reports[-1] == start.note  # the load line: the last progress report, and the logger's
+        assert f"{model.path.name}: {start.note}" in [record.getMessage() for record in caplog.records]
         assert start.tokens == saved.slot_tokens and model.status().restored_tokens == saved.slot_tokens
         again = model.generate(LONG, **GREEDY)
     assert again.timings is not None and again.timings.prompt_tokens <= 2  # not the 600 of a cold start
@@ -295,6 +301,23 @@ def test_embedding_servers_and_routers_keep_no_cache(tmp_path: Path) -> None:
     router = LocalRouter(folder)
     assert router.config.slot_save_path is None and "--slot-save-path" not in router.config.argv(1)
     router.close()
+
+
+def test_a_connected_client_restores_and_saves_nothing(saved: Saved, warm_folder: Path) -> None:
+    """connect() is for servers rocm_nb does not own: its client restores nothing and its close saves nothing.
+
+    Here it talks to a server a LocalModel owns (another context than the
+    saved cache's): only the owner's close saves.
+    """
+    [entry] = copy_into(saved, warm_folder).entries()
+    with LocalModel(DEFAULT_MODEL, ctx_size=1024) as owner:
+        with connect(owner.base_url, owner.api_key) as client:
+            assert not hasattr(client, "warm_start")
+            reply = client.generate(PREFIX, **GREEDY)
+        assert reply.timings is not None and reply.timings.cached_tokens == 0
+        assert owner.state is ModelState.RUNNING
+        assert WarmStore(warm_folder).entries() == [entry]  # the client's close saved nothing
+    assert sorted(e.data["fingerprint"]["ctx_size"] for e in WarmStore(warm_folder).entries()) == [1024, 2048]
 
 
 @pytest.mark.parametrize("with_", ["ngram", "draft", "rpc"])

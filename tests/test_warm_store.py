@@ -15,21 +15,12 @@ import pytest
 
 from rocm_nb.server import ServerConfig
 from rocm_nb.server._warm_store import QUARANTINE, Fingerprint, WarmStore, budget_from, read_tokens
+from tests.support.clock import FakeClock
 from tests.support.uids import NOBODY, as_nobody
 from tests.support.warm import save, slot_file
 
 pytestmark = pytest.mark.unit
 as_root = pytest.mark.usefixtures("needs_root")  # fails, never skips, without root
-
-
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -57,6 +48,16 @@ def test_each_difference_in_the_configuration_is_named(files: tuple[Path, Path])
     assert fingerprint(model, binary, env=(("GGML_VK_VISIBLE_DEVICES", "1"),)).differences(saved) == [
         "it was saved with another server environment (devices or backend)"]
 
+    projector = model.with_name("mmproj.gguf")
+    projector.write_bytes(b"GGUF projector")
+    seeing = fingerprint(model, binary, mmproj=projector)
+    assert seeing.differences(saved) == [f"it was saved without an image projector (this server: {projector})"]
+    assert fingerprint(model, binary).differences(seeing.saved()) == [
+        f"it was saved with the image projector {projector} (this server has none)"]
+    projector.write_bytes(b"GGUF another projector")
+    assert fingerprint(model, binary, mmproj=projector).differences(seeing.saved()) == [
+        "the image projector file has changed since"]
+
     binary.write_bytes(b"a rebuilt build")  # a rebuilt llama-server at the same path
     assert fingerprint(model, binary).differences(saved) == ["llama-server has been rebuilt or replaced since"]
     binary.write_bytes(b"a build")
@@ -67,7 +68,7 @@ def test_each_difference_in_the_configuration_is_named(files: tuple[Path, Path])
 
 
 def test_the_budget_evicts_the_least_recently_used_first(tmp_path: Path, files: tuple[Path, Path]) -> None:
-    clock = Clock()
+    clock = FakeClock(1_000_000.0)  # seconds since the epoch, as the manifests hold them
     store = WarmStore(tmp_path / "warm", budget=10**9, clock=clock).open()
     entries = []
     for ctx in (1024, 2048, 3072):  # saved one after the other: 1024 is the oldest
@@ -89,7 +90,7 @@ def test_the_budget_evicts_the_least_recently_used_first(tmp_path: Path, files: 
 
 
 def test_what_a_save_left_behind_goes_when_stale(tmp_path: Path, files: tuple[Path, Path]) -> None:
-    clock = Clock()
+    clock = FakeClock(1_000_000.0)  # seconds since the epoch, as the manifests hold them
     store = WarmStore(tmp_path / "warm", clock=clock).open()
     kept = save(store, fingerprint(*files))
     unfinished = slot_file(store.root / store.partial_name(fingerprint(*files), 0))  # a save cut off at close

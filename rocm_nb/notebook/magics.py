@@ -245,7 +245,8 @@ class RocmMagics(Magics):
             f"  backend {model.backend} · {offload} · ctx {model.config.ctx_size} · "
             f"ready in {time.perf_counter() - began:.2f} s · pid {model.pid}\n"
             f"  memory: {printable(model.fit.note)}"
-            + (f"\n  prompt cache: {model.warm_start}" if model.warm_start and model.warm_start.note else "")
+            + (f"\n  prompt cache: {printable(model.warm_start.note)}"  # it may quote the server's own words
+               if model.warm_start and model.warm_start.note else "")
         )}, True)
         return model
 

@@ -478,8 +478,10 @@ class LlamaServer(_ChildProcess):
             assert self._running is not None
             self._running.stop()
             raise
-        if self.warm_start.note:
+        if self.warm_start.note:  # the load line: on the logger, and the last progress report
             _log.info("%s: %s", self.config.model.name, self.warm_start.note)
+            if progress is not None:
+                progress(time.perf_counter() - began, self.warm_start.note)
 
     def _launch(self, progress: LoadProgress | None, began: float) -> Child:
         """Spawn the process until it binds (a few tries), and wait until it is ready."""

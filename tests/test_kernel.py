@@ -419,7 +419,7 @@ def test_the_first_answer_after_a_restart_reads_a_few_tokens(kernel: Kernel) -> 
     kernel.run(cell, timeout=300)  # cold: the whole prompt is read
     kernel.run(cell, timeout=120)
     warm = json.loads(stdout(kernel.run(WARM_REPLY)))
-    assert warm["prompt"] == 1 and warm["cached"] > 1000  # the prompt cache at work, in one server
+    assert warm["prompt"] == 1 and warm["cached"] > 1000, warm  # the prompt cache at work, in one server
 
     kernel.km.restart_kernel(now=False)  # Kernel → Restart: a normal shutdown, then a fresh kernel
     kernel.kc.wait_for_ready(timeout=60)
@@ -427,7 +427,7 @@ def test_the_first_answer_after_a_restart_reads_a_few_tokens(kernel: Kernel) -> 
     assert re.search(r"\n  prompt cache: restored [\d,]+ cached tokens \(\d+ MiB\) in \d+\.\d\d s$", loaded), loaded
     kernel.run(cell, timeout=120)
     after = json.loads(stdout(kernel.run(WARM_REPLY)))
-    assert after["prompt"] <= 2 and after["cached"] == warm["cached"]  # a few tokens, not the whole prompt again
-    assert after["text"] == warm["text"]
+    assert after["prompt"] <= 2 and after["cached"] == warm["cached"], (warm, after)  # a few tokens, not all again
+    assert after["text"] == warm["text"], (warm, after)
     status = displays(kernel.run("%rocm_status"))[0]["content"]["data"]["text/plain"]
     assert re.search(r" [\d,]+ tokens\n", status), status  # the restored tokens, in the status table

@@ -447,7 +447,7 @@ def plan_server(info: ModelInfo, path: Path, binary: ServerBinary, hardware: Har
     (``--no-mmproj-offload``) when the plan keeps it in RAM. ``name`` is what
     the plan's note calls the model (default: the GGUF's own name). With
     ``warm_cache`` (and not pooled) the server keeps its prompt cache in
-    :func:`~rocm_nb._paths.warm_root` (``ROCM_NB_WARM_BUDGET``, if set, is checked here).
+    :func:`~rocm_nb._paths.warm_root` (``ROCM_NB_WARM_BUDGET`` and ``ROCM_NB_WARM_SAVE_S``, if set, are checked here).
 
     Example:
         >>> fit, config = plan_server(info, path, binary, detect(), LoadOptions())  # doctest: +SKIP
@@ -504,6 +504,8 @@ def _warm_folder(options: LoadOptions) -> Path | None:
     if not options.warm_cache or options.pooled:
         return None
     from rocm_nb.server._warm_store import budget_from  # hashlib and friends load with the first such server
+    from rocm_nb.server.warm import save_budget
 
-    budget_from(os.environ)  # a bad ROCM_NB_WARM_BUDGET is said now, not when the model closes
+    budget_from(os.environ)  # a bad ROCM_NB_WARM_BUDGET or ROCM_NB_WARM_SAVE_S is said now, not at close
+    save_budget(os.environ)
     return warm_root()

@@ -55,9 +55,16 @@ def warm_folder(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mo
     with the same configuration, and a cache that test did not ask for
     changes its batch shapes (and so, on the CPU, its greedy text). Kernels a
     test starts inherit the folder.
+
+    The time a teardown may spend saving (``ROCM_NB_WARM_SAVE_S``, 1 s by
+    default) is a hang guard here: on a machine busy with other suites a save
+    may run over 1 s and be skipped, as designed, and a test that restores it
+    would then fail for the machine's sake. What a save costs is measured in
+    ``benchmarks/warm.py`` with the default.
     """
     folder = tmp_path_factory.mktemp("warm")
     monkeypatch.setenv("ROCM_NB_WARM_DIR", str(folder))
+    monkeypatch.setenv("ROCM_NB_WARM_SAVE_S", "30")
     return folder
 
 

@@ -421,6 +421,7 @@ def test_the_first_answer_after_a_restart_reads_a_few_tokens(kernel: Kernel) -> 
     warm = json.loads(stdout(kernel.run(WARM_REPLY)))
     assert warm["prompt"] == 1 and warm["cached"] > 1000, warm  # the prompt cache at work, in one server
 
+    kernel.km.shutdown_wait_time = HANG_GUARD_S  # Jupyter's 5 s, as a hang guard: a busy machine must not kill it
     kernel.km.restart_kernel(now=False)  # Kernel → Restart: a normal shutdown, then a fresh kernel
     kernel.kc.wait_for_ready(timeout=60)
     loaded = displays(kernel.run(load, timeout=120))[-1]["content"]["data"]["text/plain"]

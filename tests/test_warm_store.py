@@ -13,13 +13,21 @@ from pathlib import Path
 
 import pytest
 
+from rocm_nb._options import LoadOptions, plan_server
+from rocm_nb.binary import ServerBinary
+from rocm_nb.hardware import Hardware
+from rocm_nb.modelfiles.catalog import read_info
 from rocm_nb.server import ServerConfig
 from rocm_nb.server._warm_store import QUARANTINE, Fingerprint, WarmStore, budget_from, read_tokens
+from rocm_nb.server.warm import SAVE_BUDGET, save_budget
 from tests.support.clock import FakeClock
+from tests.support.gguf_files import write_gguf
 from tests.support.uids import NOBODY, as_nobody
 from tests.support.warm import save, slot_file
 
 pytestmark = pytest.mark.unit
+BINARY = ServerBinary(Path("/opt/llama/llama-server"), "0", "cpu", "argument", rpc=False)
+CPU = Hardware("cpu", (), None, ())
 as_root = pytest.mark.usefixtures("needs_root")  # fails, never skips, without root
 
 
@@ -188,3 +196,16 @@ def test_the_budget_is_read_from_the_environment() -> None:
     assert budget_from({"ROCM_NB_WARM_BUDGET": "0"}) == 0
     with pytest.raises(ValueError, match="ROCM_NB_WARM_BUDGET must be a size such as 2GiB"):
         budget_from({"ROCM_NB_WARM_BUDGET": "two gigs"})
+
+
+def test_the_time_a_teardown_may_spend_saving_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch,
+                                                                           tmp_path: Path) -> None:
+    assert save_budget({}) == SAVE_BUDGET and save_budget({"ROCM_NB_WARM_SAVE_S": "0"}) == 0.0
+    for bad in ("-1", "soon", "inf", "nan"):
+        with pytest.raises(ValueError, match=f"ROCM_NB_WARM_SAVE_S must be seconds ≥ 0, such as 1 or 2.5, got '{bad}'"):
+            save_budget({"ROCM_NB_WARM_SAVE_S": bad})
+    monkeypatch.setenv("ROCM_NB_WARM_SAVE_S", "soon")  # said when the model is planned, not when it closes
+    [path] = write_gguf(tmp_path / "m.gguf", "Tiny")
+    with pytest.raises(ValueError, match="ROCM_NB_WARM_SAVE_S must be seconds"):
+        plan_server(read_info(path), path, BINARY, CPU, LoadOptions())
+    assert plan_server(read_info(path), path, BINARY, CPU, LoadOptions(warm_cache=False))[1].slot_save_path is None

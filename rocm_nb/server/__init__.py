@@ -259,8 +259,9 @@ def _await_ready(
     return "ready"
 
 
-BeforeStop = Callable[[float], object]
-"""What runs while a child still lives, before it is stopped, until a ``time.perf_counter()`` time (a save)."""
+BeforeStop = Callable[[float | None], object]
+"""What runs while a child still lives, before it is stopped (a save): until a ``time.perf_counter()`` time,
+or, given ``None``, within its own budget from now."""
 
 
 def _stop_child(running: Child, before_stop: BeforeStop | None, grace: float = STOP_GRACE,
@@ -268,9 +269,7 @@ def _stop_child(running: Child, before_stop: BeforeStop | None, grace: float = S
     """``before_stop(until)`` if the process still runs (never raising), then stop it, even on Ctrl-C."""
     try:
         if before_stop is not None and running.stopped is None and running.proc.poll() is None:
-            from rocm_nb.server.warm import SAVE_BUDGET
-
-            before_stop(time.perf_counter() + SAVE_BUDGET if until is None else until)
+            before_stop(until)
     except Exception as exc:  # a save that failed must not keep the process alive
         _log.debug("before stopping pid %d: %r", running.proc.pid, exc)
     finally:
@@ -295,9 +294,9 @@ def _close_kept_at_exit() -> None:
     kernel's own exit hooks, so it runs before them (``atexit`` runs the last
     registered first), while the process still has its threads and sockets.
     """
-    from rocm_nb.server.warm import SAVE_BUDGET
+    from rocm_nb.server.warm import save_budget
 
-    until = time.perf_counter() + SAVE_BUDGET
+    until = time.perf_counter() + save_budget()
     for server in list(_KEPT):
         server._stop(until=until)
 
@@ -533,12 +532,17 @@ class LlamaServer(_ChildProcess):
         store = self._store
         if store is None:
             return None
-        from rocm_nb.server.warm import SlotAPI, save_slots
+        from rocm_nb.server.warm import SlotAPI, save_budget, save_slots
 
         _close_kept_at_exit_registered()
         _KEPT.add(self)
         api, config = (self._slot_api or SlotAPI)(self.base_url, self.api_key), self.config
-        return lambda until: save_slots(api, config, store, until=until)
+        seconds = save_budget(self._environ)
+
+        def save(until: float | None) -> int:
+            return save_slots(api, config, store, until=time.perf_counter() + seconds if until is None else until)
+
+        return save
 
     def _last_line(self) -> str:
         lines = self.logs(1)

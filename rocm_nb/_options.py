@@ -26,6 +26,11 @@ plan, so that the plan is made for the server that starts:
   (``-t``, ``--top-k``, ``-lv``…) pass as they are. The prompt cache in host
   RAM (``--cache-ram``) is outside the estimate either way
   (:mod:`rocm_nb.modelfiles._estimate`), so it passes too.
+* ``--slot-save-path`` is refused too, pointing to ``warm_cache=``: it changes
+  no memory, but the folder of saved slots is rocm_nb's (private, within a
+  disk budget, every file checked before a restore:
+  :mod:`rocm_nb.server.warm`), and a second folder given raw would let
+  llama-server read and write files rocm_nb never checked.
 
 Adding a load option (as ``device=`` and ``gpu_memory=`` were) takes four steps: a field
 of :class:`LoadOptions` with its default, its check in
@@ -84,6 +89,7 @@ from pathlib import Path
 from typing import Literal
 
 from rocm_nb._exposure import check_env, check_extra_args
+from rocm_nb._paths import warm_root
 from rocm_nb._units import human_bytes, parse_bytes, positive_int
 from rocm_nb.binary import ServerBinary, find_server
 from rocm_nb.hardware import Backend, Hardware, detect, forced_backend, select_device
@@ -276,15 +282,19 @@ def check_memory_args(extra_args: Sequence[str], env: Sequence[str] = ()) -> Non
         ...
         ValueError: env may not set LLAMA_ARG_CTX_SIZE: it changes the server's memory, ...; use ctx_size= instead
     """
-    flags = (arg.split("=", 1)[0] for arg in map(str, extra_args))
-    said = [(f"extra_args may not contain {flag}", MEMORY_FLAGS.get(flag)) for flag in
-            (flag.replace("_", "-") if flag.startswith("--") else flag for flag in flags)]
+    said = [(f"extra_args may not contain {flag}", MEMORY_FLAGS.get(flag)) for flag in _flags(extra_args)]
     said += [(f"env may not set {name}", _MEMORY_ENV.get(name)) for name in env]
     for what, instead in said:
         if instead is not None:
             keyword, _, why = instead.partition(" (")
             advice = instead if instead == _UNPLANNED else f"use {keyword} instead" + (f" ({why}" if why else "")
             raise ValueError(f"{what}: it changes the server's memory, which rocm_nb plans before it starts; {advice}")
+
+
+def _flags(extra_args: Sequence[str]) -> list[str]:
+    """The flags of ``extra_args`` as llama-server reads them: without ``=value``, ``--ctx_size`` as ``--ctx-size``."""
+    flags = (arg.split("=", 1)[0] for arg in map(str, extra_args))
+    return [flag.replace("_", "-") if flag.startswith("--") else flag for flag in flags]
 
 
 def _whole(name: str, value: int | None, *, least: int = 1) -> int | None:
@@ -341,6 +351,8 @@ class LoadOptions:
     host: str = "127.0.0.1"
     extra_args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
+    warm_cache: bool = True
+    """Keep each slot's prompt cache across restarts (:mod:`rocm_nb.server.warm`; never for a pooled server)."""
 
     def __post_init__(self) -> None:
         _whole("ctx_size", self.ctx_size)
@@ -383,6 +395,11 @@ class LoadOptions:
         check_extra_args(self.extra_args)
         check_env(name for name, _ in self.env)
         check_memory_args(self.extra_args, [name for name, _ in self.env])
+        if not isinstance(self.warm_cache, bool):
+            raise ValueError(f"warm_cache must be True or False, got {self.warm_cache!r}")
+        if "--slot-save-path" in _flags(self.extra_args):
+            raise ValueError("extra_args may not contain --slot-save-path: rocm_nb keeps the prompt cache in a "
+                             "private folder of its own (ROCM_NB_WARM_DIR); turn it off with warm_cache=False")
 
     @classmethod
     def of(
@@ -412,6 +429,7 @@ class LoadOptions:
         backend: Backend | None = None,
         device: int | None = None,
         gpu_memory: int | str | None = None,
+        warm_cache: bool = True,
     ) -> LoadOptions:
         """The options from ``LocalModel``'s keywords, in the form the plan takes.
 
@@ -442,7 +460,7 @@ class LoadOptions:
             speculative=speculative, draft_gpu_layers=draft_gpu_layers, rpc=tuple(rpc), hsa_override=hsa_override,
             host=host, extra_args=tuple(map(str, extra_args)), env=tuple(sorted((env or {}).items())),
             mmproj=None if mmproj is None else os.fspath(mmproj), backend=backend, device=device,
-            gpu_memory=None if gpu_memory is None else parse_bytes("gpu_memory", gpu_memory),
+            gpu_memory=None if gpu_memory is None else parse_bytes("gpu_memory", gpu_memory), warm_cache=warm_cache,
         )
 
     @property
@@ -543,7 +561,9 @@ def plan_server(info: ModelInfo, path: Path, binary: ServerBinary, hardware: Har
     the plan's note calls the model (default: the GGUF's own name).
     ``gpu_memory`` caps the GPU memory the plan gives the model; a GPU
     build's server logs at :data:`REPORT_VERBOSITY`, so that its own report
-    of layers and buffers can be read (``model.status()``).
+    of layers and buffers can be read (``model.status()``). With
+    ``warm_cache`` (and not pooled) the server keeps its prompt cache in
+    :func:`~rocm_nb._paths.warm_root` (``ROCM_NB_WARM_BUDGET`` and ``ROCM_NB_WARM_SAVE_S``, if set, are checked here).
 
     Example:
         >>> fit, config = plan_server(info, path, binary, detect(), LoadOptions())  # doctest: +SKIP
@@ -591,5 +611,18 @@ def plan_server(info: ModelInfo, path: Path, binary: ServerBinary, hardware: Har
         mmproj=None if projector is None else projector.path,
         mmproj_offload=binary.backend == "cpu" or fit.projector is None or fit.projector.on_gpu,
         log_verbosity=None if binary.backend == "cpu" else REPORT_VERBOSITY,
+        slot_save_path=_warm_folder(options),
     )
     return fit, config
+
+
+def _warm_folder(options: LoadOptions) -> Path | None:
+    """Where the server keeps its prompt cache, or ``None``: off, or a pooled server (its slots keep nothing)."""
+    if not options.warm_cache or options.pooled:
+        return None
+    from rocm_nb.server._warm_store import budget_from  # hashlib and friends load with the first such server
+    from rocm_nb.server.warm import save_budget
+
+    budget_from(os.environ)  # a bad ROCM_NB_WARM_BUDGET or ROCM_NB_WARM_SAVE_S is said now, not at close
+    save_budget(os.environ)
+    return warm_root()

@@ -8,7 +8,9 @@ provisioned): nothing that a start writes goes there.
 The records of running servers live in a private per-user runtime folder
 (:func:`runtime_root`), never in the cache: a cache can be read-only, or
 shared by several users, and the records of one user must be neither
-readable nor blocking for another.
+readable nor blocking for another. Saved prompt caches (:func:`warm_root`,
+see :mod:`rocm_nb.server.warm`) are per user for the same reasons, and outlive
+a reboot, so they live in the user's own cache folder, not the shared one.
 
 Decision: :func:`runtime_root` follows platformdirs' ``user_runtime_dir``
 rules (an ``XDG_RUNTIME_DIR`` we own, else ``/run/user/UID``, else a folder
@@ -21,22 +23,26 @@ Example:
     PosixPath('/tmp/x')
     >>> runtime_root({"ROCM_NB_RUNTIME_DIR": "/tmp/y"})
     PosixPath('/tmp/y')
+    >>> warm_root({"ROCM_NB_WARM_DIR": "/tmp/w"})
+    PosixPath('/tmp/w')
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import stat
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import platformdirs
 
 from rocm_nb.errors import RuntimeDirError
 
-__all__ = ["cache_root", "private_folder", "runtime_root"]
+__all__ = ["cache_root", "private_folder", "runtime_root", "warm_root", "write_private_json"]
 
 _RUNTIME_ADVICE = "set ROCM_NB_RUNTIME_DIR to a folder of your own (it is created 0700)"
 
@@ -87,14 +93,33 @@ def runtime_root(environ: Mapping[str, str] | None = None) -> Path:
     return Path(tempfile.gettempdir()) / f"rocm_nb-{os.getuid()}"
 
 
-def private_folder(path: Path) -> Path:
+def warm_root(environ: Mapping[str, str] | None = None) -> Path:
+    """The per-user folder of saved prompt caches (not created; see :func:`private_folder`).
+
+    ``$ROCM_NB_WARM_DIR`` when set, else ``warm`` in this user's own cache
+    folder (``~/.cache/rocm_nb/warm`` on Linux), whatever ``ROCM_NB_CACHE``
+    says: that cache may be read-only or shared, and a saved cache holds what
+    your prompts said.
+
+    Example:
+        >>> warm_root({"XDG_CACHE_HOME": "/nonexistent"}).name
+        'warm'
+    """
+    env = os.environ if environ is None else environ
+    override = env.get("ROCM_NB_WARM_DIR")
+    if override:
+        return Path(override).expanduser()
+    return Path(platformdirs.user_cache_dir("rocm_nb", appauthor=False)) / "warm"
+
+
+def private_folder(path: Path, what: str = "run records", advice: str = _RUNTIME_ADVICE) -> Path:
     """Create ``path`` (and its parents) as a 0700 folder of this user, or check the one there.
 
     An existing folder of this user with a looser mode is tightened to 0700.
     Anything else (a file, a link, another user's folder, a folder that
     cannot be created) is a :class:`~rocm_nb.errors.RuntimeDirError` that
-    says what to do: in a shared temporary directory, another user could
-    have created the name first.
+    says what to do (``advice``; ``what`` names what the folder holds): in a
+    shared temporary directory, another user could have created the name first.
 
     Example:
         >>> import tempfile
@@ -117,5 +142,29 @@ def private_folder(path: Path) -> Path:
     except OSError as exc:
         problem = exc.strerror or str(exc)
     if problem:
-        raise RuntimeDirError(f"cannot keep run records in {path}: {problem}; {_RUNTIME_ADVICE}")
+        raise RuntimeDirError(f"cannot keep {what} in {path}: {problem}; {advice}")
+    return path
+
+
+def write_private_json(path: Path, data: Mapping[str, Any]) -> Path:
+    """Write ``data`` as JSON to ``path`` atomically (whole or absent: a reader never sees half of it), mode 0600.
+
+    The text goes to a fresh temporary file beside ``path`` (``mkstemp``:
+    created 0600, never an existing name), which then replaces ``path``.
+
+    Example:
+        >>> import tempfile
+        >>> path = write_private_json(Path(tempfile.mkdtemp()) / "a.json", {"pid": 1})
+        >>> path.read_text(), oct(path.stat().st_mode & 0o777)
+        ('{"pid": 1}', '0o600')
+    """
+    fd, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as out:
+            json.dump(data, out)
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
     return path

@@ -71,7 +71,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from rocm_nb._paths import private_folder, runtime_root
+from rocm_nb._paths import private_folder, runtime_root, write_private_json
 from rocm_nb.errors import RuntimeDirError
 
 if TYPE_CHECKING:
@@ -557,14 +557,4 @@ def launch(argv: Sequence[str], env: Mapping[str, str], environ: Mapping[str, st
 
 def _write_record(run_dir: Path, pid: int, data: Mapping[str, Any]) -> Path:
     """Write ``<pid>.json`` atomically (whole or absent: a reader never sees half a record), 0600."""
-    path, partial = run_dir / f"{pid}.json", run_dir / f".{pid}.json.tmp"
-    try:
-        partial.unlink(missing_ok=True)  # a leftover of a recycled pid: O_EXCL below must create it afresh
-        with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
-            json.dump(data, out)
-        partial.replace(path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            partial.unlink(missing_ok=True)
-        raise
-    return path
+    return write_private_json(run_dir / f"{pid}.json", data)

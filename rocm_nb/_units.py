@@ -55,12 +55,13 @@ def positive_int(name: str, value: object) -> int:
     return value
 
 
-def parse_bytes(name: str, value: object) -> int:
+def parse_bytes(name: str, value: object, *, zero: bool = False) -> int:
     """A size in bytes from an ``int`` or a string such as ``"64MiB"``, ``"1.5 GiB"`` or ``"500MB"``.
 
     IEC units (KiB, MiB, GiB, TiB) are powers of 1024, SI units (KB, MB, GB,
     TB) powers of 1000; a bare number is bytes. Anything else, or a size
-    that is not positive, is a ``ValueError`` naming ``name``.
+    that is not positive (0 is taken with ``zero=True``), is a ``ValueError``
+    naming ``name``.
 
     Example:
         >>> parse_bytes("gpu_memory", "64MiB"), parse_bytes("gpu_memory", "1.5 GiB"), parse_bytes("gpu_memory", 4096)
@@ -79,6 +80,6 @@ def parse_bytes(name: str, value: object) -> int:
             raise ValueError(f"{name}={value!r} is not a size: use bytes (an int) or a number with a unit, such as "
                              "'64MiB', '8 GiB' or '500MB'")
         size = int(float(match.group(1)) * _UNITS[(match.group(2) or "B").upper()])
-    if size <= 0:
-        raise ValueError(f"{name} must be a positive size, got {value!r}")
+    if size < 0 or (size == 0 and not zero):
+        raise ValueError(f"{name} must be a positive size{' or 0' if zero else ''}, got {value!r}")
     return size

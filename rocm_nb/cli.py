@@ -1,4 +1,4 @@
-"""The ``rocm-nb`` command: ``doctor``, ``server install``, ``pull``, ``models``.
+"""The ``rocm-nb`` command: ``doctor``, ``server install``, ``pull``, ``models``, ``prompt-cache``.
 
 Example:
     >>> main(["pull", "smollm2-135m"])  # already in the cache: checked, not fetched again
@@ -34,6 +34,7 @@ from rocm_nb.hardware._tools import run_tool
 from rocm_nb.hardware._vulkan_devices import vulkan_gpus, why_not_chosen
 from rocm_nb.modelfiles.catalog import CATALOGUE, DEFAULT_MODEL, models_dir, pull, read_info, resolve_model, verify
 from rocm_nb.modelfiles.library import models
+from rocm_nb.server.warm import clear_saved_caches, saved_caches
 
 __all__ = ["main"]
 
@@ -163,6 +164,15 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prompt_cache(args: argparse.Namespace) -> int:
+    if args.cache_command == "clear":
+        files, size = clear_saved_caches(args.model)
+        _print(f"removed {files} file(s), {size / 2**20:.1f} MiB" + (f" of {args.model}" if args.model else ""))
+        return 0
+    _print(saved_caches())
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rocm-nb", description="Local LLMs for Jupyter on your own GPU.")
     parser.add_argument("--version", action="version", version=f"rocm_nb {__version__}")
@@ -200,6 +210,17 @@ def _parser() -> argparse.ArgumentParser:
     models_cmd.add_argument("dirs", nargs="*", metavar="DIR",
                             help="folders to scan instead of ROCM_NB_MODEL_DIR (the caches are always scanned)")
     models_cmd.set_defaults(run=_models)
+
+    cache = commands.add_parser(
+        "prompt-cache", help="list or clear the prompt caches kept across restarts (ROCM_NB_WARM_DIR)",
+        description="Each model's prompt cache (its KV cache) is saved when it closes and restored when it starts "
+                    "again; this lists them with their sizes, or clears them. Without a subcommand: list.")
+    cache.set_defaults(run=_prompt_cache, cache_command="list")
+    cache_commands = cache.add_subparsers(dest="cache_command")
+    cache_commands.add_parser("list", help="each saved slot: model, context, tokens, size, last use; the total")
+    clear = cache_commands.add_parser("clear", help="delete saved caches (all, with the quarantine, or one model's)")
+    clear.add_argument("model", nargs="?", default=None,
+                       help="only this model's (its file name, stem or path); default: everything")
     return parser
 
 

@@ -71,6 +71,7 @@ from rocm_nb.server._registry import ServerRegistry, default_registry
 if TYPE_CHECKING:
     from rocm_nb.notebook.chat import ChatPanel
     from rocm_nb.notebook.monitor import GpuMonitor
+    from rocm_nb.server.warm import WarmStart
 
 __all__ = ["LocalModel", "running_servers"]
 
@@ -164,6 +165,12 @@ class LocalModel(OwnServer, GenerationAPI):
         embedding, pooling, reranking: an embeddings-only server (``embedding=True``,
             ``pooling`` one of ``none``, ``mean``, ``cls``, ``last``, ``rank``, or the
             model's own) or a reranker (``reranking=True``); see :mod:`rocm_nb.client.embeddings`.
+        warm_cache: keep each slot's prompt cache when the model closes
+            normally and restore it when the same model starts again with a
+            compatible configuration, so the first answer after a kernel restart
+            skips the prompt it already read (default ``True``; see
+            :mod:`rocm_nb.server.warm` and :attr:`warm_start`). Never for an
+            embedding or reranking server.
         registry: the :class:`~rocm_nb.server._registry.ServerRegistry` to share
             servers through (default: the process-wide one; tests pass a
             fresh one).
@@ -213,13 +220,14 @@ class LocalModel(OwnServer, GenerationAPI):
         backend: Backend | None = None,
         device: int | None = None,
         gpu_memory: int | str | None = None,
+        warm_cache: bool = True,
     ) -> None:
         self.load_options: LoadOptions = LoadOptions.of(  # checked before anything is resolved, downloaded or started
             ctx_size=ctx_size, gpu_layers=gpu_layers, parallel=parallel, flash_attn=flash_attn, cache_type=cache_type,
             cache_type_k=cache_type_k, cache_type_v=cache_type_v, batch_size=batch_size, ubatch_size=ubatch_size,
             embedding=embedding, pooling=pooling, reranking=reranking, unified_memory=unified_memory,
             speculative=speculative, draft_gpu_layers=draft_gpu_layers, rpc=rpc, hsa_override=hsa_override,
-            host=host, extra_args=extra_args, env=env,
+            host=host, extra_args=extra_args, env=env, warm_cache=warm_cache,
             mmproj=mmproj if mmproj is not None else default_projector(model),  # a catalogue model brings its own
             backend=backend, device=device, gpu_memory=gpu_memory)
         """The load options, checked: what :func:`~rocm_nb._options.plan_server` planned with."""
@@ -302,6 +310,21 @@ class LocalModel(OwnServer, GenerationAPI):
         """The backend the server runs on: ``rocm``, ``cuda``, ``vulkan`` or ``cpu``."""
         return self.binary.backend
 
+    @property
+    def warm_start(self) -> WarmStart | None:
+        """What the server's start restored from the saved prompt cache, proved reused (:mod:`rocm_nb.server.warm`).
+
+        ``None`` before the first start and for a server that keeps no cache
+        (``warm_cache=False``, embeddings); ``str()`` of it is the one line
+        ``%rocm_load`` shows, such as ``restored 2,803 cached tokens (61 MiB) in 0.08 s``.
+
+        Example:
+            >>> print(LocalModel("smollm2-135m").start().warm_start)  # doctest: +SKIP
+            restored 2,803 cached tokens (61 MiB) in 0.08 s
+        """
+        server = self._lease.server
+        return None if server is None else server.warm_start
+
     def status(self) -> ServerStatus:
         """What ``%rocm_status`` shows: process, backend, memory (measured and estimated), speed.
 
@@ -347,6 +370,7 @@ class LocalModel(OwnServer, GenerationAPI):
             vram_total_bytes=sum(g.vram_total or 0 for g in self.hardware.visible_gpus) or None,
             decode_tps=decode_tps,
             rpc=self.config.rpc,
+            restored_tokens=server.warm_start.tokens if server is not None and server.warm_start else None,
             images=self.projector is not None,
             error=(f"llama-server {describe_exit(server.returncode, loading=False)[0]}"
                    if self.state is ModelState.CRASHED and server is not None else None),

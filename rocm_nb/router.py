@@ -268,7 +268,7 @@ class LocalRouter(OwnServer, GenerationAPI):
             raise ValueError(f"max_loaded must be a positive integer, got {max_loaded!r}")
         options = LoadOptions.of(ctx_size=ctx_size, gpu_layers=gpu_layers, parallel=parallel, flash_attn=flash_attn,
                                  cache_type=cache_type, cache_type_k=cache_type_k, cache_type_v=cache_type_v,
-                                 extra_args=extra_args, env=env)
+                                 extra_args=extra_args, env=env, warm_cache=False)  # why: rocm_nb.server.warm
         self.binary: ServerBinary
         self.binary, machine = choose_machine(server, hardware, options)
         folder = None

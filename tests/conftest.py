@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -47,6 +48,27 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             "is which); mark the module with `pytestmark = pytest.mark.<tier>` or the test itself:\n"
             + "\n".join(wrong)
         )
+
+
+@pytest.fixture(autouse=True)
+def warm_folder(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test keeps its saved prompt caches (``rocm_nb.server.warm``) in a folder of its own.
+
+    A model closed by one test would otherwise warm the next test's server
+    with the same configuration, and a cache that test did not ask for
+    changes its batch shapes (and so, on the CPU, its greedy text). Kernels a
+    test starts inherit the folder.
+
+    The time a teardown may spend saving (``ROCM_NB_WARM_SAVE_S``, 1 s by
+    default) is a hang guard here: on a machine busy with other suites a save
+    may run over 1 s and be skipped, as designed, and a test that restores it
+    would then fail for the machine's sake. What a save costs is measured in
+    ``benchmarks/warm.py`` with the default.
+    """
+    folder = tmp_path_factory.mktemp("warm")
+    monkeypatch.setenv("ROCM_NB_WARM_DIR", str(folder))
+    monkeypatch.setenv("ROCM_NB_WARM_SAVE_S", "30")
+    return folder
 
 
 @pytest.fixture

@@ -71,3 +71,29 @@ def test_errors_are_one_line_and_exit_1(capsys: pytest.CaptureFixture[str]) -> N
 def test_console_script_is_installed() -> None:
     done = subprocess.run([sys.executable, "-m", "rocm_nb.cli", "--version"], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.startswith("rocm_nb ")
+
+
+@pytest.mark.unit
+def test_prompt_cache_lists_and_clears_the_saved_caches(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                       warm_folder: Path) -> None:
+    from rocm_nb.server import ServerConfig
+    from rocm_nb.server._warm_store import Fingerprint, WarmStore
+    from tests.support.warm import save
+
+    assert main(["prompt-cache"]) == 0
+    assert capsys.readouterr().out == f"no saved prompt cache in {warm_folder} (budget 2.0 GiB)\n"
+    (tmp_path / "chat.gguf").write_bytes(b"GGUF")
+    store = WarmStore(warm_folder).open()
+    for ctx in (2048, 4096):
+        save(store, Fingerprint.of(ServerConfig(tmp_path / "llama-server", tmp_path / "chat.gguf", ctx)),
+             tokens=2803, body=3 * 2**20)
+    assert main(["prompt-cache", "list"]) == 0
+    header, *rows, total = capsys.readouterr().out.splitlines()
+    assert header.split() == ["model", "ctx", "slot", "tokens", "size", "last", "used"]
+    assert sorted(row.split()[:5] for row in rows) == [["chat.gguf", "2048", "0", "2,803", "3"],
+                                                      ["chat.gguf", "4096", "0", "2,803", "3"]]
+    assert total == f"6 MiB of 2.0 GiB in {warm_folder}"
+    assert main(["prompt-cache", "clear", "other.gguf"]) == 0 and "removed 0 file(s)" in capsys.readouterr().out
+    assert main(["prompt-cache", "clear", "chat"]) == 0  # by its stem
+    assert capsys.readouterr().out == "removed 4 file(s), 6.0 MiB of chat\n"
+    assert store.entries() == []

@@ -96,3 +96,5 @@ def test_status_table() -> None:
     assert "estimated 1.0 GiB, measured 300 MiB; VRAM estimated 3.0 GiB" in estimated
     empty = status_bundle({}, current=None, notes=[])
     assert "no model loaded" in empty["text/plain"]
+    warm = status_bundle({"m": replace(small, restored_tokens=2803)}, current=None, notes=[])["text/plain"]
+    assert warm.splitlines()[0].split()[-1] == "restored" and warm.splitlines()[1].endswith(" 2,803 tokens")

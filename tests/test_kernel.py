@@ -450,3 +450,40 @@ def test_a_restarted_kernel_leaves_no_router_link_folder(kernel: Kernel, model_p
     for pid in (router, child.pid):
         wait_until(gone(pid), timeout=HANG_GUARD_S)
     assert not links.exists()
+
+
+# -- warm after a restart (issue 23) ----------------------------------------------------------
+
+WARM_PROMPT = " ".join(f"Entry {i}: the keeper of lighthouse {i} logged {i * 3} ships passing in the night."
+                       for i in range(60))
+"""About 1,100 tokens: long enough that reading it again would show, short enough for a test."""
+WARM_REPLY = ("import json; print(json.dumps({'text': r.text, 'prompt': r.timings.prompt_tokens, "
+              "'cached': r.timings.cached_tokens}))")
+
+
+def test_the_first_answer_after_a_restart_reads_a_few_tokens(kernel: Kernel) -> None:
+    """A long prompt, Kernel → Restart, the same cell: the cache was saved on the way out, restored on the way in.
+
+    Its text is compared with a warm run's (the same cell run again before the
+    restart: one prompt token computed, then the reply), never with a cold
+    run's, whose batch shapes differ.
+    """
+    load = "%load_ext rocm_nb\n%rocm_load smollm2-135m --ctx 4096"
+    cell = f"%%rocm_generate --raw --max-tokens 16 --temperature 0 --seed 1 --no-stream --out r\n{WARM_PROMPT}"
+    kernel.run(load, timeout=120)
+    kernel.run(cell, timeout=300)  # cold: the whole prompt is read
+    kernel.run(cell, timeout=120)
+    warm = json.loads(stdout(kernel.run(WARM_REPLY)))
+    assert warm["prompt"] == 1 and warm["cached"] > 1000, warm  # the prompt cache at work, in one server
+
+    kernel.km.shutdown_wait_time = HANG_GUARD_S  # Jupyter's 5 s, as a hang guard: a busy machine must not kill it
+    kernel.km.restart_kernel(now=False)  # Kernel → Restart: a normal shutdown, then a fresh kernel
+    kernel.kc.wait_for_ready(timeout=60)
+    loaded = displays(kernel.run(load, timeout=120))[-1]["content"]["data"]["text/plain"]
+    assert re.search(r"\n  prompt cache: restored [\d,]+ cached tokens \(\d+ MiB\) in \d+\.\d\d s$", loaded), loaded
+    kernel.run(cell, timeout=120)
+    after = json.loads(stdout(kernel.run(WARM_REPLY)))
+    assert after["prompt"] <= 2 and after["cached"] == warm["cached"], (warm, after)  # a few tokens, not all again
+    assert after["text"] == warm["text"], (warm, after)
+    status = displays(kernel.run("%rocm_status"))[0]["content"]["data"]["text/plain"]
+    assert re.search(r" [\d,]+ tokens\n", status), status  # the restored tokens, in the status table

@@ -56,6 +56,16 @@ def test_a_raw_flag_that_changes_memory_is_refused_naming_the_keyword(args: list
 
 
 @pytest.mark.unit
+@pytest.mark.parametrize("args", [["--slot-save-path", "/tmp/slots"], ["--slot_save_path=/tmp/slots"]])
+def test_a_raw_slot_save_path_is_refused_pointing_to_warm_cache(args: list[str]) -> None:
+    """The saved slots' folder is rocm_nb's own (private, budgeted, checked before a restore): never a raw flag."""
+    with pytest.raises(ValueError, match=r"extra_args may not contain --slot-save-path: rocm_nb keeps the prompt "
+                                         r"cache in a private folder of its own \(ROCM_NB_WARM_DIR\); turn it off "
+                                         r"with warm_cache=False"):
+        LocalModel("no-such-model", extra_args=["-t", "2", *args])
+
+
+@pytest.mark.unit
 def test_a_memory_setting_in_env_is_refused_and_speed_flags_pass() -> None:
     with pytest.raises(ValueError, match=r"env may not set LLAMA_ARG_CACHE_TYPE_K: .*use cache_type_k="):
         LocalModel("no-such-model", env={"LLAMA_ARG_CACHE_TYPE_K": "q8_0"})

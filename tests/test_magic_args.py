@@ -191,6 +191,8 @@ def test_rocm_load_speaks_local_models_vocabulary() -> None:
     assert (devices["backend"], devices["device"], devices["gpu_memory"]) == ("vulkan", 1, "6GiB")
     with pytest.raises(UsageError, match="invalid choice: 'metal'"):
         parse_args("rocm_load", "m.gguf --backend metal", LoadArgs)
+    assert keywords["warm_cache"] is True  # the prompt cache is kept across restarts unless told otherwise
+    assert parse_args("rocm_load", "m.gguf --no-warm-cache", LoadArgs).load_keywords()["warm_cache"] is False
     split = parse_args("rocm_load", "m.gguf --cache-type-k q8_0 --cache-type-v f16 --reranking", LoadArgs)
     assert (split.cache_type_k, split.cache_type_v, split.reranking) == ("q8_0", "f16", True)
     assert parse_args("rocm_load", "m.gguf --ctx 512", LoadArgs).ctx_size == 512  # the short form

@@ -67,6 +67,9 @@ class ServerStatus:
     """Average decode speed the server reports; ``None`` before the first generation."""
     rpc: tuple[str, ...] = ()
     """``host:port`` of the RPC workers the model is split over."""
+    restored_tokens: int | None = None
+    """Prompt tokens the server's start restored from the saved prompt cache, proved reused
+    (:mod:`rocm_nb.server.warm`); ``None`` for a server that keeps none."""
     images: bool | None = None
     """Whether the model takes images (a projector is loaded, or the server says it takes them); ``None``: unknown."""
     error: str | None = None

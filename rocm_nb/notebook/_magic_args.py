@@ -208,6 +208,7 @@ class LoadArgs:
     gpu_memory: str | None = None
     batch_size: int | None = None
     ubatch_size: int | None = None
+    warm_cache: bool = True
 
     def __post_init__(self) -> None:
         if self.url is not None and self.router:
@@ -236,7 +237,7 @@ class LoadArgs:
                 "unified_memory": self.unified_memory, "embedding": self.embedding, "pooling": self.pooling,
                 "reranking": self.reranking, "batch_size": self.batch_size, "ubatch_size": self.ubatch_size,
                 "mmproj": self.mmproj, "backend": self.backend, "device": self.device,
-                "gpu_memory": self.gpu_memory}
+                "gpu_memory": self.gpu_memory, "warm_cache": self.warm_cache}
 
 
 @dataclass(frozen=True)

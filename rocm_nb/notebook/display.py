@@ -262,6 +262,7 @@ _STATUS_COLUMNS: tuple[tuple[str, Callable[[ServerStatus], str]], ...] = (
     ("tok/s", lambda s: "–" if s.decode_tps is None else f"{s.decode_tps:.1f}"),
     ("images", lambda s: "–" if s.images is None else "yes" if s.images else "no"),
     ("RPC workers", lambda s: ", ".join(s.rpc) or "–"),
+    ("restored", lambda s: "–" if s.restored_tokens is None else f"{s.restored_tokens:,} tokens"),
 )
 """The status table after its first column (the alias): each column's title and how a status fills it."""
 

@@ -264,6 +264,8 @@ class RocmMagics(Magics):
             f"  backend {model.backend} · {offload} · ctx {model.config.ctx_size} · "
             f"ready in {time.perf_counter() - began:.2f} s · pid {model.pid}\n"
             f"  memory: {printable(model.fit.note)}"
+            + (f"\n  prompt cache: {printable(model.warm_start.note)}"  # it may quote the server's own words
+               if model.warm_start and model.warm_start.note else "")
         )}, True)
         return model
 
@@ -312,6 +314,9 @@ class RocmMagics(Magics):
     @argument("--mmproj", default=None,
               help="the image projector (mmproj-….gguf path, hf: reference or catalogue name) that makes the model "
                    "take images; a catalogue vision model brings its own")
+    @argument("--no-warm-cache", dest="warm_cache", action="store_false",
+              help="do not keep the prompt cache across restarts (default: saved when the model closes, restored "
+                   "when it starts again)")
     @line_magic
     def rocm_load(self, line: str) -> None:
         """Start (or reuse) a model and make it the current one.

@@ -24,6 +24,12 @@ Nothing is left behind:
   cache, which may be read-only); the next start reaps the servers of owners
   that are gone.
 
+A server whose config has a ``slot_save_path`` keeps its prompt cache
+across restarts (:mod:`rocm_nb.server.warm`): it restores the saved slots
+once ready, and saves them before it stops, in ``close()``, in its
+finaliser and at interpreter exit (an ``atexit`` hook registered with the
+first such server, so it runs before a kernel's own exit steps).
+
 Example:
     >>> config = ServerConfig(binary=Path("llama-server"), model=Path("m.gguf"), ctx_size=2048)
     >>> config.argv(port=8080)[:3]
@@ -32,19 +38,33 @@ Example:
 
 from __future__ import annotations
 
+import atexit
+import functools
+import logging
 import os
 import subprocess
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from rocm_nb._exposure import GUARDED_ENV, check_env, check_extra_args, connect_host, free_port
 from rocm_nb._process import Child, Escalation, LinkFolder, launch, reap_stale_servers
 from rocm_nb.binary._report import MemoryReport, parse_report
-from rocm_nb.errors import ProjectorMismatch, ServerStartError, ServerStartTimeout, describe_exit, with_notes
+from rocm_nb.errors import (
+    ProjectorMismatch,
+    RocmNbError,
+    ServerStartError,
+    ServerStartTimeout,
+    describe_exit,
+    with_notes,
+)
+
+if TYPE_CHECKING:
+    from rocm_nb.server._warm_store import WarmStore
+    from rocm_nb.server.warm import SlotAPI, WarmStart
 
 __all__ = [
     "KILL_WAIT",
@@ -54,6 +74,8 @@ __all__ = [
     "ServerConfig",
     "file_identity",
 ]
+
+_log = logging.getLogger("rocm_nb")
 
 LoadProgress = Callable[[float, str], None]
 """``progress(elapsed_seconds, last_log_line)`` while a server loads (prefill progress is another thing:
@@ -149,6 +171,9 @@ class ServerConfig:
     """The image projector (``--mmproj``): the model then takes images (:mod:`rocm_nb.modelfiles.projector`)."""
     mmproj_offload: bool = True
     """Whether a GPU build puts the projector on the GPU (``False`` adds ``--no-mmproj-offload``)."""
+    slot_save_path: Path | None = None
+    """The private folder of saved prompt caches (``--slot-save-path``; :mod:`rocm_nb.server.warm`), or ``None``
+    for a server that keeps none."""
     model_identity: tuple[int, ...] | None = field(default=None, init=False)
     """The model file's :func:`file_identity`, read when the config is made (``None`` if no file is there):
     a file replaced at the same path makes another configuration, so it gets a server of its own instead
@@ -174,6 +199,7 @@ class ServerConfig:
             "-c", str(self.ctx_size),
             "-ngl", str(self.gpu_layers),
             "--parallel", str(self.parallel),
+            *(["--slot-save-path", str(self.slot_save_path)] if self.slot_save_path else []),
             "--jinja",
             "--metrics",
             *(["--rpc", ",".join(self.rpc)] if self.rpc else []),
@@ -241,18 +267,61 @@ def _await_ready(
     return "ready"
 
 
+BeforeStop = Callable[[float | None], object]
+"""What runs while a child still lives, before it is stopped (a save): until a ``time.perf_counter()`` time,
+or, given ``None``, within its own budget from now."""
+
+
+def _stop_child(running: Child, before_stop: BeforeStop | None, grace: float = STOP_GRACE,
+                kill_wait: float = KILL_WAIT, until: float | None = None) -> Escalation:
+    """``before_stop(until)`` if the process still runs (never raising), then stop it, even on Ctrl-C."""
+    try:
+        if before_stop is not None and running.stopped is None and running.proc.poll() is None:
+            before_stop(until)
+    except Exception as exc:  # a save that failed must not keep the process alive
+        _log.debug("before stopping pid %d: %r", running.proc.pid, exc)
+    finally:
+        stopped = running.stop(grace, kill_wait)
+    return stopped
+
+
+_KEPT: weakref.WeakSet[LlamaServer] = weakref.WeakSet()
+"""The servers of this process that save their prompt cache when they stop (closed at exit, saving first)."""
+
+
+@functools.cache
+def _close_kept_at_exit_registered() -> None:
+    """Register :func:`_close_kept_at_exit` with ``atexit``, once."""
+    atexit.register(_close_kept_at_exit)
+
+
+def _close_kept_at_exit() -> None:
+    """At interpreter exit: save and stop every server that keeps its prompt cache, within one shared budget.
+
+    Registered with ``atexit`` when the first such server starts: after a
+    kernel's own exit hooks, so it runs before them (``atexit`` runs the last
+    registered first), while the process still has its threads and sockets.
+    """
+    from rocm_nb.server.warm import save_budget
+
+    until = time.perf_counter() + save_budget()
+    for server in list(_KEPT):
+        server._stop(until=until)
+
+
 class _ChildProcess:
     """What LlamaServer and RpcWorker share: the running child, its logs, its teardown."""
 
     _running: Child | None = None
     _finalizer: weakref.finalize[..., _ChildProcess] | None = None
+    _before_stop: BeforeStop | None = None
 
-    def _adopt(self, running: Child) -> None:
-        """Own a freshly launched child; the finaliser stops it if nobody closes it."""
+    def _adopt(self, running: Child, before_stop: BeforeStop | None = None) -> None:
+        """Own a freshly launched child; the finaliser stops it if nobody closes it (``before_stop`` first)."""
         if self._finalizer is not None:
             self._finalizer.detach()
-        self._running = running
-        self._finalizer = weakref.finalize(self, running.stop)
+        self._running, self._before_stop = running, before_stop
+        self._finalizer = weakref.finalize(self, _stop_child, running, before_stop)
 
     @property
     def pid(self) -> int | None:
@@ -307,7 +376,13 @@ class _ChildProcess:
             >>> server.close(); server.close()  # doctest: +SKIP
             <Escalation.SIGTERM: 'sigterm'>
         """
-        stopped = None if self._running is None else self._running.stop(grace, kill_wait)
+        return self._stop(grace, kill_wait)
+
+    def _stop(self, grace: float = STOP_GRACE, kill_wait: float = KILL_WAIT, until: float | None = None,
+              ) -> Escalation | None:
+        """:meth:`close`, with what runs before the stop (a save) done by ``time.perf_counter()`` time ``until``."""
+        stopped = None if self._running is None else _stop_child(self._running, self._before_stop, grace, kill_wait,
+                                                                  until)
         if self._finalizer is not None:
             self._finalizer.detach()  # after the stop: one interrupted by Ctrl-C leaves the finaliser armed
         return stopped
@@ -336,6 +411,7 @@ class LlamaServer(_ChildProcess):
         environ: Mapping[str, str] | None = None,
         bind_attempts: int = 5,
         port_picker: Callable[[str], int] = free_port,
+        slot_api: Callable[[str, str], SlotAPI] | None = None,
     ) -> None:
         import secrets  # imported here, as http.client below: `import rocm_nb` stays cheap
 
@@ -352,6 +428,10 @@ class LlamaServer(_ChildProcess):
         self._bind_attempts = bind_attempts
         self._port_picker = port_picker
         self._report: MemoryReport | None = None
+        self._slot_api = slot_api
+        self._store: WarmStore | None = None
+        self.warm_start: WarmStart | None = None
+        """What the start restored from the saved prompt cache (``None`` for a server that keeps none)."""
 
     # -- state ------------------------------------------------------------------------------
 
@@ -373,6 +453,48 @@ class LlamaServer(_ChildProcess):
             return self
         reap_stale_servers(self._environ)
         began = time.perf_counter()
+        self._store = self._open_store()
+        child = self._launch(progress, began)
+        if self._store is not None:
+            self._restore(self._store, child, progress, began)
+        return self
+
+    def _open_store(self) -> WarmStore | None:
+        """The folder of saved prompt caches, ready; ``None`` (and a note) if this server keeps none or cannot."""
+        if self.config.slot_save_path is None:
+            return None
+        from rocm_nb.server._warm_store import WarmStore, budget_from
+        from rocm_nb.server.warm import WarmStart
+
+        try:
+            return WarmStore(self.config.slot_save_path, budget=budget_from(self._environ)).open()
+        except (RocmNbError, OSError, ValueError) as exc:
+            self.warm_start = WarmStart(notes=(f"prompt cache not kept: {exc}",))
+            return None
+
+    def _restore(self, store: WarmStore, child: Child, progress: LoadProgress | None, began: float) -> None:
+        """Restore the saved prompt cache (:mod:`rocm_nb.server.warm`); start again without it if the server crashed."""
+        from rocm_nb.server.warm import SlotAPI, restore_slots
+
+        if progress is not None:
+            progress(time.perf_counter() - began, "restoring the saved prompt cache")
+        try:
+            api = (self._slot_api or SlotAPI)(self.base_url, self.api_key)
+            self.warm_start = restore_slots(api, self.config, store, died=lambda: self.wait(2.0) is not None)
+            if self.warm_start.restart:
+                child.stop()
+                self._launch(progress, began)
+        except BaseException:  # Ctrl-C while restoring: no half-started server is left behind
+            assert self._running is not None
+            self._running.stop()
+            raise
+        if self.warm_start.note:  # the load line: on the logger, and the last progress report
+            _log.info("%s: %s", self.config.model.name, self.warm_start.note)
+            if progress is not None:
+                progress(time.perf_counter() - began, self.warm_start.note)
+
+    def _launch(self, progress: LoadProgress | None, began: float) -> Child:
+        """Spawn the process until it binds (a few tries), and wait until it is ready."""
         for attempt in range(1, self._bind_attempts + 1):
             child = self._spawn(self._port_picker(self.config.host))
             try:
@@ -392,7 +514,7 @@ class LlamaServer(_ChildProcess):
                 self.load_seconds = time.perf_counter() - began
                 self._report = None
                 self.memory_report()  # read while the load's lines are surely in the log ring
-                return self
+                return child
             if outcome == "timeout":
                 tail = self.log_tail()
                 child.stop()
@@ -432,14 +554,34 @@ class LlamaServer(_ChildProcess):
     def _spawn(self, port: int) -> Child:
         inherited = {k: v for k, v in self._environ.items() if k not in GUARDED_ENV}
         env = {**inherited, **dict(self.config.env), "LLAMA_API_KEY": self.api_key}
-        argv = self.config.argv(port)
+        argv = (self.config if self._store is not None else replace(self.config, slot_save_path=None)).argv(port)
         self.port, self.started_at = port, time.time()  # before the spawn: nothing runs between it and _adopt
         links = LinkFolder(self.config.models_dir, self.config.models_links) \
             if self.config.models_dir is not None and self.config.models_links else None
         child = launch(argv, env, self._environ, self._log_lines, links, model=str(self.config.model), port=port,
                        rpc=list(self.config.rpc))
-        self._adopt(child)
+        self._adopt(child, self._saver())
         return child
+
+    def _saver(self) -> BeforeStop | None:
+        """What saves this server's prompt cache before it stops (``None`` for one that keeps none).
+
+        It holds what the save needs, not the server: the finaliser that calls it must not keep the server alive.
+        """
+        store = self._store
+        if store is None:
+            return None
+        from rocm_nb.server.warm import SlotAPI, save_budget, save_slots
+
+        _close_kept_at_exit_registered()
+        _KEPT.add(self)
+        api, config = (self._slot_api or SlotAPI)(self.base_url, self.api_key), self.config
+        seconds = save_budget(self._environ)
+
+        def save(until: float | None) -> int:
+            return save_slots(api, config, store, until=time.perf_counter() + seconds if until is None else until)
+
+        return save
 
     def _last_line(self) -> str:
         lines = self.logs(1)

@@ -350,7 +350,7 @@ class WarmStore:
         """The store at ``root`` (default :func:`~rocm_nb._paths.warm_root`) with the budget ``environ`` sets.
 
         Example:
-            >>> WarmStore.default(Path("/tmp/w"), {"ROCM_NB_WARM_BUDGET": "1G"}).budget
+            >>> WarmStore.default(Path("/tmp/w"), {"ROCM_NB_WARM_BUDGET": "1GiB"}).budget
             1073741824
         """
         return cls(warm_root(environ) if root is None else root, budget=budget_from(environ))

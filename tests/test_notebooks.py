@@ -85,6 +85,16 @@ def number(text: str, label: str) -> int:
 # -- running notebooks ------------------------------------------------------------------------
 
 
+CELL_HANG_GUARD_S = 600
+"""How long one cell may run: a guard against a hang, not a measurement. On a machine kept busy the
+sampling notebook's 40 short generations took 81 s in one cell (2 s for 12 tokens)."""
+NOTEBOOK_HANG_GUARD_S = 1200
+"""The per-test limit here (pytest-timeout's default is 300 s): the first test that asks for a
+notebook runs all of it, in its fixture."""
+
+pytestmark = pytest.mark.timeout(NOTEBOOK_HANG_GUARD_S)
+
+
 def servers_marked(value: str) -> list[int]:
     """Live llama-servers started from a kernel whose environment had ``MARK=value``."""
     found = []
@@ -114,7 +124,7 @@ def executed(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Notebo
         if name not in cache:
             mark = {MARK: f"{name}-{uuid.uuid4().hex}"}
             began = time.perf_counter()
-            nb = run_demo.execute(NOTEBOOKS / name, timeout=120, env={**mark, **vision})
+            nb = run_demo.execute(NOTEBOOKS / name, timeout=CELL_HANG_GUARD_S, env={**mark, **vision})
             elapsed = time.perf_counter() - began
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             nbformat.write(nb, ARTIFACTS / name)

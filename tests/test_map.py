@@ -121,14 +121,16 @@ def test_ctrl_c_cancels_the_requests_in_flight(wide: LocalModel) -> None:
     def interrupt_when_busy() -> None:
         # Ctrl-C comes whatever happens here: a watcher that failed must not leave the batch to run for minutes
         try:
-            busy.append(wait_until(lambda: watcher.metrics()["llamacpp:requests_processing"] >= 2, interval=0.05))
+            # one request in flight is enough to cancel: twice this round a loaded machine did not show two
+            # within 60 s (quiet, the server holds one for about 2 s before the others join it)
+            busy.append(wait_until(lambda: watcher.metrics()["llamacpp:requests_processing"] >= 1, interval=0.05))
         finally:
             signal.pthread_kill(main, signal.SIGINT)  # what Ctrl-C or Kernel → Interrupt does
 
     threading.Thread(target=interrupt_when_busy, daemon=True).start()
     with pytest.raises(KeyboardInterrupt):
         wide.map([STORY] * 6, progress=False, **LONG)
-    assert busy, "the interrupt came before two requests were in flight (see the watcher's error above)"
+    assert busy, "the interrupt came before any request was in flight (see the watcher's error above)"
     took = wait_until(lambda: stopped_decoding(watcher), timeout=STOP_WITHIN_S)
     decoded = watcher.metrics()["llamacpp:tokens_predicted_total"] - before
     print(f"\nCtrl-C: the server decoded {decoded:.0f} of {6 * 2000} tokens, idle {took:.2f} s later")

@@ -50,6 +50,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         )
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Servers made before any test's own folder (session and module fixtures, the kernels of the notebook
+    and browser tests) keep no prompt cache: never in your ``~/.cache/rocm_nb/warm``, never restored by
+    another run or another module (a cache changes a server's batch shapes, and so its greedy text)."""
+    import tempfile
+
+    os.environ["ROCM_NB_WARM_DIR"] = tempfile.mkdtemp(prefix="rocm_nb-test-warm-")
+    os.environ["ROCM_NB_WARM_BUDGET"] = "0"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    import shutil
+
+    shutil.rmtree(os.environ.pop("ROCM_NB_WARM_DIR", ""), ignore_errors=True)
+    os.environ.pop("ROCM_NB_WARM_BUDGET", None)
+
+
 @pytest.fixture(autouse=True)
 def warm_folder(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Each test keeps its saved prompt caches (``rocm_nb.server.warm``) in a folder of its own.
@@ -67,6 +84,7 @@ def warm_folder(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mo
     """
     folder = tmp_path_factory.mktemp("warm")
     monkeypatch.setenv("ROCM_NB_WARM_DIR", str(folder))
+    monkeypatch.delenv("ROCM_NB_WARM_BUDGET")  # not the session's 0 (pytest_configure): the default, 2 GiB
     monkeypatch.setenv("ROCM_NB_WARM_SAVE_S", "30")
     return folder
 

@@ -61,6 +61,7 @@ def saved() -> Iterator[Saved]:
     base = Path(tempfile.mkdtemp(prefix="rocm_nb-warm-saved-"))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("ROCM_NB_WARM_DIR", str(base / "warm"))
+        patch.delenv("ROCM_NB_WARM_BUDGET", raising=False)  # a module fixture: the session's budget of 0 is set
         with LocalModel(DEFAULT_MODEL, ctx_size=2048) as model:
             assert model.warm_start is not None and model.warm_start.note == ""  # nothing saved yet, nothing said
             cold = model.generate(LONG, **GREEDY)

@@ -55,7 +55,7 @@ CELLS = [
     "%rocm_chat --temperature 0",  # greedy: the same replies on every run, long enough to stop
 ]
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
 
 
 # -- JupyterLab ---------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ NOTEBOOK = "images.ipynb"
 LOAD, CHAT = range(2)
 PNG_DATA_URL = re.compile(r"^data:image/png;base64,[A-Za-z0-9+/]+=*$")
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,7 @@ SETUP, INFO, FILES, LIBRARY, REPR, MAGICS, CONTROL = range(7)
 SHOWN = (INFO, FILES, LIBRARY, REPR, MAGICS)
 """The cells whose outputs are rocm_nb's."""
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
 
 
 def cells(evil: Path, folder: Path) -> list[str]:

@@ -46,7 +46,7 @@ CELLS = [
     "TokenView(model, [{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': 'Hi!'}])",
 ]
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="module", params=sorted(FRONT_ENDS))

@@ -36,8 +36,7 @@ from typing import Any
 from common import NO_TARGET, REPS, Row, spread
 
 from rocm_nb import LocalModel
-from rocm_nb.server._warm_store import WarmStore
-from rocm_nb.server.warm import SAVE_BUDGET
+from rocm_nb.server._warm_store import SAVE_BUDGET, WarmStore
 from tests.support.processes import gone
 
 LONG_PROMPT = " ".join(f"Record {i}: on day {i} the harbour master logged {i * 7 % 50 + 3} ships, {i * 3 % 11} of "

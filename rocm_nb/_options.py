@@ -620,8 +620,7 @@ def _warm_folder(options: LoadOptions) -> Path | None:
     """Where the server keeps its prompt cache, or ``None``: off, or a pooled server (its slots keep nothing)."""
     if not options.warm_cache or options.pooled:
         return None
-    from rocm_nb.server._warm_store import budget_from  # hashlib and friends load with the first such server
-    from rocm_nb.server.warm import save_budget
+    from rocm_nb.server._warm_store import budget_from, save_budget  # hashlib and friends: with the first such server
 
     budget_from(os.environ)  # a bad ROCM_NB_WARM_BUDGET or ROCM_NB_WARM_SAVE_S is said now, not at close
     save_budget(os.environ)

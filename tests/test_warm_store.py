@@ -18,8 +18,15 @@ from rocm_nb.binary import ServerBinary
 from rocm_nb.hardware import Hardware
 from rocm_nb.modelfiles.catalog import read_info
 from rocm_nb.server import ServerConfig
-from rocm_nb.server._warm_store import QUARANTINE, Fingerprint, WarmStore, budget_from, read_tokens
-from rocm_nb.server.warm import SAVE_BUDGET, save_budget
+from rocm_nb.server._warm_store import (
+    QUARANTINE,
+    SAVE_BUDGET,
+    Fingerprint,
+    WarmStore,
+    budget_from,
+    read_tokens,
+    save_budget,
+)
 from tests.support.clock import FakeClock
 from tests.support.gguf_files import write_gguf
 from tests.support.uids import NOBODY, as_nobody

@@ -302,7 +302,7 @@ def _close_kept_at_exit() -> None:
     kernel's own exit hooks, so it runs before them (``atexit`` runs the last
     registered first), while the process still has its threads and sockets.
     """
-    from rocm_nb.server.warm import save_budget
+    from rocm_nb.server._warm_store import save_budget
 
     until = time.perf_counter() + save_budget()
     for server in list(_KEPT):
@@ -571,7 +571,8 @@ class LlamaServer(_ChildProcess):
         store = self._store
         if store is None:
             return None
-        from rocm_nb.server.warm import SlotAPI, save_budget, save_slots
+        from rocm_nb.server._warm_store import save_budget
+        from rocm_nb.server.warm import SlotAPI, save_slots
 
         _close_kept_at_exit_registered()
         _KEPT.add(self)

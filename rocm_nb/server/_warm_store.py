@@ -42,6 +42,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import secrets
 import stat
@@ -59,12 +60,31 @@ from rocm_nb.binary._trust import untrusted
 if TYPE_CHECKING:
     from rocm_nb.server import ServerConfig
 
-__all__ = ["DEFAULT_BUDGET", "Entry", "Fingerprint", "Refusal", "WarmStore", "budget_from", "read_tokens"]
+__all__ = [
+    "DEFAULT_BUDGET",
+    "SAVE_BUDGET",
+    "Entry",
+    "Fingerprint",
+    "Refusal",
+    "WarmStore",
+    "budget_from",
+    "read_tokens",
+    "save_budget",
+]
 
 _log = logging.getLogger("rocm_nb")
 
 DEFAULT_BUDGET = 2 * 2**30
 """Bytes the saved prompt caches may take together, unless ``ROCM_NB_WARM_BUDGET`` says otherwise (2 GiB)."""
+
+SAVE_BUDGET = 1.0
+"""Seconds ``close()`` (or the end of the interpreter) may spend saving, on top of stopping the server,
+unless ``ROCM_NB_WARM_SAVE_S`` says otherwise (:func:`save_budget`).
+
+Jupyter gives a kernel 5 s to exit before it kills it, and a killed kernel
+saves nothing; the benchmarks (``benchmarks/README.md``) measure close with
+and without a save (a 2,772-token slot of the default model: 30 ms more).
+"""
 
 FORMAT = 1
 """The manifest format this module writes and reads (another one is left alone)."""
@@ -88,6 +108,29 @@ def budget_from(environ: Mapping[str, str] | None = None) -> int:
     """
     text = (os.environ if environ is None else environ).get("ROCM_NB_WARM_BUDGET", "").strip()
     return parse_bytes("ROCM_NB_WARM_BUDGET", text, zero=True) if text else DEFAULT_BUDGET
+
+
+def save_budget(environ: Mapping[str, str] | None = None) -> float:
+    """Seconds a teardown may spend saving: ``ROCM_NB_WARM_SAVE_S`` (``0`` saves nothing), else :data:`SAVE_BUDGET`.
+
+    A slow disk with large caches may want more; keep it well under the 5 s
+    Jupyter waits for a kernel to exit. Anything but seconds ≥ 0 is a
+    ``ValueError`` (said when a model is planned, not when it closes).
+
+    Example:
+        >>> save_budget({"ROCM_NB_WARM_SAVE_S": "2.5"}), save_budget({})
+        (2.5, 1.0)
+    """
+    text = (os.environ if environ is None else environ).get("ROCM_NB_WARM_SAVE_S", "").strip()
+    if not text:
+        return SAVE_BUDGET
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0.0 <= seconds < math.inf:
+        raise ValueError(f"ROCM_NB_WARM_SAVE_S must be seconds ≥ 0, such as 1 or 2.5, got {text!r}")
+    return seconds
 
 
 def _identity(path: Path) -> tuple[int, int, int, int] | None:

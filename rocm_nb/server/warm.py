@@ -19,9 +19,10 @@ it answers its first request: the same prompt then costs one token.
   :attr:`WarmStart.note` says "restored but not reusable with this model",
   nothing more is saved for that model with that llama-server build, and the
   probe is cut off (it costs at most one batch).
-* **Within the teardown bound.** Saving may take :data:`SAVE_BUDGET` seconds
-  of ``close()`` (``ROCM_NB_WARM_SAVE_S``: :func:`save_budget`); a slot whose save the last saves say would not fit is
-  skipped, and so is one that runs over (both said at debug level on the
+* **Within the teardown bound.** Saving may take
+  :data:`~rocm_nb.server._warm_store.SAVE_BUDGET` seconds of ``close()``
+  (``ROCM_NB_WARM_SAVE_S``: :func:`~rocm_nb.server._warm_store.save_budget`); a slot whose save the last saves
+  say would not fit is skipped, and so is one that runs over (both said at debug level on the
   ``rocm_nb`` logger). A killed kernel (``kill -9``, a restart that timed
   out) saves nothing: its llama-server dies with it.
 * **Safe by construction.** The files live in a private folder with a disk
@@ -57,8 +58,6 @@ import datetime
 import http.client
 import json
 import logging
-import math
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -75,14 +74,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MIN_TOKENS",
-    "SAVE_BUDGET",
     "CacheListing",
     "SavedCache",
     "SlotAPI",
     "WarmStart",
     "clear_saved_caches",
     "restore_slots",
-    "save_budget",
     "save_slots",
     "saved_caches",
 ]
@@ -92,43 +89,11 @@ _log = logging.getLogger("rocm_nb")
 MIN_TOKENS = 128
 """A slot holding fewer tokens than this is not saved: reading them again costs less than keeping them."""
 
-SAVE_BUDGET = 1.0
-"""Seconds ``close()`` (or the end of the interpreter) may spend saving, on top of stopping the server,
-unless ``ROCM_NB_WARM_SAVE_S`` says otherwise (:func:`save_budget`).
-
-Jupyter gives a kernel 5 s to exit before it kills it, and a killed kernel
-saves nothing; the benchmarks (``benchmarks/README.md``) measure close with
-and without a save (a 2,772-token slot of the default model: 30 ms more).
-"""
-
 RESTORE_TIMEOUT = 120.0
 """Seconds one restore (reading the file into the KV cache) may take; a hang guard."""
 
 PROBE_TIMEOUT = 120.0
 """Seconds the proof of reuse may wait for the server's first progress report; a hang guard."""
-
-
-def save_budget(environ: Mapping[str, str] | None = None) -> float:
-    """Seconds a teardown may spend saving: ``ROCM_NB_WARM_SAVE_S`` (``0`` saves nothing), else :data:`SAVE_BUDGET`.
-
-    A slow disk with large caches may want more; keep it well under the 5 s
-    Jupyter waits for a kernel to exit. Anything but seconds ≥ 0 is a
-    ``ValueError`` (said when a model is planned, not when it closes).
-
-    Example:
-        >>> save_budget({"ROCM_NB_WARM_SAVE_S": "2.5"}), save_budget({})
-        (2.5, 1.0)
-    """
-    text = (os.environ if environ is None else environ).get("ROCM_NB_WARM_SAVE_S", "").strip()
-    if not text:
-        return SAVE_BUDGET
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = math.nan
-    if not 0.0 <= seconds < math.inf:
-        raise ValueError(f"ROCM_NB_WARM_SAVE_S must be seconds ≥ 0, such as 1 or 2.5, got {text!r}")
-    return seconds
 
 
 class SlotRefused(Exception):

@@ -67,14 +67,15 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     os.environ.pop("ROCM_NB_WARM_BUDGET", None)
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def warm_folder(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Each test keeps its saved prompt caches (``rocm_nb.server.warm``) in a folder of its own.
+    """A test that keeps prompt caches (``rocm_nb.server.warm``) keeps them in a folder of its own.
 
-    A model closed by one test would otherwise warm the next test's server
-    with the same configuration, and a cache that test did not ask for
-    changes its batch shapes (and so, on the CPU, its greedy text). Kernels a
-    test starts inherit the folder.
+    Asked for by the tests of the warm cache; every other server keeps none
+    (:func:`pytest_configure`), so that a model closed by one test cannot warm
+    the next test's server (a cache changes its batch shapes, and so, on the
+    CPU, its greedy text), and equal configurations still share one server.
+    Kernels a test starts after this fixture inherit the folder.
 
     The time a teardown may spend saving (``ROCM_NB_WARM_SAVE_S``, 1 s by
     default) is a hang guard here: on a machine busy with other suites a save

@@ -462,7 +462,7 @@ WARM_REPLY = ("import json; print(json.dumps({'text': r.text, 'prompt': r.timing
               "'cached': r.timings.cached_tokens}))")
 
 
-def test_the_first_answer_after_a_restart_reads_a_few_tokens(kernel: Kernel) -> None:
+def test_the_first_answer_after_a_restart_reads_a_few_tokens(warm_folder: Path, kernel: Kernel) -> None:
     """A long prompt, Kernel → Restart, the same cell: the cache was saved on the way out, restored on the way in.
 
     Its text is compared with a warm run's (the same cell run again before the

@@ -12,6 +12,7 @@ import pytest
 
 from rocm_nb import Client, Completion, GenerationError, LocalModel, connect
 from rocm_nb.modelfiles.catalog import DEFAULT_MODEL
+from rocm_nb.server._registry import ServerRegistry
 from tests.support.decoding import REFERENCE, assert_greedy_agrees
 from tests.support.metrics import busy_slots
 from tests.support.processes import wait_until
@@ -110,7 +111,13 @@ def stopped_decoding(client: Client) -> bool:
     return client.metrics()["llamacpp:n_decode_total"] == first["llamacpp:n_decode_total"]
 
 
-def test_ctrl_c_cancels_the_requests_in_flight(wide: LocalModel) -> None:
+def test_ctrl_c_cancels_the_requests_in_flight() -> None:
+    # a server of its own (a registry of its own): nothing an earlier test left on a shared one can answer for it
+    with LocalModel(DEFAULT_MODEL, ctx_size=4096, parallel=4, registry=ServerRegistry()) as wide:
+        ctrl_c_cancels(wide)
+
+
+def ctrl_c_cancels(wide: LocalModel) -> None:
     watcher = connect(wide.base_url, api_key=wide.api_key)
     before = watcher.metrics()["llamacpp:tokens_predicted_total"]
     main = threading.main_thread().ident
@@ -129,7 +136,8 @@ def test_ctrl_c_cancels_the_requests_in_flight(wide: LocalModel) -> None:
 
     threading.Thread(target=interrupt_when_busy, daemon=True).start()
     with pytest.raises(KeyboardInterrupt):
-        wide.map([STORY] * 6, progress=False, **LONG)
+        results = wide.map([STORY] * 6, progress=False, **LONG)
+        pytest.fail(f"map() returned before Ctrl-C came (busy: {busy}): {results!r:.600}")
     assert busy, "the interrupt came before any request was in flight (see the watcher's error above)"
     took = wait_until(lambda: stopped_decoding(watcher), timeout=STOP_WITHIN_S)
     decoded = watcher.metrics()["llamacpp:tokens_predicted_total"] - before

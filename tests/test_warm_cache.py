@@ -35,7 +35,7 @@ from rocm_nb.server.warm import MIN_TOKENS, SlotAPI
 from tests.support.uids import NOBODY, as_nobody
 from tests.support.warm import write_swa_gguf
 
-pytestmark = pytest.mark.server
+pytestmark = [pytest.mark.server, pytest.mark.usefixtures("warm_folder")]
 as_root = pytest.mark.usefixtures("needs_root")  # fails, never skips, without root
 
 GREEDY = {"temperature": 0.0, "seed": 1, "max_tokens": 12}

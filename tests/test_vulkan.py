@@ -35,7 +35,7 @@ from rocm_nb.binary._smoke import smoke_test
 from rocm_nb.binary._vulkan_sdk import fetch_debian_headers
 from rocm_nb.cli import main
 from rocm_nb.hardware import GPU, detect
-from rocm_nb.hardware._vulkan import version_in
+from rocm_nb.hardware._vulkan import HeaderVersion, version_in
 from tests.support.decoding import NEAR_TIE
 from tests.support.metrics import busy_slots
 
@@ -251,6 +251,6 @@ def test_debian_13_headers_are_fetched_without_touching_the_systems_apt(tmp_path
     lists = sorted(p.name for p in Path("/var/lib/apt/lists").iterdir())
     status = Path("/var/lib/dpkg/status").stat().st_mtime_ns
     include = fetch_debian_headers({**os.environ, "ROCM_NB_CACHE": str(tmp_path / "cache")})
-    assert version_in(include) == 309 and (include.parent / "lib").is_dir()
+    assert version_in(include) == HeaderVersion(309, "1.4") and (include.parent / "lib").is_dir()
     assert sorted(p.name for p in Path("/var/lib/apt/lists").iterdir()) == lists
     assert Path("/var/lib/dpkg/status").stat().st_mtime_ns == status  # nothing was installed system-wide

@@ -20,7 +20,7 @@ from rocm_nb.binary._smoke import SmokeResult
 from rocm_nb.binary._vulkan_sdk import DEBIAN_SOURCES, fetch_debian_headers, find_vulkan_sdk
 from rocm_nb.errors import BuildError
 from rocm_nb.hardware import Hardware
-from rocm_nb.hardware._vulkan import MIN_HEADER, version_in
+from rocm_nb.hardware._vulkan import MIN_HEADER, HeaderVersion, version_in
 from rocm_nb.hardware._vulkan_devices import parse_vulkaninfo
 from tests.support.sdist import pinned_source
 from tests.support.sysfs import FIXTURES
@@ -33,13 +33,13 @@ LIB = "usr/lib/x86_64-linux-gnu"
 
 
 def headers(include: Path, version: int) -> Path:
-    """A vulkan_core.h of this header version (its first lines as shipped) under ``include``."""
+    """A vulkan_core.h of this header version (its first lines as shipped: 1.4 from 303 on) under ``include``."""
     (include / "vulkan").mkdir(parents=True, exist_ok=True)
     (include / "vulkan" / "vulkan_core.h").write_text(
         "#ifndef VULKAN_CORE_H_\n#define VULKAN_CORE_H_ 1\n\n"
         f"// Version of this file\n#define VK_HEADER_VERSION {version}\n\n"
-        f"// Complete version of this file\n#define VK_HEADER_VERSION_COMPLETE VK_MAKE_API_VERSION(0, 1, 3, "
-        "VK_HEADER_VERSION)\n")
+        f"// Complete version of this file\n#define VK_HEADER_VERSION_COMPLETE VK_MAKE_API_VERSION(0, 1, "
+        f"{4 if version >= 303 else 3}, VK_HEADER_VERSION)\n")
     return include
 
 
@@ -81,7 +81,7 @@ def test_the_minimum_is_where_the_pinned_sources_use_layer_settings() -> None:
 
 def test_debian_12_headers_are_refused_with_the_one_line_that_fixes_it(tmp_path: Path) -> None:
     root, env = debian(tmp_path, 239)
-    assert version_in(root / "usr" / "include") == 239
+    assert version_in(root / "usr" / "include") == HeaderVersion(239, "1.3")
     with pytest.raises(BuildError) as caught:
         find_vulkan_sdk(FLAGS, env, root=root)
     message = str(caught.value)
@@ -100,21 +100,21 @@ def test_headers_are_taken_in_order_the_given_folder_sdk_system_then_the_cache(t
     root, env = debian(tmp_path, 239)
     fetched = headers(tmp_path / "cache" / "vulkan-headers" / "usr" / "include", 309)
     sdk = find_vulkan_sdk(FLAGS, env, root=root)  # the old system headers are passed over
-    assert (sdk.include, sdk.version) == (fetched, 309) and "fetched into" in sdk.source
+    assert (sdk.include, sdk.version) == (fetched, HeaderVersion(309, "1.4")) and "fetched into" in sdk.source
     assert sdk.flags() == [f"-DVulkan_INCLUDE_DIR={fetched}", f"-DVulkan_LIBRARY={root / LIB / 'libvulkan.so.1'}"]
     lunarg = headers(tmp_path / "sdk" / "include", 290).parent
-    assert find_vulkan_sdk(FLAGS, {**env, "VULKAN_SDK": str(lunarg)}, root=root).version == 290
+    assert find_vulkan_sdk(FLAGS, {**env, "VULKAN_SDK": str(lunarg)}, root=root).version == HeaderVersion(290, "1.3")
     mine = headers(tmp_path / "mine" / "usr" / "include", 300).parents[1]
     chosen = find_vulkan_sdk(FLAGS, {**env, "VULKAN_SDK": str(lunarg)}, headers=mine, root=root)
-    assert (chosen.version, chosen.source) == (300, f"--vulkan-headers {mine}")
+    assert (str(chosen.version), chosen.source) == ("1.3.300", f"--vulkan-headers {mine}")
 
 
 def test_new_system_headers_with_their_dev_link_need_no_loader_flag(tmp_path: Path) -> None:
     """Debian 13: libvulkan-dev 1.4.309 installs the headers and the libvulkan.so link CMake finds itself."""
     root, env = debian(tmp_path, 309, dev_link=True)
     sdk = find_vulkan_sdk(FLAGS, env, root=root)
-    assert (sdk.version, sdk.source, sdk.library) == (309, "the system's headers", None)
-    assert sdk.label == "Vulkan headers 1.3.309 (the system's headers)"
+    assert (sdk.version, sdk.source, sdk.library) == (HeaderVersion(309, "1.4"), "the system's headers", None)
+    assert sdk.label == "Vulkan headers 1.4.309 (the system's headers)"
 
 
 def test_missing_tools_are_named_with_the_command_that_installs_them(tmp_path: Path) -> None:
@@ -138,7 +138,7 @@ def test_fetching_uses_apts_own_folders_and_renames_the_tree_into_place_once(tmp
             headers(Path(argv[3]) / "usr" / "include", 309)
 
     sdk = find_vulkan_sdk(FLAGS, env, fetch=True, root=root, run=run)
-    assert sdk.version == 309 and sdk.include == tmp_path / "cache" / "vulkan-headers" / "usr" / "include"
+    assert sdk.version.patch == 309 and sdk.include == tmp_path / "cache" / "vulkan-headers" / "usr" / "include"
     update, download, unpack = calls
     private = [option for option in update if option.startswith("-oDir::")]
     assert [o.split("=")[0] for o in private] == ["-oDir::Etc::sourcelist", "-oDir::Etc::sourceparts",
@@ -181,7 +181,7 @@ def test_a_vulkan_build_uses_the_headers_found_and_is_proven_on_the_vulkan_devic
     assert built.backend == "vulkan" and built.path.parent.name.startswith("vulkan-native-")
     manifest = json.loads((built.path.parent / "manifest.json").read_text())
     assert {"-DGGML_VULKAN=ON", f"-DVulkan_INCLUDE_DIR={sdk / 'include'}"} <= set(manifest["flags"])
-    assert manifest["vulkan_headers"] == f"Vulkan headers 1.3.309 ($VULKAN_SDK={sdk})"
+    assert manifest["vulkan_headers"] == f"Vulkan headers 1.4.309 ($VULKAN_SDK={sdk})"
     assert manifest["smoke_device"] == "llvmpipe (LLVM 15.0.6, 256 bits)"
 
 
@@ -194,3 +194,11 @@ def test_fetched_headers_another_user_could_change_are_not_built_with(tmp_path: 
     with pytest.raises(BuildError, match=r"the fetched headers at .* were not used: .*vulkan_core\.h is writable by "
                                          r"every user \(chmod go-w .*\)"):
         find_vulkan_sdk(FLAGS, env, root=root)
+
+
+def test_headers_older_than_the_complete_version_are_named_by_their_header_version(tmp_path: Path) -> None:
+    include = tmp_path / "include"
+    (include / "vulkan").mkdir(parents=True)
+    (include / "vulkan" / "vulkan_core.h").write_text("#define VK_HEADER_VERSION 70\n")
+    assert version_in(include) == HeaderVersion(70, None)
+    assert str(version_in(include)) == "VK_HEADER_VERSION 70"

@@ -45,7 +45,7 @@ from pathlib import Path
 from rocm_nb._paths import cache_root
 from rocm_nb.binary._trust import Untrusted, untrusted
 from rocm_nb.errors import BuildError
-from rocm_nb.hardware._vulkan import MIN_HEADER, version_in
+from rocm_nb.hardware._vulkan import MIN_HEADER, HeaderVersion, version_in
 
 __all__ = ["DEBIAN_PACKAGE", "DEBIAN_SOURCES", "VulkanSdk", "fetch_debian_headers", "find_vulkan_sdk"]
 
@@ -66,12 +66,14 @@ class VulkanSdk:
     the loader to link when CMake would not find it by itself.
 
     Example:
-        >>> VulkanSdk(Path("/c/usr/include"), 309, "the rocm_nb cache", Path("/usr/lib/libvulkan.so.1")).flags()[1]
-        '-DVulkan_LIBRARY=/usr/lib/libvulkan.so.1'
+        >>> sdk = VulkanSdk(Path("/c/usr/include"), HeaderVersion(309, "1.4"), "the rocm_nb cache",
+        ...                 Path("/usr/lib/libvulkan.so.1"))
+        >>> sdk.flags()[1], sdk.label
+        ('-DVulkan_LIBRARY=/usr/lib/libvulkan.so.1', 'Vulkan headers 1.4.309 (the rocm_nb cache)')
     """
 
     include: Path
-    version: int
+    version: HeaderVersion
     source: str
     library: Path | None
 
@@ -82,8 +84,8 @@ class VulkanSdk:
 
     @property
     def label(self) -> str:
-        """One phrase for logs and the manifest: ``Vulkan headers 1.3.309 (the system's headers)``."""
-        return f"Vulkan headers 1.3.{self.version} ({self.source})"
+        """One phrase for logs and the manifest: ``Vulkan headers 1.4.309 (the system's headers)``."""
+        return f"Vulkan headers {self.version} ({self.source})"
 
 
 def _candidates(environ: Mapping[str, str], headers: Path | None, root: Path) -> list[tuple[Path, str]]:
@@ -156,16 +158,16 @@ def find_vulkan_sdk(flags: Sequence[str], environ: Mapping[str, str], *, headers
         if folder.is_relative_to(fetched_root) and (reason := _tampered(fetched_root, cache_root(environ))):
             seen.append(f"the fetched headers at {folder} were not used: {reason} ({reason.fix} makes them safe)")
             continue
-        if version >= MIN_HEADER:
+        if version.patch >= MIN_HEADER:
             return VulkanSdk(folder, version, source, _loader(environ, root))
-        seen.append(f"{source} at {folder} are 1.3.{version}")
+        seen.append(f"{source} at {folder} are {version}")
     if fetch:
         fetched = fetch_debian_headers(environ, run=run)
         version = version_in(fetched)
-        if version is not None and version >= MIN_HEADER:
+        if version is not None and version.patch >= MIN_HEADER:
             return VulkanSdk(fetched, version, f"Debian 13's {DEBIAN_PACKAGE}, fetched into {fetched.parents[1]}",
                              _loader(environ, root))
-        seen.append(f"the fetched headers at {fetched} are 1.3.{version}")
+        seen.append(f"the fetched headers at {fetched} are {version or 'unreadable'}")
     found = "; ".join(seen) if seen else "no Vulkan headers (vulkan/vulkan_core.h) were found"
     apt = shutil.which("apt-get", path=environ.get("PATH", "")) is not None
     fix = ("rocm-nb server install --backend vulkan --fetch-vulkan-headers` (downloads Debian 13's libvulkan-dev "

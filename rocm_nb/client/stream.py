@@ -226,15 +226,28 @@ def _check_event_stream(response: httpx.Response) -> None:
 
 
 class _StreamBase:
-    """What the sync and async streams share: state, error translation."""
+    """What the sync and async streams share: state, error translation.
 
-    def __init__(self, acc: Accumulator, on_failure: FailureHook, slot_ctx: SlotContext | None = None) -> None:
+    ``open_response`` starts the HTTP request when the stream is first read
+    (a response, or for the async stream an awaitable of one).
+    """
+
+    def __init__(
+        self,
+        open_response: Callable[[], Any],
+        acc: Accumulator,
+        on_failure: FailureHook,
+        slot_ctx: SlotContext | None = None,
+    ) -> None:
+        self._open_response = open_response
         self._acc = acc
         self._on_failure = on_failure
         self.slot_ctx = slot_ctx
         """Where the slot's context size comes from, for ``Completion.context`` (set by the client)."""
         self.completion: Completion | None = None
         """The finished :class:`Completion`, set once the stream is exhausted."""
+        self._response: httpx.Response | None = None
+        self._closed = False
 
     @property
     def text(self) -> str:
@@ -306,18 +319,8 @@ class TokenStream(_StreamBase):
         'length'
     """
 
-    def __init__(
-        self,
-        open_response: Callable[[], httpx.Response],
-        acc: Accumulator,
-        on_failure: FailureHook,
-        slot_ctx: SlotContext | None = None,
-    ) -> None:
-        super().__init__(acc, on_failure, slot_ctx)
-        self._open_response = open_response
-        self._response: httpx.Response | None = None
-        self._events: Iterator[ServerSentEvent] | None = None
-        self._closed = False
+    _open_response: Callable[[], httpx.Response]
+    _events: Iterator[ServerSentEvent] | None = None
 
     def __iter__(self) -> TokenStream:
         return self
@@ -393,18 +396,7 @@ class AsyncTokenStream(_StreamBase):
         ...         print(piece, end="")
     """
 
-    def __init__(
-        self,
-        open_response: Callable[[], Any],
-        acc: Accumulator,
-        on_failure: FailureHook,
-        slot_ctx: SlotContext | None = None,
-    ) -> None:
-        super().__init__(acc, on_failure, slot_ctx)
-        self._open_response = open_response
-        self._response: httpx.Response | None = None
-        self._events: AsyncIterator[ServerSentEvent] | None = None
-        self._closed = False
+    _events: AsyncIterator[ServerSentEvent] | None = None
 
     def __aiter__(self) -> AsyncTokenStream:
         return self

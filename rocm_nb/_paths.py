@@ -54,10 +54,17 @@ def cache_root(environ: Mapping[str, str] | None = None) -> Path:
         >>> cache_root({"ROCM_NB_CACHE": "/srv/cache"}).name
         'cache'
     """
-    env = os.environ if environ is None else environ
-    override = env.get("ROCM_NB_CACHE")
-    if override:
-        return Path(override).expanduser()
+    return _set_in(environ, "ROCM_NB_CACHE") or _user_cache()
+
+
+def _set_in(environ: Mapping[str, str] | None, variable: str) -> Path | None:
+    """The folder ``variable`` names in ``environ`` (``os.environ`` if ``None``), ``~`` expanded; ``None`` if unset."""
+    value = (os.environ if environ is None else environ).get(variable)
+    return Path(value).expanduser() if value else None
+
+
+def _user_cache() -> Path:
+    """This user's own cache folder for rocm_nb (``~/.cache/rocm_nb`` on Linux)."""
     return Path(platformdirs.user_cache_dir("rocm_nb", appauthor=False))
 
 
@@ -83,10 +90,9 @@ def runtime_root(environ: Mapping[str, str] | None = None) -> Path:
         >>> runtime_root({"XDG_RUNTIME_DIR": "/nonexistent"}).name == f"rocm_nb-{os.getuid()}"
         True
     """
+    if (chosen := _set_in(environ, "ROCM_NB_RUNTIME_DIR")) is not None:
+        return chosen
     env = os.environ if environ is None else environ
-    override = env.get("ROCM_NB_RUNTIME_DIR")
-    if override:
-        return Path(override).expanduser()
     for base in (env.get("XDG_RUNTIME_DIR", ""), f"/run/user/{os.getuid()}"):
         if base and _own_folder(Path(base)):
             return Path(base) / "rocm_nb"
@@ -105,11 +111,7 @@ def warm_root(environ: Mapping[str, str] | None = None) -> Path:
         >>> warm_root({"XDG_CACHE_HOME": "/nonexistent"}).name
         'warm'
     """
-    env = os.environ if environ is None else environ
-    override = env.get("ROCM_NB_WARM_DIR")
-    if override:
-        return Path(override).expanduser()
-    return Path(platformdirs.user_cache_dir("rocm_nb", appauthor=False)) / "warm"
+    return _set_in(environ, "ROCM_NB_WARM_DIR") or _user_cache() / "warm"
 
 
 def private_folder(path: Path, what: str = "run records", advice: str = _RUNTIME_ADVICE) -> Path:

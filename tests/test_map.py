@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 import threading
+import traceback
 from collections.abc import Iterator
 from typing import Any
 
@@ -132,6 +134,9 @@ def ctrl_c_cancels(wide: LocalModel) -> None:
             # within 60 s (quiet, the server holds one for about 2 s before the others join it)
             busy.append(wait_until(lambda: watcher.metrics()["llamacpp:requests_processing"] >= 1, interval=0.05))
         finally:
+            # shown if the test fails: where the main thread was, and who would handle SIGINT there
+            where = "".join(traceback.format_stack(sys._current_frames()[main])[-3:])
+            print(f"SIGINT sent (handler {signal.getsignal(signal.SIGINT)!r}) with the main thread at:\n{where}")
             signal.pthread_kill(main, signal.SIGINT)  # what Ctrl-C or Kernel → Interrupt does
 
     threading.Thread(target=interrupt_when_busy, daemon=True).start()

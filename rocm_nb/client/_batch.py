@@ -174,6 +174,33 @@ def run(
 
     with _bar(len(jobs), progress) as bar, start_blocking_portal(name="rocm_nb-map") as portal:
         outcome = portal.start_task_soon(batch)
-        while ticks.get():
+        while _next_tick(ticks):
             bar.update()
         return outcome.result()
+
+
+_WAKE_S = 0.2
+"""How often the calling thread wakes while it waits for the batch: the longest a Ctrl-C can wait to be seen."""
+
+
+def _next_tick(ticks: queue.SimpleQueue[bool]) -> bool:
+    """The next tick, waited for in short naps rather than one long block.
+
+    Python runs a signal's handler (Ctrl-C's ``KeyboardInterrupt``) only
+    between bytecodes; a thread blocked in a lock wakes for it only if the
+    signal interrupts that very wait. A signal that lands while the thread
+    is on its way into the wait (the moment it hands the GIL to the batch's
+    thread, which a busy machine can stretch) wakes nothing, and one long
+    block would then sit out the whole batch. Each nap returns to Python, so
+    the handler runs within :data:`_WAKE_S` whatever the timing.
+
+    Example:
+        >>> ticks = queue.SimpleQueue(); ticks.put(True)
+        >>> _next_tick(ticks)
+        True
+    """
+    while True:
+        try:
+            return ticks.get(timeout=_WAKE_S)
+        except queue.Empty:
+            continue

@@ -70,7 +70,7 @@ from rocm_nb.client._accumulator import SO_FAR
 from rocm_nb.client._generation import GenerationAPI
 from rocm_nb.client.status import ServerStatus
 from rocm_nb.errors import GenerationError, ModelNotFound, RocmNbError, ServerUnavailable, with_notes
-from rocm_nb.hardware import Hardware
+from rocm_nb.hardware import Backend, Hardware
 from rocm_nb.modelfiles.catalog import read_info, resolve_model
 from rocm_nb.modelfiles.fit import FitPlan
 from rocm_nb.server import LlamaServer, ServerConfig
@@ -228,6 +228,11 @@ class LocalRouter(OwnServer, GenerationAPI):
             them), since a router passes one ``-c`` and one ``-ngl`` to all.
         flash_attn, cache_type, cache_type_k, cache_type_v: as for
             :class:`~rocm_nb.LocalModel`, for every child.
+        backend, device, gpu_memory: as for :class:`~rocm_nb.LocalModel`: the
+            build every child runs (``"vulkan"`` for the Vulkan one), the one
+            GPU they use, and the most GPU memory each child may take (each
+            model is planned under it alone: with ``max_loaded`` above 1,
+            loaded children share the GPU, so divide it).
         server, extra_args, env, timeout, start_timeout, registry, hardware: as
             for :class:`~rocm_nb.LocalModel` (``extra_args`` that change memory
             are refused the same way).
@@ -256,6 +261,9 @@ class LocalRouter(OwnServer, GenerationAPI):
         cache_type: str | None = None,
         cache_type_k: str | None = None,
         cache_type_v: str | None = None,
+        backend: Backend | None = None,
+        device: int | None = None,
+        gpu_memory: int | str | None = None,
         server: ModelSpec | None = None,
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
@@ -268,7 +276,8 @@ class LocalRouter(OwnServer, GenerationAPI):
             raise ValueError(f"max_loaded must be a positive integer, got {max_loaded!r}")
         options = LoadOptions.of(ctx_size=ctx_size, gpu_layers=gpu_layers, parallel=parallel, flash_attn=flash_attn,
                                  cache_type=cache_type, cache_type_k=cache_type_k, cache_type_v=cache_type_v,
-                                 extra_args=extra_args, env=env, warm_cache=False)  # why: rocm_nb.server.warm
+                                 extra_args=extra_args, env=env, backend=backend, device=device,
+                                 gpu_memory=gpu_memory, warm_cache=False)  # why: rocm_nb.server.warm
         self.binary: ServerBinary
         self.binary, machine = choose_machine(server, hardware, options)
         folder = None
@@ -302,6 +311,11 @@ class LocalRouter(OwnServer, GenerationAPI):
         self._what, self._again = f"this router over {self.folder}", "create a new LocalRouter"
         self._hold(self.config, registry, start_timeout=start_timeout, timeout=timeout)
         self.add_close_callback(self._close_views)
+
+    @property
+    def backend(self) -> Backend:
+        """The backend every child runs on: ``rocm``, ``cuda``, ``vulkan`` or ``cpu``."""
+        return self.binary.backend
 
     def _close_views(self) -> None:
         for view in self._views.values():
@@ -455,7 +469,7 @@ class LocalRouter(OwnServer, GenerationAPI):
                 rss = psutil.Process(server.pid).memory_info().rss
         names = ", ".join(self._states()) if running else ""
         return ServerStatus(model=f"router: {names or self.folder.name}", file=str(self.folder),
-                            backend=self.binary.backend,
+                            backend=self.backend,
                             state={ModelState.NEW: "stopped"}.get(self.state, self.state.value),
                             pid=self.pid, port=server.port if running and server else None,
                             ctx_size=self.config.ctx_size, gpu_layers=self.config.gpu_layers, rss_bytes=rss)
@@ -464,7 +478,7 @@ class LocalRouter(OwnServer, GenerationAPI):
         """One ``%rocm_status`` row per loaded model, by its name."""
         if self.pid is None:
             return {}
-        return {child.name: child.status(self.binary.backend) for child in self.loaded()}
+        return {child.name: child.status(self.backend) for child in self.loaded()}
 
     def __repr__(self) -> str:
         return printable(f"<LocalRouter {self.folder} max_loaded={self.config.models_max} state={self.state.value}>")

@@ -126,3 +126,14 @@ async def test_async_with_starts_and_closes_a_router_as_a_local_model(model_path
     wait_until(gone(pid))
     with pytest.raises(ModelClosed, match=r"this router over .* was closed; create a new LocalRouter"):
         await router.achat(HI, **GREEDY)
+
+
+def test_a_router_takes_backend_device_and_gpu_memory_as_a_model_does(model_path: str) -> None:
+    with pytest.raises(ValueError, match=r"backend='rocm' was asked for, but this machine has no device for it"):
+        LocalRouter([model_path], backend="rocm", ctx_size=512)
+    with pytest.raises(ValueError, match=r"device=1, but the cpu backend has no GPUs"):
+        LocalRouter([model_path], device=1, ctx_size=512)
+    with pytest.warns(UserWarning, match=r"gpu_memory=1 MiB has no effect: .* is a CPU build") as caught:
+        router = LocalRouter([model_path], gpu_memory="1MiB", ctx_size=512, registry=ServerRegistry())
+    assert caught[0].filename == __file__  # at the line that made the router, as for a LocalModel
+    assert router.backend == "cpu" and router.state is ModelState.NEW  # planned, not started

@@ -254,3 +254,18 @@ def test_debian_13_headers_are_fetched_without_touching_the_systems_apt(tmp_path
     assert version_in(include) == HeaderVersion(309, "1.4") and (include.parent / "lib").is_dir()
     assert sorted(p.name for p in Path("/var/lib/apt/lists").iterdir()) == lists
     assert Path("/var/lib/dpkg/status").stat().st_mtime_ns == status  # nothing was installed system-wide
+
+
+def test_a_router_runs_its_children_on_the_device() -> None:
+    from rocm_nb import LocalRouter
+    from rocm_nb.server._registry import ServerRegistry
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Vulkan device \d+, .* is a software device")
+        router = LocalRouter(["smollm2-135m"], backend="vulkan", ctx_size=CTX, registry=ServerRegistry())
+    with router:
+        assert router.backend == "vulkan" and ("GGML_VK_VISIBLE_DEVICES", "0") in router.config.env
+        assert router.chat(PROMPTS[0], max_tokens=2, temperature=0.0).text
+        offloads = [re.search(r"offloaded (\d+)/(\d+) layers to GPU", line) for line in router.logs()]
+        [(done, layers)] = {match.groups() for match in offloads if match}  # the child's own log, in the router's
+        assert done == layers == str(router.fits["SmolLM2-135M-Instruct.Q4_1"].gpu_layers)

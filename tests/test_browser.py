@@ -26,6 +26,7 @@ happened.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -300,7 +301,9 @@ def test_gpu_monitor_updates_while_generating_and_stops_when_out_of_sight(page: 
     page.keyboard.press("Escape")  # command mode; then Kernel → Interrupt ends the generation
     page.keyboard.press("i")
     page.keyboard.press("i")
-    expect(cell(page, generate).locator(".jp-OutputArea")).to_contain_text("stopped after")
+    # a busy machine may still be reading the prompt after three refreshes: either way the cell ends interrupted
+    expect(cell(page, generate).locator(".jp-OutputArea")).to_contain_text(
+        re.compile(r"stopped after|stopped during the prompt"))
 
     # Out of sight: the view reports it, the kernel stops the thread, the counter stands still.
     page.locator(".jp-WindowedPanel-outer").first.evaluate("el => { el.scrollTop = el.scrollHeight; }")
